@@ -1,0 +1,267 @@
+//! The `flanneld` daemon: choose the public IP, connect to etcd (retrying), wait for a valid
+//! config (retrying every second, picking up fixes without restart), acquire the subnet lease,
+//! write subnet.env, publish the route table, then keep the lease renewed and the table current
+//! until SIGTERM/SIGINT. On shutdown the lease is left in etcd so a restart reuses it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::Client;
+use flannel_shared::config::NetworkConfig;
+use flannel_shared::lease::{config_key, LeaseAttrs};
+use flannel_shared::route_table::{RouteTableWriter, TableMeta};
+use flannel_shared::subnet_env::{self, SubnetEnv};
+use flannel_shared::Ipv4Net;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::Args;
+use crate::etcd::{connect_with_retry, EtcdOptions};
+use crate::health::{self, Status};
+use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
+use crate::public_ip;
+use crate::publish::Publisher;
+use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
+
+/// Runs until the future is dropped (the caller races it against the shutdown signal).
+pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
+    if args.ip_masq {
+        anyhow::bail!(
+            "-ip-masq true: masquerade rules are not implemented in this build; \
+             run without -ip-masq (FLANNEL_IPMASQ=false) until they land"
+        );
+    }
+    let ext = public_ip::choose(&args.iface, &args.iface_regex, args.public_ip)?;
+    tracing::info!(
+        iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.public_ip,
+        mtu = ext.overlay_mtu(), "using interface"
+    );
+    if args.healthz_port != 0 {
+        let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
+        tokio::spawn(health::serve(listener, status.clone()));
+    }
+    let etcd = EtcdOptions {
+        endpoints: args.endpoints(),
+        cafile: args.etcd_cafile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    let mut client = connect_with_retry(&etcd).await?;
+    let config = wait_for_config(&mut client, &args.etcd_prefix).await;
+    tracing::info!(
+        network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
+        subnet_max = %config.subnet_max, port = config.backend.port, "network config"
+    );
+
+    let writer = RouteTableWriter::open(&args.route_table)
+        .with_context(|| format!("-route-table {}", args.route_table.display()))?;
+    let publisher = Arc::new(Publisher::new(
+        writer,
+        TableMeta {
+            network: config.network,
+            subnet_len: config.subnet_len,
+            our_subnet: None,
+            mtu: ext.overlay_mtu(),
+            port: config.backend.port,
+        },
+    ));
+    let _ = status.publisher.set(publisher.clone());
+
+    let mut keeper = LeaseKeeper {
+        client: client.clone(),
+        config: config.clone(),
+        request: LeaseRequest {
+            prefix: args.etcd_prefix.clone(),
+            public_ip: ext.public_ip,
+            ttl_secs: args.subnet_lease_ttl as i64,
+            previous: subnet_env::previous_subnet(&args.subnet_file),
+        },
+        margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
+        subnet_file: args.subnet_file.clone(),
+        ip_masq: args.ip_masq,
+        mtu: ext.overlay_mtu(),
+        status: status.clone(),
+        publisher: publisher.clone(),
+    };
+    let lease = keeper.acquire().await?;
+    let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        LeaseWatcher {
+            client,
+            prefix: args.etcd_prefix.clone(),
+            config,
+            publisher,
+            own: own_rx,
+            own_events: events_tx,
+        }
+        .run(),
+    );
+    keeper.keep(lease, own_tx, events_rx).await
+}
+
+/// Reads `<prefix>/config` until it parses and validates. Logs each new problem (and every 30 s
+/// while it persists); retries every second.
+pub async fn wait_for_config(client: &mut Client, prefix: &str) -> NetworkConfig {
+    let key = config_key(prefix);
+    let mut last_err = String::new();
+    let mut attempts = 0u64;
+    loop {
+        let err = match client.get(key.as_str(), None).await {
+            Ok(resp) => match resp.kvs().first() {
+                None => format!("network config {key} not found in etcd"),
+                Some(kv) => match NetworkConfig::parse(&String::from_utf8_lossy(kv.value())) {
+                    Ok(c) => {
+                        if !last_err.is_empty() {
+                            tracing::info!(key, "network config is valid now");
+                        }
+                        return c;
+                    }
+                    Err(e) => format!("network config {key} is invalid: {e}"),
+                },
+            },
+            Err(e) => format!("reading network config {key}: {e}"),
+        };
+        if err != last_err || attempts % 30 == 0 {
+            tracing::error!("{err}; retrying every second");
+        }
+        last_err = err;
+        attempts += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Holds this host's lease: acquires, writes subnet.env, renews, re-acquires when lost.
+struct LeaseKeeper {
+    client: Client,
+    config: NetworkConfig,
+    request: LeaseRequest,
+    margin: Duration,
+    subnet_file: std::path::PathBuf,
+    ip_masq: bool,
+    mtu: u32,
+    status: Arc<Status>,
+    publisher: Arc<Publisher>,
+}
+
+impl LeaseKeeper {
+    /// Acquires (retrying etcd errors with backoff and "out of subnets" every 10 s), then writes
+    /// subnet.env and hands our subnet to the publisher.
+    async fn acquire(&mut self) -> anyhow::Result<HeldLease> {
+        let mut backoff = Backoff::default();
+        let lease = loop {
+            match subnet_lease::acquire(&mut self.client, &self.config, &self.request).await {
+                Ok(l) => break l,
+                Err(e @ LeaseError::OutOfSubnets { .. }) => {
+                    tracing::error!("{e}; retrying in 10 s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(retry_in = ?backoff.peek(), "acquiring a subnet lease failed: {e}");
+                    backoff.sleep().await;
+                }
+            }
+        };
+        tracing::info!(
+            subnet = %lease.subnet, key = lease.key, lease_id = lease.lease_id,
+            ttl = ?lease.ttl, source = ?lease.source, "subnet lease acquired"
+        );
+        self.status.lease_held.store(true, Ordering::Release);
+        self.request.previous = Some(lease.subnet);
+        write_subnet_env(
+            &self.subnet_file,
+            &self.config,
+            lease.subnet,
+            self.mtu,
+            self.ip_masq,
+        )?;
+        self.status
+            .subnet_env_written
+            .store(true, Ordering::Release);
+        self.publisher.set_own_subnet(Some(lease.subnet));
+        Ok(lease)
+    }
+
+    async fn keep(
+        mut self,
+        mut lease: HeldLease,
+        own_tx: watch::Sender<Option<(Ipv4Net, Ipv4Addr)>>,
+        mut events: mpsc::UnboundedReceiver<OwnLeaseEvent>,
+    ) -> anyhow::Result<()> {
+        let mut wait = subnet_lease::renew_delay(lease.ttl, self.margin);
+        loop {
+            let lost = tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    match subnet_lease::renew(&mut self.client, &mut lease).await {
+                        Ok(Renewal::Renewed(ttl)) => {
+                            tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
+                            wait = subnet_lease::renew_delay(ttl, self.margin);
+                            false
+                        }
+                        Ok(Renewal::Lost) => true,
+                        Err(e) => {
+                            wait = subnet_lease::renew_retry_delay(lease.ttl);
+                            tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
+                            false
+                        }
+                    }
+                }
+                Some(OwnLeaseEvent::Lost(subnet)) = events.recv() => {
+                    subnet == lease.subnet && !self.still_ours(&lease).await
+                }
+            };
+            if !lost {
+                continue;
+            }
+            tracing::error!(
+                subnet = %lease.subnet, key = lease.key,
+                "OUR SUBNET LEASE DISAPPEARED from etcd; re-acquiring (the same subnet if it is still free)"
+            );
+            self.status.lease_held.store(false, Ordering::Release);
+            let old = lease.lease_id;
+            lease = self.acquire().await?;
+            if old != lease.lease_id {
+                let _ = self.client.lease_revoke(old).await;
+            }
+            let _ = own_tx.send(Some((lease.subnet, self.request.public_ip)));
+            wait = subnet_lease::renew_delay(lease.ttl, self.margin);
+        }
+    }
+
+    /// Double-checks a "lost" report against etcd: the key exists, names us and hangs on our lease.
+    async fn still_ours(&mut self, lease: &HeldLease) -> bool {
+        match self.client.get(lease.key.as_str(), None).await {
+            Ok(resp) => resp.kvs().first().is_some_and(|kv| {
+                kv.lease() == lease.lease_id
+                    && LeaseAttrs::parse(kv.value())
+                        .is_ok_and(|a| a.public_ip == self.request.public_ip)
+            }),
+            // Cannot tell: treat as held; the renewal will find out.
+            Err(_) => true,
+        }
+    }
+}
+
+fn write_subnet_env(
+    path: &Path,
+    config: &NetworkConfig,
+    subnet: Ipv4Net,
+    mtu: u32,
+    ip_masq: bool,
+) -> anyhow::Result<()> {
+    SubnetEnv {
+        network: config.network,
+        subnet,
+        mtu,
+        ip_masq,
+    }
+    .write_atomic(path)
+    .with_context(|| format!("-subnet-file {}", path.display()))?;
+    tracing::info!(path = %path.display(), %subnet, mtu, "subnet.env written");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `/healthz` (the process is alive: 200) and `/readyz` (200 once the lease is held, subnet.env is
+//! written and the route table is published; 503 with the missing items otherwise) on
+//! `-healthz-ip:-healthz-port`. A deliberately small HTTP/1.x responder: GET only, one request
+//! per connection, 8 KiB request limit, 5 s read timeout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::publish::Publisher;
+
+/// Readiness flags the daemon sets as it comes up.
+#[derive(Default)]
+pub struct Status {
+    pub lease_held: AtomicBool,
+    pub subnet_env_written: AtomicBool,
+    pub publisher: std::sync::OnceLock<Arc<Publisher>>,
+}
+
+impl Status {
+    /// The readiness items not yet satisfied.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.lease_held.load(Ordering::Acquire) {
+            m.push("lease");
+        }
+        if !self.subnet_env_written.load(Ordering::Acquire) {
+            m.push("subnet.env");
+        }
+        if !self.publisher.get().is_some_and(|p| p.is_published()) {
+            m.push("route table");
+        }
+        m
+    }
+}
+
+/// Binds the listener (errors name the address).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("-healthz-ip/-healthz-port {addr}: cannot listen: {e}"))
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, status: Arc<Status>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                let status = status.clone();
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), handle(conn, &status)).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!("health endpoint accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 || buf.len() + n > 8192 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (code, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_string()),
+        ("GET" | "HEAD", "/readyz") => match status.missing() {
+            m if m.is_empty() => ("200 OK", "ok\n".to_string()),
+            m => (
+                "503 Service Unavailable",
+                format!("not ready: {}\n", m.join(", ")),
+            ),
+        },
+        ("GET" | "HEAD", _) => ("404 Not Found", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        conn.write_all(body.as_bytes()).await?;
+    }
+    conn.shutdown().await
+}

@@ -1,0 +1,14 @@
+//! `flanneld`, the control plane of flannel-rs. Reading order: [`daemon`] (the whole life of the
+//! process), then [`subnet_lease`] (acquire/renew), [`lease_watch`] (every host's lease → route
+//! table), [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`].
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod daemon;
+pub mod etcd;
+pub mod health;
+pub mod lease_watch;
+pub mod public_ip;
+pub mod publish;
+pub mod subnet_lease;

@@ -1,0 +1,68 @@
+//! `flanneld` entry point: flags, logging, signals. See `flannel_control::daemon`.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use flannel_control::cli::{Args, Command};
+use flannel_control::{daemon, health::Status};
+use flannel_shared::route_table::{format_table, RouteTableReader};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse_from_env();
+    init_logging(args.verbosity);
+    let result = match &args.command {
+        Some(Command::Routes { route_table }) => print_routes(route_table),
+        None => run_daemon(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("flanneld: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn print_routes(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut reader = RouteTableReader::open(path)?;
+    print!("{}", format_table(&reader.snapshot()?));
+    Ok(())
+}
+
+fn run_daemon(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let status = Arc::new(Status::default());
+        tokio::select! {
+            r = daemon::run(args, status) => r,
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping; the lease stays in etcd for the next start"); Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping; the lease stays in etcd for the next start"); Ok(()) }
+        }
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}

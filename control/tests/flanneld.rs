@@ -1,0 +1,389 @@
+//! `flanneld` against a real etcd process: leases, keys and values as flannel writes them,
+//! subnet.env, restarts, renewal, re-acquisition, watches across etcd restarts and compaction,
+//! late etcd, config errors and fixes, health endpoints, signals.
+//!
+//! No root needed: the daemons use `-iface 127.0.0.1` (for the MTU) and advertise
+//! `-public-ip 198.18.0.x`; nothing is sent anywhere but loopback.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use flannel_perf::testbed::etcd::Etcd;
+use flannel_perf::testbed::process::{Daemon, Signal};
+use flannel_perf::testbed::{free_port, require, wait_for};
+use flannel_shared::route_table::RouteTableReader;
+use flannel_shared::Ipv4Net;
+
+const PREFIX: &str = "/coreos.com/network";
+const SEC: Duration = Duration::from_secs(1);
+
+fn etcd_or_skip() -> Option<Etcd> {
+    if !require("etcd and etcdctl installed", Etcd::available()) {
+        return None;
+    }
+    Some(Etcd::start().expect("start etcd"))
+}
+
+/// One simulated host: its own files, one flanneld.
+struct Host {
+    dir: tempfile::TempDir,
+    public_ip: String,
+    endpoint: String,
+    extra: Vec<String>,
+    daemon: Option<Daemon>,
+}
+
+impl Host {
+    fn new(etcd: &Etcd, public_ip: &str) -> Self {
+        Self {
+            dir: tempfile::Builder::new().prefix("flanneld-host-").tempdir().unwrap(),
+            public_ip: public_ip.into(),
+            endpoint: etcd.endpoint(),
+            extra: Vec::new(),
+            daemon: None,
+        }
+    }
+
+    fn with(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    fn route_table(&self) -> PathBuf {
+        self.dir.path().join("routes")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_flanneld"));
+        // Go-style single-dash flags, as flannel users type them.
+        c.arg(format!("-etcd-endpoints={}", self.endpoint))
+            .arg("-iface=127.0.0.1")
+            .arg(format!("-public-ip={}", self.public_ip))
+            .arg(format!("-subnet-file={}", self.subnet_file().display()))
+            .arg(format!("--route-table={}", self.route_table().display()))
+            .args(&self.extra)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    fn start(&mut self) -> &Daemon {
+        let d = Daemon::spawn("flanneld", self.command(), &self.dir.path().join("flanneld.log")).unwrap();
+        self.daemon = Some(d);
+        self.daemon.as_ref().unwrap()
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("started")
+    }
+
+    /// Waits for subnet.env and returns the subnet it names.
+    fn wait_subnet(&self, timeout: Duration) -> Ipv4Net {
+        wait_for(timeout, || {
+            flannel_shared::subnet_env::previous_subnet(&self.subnet_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no subnet.env from {} in {timeout:?}; log:\n{}",
+                self.public_ip,
+                self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Waits until this host's route table maps `ip` to `want` (None = no route).
+    fn wait_route(&self, ip: &str, want: Option<&str>, timeout: Duration) {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        let want: Option<Ipv4Addr> = want.map(|w| w.parse().unwrap());
+        let got = wait_for(timeout, || {
+            let mut r = RouteTableReader::open(&self.route_table()).ok()?;
+            let snap = r.snapshot().ok()?;
+            (snap.lookup(ip) == want).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "{}: route for {ip} never became {want:?}; log:\n{}",
+            self.public_ip,
+            self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+        );
+    }
+}
+
+fn lease_key(subnet: &Ipv4Net) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.to_key())
+}
+
+fn lo_mtu() -> u32 {
+    std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse().unwrap()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(SEC * 3)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+#[test]
+fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{ "Network": "10.1.0.0/16" }"#).unwrap();
+    let port = free_port();
+    let mut a = Host::new(&etcd, "198.18.0.1").with(&[
+        "-healthz-ip=127.0.0.1",
+        &format!("-healthz-port={port}"),
+    ]);
+    let mut b = Host::new(&etcd, "198.18.0.2");
+    a.start();
+    b.start();
+    let (sa, sb) = (a.wait_subnet(SEC * 20), b.wait_subnet(SEC * 20));
+    assert_ne!(sa, sb);
+
+    let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for (host, subnet) in [(&a, sa), (&b, sb)] {
+        assert_eq!(subnet.prefix(), 24);
+        assert!("10.1.0.0/16".parse::<Ipv4Net>().unwrap().contains_net(&subnet));
+        assert_ne!(subnet.addr(), Ipv4Addr::new(10, 1, 0, 0), "first subnet is never leased");
+        let key = lease_key(&subnet);
+        assert!(key.starts_with("/coreos.com/network/subnets/10.1.") && key.ends_with(".0-24"));
+        let value = etcd.get(&key).unwrap().expect("lease key present");
+        assert_eq!(value, format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, host.public_ip));
+        let env = std::fs::read_to_string(host.subnet_file()).unwrap();
+        let gw = Ipv4Addr::from(subnet.addr_u32() + 1);
+        assert_eq!(
+            env,
+            format!(
+                "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET={gw}/24\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=false\n",
+                lo_mtu() - 28
+            )
+        );
+        assert!(etcd.lease_of(&key).unwrap() != 0, "key hangs on an etcd lease");
+    }
+    // Each host's table holds both subnets.
+    let peer_b = Ipv4Addr::from(sb.addr_u32() + 7).to_string();
+    let peer_a = Ipv4Addr::from(sa.addr_u32() + 7).to_string();
+    a.wait_route(&peer_b, Some("198.18.0.2"), SEC * 10);
+    a.wait_route(&peer_a, Some("198.18.0.1"), SEC * 10);
+    b.wait_route(&peer_a, Some("198.18.0.1"), SEC * 10);
+    // The read-only dump shows them too.
+    let dump = Command::new(env!("CARGO_BIN_EXE_flanneld"))
+        .args(["routes", "--route-table"])
+        .arg(a.route_table())
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(text.contains(&sa.to_string()) && text.contains("198.18.0.2"), "{text}");
+    // Health endpoints.
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    let ready = wait_for(SEC * 5, || http_get(port, "/readyz").filter(|(c, _)| *c == 200));
+    assert!(ready.is_some(), "readyz never 200: {:?}", http_get(port, "/readyz"));
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
+}
+
+#[test]
+fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    let mut a = Host::new(&etcd, "198.18.0.1");
+    a.start();
+    let first = a.wait_subnet(SEC * 20);
+    a.daemon().wait_log("route table published", SEC * 10);
+    let st = a.daemon().stop(SEC * 5).unwrap();
+    assert!(st.success(), "SIGTERM must exit 0, got {st:?}");
+    assert!(etcd.get(&lease_key(&first)).unwrap().is_some(), "lease left in etcd on shutdown");
+
+    // 1. Through the existing lease (subnet.env removed, so only etcd can say).
+    std::fs::remove_file(a.subnet_file()).unwrap();
+    a.start();
+    assert_eq!(a.wait_subnet(SEC * 20), first);
+    a.daemon().wait_log("source=Existing", SEC * 5);
+    assert!(a.daemon().stop(SEC * 5).unwrap().success());
+
+    // 2. Through subnet.env after the lease was deleted.
+    etcd.ctl(&["del", &lease_key(&first)]).unwrap();
+    a.start();
+    a.daemon().wait_log("source=SubnetFile", SEC * 20);
+    assert_eq!(a.wait_subnet(SEC * 5), first);
+    assert_eq!(
+        etcd.get(&lease_key(&first)).unwrap().as_deref(),
+        Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#)
+    );
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 1);
+    // SIGINT also exits 0.
+    a.daemon().signal(Signal::SIGINT);
+    let exited = wait_for(SEC * 5, || (!a.daemon().is_running()).then_some(()));
+    assert!(exited.is_some(), "SIGINT did not stop flanneld");
+}
+
+#[test]
+fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    let mut a = Host::new(&etcd, "198.18.0.1").with(&["-subnet-lease-ttl=9"]);
+    a.start();
+    let subnet = a.wait_subnet(SEC * 20);
+    let key = lease_key(&subnet);
+    let lease = etcd.lease_of(&key).unwrap();
+    assert_ne!(lease, 0);
+    // TTL 9 s with a 60 min margin: renewed every 3 s. See it drop, then grow back.
+    let low = wait_for(SEC * 10, || etcd.lease_ttl(lease).ok().flatten().filter(|t| *t <= 7));
+    assert!(low.is_some(), "TTL never went down");
+    let back = wait_for(SEC * 10, || etcd.lease_ttl(lease).ok().flatten().filter(|t| *t >= 8));
+    assert!(back.is_some(), "TTL never grew back (no renewal)");
+    // Outlive the original TTL twice over: the key must still be there.
+    std::thread::sleep(SEC * 12);
+    assert!(etcd.get(&key).unwrap().is_some(), "lease expired despite renewal");
+
+    // Our key deleted by hand: re-acquired, same subnet (it is free), loudly logged.
+    etcd.ctl(&["del", &key]).unwrap();
+    a.daemon().wait_log("OUR SUBNET LEASE DISAPPEARED", SEC * 10);
+    let back = wait_for(SEC * 10, || etcd.get(&key).ok().flatten());
+    assert_eq!(back.as_deref(), Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#));
+    assert_eq!(a.wait_subnet(SEC), subnet);
+    let new_lease = etcd.lease_of(&key).unwrap();
+    assert_ne!(new_lease, 0);
+    assert!(a.daemon().is_running());
+}
+
+#[test]
+fn watch_follows_leases_across_etcd_restart_and_compaction() {
+    let Some(mut etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    let mut a = Host::new(&etcd, "198.18.0.1");
+    a.start();
+    a.wait_subnet(SEC * 20);
+    let third = |n: u8| format!("{PREFIX}/subnets/10.1.{n}.0-24");
+    let value = |ip: &str| format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#);
+
+    // A third host's lease appears in the shared-memory table; deleted, it disappears.
+    etcd.ctl(&["put", &third(200), &value("198.18.0.3")]).unwrap();
+    a.wait_route("10.1.200.9", Some("198.18.0.3"), SEC * 5);
+    etcd.ctl(&["del", &third(200)]).unwrap();
+    a.wait_route("10.1.200.9", None, SEC * 5);
+    // Malformed values are skipped with a warning; others are unaffected.
+    etcd.ctl(&["put", &third(210), "not json"]).unwrap();
+    etcd.ctl(&["put", &third(211), &value("198.18.0.11")]).unwrap();
+    a.wait_route("10.1.211.1", Some("198.18.0.11"), SEC * 5);
+    a.wait_route("10.1.210.1", None, SEC);
+    a.daemon().wait_log("skipping a malformed lease value", SEC);
+
+    // etcd restarted in the middle; changes made while flanneld could not see etcd are not missed.
+    etcd.stop();
+    std::thread::sleep(SEC);
+    etcd.launch_hidden().unwrap();
+    etcd.side_ctl(&["put", &third(201), &value("198.18.0.4")]).unwrap();
+    etcd.side_ctl(&["del", &third(211)]).unwrap();
+    etcd.stop();
+    etcd.launch().unwrap();
+    a.wait_route("10.1.201.9", Some("198.18.0.4"), SEC * 15);
+    a.wait_route("10.1.211.1", None, SEC * 5);
+    etcd.ctl(&["del", &third(201)]).unwrap();
+    a.wait_route("10.1.201.9", None, SEC * 5);
+
+    // Compaction past the watcher's revision while it is cut off: it lists again and diffs.
+    etcd.stop();
+    etcd.launch_hidden().unwrap();
+    etcd.side_ctl(&["put", &third(202), &value("198.18.0.5")]).unwrap();
+    etcd.side_ctl(&["put", &third(203), &value("198.18.0.6")]).unwrap();
+    etcd.side_ctl(&["del", &third(203)]).unwrap();
+    let rev = etcd.side_ctl(&["get", "/", "-w", "json"]).unwrap();
+    let rev: String = rev
+        .split("\"revision\":")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    etcd.side_ctl(&["compact", &rev]).unwrap();
+    etcd.stop();
+    etcd.launch().unwrap();
+    a.daemon().wait_log("compacted", SEC * 20);
+    a.wait_route("10.1.202.9", Some("198.18.0.5"), SEC * 15);
+    a.wait_route("10.1.203.9", None, SEC);
+    // The watch works after the re-list.
+    etcd.ctl(&["put", &third(204), &value("198.18.0.7")]).unwrap();
+    a.wait_route("10.1.204.9", Some("198.18.0.7"), SEC * 5);
+    // Our own lease survived it all.
+    assert!(a.daemon().is_running());
+    let own = a.wait_subnet(SEC);
+    assert!(etcd.get(&lease_key(&own)).unwrap().is_some());
+}
+
+#[test]
+fn etcd_started_five_seconds_after_flanneld() {
+    if !require("etcd and etcdctl installed", Etcd::available()) {
+        return;
+    }
+    let mut etcd = Etcd::new().unwrap();
+    let mut a = Host::new(&etcd, "198.18.0.1");
+    a.start();
+    a.daemon().wait_log("etcd unreachable", SEC * 5);
+    std::thread::sleep(SEC * 5);
+    etcd.launch().unwrap();
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    a.wait_subnet(SEC * 30);
+    assert!(a.daemon().is_running(), "same process, no restart");
+}
+
+#[test]
+fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_flags() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Everything from FLANNELD_* environment variables, with a custom prefix.
+    let prefix = "/example.com/net";
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flanneld"));
+    cmd.env("FLANNELD_ETCD_ENDPOINTS", etcd.endpoint())
+        .env("FLANNELD_ETCD_PREFIX", prefix)
+        .env("FLANNELD_IFACE", "127.0.0.1")
+        .env("FLANNELD_PUBLIC_IP", "198.18.0.9")
+        .env("FLANNELD_SUBNET_FILE", dir.path().join("subnet.env"))
+        .env("FLANNELD_ROUTE_TABLE", dir.path().join("routes"));
+    let mut d = Daemon::spawn("flanneld", cmd, &dir.path().join("log")).unwrap();
+    d.wait_log("network config /example.com/net/config not found in etcd", SEC * 10);
+    etcd.put_config(prefix, r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#).unwrap();
+    d.wait_log("SubnetLen 31: must be 30 or less", SEC * 5);
+    etcd.put_config(prefix, r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    d.wait_log("Backend.Type \"vxlan\": unsupported backend", SEC * 5);
+    etcd.put_config(prefix, r#"{"Network":"10.5.0.0/16","SubnetLen":20}"#).unwrap();
+    let subnet = wait_for(SEC * 10, || {
+        flannel_shared::subnet_env::previous_subnet(&dir.path().join("subnet.env"))
+    })
+    .unwrap_or_else(|| panic!("config fix not picked up; log:\n{}", d.log()));
+    assert_eq!(subnet.prefix(), 20);
+    let key = format!("{prefix}/subnets/{}", subnet.to_key());
+    assert_eq!(
+        etcd.get(&key).unwrap().as_deref(),
+        Some(r#"{"PublicIP":"198.18.0.9","PublicIPv6":null}"#)
+    );
+    assert!(d.is_running());
+    assert!(d.stop(SEC * 5).unwrap().success());
+}
+
+#[test]
+fn bad_flags_fail_with_a_message_naming_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flanneld"))
+        .args(["-iface=nosuch0", "-etcd-endpoints=http://127.0.0.1:1"])
+        .arg(format!("--route-table={}", Path::new("/nonexistent/x").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-iface nosuch0: no interface has this name or IPv4 address"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_flanneld"))
+        .arg("-subnet-lease-renew-margin=0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subnet-lease-renew-margin"));
+}

@@ -1,0 +1,9 @@
+//! flannel-rs test and benchmark harness.
+//!
+//! [`testbed`] builds what tests and benchmarks run against: a real `etcd` process on loopback with
+//! a temp data dir, our real binaries as child processes, and (for multi-host runs) network
+//! namespaces. Everything started here is stopped by PID on drop, also when a test fails.
+
+#![forbid(unsafe_code)]
+
+pub mod testbed;

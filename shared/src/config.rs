@@ -1,0 +1,496 @@
+//! The network config flannel keeps at `<prefix>/config` (default `/coreos.com/network/config`).
+//!
+//! Parsing and validation follow flannel v0.28.9 (`pkg/subnet/config.go`):
+//! - JSON keys match case-insensitively; unknown keys are ignored; `Network` is required.
+//! - `SubnetLen` defaults to 24 when the network prefix is /22 or shorter, to prefix+2 for
+//!   /23../28; a network longer than /28 is an error. An explicit `SubnetLen` above 30 or
+//!   below prefix+2 (fewer than four subnets) is an error.
+//! - `SubnetMin` defaults to the network plus one subnet (the first subnet is never leased),
+//!   `SubnetMax` to the last subnet. Both must lie inside `Network` on a `SubnetLen` boundary.
+//! - `Backend` defaults to `{"Type":"udp","Port":8285}`; this implementation speaks only udp.
+//!
+//! Every error names the field and the offending value. Pure: no I/O.
+
+use std::net::Ipv4Addr;
+
+use serde_json::{Map, Value};
+
+use crate::net::Ipv4Net;
+
+/// flannel's default UDP port.
+pub const DEFAULT_UDP_PORT: u16 = 8285;
+
+/// A validated network config with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub backend: Backend,
+}
+
+/// The backend section. Only `udp` is implemented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub port: u16,
+}
+
+/// Why a config was refused. Each message names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON: {0}")]
+    Json(String),
+    #[error("config must be a JSON object, got {0}")]
+    NotObject(String),
+    #[error("Network is missing")]
+    NetworkMissing,
+    #[error("Network {value}: {reason}")]
+    Network { value: String, reason: String },
+    #[error("Network {0}: network is too small, the longest usable prefix is /28")]
+    NetworkTooSmall(Ipv4Net),
+    #[error("SubnetLen {0}: must be a number")]
+    SubnetLenNotNumber(String),
+    #[error("SubnetLen {0}: must be 30 or less")]
+    SubnetLenTooLong(i64),
+    #[error("SubnetLen {value}: Network {network} must hold at least four subnets, so SubnetLen must be at least {min}")]
+    SubnetLenTooShort {
+        value: i64,
+        network: Ipv4Net,
+        min: u8,
+    },
+    #[error("{field} {value}: must be an IPv4 address")]
+    BoundSyntax { field: &'static str, value: String },
+    #[error("{field} {value}: not inside Network {network}")]
+    BoundOutsideNetwork {
+        field: &'static str,
+        value: Ipv4Addr,
+        network: Ipv4Net,
+    },
+    #[error("{field} {value}: not on a /{subnet_len} (SubnetLen) boundary")]
+    BoundNotAligned {
+        field: &'static str,
+        value: Ipv4Addr,
+        subnet_len: u8,
+    },
+    #[error("SubnetMin {min} is above SubnetMax {max}")]
+    BoundsInverted { min: Ipv4Addr, max: Ipv4Addr },
+    #[error("Backend {0}: must be a JSON object")]
+    BackendNotObject(String),
+    #[error("Backend.Type {0:?}: unsupported backend, flannel-rs implements only \"udp\"")]
+    BackendType(String),
+    #[error("Backend.Port {0}: must be a port number 1..65535")]
+    BackendPort(String),
+}
+
+impl NetworkConfig {
+    /// Parses and validates the JSON text stored at `<prefix>/config`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let obj = match &v {
+            Value::Object(o) => o,
+            other => return Err(ConfigError::NotObject(short(other))),
+        };
+        let network = parse_network(get_ci(obj, "Network"))?;
+        let subnet_len = parse_subnet_len(get_ci(obj, "SubnetLen"), network)?;
+        let step = 1u32 << (32 - u32::from(subnet_len));
+        let default_min = Ipv4Addr::from(network.addr_u32() + step);
+        let default_max = Ipv4Addr::from(u32::from(network.last()) - (step - 1));
+        let subnet_min = parse_bound(
+            "SubnetMin",
+            get_ci(obj, "SubnetMin"),
+            default_min,
+            network,
+            subnet_len,
+        )?;
+        let subnet_max = parse_bound(
+            "SubnetMax",
+            get_ci(obj, "SubnetMax"),
+            default_max,
+            network,
+            subnet_len,
+        )?;
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(ConfigError::BoundsInverted {
+                min: subnet_min,
+                max: subnet_max,
+            });
+        }
+        let backend = parse_backend(get_ci(obj, "Backend"))?;
+        Ok(Self {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            backend,
+        })
+    }
+
+    /// True when `subnet` is a subnet this config may lease: inside Network, of length
+    /// SubnetLen, between SubnetMin and SubnetMax.
+    pub fn fits(&self, subnet: &Ipv4Net) -> bool {
+        subnet.prefix() == self.subnet_len
+            && self.network.contains_net(subnet)
+            && (u32::from(self.subnet_min)..=u32::from(self.subnet_max))
+                .contains(&subnet.addr_u32())
+    }
+
+    /// Every subnet between SubnetMin and SubnetMax, in address order.
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        let min = u64::from(u32::from(self.subnet_min));
+        let max = u64::from(u32::from(self.subnet_max));
+        (min..=max).step_by(step as usize).map(move |a| {
+            Ipv4Net::new(Ipv4Addr::from(a as u32), self.subnet_len).expect("aligned by validation")
+        })
+    }
+
+    /// Number of leasable subnets.
+    pub fn subnet_count(&self) -> u64 {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    }
+}
+
+/// Case-insensitive key lookup, as Go's encoding/json matches struct fields.
+fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn parse_network(v: Option<&Value>) -> Result<Ipv4Net, ConfigError> {
+    let s = match v {
+        None | Some(Value::Null) => return Err(ConfigError::NetworkMissing),
+        Some(Value::String(s)) if s.is_empty() => return Err(ConfigError::NetworkMissing),
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(ConfigError::Network {
+                value: short(other),
+                reason: "must be a string like \"10.1.0.0/16\"".into(),
+            })
+        }
+    };
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|e: crate::net::NetParseError| ConfigError::Network {
+            value: s.clone(),
+            reason: match e {
+                crate::net::NetParseError::HostBits(_, n) => {
+                    format!("host bits are set (the network address is {n})")
+                }
+                _ => "not an IPv4 network of the form A.B.C.D/N".into(),
+            },
+        })?;
+    if net.prefix() > 28 {
+        return Err(ConfigError::NetworkTooSmall(net));
+    }
+    Ok(net)
+}
+
+fn parse_subnet_len(v: Option<&Value>, network: Ipv4Net) -> Result<u8, ConfigError> {
+    let p = network.prefix();
+    let len = match v {
+        None | Some(Value::Null) => return Ok(if p <= 22 { 24 } else { p + 2 }),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(0) => return Ok(if p <= 22 { 24 } else { p + 2 }),
+            Some(i) => i,
+            None => return Err(ConfigError::SubnetLenNotNumber(n.to_string())),
+        },
+        Some(other) => return Err(ConfigError::SubnetLenNotNumber(short(other))),
+    };
+    if len > 30 {
+        return Err(ConfigError::SubnetLenTooLong(len));
+    }
+    if len < i64::from(p) + 2 {
+        return Err(ConfigError::SubnetLenTooShort {
+            value: len,
+            network,
+            min: p + 2,
+        });
+    }
+    Ok(len as u8)
+}
+
+fn parse_bound(
+    field: &'static str,
+    v: Option<&Value>,
+    default: Ipv4Addr,
+    network: Ipv4Net,
+    subnet_len: u8,
+) -> Result<Ipv4Addr, ConfigError> {
+    let ip = match v {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::String(s)) if s.is_empty() => return Ok(default),
+        Some(Value::String(s)) => s
+            .parse::<Ipv4Addr>()
+            .map_err(|_| ConfigError::BoundSyntax {
+                field,
+                value: s.clone(),
+            })?,
+        Some(other) => {
+            return Err(ConfigError::BoundSyntax {
+                field,
+                value: short(other),
+            })
+        }
+    };
+    if !network.contains(ip) {
+        return Err(ConfigError::BoundOutsideNetwork {
+            field,
+            value: ip,
+            network,
+        });
+    }
+    if Ipv4Net::new(ip, subnet_len).is_none() {
+        return Err(ConfigError::BoundNotAligned {
+            field,
+            value: ip,
+            subnet_len,
+        });
+    }
+    Ok(ip)
+}
+
+fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
+    let obj = match v {
+        None | Some(Value::Null) => {
+            return Ok(Backend {
+                port: DEFAULT_UDP_PORT,
+            })
+        }
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(ConfigError::BackendNotObject(short(other))),
+    };
+    match get_ci(obj, "Type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t.is_empty() || t.eq_ignore_ascii_case("udp") => {}
+        Some(Value::String(t)) => return Err(ConfigError::BackendType(t.clone())),
+        Some(other) => return Err(ConfigError::BackendType(short(other))),
+    }
+    let port = match get_ci(obj, "Port") {
+        None | Some(Value::Null) => DEFAULT_UDP_PORT,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(0) => DEFAULT_UDP_PORT,
+            Some(p) if p <= 65535 => p as u16,
+            _ => return Err(ConfigError::BackendPort(n.to_string())),
+        },
+        Some(other) => return Err(ConfigError::BackendPort(short(other))),
+    };
+    Ok(Backend { port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// (config JSON, network, subnet_len, min, max, port)
+    const DEFAULTS: &[(&str, &str, u8, &str, &str, u16)] = &[
+        (
+            r#"{"Network":"10.1.0.0/16"}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+        (
+            r#"{ "Network": "10.1.0.0/16" }"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+        (
+            r#"{"network":"10.0.0.0/8"}"#,
+            "10.0.0.0/8",
+            24,
+            "10.0.1.0",
+            "10.255.255.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/22"}"#,
+            "10.1.0.0/22",
+            24,
+            "10.1.1.0",
+            "10.1.3.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/23"}"#,
+            "10.1.0.0/23",
+            25,
+            "10.1.0.128",
+            "10.1.1.128",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/24"}"#,
+            "10.1.0.0/24",
+            26,
+            "10.1.0.64",
+            "10.1.0.192",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/28"}"#,
+            "10.1.0.0/28",
+            30,
+            "10.1.0.4",
+            "10.1.0.12",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/22","SubnetLen":28}"#,
+            "10.1.0.0/22",
+            28,
+            "10.1.0.16",
+            "10.1.3.240",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","SubnetLen":0}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","SubnetLen":18}"#,
+            "10.1.0.0/16",
+            18,
+            "10.1.64.0",
+            "10.1.192.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","SubnetLen":30}"#,
+            "10.1.0.0/16",
+            30,
+            "10.1.0.4",
+            "10.1.255.252",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.0","SubnetMax":"10.1.20.0"}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.10.0",
+            "10.1.20.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","backend":{"type":"UDP","port":9000}}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            9000,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","Backend":{"Port":0}}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+        (
+            r#"{"Network":"10.1.0.0/16","Unknown":[1,2],"EnableIPv6":false}"#,
+            "10.1.0.0/16",
+            24,
+            "10.1.1.0",
+            "10.1.255.0",
+            8285,
+        ),
+    ];
+
+    #[test]
+    fn defaults_table() {
+        for (json, net, len, min, max, port) in DEFAULTS {
+            let c = NetworkConfig::parse(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(c.network.to_string(), *net, "{json}");
+            assert_eq!(c.subnet_len, *len, "{json}");
+            assert_eq!(c.subnet_min, ip(min), "{json}");
+            assert_eq!(c.subnet_max, ip(max), "{json}");
+            assert_eq!(c.backend.port, *port, "{json}");
+        }
+    }
+
+    /// (config JSON, exact error message)
+    const ERRORS: &[(&str, &str)] = &[
+        ("", "config is not valid JSON: EOF while parsing a value at line 1 column 0"),
+        ("[1]", "config must be a JSON object, got [1]"),
+        ("{}", "Network is missing"),
+        (r#"{"Network":""}"#, "Network is missing"),
+        (r#"{"Network":16}"#, "Network 16: must be a string like \"10.1.0.0/16\""),
+        (r#"{"Network":"10.1.0.0"}"#, "Network 10.1.0.0: not an IPv4 network of the form A.B.C.D/N"),
+        (r#"{"Network":"10.1.0.0/33"}"#, "Network 10.1.0.0/33: not an IPv4 network of the form A.B.C.D/N"),
+        (r#"{"Network":"10.1.2.0/16"}"#, "Network 10.1.2.0/16: host bits are set (the network address is 10.1.0.0/16)"),
+        (r#"{"Network":"10.1.0.0/29"}"#, "Network 10.1.0.0/29: network is too small, the longest usable prefix is /28"),
+        (r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#, "SubnetLen 31: must be 30 or less"),
+        (r#"{"Network":"10.1.0.0/16","SubnetLen":17}"#, "SubnetLen 17: Network 10.1.0.0/16 must hold at least four subnets, so SubnetLen must be at least 18"),
+        (r#"{"Network":"10.1.0.0/16","SubnetLen":"24"}"#, "SubnetLen \"24\": must be a number"),
+        (r#"{"Network":"10.1.0.0/16","SubnetLen":24.5}"#, "SubnetLen 24.5: must be a number"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMin":"10.2.0.0"}"#, "SubnetMin 10.2.0.0: not inside Network 10.1.0.0/16"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMax":"10.2.0.0"}"#, "SubnetMax 10.2.0.0: not inside Network 10.1.0.0/16"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.1.5"}"#, "SubnetMin 10.1.1.5: not on a /24 (SubnetLen) boundary"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.9.128"}"#, "SubnetMax 10.1.9.128: not on a /24 (SubnetLen) boundary"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMin":"ten"}"#, "SubnetMin ten: must be an IPv4 address"),
+        (r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.9.0","SubnetMax":"10.1.8.0"}"#, "SubnetMin 10.1.9.0 is above SubnetMax 10.1.8.0"),
+        (r#"{"Network":"10.1.0.0/16","Backend":"udp"}"#, "Backend \"udp\": must be a JSON object"),
+        (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#, "Backend.Type \"vxlan\": unsupported backend, flannel-rs implements only \"udp\""),
+        (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":70000}}"#, "Backend.Port 70000: must be a port number 1..65535"),
+        (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#, "Backend.Port \"x\": must be a port number 1..65535"),
+    ];
+
+    #[test]
+    fn errors_table() {
+        for (json, msg) in ERRORS {
+            match NetworkConfig::parse(json) {
+                Ok(c) => panic!("{json}: accepted as {c:?}"),
+                Err(e) => assert_eq!(e.to_string(), *msg, "{json}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fits_and_enumerates() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/22","SubnetLen":28}"#).unwrap();
+        assert_eq!(c.subnet_count(), 63);
+        assert_eq!(c.subnets().count(), 63);
+        assert!(c.fits(&"10.1.0.16/28".parse().unwrap()));
+        assert!(
+            !c.fits(&"10.1.0.0/28".parse().unwrap()),
+            "first subnet is skipped"
+        );
+        assert!(!c.fits(&"10.1.4.0/28".parse().unwrap()));
+        assert!(!c.fits(&"10.1.1.0/24".parse().unwrap()));
+    }
+}

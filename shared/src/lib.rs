@@ -1,0 +1,16 @@
+//! Everything `flanneld` (control plane) and `flannel-dataplane` share.
+//!
+//! - [`net`]: IPv4 network values in flannel's two spellings.
+//! - [`config`]: the network config at `<prefix>/config`, parsed and validated as flannel does.
+//! - [`lease`]: lease keys and values under `<prefix>/subnets/`.
+//! - [`subnet_env`]: the `subnet.env` file Docker and CNI read.
+//! - [`route_table`]: the shared-memory route table (one writer, lock-free readers).
+
+pub mod config;
+pub mod lease;
+pub mod net;
+pub mod route_table;
+pub mod stats;
+pub mod subnet_env;
+
+pub use net::Ipv4Net;
