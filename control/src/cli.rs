@@ -75,6 +75,15 @@ pub struct Args {
           default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub ip_masq: bool,
+    /// Install ACCEPT rules for the network in the filter FORWARD path (chain FLANNEL-FWD).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, default_value_t = true,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub iptables_forward_rules: bool,
+    /// Seconds between checks that our iptables rules are still in place.
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub iptables_resync: u64,
     /// Address the /healthz and /readyz endpoint listens on.
     #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: IpAddr,

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::Args;
 use crate::etcd::{connect_with_retry, EtcdOptions};
 use crate::health::{self, Status};
+use crate::ip_masq;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
 use crate::public_ip;
 use crate::publish::Publisher;
@@ -28,12 +29,6 @@ use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
 pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
-    if args.ip_masq {
-        anyhow::bail!(
-            "-ip-masq true: masquerade rules are not implemented in this build; \
-             run without -ip-masq (FLANNEL_IPMASQ=false) until they land"
-        );
-    }
     let ext = public_ip::choose(&args.iface, &args.iface_regex, args.public_ip)?;
     tracing::info!(
         iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.public_ip,
@@ -90,6 +85,15 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     };
     let lease = keeper.acquire().await?;
     let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
+    if args.ip_masq || args.iptables_forward_rules {
+        tokio::spawn(keep_iptables(
+            config.network,
+            own_tx.subscribe(),
+            args.ip_masq,
+            args.iptables_forward_rules,
+            Duration::from_secs(args.iptables_resync),
+        ));
+    }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(
         LeaseWatcher {
@@ -103,6 +107,53 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         .run(),
     );
     keeper.keep(lease, own_tx, events_rx).await
+}
+
+/// Installs and re-checks the masquerade and forward rules every `period`, following our subnet.
+async fn keep_iptables(
+    network: Ipv4Net,
+    own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
+    masq: bool,
+    forward: bool,
+    period: Duration,
+) {
+    let mut last_err = String::new();
+    loop {
+        let subnet = own.borrow().map(|(s, _)| s);
+        let mut specs = Vec::new();
+        if let (true, Some(s)) = (masq, subnet) {
+            specs.push(ip_masq::masq_chain(network, s));
+        }
+        if forward {
+            specs.push(ip_masq::forward_chain(network));
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            specs
+                .iter()
+                .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        match result {
+            Ok(Ok(done)) => {
+                for (chain, changed) in done {
+                    if changed {
+                        tracing::info!(chain, "iptables rules installed");
+                    }
+                }
+                last_err.clear();
+            }
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                if e != last_err {
+                    tracing::error!("iptables: {e}; retrying every {period:?}");
+                    last_err = e;
+                }
+            }
+            Err(e) => tracing::error!("iptables task failed: {e}"),
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Reads `<prefix>/config` until it parses and validates. Logs each new problem (and every 30 s

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod daemon;
 pub mod etcd;
 pub mod health;
+pub mod ip_masq;
 pub mod lease_watch;
 pub mod public_ip;
 pub mod publish;

@@ -18,10 +18,9 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
     }
     let etcd = Etcd::start().unwrap();
     // 10.1.0.0/22 in /28s from 10.1.0.16 to 10.1.3.32: exactly 50 subnets.
-    let cfg = NetworkConfig::parse(
-        r#"{"Network":"10.1.0.0/22","SubnetLen":28,"SubnetMax":"10.1.3.32"}"#,
-    )
-    .unwrap();
+    let cfg =
+        NetworkConfig::parse(r#"{"Network":"10.1.0.0/22","SubnetLen":28,"SubnetMax":"10.1.3.32"}"#)
+            .unwrap();
     assert_eq!(cfg.subnet_count(), 50);
     let opts = EtcdOptions {
         endpoints: vec![etcd.endpoint()],
@@ -78,6 +77,14 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
         ..req
     };
     let lease = acquire(&mut client, &cfg, &again).await.unwrap();
-    assert_eq!(lease.source, flannel_control::subnet_lease::LeaseSource::Existing);
-    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 50);
+    assert_eq!(
+        lease.source,
+        flannel_control::subnet_lease::LeaseSource::Existing
+    );
+    assert_eq!(
+        etcd.get_prefix(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        50
+    );
 }

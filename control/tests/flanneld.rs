@@ -38,7 +38,10 @@ struct Host {
 impl Host {
     fn new(etcd: &Etcd, public_ip: &str) -> Self {
         Self {
-            dir: tempfile::Builder::new().prefix("flanneld-host-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("flanneld-host-")
+                .tempdir()
+                .unwrap(),
             public_ip: public_ip.into(),
             endpoint: etcd.endpoint(),
             extra: Vec::new(),
@@ -64,6 +67,8 @@ impl Host {
         // Go-style single-dash flags, as flannel users type them.
         c.arg(format!("-etcd-endpoints={}", self.endpoint))
             .arg("-iface=127.0.0.1")
+            // These hosts share the root namespace: leave its firewall alone.
+            .arg("-iptables-forward-rules=false")
             .arg(format!("-public-ip={}", self.public_ip))
             .arg(format!("-subnet-file={}", self.subnet_file().display()))
             .arg(format!("--route-table={}", self.route_table().display()))
@@ -73,7 +78,12 @@ impl Host {
     }
 
     fn start(&mut self) -> &Daemon {
-        let d = Daemon::spawn("flanneld", self.command(), &self.dir.path().join("flanneld.log")).unwrap();
+        let d = Daemon::spawn(
+            "flanneld",
+            self.command(),
+            &self.dir.path().join("flanneld.log"),
+        )
+        .unwrap();
         self.daemon = Some(d);
         self.daemon.as_ref().unwrap()
     }
@@ -119,7 +129,11 @@ fn lease_key(subnet: &Ipv4Net) -> String {
 }
 
 fn lo_mtu() -> u32 {
-    std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse().unwrap()
+    std::fs::read_to_string("/sys/class/net/lo/mtu")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -136,12 +150,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 #[test]
 fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
     let Some(etcd) = etcd_or_skip() else { return };
-    etcd.put_config(PREFIX, r#"{ "Network": "10.1.0.0/16" }"#).unwrap();
+    etcd.put_config(PREFIX, r#"{ "Network": "10.1.0.0/16" }"#)
+        .unwrap();
     let port = free_port();
-    let mut a = Host::new(&etcd, "198.18.0.1").with(&[
-        "-healthz-ip=127.0.0.1",
-        &format!("-healthz-port={port}"),
-    ]);
+    let mut a = Host::new(&etcd, "198.18.0.1")
+        .with(&["-healthz-ip=127.0.0.1", &format!("-healthz-port={port}")]);
     let mut b = Host::new(&etcd, "198.18.0.2");
     a.start();
     b.start();
@@ -152,12 +165,22 @@ fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
     assert_eq!(leases.len(), 2, "{leases:?}");
     for (host, subnet) in [(&a, sa), (&b, sb)] {
         assert_eq!(subnet.prefix(), 24);
-        assert!("10.1.0.0/16".parse::<Ipv4Net>().unwrap().contains_net(&subnet));
-        assert_ne!(subnet.addr(), Ipv4Addr::new(10, 1, 0, 0), "first subnet is never leased");
+        assert!("10.1.0.0/16"
+            .parse::<Ipv4Net>()
+            .unwrap()
+            .contains_net(&subnet));
+        assert_ne!(
+            subnet.addr(),
+            Ipv4Addr::new(10, 1, 0, 0),
+            "first subnet is never leased"
+        );
         let key = lease_key(&subnet);
         assert!(key.starts_with("/coreos.com/network/subnets/10.1.") && key.ends_with(".0-24"));
         let value = etcd.get(&key).unwrap().expect("lease key present");
-        assert_eq!(value, format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, host.public_ip));
+        assert_eq!(
+            value,
+            format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, host.public_ip)
+        );
         let env = std::fs::read_to_string(host.subnet_file()).unwrap();
         let gw = Ipv4Addr::from(subnet.addr_u32() + 1);
         assert_eq!(
@@ -167,7 +190,10 @@ fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
                 lo_mtu() - 28
             )
         );
-        assert!(etcd.lease_of(&key).unwrap() != 0, "key hangs on an etcd lease");
+        assert!(
+            etcd.lease_of(&key).unwrap() != 0,
+            "key hangs on an etcd lease"
+        );
     }
     // Each host's table holds both subnets.
     let peer_b = Ipv4Addr::from(sb.addr_u32() + 7).to_string();
@@ -183,25 +209,38 @@ fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
         .unwrap();
     assert!(dump.status.success());
     let text = String::from_utf8_lossy(&dump.stdout);
-    assert!(text.contains(&sa.to_string()) && text.contains("198.18.0.2"), "{text}");
+    assert!(
+        text.contains(&sa.to_string()) && text.contains("198.18.0.2"),
+        "{text}"
+    );
     // Health endpoints.
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
-    let ready = wait_for(SEC * 5, || http_get(port, "/readyz").filter(|(c, _)| *c == 200));
-    assert!(ready.is_some(), "readyz never 200: {:?}", http_get(port, "/readyz"));
+    let ready = wait_for(SEC * 5, || {
+        http_get(port, "/readyz").filter(|(c, _)| *c == 200)
+    });
+    assert!(
+        ready.is_some(),
+        "readyz never 200: {:?}",
+        http_get(port, "/readyz")
+    );
     assert_eq!(http_get(port, "/nope").unwrap().0, 404);
 }
 
 #[test]
 fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
     let Some(etcd) = etcd_or_skip() else { return };
-    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1");
     a.start();
     let first = a.wait_subnet(SEC * 20);
     a.daemon().wait_log("route table published", SEC * 10);
     let st = a.daemon().stop(SEC * 5).unwrap();
     assert!(st.success(), "SIGTERM must exit 0, got {st:?}");
-    assert!(etcd.get(&lease_key(&first)).unwrap().is_some(), "lease left in etcd on shutdown");
+    assert!(
+        etcd.get(&lease_key(&first)).unwrap().is_some(),
+        "lease left in etcd on shutdown"
+    );
 
     // 1. Through the existing lease (subnet.env removed, so only etcd can say).
     std::fs::remove_file(a.subnet_file()).unwrap();
@@ -219,7 +258,12 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
         etcd.get(&lease_key(&first)).unwrap().as_deref(),
         Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#)
     );
-    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).unwrap().len(), 1);
+    assert_eq!(
+        etcd.get_prefix(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        1
+    );
     // SIGINT also exits 0.
     a.daemon().signal(Signal::SIGINT);
     let exited = wait_for(SEC * 5, || (!a.daemon().is_running()).then_some(()));
@@ -229,7 +273,8 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
 #[test]
 fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
     let Some(etcd) = etcd_or_skip() else { return };
-    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1").with(&["-subnet-lease-ttl=9"]);
     a.start();
     let subnet = a.wait_subnet(SEC * 20);
@@ -237,19 +282,30 @@ fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
     let lease = etcd.lease_of(&key).unwrap();
     assert_ne!(lease, 0);
     // TTL 9 s with a 60 min margin: renewed every 3 s. See it drop, then grow back.
-    let low = wait_for(SEC * 10, || etcd.lease_ttl(lease).ok().flatten().filter(|t| *t <= 7));
+    let low = wait_for(SEC * 10, || {
+        etcd.lease_ttl(lease).ok().flatten().filter(|t| *t <= 7)
+    });
     assert!(low.is_some(), "TTL never went down");
-    let back = wait_for(SEC * 10, || etcd.lease_ttl(lease).ok().flatten().filter(|t| *t >= 8));
+    let back = wait_for(SEC * 10, || {
+        etcd.lease_ttl(lease).ok().flatten().filter(|t| *t >= 8)
+    });
     assert!(back.is_some(), "TTL never grew back (no renewal)");
     // Outlive the original TTL twice over: the key must still be there.
     std::thread::sleep(SEC * 12);
-    assert!(etcd.get(&key).unwrap().is_some(), "lease expired despite renewal");
+    assert!(
+        etcd.get(&key).unwrap().is_some(),
+        "lease expired despite renewal"
+    );
 
     // Our key deleted by hand: re-acquired, same subnet (it is free), loudly logged.
     etcd.ctl(&["del", &key]).unwrap();
-    a.daemon().wait_log("OUR SUBNET LEASE DISAPPEARED", SEC * 10);
+    a.daemon()
+        .wait_log("OUR SUBNET LEASE DISAPPEARED", SEC * 10);
     let back = wait_for(SEC * 10, || etcd.get(&key).ok().flatten());
-    assert_eq!(back.as_deref(), Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#));
+    assert_eq!(
+        back.as_deref(),
+        Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#)
+    );
     assert_eq!(a.wait_subnet(SEC), subnet);
     let new_lease = etcd.lease_of(&key).unwrap();
     assert_ne!(new_lease, 0);
@@ -258,8 +314,11 @@ fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
 
 #[test]
 fn watch_follows_leases_across_etcd_restart_and_compaction() {
-    let Some(mut etcd) = etcd_or_skip() else { return };
-    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    let Some(mut etcd) = etcd_or_skip() else {
+        return;
+    };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1");
     a.start();
     a.wait_subnet(SEC * 20);
@@ -267,13 +326,15 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     let value = |ip: &str| format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#);
 
     // A third host's lease appears in the shared-memory table; deleted, it disappears.
-    etcd.ctl(&["put", &third(200), &value("198.18.0.3")]).unwrap();
+    etcd.ctl(&["put", &third(200), &value("198.18.0.3")])
+        .unwrap();
     a.wait_route("10.1.200.9", Some("198.18.0.3"), SEC * 5);
     etcd.ctl(&["del", &third(200)]).unwrap();
     a.wait_route("10.1.200.9", None, SEC * 5);
     // Malformed values are skipped with a warning; others are unaffected.
     etcd.ctl(&["put", &third(210), "not json"]).unwrap();
-    etcd.ctl(&["put", &third(211), &value("198.18.0.11")]).unwrap();
+    etcd.ctl(&["put", &third(211), &value("198.18.0.11")])
+        .unwrap();
     a.wait_route("10.1.211.1", Some("198.18.0.11"), SEC * 5);
     a.wait_route("10.1.210.1", None, SEC);
     a.daemon().wait_log("skipping a malformed lease value", SEC);
@@ -282,7 +343,8 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     etcd.stop();
     std::thread::sleep(SEC);
     etcd.launch_hidden().unwrap();
-    etcd.side_ctl(&["put", &third(201), &value("198.18.0.4")]).unwrap();
+    etcd.side_ctl(&["put", &third(201), &value("198.18.0.4")])
+        .unwrap();
     etcd.side_ctl(&["del", &third(211)]).unwrap();
     etcd.stop();
     etcd.launch().unwrap();
@@ -294,8 +356,10 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     // Compaction past the watcher's revision while it is cut off: it lists again and diffs.
     etcd.stop();
     etcd.launch_hidden().unwrap();
-    etcd.side_ctl(&["put", &third(202), &value("198.18.0.5")]).unwrap();
-    etcd.side_ctl(&["put", &third(203), &value("198.18.0.6")]).unwrap();
+    etcd.side_ctl(&["put", &third(202), &value("198.18.0.5")])
+        .unwrap();
+    etcd.side_ctl(&["put", &third(203), &value("198.18.0.6")])
+        .unwrap();
     etcd.side_ctl(&["del", &third(203)]).unwrap();
     let rev = etcd.side_ctl(&["get", "/", "-w", "json"]).unwrap();
     let rev: String = rev
@@ -312,7 +376,8 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     a.wait_route("10.1.202.9", Some("198.18.0.5"), SEC * 15);
     a.wait_route("10.1.203.9", None, SEC);
     // The watch works after the re-list.
-    etcd.ctl(&["put", &third(204), &value("198.18.0.7")]).unwrap();
+    etcd.ctl(&["put", &third(204), &value("198.18.0.7")])
+        .unwrap();
     a.wait_route("10.1.204.9", Some("198.18.0.7"), SEC * 5);
     // Our own lease survived it all.
     assert!(a.daemon().is_running());
@@ -331,7 +396,8 @@ fn etcd_started_five_seconds_after_flanneld() {
     a.daemon().wait_log("etcd unreachable", SEC * 5);
     std::thread::sleep(SEC * 5);
     etcd.launch().unwrap();
-    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
     a.wait_subnet(SEC * 30);
     assert!(a.daemon().is_running(), "same process, no restart");
 }
@@ -346,16 +412,26 @@ fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_f
     cmd.env("FLANNELD_ETCD_ENDPOINTS", etcd.endpoint())
         .env("FLANNELD_ETCD_PREFIX", prefix)
         .env("FLANNELD_IFACE", "127.0.0.1")
+        .env("FLANNELD_IPTABLES_FORWARD_RULES", "false")
         .env("FLANNELD_PUBLIC_IP", "198.18.0.9")
         .env("FLANNELD_SUBNET_FILE", dir.path().join("subnet.env"))
         .env("FLANNELD_ROUTE_TABLE", dir.path().join("routes"));
     let mut d = Daemon::spawn("flanneld", cmd, &dir.path().join("log")).unwrap();
-    d.wait_log("network config /example.com/net/config not found in etcd", SEC * 10);
-    etcd.put_config(prefix, r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#).unwrap();
+    d.wait_log(
+        "network config /example.com/net/config not found in etcd",
+        SEC * 10,
+    );
+    etcd.put_config(prefix, r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#)
+        .unwrap();
     d.wait_log("SubnetLen 31: must be 30 or less", SEC * 5);
-    etcd.put_config(prefix, r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    etcd.put_config(
+        prefix,
+        r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
     d.wait_log("Backend.Type \"vxlan\": unsupported backend", SEC * 5);
-    etcd.put_config(prefix, r#"{"Network":"10.5.0.0/16","SubnetLen":20}"#).unwrap();
+    etcd.put_config(prefix, r#"{"Network":"10.5.0.0/16","SubnetLen":20}"#)
+        .unwrap();
     let subnet = wait_for(SEC * 10, || {
         flannel_shared::subnet_env::previous_subnet(&dir.path().join("subnet.env"))
     })
@@ -374,12 +450,18 @@ fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_f
 fn bad_flags_fail_with_a_message_naming_them() {
     let out = Command::new(env!("CARGO_BIN_EXE_flanneld"))
         .args(["-iface=nosuch0", "-etcd-endpoints=http://127.0.0.1:1"])
-        .arg(format!("--route-table={}", Path::new("/nonexistent/x").display()))
+        .arg(format!(
+            "--route-table={}",
+            Path::new("/nonexistent/x").display()
+        ))
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("-iface nosuch0: no interface has this name or IPv4 address"), "{err}");
+    assert!(
+        err.contains("-iface nosuch0: no interface has this name or IPv4 address"),
+        "{err}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_flanneld"))
         .arg("-subnet-lease-renew-margin=0")
         .output()

@@ -10,13 +10,16 @@ use anyhow::{bail, Context, Result};
 
 use super::{free_port, wait_for};
 
-/// One etcd member listening on 127.0.0.1.
+/// One etcd member listening on 127.0.0.1 (or a testbed address inside a namespace).
 pub struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
     side_port: u16,
     peer_port: u16,
+    /// Listen address: 127.0.0.1, or a testbed address inside `netns`.
+    host: std::net::Ipv4Addr,
+    netns: Option<String>,
 }
 
 impl Etcd {
@@ -40,12 +43,38 @@ impl Etcd {
             client_port: free_port(),
             side_port: free_port(),
             peer_port: free_port(),
+            host: std::net::Ipv4Addr::LOCALHOST,
+            netns: None,
         })
     }
 
-    /// `http://127.0.0.1:PORT`, for `-etcd-endpoints`.
+    /// Starts a fresh member inside network namespace `netns`, listening on `host` (an address
+    /// that namespace owns, e.g. the testbed switch), ports 2379/2380 (the namespace is ours alone).
+    pub fn start_in(netns: &str, host: std::net::Ipv4Addr) -> Result<Self> {
+        let mut e = Self::new()?;
+        e.client_port = 2379;
+        e.side_port = 2381;
+        e.peer_port = 2380;
+        e.host = host;
+        e.netns = Some(netns.to_owned());
+        e.launch()?;
+        Ok(e)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// `http://HOST:PORT`, for `-etcd-endpoints`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -65,22 +94,26 @@ impl Etcd {
 
     /// etcdctl through the side port (see [`Etcd::launch_hidden`]).
     pub fn side_ctl(&self, args: &[&str]) -> Result<String> {
-        ctl_at(&format!("http://127.0.0.1:{}", self.side_port), args)
+        self.ctl_at(&format!("http://{}:{}", self.host, self.side_port), args)
     }
 
     fn launch_listening(&mut self, port: u16) -> Result<()> {
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{}:{port}", self.host);
         if self.child.is_some() {
             bail!("etcd already running");
         }
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new("etcd")
+        let child = self
+            .command("etcd")
             .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={url}"))
             .arg(format!("--advertise-client-urls={url}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -94,10 +127,13 @@ impl Etcd {
             .context("starting etcd (apt-get install etcd-server)")?;
         self.child = Some(child);
         let ready = wait_for(Duration::from_secs(20), || {
-            ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
+            self.ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
         });
         if ready.is_none() {
-            bail!("etcd did not become healthy in 20 s; log: {}", self.log_path().display());
+            bail!(
+                "etcd did not become healthy in 20 s; log: {}",
+                self.log_path().display()
+            );
         }
         Ok(())
     }
@@ -111,12 +147,17 @@ impl Etcd {
 
     /// Runs `etcdctl --endpoints=<this> ARGS` and returns stdout; non-zero exit is an error.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        ctl_at(&self.endpoint(), args)
+        self.ctl_at(&self.endpoint(), args)
+    }
+
+    fn ctl_at(&self, endpoint: &str, args: &[&str]) -> Result<String> {
+        ctl_with(self.command("etcdctl"), endpoint, args)
     }
 
     /// Puts the network config.
     pub fn put_config(&self, prefix: &str, json: &str) -> Result<()> {
-        self.ctl(&["put", &format!("{prefix}/config"), json]).map(|_| ())
+        self.ctl(&["put", &format!("{prefix}/config"), json])
+            .map(|_| ())
     }
 
     /// Value of `key`, or None.
@@ -165,9 +206,13 @@ impl Etcd {
     }
 }
 
-/// Runs etcdctl against any endpoint.
+/// Runs etcdctl (on the host) against any endpoint.
 pub fn ctl_at(endpoint: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("etcdctl")
+    ctl_with(Command::new("etcdctl"), endpoint, args)
+}
+
+fn ctl_with(mut cmd: Command, endpoint: &str, args: &[&str]) -> Result<String> {
+    let out = cmd
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=5s")
         .args(args)

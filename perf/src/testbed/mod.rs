@@ -2,7 +2,9 @@
 //! child process with its log in a file), [`bins`] (where the built binaries are), and
 //! [`require`] (skip outside CI, fail under `CI=true`, when a prerequisite is missing).
 
+pub mod cluster;
 pub mod etcd;
+pub mod netns;
 pub mod process;
 
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ pub fn require(what: &str, ok: bool) -> bool {
 
 /// True when `program` is on PATH.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// True when running as root (namespaces, TUN, iptables need it).

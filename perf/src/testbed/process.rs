@@ -6,8 +6,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-pub use nix::sys::signal::Signal;
 use nix::sys::signal::kill;
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// A running child with its log file.
@@ -54,7 +54,11 @@ impl Daemon {
     /// Waits until the log contains `needle`; panics with the log when it does not in `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
         if super::wait_for(timeout, || self.log().contains(needle).then_some(())).is_none() {
-            panic!("{}: {needle:?} not logged in {timeout:?}; log:\n{}", self.name, self.log());
+            panic!(
+                "{}: {needle:?} not logged in {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
         }
     }
 

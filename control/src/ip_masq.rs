@@ -1,0 +1,219 @@
+//! iptables rules flannel installs, in their own chains (flannel v0.28.9 `MasqRules` and
+//! `ForwardRules`), kept in place by a periodic resync.
+//!
+//! nat, chain `FLANNEL-POSTRTG`, jumped from `POSTROUTING` (with `-ip-masq`), N = Network, S = our subnet:
+//! ```text
+//! -m mark --mark 0x4000/0x4000 -j RETURN   (kube-proxy's marked traffic: no double NAT)
+//! -s S -d N -j RETURN                      (overlay to overlay: no NAT)
+//! -s N -d S -j RETURN
+//! ! -s N -d S -j RETURN                    (external traffic to our pods: keep the source)
+//! -s N ! -d 224.0.0.0/4 -j MASQUERADE      (pods to the outside, not multicast)
+//! ! -s N -d N -j MASQUERADE                (host to the overlay)
+//! ```
+//! filter, chain `FLANNEL-FWD`, jumped from `FORWARD` (with `-iptables-forward-rules`, default on):
+//! `-s N -j ACCEPT`, `-d N -j ACCEPT`. Every rule carries the comment "flanneld masq" or
+//! "flanneld forward".
+//!
+//! A sync is idempotent: the chain is rewritten only when its rules are not exactly the desired
+//! ones (count and each rule by `iptables -C`), and the jump is added only when missing. It runs
+//! the `iptables` program (iptables-nft on Debian 12) with `-w` and needs CAP_NET_ADMIN.
+
+use std::process::Command;
+
+use flannel_shared::Ipv4Net;
+
+pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
+pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
+const MASQ_COMMENT: &str = "flanneld masq";
+const FORWARD_COMMENT: &str = "flanneld forward";
+
+/// One chain of ours and the built-in chain that jumps to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub from: &'static str,
+    pub comment: &'static str,
+    /// Rule arguments, without `-A CHAIN` and without the comment match.
+    pub rules: Vec<Vec<String>>,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+/// The masquerade chain for `network` and our `subnet`.
+pub fn masq_chain(network: Ipv4Net, subnet: Ipv4Net) -> ChainSpec {
+    let (n, s) = (network.to_string(), subnet.to_string());
+    ChainSpec {
+        table: "nat",
+        chain: MASQ_CHAIN,
+        from: "POSTROUTING",
+        comment: MASQ_COMMENT,
+        rules: vec![
+            words("-m mark --mark 0x4000/0x4000 -j RETURN"),
+            words(&format!("-s {s} -d {n} -j RETURN")),
+            words(&format!("-s {n} -d {s} -j RETURN")),
+            words(&format!("! -s {n} -d {s} -j RETURN")),
+            words(&format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE")),
+            words(&format!("! -s {n} -d {n} -j MASQUERADE")),
+        ],
+    }
+}
+
+/// The forward chain for `network`.
+pub fn forward_chain(network: Ipv4Net) -> ChainSpec {
+    let n = network.to_string();
+    ChainSpec {
+        table: "filter",
+        chain: FORWARD_CHAIN,
+        from: "FORWARD",
+        comment: FORWARD_COMMENT,
+        rules: vec![
+            words(&format!("-s {n} -j ACCEPT")),
+            words(&format!("-d {n} -j ACCEPT")),
+        ],
+    }
+}
+
+impl ChainSpec {
+    /// Full iptables arguments for rule `i` with action `action` (`-A`, `-C`).
+    fn rule_args(&self, action: &str, i: usize) -> Vec<String> {
+        let mut a = vec![action.to_string(), self.chain.to_string()];
+        let rule = &self.rules[i];
+        // The comment match goes before the target, as flannel writes it.
+        let target_at = rule.iter().position(|w| w == "-j").unwrap_or(rule.len());
+        a.extend_from_slice(&rule[..target_at]);
+        a.extend(
+            words("-m comment --comment")
+                .into_iter()
+                .chain([self.comment.to_string()]),
+        );
+        a.extend_from_slice(&rule[target_at..]);
+        a
+    }
+
+    fn jump_args(&self, action: &str) -> Vec<String> {
+        let mut a = vec![action.to_string(), self.from.to_string()];
+        a.extend(
+            words("-m comment --comment")
+                .into_iter()
+                .chain([self.comment.to_string()]),
+        );
+        a.extend([String::from("-j"), self.chain.to_string()]);
+        a
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("iptables -t {table} {args}: {message}")]
+pub struct IptablesError {
+    table: String,
+    args: String,
+    message: String,
+}
+
+fn iptables(table: &str, args: &[String]) -> Result<bool, IptablesError> {
+    let out = Command::new("iptables")
+        .args(["-w", "5", "-t", table])
+        .args(args)
+        .output()
+        .map_err(|e| IptablesError {
+            table: table.into(),
+            args: args.join(" "),
+            message: format!("cannot run iptables: {e}"),
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    // Exit 1 is "rule does not exist" for -C; anything else is an error.
+    if out.status.code() == Some(1) && args.first().is_some_and(|a| a == "-C") {
+        return Ok(false);
+    }
+    Err(IptablesError {
+        table: table.into(),
+        args: args.join(" "),
+        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Makes the chain exactly `spec`. Returns true when something had to change.
+pub fn sync(spec: &ChainSpec) -> Result<bool, IptablesError> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut changed = false;
+    let listed = Command::new("iptables")
+        .args(["-w", "5", "-t", spec.table, "-S", spec.chain])
+        .output();
+    let present: Option<usize> = match listed {
+        Ok(o) if o.status.success() => Some(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .count(),
+        ),
+        _ => None,
+    };
+    let in_sync = match present {
+        None => {
+            iptables(spec.table, &s(&["-N", spec.chain]))?;
+            changed = true;
+            false
+        }
+        Some(n) if n != spec.rules.len() => false,
+        Some(_) => {
+            let mut all = true;
+            for i in 0..spec.rules.len() {
+                all &= iptables(spec.table, &spec.rule_args("-C", i))?;
+            }
+            all
+        }
+    };
+    if !in_sync {
+        iptables(spec.table, &s(&["-F", spec.chain]))?;
+        for i in 0..spec.rules.len() {
+            iptables(spec.table, &spec.rule_args("-A", i))?;
+        }
+        changed = true;
+    }
+    if !iptables(spec.table, &spec.jump_args("-C"))? {
+        iptables(spec.table, &spec.jump_args("-A"))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_match_flannels() {
+        let spec = masq_chain(
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.15.0/24".parse().unwrap(),
+        );
+        let got: Vec<String> = (0..spec.rules.len())
+            .map(|i| spec.rule_args("-A", i).join(" "))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment flanneld masq -j RETURN",
+                "-A FLANNEL-POSTRTG -s 10.1.15.0/24 -d 10.1.0.0/16 -m comment --comment flanneld masq -j RETURN",
+                "-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.15.0/24 -m comment --comment flanneld masq -j RETURN",
+                "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.15.0/24 -m comment --comment flanneld masq -j RETURN",
+                "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment flanneld masq -j MASQUERADE",
+                "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment flanneld masq -j MASQUERADE",
+            ]
+        );
+        assert_eq!(
+            spec.jump_args("-A").join(" "),
+            "-A POSTROUTING -m comment --comment flanneld masq -j FLANNEL-POSTRTG"
+        );
+        let fwd = forward_chain("10.1.0.0/16".parse().unwrap());
+        assert_eq!(
+            fwd.rule_args("-A", 1).join(" "),
+            "-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment flanneld forward -j ACCEPT"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Traffic for tests and benchmarks, run inside container namespaces:
+//!
+//! - `tcp-recv PORT`: accept one connection, read to EOF, print `bytes=N sha256=HEX`.
+//! - `tcp-send ADDR:PORT BYTES SEED`: send BYTES of deterministic pseudo-random data, print the same.
+//! - `udp-recv PORT COUNT TIMEOUT_MS`: receive up to COUNT datagrams, verify each one's content
+//!   against its sequence number, print `received=N intact=N`.
+//! - `udp-send ADDR:PORT COUNT SIZE`: send COUNT datagrams of SIZE bytes (sequence + pattern).
+//!
+//! Content is a function of position, so corruption anywhere shows in the digest or check.
+
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["tcp-recv", port] => tcp_recv(port.parse()?),
+        ["tcp-send", addr, bytes, seed] => tcp_send(addr, bytes.parse()?, seed.parse()?),
+        ["udp-recv", port, count, timeout] => udp_recv(port.parse()?, count.parse()?, timeout.parse()?),
+        ["udp-send", addr, count, size] => udp_send(addr, count.parse()?, size.parse()?),
+        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE"),
+    }
+}
+
+/// xorshift64*: cheap deterministic bytes.
+struct Stream(u64);
+
+impl Stream {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+fn tcp_recv(port: u16) -> Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port)).context("bind")?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (mut s, _) = l.accept()?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    println!("bytes={total} sha256={:x}", h.finalize());
+    Ok(())
+}
+
+fn tcp_send(addr: &str, bytes: u64, seed: u64) -> Result<()> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    let mut gen = Stream(seed | 1);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        gen.fill(&mut buf[..n]);
+        s.write_all(&buf[..n])?;
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    println!("bytes={bytes} sha256={:x}", h.finalize());
+    Ok(())
+}
+
+fn datagram(seq: u32, size: usize) -> Vec<u8> {
+    let mut d = vec![0u8; size.max(4)];
+    d[..4].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in d.iter_mut().enumerate().skip(4) {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    d
+}
+
+fn udp_recv(port: u16, count: u32, timeout_ms: u64) -> Result<()> {
+    let s = UdpSocket::bind(("0.0.0.0", port))?;
+    s.set_read_timeout(Some(Duration::from_millis(timeout_ms)))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (mut received, mut intact) = (0u32, 0u32);
+    let mut buf = vec![0u8; 65536];
+    while received < count {
+        let Ok(n) = s.recv(&mut buf) else { break };
+        received += 1;
+        if n >= 4 {
+            let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            if buf[..n] == datagram(seq, n)[..] {
+                intact += 1;
+            }
+        }
+    }
+    println!("received={received} intact={intact}");
+    Ok(())
+}
+
+fn udp_send(addr: &str, count: u32, size: usize) -> Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    for seq in 0..count {
+        s.send_to(&datagram(seq, size), addr)?;
+        if seq % 64 == 63 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    println!("sent={count}");
+    Ok(())
+}

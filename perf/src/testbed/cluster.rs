@@ -1,0 +1,248 @@
+//! A whole simulated cluster: an underlay switch with etcd on it, and hosts that each run the real
+//! `flanneld` and `flannel-dataplane` binaries with a docker0-like bridge and one container.
+//! Used by the end-to-end tests, the perf harness and `scripts/demo`. Everything is torn down on
+//! drop: daemons first (by PID), then namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::etcd::Etcd;
+use super::netns::{add_container, Netns, Underlay, SWITCH_IP};
+use super::process::Daemon;
+use super::wait_for;
+
+/// How to build the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    /// JSON stored at `/coreos.com/network/config`.
+    pub network_config: String,
+    /// Extra `flannel-dataplane` arguments (e.g. `--no-io-uring`, `--workers=2`).
+    pub dataplane_args: Vec<String>,
+    /// Extra `flanneld` arguments.
+    pub flanneld_args: Vec<String>,
+    /// Underlay link MTU.
+    pub underlay_mtu: u32,
+    /// Where `flanneld` and `flannel-dataplane` are.
+    pub bin_dir: PathBuf,
+}
+
+impl ClusterOpts {
+    pub fn new(bin_dir: &Path) -> Self {
+        Self {
+            network_config: r#"{"Network":"10.1.0.0/16"}"#.into(),
+            dataplane_args: Vec::new(),
+            flanneld_args: Vec::new(),
+            underlay_mtu: 1500,
+            bin_dir: bin_dir.to_owned(),
+        }
+    }
+}
+
+/// One simulated host. Field order is drop order: daemons, container, host namespace.
+pub struct SimHost {
+    pub dataplane: Option<Daemon>,
+    pub flanneld: Option<Daemon>,
+    pub container: Option<Netns>,
+    pub ns: Netns,
+    pub index: usize,
+    pub underlay_ip: Ipv4Addr,
+    pub dir: PathBuf,
+    /// From subnet.env once flanneld wrote it.
+    pub subnet: Option<(Ipv4Addr, u8)>,
+    pub mtu: u32,
+}
+
+impl SimHost {
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+    pub fn route_table(&self) -> PathBuf {
+        self.dir.join("routes")
+    }
+    pub fn stats_file(&self) -> PathBuf {
+        self.dir.join("dataplane.stats")
+    }
+    /// The container's overlay address (FLANNEL_SUBNET + 1).
+    pub fn container_ip(&self) -> Ipv4Addr {
+        let (gw, _) = self.subnet.expect("subnet known");
+        Ipv4Addr::from(u32::from(gw) + 1)
+    }
+    pub fn container(&self) -> &Netns {
+        self.container.as_ref().expect("container created")
+    }
+    /// Logs of both daemons, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (name, d) in [
+            ("flanneld", &self.flanneld),
+            ("flannel-dataplane", &self.dataplane),
+        ] {
+            if let Some(d) = d {
+                s.push_str(&format!(
+                    "--- host {} {name} ({}):\n{}\n",
+                    self.index,
+                    d.log_path().display(),
+                    d.log()
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// The cluster. Field order is drop order.
+pub struct Cluster {
+    pub hosts: Vec<SimHost>,
+    pub etcd: Etcd,
+    pub underlay: Underlay,
+    pub opts: ClusterOpts,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Builds the underlay, starts etcd on the switch and publishes the network config.
+    pub fn new(opts: ClusterOpts) -> Result<Self> {
+        let underlay = Underlay::create()?;
+        let etcd = Etcd::start_in(underlay.switch.name(), SWITCH_IP)?;
+        etcd.put_config("/coreos.com/network", &opts.network_config)?;
+        Ok(Self {
+            hosts: Vec::new(),
+            etcd,
+            underlay,
+            opts,
+            dir: tempfile::Builder::new()
+                .prefix("flannel-cluster-")
+                .tempdir()?,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a host and brings it fully up: flanneld (waits for subnet.env), flannel-dataplane
+    /// (waits for flannel0), the bridge and the container.
+    pub fn add_host(&mut self) -> Result<usize> {
+        let i = self.add_control_host()?;
+        self.start_dataplane(i)?;
+        let h = &mut self.hosts[i];
+        let (gw, prefix) = h.subnet.expect("subnet.env read");
+        let name = format!("{}-c", h.ns.name());
+        let (c, _) = add_container(&h.ns, &name, gw, prefix, h.mtu)?;
+        h.container = Some(c);
+        Ok(i)
+    }
+
+    /// Adds a host running only flanneld; returns once it wrote subnet.env.
+    pub fn add_control_host(&mut self) -> Result<usize> {
+        let (ns, underlay_ip) = self.underlay.add_host(self.opts.underlay_mtu)?;
+        let index = self.hosts.len() + 1;
+        let dir = self.dir.path().join(format!("host{index}"));
+        std::fs::create_dir_all(&dir)?;
+        self.hosts.push(SimHost {
+            dataplane: None,
+            flanneld: None,
+            container: None,
+            ns,
+            index,
+            underlay_ip,
+            dir,
+            subnet: None,
+            mtu: 0,
+        });
+        let i = self.hosts.len() - 1;
+        self.start_flanneld(i)?;
+        self.wait_subnet_env(i)?;
+        Ok(i)
+    }
+
+    /// Starts flanneld on host `i` (in its namespace, `-iface eth0`, every path under its dir).
+    pub fn start_flanneld(&mut self, i: usize) -> Result<()> {
+        let endpoint = self.etcd.endpoint();
+        let bin = self.opts.bin_dir.join("flanneld");
+        let extra = self.opts.flanneld_args.clone();
+        let h = &mut self.hosts[i];
+        let mut cmd = h.ns.command(&bin);
+        cmd.arg(format!("-etcd-endpoints={endpoint}"))
+            .arg("-iface=eth0")
+            .arg(format!("-subnet-file={}", h.subnet_file().display()))
+            .arg(format!("--route-table={}", h.route_table().display()))
+            .args(extra)
+            .env("RUST_LOG", "info");
+        h.flanneld = Some(Daemon::spawn("flanneld", cmd, &h.dir.join("flanneld.log"))?);
+        Ok(())
+    }
+
+    fn wait_subnet_env(&mut self, i: usize) -> Result<()> {
+        let h = &mut self.hosts[i];
+        let text = wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(h.subnet_file()).ok()
+        })
+        .ok_or_else(|| anyhow!("host {} wrote no subnet.env in 30 s\n{}", h.index, h.logs()))?;
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("{k} missing in subnet.env: {text}"))
+        };
+        let subnet = field("FLANNEL_SUBNET=")?;
+        let (gw, prefix) = subnet.split_once('/').context("FLANNEL_SUBNET")?;
+        h.subnet = Some((gw.parse()?, prefix.parse()?));
+        h.mtu = field("FLANNEL_MTU=")?.parse()?;
+        Ok(())
+    }
+
+    /// Starts flannel-dataplane on host `i` and waits until flannel0 carries its address.
+    pub fn start_dataplane(&mut self, i: usize) -> Result<()> {
+        let bin = self.opts.bin_dir.join("flannel-dataplane");
+        let extra = self.opts.dataplane_args.clone();
+        let h = &mut self.hosts[i];
+        let mut cmd = h.ns.command(&bin);
+        cmd.arg(format!("--route-table={}", h.route_table().display()))
+            .arg(format!("--stats={}", h.stats_file().display()))
+            .args(extra)
+            .env("RUST_LOG", "info");
+        h.dataplane = Some(Daemon::spawn(
+            "flannel-dataplane",
+            cmd,
+            &h.dir.join("dataplane.log"),
+        )?);
+        let (gw, _) = h.subnet.context("subnet unknown")?;
+        let tun_addr = Ipv4Addr::from(u32::from(gw) - 1).to_string();
+        let up = wait_for(Duration::from_secs(20), || {
+            let out = h.ns.ip(&["-o", "addr", "show", "dev", "flannel0"]).ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("inet {tun_addr}/32"))
+                .then_some(())
+        });
+        if up.is_none() {
+            bail!(
+                "host {}: flannel0 with {tun_addr}/32 not up in 20 s\n{}",
+                h.index,
+                h.logs()
+            );
+        }
+        Ok(())
+    }
+
+    /// `ping -c COUNT` from host `from`'s container to host `to`'s container; Ok(stdout) on success.
+    pub fn ping(&self, from: usize, to: usize, count: u32) -> Result<String> {
+        let dst = self.hosts[to].container_ip().to_string();
+        let out = self.hosts[from]
+            .container()
+            .command("ping")
+            .args(["-c", &count.to_string(), "-W", "2", "-i", "0.2", &dst])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "ping {dst} from host {} failed:\n{text}",
+                self.hosts[from].index
+            );
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,288 @@
+//! End to end: real etcd, real `flanneld` and `flannel-dataplane` in network namespaces, containers
+//! behind docker0-like bridges. Needs root (skips with a message otherwise; fails under CI=true).
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use flannel_perf::testbed::cluster::{Cluster, ClusterOpts};
+use flannel_perf::testbed::etcd::Etcd;
+use flannel_perf::testbed::{bins, have, is_root, require, wait_for};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn cluster(dataplane_args: &[&str]) -> Option<Cluster> {
+    if !require("root (network namespaces, TUN)", is_root())
+        || !require(
+            "etcd, ip, ping installed",
+            Etcd::available() && have("ip") && have("ping"),
+        )
+    {
+        return None;
+    }
+    let bin_dir = bins("flanneld").parent().unwrap().to_path_buf();
+    let mut opts = ClusterOpts::new(&bin_dir);
+    opts.dataplane_args = dataplane_args.iter().map(|s| s.to_string()).collect();
+    Some(Cluster::new(opts).expect("build the testbed"))
+}
+
+fn loadgen() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_flannel-loadgen"))
+}
+
+/// Starts a loadgen receiver in a container and waits until it listens.
+fn spawn_receiver(c: &Cluster, host: usize, args: &[&str]) -> std::process::Child {
+    let mut child = c.hosts[host]
+        .container()
+        .command(loadgen())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
+}
+
+fn finish(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Parses a pcap (Ethernet) and returns the UDP payloads sent to `port`, with the outer IPs.
+fn udp_payloads(pcap: &[u8], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut off = 24;
+    while off + 16 <= pcap.len() {
+        let incl = u32::from_le_bytes(pcap[off + 8..off + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[off + 16..(off + 16 + incl).min(pcap.len())];
+        off += 16 + incl;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < ihl + 8 {
+            continue;
+        }
+        let udp = &ip[ihl..];
+        let dport = u16::from_be_bytes([udp[2], udp[3]]);
+        let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+        if dport != port || ulen < 8 || udp.len() < ulen {
+            continue;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        out.push((src, dst, udp[8..ulen].to_vec()));
+    }
+    out
+}
+
+fn two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(dataplane_args: &[&str]) {
+    let Some(mut c) = cluster(dataplane_args) else {
+        return;
+    };
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    let (ca, cb) = (a.container_ip(), b.container_ip());
+
+    // Wire capture on B's underlay while a ping crosses.
+    let pcap = c.dir().join("b.pcap");
+    let mut tcpdump =
+        b.ns.command("tcpdump")
+            .args(["-i", "eth0", "-U", "-s", "0", "-w"])
+            .arg(&pcap)
+            .args(["udp", "port", "8285"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(SEC);
+
+    let ab = c
+        .ping(0, 1, 3)
+        .unwrap_or_else(|e| panic!("{e}\n{}{}", a.logs(), b.logs()));
+    assert!(ab.contains("3 received"), "{ab}");
+    let ba = c.ping(1, 0, 3).unwrap();
+    assert!(ba.contains("3 received"), "{ba}");
+    std::thread::sleep(SEC / 2);
+    let _ = Command::new("kill").arg(tcpdump.id().to_string()).status();
+    let _ = tcpdump.wait();
+
+    // Flannel's wire format: UDP to 8285 whose payload is exactly the inner IPv4 packet.
+    let frames = udp_payloads(&std::fs::read(&pcap).unwrap(), 8285);
+    let inner: Vec<_> = frames
+        .iter()
+        .filter(|(src, dst, _)| *src == a.underlay_ip && *dst == b.underlay_ip)
+        .collect();
+    assert!(!inner.is_empty(), "no UDP 8285 datagrams A→B captured");
+    for (_, _, p) in &inner {
+        assert_eq!(p[0] >> 4, 4, "payload starts with an IPv4 header");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([p[2], p[3]])),
+            p.len(),
+            "inner total length = payload"
+        );
+        assert_eq!(Ipv4Addr::new(p[12], p[13], p[14], p[15]), ca);
+        assert_eq!(Ipv4Addr::new(p[16], p[17], p[18], p[19]), cb);
+        assert_eq!(p[9], 1, "ICMP inside");
+        // Container sent TTL 64; the host forwarded it once (63); flannel decrements on send (62).
+        assert_eq!(p[8], 62, "inner TTL decremented on send as flannel does");
+    }
+
+    // 200 MB over TCP, SHA-256 equal at both ends.
+    let rx = spawn_receiver(&c, 1, &["tcp-recv", "5001"]);
+    let tx = c.hosts[0]
+        .container()
+        .command(loadgen())
+        .args(["tcp-send", &format!("{cb}:5001"), "200000000", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        tx.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
+    let sent = String::from_utf8_lossy(&tx.stdout).trim().to_string();
+    let got = finish(rx);
+    assert!(sent.starts_with("bytes=200000000 sha256="), "{sent}");
+    assert_eq!(got, sent, "received data differs from sent data");
+
+    // UDP datagrams arrive intact.
+    let rx = spawn_receiver(&c, 0, &["udp-recv", "5002", "500", "3000"]);
+    let tx = c.hosts[1]
+        .container()
+        .command(loadgen())
+        .args(["udp-send", &format!("{ca}:5002"), "500", "1200"])
+        .output()
+        .unwrap();
+    assert!(tx.status.success());
+    let got = finish(rx);
+    let received: u32 = got
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("received="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(received >= 490, "{got}");
+    assert!(
+        got.ends_with(&format!("intact={received}")),
+        "corrupted datagrams: {got}"
+    );
+}
+
+#[test]
+fn io_uring_path_carries_ping_tcp_udp_in_wire_format() {
+    two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(&[]);
+}
+
+#[test]
+fn fallback_path_carries_ping_tcp_udp_in_wire_format() {
+    two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(&["--no-io-uring"]);
+}
+
+#[test]
+fn third_host_joins_live_and_a_deleted_lease_becomes_net_unreachable() {
+    let Some(mut c) = cluster(&[]) else { return };
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.ping(0, 1, 1).unwrap();
+    // Traffic flows while the third host joins.
+    let c3 = c.add_host().unwrap();
+    c.ping(0, c3, 2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.hosts[0].logs()));
+    c.ping(c3, 1, 2).unwrap();
+    c.ping(1, 0, 1).unwrap();
+
+    // Host 3's flanneld stops (otherwise it re-acquires) and its lease is deleted.
+    c.hosts[c3].flanneld.as_mut().unwrap().kill9();
+    let (gw, len) = c.hosts[c3].subnet.unwrap();
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{len}",
+        Ipv4Addr::from(u32::from(gw) - 1)
+    );
+    c.etcd.ctl(&["del", &key]).unwrap();
+    let dst = c.hosts[c3].container_ip().to_string();
+    let unreachable = wait_for(SEC * 10, || {
+        let out = c.hosts[0]
+            .container()
+            .command("ping")
+            .args(["-c", "1", "-W", "1", &dst])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("Destination Net Unreachable").then_some(text)
+    });
+    assert!(
+        unreachable.is_some(),
+        "no ICMP net-unreachable for a deleted lease\n{}",
+        c.hosts[0].logs()
+    );
+    c.ping(0, 1, 1).unwrap();
+}
+
+#[test]
+fn forwarding_survives_flanneld_death_and_dataplane_restart_keeps_the_lease() {
+    let Some(mut c) = cluster(&[]) else { return };
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.ping(0, 1, 1).unwrap();
+    let (gw, len) = c.hosts[0].subnet.unwrap();
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{len}",
+        Ipv4Addr::from(u32::from(gw) - 1)
+    );
+    let lease_before = c.etcd.lease_of(&key).unwrap();
+    let value_before = c.etcd.get(&key).unwrap();
+
+    // flanneld killed: the data plane keeps forwarding with the last table.
+    c.hosts[0].flanneld.as_mut().unwrap().kill9();
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
+    c.start_flanneld(0).unwrap();
+    c.hosts[0]
+        .flanneld
+        .as_ref()
+        .unwrap()
+        .wait_log("route table published", SEC * 20);
+    c.ping(0, 1, 1).unwrap();
+
+    // flannel-dataplane killed and restarted: forwarding resumes; the lease is untouched.
+    c.hosts[0].dataplane.as_mut().unwrap().kill9();
+    c.start_dataplane(0).unwrap();
+    let resumed = wait_for(SEC * 5, || c.ping(0, 1, 1).ok());
+    assert!(
+        resumed.is_some(),
+        "no forwarding after data-plane restart\n{}",
+        c.hosts[0].logs()
+    );
+    c.ping(1, 0, 1).unwrap();
+    assert_eq!(c.etcd.get(&key).unwrap(), value_before);
+    assert_eq!(
+        c.etcd.lease_of(&key).unwrap(),
+        lease_before,
+        "same etcd lease"
+    );
+    // SIGTERM: both exit 0.
+    let h = &mut c.hosts[0];
+    assert!(h
+        .dataplane
+        .as_mut()
+        .unwrap()
+        .stop(SEC * 5)
+        .unwrap()
+        .success());
+    assert!(h
+        .flanneld
+        .as_mut()
+        .unwrap()
+        .stop(SEC * 5)
+        .unwrap()
+        .success());
+}
