@@ -100,6 +100,13 @@ pub struct Args {
         default_value = "/run/flannel/routes"
     )]
     pub route_table: PathBuf,
+    /// flannel-dataplane's shared-memory counters, exported on /metrics.
+    #[arg(
+        long,
+        env = "FLANNELD_DATAPLANE_STATS",
+        default_value = "/run/flannel/dataplane.stats"
+    )]
+    pub dataplane_stats: PathBuf,
     /// TTL of the subnet lease in etcd, in seconds (flannel: 24 h). Short values are for tests.
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value_t = 86400,
           value_parser = clap::value_parser!(u64).range(5..=31_536_000))]

@@ -23,6 +23,7 @@ use crate::etcd::{connect_with_retry, EtcdOptions};
 use crate::health::{self, Status};
 use crate::ip_masq;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
+use crate::metrics::Counters;
 use crate::public_ip;
 use crate::publish::Publisher;
 use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
@@ -36,7 +37,11 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     );
     if args.healthz_port != 0 {
         let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
-        tokio::spawn(health::serve(listener, status.clone()));
+        let registry = Arc::new(crate::metrics::registry(
+            status.clone(),
+            args.dataplane_stats.clone(),
+        ));
+        tokio::spawn(health::serve(listener, status.clone(), registry));
     }
     let etcd = EtcdOptions {
         endpoints: args.endpoints(),
@@ -103,6 +108,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
             publisher,
             own: own_rx,
             own_events: events_tx,
+            status: status.clone(),
         }
         .run(),
     );
@@ -213,6 +219,7 @@ impl LeaseKeeper {
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
                 Err(e) => {
+                    Counters::inc(&self.status.counters.etcd_errors);
                     tracing::warn!(retry_in = ?backoff.peek(), "acquiring a subnet lease failed: {e}");
                     backoff.sleep().await;
                 }
@@ -223,6 +230,7 @@ impl LeaseKeeper {
             ttl = ?lease.ttl, source = ?lease.source, "subnet lease acquired"
         );
         self.status.lease_held.store(true, Ordering::Release);
+        self.note_expiry(lease.ttl);
         self.request.previous = Some(lease.subnet);
         write_subnet_env(
             &self.subnet_file,
@@ -250,12 +258,15 @@ impl LeaseKeeper {
                 _ = tokio::time::sleep(wait) => {
                     match subnet_lease::renew(&mut self.client, &mut lease).await {
                         Ok(Renewal::Renewed(ttl)) => {
+                            Counters::inc(&self.status.counters.lease_renewals);
+                            self.note_expiry(ttl);
                             tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
                             wait = subnet_lease::renew_delay(ttl, self.margin);
                             false
                         }
                         Ok(Renewal::Lost) => true,
                         Err(e) => {
+                            Counters::inc(&self.status.counters.etcd_errors);
                             wait = subnet_lease::renew_retry_delay(lease.ttl);
                             tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                             false
@@ -274,6 +285,7 @@ impl LeaseKeeper {
                 "OUR SUBNET LEASE DISAPPEARED from etcd; re-acquiring (the same subnet if it is still free)"
             );
             self.status.lease_held.store(false, Ordering::Release);
+            Counters::inc(&self.status.counters.lease_reacquisitions);
             let old = lease.lease_id;
             lease = self.acquire().await?;
             if old != lease.lease_id {
@@ -282,6 +294,15 @@ impl LeaseKeeper {
             let _ = own_tx.send(Some((lease.subnet, self.request.public_ip)));
             wait = subnet_lease::renew_delay(lease.ttl, self.margin);
         }
+    }
+
+    fn note_expiry(&self, ttl: Duration) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.status
+            .lease_expiry_unix
+            .store((now + ttl).as_secs(), Ordering::Relaxed);
     }
 
     /// Double-checks a "lost" report against etcd: the key exists, names us and hangs on our lease.

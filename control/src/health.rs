@@ -1,4 +1,4 @@
-//! `/healthz` (the process is alive: 200) and `/readyz` (200 once the lease is held, subnet.env is
+//! `/metrics` (Prometheus text, see [`crate::metrics`]), `/healthz` (the process is alive: 200) and `/readyz` (200 once the lease is held, subnet.env is
 //! written and the route table is published; 503 with the missing items otherwise) on
 //! `-healthz-ip:-healthz-port`. A deliberately small HTTP/1.x responder: GET only, one request
 //! per connection, 8 KiB request limit, 5 s read timeout.
@@ -11,14 +11,19 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use prometheus_client::registry::Registry;
+
 use crate::publish::Publisher;
 
-/// Readiness flags the daemon sets as it comes up.
-#[derive(Default)]
+/// Readiness flags and counters the daemon sets as it runs.
+#[derive(Debug, Default)]
 pub struct Status {
     pub lease_held: AtomicBool,
     pub subnet_env_written: AtomicBool,
     pub publisher: std::sync::OnceLock<Arc<Publisher>>,
+    /// Unix seconds at which our lease expires unless renewed.
+    pub lease_expiry_unix: std::sync::atomic::AtomicU64,
+    pub counters: crate::metrics::Counters,
 }
 
 impl Status {
@@ -46,14 +51,15 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, status: Arc<Status>) {
+pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Registry>) {
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
                 let status = status.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), handle(conn, &status)).await;
+                    let reply = handle(conn, &status, &registry);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
                 });
             }
             Err(e) => {
@@ -64,7 +70,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>) {
     }
 }
 
-async fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
+async fn handle(mut conn: TcpStream, status: &Status, registry: &Registry) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -77,8 +83,13 @@ async fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(&buf);
     let mut words = line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let mut content_type = "text/plain; charset=utf-8";
     let (code, body) = match (method, path.split('?').next().unwrap_or("")) {
         ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_string()),
+        ("GET" | "HEAD", "/metrics") => {
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+            ("200 OK", crate::metrics::render(registry))
+        }
         ("GET" | "HEAD", "/readyz") => match status.missing() {
             m if m.is_empty() => ("200 OK", "ok\n".to_string()),
             m => (
@@ -90,7 +101,7 @@ async fn handle(mut conn: TcpStream, status: &Status) -> std::io::Result<()> {
         _ => ("405 Method Not Allowed", "only GET\n".to_string()),
     };
     let head = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).await?;

@@ -18,6 +18,7 @@ use flannel_shared::lease::{subnet_from_key, subnets_prefix, LeaseAttrs};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
+use crate::metrics::Counters;
 use crate::publish::Publisher;
 
 /// What the watcher tells the lease keeper about our own key.
@@ -36,6 +37,8 @@ pub struct LeaseWatcher {
     /// Our current subnet and public IP (the lease keeper updates it).
     pub own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
     pub own_events: mpsc::UnboundedSender<OwnLeaseEvent>,
+    /// Counters for /metrics.
+    pub status: Arc<crate::health::Status>,
 }
 
 enum Outcome {
@@ -59,6 +62,7 @@ impl LeaseWatcher {
                         rev
                     }
                     Err(e) => {
+                        Counters::inc(&self.status.counters.etcd_errors);
                         tracing::warn!(retry_in = ?backoff.peek(), "listing leases failed: {e}");
                         backoff.sleep().await;
                         continue;
@@ -68,6 +72,8 @@ impl LeaseWatcher {
             };
             next = self.watch_from(rev, &mut leases, &mut backoff).await;
             if let Outcome::Resume(_) = next {
+                Counters::inc(&self.status.counters.etcd_errors);
+                Counters::inc(&self.status.counters.watch_resumes);
                 tracing::warn!(retry_in = ?backoff.peek(), "lease watch interrupted; resuming");
                 backoff.sleep().await;
             }
@@ -87,6 +93,7 @@ impl LeaseWatcher {
             )
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Counters::inc(&self.status.counters.lease_lists);
         let mut fresh = BTreeMap::new();
         for kv in resp.kvs() {
             if let Some((subnet, ip)) = self.parse(kv.key(), kv.value()) {

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod health;
 pub mod ip_masq;
 pub mod lease_watch;
+pub mod metrics;
 pub mod public_ip;
 pub mod publish;
 pub mod subnet_lease;

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use flannel_shared::route_table::{Route, RouteTableWriter, TableMeta};
 use flannel_shared::Ipv4Net;
 
+#[derive(Debug)]
 struct State {
     writer: RouteTableWriter,
     meta: TableMeta,
@@ -18,6 +19,7 @@ struct State {
 }
 
 /// Publishes leases into the route table. Shared by the watcher and the lease keeper.
+#[derive(Debug)]
 pub struct Publisher {
     state: Mutex<State>,
     published: AtomicBool,
@@ -39,6 +41,15 @@ impl Publisher {
     /// True once a complete table (our subnet + a full listing) has been published.
     pub fn is_published(&self) -> bool {
         self.published.load(Ordering::Acquire)
+    }
+
+    /// (generation, number of routes) of the last publish.
+    pub fn table_stats(&self) -> (u64, usize) {
+        let st = self.state.lock().expect("publisher lock");
+        (
+            st.writer.generation(),
+            st.leases.as_ref().map_or(0, Vec::len),
+        )
     }
 
     pub fn set_own_subnet(&self, subnet: Option<Ipv4Net>) {

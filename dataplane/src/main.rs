@@ -1,4 +1,365 @@
+//! `flannel-dataplane`: forwards flannel's UDP encapsulation (port 8285) between the TUN
+//! device and the underlay, one pinned worker per core.
+//!
+//! Read top-down: this file (flags, startup, the TUN device, signals, following the route
+//! table), then the library `flannel_dataplane` (`src/lib.rs`): `packet` (pure IPv4 views,
+//! TTL, ICMP builder), `forward` (pure per-packet decisions: wire format, receive checks),
+//! `worker` (the per-core loops: `worker::uring` is the hot path, `worker::fallback`), `sys`
+//! (the thin syscall layer: TUN, netlink, sockets, threads).
+//!
+//! # Division of labour with `flanneld`
+//!
+//! The two processes share nothing but the route-table file (`--route-table`, written by
+//! flanneld, read here). The data plane OWNS the TUN device: it creates `--tun-name`
+//! (default flannel0) with IFF_TUN|IFF_NO_PI|IFF_MULTI_QUEUE, one queue per worker, sets the
+//! address to our subnet's network address /32 (e.g. 10.1.15.0/32), the MTU from the table,
+//! brings it up and routes `<Network> dev flannel0` (rtnetlink and ioctls in `sys`, no
+//! shelling out). It also sets `accept_local=1` on the device: the ICMP net-unreachable it
+//! writes back carries the TUN's own address as source, which the kernel would otherwise
+//! drop as a martian. The device is not persistent: it goes
+//! away with this process, and a restart recreates it. Restarting the data plane therefore
+//! never touches flanneld or its lease; restarting flanneld never touches forwarding (the
+//! workers keep their last snapshot of the table).
+//!
+//! At startup the data plane waits (polling, with one clear log line) until the table file
+//! exists and has been published. Afterwards it follows the table: routes take effect per
+//! batch in the workers; a changed `our_subnet` moves the TUN address, a changed MTU is
+//! applied to the device.
+//!
+//! # Spreading one host pair over cores
+//!
+//! TUN multi-queue hashes flows onto queues (hence workers), and later sends a flow's packets
+//! to the queue that last wrote that flow into the device. Receiving, every worker has a
+//! socket in one SO_REUSEPORT group on the flannel port, and a classic BPF program
+//! (`sys::socket::attach_flow_steering`) picks the socket by a symmetric hash of the INNER
+//! flow, so both directions of a flow use the same worker index on both hosts and different
+//! flows spread, even though host to host it is all one outer 4-tuple. Each worker also sends
+//! from its own ephemeral source port (harmless for flannel peers, and it lets a peer that
+//! only hashes the 4-tuple spread too).
+
+use flannel_dataplane::{sys, worker};
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+
+use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
+use flannel_shared::stats::{IoPath, StatsWriter};
+use flannel_shared::Ipv4Net;
+
+use flannel_dataplane::worker::WorkerSetup;
+
+/// flannel's default UDP port, used when the table carries none.
+const DEFAULT_PORT: u16 = 8285;
+/// MTU when the table carries none (1500 - 28).
+const DEFAULT_MTU: u32 = 1472;
+
+#[derive(Parser, Debug)]
+#[command(name = "flannel-dataplane", version, about)]
+struct Args {
+    /// Route table written by flanneld.
+    #[arg(
+        long,
+        env = "FLANNEL_DATAPLANE_ROUTE_TABLE",
+        default_value = "/run/flannel/routes"
+    )]
+    route_table: PathBuf,
+    /// Worker threads (one TUN queue, socket pair and ring each). Default: CPUs we may run on.
+    #[arg(long, env = "FLANNEL_DATAPLANE_WORKERS")]
+    workers: Option<usize>,
+    /// TUN device to create.
+    #[arg(long, env = "FLANNEL_DATAPLANE_TUN_NAME", default_value = "flannel0")]
+    tun_name: String,
+    /// Local address for the UDP sockets.
+    #[arg(long, env = "FLANNEL_DATAPLANE_BIND", default_value = "0.0.0.0")]
+    bind: Ipv4Addr,
+    /// UDP port (ours and the peers'). Default: the port in the route table (8285).
+    #[arg(long, env = "FLANNEL_DATAPLANE_PORT")]
+    port: Option<u16>,
+    /// Use the poll + recvmmsg/sendmmsg path even where io_uring works.
+    #[arg(long, env = "FLANNEL_DATAPLANE_NO_IO_URING")]
+    no_io_uring: bool,
+    /// Shared-memory counters file.
+    #[arg(
+        long,
+        env = "FLANNEL_DATAPLANE_STATS",
+        default_value = "/run/flannel/dataplane.stats"
+    )]
+    stats: PathBuf,
+    /// Accept inner source addresses outside the sender's subnet.
+    #[arg(long, env = "FLANNEL_DATAPLANE_NO_SPOOF_CHECK")]
+    no_spoof_check: bool,
+    /// Debug logging.
+    #[arg(short, long, env = "FLANNEL_DATAPLANE_VERBOSE")]
+    verbose: bool,
+}
+
 fn main() {
-    eprintln!("flannel-dataplane: not built yet");
-    std::process::exit(2);
+    let args = Args::parse();
+    let level = if args.verbose { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Polls until the table exists and is published. `None` when a stop signal came first.
+fn wait_for_table(path: &std::path::Path) -> Option<(RouteTableReader, RouteSnapshot)> {
+    let mut logged = false;
+    loop {
+        let attempt = RouteTableReader::open(path).and_then(|mut r| {
+            let s = r.snapshot()?;
+            Ok((r, s))
+        });
+        match attempt {
+            Ok(x) => return Some(x),
+            Err(e) if !logged => {
+                tracing::info!(
+                    "waiting for the route table at {} (is flanneld running?): {e}",
+                    path.display()
+                );
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        if sys::thread::wait_term_signal(Duration::from_millis(250)).is_some() {
+            return None;
+        }
+    }
+}
+
+fn effective_mtu(table_mtu: u32) -> u32 {
+    let mtu = if table_mtu == 0 {
+        DEFAULT_MTU
+    } else {
+        table_mtu
+    };
+    if mtu > worker::MAX_MTU {
+        tracing::warn!(
+            "table MTU {mtu} exceeds this build's buffer; using {}",
+            worker::MAX_MTU
+        );
+    }
+    mtu.min(worker::MAX_MTU)
+}
+
+/// Sets the TUN address to our subnet's network address /32 (removing `old` if it differs).
+fn set_tun_address(ifindex: u32, new: Option<Ipv4Net>, old: Option<Ipv4Net>) -> Result<()> {
+    if let Some(o) = old.filter(|o| Some(*o) != new) {
+        if let Err(e) = sys::netlink::del_address(ifindex, o.addr(), 32) {
+            tracing::warn!("removing old TUN address {}/32: {e}", o.addr());
+        }
+    }
+    if let Some(n) = new {
+        sys::netlink::add_address(ifindex, n.addr(), 32)
+            .with_context(|| format!("setting TUN address {}/32", n.addr()))?;
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    // Before any thread exists: only the main thread will take SIGTERM/SIGINT.
+    sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT")?;
+
+    let Some((mut reader, mut snap)) = wait_for_table(&args.route_table) else {
+        tracing::info!("stopped before the route table appeared");
+        return Ok(());
+    };
+    let meta = snap.meta().clone();
+    tracing::info!(
+        generation = snap.generation(),
+        network = %meta.network,
+        our_subnet = ?meta.our_subnet,
+        mtu = meta.mtu,
+        routes = snap.len(),
+        "route table found"
+    );
+    let port = args
+        .port
+        .or((meta.port != 0).then_some(meta.port))
+        .unwrap_or(DEFAULT_PORT);
+
+    let cpus = sys::thread::allowed_cpus();
+    let nworkers = args.workers.unwrap_or(cpus.len()).max(1);
+    if nworkers > 256 {
+        bail!("--workers {nworkers}: a TUN device has at most 256 queues");
+    }
+
+    let io_path = if args.no_io_uring {
+        tracing::info!("I/O path: fallback (poll + recvmmsg/sendmmsg), forced by --no-io-uring");
+        IoPath::Fallback
+    } else {
+        match worker::uring::probe() {
+            Ok(()) => {
+                tracing::info!("I/O path: io_uring");
+                IoPath::IoUring
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "I/O path: fallback (poll + recvmmsg/sendmmsg): io_uring unavailable: {e}"
+                );
+                IoPath::Fallback
+            }
+        }
+    };
+    let nonblocking = io_path == IoPath::Fallback;
+
+    // The TUN device: one queue per worker.
+    let mut queues = Vec::with_capacity(nworkers);
+    for i in 0..nworkers {
+        queues.push(sys::tun::open_queue(&args.tun_name, nonblocking).with_context(|| {
+            format!(
+                "opening TUN queue {i} of {} (IFF_MULTI_QUEUE; an existing single-queue device of that name must be removed first)",
+                args.tun_name
+            )
+        })?);
+    }
+    let ifindex = sys::tun::if_index(&args.tun_name).context("TUN interface index")?;
+    let mut mtu = effective_mtu(meta.mtu);
+    sys::netlink::set_mtu(&args.tun_name, mtu).context("setting TUN MTU")?;
+    sys::netlink::set_up(&args.tun_name).context("bringing the TUN device up")?;
+    if let Err(e) = sys::netlink::set_accept_local(&args.tun_name) {
+        tracing::warn!(
+            "cannot set accept_local on {} (ICMP errors we send may be dropped as martians): {e}",
+            args.tun_name
+        );
+    }
+    let mut our_subnet = meta.our_subnet;
+    set_tun_address(ifindex, our_subnet, None)?;
+    let mut network = meta.network;
+    sys::netlink::add_route(ifindex, network)
+        .with_context(|| format!("adding route {network} dev {}", args.tun_name))?;
+    tracing::info!(
+        tun = %args.tun_name, queues = nworkers, mtu, address = ?our_subnet.map(|s| s.addr()),
+        route = %network, "TUN device configured"
+    );
+
+    let stats = StatsWriter::create(&args.stats, nworkers).context("creating the stats file")?;
+    stats.set_io_path(io_path);
+
+    let mut wakes = Vec::with_capacity(nworkers);
+    let mut handles = Vec::with_capacity(nworkers);
+    for (i, tun) in queues.into_iter().enumerate() {
+        let recv = sys::socket::recv_socket(args.bind, port, nonblocking)
+            .with_context(|| format!("binding UDP {}:{port}", args.bind))?;
+        let send = sys::socket::send_socket(args.bind, nonblocking).context("UDP send socket")?;
+        if i == 0 && nworkers > 1 {
+            match sys::socket::attach_flow_steering(&recv, nworkers as u32) {
+                Ok(()) => tracing::info!("receive steering: inner-flow hash (reuseport CBPF)"),
+                Err(e) => tracing::warn!(
+                    "receive steering: kernel 4-tuple hash (SO_ATTACH_REUSEPORT_CBPF failed: {e})"
+                ),
+            }
+        }
+        if i == 0 {
+            tracing::info!(
+                bind = %args.bind, port, rcvbuf = sys::socket::recv_buffer_size(&recv),
+                "UDP sockets ready (SO_REUSEPORT group, per-worker source ports)"
+            );
+        }
+        let wake = Arc::new(sys::thread::eventfd().context("eventfd")?);
+        wakes.push(Arc::clone(&wake));
+        let setup = WorkerSetup {
+            id: i,
+            cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
+            tun,
+            recv,
+            send,
+            wake,
+            reader: RouteTableReader::open(&args.route_table).context("route table")?,
+            stats: stats.worker(i),
+            port,
+            spoof_check: !args.no_spoof_check,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("fdp-worker-{i}"))
+            .spawn(move || match io_path {
+                IoPath::IoUring => worker::uring::run(setup),
+                _ => worker::fallback::run(setup),
+            })
+            .context("spawning a worker")?;
+        handles.push(h);
+    }
+    tracing::info!(workers = nworkers, stats = %args.stats.display(), "forwarding");
+
+    // Follow the table and wait for a stop signal.
+    let mut failed = None;
+    loop {
+        if let Some(sig) = sys::thread::wait_term_signal(Duration::from_millis(200)) {
+            tracing::info!(signal = sig, "stopping");
+            break;
+        }
+        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
+            failed = Some(i);
+            break;
+        }
+        match reader.refresh(&mut snap) {
+            Ok(true) => {
+                let m = snap.meta().clone();
+                tracing::info!(
+                    generation = snap.generation(),
+                    routes = snap.len(),
+                    "route table changed"
+                );
+                if m.our_subnet != our_subnet {
+                    tracing::info!(old = ?our_subnet, new = ?m.our_subnet, "our subnet changed: moving the TUN address");
+                    if let Err(e) = set_tun_address(ifindex, m.our_subnet, our_subnet) {
+                        tracing::error!("{e:#}");
+                    }
+                    our_subnet = m.our_subnet;
+                }
+                let new_mtu = effective_mtu(m.mtu);
+                if new_mtu != mtu {
+                    tracing::info!(old = mtu, new = new_mtu, "MTU changed");
+                    if let Err(e) = sys::netlink::set_mtu(&args.tun_name, new_mtu) {
+                        tracing::error!("setting TUN MTU {new_mtu}: {e}");
+                    }
+                    mtu = new_mtu;
+                }
+                if m.network != network {
+                    tracing::warn!(old = %network, new = %m.network, "network changed: adding its route");
+                    if let Err(e) = sys::netlink::add_route(ifindex, m.network) {
+                        tracing::error!("adding route {}: {e}", m.network);
+                    }
+                    network = m.network;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("route table refresh: {e}"),
+        }
+    }
+
+    for w in &wakes {
+        sys::thread::eventfd_signal(w);
+    }
+    let mut worker_error = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => worker_error = Some(format!("worker {i}: {e}")),
+            Err(_) => worker_error = Some(format!("worker {i} panicked")),
+        }
+    }
+    if let Some(e) = worker_error {
+        bail!("{e}");
+    }
+    if let Some(i) = failed {
+        bail!("worker {i} stopped unexpectedly");
+    }
+    Ok(())
 }

@@ -208,22 +208,26 @@ fn third_host_joins_live_and_a_deleted_lease_becomes_net_unreachable() {
         Ipv4Addr::from(u32::from(gw) - 1)
     );
     c.etcd.ctl(&["del", &key]).unwrap();
-    let dst = c.hosts[c3].container_ip().to_string();
+    // flannel never answers ICMP with ICMP, so ping just times out; a TCP connect from the
+    // container gets the ICMP net-unreachable the data plane writes back (ENETUNREACH).
+    let dst = format!("{}:5003", c.hosts[c3].container_ip());
     let unreachable = wait_for(SEC * 10, || {
         let out = c.hosts[0]
             .container()
-            .command("ping")
-            .args(["-c", "1", "-W", "1", &dst])
+            .command(loadgen())
+            .args(["tcp-send", &dst, "1", "1"])
             .output()
             .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("Destination Net Unreachable").then_some(text)
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (!out.status.success() && err.contains("Network is unreachable")).then_some(err)
     });
     assert!(
         unreachable.is_some(),
         "no ICMP net-unreachable for a deleted lease\n{}",
         c.hosts[0].logs()
     );
+    let stats = flannel_shared::stats::StatsReader::open(&c.hosts[0].stats_file()).unwrap();
+    assert!(stats.total("icmp_unreachable_sent") >= 1);
     c.ping(0, 1, 1).unwrap();
 }
 
@@ -238,7 +242,6 @@ fn forwarding_survives_flanneld_death_and_dataplane_restart_keeps_the_lease() {
         "/coreos.com/network/subnets/{}-{len}",
         Ipv4Addr::from(u32::from(gw) - 1)
     );
-    let lease_before = c.etcd.lease_of(&key).unwrap();
     let value_before = c.etcd.get(&key).unwrap();
 
     // flanneld killed: the data plane keeps forwarding with the last table.
@@ -253,7 +256,10 @@ fn forwarding_survives_flanneld_death_and_dataplane_restart_keeps_the_lease() {
         .wait_log("route table published", SEC * 20);
     c.ping(0, 1, 1).unwrap();
 
+    // The restarted flanneld kept the subnet (same key, same value).
+    assert_eq!(c.etcd.get(&key).unwrap(), value_before);
     // flannel-dataplane killed and restarted: forwarding resumes; the lease is untouched.
+    let lease_before = c.etcd.lease_of(&key).unwrap();
     c.hosts[0].dataplane.as_mut().unwrap().kill9();
     c.start_dataplane(0).unwrap();
     let resumed = wait_for(SEC * 5, || c.ping(0, 1, 1).ok());

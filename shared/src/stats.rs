@@ -219,9 +219,12 @@ impl StatsWriter {
         m.u32_at(12).store(workers as u32, Ordering::Relaxed);
         m.u32_at(16).store(Counter::COUNT as u32, Ordering::Relaxed);
         m.u32_at(24).store(std::process::id(), Ordering::Relaxed);
-        m.u32_at(28).store(m.layout.stride as u32, Ordering::Relaxed);
-        m.u32_at(32).store(m.layout.names_off as u32, Ordering::Relaxed);
-        m.u32_at(36).store(m.layout.blocks_off as u32, Ordering::Relaxed);
+        m.u32_at(28)
+            .store(m.layout.stride as u32, Ordering::Relaxed);
+        m.u32_at(32)
+            .store(m.layout.names_off as u32, Ordering::Relaxed);
+        m.u32_at(36)
+            .store(m.layout.blocks_off as u32, Ordering::Relaxed);
         for (i, c) in Counter::ALL.iter().enumerate() {
             let name = c.name().as_bytes();
             let off = m.layout.names_off + i * NAME_SIZE;
@@ -231,7 +234,8 @@ impl StatsWriter {
                 for (k, slot) in b.iter_mut().enumerate() {
                     *slot = name.get(w * 4 + k).copied().unwrap_or(0);
                 }
-                m.u32_at(off + w * 4).store(u32::from_le_bytes(b), Ordering::Relaxed);
+                m.u32_at(off + w * 4)
+                    .store(u32::from_le_bytes(b), Ordering::Relaxed);
             }
         }
         m.u64_at(0).store(MAGIC, Ordering::Release);
@@ -425,10 +429,7 @@ impl StatsReader {
 
     /// The sum over workers of the counter `name` (0 when unknown).
     pub fn total(&self, name: &str) -> u64 {
-        self.snapshot()
-            .iter()
-            .filter_map(|w| w.get(name))
-            .sum()
+        self.snapshot().iter().filter_map(|w| w.get(name)).sum()
     }
 }
 
@@ -480,7 +481,10 @@ mod tests {
         std::fs::write(&p, [0u8; 10]).unwrap();
         assert!(matches!(StatsReader::open(&p), Err(StatsError::Corrupt(_))));
         std::fs::write(&p, [0u8; 200]).unwrap();
-        assert!(matches!(StatsReader::open(&p), Err(StatsError::BadMagic(_))));
+        assert!(matches!(
+            StatsReader::open(&p),
+            Err(StatsError::BadMagic(_))
+        ));
         let w = StatsWriter::create(&p, 2).unwrap();
         drop(w);
         let mut bytes = std::fs::read(&p).unwrap();

@@ -1,0 +1,422 @@
+//! Pure IPv4 packet logic: a checked view over `&[u8]`, TTL decrement with an incremental
+//! checksum update (RFC 1624), and the ICMP "destination net unreachable" builder.
+//!
+//! Contract: nothing here does I/O, allocates on the hot path, or can panic on any input.
+//! [`Ipv4View::parse`] validates once (length, version, IHL, total length); after that every
+//! accessor reads inside the validated header, so it cannot go out of bounds.
+
+#![forbid(unsafe_code)]
+
+use std::net::Ipv4Addr;
+
+/// Smallest IPv4 header (IHL 5).
+pub const IPV4_MIN_HEADER: usize = 20;
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// TTL of the ICMP errors we originate.
+pub const ICMP_ERROR_TTL: u8 = 64;
+/// Bytes of the offending datagram's payload quoted in an ICMP error (RFC 792: 64 bits).
+const ICMP_QUOTE_PAYLOAD: usize = 8;
+/// Upper bound of an ICMP net-unreachable we build: 20 (IP) + 8 (ICMP) + 60 (max quoted header) + 8.
+pub const ICMP_UNREACH_MAX: usize = IPV4_MIN_HEADER + 8 + 60 + ICMP_QUOTE_PAYLOAD;
+
+/// Why a byte buffer is not an acceptable IPv4 packet. The names are the stats counter names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Fewer than 20 bytes.
+    TooShort,
+    /// Version nibble is not 4.
+    NotIpv4,
+    /// IHL below 5 or header longer than the buffer.
+    BadIhl,
+    /// Total-length field differs from the buffer length (or is shorter than the header).
+    BadLength,
+}
+
+/// A validated IPv4 packet: `buf` holds exactly one packet whose header is inside the buffer
+/// and whose total-length field equals `buf.len()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv4View<'a> {
+    buf: &'a [u8],
+    header_len: usize,
+}
+
+impl<'a> Ipv4View<'a> {
+    /// Validates `buf` as one whole IPv4 packet.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, Malformed> {
+        let (Some(&vihl), true) = (buf.first(), buf.len() >= IPV4_MIN_HEADER) else {
+            return Err(Malformed::TooShort);
+        };
+        if vihl >> 4 != 4 {
+            return Err(Malformed::NotIpv4);
+        }
+        let header_len = usize::from(vihl & 0x0f) * 4;
+        if header_len < IPV4_MIN_HEADER || header_len > buf.len() {
+            return Err(Malformed::BadIhl);
+        }
+        let total = usize::from(be16(buf, 2));
+        if total != buf.len() {
+            return Err(Malformed::BadLength);
+        }
+        Ok(Self { buf, header_len })
+    }
+
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+    pub fn total_len(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn ttl(&self) -> u8 {
+        byte(self.buf, 8)
+    }
+    pub fn protocol(&self) -> u8 {
+        byte(self.buf, 9)
+    }
+    pub fn checksum(&self) -> u16 {
+        be16(self.buf, 10)
+    }
+    pub fn src(&self) -> Ipv4Addr {
+        Ipv4Addr::from(be32(self.buf, 12))
+    }
+    pub fn dst(&self) -> Ipv4Addr {
+        Ipv4Addr::from(be32(self.buf, 16))
+    }
+    /// Fragment offset in 8-byte units (0 for unfragmented packets and first fragments).
+    pub fn fragment_offset(&self) -> u16 {
+        be16(self.buf, 6) & 0x1fff
+    }
+    pub fn is_first_fragment(&self) -> bool {
+        self.fragment_offset() == 0
+    }
+    /// The header bytes (including options).
+    pub fn header(&self) -> &'a [u8] {
+        self.buf.get(..self.header_len).unwrap_or(&[])
+    }
+    /// Everything after the header.
+    pub fn payload(&self) -> &'a [u8] {
+        self.buf.get(self.header_len..).unwrap_or(&[])
+    }
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+}
+
+/// Outcome of [`decrement_ttl`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// TTL decremented, checksum patched.
+    Decremented,
+    /// TTL was 0 or 1: the packet must be dropped.
+    Expired,
+}
+
+/// Decrements the TTL of the IPv4 packet at the start of `buf` and patches the header checksum
+/// incrementally (RFC 1624 eqn. 3), as flannel does on send and on receive. A buffer shorter
+/// than 12 bytes is reported as expired (the caller validated it already; this never panics).
+pub fn decrement_ttl(buf: &mut [u8]) -> Ttl {
+    let (Some(&ttl), Some(&proto)) = (buf.get(8), buf.get(9)) else {
+        return Ttl::Expired;
+    };
+    if ttl <= 1 {
+        return Ttl::Expired;
+    }
+    let old_word = u16::from_be_bytes([ttl, proto]);
+    let new_word = u16::from_be_bytes([ttl - 1, proto]);
+    let hc = be16(buf, 10);
+    let new_hc = checksum_adjust(hc, old_word, new_word);
+    if let Some(b) = buf.get_mut(8) {
+        *b = ttl - 1;
+    }
+    if let Some(c) = buf.get_mut(10..12) {
+        c.copy_from_slice(&new_hc.to_be_bytes());
+    }
+    Ttl::Decremented
+}
+
+/// RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')` in one's complement arithmetic.
+pub fn checksum_adjust(hc: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The Internet checksum (RFC 1071) of `data`: the one's complement of the one's complement sum.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Whether an ICMP error may be sent about `pkt`: never about ICMP (any type, as flannel) and
+/// never about a non-first fragment.
+pub fn may_send_icmp_error(pkt: &Ipv4View<'_>) -> bool {
+    pkt.protocol() != PROTO_ICMP && pkt.is_first_fragment()
+}
+
+/// Writes an ICMP type 3 code 0 (destination net unreachable) about `offender` into `out`, from
+/// `src` to the offender's source, quoting its header and the first 8 payload bytes. Returns
+/// the packet length, or `None` when `out` is smaller than [`ICMP_UNREACH_MAX`] would need.
+pub fn build_net_unreachable(
+    offender: &Ipv4View<'_>,
+    src: Ipv4Addr,
+    out: &mut [u8],
+) -> Option<usize> {
+    let hdr = offender.header();
+    let payload = offender.payload();
+    let quote_payload = payload.get(..ICMP_QUOTE_PAYLOAD.min(payload.len()))?;
+    let icmp_len = 8 + hdr.len() + quote_payload.len();
+    let total = IPV4_MIN_HEADER + icmp_len;
+    let total16 = u16::try_from(total).ok()?;
+    let pkt = out.get_mut(..total)?;
+    pkt.fill(0);
+    let (ip, icmp) = pkt.split_at_mut(IPV4_MIN_HEADER);
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total16.to_be_bytes());
+    ip[8] = ICMP_ERROR_TTL;
+    ip[9] = PROTO_ICMP;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&offender.src().octets());
+    let ipsum = internet_checksum(ip);
+    ip[10..12].copy_from_slice(&ipsum.to_be_bytes());
+    icmp[0] = 3; // destination unreachable
+    icmp[1] = 0; // net unreachable
+    icmp[8..8 + hdr.len()].copy_from_slice(hdr);
+    icmp[8 + hdr.len()..].copy_from_slice(quote_payload);
+    let isum = internet_checksum(icmp);
+    icmp[2..4].copy_from_slice(&isum.to_be_bytes());
+    Some(total)
+}
+
+fn byte(buf: &[u8], at: usize) -> u8 {
+    buf.get(at).copied().unwrap_or(0)
+}
+fn be16(buf: &[u8], at: usize) -> u16 {
+    match buf.get(at..at + 2) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    }
+}
+fn be32(buf: &[u8], at: usize) -> u32 {
+    match buf.get(at..at + 4) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
+/// Test helpers shared with `forward.rs` tests.
+#[cfg(test)]
+pub(crate) mod testpkt {
+    use super::internet_checksum;
+    use std::net::Ipv4Addr;
+
+    /// A valid IPv4 packet (IHL 5, correct checksum) with `payload_len` bytes of payload.
+    pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ttl: u8, payload_len: usize) -> Vec<u8> {
+        let total = 20 + payload_len;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        p[6] = 0x40; // DF
+        p[8] = ttl;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        let c = internet_checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testpkt::ipv4;
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 1, 15, 2);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 1, 16, 2);
+
+    #[test]
+    fn parses_valid_packet() {
+        let p = ipv4(A, B, 6, 64, 12);
+        let v = Ipv4View::parse(&p).unwrap();
+        assert_eq!((v.src(), v.dst(), v.ttl(), v.protocol()), (A, B, 64, 6));
+        assert_eq!(
+            (v.header_len(), v.total_len(), v.payload().len()),
+            (20, 32, 12)
+        );
+        assert!(v.is_first_fragment());
+        assert_eq!(internet_checksum(v.header()), 0, "header checksum verifies");
+    }
+
+    #[test]
+    fn golden_header_bytes() {
+        // The well-known example header: its checksum is 0xb861.
+        let hdr: [u8; 20] = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(internet_checksum(&hdr), 0xb861);
+    }
+
+    #[test]
+    fn ttl_decrement_patches_checksum() {
+        for ttl in 2..=255u8 {
+            for proto in [1u8, 6, 17, 0xff] {
+                let mut p = ipv4(A, B, proto, ttl, 4);
+                assert_eq!(decrement_ttl(&mut p), Ttl::Decremented);
+                assert_eq!(p[8], ttl - 1);
+                // Recompute from scratch independently and compare.
+                let mut copy = p[..20].to_vec();
+                copy[10] = 0;
+                copy[11] = 0;
+                let fresh = internet_checksum(&copy);
+                assert_eq!(
+                    u16::from_be_bytes([p[10], p[11]]),
+                    fresh,
+                    "ttl {ttl} proto {proto}"
+                );
+                assert_eq!(internet_checksum(&p[..20]), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_decrement_golden_bytes() {
+        let mut h: [u8; 20] = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(decrement_ttl(&mut h), Ttl::Decremented);
+        // TTL word 0x4011 -> 0x3f11: the checksum grows by exactly 0x0100.
+        assert_eq!(&h[8..12], &[0x3f, 0x11, 0xb9, 0x61]);
+    }
+
+    #[test]
+    fn ttl_expiry() {
+        for ttl in [0u8, 1] {
+            let mut p = ipv4(A, B, 6, ttl, 0);
+            let before = p.clone();
+            assert_eq!(decrement_ttl(&mut p), Ttl::Expired);
+            assert_eq!(p, before, "an expired packet is left untouched");
+        }
+        assert_eq!(decrement_ttl(&mut [0u8; 5]), Ttl::Expired);
+    }
+
+    #[test]
+    fn malformed_reasons() {
+        let good = ipv4(A, B, 17, 64, 8);
+        assert_eq!(
+            Ipv4View::parse(&good[..19]).unwrap_err(),
+            Malformed::TooShort
+        );
+        assert_eq!(Ipv4View::parse(&[]).unwrap_err(), Malformed::TooShort);
+        let mut v6 = good.clone();
+        v6[0] = 0x65;
+        assert_eq!(Ipv4View::parse(&v6).unwrap_err(), Malformed::NotIpv4);
+        let mut ihl4 = good.clone();
+        ihl4[0] = 0x44;
+        assert_eq!(Ipv4View::parse(&ihl4).unwrap_err(), Malformed::BadIhl);
+        let mut ihl15 = good.clone();
+        ihl15[0] = 0x4f; // 60-byte header in a 28-byte buffer
+        assert_eq!(Ipv4View::parse(&ihl15).unwrap_err(), Malformed::BadIhl);
+        let mut long = good.clone();
+        long[3] += 1;
+        assert_eq!(Ipv4View::parse(&long).unwrap_err(), Malformed::BadLength);
+        let mut short = good.clone();
+        short[3] -= 1;
+        assert_eq!(Ipv4View::parse(&short).unwrap_err(), Malformed::BadLength);
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(
+            Ipv4View::parse(&trailing).unwrap_err(),
+            Malformed::BadLength
+        );
+    }
+
+    #[test]
+    fn never_panics_on_any_prefix() {
+        let good = ipv4(A, B, 6, 64, 40);
+        let mut out = [0u8; ICMP_UNREACH_MAX];
+        for n in 0..=good.len() {
+            let mut p = good[..n].to_vec();
+            if let Ok(v) = Ipv4View::parse(&p) {
+                let _ = (
+                    v.src(),
+                    v.dst(),
+                    v.payload(),
+                    v.header(),
+                    v.fragment_offset(),
+                );
+                let _ = build_net_unreachable(&v, A, &mut out);
+            }
+            let _ = decrement_ttl(&mut p);
+            // Also every header byte value in position 0 (version/IHL).
+            for b0 in 0..=255u8 {
+                if let Some(x) = p.first_mut() {
+                    *x = b0;
+                }
+                if let Ok(v) = Ipv4View::parse(&p) {
+                    let _ = build_net_unreachable(&v, A, &mut out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_unreachable_bytes() {
+        let off = ipv4(A, B, 6, 63, 30);
+        let v = Ipv4View::parse(&off).unwrap();
+        let tun = Ipv4Addr::new(10, 1, 15, 0);
+        let mut out = [0u8; ICMP_UNREACH_MAX];
+        let n = build_net_unreachable(&v, tun, &mut out).unwrap();
+        assert_eq!(n, 20 + 8 + 20 + 8);
+        let r = Ipv4View::parse(&out[..n]).unwrap();
+        assert_eq!((r.src(), r.dst(), r.protocol(), r.ttl()), (tun, A, 1, 64));
+        assert_eq!(internet_checksum(r.header()), 0, "IP checksum verifies");
+        let icmp = r.payload();
+        assert_eq!(&icmp[..2], &[3, 0]);
+        assert_eq!(&icmp[4..8], &[0, 0, 0, 0]);
+        assert_eq!(internet_checksum(icmp), 0, "ICMP checksum verifies");
+        assert_eq!(&icmp[8..28], &off[..20]);
+        assert_eq!(&icmp[28..36], &off[20..28]);
+        // Golden: fixed header bytes.
+        assert_eq!(
+            &out[..20],
+            &[0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, out[10], out[11], 10, 1, 15, 0, 10, 1, 15, 2]
+        );
+        // Offender with a short payload quotes what there is.
+        let off2 = ipv4(A, B, 17, 63, 3);
+        let n2 = build_net_unreachable(&Ipv4View::parse(&off2).unwrap(), tun, &mut out).unwrap();
+        assert_eq!(n2, 20 + 8 + 23);
+        assert!(build_net_unreachable(&v, tun, &mut [0u8; 30]).is_none());
+    }
+
+    #[test]
+    fn icmp_policy() {
+        let icmp = ipv4(A, B, PROTO_ICMP, 64, 8);
+        assert!(!may_send_icmp_error(&Ipv4View::parse(&icmp).unwrap()));
+        let tcp = ipv4(A, B, 6, 64, 8);
+        assert!(may_send_icmp_error(&Ipv4View::parse(&tcp).unwrap()));
+        let mut frag = tcp.clone();
+        frag[6] = 0x00;
+        frag[7] = 0x10; // offset 16 * 8
+        assert!(!may_send_icmp_error(&Ipv4View::parse(&frag).unwrap()));
+        let mut first = tcp.clone();
+        first[6] = 0x20; // MF set, offset 0: first fragment
+        assert!(may_send_icmp_error(&Ipv4View::parse(&first).unwrap()));
+    }
+}

@@ -1,0 +1,23 @@
+//! The thin syscall layer: everything that touches the kernel outside the io_uring itself.
+//! Each function does one thing and returns `io::Result`; policy lives in the callers.
+//!
+//! - [`tun`]: open one queue of a multi-queue TUN device (`/dev/net/tun`, `TUNSETIFF`).
+//! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
+//! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
+//! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
+//! - [`io`]: plain read/write/poll/recvmmsg/sendmmsg for the fallback path.
+
+pub mod io;
+pub mod netlink;
+pub mod socket;
+pub mod thread;
+pub mod tun;
+
+/// Turns a libc return value into `io::Result` (negative → `last_os_error`).
+pub(crate) fn cvt<T: Copy + PartialOrd + Default>(ret: T) -> std::io::Result<T> {
+    if ret < T::default() {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

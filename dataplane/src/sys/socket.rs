@@ -1,0 +1,169 @@
+//! The per-worker UDP sockets.
+//!
+//! - Receive: bound to (bind, port) with SO_REUSEPORT, one per worker, so the kernel hashes
+//!   incoming 4-tuples over the workers.
+//! - Send: bound to (bind, 0), one per worker, so each worker's traffic leaves from its own
+//!   source port and the peer's reuseport hash spreads it (DESIGN pitfall: 8285→8285 is one
+//!   4-tuple). flannel peers ignore the source port.
+//!
+//! Both get large buffers: SO_RCVBUFFORCE/SO_SNDBUFFORCE (needs CAP_NET_ADMIN) and, failing
+//! that, SO_RCVBUF/SO_SNDBUF (capped by net.core.rmem_max / wmem_max).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket buffer size we ask for.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+fn set_int(sock: &Socket, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    super::cvt(r).map(|_| ())
+}
+
+fn big_buffers(sock: &Socket) {
+    let size = SOCKET_BUFFER as libc::c_int;
+    if set_int(sock, libc::SO_RCVBUFFORCE, size).is_err() {
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if set_int(sock, libc::SO_SNDBUFFORCE, size).is_err() {
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+fn udp(nonblocking: bool) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(nonblocking)?;
+    big_buffers(&s);
+    Ok(s)
+}
+
+/// A receive socket in the SO_REUSEPORT group on (bind, port).
+pub fn recv_socket(bind: Ipv4Addr, port: u16, nonblocking: bool) -> io::Result<OwnedFd> {
+    let s = udp(nonblocking)?;
+    s.set_reuse_port(true)?;
+    s.bind(&SocketAddrV4::new(bind, port).into())?;
+    Ok(s.into())
+}
+
+/// A send socket on (bind, ephemeral port).
+pub fn send_socket(bind: Ipv4Addr, nonblocking: bool) -> io::Result<OwnedFd> {
+    let s = udp(nonblocking)?;
+    s.bind(&SocketAddrV4::new(bind, 0).into())?;
+    Ok(s.into())
+}
+
+/// Bytes actually granted for the receive buffer (for the startup log).
+pub fn recv_buffer_size(fd: &OwnedFd) -> usize {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live and sized for SO_RCVBUF's int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        v as usize
+    } else {
+        0
+    }
+}
+
+/// A `sockaddr_in` for `addr`.
+pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The IPv4 address in a `sockaddr_in` filled by the kernel.
+pub fn sockaddr_ip(sa: &libc::sockaddr_in) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))
+}
+
+/// Classic BPF for SO_ATTACH_REUSEPORT_CBPF: picks the receive socket (= worker) from a hash
+/// of the INNER packet's addresses and port word, symmetric in source/destination:
+/// `((src ^ dst ^ (sport ^ dport)) * 0x9e3779b1 >> 16) % n`. The program sees the UDP
+/// payload (the inner IPv4 packet) at offset 0. Assumes IHL 5 for the port word (any other
+/// header still hashes consistently per flow). A datagram too short to load from makes the
+/// program return 0 (worker 0).
+///
+/// Why: with plain reuseport hashing on the outer 4-tuple, both hosts' flows collapse onto
+/// one worker whenever two senders' ports collide in the hash (TUN multi-queue sends replies
+/// out of the queue that wrote the request, so the collapse feeds on itself). Hashing the
+/// inner flow makes both directions of one flow land on the same worker index on both hosts,
+/// and different flows spread.
+fn steering_program(n: u32) -> [libc::sock_filter; 15] {
+    let op = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    const LD_W_ABS: u16 = 0x20;
+    const TAX: u16 = 0x07;
+    const RSH_K: u16 = 0x74;
+    const AND_K: u16 = 0x54;
+    const XOR_X: u16 = 0xac;
+    const MUL_K: u16 = 0x24;
+    const MOD_K: u16 = 0x94;
+    const RET_A: u16 = 0x16;
+    [
+        op(LD_W_ABS, 20), // A = sport << 16 | dport
+        op(TAX, 0),
+        op(RSH_K, 16),
+        op(XOR_X, 0),
+        op(AND_K, 0xffff), // A = sport ^ dport
+        op(TAX, 0),
+        op(LD_W_ABS, 12), // src
+        op(XOR_X, 0),
+        op(TAX, 0),
+        op(LD_W_ABS, 16), // dst
+        op(XOR_X, 0),
+        op(MUL_K, 0x9e37_79b1),
+        op(RSH_K, 16),
+        op(MOD_K, n.max(1)),
+        op(RET_A, 0),
+    ]
+}
+
+/// Attaches the inner-flow steering program to the reuseport group of `fd` (Linux 4.5+).
+pub fn attach_flow_steering(fd: &OwnedFd, workers: u32) -> io::Result<()> {
+    let mut prog = steering_program(workers);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, both live for the call; the kernel copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    super::cvt(r).map(|_| ())
+}
