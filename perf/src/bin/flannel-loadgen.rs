@@ -5,6 +5,8 @@
 //! - `udp-recv PORT COUNT TIMEOUT_MS`: receive up to COUNT datagrams, verify each one's content
 //!   against its sequence number, print `received=N intact=N`.
 //! - `udp-send ADDR:PORT COUNT SIZE`: send COUNT datagrams of SIZE bytes (sequence + pattern).
+//! - `http-get ADDR:PORT PATH`: print the body of a plain HTTP GET (for /metrics inside a
+//!   namespace); non-200 is an error.
 //!
 //! Content is a function of position, so corruption anywhere shows in the digest or check.
 
@@ -25,7 +27,8 @@ fn main() -> Result<()> {
         ["tcp-send", addr, bytes, seed] => tcp_send(addr, bytes.parse()?, seed.parse()?),
         ["udp-recv", port, count, timeout] => udp_recv(port.parse()?, count.parse()?, timeout.parse()?),
         ["udp-send", addr, count, size] => udp_send(addr, count.parse()?, size.parse()?),
-        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE"),
+        ["http-get", addr, path] => http_get(addr, path),
+        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE | http-get ADDR:PORT PATH"),
     }
 }
 
@@ -121,5 +124,23 @@ fn udp_send(addr: &str, count: u32, size: usize) -> Result<()> {
         }
     }
     println!("sent={count}");
+    Ok(())
+}
+
+fn http_get(addr: &str, path: &str) -> Result<()> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        bail!("GET {path}: {status}");
+    }
+    print!("{body}");
     Ok(())
 }

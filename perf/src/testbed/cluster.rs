@@ -123,6 +123,12 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Keep the cluster's directory (logs, subnet.env, tables) after drop, e.g. to read logs after
+    /// a failure.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     /// Adds a host and brings it fully up: flanneld (waits for subnet.env), flannel-dataplane
     /// (waits for flannel0), the bridge and the container.
     pub fn add_host(&mut self) -> Result<usize> {
@@ -170,6 +176,7 @@ impl Cluster {
             .arg("-iface=eth0")
             .arg(format!("-subnet-file={}", h.subnet_file().display()))
             .arg(format!("--route-table={}", h.route_table().display()))
+            .arg(format!("--dataplane-stats={}", h.stats_file().display()))
             .args(extra)
             .env("RUST_LOG", "info");
         h.flanneld = Some(Daemon::spawn("flanneld", cmd, &h.dir.join("flanneld.log"))?);

@@ -1,0 +1,362 @@
+//! `flannelctl`: look at a flannel-rs host and its cluster.
+//!
+//! - `config`: the network config in etcd, with every default filled in;
+//! - `leases`: every lease under `<prefix>/subnets/` with its remaining TTL;
+//! - `routes`: the shared-memory route table this host's data plane reads;
+//! - `stats`: the data plane's per-worker counters.
+//!
+//! Aligned tables for people, `--json` for scripts. etcd flags are flanneld's (same names, same
+//! `FLANNELD_*` environment variables).
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use etcd_client::GetOptions;
+use flannel_control::cli::normalize_args;
+use flannel_control::etcd::{connect_with_retry, EtcdOptions};
+use flannel_shared::config::NetworkConfig;
+use flannel_shared::lease::{config_key, subnet_from_key, subnets_prefix, LeaseAttrs};
+use flannel_shared::route_table::RouteTableReader;
+use flannel_shared::stats::StatsReader;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flannelctl",
+    version,
+    about = "Inspect flannel-rs: config, leases, routes, data-plane stats"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: String,
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    etcd_prefix: String,
+    #[arg(long, global = true, env = "FLANNELD_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    #[arg(long, global = true, env = "FLANNELD_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    #[arg(long, global = true, env = "FLANNELD_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    #[arg(long, global = true, env = "FLANNELD_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    etcd_password: Option<String>,
+    /// Route table file (as flanneld's --route-table).
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_ROUTE_TABLE",
+        default_value = "/run/flannel/routes"
+    )]
+    route_table: PathBuf,
+    /// Data-plane stats file (as flannel-dataplane's --stats).
+    #[arg(
+        long,
+        global = true,
+        env = "FLANNELD_DATAPLANE_STATS",
+        default_value = "/run/flannel/dataplane.stats"
+    )]
+    stats: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The network config stored in etcd, validated, defaults filled in.
+    Config,
+    /// Every host's lease.
+    Leases,
+    /// The shared-memory route table (--route-table).
+    Routes,
+    /// The data plane's per-worker counters (--stats).
+    Stats,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse_from(normalize_args(std::env::args_os()));
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flannelctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let out = match &args.command {
+        Cmd::Config | Cmd::Leases => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(from_etcd(&args))?
+        }
+        Cmd::Routes => routes(&args.route_table)?,
+        Cmd::Stats => stats_of(&args.stats)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out.json)?);
+    } else {
+        print!("{}", render_table(&out.header, &out.rows));
+        for note in &out.notes {
+            println!("{note}");
+        }
+    }
+    Ok(())
+}
+
+/// A command's result: JSON for scripts, a table (+ notes) for people.
+struct Output {
+    json: Value,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    notes: Vec<String>,
+}
+
+fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    let mut s = line(header);
+    for r in rows {
+        s += &line(r);
+    }
+    s
+}
+
+async fn from_etcd(args: &Args) -> Result<Output> {
+    let opts = EtcdOptions {
+        endpoints: args
+            .etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        cafile: args.etcd_cafile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    let mut client = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        connect_with_retry(&opts),
+    )
+    .await
+    .context("etcd unreachable for 10 s")??;
+    let prefix = &args.etcd_prefix;
+    match args.command {
+        Cmd::Config => {
+            let key = config_key(prefix);
+            let resp = client.get(key.as_str(), None).await?;
+            let kv = resp
+                .kvs()
+                .first()
+                .with_context(|| format!("{key} not found in etcd"))?;
+            let text = String::from_utf8_lossy(kv.value()).into_owned();
+            let c = NetworkConfig::parse(&text).with_context(|| format!("{key} is invalid"))?;
+            let fields = [
+                ("Network", c.network.to_string()),
+                ("SubnetLen", c.subnet_len.to_string()),
+                ("SubnetMin", c.subnet_min.to_string()),
+                ("SubnetMax", c.subnet_max.to_string()),
+                ("Backend.Type", "udp".into()),
+                ("Backend.Port", c.backend.port.to_string()),
+                ("Subnets", c.subnet_count().to_string()),
+            ];
+            Ok(Output {
+                json: json!({
+                    "key": key, "raw": text,
+                    "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
+                    "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
+                    "Backend": {"Type": "udp", "Port": c.backend.port},
+                    "subnets": c.subnet_count(),
+                }),
+                header: vec!["FIELD".into(), "VALUE".into()],
+                rows: fields
+                    .iter()
+                    .map(|(k, v)| vec![k.to_string(), v.clone()])
+                    .collect(),
+                notes: vec![format!("(from {key})")],
+            })
+        }
+        Cmd::Leases => {
+            let resp = client
+                .get(
+                    subnets_prefix(prefix),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await?;
+            let mut json_rows = Vec::new();
+            let mut rows = Vec::new();
+            let mut notes = Vec::new();
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let Some(subnet) = subnet_from_key(prefix, &key) else {
+                    notes.push(format!("skipped {key}: not a subnet key"));
+                    continue;
+                };
+                let attrs = match LeaseAttrs::parse(kv.value()) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        notes.push(format!("skipped {key}: {e}"));
+                        continue;
+                    }
+                };
+                let ttl = if kv.lease() == 0 {
+                    None
+                } else {
+                    client
+                        .lease_time_to_live(kv.lease(), None)
+                        .await
+                        .ok()
+                        .map(|r| r.ttl())
+                        .filter(|t| *t >= 0)
+                };
+                let backend = if attrs.backend_type.is_empty() {
+                    "udp".to_string()
+                } else {
+                    attrs.backend_type.clone()
+                };
+                rows.push(vec![
+                    subnet.to_string(),
+                    attrs.public_ip.to_string(),
+                    backend.clone(),
+                    ttl.map_or("-".into(), |t| format!("{t}s")),
+                ]);
+                json_rows.push(json!({
+                    "key": key, "subnet": subnet.to_string(), "PublicIP": attrs.public_ip.to_string(),
+                    "backend": backend, "ttl_seconds": ttl, "value": String::from_utf8_lossy(kv.value()),
+                }));
+            }
+            Ok(Output {
+                json: Value::Array(json_rows),
+                header: ["SUBNET", "PUBLIC_IP", "BACKEND", "TTL"]
+                    .map(String::from)
+                    .to_vec(),
+                rows,
+                notes,
+            })
+        }
+        _ => unreachable!("only etcd commands here"),
+    }
+}
+
+fn routes(path: &std::path::Path) -> Result<Output> {
+    let mut reader = RouteTableReader::open(path)?;
+    let snap = reader.snapshot()?;
+    let meta = snap.meta();
+    let own = meta.our_subnet;
+    let rows: Vec<Vec<String>> = snap
+        .routes()
+        .map(|r| {
+            let mark = if Some(r.subnet) == own { "local" } else { "" };
+            vec![
+                r.subnet.to_string(),
+                r.public_ip.to_string(),
+                mark.to_string(),
+            ]
+        })
+        .collect();
+    let json = json!({
+        "path": path.display().to_string(),
+        "generation": snap.generation(),
+        "network": meta.network.to_string(),
+        "subnet_len": meta.subnet_len,
+        "our_subnet": own.map(|s| s.to_string()),
+        "mtu": meta.mtu,
+        "port": meta.port,
+        "routes": snap.routes().map(|r| json!({"subnet": r.subnet.to_string(), "public_ip": r.public_ip.to_string()})).collect::<Vec<_>>(),
+    });
+    Ok(Output {
+        json,
+        header: ["SUBNET", "PUBLIC_IP", ""].map(String::from).to_vec(),
+        rows,
+        notes: vec![format!(
+            "generation {} · network {} · subnet /{} · mtu {} · port {}",
+            snap.generation(),
+            meta.network,
+            meta.subnet_len,
+            meta.mtu,
+            meta.port
+        )],
+    })
+}
+
+fn stats_of(path: &std::path::Path) -> Result<Output> {
+    let reader = StatsReader::open(path)?;
+    let snap = reader.snapshot();
+    let names = reader.names().to_vec();
+    let mut header = vec!["COUNTER".to_string()];
+    header.extend(snap.iter().map(|w| format!("WORKER{}", w.worker)));
+    header.push("TOTAL".into());
+    let rows = names
+        .iter()
+        .map(|n| {
+            let mut row = vec![n.clone()];
+            let vals: Vec<u64> = snap.iter().map(|w| w.get(n).unwrap_or(0)).collect();
+            row.extend(vals.iter().map(u64::to_string));
+            row.push(vals.iter().sum::<u64>().to_string());
+            row
+        })
+        .collect();
+    let json = json!({
+        "path": path.display().to_string(),
+        "pid": reader.pid(),
+        "io_path": reader.io_path().name(),
+        "workers": snap.iter().map(|w| {
+            let mut m = serde_json::Map::new();
+            m.insert("worker".into(), json!(w.worker));
+            for (n, v) in &w.counters {
+                m.insert(n.clone(), json!(v));
+            }
+            Value::Object(m)
+        }).collect::<Vec<_>>(),
+    });
+    Ok(Output {
+        json,
+        header,
+        rows,
+        notes: vec![format!(
+            "pid {} · io path {}",
+            reader.pid(),
+            reader.io_path().name()
+        )],
+    })
+}
