@@ -6,4 +6,5 @@
 
 #![forbid(unsafe_code)]
 
+pub mod scale;
 pub mod testbed;
