@@ -1,0 +1,493 @@
+//! `scripts/systemd/`: the unit pair and the drop-ins pass `systemd-analyze verify` (Debian 12's
+//! systemd 252) and say what the design needs: the data plane ordered after flanneld but not
+//! bound to it, both restarting always, the shared runtime directory preserved, the seed's
+//! config published with etcd v3, Docker fed from mk-docker-opts.sh.
+//!
+//! verify runs with `--root` on a temp tree: our files under `etc/systemd/system/`, a copy of the
+//! host's `/usr/lib/systemd/system` (the targets every service depends on), a stub
+//! `docker.service` for the drop-in, and an executable placeholder at every path an `Exec*=`
+//! line runs (verify checks that they exist). No root needed, nothing is started.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flannel_perf::testbed::{have, require};
+
+/// Our files, relative to scripts/systemd/ and to /etc/systemd/system/ alike.
+const FILES: [&str; 4] = [
+    "flanneld.service",
+    "flannel-dataplane.service",
+    "flanneld.service.d/50-network-config.conf",
+    "docker.service.d/40-flannel.conf",
+];
+
+/// What Docker's packages install, reduced to what verify needs; the drop-in replaces ExecStart.
+const DOCKER_STUB: &str = "[Unit]\nDescription=Docker Application Container Engine (test stub)\n\
+    [Service]\nType=notify\nExecStart=/usr/bin/dockerd -H fd://\n\
+    [Install]\nWantedBy=multi-user.target\n";
+
+fn systemd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd")
+}
+
+fn text(rel: &str) -> String {
+    let p = systemd_dir().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A unit file as (section, key, value) in file order; comments, blank lines dropped.
+struct Unit {
+    name: String,
+    entries: Vec<(String, String, String)>,
+}
+
+impl Unit {
+    fn load(rel: &str) -> Self {
+        Self::parse(rel, &text(rel))
+    }
+
+    fn parse(name: &str, text: &str) -> Self {
+        let mut section = String::new();
+        let mut entries = Vec::new();
+        let mut pending = String::new();
+        for raw in text.lines() {
+            let line = raw.trim();
+            if pending.is_empty() && (line.is_empty() || line.starts_with(['#', ';'])) {
+                continue;
+            }
+            // systemd joins a line ending in a backslash with the next one.
+            if let Some(head) = line.strip_suffix('\\') {
+                pending.push_str(head);
+                pending.push(' ');
+                continue;
+            }
+            let line = std::mem::take(&mut pending) + line;
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.to_string();
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{name}: not KEY=VALUE: {line:?}"));
+            assert!(!section.is_empty(), "{name}: {line:?} outside a section");
+            entries.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+        Self {
+            name: name.to_string(),
+            entries,
+        }
+    }
+
+    /// Every value of `section`/`key`, in order (empty ones are resets).
+    fn all(&self, section: &str, key: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of `section`/`key`.
+    #[track_caller]
+    fn one(&self, section: &str, key: &str) -> &str {
+        match self.all(section, key)[..] {
+            [v] => v,
+            ref vs => panic!(
+                "{}: [{section}] {key}= should appear once, got {vs:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// The words of every value of a list setting (After=, Wants=, ...).
+    fn words(&self, section: &str, key: &str) -> BTreeSet<&str> {
+        self.all(section, key)
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .collect()
+    }
+
+    /// The executables run by `Exec*=` lines (prefixes such as `-` stripped).
+    fn executables(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, k, v)| k.starts_with("Exec") && !v.is_empty())
+            .map(|(_, _, v)| {
+                let cmd = v.trim_start_matches(['-', '@', ':', '+', '!', '|']);
+                let exe = cmd.split_whitespace().next().unwrap_or("").to_string();
+                assert!(
+                    exe.starts_with('/'),
+                    "{}: give commands with absolute paths: {v:?}",
+                    self.name
+                );
+                exe
+            })
+            .collect()
+    }
+}
+
+/// A temp root for `systemd-analyze verify --root`, with `edit` applied to our files first.
+fn verify_root(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("systemd-verify-")
+        .tempdir()
+        .unwrap();
+    let lib = root.path().join("usr/lib/systemd");
+    std::fs::create_dir_all(&lib).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg("/usr/lib/systemd/system")
+        .arg(&lib)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copy /usr/lib/systemd/system");
+    let etc = root.path().join("etc/systemd/system");
+    let mut exes = BTreeSet::new();
+    let mut files: Vec<(String, String)> = FILES
+        .iter()
+        .map(|f| (f.to_string(), edit(f, text(f))))
+        .collect();
+    files.push(("docker.service".into(), DOCKER_STUB.into()));
+    for (rel, body) in &files {
+        let dst = etc.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::write(&dst, body).unwrap();
+        exes.extend(Unit::parse(rel, body).executables());
+    }
+    for exe in exes {
+        place_executable(root.path(), &exe);
+    }
+    root
+}
+
+fn place_executable(root: &Path, exe: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = root.join(exe.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs verify on our two services and docker.service (with its drop-in): (success, output).
+fn verify(root: &Path) -> (bool, String) {
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "flanneld.service",
+            "flannel-dataplane.service",
+            "docker.service",
+        ])
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("run systemd-analyze");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), out)
+}
+
+fn have_systemd_analyze() -> bool {
+    require(
+        "systemd-analyze (Debian package systemd) and /usr/lib/systemd/system",
+        have("systemd-analyze") && Path::new("/usr/lib/systemd/system").is_dir(),
+    )
+}
+
+#[test]
+fn units_and_drop_ins_pass_systemd_analyze_verify() {
+    if !have_systemd_analyze() {
+        return;
+    }
+    let root = verify_root(|_, body| body);
+    let (ok, out) = verify(root.path());
+    // verify only warns (exit 0) about unknown keys and bad values: any output is a failure.
+    assert!(
+        ok && out.trim().is_empty(),
+        "systemd-analyze verify (ok={ok}):\n{out}"
+    );
+}
+
+/// The harness itself: typos in both drop-ins, a bad value and a missing executable must be
+/// reported, so the clean run above means something.
+#[test]
+fn verify_reports_mistakes_in_units_and_drop_ins() {
+    if !have_systemd_analyze() {
+        return;
+    }
+    let root = verify_root(|name, body| match name {
+        "docker.service.d/40-flannel.conf" => body + "Restrat=always\n",
+        "flanneld.service.d/50-network-config.conf" => body + "ExecStartPer=/bin/true\n",
+        "flannel-dataplane.service" => body.replace("RestartSec=1", "RestartSec=one"),
+        _ => body,
+    });
+    std::fs::remove_file(root.path().join("usr/local/bin/flanneld")).unwrap();
+    let (ok, out) = verify(root.path());
+    assert!(!ok, "a missing ExecStart binary fails verify:\n{out}");
+    for needle in [
+        "/usr/local/bin/flanneld",
+        "40-flannel.conf:",
+        "'Restrat'",
+        "50-network-config.conf:",
+        "'ExecStartPer'",
+        "flannel-dataplane.service:",
+        "ignoring: one",
+    ] {
+        assert!(
+            out.contains(needle),
+            "verify should mention {needle}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn dataplane_starts_after_flanneld_but_is_not_bound_to_it() {
+    let dp = Unit::load("flannel-dataplane.service");
+    let fl = Unit::load("flanneld.service");
+    assert!(dp.words("Unit", "After").contains("flanneld.service"));
+    assert!(dp.words("Unit", "Wants").contains("flanneld.service"));
+    // Either process must restart alone: no stop/restart propagation in either direction.
+    for key in [
+        "Requires",
+        "BindsTo",
+        "Requisite",
+        "PartOf",
+        "Upholds",
+        "PropagatesStopTo",
+    ] {
+        assert!(
+            !dp.words("Unit", key).contains("flanneld.service"),
+            "flannel-dataplane.service must not have {key}=flanneld.service"
+        );
+        assert!(
+            !fl.words("Unit", key).contains("flannel-dataplane.service"),
+            "flanneld.service must not have {key}=flannel-dataplane.service"
+        );
+    }
+    assert!(
+        !fl.words("Unit", "After")
+            .contains("flannel-dataplane.service"),
+        "no ordering cycle"
+    );
+    assert!(fl.words("Unit", "After").contains("network-online.target"));
+    assert!(fl.words("Unit", "Wants").contains("network-online.target"));
+    assert!(fl.words("Unit", "After").contains("etcd.service"));
+    assert!(
+        !fl.words("Unit", "Requires").contains("etcd.service"),
+        "etcd may be remote: ordering only"
+    );
+}
+
+#[test]
+fn both_daemons_restart_always_and_share_a_preserved_runtime_directory() {
+    for name in ["flanneld.service", "flannel-dataplane.service"] {
+        let u = Unit::load(name);
+        assert_eq!(u.one("Service", "Restart"), "always", "{name}");
+        assert_eq!(
+            u.one("Unit", "StartLimitIntervalSec"),
+            "0",
+            "{name}: never give up"
+        );
+        assert_eq!(u.one("Service", "Type"), "simple", "{name}: no sd_notify");
+        assert_eq!(u.one("Service", "KillSignal"), "SIGTERM", "{name}");
+        assert_eq!(u.one("Service", "RuntimeDirectory"), "flannel", "{name}");
+        assert_eq!(
+            u.one("Service", "RuntimeDirectoryPreserve"),
+            "yes",
+            "{name}"
+        );
+        assert_eq!(u.one("Install", "WantedBy"), "multi-user.target", "{name}");
+        assert!(u.all("Service", "User").is_empty(), "{name} runs as root");
+    }
+    let dp = Unit::load("flannel-dataplane.service");
+    assert_eq!(dp.one("Service", "RestartSec"), "1", "back within 1 s");
+    assert_eq!(dp.one("Service", "LimitMEMLOCK"), "infinity", "io_uring");
+}
+
+#[test]
+fn commands_and_paths_match_the_daemons() {
+    let fl = Unit::load("flanneld.service");
+    assert_eq!(fl.one("Service", "ExecStart"), "/usr/local/bin/flanneld");
+    assert_eq!(
+        fl.one("Service", "EnvironmentFile"),
+        "-/etc/flannel/options.env"
+    );
+    let dp = Unit::load("flannel-dataplane.service");
+    assert_eq!(
+        dp.one("Service", "ExecStart"),
+        "/usr/local/bin/flannel-dataplane --route-table=/run/flannel/routes"
+    );
+    assert_eq!(
+        dp.one("Service", "EnvironmentFile"),
+        "-/etc/flannel/dataplane.env"
+    );
+
+    // The paths in the units are flanneld's defaults (ExecStart passes no flags): the route table
+    // the data plane reads, and the subnet.env the Docker drop-in waits for and converts.
+    let defaults = <flannel_control::cli::Args as clap::Parser>::try_parse_from(["flanneld"])
+        .expect("flanneld defaults");
+    let table = defaults.route_table.to_str().unwrap().to_string();
+    let subnet = defaults.subnet_file.to_str().unwrap().to_string();
+    assert_eq!(table, "/run/flannel/routes");
+    assert_eq!(subnet, "/run/flannel/subnet.env");
+    assert!(dp
+        .one("Service", "ExecStart")
+        .ends_with(&format!("--route-table={table}")));
+    assert!(table.starts_with("/run/flannel/") && subnet.starts_with("/run/flannel/"));
+    let docker = text("docker.service.d/40-flannel.conf");
+    assert!(docker.contains(&format!("[ -s {subnet} ]")));
+}
+
+#[test]
+fn network_config_drop_in_publishes_the_seed_config_with_etcd_v3() {
+    let u = Unit::load("flanneld.service.d/50-network-config.conf");
+    assert_eq!(
+        u.one("Service", "ExecStartPre"),
+        r#"/usr/bin/etcdctl put /coreos.com/network/config '{ "Network": "10.1.0.0/16" }'"#
+    );
+    assert_eq!(u.one("Service", "Environment"), "ETCDCTL_API=3");
+    // The JSON must reach etcdctl as written: no $ or % for systemd to expand.
+    assert!(!u.one("Service", "ExecStartPre").contains(['$', '%']));
+    let json = r#"{ "Network": "10.1.0.0/16" }"#;
+    let cfg = flannel_shared::config::NetworkConfig::parse(json).expect("flanneld accepts it");
+    assert_eq!(cfg.network.to_string(), "10.1.0.0/16");
+}
+
+#[test]
+fn docker_drop_in_feeds_dockerd_from_mk_docker_opts() {
+    let u = Unit::load("docker.service.d/40-flannel.conf");
+    assert!(u.words("Unit", "Requires").contains("flanneld.service"));
+    assert!(u.words("Unit", "After").contains("flanneld.service"));
+    assert_eq!(u.one("Service", "Restart"), "always");
+    let opts_file = "/run/flannel/docker_opts.env";
+    assert_eq!(u.one("Service", "EnvironmentFile"), format!("-{opts_file}"));
+
+    let pre = u.all("Service", "ExecStartPre");
+    assert_eq!(pre.len(), 3, "wait, remove the old file, generate: {pre:?}");
+    assert!(pre[0].starts_with("/bin/sh -c '") && pre[0].contains("subnet.env"));
+    assert_eq!(pre[1], format!("/bin/rm -f {opts_file}"));
+    assert_eq!(
+        pre[2],
+        format!("/usr/local/bin/mk-docker-opts.sh -k DOCKER_OPTS -d {opts_file}")
+    );
+
+    // ExecStart= is reset first, then dockerd gets the combined options, split into words.
+    let start = u.all("Service", "ExecStart");
+    assert_eq!(start.len(), 2, "{start:?}");
+    assert_eq!(start[0], "", "an empty ExecStart= clears the packaged one");
+    assert!(start[1].starts_with("/usr/bin/dockerd "), "{}", start[1]);
+    assert!(start[1].ends_with(" $DOCKER_OPTS"), "{}", start[1]);
+}
+
+/// The first ExecStartPre of the Docker drop-in, run for real with the subnet file moved to a temp
+/// path and the 120 s limit cut to 2 s: returns at once when the file is there, waits for it,
+/// fails with a pointer to flanneld when it never comes.
+#[test]
+fn docker_drop_in_waits_for_subnet_env() {
+    let u = Unit::load("docker.service.d/40-flannel.conf");
+    let pre = u.all("Service", "ExecStartPre")[0];
+    // systemd would expand $ and % and C escapes; the command avoids them, so the text between
+    // the single quotes is exactly what sh receives.
+    assert!(!pre.contains(['$', '%', '\\']), "{pre}");
+    let script = pre
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .expect("/bin/sh -c '...'");
+    assert!(!script.contains('\''), "one single-quoted word");
+    assert!(script.contains("timeout 120 "), "{script}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let subnet = dir.path().join("subnet.env");
+    let script = script
+        .replace("/run/flannel/subnet.env", subnet.to_str().unwrap())
+        .replace("timeout 120 ", "timeout 2 ");
+    let run = || {
+        let t = Instant::now();
+        let o = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("sh");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            t.elapsed(),
+        )
+    };
+
+    let (ok, err, took) = run();
+    assert!(!ok, "no subnet.env: fails");
+    assert!(err.contains("is flanneld running?"), "{err}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "waited first: {took:?}"
+    );
+
+    std::fs::write(&subnet, "").unwrap();
+    let (ok, _, _) = run();
+    assert!(!ok, "an empty subnet.env is not ready yet");
+
+    std::fs::write(&subnet, "FLANNEL_SUBNET=10.1.15.1/24\n").unwrap();
+    let (ok, err, took) = run();
+    assert!(ok, "{err}");
+    assert!(
+        took < Duration::from_millis(900),
+        "no wait when the file is there: {took:?}"
+    );
+
+    std::fs::remove_file(&subnet).unwrap();
+    let writer = {
+        let subnet = subnet.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            std::fs::write(subnet, "FLANNEL_SUBNET=10.1.15.1/24\n").unwrap();
+        })
+    };
+    let (ok, err, _) = run();
+    writer.join().unwrap();
+    assert!(ok, "picks the file up once flanneld writes it: {err}");
+}
+
+/// The install instructions name every file there is.
+#[test]
+fn readme_names_every_file() {
+    let readme = text("README.md");
+    for f in FILES {
+        assert!(readme.contains(f), "README.md does not mention {f}");
+    }
+    assert!(readme.contains("systemctl enable --now flanneld flannel-dataplane"));
+    assert!(readme.contains("systemctl daemon-reload"));
+    let mut on_disk = Vec::new();
+    for e in walk(&systemd_dir()) {
+        let rel = e
+            .strip_prefix(systemd_dir())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        if rel != "README.md" {
+            on_disk.push(rel);
+        }
+    }
+    on_disk.sort();
+    let mut listed: Vec<String> = FILES.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "FILES in this test lists every file in scripts/systemd"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
