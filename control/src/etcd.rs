@@ -1,6 +1,22 @@
 //! Connecting to etcd (v3 API) with flannel's options: endpoints, TLS client certificates,
 //! username/password. Connection failures are retried with capped exponential backoff and a log
 //! line per attempt; flanneld never crash-loops because etcd is not up yet.
+//!
+//! TLS (rustls with ring, through etcd-client's `tls` feature) is used when the endpoints are
+//! `https://` (or have no scheme and TLS files are given); like flannel's Go client, TLS files
+//! are ignored (with a warning) for `http://` endpoints. Mixing both schemes is refused.
+//! Every failed attempt is logged with the whole error chain and, where the cause is
+//! recognisable, what to check: a rejected password names `-etcd-username/-etcd-password`, a
+//! rejected or missing client certificate names `-etcd-certfile/-etcd-keyfile`, an untrusted
+//! server certificate names `-etcd-cafile`.
+//!
+//! Several endpoints: the client library balances requests over them but keeps routing to a
+//! member that died (each such request fails at once). So with more than one endpoint a task
+//! probes every endpoint on its own (a `Status` request each second, 2 s timeout) and takes dead
+//! ones out of the client's balancer, putting them back when they answer again; the last
+//! endpoint is never taken out. A request already on its way to a member that dies still fails;
+//! the callers retry (the watch resumes from its revision, renewal retries), and the retry goes
+//! to a live member. flanneld keeps working as long as the cluster has a quorum.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +49,8 @@ pub enum EtcdOptionsError {
     HalfIdentity,
     #[error("-etcd-username and -etcd-password must be given together")]
     HalfAuth,
+    #[error("-etcd-endpoints mixes http:// and https:// endpoints ({0}); use one scheme")]
+    MixedSchemes(String),
 }
 
 impl EtcdOptions {
@@ -46,6 +64,34 @@ impl EtcdOptions {
 
     /// Validates the options and builds the client's connect options.
     pub fn connect_options(&self) -> Result<ConnectOptions, EtcdOptionsError> {
+        self.build_options(true)
+    }
+
+    /// The endpoints as full URLs, as the client library keys them (a schemeless endpoint gets
+    /// `https://` when TLS is on, else `http://`).
+    pub fn endpoint_urls(&self) -> Vec<String> {
+        let tls = self.uses_tls();
+        self.endpoints
+            .iter()
+            .map(|e| {
+                if e.starts_with("http://") || e.starts_with("https://") {
+                    e.clone()
+                } else if tls {
+                    format!("https://{e}")
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect()
+    }
+
+    fn uses_tls(&self) -> bool {
+        let tls_files = self.cafile.is_some() || self.certfile.is_some() || self.keyfile.is_some();
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+            || (tls_files && !self.endpoints.iter().any(|e| e.starts_with("http://")))
+    }
+
+    fn build_options(&self, with_user: bool) -> Result<ConnectOptions, EtcdOptionsError> {
         if self.endpoints.is_empty() {
             return Err(EtcdOptionsError::NoEndpoints);
         }
@@ -54,10 +100,29 @@ impl EtcdOptions {
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let tls_wanted = self.cafile.is_some()
-            || self.certfile.is_some()
-            || self.endpoints.iter().any(|e| e.starts_with("https://"));
-        if tls_wanted {
+        let plain = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("http://"))
+            .count();
+        let secure = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if plain > 0 && secure > 0 {
+            return Err(EtcdOptionsError::MixedSchemes(self.endpoints.join(",")));
+        }
+        let tls_files = self.cafile.is_some() || self.certfile.is_some() || self.keyfile.is_some();
+        // Schemeless endpoints follow the TLS files; http:// never carries TLS (as in flannel).
+        let tls_wanted = secure > 0 || (plain == 0 && tls_files);
+        if tls_files && !tls_wanted {
+            tracing::warn!(
+                endpoints = ?self.endpoints,
+                "-etcd-cafile/-certfile/-keyfile are ignored for http:// endpoints; use https:// for TLS"
+            );
+        }
+        if tls_wanted || tls_files {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &self.cafile {
                 tls = tls.ca_certificate(Certificate::from_pem(Self::read("-etcd-cafile", ca)?));
@@ -72,10 +137,13 @@ impl EtcdOptions {
                 (None, None) => {}
                 _ => return Err(EtcdOptionsError::HalfIdentity),
             }
-            opts = opts.with_tls(tls);
+            if tls_wanted {
+                opts = opts.with_tls(tls);
+            }
         }
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) => opts = opts.with_user(u.clone(), p.clone()),
+            (Some(u), Some(p)) if with_user => opts = opts.with_user(u.clone(), p.clone()),
+            (Some(_), Some(_)) => {}
             (None, None) => {}
             _ => return Err(EtcdOptionsError::HalfAuth),
         }
@@ -85,22 +153,61 @@ impl EtcdOptions {
 
 /// Connects, retrying forever with backoff (1 s doubling to 10 s) until etcd answers a request.
 /// Option errors are returned at once: retrying cannot fix them.
+///
+/// With several endpoints, only those that answer a probe are used for the connection (all of
+/// them when none answers), and a background task keeps the client's endpoint set to the live
+/// ones from then on (see the module docs).
 pub async fn connect_with_retry(opts: &EtcdOptions) -> Result<Client, EtcdOptionsError> {
     let connect_opts = opts.connect_options()?;
+    let urls = opts.endpoint_urls();
+    let mut prober = if urls.len() > 1 {
+        // Probes need no credentials: Status is open to everyone.
+        Some(Prober::new(&urls, opts.build_options(false)?).await)
+    } else {
+        None
+    };
     let mut delay = Duration::from_secs(1);
     let mut attempt = 1u32;
     loop {
-        match try_connect(&opts.endpoints, connect_opts.clone()).await {
+        let chosen: Vec<String> = match &mut prober {
+            Some(p) => {
+                let live = p.probe().await;
+                let some: Vec<String> = urls
+                    .iter()
+                    .zip(&live)
+                    .filter(|(_, up)| **up)
+                    .map(|(u, _)| u.clone())
+                    .collect();
+                if some.is_empty() {
+                    urls.clone()
+                } else {
+                    some
+                }
+            }
+            None => urls.clone(),
+        };
+        match try_connect(&chosen, connect_opts.clone()).await {
             Ok(c) => {
                 if attempt > 1 {
                     tracing::info!(endpoints = ?opts.endpoints, attempt, "connected to etcd");
                 }
+                if let Some(p) = prober {
+                    let in_use: Vec<bool> = urls.iter().map(|u| chosen.contains(u)).collect();
+                    if in_use.iter().any(|u| !u) {
+                        tracing::warn!(
+                            unreachable = ?urls.iter().filter(|u| !chosen.contains(u)).collect::<Vec<_>>(),
+                            "some etcd endpoints do not answer; using the others until they do"
+                        );
+                    }
+                    tokio::spawn(p.keep_endpoints(c.clone(), urls.clone(), in_use));
+                }
                 return Ok(c);
             }
             Err(e) => {
+                let hint = explain(&e, opts);
                 tracing::warn!(
                     endpoints = ?opts.endpoints, attempt, retry_in = ?delay,
-                    "etcd unreachable: {e}"
+                    "etcd unreachable: {e}{hint}"
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -117,11 +224,153 @@ async fn try_connect(endpoints: &[String], opts: ConnectOptions) -> Result<Clien
     )
     .await
     .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| error_chain(&e))?;
     // A request proves the endpoint is really serving (connect alone can be lazy).
     tokio::time::timeout(Duration::from_secs(5), c.status())
         .await
         .map_err(|_| "status request timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
     Ok(c)
+}
+
+/// One single-endpoint client per endpoint, for health probes.
+struct Prober {
+    clients: Vec<Option<Client>>,
+}
+
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Prober {
+    async fn new(urls: &[String], opts: ConnectOptions) -> Self {
+        let mut clients = Vec::new();
+        for u in urls {
+            // Connecting is lazy (no request is made), so this returns at once.
+            let c = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                Client::connect([u.as_str()], Some(opts.clone())),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok);
+            clients.push(c);
+        }
+        Self { clients }
+    }
+
+    /// Which endpoints answer a Status request now (probed concurrently).
+    async fn probe(&mut self) -> Vec<bool> {
+        let checks = self.clients.iter().map(|c| {
+            let c = c.clone();
+            async move {
+                let Some(mut c) = c else { return false };
+                matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, c.status()).await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        futures_join_all(checks).await
+    }
+
+    /// Forever: probe, then take dead endpoints out of `client` and put live ones back in,
+    /// never leaving it without an endpoint. `in_use[i]`: `urls[i]` is in the balancer.
+    async fn keep_endpoints(mut self, client: Client, urls: Vec<String>, mut in_use: Vec<bool>) {
+        loop {
+            tokio::time::sleep(PROBE_PERIOD).await;
+            let live = self.probe().await;
+            for (i, url) in urls.iter().enumerate() {
+                if live[i] && !in_use[i] && client.add_endpoint(url).await.is_ok() {
+                    in_use[i] = true;
+                    tracing::info!(endpoint = %url, "etcd endpoint answers again; using it");
+                }
+            }
+            for (i, url) in urls.iter().enumerate() {
+                let others = (0..urls.len()).any(|j| j != i && in_use[j]);
+                if !live[i] && in_use[i] && others && client.remove_endpoint(url).await.is_ok() {
+                    in_use[i] = false;
+                    tracing::warn!(endpoint = %url, "etcd endpoint does not answer; using the others until it does");
+                }
+            }
+        }
+    }
+}
+
+/// Awaits all futures concurrently, results in order (no dependency on the futures crate).
+async fn futures_join_all<F: std::future::Future<Output = bool> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<bool> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap_or(false));
+    }
+    out
+}
+
+/// An error with its whole `source()` chain (tonic hides the TLS alert in a source), each
+/// cause once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}
+
+/// What an operator should check for a connection error, as a suffix for the log line ("" when
+/// the cause is not recognisable, e.g. connection refused).
+pub fn explain(error: &str, opts: &EtcdOptions) -> &'static str {
+    let has = |needles: &[&str]| {
+        needles
+            .iter()
+            .any(|n| error.to_ascii_lowercase().contains(&n.to_ascii_lowercase()))
+    };
+    if has(&["authentication failed", "invalid user ID or password"]) {
+        return " (etcd authentication failed: check -etcd-username and -etcd-password)";
+    }
+    if has(&["user name is empty"]) {
+        return " (etcd has authentication enabled: pass -etcd-username and -etcd-password)";
+    }
+    if has(&[
+        "UnknownIssuer",
+        "invalid peer certificate",
+        "certificate verify failed",
+        "NotValidForName",
+    ]) {
+        return " (the etcd server's TLS certificate is not trusted: check -etcd-cafile and that the certificate names the endpoint's address)";
+    }
+    let tls = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    let identity = opts.certfile.is_some();
+    if has(&[
+        "BadCertificate",
+        "CertificateRequired",
+        "certificate required",
+        "bad certificate",
+        "UnknownCA",
+        "unknown ca",
+    ]) {
+        return if identity {
+            " (etcd rejected our TLS client certificate: check -etcd-certfile/-etcd-keyfile and that etcd's --trusted-ca-file signed it)"
+        } else {
+            " (etcd requires a TLS client certificate: pass -etcd-certfile and -etcd-keyfile)"
+        };
+    }
+    if tls && !identity && has(&["connection closed", "canceled", "cancelled"]) {
+        return " (etcd closed the TLS connection; if it runs with --client-cert-auth, pass -etcd-certfile and -etcd-keyfile)";
+    }
+    if has(&[
+        "InvalidContentType",
+        "corrupt message",
+        "wrong version number",
+    ]) {
+        return " (TLS/plain-text mismatch: check http:// vs https:// in -etcd-endpoints)";
+    }
+    ""
 }

@@ -4,15 +4,21 @@
 //! 1. [`packet`]: pure IPv4 views, TTL decrement (RFC 1624), ICMP net-unreachable builder.
 //! 2. [`forward`]: pure per-packet decisions — TUN → UDP (route lookup, TTL, ICMP with a rate
 //!    limit) and UDP → TUN (the receive checks). The wire format lives here.
-//! 3. [`worker`]: one pinned thread per core; [`worker::uring`] (io_uring, the hot path) and
-//!    [`worker::fallback`] (poll + recvmmsg/sendmmsg).
-//! 4. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, threads, signals.
+//! 3. [`gso`] and [`gro`]: pure offload logic — the virtio_net_hdr, splitting a TUN
+//!    super-packet into MTU-sized inner packets (sent with one UDP_SEGMENT sendmsg), and
+//!    coalescing UDP_GRO-received TCP segments back into one super-packet for the TUN device.
+//! 4. [`worker`]: one pinned thread per core; [`worker::uring`] (io_uring, the hot path) and
+//!    [`worker::fallback`] (poll + recvmmsg/sendmmsg); both share the per-I/O handling in
+//!    `worker` itself.
+//! 5. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, threads, signals.
 //!
-//! Pure modules (`packet`, `forward`) forbid `unsafe`; elsewhere every `unsafe` block has a
+//! Pure modules (`packet`, `forward`, `gso`, `gro`) forbid `unsafe`; elsewhere every `unsafe` block has a
 //! `// SAFETY:` comment. Counters go to the shared-memory block in
 //! [`flannel_shared::stats`]; nothing logs per packet.
 
 pub mod forward;
+pub mod gro;
+pub mod gso;
 pub mod packet;
 pub mod sys;
 pub mod worker;

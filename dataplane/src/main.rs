@@ -26,6 +26,22 @@
 //! batch in the workers; a changed `our_subnet` moves the TUN address, a changed MTU is
 //! applied to the device.
 //!
+//! # Offloads (probed once at startup, each choice logged once; `--no-offload` forces all off)
+//!
+//! - TUN: `IFF_VNET_HDR` + `TUNSETOFFLOAD` CSUM|TSO4|TSO6|USO4|USO6, retried without USO
+//!   (Linux < 6.2 answers EINVAL); any failure → the device is reopened without vnet header.
+//!   The kernel then hands us up to 64 KiB TCP/UDP super-packets; `gso::split` cuts them into
+//!   MTU-sized inner IPv4 packets.
+//! - UDP GSO (`UDP_SEGMENT`, Linux 4.18): probed with getsockopt; the segments of one
+//!   super-packet leave in one sendmsg. A send refused with EIO/EINVAL (a device without
+//!   checksum offload) turns it off at run time, logged once; segments then go one by one.
+//! - UDP GRO (`UDP_GRO`, Linux 5.0): setsockopt on the receive sockets; failing → off. Merged
+//!   datagrams are checked one by one and coalesced (`gro`) into TCP super-packets written to
+//!   TUN with a vnet header.
+//!
+//! On the wire every datagram is still exactly one inner IPv4 packet no larger than the MTU
+//! (UDP GSO only batches the sendmsg), so flannel peers interoperate unchanged.
+//!
 //! # Spreading one host pair over cores
 //!
 //! TUN multi-queue hashes flows onto queues (hence workers), and later sends a flow's packets
@@ -51,7 +67,9 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::stats::{IoPath, StatsWriter};
 use flannel_shared::Ipv4Net;
 
-use flannel_dataplane::worker::WorkerSetup;
+use flannel_dataplane::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+use flannel_dataplane::worker::{Offload, WorkerSetup};
+use std::os::fd::OwnedFd;
 
 /// flannel's default UDP port, used when the table carries none.
 const DEFAULT_PORT: u16 = 8285;
@@ -80,9 +98,18 @@ struct Args {
     /// UDP port (ours and the peers'). Default: the port in the route table (8285).
     #[arg(long, env = "FLANNEL_DATAPLANE_PORT")]
     port: Option<u16>,
+    /// CPUs to pin workers to, in worker order (worker i → the i-th entry, wrapping), e.g.
+    /// `0,1` or `1,0`; `none` disables pinning. Default: the CPUs we may run on, ascending.
+    /// Two data planes sharing one machine (a namespace testbed) should not pin their busy
+    /// workers onto the same core: both hosts put a flow on the same worker index.
+    #[arg(long, env = "FLANNEL_DATAPLANE_CPUS", value_parser = parse_cpus)]
+    cpus: Option<CpuList>,
     /// Use the poll + recvmmsg/sendmmsg path even where io_uring works.
     #[arg(long, env = "FLANNEL_DATAPLANE_NO_IO_URING")]
     no_io_uring: bool,
+    /// Turn off TUN offloads (IFF_VNET_HDR/TSO), UDP GSO and UDP GRO: one packet per I/O.
+    #[arg(long, env = "FLANNEL_DATAPLANE_NO_OFFLOAD")]
+    no_offload: bool,
     /// Shared-memory counters file.
     #[arg(
         long,
@@ -96,6 +123,28 @@ struct Args {
     /// Debug logging.
     #[arg(short, long, env = "FLANNEL_DATAPLANE_VERBOSE")]
     verbose: bool,
+}
+
+/// `--cpus`: an explicit pin list, or no pinning.
+#[derive(Debug, Clone)]
+enum CpuList {
+    None,
+    List(Vec<usize>),
+}
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    if s == "none" {
+        return Ok(CpuList::None);
+    }
+    let v: Result<Vec<usize>, _> = s.split(',').map(|c| c.trim().parse::<usize>()).collect();
+    match v {
+        Ok(v) if !v.is_empty() && v.iter().all(|&c| c < libc::CPU_SETSIZE as usize) => {
+            Ok(CpuList::List(v))
+        }
+        _ => Err(format!(
+            "--cpus {s:?}: expected a comma-separated CPU list or `none`"
+        )),
+    }
 }
 
 fn main() {
@@ -172,6 +221,58 @@ fn set_tun_address(ifindex: u32, new: Option<Ipv4Net>, old: Option<Ipv4Net>) -> 
     Ok(())
 }
 
+/// Opens the first TUN queue with IFF_VNET_HDR and enables the offloads this kernel has.
+/// On error the queue is closed again (the non-persistent device disappears with it).
+fn open_offload_queue(name: &str, nonblocking: bool) -> Result<(OwnedFd, &'static str)> {
+    let q = sys::tun::open_queue(name, nonblocking, true).context("IFF_VNET_HDR refused")?;
+    let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    match sys::tun::set_offload(&q, base | TUN_F_USO4 | TUN_F_USO6) {
+        Ok(()) => Ok((q, "CSUM|TSO4|TSO6|USO4|USO6")),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::tun::set_offload(&q, base).context("TUNSETOFFLOAD CSUM|TSO4|TSO6")?;
+            Ok((q, "CSUM|TSO4|TSO6 (no USO: kernel < 6.2)"))
+        }
+        Err(e) => Err(e).context("TUNSETOFFLOAD"),
+    }
+}
+
+/// Probes UDP_SEGMENT and enables UDP_GRO on every receive socket; logs the result once.
+fn probe_udp_offloads(socks: &[(OwnedFd, OwnedFd)], vnet_hdr: bool, forced_off: bool) -> Offload {
+    if forced_off {
+        tracing::info!("offloads: off (--no-offload): no TUN vnet header, UDP GSO or UDP GRO");
+        return Offload::none();
+    }
+    let gso = match socks.first().map(|s| sys::socket::probe_udp_segment(&s.1)) {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!("UDP GSO: off (UDP_SEGMENT unknown to this kernel: {e})");
+            false
+        }
+        None => false,
+    };
+    let mut gro = true;
+    for (recv, _) in socks {
+        if let Err(e) = sys::socket::set_udp_gro(recv, true) {
+            tracing::warn!("UDP GRO: off (setsockopt UDP_GRO: {e})");
+            gro = false;
+            break;
+        }
+    }
+    if !gro {
+        // All or none: a socket merging datagrams must be read with a control buffer.
+        for (recv, _) in socks {
+            let _ = sys::socket::set_udp_gro(recv, false);
+        }
+    }
+    tracing::info!(
+        tun_vnet_hdr = vnet_hdr,
+        udp_gso = gso,
+        udp_gro = gro,
+        "offloads probed"
+    );
+    Offload::new(vnet_hdr, gro, gso)
+}
+
 fn run(args: Args) -> Result<()> {
     // Before any thread exists: only the main thread will take SIGTERM/SIGINT.
     sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT")?;
@@ -194,8 +295,14 @@ fn run(args: Args) -> Result<()> {
         .or((meta.port != 0).then_some(meta.port))
         .unwrap_or(DEFAULT_PORT);
 
-    let cpus = sys::thread::allowed_cpus();
-    let nworkers = args.workers.unwrap_or(cpus.len()).max(1);
+    let allowed = sys::thread::allowed_cpus();
+    let nworkers = args.workers.unwrap_or(allowed.len()).max(1);
+    let cpus = match &args.cpus {
+        None => allowed,
+        Some(CpuList::None) => Vec::new(),
+        Some(CpuList::List(l)) => l.clone(),
+    };
+    tracing::info!(cpus = ?cpus, "worker pinning (worker i -> cpus[i % len]; empty: not pinned)");
     if nworkers > 256 {
         bail!("--workers {nworkers}: a TUN device has at most 256 queues");
     }
@@ -219,10 +326,25 @@ fn run(args: Args) -> Result<()> {
     };
     let nonblocking = io_path == IoPath::Fallback;
 
-    // The TUN device: one queue per worker.
+    // The TUN device: one queue per worker; the first one probes the offloads.
     let mut queues = Vec::with_capacity(nworkers);
-    for i in 0..nworkers {
-        queues.push(sys::tun::open_queue(&args.tun_name, nonblocking).with_context(|| {
+    let vnet_hdr = if args.no_offload {
+        false
+    } else {
+        match open_offload_queue(&args.tun_name, nonblocking) {
+            Ok((q, what)) => {
+                tracing::info!("TUN offloads: IFF_VNET_HDR with {what}");
+                queues.push(q);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("TUN offloads: off ({e:#}); one packet per read");
+                false
+            }
+        }
+    };
+    for i in queues.len()..nworkers {
+        queues.push(sys::tun::open_queue(&args.tun_name, nonblocking, vnet_hdr).with_context(|| {
             format!(
                 "opening TUN queue {i} of {} (IFF_MULTI_QUEUE; an existing single-queue device of that name must be removed first)",
                 args.tun_name
@@ -252,12 +374,23 @@ fn run(args: Args) -> Result<()> {
     let stats = StatsWriter::create(&args.stats, nworkers).context("creating the stats file")?;
     stats.set_io_path(io_path);
 
-    let mut wakes = Vec::with_capacity(nworkers);
-    let mut handles = Vec::with_capacity(nworkers);
-    for (i, tun) in queues.into_iter().enumerate() {
+    let mut socks = Vec::with_capacity(nworkers);
+    for _ in 0..nworkers {
         let recv = sys::socket::recv_socket(args.bind, port, nonblocking)
             .with_context(|| format!("binding UDP {}:{port}", args.bind))?;
         let send = sys::socket::send_socket(args.bind, nonblocking).context("UDP send socket")?;
+        if std::env::var_os("FLANNEL_DATAPLANE_TEST_REFUSE_GSO").is_some() {
+            // Test hook: make the kernel refuse UDP GSO sends (EINVAL) to exercise the
+            // run-time fallback; plain datagrams still go out.
+            sys::socket::set_no_check(&send).context("SO_NO_CHECK")?;
+        }
+        socks.push((recv, send));
+    }
+    let offload = Arc::new(probe_udp_offloads(&socks, vnet_hdr, args.no_offload));
+
+    let mut wakes = Vec::with_capacity(nworkers);
+    let mut handles = Vec::with_capacity(nworkers);
+    for (i, (tun, (recv, send))) in queues.into_iter().zip(socks).enumerate() {
         if i == 0 && nworkers > 1 {
             match sys::socket::attach_flow_steering(&recv, nworkers as u32) {
                 Ok(()) => tracing::info!("receive steering: inner-flow hash (reuseport CBPF)"),
@@ -285,6 +418,7 @@ fn run(args: Args) -> Result<()> {
             stats: stats.worker(i),
             port,
             spoof_check: !args.no_spoof_check,
+            offload: Arc::clone(&offload),
         };
         let h = std::thread::Builder::new()
             .name(format!("fdp-worker-{i}"))

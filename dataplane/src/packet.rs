@@ -158,6 +158,41 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Adds `data` to a running one's complement sum (big-endian 16-bit words; an odd final byte
+/// is padded with zero). Sums 32-bit words into a 64-bit accumulator: equivalent modulo
+/// 0xffff, several times faster than 16-bit steps. Finish with [`fold_checksum`]. Only the
+/// last chunk of a sum may have odd length.
+pub fn checksum_add(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        acc += (w >> 32) + (w & 0xffff_ffff);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = rest.remainder() {
+        acc += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    acc
+}
+
+/// Folds a [`checksum_add`] accumulator to 16 bits (not complemented).
+pub fn fold_checksum(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The IPv4 pseudo-header sum (src, dst, protocol, L4 length) as a [`checksum_add`] accumulator.
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -> u64 {
+    let s = u64::from(u32::from_be_bytes(src));
+    let d = u64::from(u32::from_be_bytes(dst));
+    s + d + u64::from(proto) + l4_len as u64
+}
+
 /// Whether an ICMP error may be sent about `pkt`: never about ICMP (any type, as flannel) and
 /// never about a non-first fragment.
 pub fn may_send_icmp_error(pkt: &Ipv4View<'_>) -> bool {

@@ -319,10 +319,27 @@ fn checksum(d: &[u8]) -> u16 {
 
 /// An AF_PACKET socket on `ifname` in namespace `ns`, receiving IPv4 packets (no link header).
 fn capture_socket(ns: &str, ifname: &'static str) -> OwnedFd {
+    capture_socket_opts(ns, ifname, false)
+}
+
+/// As [`capture_socket`]; with `vnet` every frame starts with a virtio_net_hdr
+/// (PACKET_VNET_HDR, SOCK_RAW only: then the Ethernet header follows it), so a GSO skb on
+/// the veth shows its segment size.
+fn capture_socket_opts(ns: &str, ifname: &'static str, vnet: bool) -> OwnedFd {
     in_netns(ns, move || {
         let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                if vnet {
+                    libc::SOCK_RAW
+                } else {
+                    libc::SOCK_DGRAM
+                },
+                i32::from(proto),
+            )
+        };
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
@@ -330,6 +347,20 @@ fn capture_socket(ns: &str, ifname: &'static str) -> OwnedFd {
         );
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if vnet {
+            let one: libc::c_int = 1;
+            // SAFETY: valid int option of the given size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_VNET_HDR,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+        }
         let name = std::ffi::CString::new(ifname).unwrap();
         // SAFETY: valid C string.
         let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -364,6 +395,104 @@ fn capture_socket(ns: &str, ifname: &'static str) -> OwnedFd {
         };
         fd
     })
+}
+
+/// Checks one inner packet as it travels on the wire: one whole IPv4 packet no larger than
+/// the MTU, header checksum valid and, for TCP and UDP, the transport checksum too
+/// (recomputed from scratch: nothing may be left checksum-partial on the wire).
+fn check_inner_on_wire(inner: &[u8]) -> Result<(), String> {
+    if inner.len() < 20 || inner[0] != 0x45 {
+        return Err(format!(
+            "not an IPv4 header: {:02x?}",
+            &inner[..inner.len().min(20)]
+        ));
+    }
+    let total = usize::from(u16::from_be_bytes([inner[2], inner[3]]));
+    if total != inner.len() {
+        return Err(format!(
+            "total length {total} != datagram payload {}",
+            inner.len()
+        ));
+    }
+    if inner.len() > 1472 {
+        return Err(format!(
+            "inner packet of {} bytes exceeds the MTU 1472",
+            inner.len()
+        ));
+    }
+    if checksum(&inner[..20]) != 0 {
+        return Err("inner IP header checksum".into());
+    }
+    let proto = inner[9];
+    if (proto == 6 || proto == 17) && u16::from_be_bytes([inner[6], inner[7]]) & 0x3fff == 0 {
+        let l4 = &inner[20..];
+        let mut ph = Vec::with_capacity(12 + l4.len());
+        ph.extend_from_slice(&inner[12..20]);
+        ph.extend_from_slice(&[0, proto]);
+        ph.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        ph.extend_from_slice(l4);
+        let udp_no_sum = proto == 17 && l4.len() >= 8 && l4[6..8] == [0, 0];
+        if !udp_no_sum && checksum(&ph) != 0 {
+            return Err(format!(
+                "inner transport checksum (proto {proto}, {} bytes)",
+                l4.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads frames (with vnet headers) from `cap` until `stop`; checks every UDP datagram to
+/// 8285, splitting UDP GSO skbs by their segment size as a NIC would. Returns (datagrams
+/// checked, GSO skbs seen, first violation).
+fn wire_watch(
+    cap: OwnedFd,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize, Option<String>) {
+    let mut buf = vec![0u8; 1 << 17];
+    let (mut checked, mut gso_skbs) = (0usize, 0usize);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Some(n) = recv_packet(&cap, &mut buf) else {
+            continue;
+        };
+        // virtio_net_hdr (10) + Ethernet (14) + IPv4.
+        if n < 10 + 14 + 28 || buf[10 + 12..10 + 14] != [0x08, 0x00] {
+            continue;
+        }
+        let gso_type = buf[1];
+        let gso_size = usize::from(u16::from_ne_bytes([buf[4], buf[5]]));
+        let p = &buf[10 + 14..n];
+        let ihl = usize::from(p[0] & 15) * 4;
+        if p[9] != 17 || p.len() < ihl + 8 {
+            continue;
+        }
+        let udp = &p[ihl..];
+        if u16::from_be_bytes([udp[2], udp[3]]) != 8285 {
+            continue;
+        }
+        let payload = &udp[8..];
+        let seg = if gso_type & 0x7f == 5 {
+            gso_skbs += 1;
+            gso_size.max(1)
+        } else {
+            let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+            if udp_len != udp.len() {
+                return (
+                    checked,
+                    gso_skbs,
+                    Some(format!("UDP length {udp_len} != {}", udp.len())),
+                );
+            }
+            payload.len().max(1)
+        };
+        for inner in payload.chunks(seg) {
+            if let Err(e) = check_inner_on_wire(inner) {
+                return (checked, gso_skbs, Some(e));
+            }
+            checked += 1;
+        }
+    }
+    (checked, gso_skbs, None)
 }
 
 fn recv_packet(fd: &OwnedFd, buf: &mut [u8]) -> Option<usize> {
@@ -492,7 +621,17 @@ fn scenario(tag: &str, extra: &[&str]) {
     );
     drop(cap);
 
-    // 3. TCP transfer with SHA-256 check.
+    // 3. TCP transfer with SHA-256 check, watching the wire on B's underlay meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let cap = capture_socket_opts(&t.ns("b"), "ub", true);
+        let stop = std::sync::Arc::clone(&stop);
+        move || wire_watch(cap, stop)
+    });
+    let tx_before = (
+        t.stats("a").total("tun_rx_packets"),
+        t.stats("a").total("udp_tx_packets"),
+    );
     let out_dir = t.dir.path().to_owned();
     let mut server = t
         .helper(
@@ -519,6 +658,31 @@ fn scenario(tag: &str, extra: &[&str]) {
     let got = std::fs::read_to_string(out_dir.join("srv")).unwrap();
     assert_eq!(sent, got, "SHA-256 of the transfer differs");
     assert!(got.starts_with(&format!("{TRANSFER_BYTES} ")), "{got}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (checked, gso_skbs, violation) = watcher.join().unwrap();
+    eprintln!("[{tag}] wire check during the transfer: {checked} datagrams checked, {gso_skbs} UDP GSO skbs");
+    assert_eq!(violation, None, "wire format violated");
+    assert!(
+        checked > 100,
+        "too few datagrams seen on the wire: {checked}"
+    );
+    // Offloads: on unless switched off, and then the TUN reads are super-packets.
+    let log_a = t.log("a");
+    let reads = t.stats("a").total("tun_rx_packets") - tx_before.0;
+    let datagrams = t.stats("a").total("udp_tx_packets") - tx_before.1;
+    eprintln!("[{tag}] host a during the transfer: {reads} TUN reads, {datagrams} datagrams sent");
+    if extra.contains(&"--no-offload") {
+        assert!(log_a.contains("offloads: off (--no-offload)"), "{log_a}");
+        assert!(datagrams <= reads, "no super-packets without offloads");
+    } else {
+        assert!(log_a.contains("offloads probed"), "{log_a}");
+        if log_a.contains("tun_vnet_hdr=true") {
+            assert!(
+                datagrams > 4 * reads,
+                "TSO on but TUN reads are not super-packets: {reads} reads, {datagrams} datagrams"
+            );
+        }
+    }
 
     // 4. Several flows use more than one worker on each host.
     let mut iperf_srv = Command::new("ip")
@@ -742,6 +906,83 @@ fn e2e_fallback() {
     scenario("f", &["--no-io-uring"]);
 }
 
+#[test]
+fn e2e_io_uring_no_offload() {
+    scenario("n", &["--no-offload"]);
+}
+
+#[test]
+fn e2e_fallback_no_offload() {
+    scenario("g", &["--no-io-uring", "--no-offload"]);
+}
+
+/// UDP GSO refused at run time: `FLANNEL_DATAPLANE_TEST_REFUSE_GSO` makes A's send sockets
+/// SO_NO_CHECK, on which the kernel answers every UDP_SEGMENT send with EINVAL (as kernels
+/// or devices without GSO support answer EIO/EINVAL). A's data plane must log that once, turn
+/// GSO off and keep forwarding (segments one by one); the transfer still arrives intact and
+/// the wire format holds.
+#[test]
+fn e2e_gso_refused_falls_back() {
+    if !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::build("e");
+    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
+    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
+    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
+    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    std::env::set_var("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1");
+    t.start_dataplane("a", &[]);
+    std::env::remove_var("FLANNEL_DATAPLANE_TEST_REFUSE_GSO");
+    t.start_dataplane("b", &[]);
+    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let cap = capture_socket_opts(&t.ns("b"), "ub", true);
+        let stop = std::sync::Arc::clone(&stop);
+        move || wire_watch(cap, stop)
+    });
+    let out_dir = t.dir.path().to_owned();
+    let mut server = t
+        .helper(
+            "cb",
+            "tcp-server",
+            &[("FDP_OUT", out_dir.join("srv").display().to_string())],
+        )
+        .spawn()
+        .unwrap();
+    let client = t
+        .helper(
+            "ca",
+            "tcp-client",
+            &[
+                ("FDP_OUT", out_dir.join("cli").display().to_string()),
+                ("FDP_DST", format!("{CB}:5001")),
+            ],
+        )
+        .status()
+        .unwrap();
+    assert!(client.success(), "tcp client failed\nA:\n{}", t.log("a"));
+    assert!(server.wait().unwrap().success(), "tcp server failed");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (checked, _, violation) = watcher.join().unwrap();
+    assert_eq!(violation, None, "wire format violated");
+    assert!(checked > 100, "too few datagrams seen: {checked}");
+    let sent = std::fs::read_to_string(out_dir.join("cli")).unwrap();
+    let got = std::fs::read_to_string(out_dir.join("srv")).unwrap();
+    assert_eq!(sent, got, "SHA-256 of the transfer differs");
+    let log = t.log("a");
+    assert_eq!(
+        log.matches("UDP_SEGMENT off from now on").count(),
+        1,
+        "GSO refusal not logged exactly once:\n{log}"
+    );
+    assert_eq!(t.stats("a").total("udp_tx_errors"), 0, "{log}");
+    eprintln!("[e] A log:\n{log}");
+}
+
 /// Deterministic pseudo-random bytes (xorshift).
 fn fill(buf: &mut [u8], state: &mut u64) {
     for c in buf.chunks_mut(8) {
@@ -833,8 +1074,14 @@ fn write_result(path: &Path, n: usize, digest: &[u8]) {
 }
 
 /// Not run by default: `cargo test --release -p flannel-dataplane --test netns_e2e -- --ignored
-/// bench_iperf3 --nocapture` prints iperf3 TCP throughput container→container, io_uring and
-/// fallback, over the same two-namespace testbed (the real benchmark lives in perf/).
+/// bench_iperf3 --nocapture` prints iperf3 TCP throughput container→container for each data-plane
+/// mode over the same two-namespace testbed (the real benchmark lives in perf/), with the
+/// per-host packets per batch and the data plane's CPU seconds.
+///
+/// Knobs: `FDP_BENCH_MODES` (comma list of `default`, `no-offload`, `fallback`,
+/// `fallback-no-offload`; default all), `FDP_BENCH_SECS` (default 5), `FDP_BENCH_STREAMS`
+/// (default `1,4`), `FDP_BENCH_HOLD` (seconds to keep the testbed up after each mode, for
+/// attaching `perf`).
 #[test]
 #[ignore]
 fn bench_iperf3() {
@@ -842,15 +1089,41 @@ fn bench_iperf3() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for (tag, extra) in [("bu", &[][..]), ("bf", &["--no-io-uring"][..])] {
+    let all: [(&str, &str, &[&str]); 4] = [
+        ("default", "bd", &[]),
+        ("no-offload", "bn", &["--no-offload"]),
+        ("fallback", "bf", &["--no-io-uring"]),
+        (
+            "fallback-no-offload",
+            "bg",
+            &["--no-io-uring", "--no-offload"],
+        ),
+    ];
+    let modes = std::env::var("FDP_BENCH_MODES").unwrap_or_default();
+    let secs = std::env::var("FDP_BENCH_SECS").unwrap_or_else(|_| "5".into());
+    let streams = std::env::var("FDP_BENCH_STREAMS").unwrap_or_else(|_| "1,4".into());
+    let hold: u64 = std::env::var("FDP_BENCH_HOLD")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(0);
+    for (name, tag, extra) in all {
+        if !modes.is_empty() && !modes.split(',').any(|m| m == name) {
+            continue;
+        }
         let mut t = Topo::build(tag);
         let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
         wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
         let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
         wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
-        t.start_dataplane("a", extra);
-        t.start_dataplane("b", extra);
-        for streams in ["1", "4"] {
+        // Both hosts share this machine's CPUs and put a flow on the same worker index:
+        // pin them crosswise (FDP_BENCH_CPUS="0,1;1,0" is the default; "none;none" for none).
+        let cpus = std::env::var("FDP_BENCH_CPUS").unwrap_or_else(|_| "0,1;1,0".into());
+        let (ca, cb) = cpus.split_once(';').unwrap_or(("0,1", "1,0"));
+        let ea: Vec<&str> = extra.iter().copied().chain(["--cpus", ca]).collect();
+        let eb: Vec<&str> = extra.iter().copied().chain(["--cpus", cb]).collect();
+        t.start_dataplane("a", &ea);
+        t.start_dataplane("b", &eb);
+        for streams in streams.split(',') {
             let mut srv = Command::new("ip")
                 .args(["netns", "exec", &t.ns("cb"), "iperf3", "-s", "-1"])
                 .stdout(Stdio::null())
@@ -858,6 +1131,8 @@ fn bench_iperf3() {
                 .spawn()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(500));
+            let before: Vec<_> = ["a", "b"].iter().map(|h| t.stats(h).snapshot()).collect();
+            let cpu0: Vec<f64> = t.children.iter().map(|c| cpu_seconds(c.id())).collect();
             let out = t.exec(
                 "ca",
                 &[
@@ -865,7 +1140,7 @@ fn bench_iperf3() {
                     "-c",
                     "10.1.16.2",
                     "-t",
-                    "5",
+                    &secs,
                     "-P",
                     streams,
                     "-f",
@@ -873,12 +1148,67 @@ fn bench_iperf3() {
                 ],
             );
             let _ = srv.wait();
+            let cpu: Vec<String> = t
+                .children
+                .iter()
+                .zip(&cpu0)
+                .map(|(c, c0)| format!("{:.2}", cpu_seconds(c.id()) - c0))
+                .collect();
             let line = out
                 .lines()
                 .rfind(|l| l.contains("receiver"))
                 .unwrap_or("?")
                 .to_owned();
-            eprintln!("[{tag}] {extra:?} -P {streams}: {line}");
+            eprintln!("[{name}] -P {streams}: {line}");
+            for (h, b) in ["a", "b"].iter().zip(&before) {
+                let after = t.stats(h).snapshot();
+                let d = |n: &str| -> Vec<u64> {
+                    after
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| x.get(n).unwrap_or(0) - y.get(n).unwrap_or(0))
+                        .collect()
+                };
+                eprintln!(
+                    "    host {h}: tun_rx {:?} udp_tx {:?} udp_rx {:?} tun_tx {:?} batches {:?} udp_tx_err {:?} tun_tx_err {:?}",
+                    d("tun_rx_packets"),
+                    d("udp_tx_packets"),
+                    d("udp_rx_packets"),
+                    d("tun_tx_packets"),
+                    d("batches"),
+                    d("udp_tx_errors"),
+                    d("tun_tx_errors"),
+                );
+            }
+            eprintln!("    data-plane CPU seconds (a, b): {cpu:?}");
+        }
+        if hold > 0 {
+            eprintln!(
+                "[{name}] holding the testbed {hold} s (prefix {})",
+                t.prefix
+            );
+            std::thread::sleep(Duration::from_secs(hold));
+        }
+        eprintln!("[{name}] A log:\n{}", t.log("a"));
+    }
+}
+
+/// utime + stime of process `pid` and (for `ip netns exec` wrappers) its children, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let mut total = 0.0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            if let Some(rest) = stat.rsplit(')').next() {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+                    + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+                total += ticks / 100.0;
+            }
+        }
+        if let Ok(ch) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            stack.extend(ch.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
         }
     }
+    total
 }

@@ -3,8 +3,10 @@
 //! [`testbed`] builds what tests and benchmarks run against: a real `etcd` process on loopback with
 //! a temp data dir, our real binaries as child processes, and (for multi-host runs) network
 //! namespaces. Everything started here is stopped by PID on drop, also when a test fails.
+//! [`harness`] is the perf harness (`scripts/perf`, the `flannel-perf` binary).
 
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod scale;
 pub mod testbed;

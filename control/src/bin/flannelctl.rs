@@ -332,7 +332,12 @@ fn stats_of(path: &std::path::Path) -> Result<Output> {
             let mut row = vec![n.clone()];
             let vals: Vec<u64> = snap.iter().map(|w| w.get(n).unwrap_or(0)).collect();
             row.extend(vals.iter().map(u64::to_string));
-            row.push(vals.iter().sum::<u64>().to_string());
+            // Modulo 2^64 like the counters: a corrupt file must not panic (debug builds).
+            row.push(
+                vals.iter()
+                    .fold(0u64, |a, v| a.wrapping_add(*v))
+                    .to_string(),
+            );
             row
         })
         .collect();
@@ -359,4 +364,28 @@ fn stats_of(path: &std::path::Path) -> Result<Output> {
             reader.io_path().name()
         )],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_shared::stats::{Counter, StatsWriter};
+
+    /// Regression: `flannelctl stats` summed the workers with `sum()`, which panics on overflow
+    /// in debug builds; counters near 2^64 (a corrupt or hostile stats file) crashed it.
+    #[test]
+    fn stats_total_of_huge_counters_wraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dp.stats");
+        let w = StatsWriter::create(&p, 2).unwrap();
+        w.worker(0).add(Counter::DropSpoofedSrc, u64::MAX);
+        w.worker(1).add(Counter::DropSpoofedSrc, 2);
+        let out = stats_of(&p).unwrap();
+        let row = out
+            .rows
+            .iter()
+            .find(|r| r[0] == "drop_spoofed_src")
+            .unwrap();
+        assert_eq!(row.last().unwrap(), "1");
+    }
 }

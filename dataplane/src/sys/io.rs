@@ -80,6 +80,22 @@ pub unsafe fn sendmmsg(fd: &OwnedFd, msgs: &mut [libc::mmsghdr]) -> io::Result<u
     cvt(r).map(|n| n as usize)
 }
 
+/// sendto(2) of one datagram to `addr`.
+pub fn send_to(fd: &OwnedFd, buf: &[u8], addr: &libc::sockaddr_in) -> io::Result<usize> {
+    // SAFETY: `buf` and `addr` are readable for their lengths during the call.
+    cvt(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+    .map(|n| n as usize)
+}
+
 /// Sets O_NONBLOCK on `fd`.
 pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: F_GETFL has no pointer arguments.

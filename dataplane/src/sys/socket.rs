@@ -64,6 +64,124 @@ pub fn send_socket(bind: Ipv4Addr, nonblocking: bool) -> io::Result<OwnedFd> {
     Ok(s.into())
 }
 
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    super::cvt(r).map(|_| ())
+}
+
+/// Turns on UDP_GRO (Linux 5.0): the kernel may merge consecutive datagrams of one 4-tuple
+/// into one receive, announcing the segment size in a `SOL_UDP`/`UDP_GRO` cmsg.
+pub fn set_udp_gro(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+}
+
+/// Whether this kernel knows UDP_SEGMENT (Linux 4.18): `getsockopt` answers ENOPROTOOPT
+/// otherwise. The device may still refuse GSO on the first send (EIO), which the workers
+/// handle by turning GSO off.
+pub fn probe_udp_segment(fd: &OwnedFd) -> io::Result<()> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live and sized for the int option.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    super::cvt(r).map(|_| ())
+}
+
+/// Sets SO_NO_CHECK (no UDP checksum on send, legal for IPv4). The kernel refuses UDP_SEGMENT
+/// sends on such a socket with EINVAL, which is how the tests provoke the run-time GSO
+/// fallback (`FLANNEL_DATAPLANE_TEST_REFUSE_GSO`).
+pub fn set_no_check(fd: &OwnedFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1)
+}
+
+/// Size of `struct cmsghdr` and the alignment of its data (CMSG_ALIGN).
+const CMSG_HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+const CMSG_ALIGN: usize = std::mem::size_of::<usize>();
+
+const fn cmsg_align(n: usize) -> usize {
+    (n + CMSG_ALIGN - 1) & !(CMSG_ALIGN - 1)
+}
+
+/// Room for one control message with `data` bytes (CMSG_SPACE).
+pub const fn cmsg_space(data: usize) -> usize {
+    cmsg_align(CMSG_HDR) + cmsg_align(data)
+}
+
+/// Control-buffer size for our sends (one UDP_SEGMENT) and receives (one UDP_GRO, with room
+/// to spare for anything else the kernel adds).
+pub const CMSG_BUF: usize = 64;
+
+/// Encodes one `SOL_UDP`/`UDP_SEGMENT` control message with `gso_size` into `buf`; returns
+/// the control length to put in `msg_controllen` (0 if `buf` is too small).
+pub fn encode_udp_segment(buf: &mut [u8], gso_size: u16) -> usize {
+    let space = cmsg_space(2);
+    let Some(b) = buf.get_mut(..space) else {
+        return 0;
+    };
+    b.fill(0);
+    let len = cmsg_align(CMSG_HDR) + 2; // CMSG_LEN(2)
+    let mut at = 0;
+    let len_bytes = len.to_ne_bytes();
+    b[at..at + len_bytes.len()].copy_from_slice(&len_bytes);
+    at += std::mem::size_of::<libc::size_t>();
+    b[at..at + 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    b[at + 4..at + 8].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
+    let d = cmsg_align(CMSG_HDR);
+    b[d..d + 2].copy_from_slice(&gso_size.to_ne_bytes());
+    space
+}
+
+/// Finds the `SOL_UDP`/`UDP_GRO` segment size in a received control buffer (`ctl` =
+/// the first `msg_controllen` bytes). `None`: not a GRO receive (one datagram).
+pub fn decode_udp_gro(ctl: &[u8]) -> Option<usize> {
+    let mut off = 0;
+    let word = std::mem::size_of::<libc::size_t>();
+    while off + CMSG_HDR <= ctl.len() {
+        let mut lb = [0u8; 8];
+        lb[..word].copy_from_slice(&ctl[off..off + word]);
+        let len = u64::from_ne_bytes(lb) as usize;
+        let level = i32::from_ne_bytes(ctl[off + word..off + word + 4].try_into().ok()?);
+        let kind = i32::from_ne_bytes(ctl[off + word + 4..off + word + 8].try_into().ok()?);
+        if len < CMSG_HDR || off + len > ctl.len() {
+            return None;
+        }
+        let d = off + cmsg_align(CMSG_HDR);
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO && d + 4 <= off + len {
+            let v = i32::from_ne_bytes(ctl[d..d + 4].try_into().ok()?);
+            return usize::try_from(v).ok().filter(|&v| v > 0);
+        }
+        off += cmsg_align(len);
+    }
+    None
+}
+
+/// `msg_controllen` as usize (it is `size_t` on glibc, `socklen_t` on musl).
+#[allow(clippy::unnecessary_cast)]
+pub fn control_len(h: &libc::msghdr) -> usize {
+    h.msg_controllen as usize
+}
+
 /// Bytes actually granted for the receive buffer (for the startup log).
 pub fn recv_buffer_size(fd: &OwnedFd) -> usize {
     let mut v: libc::c_int = 0;
@@ -166,4 +284,35 @@ pub fn attach_flow_steering(fd: &OwnedFd, workers: u32) -> io::Result<()> {
         )
     };
     super::cvt(r).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmsg_roundtrip_and_layout() {
+        let mut b = [0u8; CMSG_BUF];
+        let n = encode_udp_segment(&mut b, 1472);
+        assert_eq!(n, cmsg_space(2));
+        #[cfg(target_pointer_width = "64")]
+        {
+            assert_eq!(n, 24);
+            assert_eq!(&b[..8], &18u64.to_ne_bytes());
+        }
+        // A GRO cmsg has the same layout with an int.
+        let mut g = [0u8; CMSG_BUF];
+        let len = cmsg_align(CMSG_HDR) + 4;
+        g[..std::mem::size_of::<usize>()].copy_from_slice(&len.to_ne_bytes());
+        let w = std::mem::size_of::<usize>();
+        g[w..w + 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        g[w + 4..w + 8].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        let d = cmsg_align(CMSG_HDR);
+        g[d..d + 4].copy_from_slice(&1420i32.to_ne_bytes());
+        assert_eq!(decode_udp_gro(&g[..cmsg_space(4)]), Some(1420));
+        assert_eq!(decode_udp_gro(&b[..n]), None, "UDP_SEGMENT is not UDP_GRO");
+        assert_eq!(decode_udp_gro(&[]), None);
+        assert_eq!(decode_udp_gro(&g[..10]), None);
+        assert_eq!(encode_udp_segment(&mut [0u8; 4], 1), 0);
+    }
 }

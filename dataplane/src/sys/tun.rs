@@ -5,6 +5,13 @@
 //! The device is not persistent: it disappears (with its address and routes) when the last
 //! queue is closed, i.e. when the data plane exits. The kernel spreads flows over the queues
 //! by flow hash, which is what spreads one host pair's traffic over several workers.
+//!
+//! Offloads: with `vnet_hdr` the queue is opened with `IFF_VNET_HDR` (every read and write
+//! carries a 10-byte `virtio_net_hdr` first, see `gso::VnetHdr`), and [`set_offload`]
+//! (`TUNSETOFFLOAD`, device-wide) lets the kernel hand us checksum-partial packets and TSO/USO
+//! super-packets up to 64 KiB. TUN_F_CSUM/TSO4/TSO6 exist since 2.6.27; TUN_F_USO4/USO6 since
+//! Linux 6.2 (older kernels answer EINVAL, and the caller retries without them). All queues of
+//! one device must be opened with the same flags.
 
 use std::ffi::CString;
 use std::io;
@@ -14,7 +21,7 @@ use super::cvt;
 
 /// Opens one queue of TUN device `name`. `nonblocking` sets O_NONBLOCK (the fallback path wants
 /// it; the io_uring path must not have it, or io_uring returns -EAGAIN instead of polling).
-pub fn open_queue(name: &str, nonblocking: bool) -> io::Result<OwnedFd> {
+pub fn open_queue(name: &str, nonblocking: bool, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let mut ifr = ifreq_for(name)?;
     let mut flags = libc::O_RDWR | libc::O_CLOEXEC;
     if nonblocking {
@@ -24,8 +31,11 @@ pub fn open_queue(name: &str, nonblocking: bool) -> io::Result<OwnedFd> {
     let fd = cvt(unsafe { libc::open(c"/dev/net/tun".as_ptr(), flags) })?;
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    ifr.ifr_ifru.ifru_flags =
-        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE) as libc::c_short;
+    let mut flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `ifr` is and outlives the call.
     cvt(unsafe {
         libc::ioctl(
@@ -35,6 +45,27 @@ pub fn open_queue(name: &str, nonblocking: bool) -> io::Result<OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+/// `TUNSETOFFLOAD` feature bits (linux/if_tun.h).
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
+
+/// `TUNSETOFFLOAD`: the offloads the kernel may use on packets it hands to this device's
+/// readers (device-wide). EINVAL means a bit is unknown to this kernel.
+pub fn set_offload(fd: &OwnedFd, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its unsigned int argument by value; no memory is passed.
+    cvt(unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            libc::TUNSETOFFLOAD,
+            flags as libc::c_ulong,
+        )
+    })?;
+    Ok(())
 }
 
 /// A zeroed `ifreq` carrying `name` (at most IFNAMSIZ-1 bytes, no NUL inside).

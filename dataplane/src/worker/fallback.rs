@@ -3,26 +3,122 @@
 //!
 //! poll(2) on the TUN queue, the receive socket and the wake eventfd (all non-blocking), then
 //! per wake-up one batch each way:
-//! - TUN → UDP: up to [`BATCH`] read(2)s, decisions, one sendmmsg(2) for all sends.
-//! - UDP → TUN: one recvmmsg(2) of up to [`BATCH`] datagrams, checks, one write(2) each
-//!   (TUN has no batched write without offloads).
+//! - TUN → UDP: up to [`BATCH`] read(2)s, decisions (and with offloads: splits), one
+//!   sendmmsg(2) for all sends (a super-packet's chunks carry their own UDP_SEGMENT cmsg).
+//! - UDP → TUN: one recvmmsg(2) of up to [`BATCH`] receives (with UDP_GRO each may hold many
+//!   datagrams), checks, coalescing, one write(2) per TUN write (TUN has no batched write).
 //!
 //! Same decisions and counters as the io_uring path (both call `forward`).
 
 use std::io;
 use std::net::SocketAddrV4;
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use flannel_shared::stats::Counter;
 
-use super::{icmp_limiter, now_ns, pin, Local, Routes, WorkerSetup, BUF_SIZE};
-use crate::forward::{self, TunAction};
+use super::{
+    handle_tun_read, handle_udp_recv, icmp_limiter, now_ns, pin, send_chunks, Local, Offload,
+    TunVerdict, WorkerSetup, WriteSource, BUF_SIZE, OFFLOAD_COALESCE_BUF, OFFLOAD_SPLIT_BUF,
+    OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
+};
+use crate::gro;
+use crate::gso::VNET_HDR_LEN;
 use crate::packet::ICMP_UNREACH_MAX;
 use crate::sys;
-use crate::sys::socket::{sockaddr_in, sockaddr_ip};
+use crate::sys::socket::{decode_udp_gro, encode_udp_segment, sockaddr_in, sockaddr_ip, CMSG_BUF};
 
 /// Packets per direction per batch.
 pub const BATCH: usize = 32;
+/// Datagram sends per sendmmsg (a super-packet may need several; flushed early when full).
+const MAX_MSGS: usize = 128;
+
+/// One prepared send: where its bytes are and its cmsg.
+struct Out {
+    ptr: *mut u8,
+    len: usize,
+    gso: u16,
+    segments: usize,
+}
+
+/// Sends `outs` to `dst` with sendmmsg, retrying past failed datagrams; a GSO send refused
+/// with EIO/EINVAL turns GSO off and goes out segment by segment.
+#[allow(clippy::too_many_arguments)]
+fn flush_sends(
+    send: &OwnedFd,
+    outs: &mut Vec<Out>,
+    addrs: &mut [libc::sockaddr_in],
+    iovs: &mut [libc::iovec],
+    ctls: &mut [[u8; CMSG_BUF]],
+    msgs: &mut [libc::mmsghdr],
+    off: &Offload,
+    local: &mut Local,
+) {
+    let n = outs.len();
+    for (i, o) in outs.iter().enumerate() {
+        iovs[i].iov_base = o.ptr.cast();
+        iovs[i].iov_len = o.len;
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        if o.gso > 0 {
+            let c = encode_udp_segment(&mut ctls[i], o.gso);
+            h.msg_control = ctls[i].as_mut_ptr().cast();
+            h.msg_controllen = c as _;
+        } else {
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+        }
+        h.msg_flags = 0;
+    }
+    let mut at = 0;
+    while at < n {
+        // SAFETY: headers at..n point at `iovs`, `ctls`, `addrs` and the packet buffers behind
+        // `outs`, all live and unmoved for the duration of the call.
+        match unsafe { sys::io::sendmmsg(send, &mut msgs[at..n]) } {
+            Ok(k) if k > 0 => {
+                for (m, o) in msgs[at..at + k].iter().zip(&outs[at..at + k]) {
+                    local.add(Counter::UdpTxPackets, o.segments as u64);
+                    local.add(Counter::UdpTxBytes, u64::from(m.msg_len));
+                }
+                at += k;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if outs[at].gso > 0
+                    && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+            {
+                off.gso_failed(e.raw_os_error().unwrap_or(libc::EIO));
+                let o = &outs[at];
+                let seg = usize::from(o.gso);
+                let mut pos = 0;
+                while pos < o.len {
+                    let l = seg.min(o.len - pos);
+                    // SAFETY: `pos + l <= o.len`, inside the buffer `o.ptr` points into.
+                    let bytes = unsafe { std::slice::from_raw_parts(o.ptr.add(pos), l) };
+                    match sys::io::send_to(send, bytes, &addrs[at]) {
+                        Ok(w) => {
+                            local.add(Counter::UdpTxPackets, 1);
+                            local.add(Counter::UdpTxBytes, w as u64);
+                        }
+                        Err(_) => local.add(Counter::UdpTxErrors, 1),
+                    }
+                    pos += l;
+                }
+                at += 1;
+            }
+            _ => {
+                // The first datagram failed (e.g. unreachable peer, full buffer): it is
+                // lost; go on with the rest.
+                local.add(Counter::UdpTxErrors, outs[at].segments as u64);
+                at += 1;
+            }
+        }
+    }
+    outs.clear();
+}
 
 /// Runs the worker until its wake fd fires.
 pub fn run(setup: WorkerSetup) -> io::Result<()> {
@@ -37,25 +133,50 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         stats,
         port,
         spoof_check,
+        offload,
         ..
     } = setup;
-    let mut routes = Routes::new(reader, spoof_check);
+    let off: &Offload = &offload;
+    let vnet = off.vnet_hdr;
+    let (tun_buf, split_buf, udp_buf, co_buf) = if vnet {
+        (
+            OFFLOAD_TUN_BUF,
+            OFFLOAD_SPLIT_BUF,
+            OFFLOAD_UDP_BUF,
+            OFFLOAD_COALESCE_BUF,
+        )
+    } else {
+        (BUF_SIZE, 0, BUF_SIZE, 0)
+    };
+    let mut routes = super::Routes::new(reader, spoof_check);
     let mut limiter = icmp_limiter();
     let start = Instant::now();
     let mut local = Local::new();
     let mut icmp = [0u8; ICMP_UNREACH_MAX];
+    let mut icmp_pkt = [0u8; ICMP_UNREACH_MAX + VNET_HDR_LEN];
+    let icmp_off = if vnet { VNET_HDR_LEN } else { 0 };
 
-    let mut tx_bufs = vec![vec![0u8; BUF_SIZE]; BATCH];
-    let mut tx_len = [0usize; BATCH];
-    let mut tx_addr = [sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)); BATCH];
-    let mut rx_bufs = vec![vec![0u8; BUF_SIZE]; BATCH];
-    let mut rx_addr = tx_addr;
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
+    let mut tx_bufs = vec![vec![0u8; tun_buf]; BATCH];
+    let mut split_bufs = vec![vec![0u8; split_buf]; BATCH];
+    let mut rx_bufs = vec![vec![0u8; udp_buf]; BATCH];
+    let mut coalesce = vec![0u8; co_buf];
+    let mut writes: Vec<gro::Write> = Vec::with_capacity(128);
+    let unspec = sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+    let mut tx_addr = vec![unspec; MAX_MSGS];
+    let mut rx_addr = vec![unspec; BATCH];
+    let mut iovs = vec![
+        libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        MAX_MSGS
+    ];
+    let mut ctls = vec![[0u8; CMSG_BUF]; MAX_MSGS];
     // SAFETY: mmsghdr is plain C data; all-zero is a valid value.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: Vec<libc::mmsghdr> = (0..MAX_MSGS)
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    let mut outs: Vec<Out> = Vec::with_capacity(MAX_MSGS);
     let mut ready = [false; 3];
 
     loop {
@@ -67,10 +188,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         let now = now_ns(start);
 
         if ready[0] {
-            let mut nsend = 0;
-            for _ in 0..BATCH {
-                let buf = &mut tx_bufs[nsend];
-                let n = match sys::io::read(&tun, buf) {
+            for i in 0..BATCH {
+                let n = match sys::io::read(&tun, &mut tx_bufs[i]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -79,90 +198,97 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                         break;
                     }
                 };
-                local.add(Counter::TunRxPackets, 1);
-                local.add(Counter::TunRxBytes, n as u64);
-                let mut limited = false;
-                let action = forward::tun_to_udp(
-                    &mut buf[..n],
-                    &routes.snap,
-                    &routes.ctx,
+                let verdict = handle_tun_read(
+                    &mut tx_bufs[i],
+                    n,
+                    vnet,
+                    &mut split_bufs[i],
+                    &routes,
                     &mut limiter,
                     now,
                     &mut icmp,
-                    &mut limited,
+                    &mut local,
                 );
-                match action {
-                    TunAction::Send(peer) => {
-                        tx_len[nsend] = n;
-                        tx_addr[nsend] = sockaddr_in(SocketAddrV4::new(peer, port));
-                        nsend += 1;
+                match verdict {
+                    TunVerdict::Send {
+                        peer,
+                        split,
+                        pkt_offset,
+                        segs,
+                    } => {
+                        let dst = sockaddr_in(SocketAddrV4::new(peer, port));
+                        let base = if split {
+                            split_bufs[i].as_mut_ptr()
+                        } else {
+                            tx_bufs[i].as_mut_ptr()
+                        };
+                        for c in send_chunks(segs, off.gso()) {
+                            if outs.len() == MAX_MSGS {
+                                flush_sends(
+                                    &send,
+                                    &mut outs,
+                                    &mut tx_addr,
+                                    &mut iovs,
+                                    &mut ctls,
+                                    &mut msgs,
+                                    off,
+                                    &mut local,
+                                );
+                            }
+                            tx_addr[outs.len()] = dst;
+                            outs.push(Out {
+                                // SAFETY: the chunk lies inside the buffer `base` points to.
+                                ptr: unsafe { base.add(pkt_offset + c.range.start) },
+                                len: c.range.len(),
+                                gso: c.gso_size,
+                                segments: c.segments,
+                            });
+                        }
                     }
-                    TunAction::Unreachable(len) => {
-                        local.add(Counter::DropNoRoute, 1);
-                        match sys::io::write(&tun, &icmp[..len]) {
+                    TunVerdict::Icmp(len) => {
+                        icmp_pkt[..icmp_off].fill(0);
+                        icmp_pkt[icmp_off..icmp_off + len].copy_from_slice(&icmp[..len]);
+                        match sys::io::write(&tun, &icmp_pkt[..icmp_off + len]) {
                             Ok(_) => local.add(Counter::IcmpUnreachableSent, 1),
                             Err(_) => local.add(Counter::TunTxErrors, 1),
                         }
                     }
-                    TunAction::Drop(reason) => {
-                        local.add(reason.counter(), 1);
-                        if limited {
-                            local.add(Counter::IcmpRateLimited, 1);
-                        }
-                    }
+                    TunVerdict::Drop => {}
                 }
             }
-            for i in 0..nsend {
-                iovs[i].iov_base = tx_bufs[i].as_mut_ptr().cast();
-                iovs[i].iov_len = tx_len[i];
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut tx_addr[i] as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
-            }
-            let mut off = 0;
-            while off < nsend {
-                // SAFETY: headers off..nsend point at `iovs`, `tx_bufs` and `tx_addr`, all live
-                // and unmoved for the duration of the call.
-                match unsafe { sys::io::sendmmsg(&send, &mut msgs[off..nsend]) } {
-                    Ok(k) if k > 0 => {
-                        for m in &msgs[off..off + k] {
-                            local.add(Counter::UdpTxPackets, 1);
-                            local.add(Counter::UdpTxBytes, u64::from(m.msg_len));
-                        }
-                        off += k;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    _ => {
-                        // The first datagram failed (e.g. unreachable peer, full buffer): it is
-                        // lost; go on with the rest.
-                        local.add(Counter::UdpTxErrors, 1);
-                        off += 1;
-                    }
-                }
-            }
+            flush_sends(
+                &send,
+                &mut outs,
+                &mut tx_addr,
+                &mut iovs,
+                &mut ctls,
+                &mut msgs,
+                off,
+                &mut local,
+            );
         }
 
         if ready[1] {
             for i in 0..BATCH {
                 iovs[i].iov_base = rx_bufs[i].as_mut_ptr().cast();
-                iovs[i].iov_len = BUF_SIZE;
+                iovs[i].iov_len = rx_bufs[i].len();
                 let h = &mut msgs[i].msg_hdr;
                 h.msg_name = (&mut rx_addr[i] as *mut libc::sockaddr_in).cast();
                 h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
                 h.msg_iov = &mut iovs[i];
                 h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
+                if off.gro {
+                    h.msg_control = ctls[i].as_mut_ptr().cast();
+                    h.msg_controllen = CMSG_BUF as _;
+                } else {
+                    h.msg_control = std::ptr::null_mut();
+                    h.msg_controllen = 0;
+                }
                 h.msg_flags = 0;
             }
-            // SAFETY: every header points at `iovs`, `rx_bufs` and `rx_addr`, live and unmoved
-            // for the duration of the call.
-            let got = match unsafe { sys::io::recvmmsg(&recv, &mut msgs) } {
+            // SAFETY: every header points at `iovs`, `rx_bufs`, `ctls` and `rx_addr`, live and
+            // unmoved for the duration of the call.
+            let got = match unsafe { sys::io::recvmmsg(&recv, &mut msgs[..BATCH]) } {
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -173,24 +299,41 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
             };
             for i in 0..got {
                 let n = msgs[i].msg_len as usize;
-                let flags = msgs[i].msg_hdr.msg_flags;
-                local.add(Counter::UdpRxPackets, 1);
-                local.add(Counter::UdpRxBytes, n as u64);
-                let verdict = if flags & libc::MSG_TRUNC != 0 {
-                    Err(forward::DropReason::BadLength)
+                let h = &msgs[i].msg_hdr;
+                if h.msg_flags & libc::MSG_TRUNC != 0 {
+                    local.add(Counter::UdpRxPackets, 1);
+                    local.add(Counter::DropBadLength, 1);
+                    continue;
+                }
+                let gro_size = if off.gro {
+                    decode_udp_gro(&ctls[i][..sys::socket::control_len(h).min(CMSG_BUF)])
                 } else {
-                    let sender = sockaddr_ip(&rx_addr[i]);
-                    forward::udp_to_tun(&mut rx_bufs[i][..n], sender, &routes.ctx)
+                    None
                 };
-                match verdict {
-                    Ok(()) => match sys::io::write(&tun, &rx_bufs[i][..n]) {
-                        Ok(w) => {
+                let sender = sockaddr_ip(&rx_addr[i]);
+                let source = handle_udp_recv(
+                    &mut rx_bufs[i],
+                    n,
+                    gro_size,
+                    sender,
+                    &routes.ctx,
+                    vnet,
+                    &mut coalesce,
+                    &mut writes,
+                    &mut local,
+                );
+                let buf: &[u8] = match source {
+                    WriteSource::Recv => &rx_bufs[i],
+                    WriteSource::Coalesced => &coalesce,
+                };
+                for w in &writes {
+                    match sys::io::write(&tun, &buf[w.offset..w.offset + w.len]) {
+                        Ok(k) => {
                             local.add(Counter::TunTxPackets, 1);
-                            local.add(Counter::TunTxBytes, w as u64);
+                            local.add(Counter::TunTxBytes, k as u64);
                         }
                         Err(_) => local.add(Counter::TunTxErrors, 1),
-                    },
-                    Err(reason) => local.add(reason.counter(), 1),
+                    }
                 }
             }
         }

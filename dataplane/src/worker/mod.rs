@@ -6,13 +6,23 @@
 //! - [`fallback`]: poll(2) + recvmmsg/sendmmsg + read/write, when io_uring is unavailable.
 //!
 //! This module holds what both paths share: the per-batch route refresh ([`Routes`]), the
-//! locally accumulated counters ([`Local`]) and the worker's resources ([`WorkerSetup`]).
+//! locally accumulated counters ([`Local`]), the worker's resources ([`WorkerSetup`]), the
+//! offload choices ([`Offload`]) and the per-I/O packet handling both loops call
+//! ([`handle_tun_read`], [`send_chunks`], [`handle_udp_recv`]; no syscalls in them).
+//!
+//! # Counters with offloads
+//!
+//! `udp_*` count datagrams on the wire (a GSO send of 40 segments is 40 packets, a GRO
+//! receive of 40 datagrams is 40 packets); `tun_*` count TUN device reads and writes (a 64 KiB
+//! super-packet is one packet). So `udp_tx_packets / tun_rx_packets` is the average split.
 
 pub mod fallback;
 pub mod uring;
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,13 +30,63 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::stats::{Counter, WorkerStats};
 use flannel_shared::Ipv4Net;
 
-use crate::forward::{Context, Lookup, RateLimiter, SenderIndex};
+use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, SenderIndex, TunAction};
+use crate::gro::{self, Coalescer};
+use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
 
 /// Packet buffer size. Without offloads a packet is at most the TUN MTU; the TUN MTU is
 /// clamped to this. Larger datagrams from peers are truncated and dropped (`drop_bad_length`).
 pub const BUF_SIZE: usize = 16 * 1024;
 /// Largest TUN MTU we configure.
 pub const MAX_MTU: u32 = BUF_SIZE as u32;
+/// TUN read buffer with offloads: a vnet header and a 64 KiB super-packet.
+pub const OFFLOAD_TUN_BUF: usize = VNET_HDR_LEN + 65535 + 1;
+/// Split output: a 64 KiB super-packet cut into segments, each with its own headers. With
+/// `gso_size` of 500 bytes or more (any sane MSS) this fits; smaller ones are dropped.
+pub const OFFLOAD_SPLIT_BUF: usize = 80 * 1024;
+/// UDP receive buffer with GRO: up to 64 KiB of datagrams.
+pub const OFFLOAD_UDP_BUF: usize = 65536;
+/// Coalesced TUN writes: the received bytes plus one vnet header per datagram.
+pub const OFFLOAD_COALESCE_BUF: usize = OFFLOAD_UDP_BUF + 128 * VNET_HDR_LEN;
+/// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Offload choices, probed once at startup and shared by all workers.
+#[derive(Debug)]
+pub struct Offload {
+    /// The TUN queues carry a virtio_net_hdr (IFF_VNET_HDR + TUNSETOFFLOAD succeeded).
+    pub vnet_hdr: bool,
+    /// UDP_GRO is on for the receive sockets.
+    pub gro: bool,
+    /// UDP_SEGMENT may be used; cleared by the first send that fails with EIO/EINVAL.
+    gso: AtomicBool,
+}
+
+impl Offload {
+    pub fn new(vnet_hdr: bool, gro: bool, gso: bool) -> Self {
+        Self {
+            vnet_hdr,
+            gro,
+            gso: AtomicBool::new(gso),
+        }
+    }
+    pub fn none() -> Self {
+        Self::new(false, false, false)
+    }
+    #[inline]
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+    /// A GSO send failed with `errno`: turn GSO off for every worker, logging it once.
+    pub fn gso_failed(&self, errno: i32) {
+        if self.gso.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "UDP GSO: send failed ({}); UDP_SEGMENT off from now on (segments are sent one by one)",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+}
 /// ICMP net-unreachable rate limit per worker: tokens per second and burst.
 pub const ICMP_PER_SEC: u64 = 100;
 pub const ICMP_BURST: u64 = 20;
@@ -46,6 +106,7 @@ pub struct WorkerSetup {
     /// Destination UDP port at peers.
     pub port: u16,
     pub spoof_check: bool,
+    pub offload: Arc<Offload>,
 }
 
 /// The worker's view of the route table, refreshed once per batch.
@@ -130,5 +191,244 @@ pub fn pin(id: usize, cpu: Option<usize>) {
         if let Err(e) = crate::sys::thread::pin_current_thread(cpu) {
             tracing::warn!(worker = id, cpu, "cannot pin worker to its CPU: {e}");
         }
+    }
+}
+
+/// What to do after one TUN read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunVerdict {
+    /// Send to `peer`: with `split`, the segments are in the split buffer; otherwise the packet
+    /// itself, `segs.total` bytes at `pkt_offset` of the read buffer.
+    Send {
+        peer: Ipv4Addr,
+        split: bool,
+        pkt_offset: usize,
+        segs: Segments,
+    },
+    /// Write the ICMP error of this length (from the ICMP scratch buffer) into the TUN device.
+    Icmp(usize),
+    /// Dropped (counted).
+    Drop,
+}
+
+/// Handles one TUN read of `n` bytes in `buf` (behind a vnet header when `vnet`): finishes a
+/// partial checksum, applies the forwarding decision to the (super-)packet and splits
+/// super-packets into `split_out`. Counts everything except the sends themselves.
+#[allow(clippy::too_many_arguments)]
+pub fn handle_tun_read(
+    buf: &mut [u8],
+    n: usize,
+    vnet: bool,
+    split_out: &mut [u8],
+    routes: &Routes,
+    limiter: &mut RateLimiter,
+    now: u64,
+    icmp: &mut [u8],
+    local: &mut Local,
+) -> TunVerdict {
+    local.add(Counter::TunRxPackets, 1);
+    local.add(Counter::TunRxBytes, n as u64);
+    let drop = |local: &mut Local, r: DropReason| {
+        local.add(r.counter(), 1);
+        TunVerdict::Drop
+    };
+    let (hdr, off) = if vnet {
+        match VnetHdr::parse(&buf[..n]) {
+            Some(h) => (h, VNET_HDR_LEN),
+            None => return drop(local, DropReason::TunMalformed),
+        }
+    } else {
+        (VnetHdr::default(), 0)
+    };
+    let Some(pkt) = buf.get_mut(off..n) else {
+        return drop(local, DropReason::TunMalformed);
+    };
+    let kind = hdr.gso_kind();
+    if kind == GSO_NONE
+        && hdr.flags & F_NEEDS_CSUM != 0
+        && gso::finish_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into()).is_err()
+    {
+        return drop(local, DropReason::TunMalformed);
+    }
+    let mut limited = false;
+    match forward::tun_to_udp(
+        pkt,
+        &routes.snap,
+        &routes.ctx,
+        limiter,
+        now,
+        icmp,
+        &mut limited,
+    ) {
+        TunAction::Send(peer) => {
+            let len = pkt.len();
+            if kind == GSO_NONE {
+                return TunVerdict::Send {
+                    peer,
+                    split: false,
+                    pkt_offset: off,
+                    segs: Segments {
+                        count: 1,
+                        seg_len: len,
+                        total: len,
+                    },
+                };
+            }
+            // Checksums are recomputed per segment: the partial seed is not needed.
+            match gso::split(pkt, kind, hdr.gso_size.into(), split_out) {
+                Ok(segs) => TunVerdict::Send {
+                    peer,
+                    split: true,
+                    pkt_offset: 0,
+                    segs,
+                },
+                Err(_) => drop(local, DropReason::TunMalformed),
+            }
+        }
+        TunAction::Unreachable(len) => {
+            local.add(Counter::DropNoRoute, 1);
+            TunVerdict::Icmp(len)
+        }
+        TunAction::Drop(reason) => {
+            if limited {
+                local.add(Counter::IcmpRateLimited, 1);
+            }
+            drop(local, reason)
+        }
+    }
+}
+
+/// One datagram send: a byte range of the segment buffer and, when it holds several
+/// segments, the UDP_SEGMENT size (0: a plain datagram).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub range: Range<usize>,
+    pub gso_size: u16,
+    pub segments: usize,
+}
+
+/// The sends for `segs`: with `gso`, groups of up to [`gso::segments_per_send`] segments in
+/// one UDP_SEGMENT send each; without, one send per segment.
+pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
+    let per = if gso && segs.count > 1 {
+        gso::segments_per_send(segs.seg_len, GSO_MAX_SEGMENTS)
+    } else {
+        1
+    };
+    let nchunks = segs.count.div_ceil(per);
+    (0..nchunks).map(move |k| {
+        let first = k * per;
+        let last = ((k + 1) * per).min(segs.count);
+        let range = segs.range(first).start..segs.range(last - 1).end;
+        let segments = last - first;
+        Chunk {
+            range,
+            gso_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
+            segments,
+        }
+    })
+}
+
+/// Where the TUN writes of one UDP receive are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteSource {
+    /// In the receive buffer, as `writes` ranges (no vnet header: offloads off).
+    Recv,
+    /// In the coalescing buffer (each write starts with a vnet header).
+    Coalesced,
+}
+
+/// Handles one UDP receive of `n` bytes from `sender`: datagrams of `gro_size` bytes each
+/// (the last may be shorter; `None`: one datagram). Checks each, then (with `vnet`) coalesces
+/// them into `coalesce_out`. Fills `writes` with the TUN writes to make.
+#[allow(clippy::too_many_arguments)]
+pub fn handle_udp_recv(
+    buf: &mut [u8],
+    n: usize,
+    gro_size: Option<usize>,
+    sender: Ipv4Addr,
+    ctx: &Context,
+    vnet: bool,
+    coalesce_out: &mut [u8],
+    writes: &mut Vec<gro::Write>,
+    local: &mut Local,
+) -> WriteSource {
+    local.add(Counter::UdpRxBytes, n as u64);
+    let seg = gro_size.unwrap_or(n).max(1);
+    let data = &mut buf[..n];
+    if !vnet {
+        writes.clear();
+        for (i, d) in data.chunks_mut(seg).enumerate() {
+            local.add(Counter::UdpRxPackets, 1);
+            match forward::udp_to_tun(d, sender, ctx) {
+                Ok(()) => writes.push(gro::Write {
+                    offset: i * seg,
+                    len: d.len(),
+                    segments: 1,
+                }),
+                Err(r) => local.add(r.counter(), 1),
+            }
+        }
+        return WriteSource::Recv;
+    }
+    let mut c = Coalescer::new(coalesce_out, writes);
+    for d in data.chunks_mut(seg) {
+        local.add(Counter::UdpRxPackets, 1);
+        match forward::udp_to_tun(d, sender, ctx) {
+            Ok(()) => {
+                if c.push(d).is_err() {
+                    local.add(Counter::TunTxErrors, 1);
+                }
+            }
+            Err(r) => local.add(r.counter(), 1),
+        }
+    }
+    c.finish();
+    WriteSource::Coalesced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_segments() {
+        let segs = Segments {
+            count: 47,
+            seg_len: 1472,
+            total: 46 * 1472 + 900,
+        };
+        let c: Vec<Chunk> = send_chunks(segs, true).collect();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].range, 0..44 * 1472);
+        assert_eq!((c[0].gso_size, c[0].segments), (1472, 44));
+        assert_eq!(c[1].range, 44 * 1472..segs.total);
+        assert_eq!((c[1].gso_size, c[1].segments), (1472, 3));
+        let c: Vec<Chunk> = send_chunks(segs, false).collect();
+        assert_eq!(c.len(), 47);
+        assert!(c.iter().all(|x| x.gso_size == 0 && x.segments == 1));
+        assert_eq!(c[46].range, 46 * 1472..segs.total);
+        let one = Segments {
+            count: 1,
+            seg_len: 60,
+            total: 60,
+        };
+        let c: Vec<Chunk> = send_chunks(one, true).collect();
+        assert_eq!(
+            c,
+            vec![Chunk {
+                range: 0..60,
+                gso_size: 0,
+                segments: 1
+            }]
+        );
+        // A chunk whose last segment is alone still gets no GSO size.
+        let segs = Segments {
+            count: 45,
+            seg_len: 1472,
+            total: 45 * 1472,
+        };
+        let c: Vec<Chunk> = send_chunks(segs, true).collect();
+        assert_eq!((c[1].segments, c[1].gso_size), (1, 0));
     }
 }

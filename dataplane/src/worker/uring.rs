@@ -8,10 +8,16 @@
 //! operation per slot in flight and the ring can never overflow:
 //!
 //! ```text
-//! TUN slot:  READ tun ─► decide ─► SENDMSG udp ─► READ tun ...      (drop / ICMP: READ again)
-//! UDP slot:  RECVMSG udp ─► check ─► WRITE tun ─► RECVMSG udp ...   (drop: RECVMSG again)
+//! TUN slot:  READ tun ─► decide/split ─► k × SENDMSG udp ─► (all k done) READ tun ...
+//! UDP slot:  RECVMSG udp ─► check/coalesce ─► k × WRITE tun ─► (all k done) RECVMSG udp ...
 //! ICMP slot: WRITE tun (a net-unreachable) ─► free
 //! ```
+//!
+//! Without offloads k is 1. With offloads a TUN read is a super-packet of up to 64 KiB whose
+//! segments leave in one or two UDP_SEGMENT sends (each chunk's `msghdr` carries its own
+//! cmsg); a receive is up to 64 KiB of GRO-merged datagrams, coalesced into one or a few TUN
+//! writes. A GSO send failing with EIO/EINVAL turns GSO off (for all workers, logged once) and
+//! is re-sent segment by segment.
 //!
 //! One loop iteration = one batch: `submit_and_wait(1)` submits every SQE queued while
 //! handling the previous completions (many TUN reads, UDP sends, TUN writes per syscall),
@@ -22,8 +28,17 @@
 //! kernel may still hold pointers into it while the ring is torn down at exit, and a leak is
 //! the simplest way to make that sound.
 //!
-//! Not yet (issue 4): multishot RECVMSG with a provided buffer ring, registered buffers/files,
-//! UDP GSO/GRO and TUN offloads.
+//! If the submission queue fills while completions are handled, the completion queue is
+//! drained into a backlog (handled next round) before submitting again, so a full CQ can
+//! never stall a submit.
+//!
+//! Not yet: multishot RECVMSG with a provided buffer ring, registered buffers/files, and
+//! coalescing across consecutive GRO receives. The last one matters most: a 64 KiB TSO packet
+//! is ~46 segments of 1472 bytes, more than one UDP_SEGMENT send may carry (65507 bytes), so
+//! it leaves as two sends (44 + 2), arrives as two GRO receives and is written to the peer's
+//! TUN device as two packets (tun_tx_packets ≈ 2 × the sender's tun_rx_packets). Capping
+//! flannel0's gso_max_size does not help: the TCP sender sits behind the container's veth and
+//! the bridge, so oversize GSO packets are then segmented in software before reaching us.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -34,18 +49,28 @@ use io_uring::{opcode, squeue, types, IoUring};
 
 use flannel_shared::stats::Counter;
 
-use super::{icmp_limiter, now_ns, pin, Local, Routes, WorkerSetup, BUF_SIZE};
-use crate::forward::{self, TunAction};
+use super::{
+    handle_tun_read, handle_udp_recv, icmp_limiter, now_ns, pin, send_chunks, Local, Offload,
+    Routes, TunVerdict, WorkerSetup, WriteSource, BUF_SIZE, OFFLOAD_COALESCE_BUF,
+    OFFLOAD_SPLIT_BUF, OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
+};
+use crate::gro;
+use crate::gso::VNET_HDR_LEN;
 use crate::packet::ICMP_UNREACH_MAX;
-use crate::sys::socket::{sockaddr_in, sockaddr_ip};
+use crate::sys::socket::{decode_udp_gro, encode_udp_segment, sockaddr_in, sockaddr_ip, CMSG_BUF};
 
-/// TUN reads kept posted per worker.
+/// TUN reads kept posted per worker (without / with offloads).
 pub const TUN_SLOTS: usize = 64;
-/// UDP receives kept posted per worker.
+pub const TUN_SLOTS_OFFLOAD: usize = 32;
+/// UDP receives kept posted per worker (without / with offloads).
 pub const UDP_SLOTS: usize = 64;
+pub const UDP_SLOTS_OFFLOAD: usize = 32;
+/// Sends one TUN slot may have (chunks of one super-packet, or its segments one by one when
+/// GSO is off); more are counted as `udp_tx_errors`.
+const MAX_SENDS: usize = 96;
 /// ICMP errors in flight per worker (more are dropped and counted as rate limited).
 pub const ICMP_SLOTS: usize = 16;
-const RING_ENTRIES: u32 = 256;
+const RING_ENTRIES: u32 = 1024;
 
 const K_TUN_READ: u64 = 1;
 const K_UDP_SEND: u64 = 2;
@@ -54,8 +79,8 @@ const K_TUN_WRITE: u64 = 4;
 const K_ICMP_WRITE: u64 = 5;
 const K_WAKE: u64 = 6;
 
-fn ud(kind: u64, idx: usize) -> u64 {
-    (kind << 56) | idx as u64
+fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
+    (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
 }
 
 /// Whether io_uring works here with the opcodes we need. `Err` explains why not (e.g. EPERM
@@ -95,25 +120,88 @@ fn build_ring() -> io::Result<(IoUring, &'static str)> {
     Ok((IoUring::new(RING_ENTRIES)?, "plain"))
 }
 
-/// A buffer with its own iovec, msghdr and address, at a stable address (leaked).
-struct Slot {
+fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain C data (pointers and integers); all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn empty_iov() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+/// One outgoing datagram (or GSO chunk) of a TUN slot.
+struct SendMsg {
+    iov: libc::iovec,
+    msg: libc::msghdr,
+    ctl: [u8; CMSG_BUF],
+    /// Byte range in the slot's buffer (read buffer or split buffer).
+    start: usize,
+    len: usize,
+    gso_size: u16,
+    segments: usize,
+    split: bool,
+}
+
+/// A TUN read buffer, its split output and its sends, at a stable address (leaked).
+struct TunSlot {
     buf: Box<[u8]>,
+    out: Box<[u8]>,
+    addr: libc::sockaddr_in,
+    sends: Box<[SendMsg]>,
+    /// Sends posted for the current packet, and how many are still in flight.
+    used: usize,
+    pending: usize,
+}
+
+/// A UDP receive buffer with its msghdr and control buffer, plus the coalescing output.
+struct UdpSlot {
+    buf: Box<[u8]>,
+    out: Box<[u8]>,
     iov: libc::iovec,
     msg: libc::msghdr,
     addr: libc::sockaddr_in,
+    ctl: [u8; CMSG_BUF],
+    pending: usize,
 }
 
-fn leak_slots(n: usize, size: usize) -> &'static mut [Slot] {
-    let v: Vec<Slot> = (0..n)
-        .map(|_| Slot {
-            buf: vec![0u8; size].into_boxed_slice(),
-            iov: libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            },
-            // SAFETY: msghdr is plain C data (pointers and integers); all-zero is valid.
-            msg: unsafe { std::mem::zeroed() },
+fn leak_tun_slots(n: usize, buf: usize, out: usize) -> &'static mut [TunSlot] {
+    let v: Vec<TunSlot> = (0..n)
+        .map(|_| TunSlot {
+            buf: vec![0u8; buf].into_boxed_slice(),
+            out: vec![0u8; out].into_boxed_slice(),
             addr: sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            sends: (0..MAX_SENDS)
+                .map(|_| SendMsg {
+                    iov: empty_iov(),
+                    msg: zeroed_msghdr(),
+                    ctl: [0; CMSG_BUF],
+                    start: 0,
+                    len: 0,
+                    gso_size: 0,
+                    segments: 0,
+                    split: false,
+                })
+                .collect(),
+            used: 0,
+            pending: 0,
+        })
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+fn leak_udp_slots(n: usize, buf: usize, out: usize) -> &'static mut [UdpSlot] {
+    let v: Vec<UdpSlot> = (0..n)
+        .map(|_| UdpSlot {
+            buf: vec![0u8; buf].into_boxed_slice(),
+            out: vec![0u8; out].into_boxed_slice(),
+            iov: empty_iov(),
+            msg: zeroed_msghdr(),
+            addr: sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            ctl: [0; CMSG_BUF],
+            pending: 0,
         })
         .collect();
     let slots = Box::leak(v.into_boxed_slice());
@@ -123,7 +211,6 @@ fn leak_slots(n: usize, size: usize) -> &'static mut [Slot] {
         s.msg.msg_iov = &mut s.iov;
         s.msg.msg_iovlen = 1;
         s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_in).cast();
-        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     }
     slots
 }
@@ -133,10 +220,13 @@ struct Uring {
     tun: RawFd,
     recv: RawFd,
     send: RawFd,
-    tun_slots: &'static mut [Slot],
-    udp_slots: &'static mut [Slot],
-    icmp_slots: &'static mut [Slot],
+    gro: bool,
+    tun_slots: &'static mut [TunSlot],
+    udp_slots: &'static mut [UdpSlot],
+    icmp_slots: &'static mut [Box<[u8]>],
     icmp_free: Vec<usize>,
+    /// Completions drained while the submission queue was full; handled next round.
+    backlog: Vec<(u64, i32)>,
 }
 
 impl Uring {
@@ -147,55 +237,117 @@ impl Uring {
             if unsafe { self.ring.submission().push(&e) }.is_ok() {
                 return;
             }
-            // Cannot happen with our slot accounting (in flight <= slots < ring size), but be
-            // safe: flush the queue and retry.
-            let _ = self.ring.submit();
+            // The SQ is full: hand it to the kernel. Drain the CQ first so a full CQ cannot
+            // make the submit fail (EBUSY); those completions are handled next round.
+            self.backlog
+                .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    self.backlog
+                        .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+                }
+            }
         }
     }
 
     fn post_tun_read(&mut self, i: usize) {
         let s = &mut self.tun_slots[i];
+        s.used = 0;
+        s.pending = 0;
         let e = opcode::Read::new(types::Fd(self.tun), s.buf.as_mut_ptr(), s.buf.len() as u32)
             .build()
-            .user_data(ud(K_TUN_READ, i));
+            .user_data(ud(K_TUN_READ, i, 0));
         self.push(e);
     }
 
     fn post_udp_recv(&mut self, i: usize) {
+        let gro = self.gro;
         let s = &mut self.udp_slots[i];
+        s.pending = 0;
         s.iov.iov_len = s.buf.len();
         s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         s.msg.msg_flags = 0;
+        if gro {
+            s.msg.msg_control = s.ctl.as_mut_ptr().cast();
+            s.msg.msg_controllen = CMSG_BUF as _;
+        } else {
+            s.msg.msg_control = std::ptr::null_mut();
+            s.msg.msg_controllen = 0;
+        }
         let e = opcode::RecvMsg::new(types::Fd(self.recv), &mut s.msg)
             .build()
-            .user_data(ud(K_UDP_RECV, i));
+            .user_data(ud(K_UDP_RECV, i, 0));
         self.push(e);
     }
 
-    fn post_udp_send(&mut self, i: usize, len: usize, dst: SocketAddrV4) {
+    /// Posts one send of `len` bytes at `start` of the slot's read (`split` false) or split
+    /// buffer, as a UDP_SEGMENT send of `gso_size` when non-zero. False: no send slot left.
+    #[allow(clippy::too_many_arguments)]
+    fn post_udp_send(
+        &mut self,
+        i: usize,
+        split: bool,
+        start: usize,
+        len: usize,
+        gso_size: u16,
+        segments: usize,
+    ) -> bool {
         let s = &mut self.tun_slots[i];
-        s.iov.iov_len = len;
-        s.addr = sockaddr_in(dst);
-        s.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let e = opcode::SendMsg::new(types::Fd(self.send), &s.msg)
+        let k = s.used;
+        if k >= s.sends.len() {
+            return false;
+        }
+        s.used += 1;
+        s.pending += 1;
+        let base = if split {
+            s.out.as_mut_ptr()
+        } else {
+            s.buf.as_mut_ptr()
+        };
+        let m = &mut s.sends[k];
+        m.start = start;
+        m.len = len;
+        m.gso_size = gso_size;
+        m.segments = segments;
+        m.split = split;
+        // SAFETY: `start + len` lies within the chosen buffer (callers pass ranges computed
+        // from that buffer's contents), so the pointer stays in bounds.
+        m.iov.iov_base = unsafe { base.add(start) }.cast();
+        m.iov.iov_len = len;
+        m.msg.msg_iov = &mut m.iov;
+        m.msg.msg_iovlen = 1;
+        m.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_in).cast();
+        m.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if gso_size > 0 {
+            let n = encode_udp_segment(&mut m.ctl, gso_size);
+            m.msg.msg_control = m.ctl.as_mut_ptr().cast();
+            m.msg.msg_controllen = n as _;
+        } else {
+            m.msg.msg_control = std::ptr::null_mut();
+            m.msg.msg_controllen = 0;
+        }
+        let e = opcode::SendMsg::new(types::Fd(self.send), &m.msg)
             .build()
-            .user_data(ud(K_UDP_SEND, i));
+            .user_data(ud(K_UDP_SEND, i, k));
         self.push(e);
+        true
     }
 
-    fn post_tun_write(&mut self, i: usize, len: usize) {
-        let s = &self.udp_slots[i];
-        let e = opcode::Write::new(types::Fd(self.tun), s.buf.as_ptr(), len as u32)
+    fn post_tun_write(&mut self, i: usize, coalesced: bool, start: usize, len: usize) {
+        let s = &mut self.udp_slots[i];
+        s.pending += 1;
+        let buf = if coalesced { &s.out } else { &s.buf };
+        let e = opcode::Write::new(types::Fd(self.tun), buf[start..].as_ptr(), len as u32)
             .build()
-            .user_data(ud(K_TUN_WRITE, i));
+            .user_data(ud(K_TUN_WRITE, i, 0));
         self.push(e);
     }
 
     fn post_icmp_write(&mut self, i: usize, len: usize) {
         let s = &self.icmp_slots[i];
-        let e = opcode::Write::new(types::Fd(self.tun), s.buf.as_ptr(), len as u32)
+        let e = opcode::Write::new(types::Fd(self.tun), s.as_ptr(), len as u32)
             .build()
-            .user_data(ud(K_ICMP_WRITE, i));
+            .user_data(ud(K_ICMP_WRITE, i, 0));
         self.push(e);
     }
 }
@@ -234,27 +386,49 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         stats,
         port,
         spoof_check,
+        offload,
         ..
     } = setup;
+    let off: &Offload = &offload;
+    let vnet = off.vnet_hdr;
+    let (tun_n, tun_buf, split_buf, udp_n, udp_buf, co_buf) = if vnet {
+        (
+            TUN_SLOTS_OFFLOAD,
+            OFFLOAD_TUN_BUF,
+            OFFLOAD_SPLIT_BUF,
+            UDP_SLOTS_OFFLOAD,
+            OFFLOAD_UDP_BUF,
+            OFFLOAD_COALESCE_BUF,
+        )
+    } else {
+        (TUN_SLOTS, BUF_SIZE, 0, UDP_SLOTS, BUF_SIZE, 0)
+    };
+    let icmp_off = if vnet { VNET_HDR_LEN } else { 0 };
     let mut u = Uring {
         ring,
         tun: tun.as_raw_fd(),
         recv: recv.as_raw_fd(),
         send: send.as_raw_fd(),
-        tun_slots: leak_slots(TUN_SLOTS, BUF_SIZE),
-        udp_slots: leak_slots(UDP_SLOTS, BUF_SIZE),
-        icmp_slots: leak_slots(ICMP_SLOTS, ICMP_UNREACH_MAX),
+        gro: off.gro,
+        tun_slots: leak_tun_slots(tun_n, tun_buf, split_buf),
+        udp_slots: leak_udp_slots(udp_n, udp_buf, co_buf),
+        icmp_slots: Box::leak(
+            (0..ICMP_SLOTS)
+                .map(|_| vec![0u8; ICMP_UNREACH_MAX + VNET_HDR_LEN].into_boxed_slice())
+                .collect(),
+        ),
         icmp_free: (0..ICMP_SLOTS).collect(),
+        backlog: Vec::new(),
     };
     let wake_buf: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let e = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
         .build()
-        .user_data(ud(K_WAKE, 0));
+        .user_data(ud(K_WAKE, 0, 0));
     u.push(e);
-    for i in 0..TUN_SLOTS {
+    for i in 0..tun_n {
         u.post_tun_read(i);
     }
-    for i in 0..UDP_SLOTS {
+    for i in 0..udp_n {
         u.post_udp_recv(i);
     }
 
@@ -264,10 +438,12 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut local = Local::new();
     let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(RING_ENTRIES as usize * 2);
     let mut icmp_tmp = [0u8; ICMP_UNREACH_MAX];
+    let mut writes: Vec<gro::Write> = Vec::with_capacity(128);
     let mut stop = false;
 
     while !stop {
-        match u.ring.submit_and_wait(1) {
+        let want = usize::from(u.backlog.is_empty());
+        match u.ring.submit_and_wait(want) {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
             Err(e) => return Err(e),
@@ -275,87 +451,138 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         routes.refresh();
         let now = now_ns(start);
         cqes.clear();
+        cqes.append(&mut u.backlog);
         cqes.extend(u.ring.completion().map(|c| (c.user_data(), c.result())));
         for &(data, res) in &cqes {
-            let idx = (data & 0x00ff_ffff_ffff_ffff) as usize;
+            let slot = ((data >> 24) & 0xff_ffff) as usize;
+            let sub = (data & 0xff_ffff) as usize;
             match data >> 56 {
                 K_TUN_READ => {
                     if res <= 0 {
                         if !is_transient(res) {
                             local.add(Counter::TunRxErrors, 1);
                         }
-                        u.post_tun_read(idx);
+                        u.post_tun_read(slot);
                         continue;
                     }
-                    let n = res as usize;
-                    local.add(Counter::TunRxPackets, 1);
-                    local.add(Counter::TunRxBytes, n as u64);
-                    let mut limited = false;
-                    let action = forward::tun_to_udp(
-                        &mut u.tun_slots[idx].buf[..n],
-                        &routes.snap,
-                        &routes.ctx,
+                    let s = &mut u.tun_slots[slot];
+                    let verdict = handle_tun_read(
+                        &mut s.buf,
+                        res as usize,
+                        vnet,
+                        &mut s.out,
+                        &routes,
                         &mut limiter,
                         now,
                         &mut icmp_tmp,
-                        &mut limited,
+                        &mut local,
                     );
-                    match action {
-                        TunAction::Send(peer) => {
-                            u.post_udp_send(idx, n, SocketAddrV4::new(peer, port));
+                    match verdict {
+                        TunVerdict::Send {
+                            peer,
+                            split,
+                            pkt_offset,
+                            segs,
+                        } => {
+                            u.tun_slots[slot].addr = sockaddr_in(SocketAddrV4::new(peer, port));
+                            for c in send_chunks(segs, off.gso()) {
+                                let ok = u.post_udp_send(
+                                    slot,
+                                    split,
+                                    pkt_offset + c.range.start,
+                                    c.range.len(),
+                                    c.gso_size,
+                                    c.segments,
+                                );
+                                if !ok {
+                                    local.add(Counter::UdpTxErrors, c.segments as u64);
+                                }
+                            }
+                            if u.tun_slots[slot].pending == 0 {
+                                u.post_tun_read(slot);
+                            }
                         }
-                        TunAction::Unreachable(len) => {
-                            local.add(Counter::DropNoRoute, 1);
+                        TunVerdict::Icmp(len) => {
                             if let Some(k) = u.icmp_free.pop() {
-                                u.icmp_slots[k].buf[..len].copy_from_slice(&icmp_tmp[..len]);
-                                u.post_icmp_write(k, len);
+                                let b = &mut u.icmp_slots[k];
+                                b[..icmp_off].fill(0);
+                                b[icmp_off..icmp_off + len].copy_from_slice(&icmp_tmp[..len]);
+                                u.post_icmp_write(k, icmp_off + len);
                             } else {
                                 local.add(Counter::IcmpRateLimited, 1);
                             }
-                            u.post_tun_read(idx);
+                            u.post_tun_read(slot);
                         }
-                        TunAction::Drop(reason) => {
-                            local.add(reason.counter(), 1);
-                            if limited {
-                                local.add(Counter::IcmpRateLimited, 1);
-                            }
-                            u.post_tun_read(idx);
-                        }
+                        TunVerdict::Drop => u.post_tun_read(slot),
                     }
                 }
                 K_UDP_SEND => {
-                    if res < 0 {
-                        local.add(Counter::UdpTxErrors, 1);
-                    } else {
-                        local.add(Counter::UdpTxPackets, 1);
+                    let s = &mut u.tun_slots[slot];
+                    s.pending -= 1;
+                    let m = &s.sends[sub];
+                    let (start, len, gso, segments, split) =
+                        (m.start, m.len, m.gso_size, m.segments, m.split);
+                    if res >= 0 {
+                        local.add(Counter::UdpTxPackets, segments as u64);
                         local.add(Counter::UdpTxBytes, res as u64);
+                    } else if gso > 0 && matches!(-res, libc::EIO | libc::EINVAL) {
+                        // The kernel or device refuses UDP GSO: off for good, and this chunk
+                        // goes out segment by segment.
+                        off.gso_failed(-res);
+                        let seg = usize::from(gso);
+                        let mut at = start;
+                        while at < start + len {
+                            let l = seg.min(start + len - at);
+                            if !u.post_udp_send(slot, split, at, l, 0, 1) {
+                                local.add(Counter::UdpTxErrors, 1);
+                            }
+                            at += l;
+                        }
+                    } else {
+                        local.add(Counter::UdpTxErrors, segments as u64);
                     }
-                    u.post_tun_read(idx);
+                    if u.tun_slots[slot].pending == 0 {
+                        u.post_tun_read(slot);
+                    }
                 }
                 K_UDP_RECV => {
                     if res < 0 {
                         if !is_transient(res) {
                             local.add(Counter::UdpRxErrors, 1);
                         }
-                        u.post_udp_recv(idx);
+                        u.post_udp_recv(slot);
                         continue;
                     }
-                    let n = res as usize;
-                    local.add(Counter::UdpRxPackets, 1);
-                    local.add(Counter::UdpRxBytes, n as u64);
-                    let s = &mut u.udp_slots[idx];
-                    let verdict = if s.msg.msg_flags & libc::MSG_TRUNC != 0 {
-                        Err(forward::DropReason::BadLength)
+                    let s = &mut u.udp_slots[slot];
+                    if s.msg.msg_flags & libc::MSG_TRUNC != 0 {
+                        local.add(Counter::UdpRxPackets, 1);
+                        local.add(Counter::DropBadLength, 1);
+                        u.post_udp_recv(slot);
+                        continue;
+                    }
+                    let gro_size = if u.gro {
+                        let n = crate::sys::socket::control_len(&s.msg).min(CMSG_BUF);
+                        decode_udp_gro(&s.ctl[..n])
                     } else {
-                        let sender = sockaddr_ip(&s.addr);
-                        forward::udp_to_tun(&mut s.buf[..n], sender, &routes.ctx)
+                        None
                     };
-                    match verdict {
-                        Ok(()) => u.post_tun_write(idx, n),
-                        Err(reason) => {
-                            local.add(reason.counter(), 1);
-                            u.post_udp_recv(idx);
-                        }
+                    let sender = sockaddr_ip(&s.addr);
+                    let source = handle_udp_recv(
+                        &mut s.buf,
+                        res as usize,
+                        gro_size,
+                        sender,
+                        &routes.ctx,
+                        vnet,
+                        &mut s.out,
+                        &mut writes,
+                        &mut local,
+                    );
+                    for w in &writes {
+                        u.post_tun_write(slot, source == WriteSource::Coalesced, w.offset, w.len);
+                    }
+                    if u.udp_slots[slot].pending == 0 {
+                        u.post_udp_recv(slot);
                     }
                 }
                 K_TUN_WRITE => {
@@ -365,7 +592,11 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                         local.add(Counter::TunTxPackets, 1);
                         local.add(Counter::TunTxBytes, res as u64);
                     }
-                    u.post_udp_recv(idx);
+                    let s = &mut u.udp_slots[slot];
+                    s.pending -= 1;
+                    if s.pending == 0 {
+                        u.post_udp_recv(slot);
+                    }
                 }
                 K_ICMP_WRITE => {
                     if res < 0 {
@@ -373,7 +604,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                     } else {
                         local.add(Counter::IcmpUnreachableSent, 1);
                     }
-                    u.icmp_free.push(idx);
+                    u.icmp_free.push(slot);
                 }
                 K_WAKE => stop = true,
                 _ => {}

@@ -7,6 +7,12 @@
 //! - `udp-send ADDR:PORT COUNT SIZE`: send COUNT datagrams of SIZE bytes (sequence + pattern).
 //! - `http-get ADDR:PORT PATH`: print the body of a plain HTTP GET (for /metrics inside a
 //!   namespace); non-200 is an error.
+//! - `udp-garbage BIND_IP DST:PORT KIND COUNT INNER_SRC INNER_DST`: send COUNT datagrams of one
+//!   kind of bad input to a data plane's UDP port from BIND_IP (paced: 1 ms pause every 32),
+//!   print `sent=N`. KIND: `empty` (0 bytes), `too-short` (1..19 bytes), `not-ipv4` (version 6),
+//!   `bad-ihl` (IHL 0..4), `bad-length` (total length ≠ datagram length), `ipv4` (a well-formed
+//!   IPv4/UDP packet INNER_SRC → INNER_DST, port 5999, which the receiver must refuse for the
+//!   sender, the destination or the source). Sizes vary per datagram.
 //!
 //! Content is a function of position, so corruption anywhere shows in the digest or check.
 
@@ -28,7 +34,15 @@ fn main() -> Result<()> {
         ["udp-recv", port, count, timeout] => udp_recv(port.parse()?, count.parse()?, timeout.parse()?),
         ["udp-send", addr, count, size] => udp_send(addr, count.parse()?, size.parse()?),
         ["http-get", addr, path] => http_get(addr, path),
-        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE | http-get ADDR:PORT PATH"),
+        ["udp-garbage", bind, dst, kind, count, src, inner_dst] => udp_garbage(
+            bind.parse()?,
+            dst,
+            kind,
+            count.parse()?,
+            src.parse()?,
+            inner_dst.parse()?,
+        ),
+        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE | http-get ADDR:PORT PATH | udp-garbage BIND_IP DST:PORT KIND COUNT INNER_SRC INNER_DST"),
     }
 }
 
@@ -142,5 +156,101 @@ fn http_get(addr: &str, path: &str) -> Result<()> {
         bail!("GET {path}: {status}");
     }
     print!("{body}");
+    Ok(())
+}
+
+/// One's-complement sum for the IPv4 header checksum.
+fn ip_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A well-formed IPv4/UDP packet (UDP checksum 0 = none) with `payload` bytes after the headers.
+fn ipv4_udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, payload: usize, seq: u32) -> Vec<u8> {
+    let total = 20 + 8 + payload;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = ip_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&5999u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5999u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = (seq as usize).wrapping_add(i) as u8;
+    }
+    p
+}
+
+/// Datagram `seq` of a garbage `kind` (see the module docs).
+fn garbage(
+    kind: &str,
+    seq: u32,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+) -> Result<Vec<u8>> {
+    let payload = (seq as usize * 7) % 200;
+    Ok(match kind {
+        "empty" => Vec::new(),
+        "too-short" => {
+            let mut d = ipv4_udp(src, dst, 0, seq);
+            d.truncate(1 + seq as usize % 19);
+            d
+        }
+        "not-ipv4" => {
+            let mut d = ipv4_udp(src, dst, payload, seq);
+            d[0] = 0x60 | (d[0] & 0x0f);
+            d
+        }
+        "bad-ihl" => {
+            let mut d = ipv4_udp(src, dst, payload, seq);
+            d[0] = 0x40 | (seq % 5) as u8;
+            d
+        }
+        "bad-length" => {
+            let mut d = ipv4_udp(src, dst, payload, seq);
+            // Claims 1..=9 bytes more or fewer than the datagram carries.
+            let claimed =
+                d.len() as i64 + if seq % 2 == 0 { 1 } else { -1 } * (1 + (seq % 9) as i64);
+            d[2..4].copy_from_slice(&(claimed as u16).to_be_bytes());
+            d[10] = 0;
+            d[11] = 0;
+            let c = ip_checksum(&d[..20]);
+            d[10..12].copy_from_slice(&c.to_be_bytes());
+            d
+        }
+        "ipv4" => ipv4_udp(src, dst, payload, seq),
+        other => bail!("unknown garbage kind {other:?}"),
+    })
+}
+
+fn udp_garbage(
+    bind: std::net::Ipv4Addr,
+    dst: &str,
+    kind: &str,
+    count: u32,
+    src: std::net::Ipv4Addr,
+    inner_dst: std::net::Ipv4Addr,
+) -> Result<()> {
+    let s = UdpSocket::bind((bind, 0)).with_context(|| format!("bind {bind}"))?;
+    for seq in 0..count {
+        s.send_to(&garbage(kind, seq, src, inner_dst)?, dst)
+            .with_context(|| format!("send to {dst}"))?;
+        if seq % 32 == 31 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    println!("sent={count}");
     Ok(())
 }

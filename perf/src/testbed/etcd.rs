@@ -1,6 +1,8 @@
 //! A real etcd server (Debian's `etcd-server`, v3 API) for tests: loopback ports, a temp data dir,
 //! stopped by PID on drop. It can be stopped and restarted on the same ports and data, and driven
-//! with `etcdctl`.
+//! with `etcdctl`. Options: client TLS with client-certificate auth ([`Etcd::use_tls`], files from
+//! [`super::certs`]), etcdctl credentials for auth-enabled servers ([`Etcd::set_ctl_user`]), and a
+//! multi-member cluster on loopback ([`EtcdCluster`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,17 @@ pub struct Etcd {
     /// Listen address: 127.0.0.1, or a testbed address inside `netns`.
     host: std::net::Ipv4Addr,
     netns: Option<String>,
+    /// `http` or `https` (after [`Etcd::use_tls`]).
+    scheme: &'static str,
+    /// Member name and the `--initial-cluster` list (a single member by default).
+    name: String,
+    initial_cluster: Option<(String, String)>,
+    /// Extra server flags (e.g. TLS files).
+    server_args: Vec<String>,
+    /// Extra etcdctl flags (e.g. `--cacert`, `--cert`, `--key`).
+    ctl_args: Vec<String>,
+    /// `--user=NAME:PASSWORD` for etcdctl once auth is enabled.
+    ctl_user: Option<String>,
 }
 
 impl Etcd {
@@ -45,7 +58,64 @@ impl Etcd {
             peer_port: free_port(),
             host: std::net::Ipv4Addr::LOCALHOST,
             netns: None,
+            scheme: "http",
+            name: "test".into(),
+            initial_cluster: None,
+            server_args: Vec::new(),
+            ctl_args: Vec::new(),
+            ctl_user: None,
         })
+    }
+
+    /// Serves clients over TLS only (`https://`) with `tls`'s server certificate and requires a
+    /// client certificate signed by its CA (`--client-cert-auth`). etcdctl uses the client
+    /// certificate. Call before [`Etcd::launch`].
+    pub fn use_tls(&mut self, tls: &super::certs::TlsFiles) {
+        self.scheme = "https";
+        self.server_args = vec![
+            format!("--cert-file={}", tls.server_cert.display()),
+            format!("--key-file={}", tls.server_key.display()),
+            format!("--trusted-ca-file={}", tls.ca.display()),
+            "--client-cert-auth".into(),
+        ];
+        self.ctl_args = vec![
+            format!("--cacert={}", tls.ca.display()),
+            format!("--cert={}", tls.client_cert.display()),
+            format!("--key={}", tls.client_key.display()),
+        ];
+    }
+
+    /// Extra flags for the server (appended to the ones this harness passes); call before
+    /// [`Etcd::launch`].
+    pub fn add_server_args(&mut self, args: &[&str]) {
+        self.server_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Extra flags for every etcdctl call.
+    pub fn add_ctl_args(&mut self, args: &[&str]) {
+        self.ctl_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Credentials (`NAME:PASSWORD`) etcdctl passes from now on, for a server with auth enabled;
+    /// `None` stops passing any.
+    pub fn set_ctl_user(&mut self, user: Option<&str>) {
+        self.ctl_user = user.map(str::to_owned);
+    }
+
+    /// Turns on etcd's authentication (etcd 3.4 semantics: the `root` user with the `root` role
+    /// must exist first): creates `root` with `root_password`, enables auth, and makes etcdctl
+    /// log in as root from now on.
+    pub fn enable_auth(&mut self, root_password: &str) -> Result<()> {
+        self.ctl(&["user", "add", &format!("root:{root_password}")])?;
+        self.ctl(&["user", "grant-role", "root", "root"])?;
+        self.ctl(&["auth", "enable"])?;
+        self.set_ctl_user(Some(&format!("root:{root_password}")));
+        Ok(())
+    }
+
+    /// True while the server process runs (between launch and stop).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Starts a fresh member inside network namespace `netns`, listening on `host` (an address
@@ -72,9 +142,9 @@ impl Etcd {
         }
     }
 
-    /// `http://HOST:PORT`, for `-etcd-endpoints`.
+    /// `http://HOST:PORT` (`https://` after [`Etcd::use_tls`]), for `-etcd-endpoints`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        format!("{}://{}:{}", self.scheme, self.host, self.client_port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -86,6 +156,28 @@ impl Etcd {
         self.launch_listening(self.client_port)
     }
 
+    /// Starts (or restarts) the server without waiting for it to serve: a cluster member needs
+    /// its peers before it can answer. Follow with [`Etcd::wait_healthy`].
+    pub fn spawn(&mut self) -> Result<()> {
+        self.spawn_listening(self.client_port)
+    }
+
+    /// Waits until the server answers `etcdctl endpoint health` (at most `timeout`).
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        let url = self.endpoint();
+        let ready = wait_for(timeout, || {
+            self.ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
+        });
+        if ready.is_none() {
+            bail!(
+                "etcd {} did not become healthy in {timeout:?}; log: {}",
+                self.name,
+                self.log_path().display()
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the server listening only on a side port that daemons do not know: to them etcd is
     /// down, while the test changes data through [`Etcd::side_ctl`].
     pub fn launch_hidden(&mut self) -> Result<()> {
@@ -94,38 +186,15 @@ impl Etcd {
 
     /// etcdctl through the side port (see [`Etcd::launch_hidden`]).
     pub fn side_ctl(&self, args: &[&str]) -> Result<String> {
-        self.ctl_at(&format!("http://{}:{}", self.host, self.side_port), args)
+        self.ctl_at(
+            &format!("{}://{}:{}", self.scheme, self.host, self.side_port),
+            args,
+        )
     }
 
     fn launch_listening(&mut self, port: u16) -> Result<()> {
-        let url = format!("http://{}:{port}", self.host);
-        if self.child.is_some() {
-            bail!("etcd already running");
-        }
-        let peer = format!("http://{}:{}", self.host, self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
-        let child = self
-            .command("etcd")
-            .arg("--name=test")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (apt-get install etcd-server)")?;
-        self.child = Some(child);
+        let url = format!("{}://{}:{port}", self.scheme, self.host);
+        self.spawn_listening(port)?;
         let ready = wait_for(Duration::from_secs(20), || {
             self.ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
         });
@@ -138,10 +207,60 @@ impl Etcd {
         Ok(())
     }
 
+    fn spawn_listening(&mut self, port: u16) -> Result<()> {
+        let url = format!("{}://{}:{port}", self.scheme, self.host);
+        if self.child.is_some() {
+            bail!("etcd already running");
+        }
+        let (initial_cluster, token) = match &self.initial_cluster {
+            Some((list, token)) => (list.clone(), token.clone()),
+            None => (
+                format!("{}=http://{}:{}", self.name, self.host, self.peer_port),
+                "etcd-cluster".to_owned(),
+            ),
+        };
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = self
+            .command("etcd")
+            .arg(format!("--name={}", self.name))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg(format!("--initial-cluster-token={token}"))
+            .args(&self.server_args)
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (apt-get install etcd-server)")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after 5 s); data is kept for [`Etcd::launch`].
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
             super::process::terminate(child, Duration::from_secs(5));
+        }
+    }
+
+    /// Kills the server with SIGKILL (a crash, no graceful leave) and reaps it; data is kept
+    /// for [`Etcd::launch`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -151,7 +270,12 @@ impl Etcd {
     }
 
     fn ctl_at(&self, endpoint: &str, args: &[&str]) -> Result<String> {
-        ctl_with(self.command("etcdctl"), endpoint, args)
+        let mut cmd = self.command("etcdctl");
+        cmd.args(&self.ctl_args);
+        if let Some(user) = &self.ctl_user {
+            cmd.arg(format!("--user={user}"));
+        }
+        ctl_with(cmd, endpoint, args)
     }
 
     /// Puts the network config.
@@ -236,9 +360,87 @@ impl Drop for Etcd {
     }
 }
 
+/// Several etcd members on loopback forming one cluster (`--initial-cluster` lists them all).
+/// Members can be stopped ([`Etcd::stop`]) and relaunched ([`Etcd::launch`]) one by one.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members (names `m0`, `m1`, ...) and waits until every one serves.
+    pub fn start(n: usize) -> Result<Self> {
+        let mut members = (0..n).map(|_| Etcd::new()).collect::<Result<Vec<_>>>()?;
+        let list = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}=http://{}:{}", m.host, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("flannel-test-{}", super::netns::unique_id());
+        for (i, m) in members.iter_mut().enumerate() {
+            m.name = format!("m{i}");
+            m.initial_cluster = Some((list.clone(), token.clone()));
+            m.spawn()?;
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30))?;
+        }
+        Ok(Self { members })
+    }
+
+    /// Every member's client URL, comma separated (for `-etcd-endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// etcdctl through the running members only.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(Etcd::endpoint)
+            .collect();
+        if live.is_empty() {
+            bail!("no etcd member is running");
+        }
+        ctl_at(&live.join(","), args)
+    }
+
+    /// Index of the current leader (asked through a running member), if one is elected.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.is_running()
+                && m.ctl(&["endpoint", "status", "-w", "json"])
+                    .ok()
+                    .and_then(|out| {
+                        let id = serde_like::field_digits(&out, "\"member_id\":")?;
+                        let leader = serde_like::field_digits(&out, "\"leader\":")?;
+                        Some(id == leader)
+                    })
+                    .unwrap_or(false)
+        })
+    }
+}
+
 /// Tiny field extraction from etcdctl's JSON output (no JSON dependency in the harness).
 mod serde_like {
     pub struct Json(pub i64);
+
+    /// The digits of a numeric field (u64 member ids do not fit an i64).
+    pub fn field_digits(text: &str, field: &str) -> Option<String> {
+        let rest = text.split(field).nth(1)?;
+        let num: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        (!num.is_empty()).then_some(num)
+    }
 
     pub fn field_i64(text: &str, field: &str) -> Option<i64> {
         let rest = text.split(field).nth(1)?;

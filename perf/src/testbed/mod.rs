@@ -2,6 +2,7 @@
 //! child process with its log in a file), [`bins`] (where the built binaries are), and
 //! [`require`] (skip outside CI, fail under `CI=true`, when a prerequisite is missing).
 
+pub mod certs;
 pub mod cluster;
 pub mod etcd;
 pub mod netns;

@@ -1,0 +1,1044 @@
+//! The measuring part of the harness (I/O): one testbed, five variants side by side, N repeats.
+//!
+//! # Testbed and fairness
+//!
+//! One [`Cluster`] with two hosts (real etcd, flanneld, flannel-dataplane, a docker0-like bridge
+//! and one container each), underlay MTU 1500, built once per run. Per repeat, in this order:
+//!
+//! 1. **ours**: flannel-dataplane restarted on both hosts with the default flags;
+//! 2. **ours --no-offload**: restarted with `--no-offload` (recorded as unavailable when the
+//!    binary's `--help` does not list the flag);
+//! 3. **ours --no-io-uring**: restarted with `--no-io-uring`;
+//! 4. **kernel VXLAN**: data planes stopped (flannel0 and its route go away with them), a
+//!    `vxlan0` (id 42, dstport 4789, local/remote = the hosts' eth0) in both host namespaces over
+//!    the same underlay, MTU underlay − 50, a transit /24 (10.254.42.0/24) on it and a route to
+//!    the peer's flannel subnet via the peer's transit address: the SAME containers and bridges
+//!    as ours, with vxlan0 in place of flannel0 (the way flannel's own vxlan backend routes).
+//!    The container, its veth and cbr0 get the VXLAN MTU for this variant and their flannel MTU
+//!    back afterwards; vxlan0 is deleted. Everything lives in the host namespaces, so it also
+//!    dies with them;
+//! 5. **bare underlay**: data planes stopped, host namespace to host namespace on 198.18.0.x.
+//!
+//! flanneld, etcd, namespaces and containers stay up for the whole run; only flannel-dataplane
+//! is restarted between the ours variants, and every ours variant (also the first) starts from
+//! a fresh restart. Data always flows host 1 → host 2 (iperf3 client in host 1's container,
+//! server in host 2's; `iperf3 -s -1`, stopped by PID if it outlives its test).
+//!
+//! # Metrics per variant and repeat
+//!
+//! iperf3 TCP 1 and 4 streams (receiver's Gbit/s), UDP `-b 0` with 64 B and 1400 B payloads
+//! (datagrams received per second, loss %), `ping -i 0.01` RTT (median of replies, and ping's
+//! average), CPU seconds per GB during the TCP tests (our four processes from `/proc/<pid>/stat`;
+//! the whole machine from `/proc/stat`), and for the 4-stream test each worker's counter deltas
+//! from the data planes' stats files.
+//!
+//! # Safety of the testbed
+//!
+//! Nothing is sent from the root namespace; the underlay is 198.18.0.0/24, overlay addresses
+//! exist only in the namespaces, no namespace has a route off the machine. Teardown is the
+//! [`Cluster`]'s drop (daemons by PID, then namespaces), also on error, panic and interrupt
+//! ([`INTERRUPTED`] is polled while waiting on any child).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use flannel_shared::stats::{StatsReader, WorkerCounters};
+
+use super::model::{
+    file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
+};
+use super::{cpu, iperf, markdown, ping, summary, svg};
+use crate::testbed::cluster::{Cluster, ClusterOpts};
+use crate::testbed::netns::Netns;
+use crate::testbed::{have, is_root, wait_for};
+
+/// Set by the binary's signal thread (Ctrl-C, SIGTERM): the run stops at the next check and
+/// the testbed is torn down.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+const IPERF_PORT: &str = "5201";
+/// Transit network on vxlan0 (inside the host namespaces only).
+const VXLAN_TRANSIT: &str = "10.254.42";
+/// Counters whose per-worker deltas are recorded for the 4-stream test.
+const WORKER_COUNTERS: &[&str] = &[
+    "tun_rx_packets",
+    "udp_tx_packets",
+    "udp_rx_packets",
+    "tun_tx_packets",
+];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    pub repeats: usize,
+    /// Seconds per iperf3 test.
+    pub test_seconds: u32,
+    pub ping_count: u32,
+    /// Where the JSON, Markdown and SVG go.
+    pub out_dir: PathBuf,
+    /// Where `flanneld` and `flannel-dataplane` are.
+    pub bin_dir: PathBuf,
+    /// Only these variant ids (all when `None`).
+    pub only: Option<Vec<String>>,
+    /// `--workers` for flannel-dataplane (default: its own, one per CPU).
+    pub workers: Option<usize>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// The files one run wrote.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub json: PathBuf,
+    pub markdown: PathBuf,
+    pub svg: PathBuf,
+    pub latest_markdown: PathBuf,
+    pub latest_svg: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Ours(&'static [&'static str]),
+    Vxlan,
+    Bare,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct VariantDef {
+    id: &'static str,
+    label: &'static str,
+    kind: Kind,
+    description: &'static str,
+}
+
+/// The variants, in measuring order.
+const VARIANTS: &[VariantDef] = &[
+    VariantDef {
+        id: "ours",
+        label: "ours",
+        kind: Kind::Ours(&[]),
+        description: "flanneld + flannel-dataplane, default flags: container → cbr0 → flannel0 → UDP 8285 over eth0 → peer's flannel0 → cbr0 → container.",
+    },
+    VariantDef {
+        id: "ours-no-offload",
+        label: "ours --no-offload",
+        kind: Kind::Ours(&["--no-offload"]),
+        description: "as ours, flannel-dataplane restarted with --no-offload (no TUN offloads, GSO or GRO).",
+    },
+    VariantDef {
+        id: "ours-no-io-uring",
+        label: "ours --no-io-uring",
+        kind: Kind::Ours(&["--no-io-uring"]),
+        description: "as ours, flannel-dataplane restarted with --no-io-uring (poll + recvmmsg/sendmmsg fallback).",
+    },
+    VariantDef {
+        id: "vxlan",
+        label: "kernel VXLAN",
+        kind: Kind::Vxlan,
+        description: "the same containers and bridges, routed by the hosts over a kernel vxlan0 instead of flannel0 (`ip link add vxlan0 type vxlan id 42 dstport 4789 local 198.18.0.X remote 198.18.0.Y dev eth0`, MTU underlay − 50, transit 10.254.42.0/24, route to the peer's /24 via the peer's transit address); container, veth and cbr0 MTU lowered to the VXLAN MTU during this variant; data planes stopped.",
+    },
+    VariantDef {
+        id: "bare",
+        label: "bare underlay",
+        kind: Kind::Bare,
+        description: "host namespace to host namespace on 198.18.0.x (veth → switch bridge → veth), no overlay, no container hop; data planes stopped.",
+    },
+];
+
+/// Known variant ids (for `--only`).
+pub fn variant_ids() -> Vec<&'static str> {
+    VARIANTS.iter().map(|v| v.id).collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Checks what the run needs before building anything.
+pub fn preflight(bin_dir: &Path) -> Result<()> {
+    if !is_root() {
+        bail!("must run as root (network namespaces, TUN devices); try: sudo scripts/perf");
+    }
+    let mut missing = Vec::new();
+    for p in ["ip", "iperf3", "ping", "etcd", "etcdctl"] {
+        if !have(p) {
+            missing.push(p);
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing programs: {} (scripts/perf installs iperf3 etcd-server etcd-client iproute2 iputils-ping)",
+            missing.join(", ")
+        );
+    }
+    for b in ["flanneld", "flannel-dataplane"] {
+        let p = bin_dir.join(b);
+        if !p.is_file() {
+            bail!(
+                "{} not found; build with `cargo build --release --workspace` (scripts/perf does)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether `flannel-dataplane --help` lists `flag`.
+pub fn dataplane_accepts(bin_dir: &Path, flag: &str) -> Result<bool> {
+    let out = Command::new(bin_dir.join("flannel-dataplane"))
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .context("running flannel-dataplane --help")?;
+    Ok(help_lists(&String::from_utf8_lossy(&out.stdout), flag))
+}
+
+/// Whether a clap `--help` text lists `flag` (as a whole word, not a prefix of a longer flag).
+pub fn help_lists(help: &str, flag: &str) -> bool {
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+        .any(|w| w == flag)
+}
+
+/// True when the text of `/proc/<pid>/net/tcp` or `tcp6` has a socket listening on `port`.
+pub fn listening_on(proc_net_tcp: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    proc_net_tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
+}
+
+/// Per-worker deltas of `names` between two snapshots (missing counters count as 0; a counter
+/// that went backwards, i.e. a restarted writer, counts from 0).
+pub fn counter_deltas(
+    before: &[WorkerCounters],
+    after: &[WorkerCounters],
+    names: &[&str],
+) -> BTreeMap<String, Vec<u64>> {
+    names
+        .iter()
+        .map(|&n| {
+            let d = after
+                .iter()
+                .map(|a| {
+                    let now = a.get(n).unwrap_or(0);
+                    let then = before
+                        .iter()
+                        .find(|b| b.worker == a.worker)
+                        .and_then(|b| b.get(n))
+                        .unwrap_or(0);
+                    if now >= then {
+                        now - then
+                    } else {
+                        now
+                    }
+                })
+                .collect();
+            (n.to_string(), d)
+        })
+        .collect()
+}
+
+/// Who talks to whom in one variant.
+struct Endpoints<'a> {
+    client: &'a Netns,
+    server: &'a Netns,
+    target: Ipv4Addr,
+}
+
+struct Bench {
+    cluster: Cluster,
+    opts: Options,
+    base_args: Vec<String>,
+    clk_tck: f64,
+    counter: usize,
+    progress: String,
+}
+
+/// Runs everything, writes the outputs and returns the run and the files.
+pub fn run(opts: Options) -> Result<(Run, Outputs)> {
+    preflight(&opts.bin_dir)?;
+    let started = now_secs();
+    let mut machine = machine_info();
+    let defs: Vec<VariantDef> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| {
+            opts.only
+                .as_ref()
+                .map_or(true, |o| o.iter().any(|x| x == v.id))
+        })
+        .collect();
+    if defs.is_empty() {
+        bail!("no variant selected; known: {}", variant_ids().join(", "));
+    }
+    let mut results: Vec<VariantResult> = defs
+        .iter()
+        .map(|d| VariantResult::new(d.id, d.label, d.description))
+        .collect();
+    for (d, r) in defs.iter().zip(results.iter_mut()) {
+        if let Kind::Ours(flags) = d.kind {
+            for f in flags {
+                if !dataplane_accepts(&opts.bin_dir, f)? {
+                    r.unavailable = Some(format!("flannel-dataplane does not accept {f}"));
+                }
+            }
+        }
+    }
+
+    eprintln!("==> building the testbed (etcd, 2 hosts with flanneld, flannel-dataplane, a container each)");
+    let mut copts = ClusterOpts::new(&opts.bin_dir);
+    let base_args: Vec<String> = opts
+        .workers
+        .map(|w| vec![format!("--workers={w}")])
+        .unwrap_or_default();
+    copts.dataplane_args = base_args.clone();
+    let underlay_mtu = copts.underlay_mtu;
+    let mut cluster = Cluster::new(copts)?;
+    cluster.add_host()?;
+    check_interrupt()?;
+    cluster.add_host()?;
+    check_interrupt()?;
+    let testbed = Testbed {
+        underlay_mtu,
+        ours_mtu: cluster.hosts[0].mtu,
+        vxlan_mtu: underlay_mtu - 50,
+        workers: opts
+            .workers
+            .or_else(|| StatsReader::open(&cluster.hosts[0].stats_file()).ok().map(|r| r.workers())),
+        notes: vec![
+            "One testbed for the whole run: flanneld, etcd, namespaces and containers stay up; between the ours variants only flannel-dataplane is restarted (both hosts), and each ours variant starts from a fresh restart.".into(),
+            "Data flows host 1 → host 2: iperf3 client in host 1's container (bare: host namespace), `iperf3 -s -1` in host 2's.".into(),
+            "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second, loss as the receiver counts it.".into(),
+            "RTT: `ping -i 0.01` container to container (bare: host to host); median of the per-reply RTTs and ping's own average.".into(),
+            "our CPU = utime + stime of flanneld and flannel-dataplane on both hosts during each TCP test, per GB received (a lower bound: softirq work is charged to whatever task was running). machine CPU = busy time of all CPUs from /proc/stat per GB (includes iperf3, the kernel, and anything else running on the machine).".into(),
+            "Worker spread: deltas of each data-plane worker's counters during the 4-stream test; sender = host 1 (tun_rx_packets), receiver = host 2 (udp_rx_packets).".into(),
+        ],
+    };
+    let mut bench = Bench {
+        cluster,
+        opts: opts.clone(),
+        base_args,
+        clk_tck: cpu::clk_tck(),
+        counter: 0,
+        progress: String::new(),
+    };
+
+    let total = opts.repeats * defs.len();
+    for rep in 1..=opts.repeats {
+        for (vi, d) in defs.iter().enumerate() {
+            check_interrupt()?;
+            let step = (rep - 1) * defs.len() + vi + 1;
+            bench.progress = format!("[{step}/{total}] {}", d.label);
+            if let Some(why) = &results[vi].unavailable {
+                eprintln!("{}: skipped, unavailable ({why})", bench.progress);
+                continue;
+            }
+            let sample = bench.measure(d, rep)?;
+            for e in &sample.errors {
+                eprintln!(
+                    "{}: ERROR {}",
+                    bench.progress,
+                    e.lines().next().unwrap_or("")
+                );
+            }
+            results[vi].samples.push(sample);
+        }
+    }
+    bench.stop_dataplanes();
+    drop(bench);
+
+    for r in &mut results {
+        r.summarize();
+    }
+    machine.loadavg_end = loadavg();
+    let run = Run {
+        started_utc: iso_utc(started),
+        finished_utc: iso_utc(now_secs()),
+        command: opts.command.clone(),
+        quick: opts.quick,
+        repeats: opts.repeats,
+        test_seconds: opts.test_seconds,
+        ping_count: opts.ping_count,
+        machine,
+        testbed,
+        variants: results,
+    };
+    let outputs = write_outputs(&run, &opts.out_dir, &file_stamp(started))?;
+    Ok((run, outputs))
+}
+
+/// Writes `<stamp>.json`, `<stamp>.md`, `<stamp>.svg` and the `latest.md` / `latest.svg` copies.
+pub fn write_outputs(run: &Run, dir: &Path, stamp: &str) -> Result<Outputs> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let o = Outputs {
+        json: dir.join(format!("{stamp}.json")),
+        markdown: dir.join(format!("{stamp}.md")),
+        svg: dir.join(format!("{stamp}.svg")),
+        latest_markdown: dir.join("latest.md"),
+        latest_svg: dir.join("latest.svg"),
+    };
+    let chart = svg::render(run);
+    let write = |p: &Path, text: &str| {
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    write(&o.json, &(serde_json::to_string_pretty(run)? + "\n"))?;
+    write(&o.markdown, &markdown::render(run, &format!("{stamp}.svg")))?;
+    write(&o.svg, &chart)?;
+    write(&o.latest_markdown, &markdown::render(run, "latest.svg"))?;
+    write(&o.latest_svg, &chart)?;
+    Ok(o)
+}
+
+impl Bench {
+    fn log_path(&mut self, what: &str) -> PathBuf {
+        self.counter += 1;
+        self.cluster
+            .dir()
+            .join(format!("{:03}-{what}.log", self.counter))
+    }
+
+    /// One repeat of one variant. Measurement errors are recorded in the sample; only an
+    /// interrupt is returned as an error.
+    fn measure(&mut self, d: &VariantDef, repeat: usize) -> Result<Sample> {
+        let mut sample = Sample {
+            repeat,
+            ..Default::default()
+        };
+        eprintln!("{}: setting up", self.progress);
+        let setup = match d.kind {
+            Kind::Ours(flags) => self.start_ours(flags),
+            Kind::Vxlan => {
+                self.stop_dataplanes();
+                self.setup_vxlan()
+            }
+            Kind::Bare => {
+                self.stop_dataplanes();
+                Ok(())
+            }
+        };
+        let setup = setup.and_then(|()| self.wait_path(d.kind));
+        if let Err(e) = setup {
+            check_interrupt()?;
+            sample.errors.push(format!("setup: {e:#}"));
+        } else {
+            let r = self.measure_all(d.kind, &mut sample);
+            check_interrupt()?;
+            if let Err(e) = r {
+                sample.errors.push(format!("{e:#}"));
+            }
+        }
+        if let Kind::Vxlan = d.kind {
+            self.teardown_vxlan();
+        }
+        Ok(sample)
+    }
+
+    fn measure_all(&mut self, kind: Kind, s: &mut Sample) -> Result<()> {
+        let ours = matches!(kind, Kind::Ours(_));
+        let gb = |bytes: u64| bytes as f64 / 1e9;
+        for streams in [1u32, 4] {
+            let key = format!("tcp{streams}");
+            let what = format!(
+                "iperf3 TCP {streams} stream{}",
+                if streams == 1 { "" } else { "s" }
+            );
+            eprint!("{}: {what} ... ", self.progress);
+            match self.tcp(kind, streams) {
+                Ok((t, workers)) => {
+                    eprintln!("{:.2} Gbit/s", t.iperf.gbit_per_s());
+                    s.metrics
+                        .insert(format!("{key}_gbps"), t.iperf.gbit_per_s());
+                    if let Some(c) = t.our_cpu_s.filter(|_| t.iperf.bytes > 0) {
+                        s.metrics
+                            .insert(format!("our_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                    }
+                    if let Some(c) = t.machine_cpu_s.filter(|_| t.iperf.bytes > 0) {
+                        s.metrics
+                            .insert(format!("machine_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                    }
+                    if streams == 4 && ours {
+                        for w in &workers {
+                            let (counter, metric) = if w.role == "sender" {
+                                ("tun_rx_packets", "tx_worker_spread")
+                            } else {
+                                ("udp_rx_packets", "rx_worker_spread")
+                            };
+                            if let Some(r) =
+                                w.counters.get(counter).and_then(|c| summary::spread(c))
+                            {
+                                s.metrics.insert(metric.into(), r);
+                            }
+                        }
+                        s.workers = workers;
+                    }
+                    s.tcp.push(t);
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    check_interrupt()?;
+                    s.errors.push(format!("{what}: {e:#}"));
+                }
+            }
+        }
+        for payload in [64u32, 1400] {
+            let what = format!("iperf3 UDP {payload} B");
+            eprint!("{}: {what} ... ", self.progress);
+            let r = self
+                .iperf(kind, &["-u", "-b", "0", "-l", &payload.to_string()])
+                .and_then(|json| iperf::parse_udp(&json));
+            match r {
+                Ok(u) => {
+                    eprintln!("{:.0} kpps, {:.1}% loss", u.pps / 1e3, u.loss_percent);
+                    s.metrics.insert(format!("udp{payload}_kpps"), u.pps / 1e3);
+                    s.metrics
+                        .insert(format!("udp{payload}_loss_pct"), u.loss_percent);
+                    s.udp.push(u);
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    check_interrupt()?;
+                    s.errors.push(format!("{what}: {e:#}"));
+                }
+            }
+        }
+        eprint!("{}: ping x{} ... ", self.progress, self.opts.ping_count);
+        match self.ping(kind) {
+            Ok(p) => {
+                let median = p.median_ms();
+                eprintln!(
+                    "median {} ms, avg {} ms, {}/{} replies",
+                    median.map_or("-".into(), markdown::num),
+                    p.avg_ms.map_or("-".into(), markdown::num),
+                    p.received,
+                    p.transmitted
+                );
+                if let Some(m) = median {
+                    s.metrics.insert("rtt_median_ms".into(), m);
+                }
+                if let Some(a) = p.avg_ms {
+                    s.metrics.insert("rtt_avg_ms".into(), a);
+                }
+                s.ping = Some(p);
+            }
+            Err(e) => {
+                eprintln!("failed");
+                check_interrupt()?;
+                s.errors.push(format!("ping: {e:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn endpoints(&self, kind: Kind) -> Endpoints<'_> {
+        let (a, b) = (&self.cluster.hosts[0], &self.cluster.hosts[1]);
+        match kind {
+            Kind::Bare => Endpoints {
+                client: &a.ns,
+                server: &b.ns,
+                target: b.underlay_ip,
+            },
+            _ => Endpoints {
+                client: a.container(),
+                server: b.container(),
+                target: b.container_ip(),
+            },
+        }
+    }
+
+    /// PIDs of our processes on both hosts.
+    fn our_pids(&self) -> Vec<u32> {
+        self.cluster
+            .hosts
+            .iter()
+            .flat_map(|h| [h.flanneld.as_ref(), h.dataplane.as_ref()])
+            .flatten()
+            .filter_map(|d| d.pid())
+            .collect()
+    }
+
+    fn our_ticks(&self) -> Option<u64> {
+        self.our_pids()
+            .into_iter()
+            .map(cpu::process_ticks)
+            .sum::<Option<u64>>()
+    }
+
+    fn snapshots(&self) -> Vec<Option<Vec<WorkerCounters>>> {
+        self.cluster
+            .hosts
+            .iter()
+            .map(|h| {
+                StatsReader::open(&h.stats_file())
+                    .ok()
+                    .map(|r| r.snapshot())
+            })
+            .collect()
+    }
+
+    fn tcp(&mut self, kind: Kind, streams: u32) -> Result<(TcpSample, Vec<WorkerDeltas>)> {
+        let ours = matches!(kind, Kind::Ours(_));
+        let p = streams.to_string();
+        let ours0 = ours.then(|| self.our_ticks()).flatten();
+        let sys0 = cpu::system_ticks();
+        let stats0 = ours.then(|| self.snapshots());
+        let json = self.iperf(kind, &["-P", &p]);
+        let sys1 = cpu::system_ticks();
+        let ours1 = ours.then(|| self.our_ticks()).flatten();
+        let stats1 = ours.then(|| self.snapshots());
+        let r = iperf::parse_tcp(&json?)?;
+        let mut workers = Vec::new();
+        if let (Some(before), Some(after)) = (stats0, stats1) {
+            for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+                if let (Some(b), Some(a)) = (b, a) {
+                    workers.push(WorkerDeltas {
+                        host: i + 1,
+                        role: if i == 0 { "sender" } else { "receiver" }.into(),
+                        counters: counter_deltas(b, a, WORKER_COUNTERS),
+                    });
+                }
+            }
+        }
+        let tck = self.clk_tck;
+        Ok((
+            TcpSample {
+                iperf: r,
+                our_cpu_s: ours0
+                    .zip(ours1)
+                    .map(|(a, b)| b.saturating_sub(a) as f64 / tck),
+                machine_cpu_s: sys0
+                    .zip(sys1)
+                    .map(|(a, b)| b.busy.saturating_sub(a.busy) as f64 / tck),
+            },
+            workers,
+        ))
+    }
+
+    /// Runs one iperf3 test (server in the receiving namespace, client in the sending one) and
+    /// returns the client's JSON.
+    fn iperf(&mut self, kind: Kind, args: &[&str]) -> Result<String> {
+        let server_log = self.log_path("iperf3-server");
+        let client_out = self.log_path("iperf3-client");
+        let client_err = client_out.with_extension("stderr");
+        let secs = self.opts.test_seconds.to_string();
+        let ep = self.endpoints(kind);
+        let target = ep.target.to_string();
+        let mut server = ep
+            .server
+            .command("iperf3")
+            .args(["-s", "-1", "-p", IPERF_PORT])
+            .stdin(Stdio::null())
+            .stdout(File::create(&server_log)?)
+            .stderr(File::create(server_log.with_extension("stderr"))?)
+            .spawn()
+            .context("starting iperf3 -s")?;
+        let server_pid = server.id();
+        let ready = wait_for(Duration::from_secs(5), || {
+            let up = ["tcp", "tcp6"].iter().any(|f| {
+                std::fs::read_to_string(format!("/proc/{server_pid}/net/{f}"))
+                    .is_ok_and(|t| listening_on(&t, IPERF_PORT.parse().unwrap_or(5201)))
+            });
+            (up || matches!(server.try_wait(), Ok(Some(_)))).then_some(())
+        });
+        if ready.is_none() || matches!(server.try_wait(), Ok(Some(_))) {
+            stop_child(&mut server);
+            bail!(
+                "iperf3 server did not start listening: {}",
+                std::fs::read_to_string(server_log.with_extension("stderr")).unwrap_or_default()
+            );
+        }
+        let client = ep
+            .client
+            .command("iperf3")
+            .args(["-c", &target, "-p", IPERF_PORT, "-t", &secs, "-J"])
+            .args(["--connect-timeout", "3000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&client_out)?)
+            .stderr(File::create(&client_err)?)
+            .spawn()
+            .context("starting iperf3 -c")?;
+        let limit = Duration::from_secs(u64::from(self.opts.test_seconds) + 20);
+        let status = wait_child(client, limit);
+        // The server exits by itself after one test (-1); stop it by PID if it does not.
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end && matches!(server.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop_child(&mut server);
+        let status = status?;
+        let out = std::fs::read_to_string(&client_out).unwrap_or_default();
+        if out.trim().is_empty() {
+            bail!(
+                "iperf3 client printed nothing ({status}): {}",
+                std::fs::read_to_string(&client_err)
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+        Ok(out)
+    }
+
+    fn ping(&mut self, kind: Kind) -> Result<ping::PingResult> {
+        let out_path = self.log_path("ping");
+        let ep = self.endpoints(kind);
+        let child = ep
+            .client
+            .command("ping")
+            .args([
+                "-c",
+                &self.opts.ping_count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "2",
+            ])
+            .arg(ep.target.to_string())
+            .stdin(Stdio::null())
+            .stdout(File::create(&out_path)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        wait_child(child, Duration::from_secs(30))?;
+        ping::parse(&std::fs::read_to_string(&out_path)?)
+    }
+
+    /// Waits until one ping crosses the variant's path (ARP, routes, data planes ready).
+    fn wait_path(&self, kind: Kind) -> Result<()> {
+        let ep = self.endpoints(kind);
+        let target = ep.target.to_string();
+        let ok = wait_for(Duration::from_secs(15), || {
+            if check_interrupt().is_err() {
+                return Some(());
+            }
+            ep.client
+                .command("ping")
+                .args(["-c", "1", "-W", "1", &target])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()
+                .filter(ExitStatus::success)
+                .map(|_| ())
+        });
+        check_interrupt()?;
+        if ok.is_none() {
+            bail!(
+                "no ping reply from {target} within 15 s\n{}{}",
+                self.cluster.hosts[0].logs(),
+                self.cluster.hosts[1].logs()
+            );
+        }
+        Ok(())
+    }
+
+    fn stop_dataplanes(&mut self) {
+        for h in &mut self.cluster.hosts {
+            if let Some(mut d) = h.dataplane.take() {
+                d.stop(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Restarts flannel-dataplane on both hosts with the base flags plus `flags`.
+    fn start_ours(&mut self, flags: &[&str]) -> Result<()> {
+        self.stop_dataplanes();
+        let mut args = self.base_args.clone();
+        args.extend(flags.iter().map(|f| f.to_string()));
+        self.cluster.opts.dataplane_args = args;
+        for i in 0..self.cluster.hosts.len() {
+            self.cluster.start_dataplane(i)?;
+            // The stats file is replaced (rename) by the new process: wait until it is its.
+            let h = &self.cluster.hosts[i];
+            let pid = h.dataplane.as_ref().and_then(|d| d.pid()).unwrap_or(0);
+            let fresh = wait_for(Duration::from_secs(10), || {
+                StatsReader::open(&h.stats_file())
+                    .ok()
+                    .filter(|r| r.pid() == pid)
+            });
+            if fresh.is_none() {
+                bail!(
+                    "host {}: stats file {} not written by the new flannel-dataplane (pid {pid})\n{}",
+                    h.index,
+                    h.stats_file().display(),
+                    h.logs()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn set_overlay_mtu(&self, mtu: u32) -> Result<()> {
+        let m = mtu.to_string();
+        for h in &self.cluster.hosts {
+            h.ns.ip(&["link", "set", "c0", "mtu", &m])?;
+            h.ns.ip(&["link", "set", "cbr0", "mtu", &m])?;
+            h.container().ip(&["link", "set", "eth0", "mtu", &m])?;
+        }
+        Ok(())
+    }
+
+    fn setup_vxlan(&mut self) -> Result<()> {
+        let mtu = self.cluster.opts.underlay_mtu - 50;
+        let n = self.cluster.hosts.len();
+        for i in 0..n {
+            let h = &self.cluster.hosts[i];
+            let p = &self.cluster.hosts[(i + 1) % n];
+            h.ns.ip(&[
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "dstport",
+                "4789",
+                "local",
+                &h.underlay_ip.to_string(),
+                "remote",
+                &p.underlay_ip.to_string(),
+                "dev",
+                "eth0",
+            ])?;
+            h.ns.ip(&["link", "set", "vxlan0", "mtu", &mtu.to_string()])?;
+            h.ns.ip(&[
+                "addr",
+                "add",
+                &format!("{VXLAN_TRANSIT}.{}/24", h.index),
+                "dev",
+                "vxlan0",
+            ])?;
+            h.ns.ip(&["link", "set", "vxlan0", "up"])?;
+            let (gw, len) = p.subnet.ok_or_else(|| anyhow!("peer subnet unknown"))?;
+            let net = Ipv4Addr::from(u32::from(gw) - 1);
+            h.ns.ip(&[
+                "route",
+                "add",
+                &format!("{net}/{len}"),
+                "via",
+                &format!("{VXLAN_TRANSIT}.{}", p.index),
+                "dev",
+                "vxlan0",
+            ])?;
+        }
+        self.set_overlay_mtu(mtu)
+    }
+
+    fn teardown_vxlan(&mut self) {
+        for h in &self.cluster.hosts {
+            let _ = h.ns.ip(&["link", "del", "vxlan0"]);
+        }
+        let mtu = self.cluster.hosts[0].mtu;
+        if let Err(e) = self.set_overlay_mtu(mtu) {
+            eprintln!("{}: restoring the overlay MTU: {e:#}", self.progress);
+        }
+    }
+}
+
+/// Waits for `child` up to `limit`, polling [`INTERRUPTED`]; kills it (our own child, by PID)
+/// on timeout or interrupt.
+fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            stop_child(&mut child);
+            bail!("interrupted");
+        }
+        if Instant::now() > end {
+            stop_child(&mut child);
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kernel, CPUs, git commit (read-only git commands), iperf3 version, load.
+pub fn machine_info() -> Machine {
+    let git_commit = command_line("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    let git_dirty = command_line(
+        "git",
+        &[
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .map(|s| !s.is_empty());
+    Machine {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default(),
+        git_commit,
+        git_dirty,
+        iperf3: command_line("iperf3", &["--version"])
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_default(),
+        loadavg_start: loadavg(),
+        loadavg_end: String::new(),
+    }
+}
+
+/// Prints where the results went.
+pub fn print_outputs(o: &Outputs, mut to: impl std::io::Write) -> std::io::Result<()> {
+    writeln!(to, "==> results:")?;
+    for p in [
+        &o.markdown,
+        &o.json,
+        &o.svg,
+        &o.latest_markdown,
+        &o.latest_svg,
+    ] {
+        writeln!(to, "    {}", p.display())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_listening_socket() {
+        // Captured from /proc/<iperf3 -s pid>/net/tcp6 (port 5201 = 0x1451, state 0A = LISTEN).
+        let tcp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000000000000000000000000000:1451 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0\n";
+        assert!(listening_on(tcp6, 5201));
+        assert!(!listening_on(tcp6, 5202));
+        // An established connection from port 5201 is not a listener.
+        let est = "  sl  local_address rem_address   st\n   0: 0100007F:1451 0100007F:D3A2 01 00000000:00000000\n";
+        assert!(!listening_on(est, 5201));
+        assert!(!listening_on("", 5201));
+    }
+
+    fn wc(worker: usize, vals: &[(&str, u64)]) -> WorkerCounters {
+        WorkerCounters {
+            worker,
+            counters: vals.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn per_worker_deltas() {
+        let before = vec![
+            wc(0, &[("udp_rx_packets", 100), ("tun_rx_packets", 5)]),
+            wc(1, &[("udp_rx_packets", 50), ("tun_rx_packets", 5)]),
+        ];
+        let after = vec![
+            wc(0, &[("udp_rx_packets", 1100), ("tun_rx_packets", 5)]),
+            wc(1, &[("udp_rx_packets", 30), ("tun_rx_packets", 9)]),
+        ];
+        let d = counter_deltas(
+            &before,
+            &after,
+            &["udp_rx_packets", "tun_rx_packets", "nope"],
+        );
+        // Worker 1's counter went backwards (a restarted writer): counted from 0.
+        assert_eq!(d["udp_rx_packets"], vec![1000, 30]);
+        assert_eq!(d["tun_rx_packets"], vec![0, 4]);
+        assert_eq!(d["nope"], vec![0, 0]);
+    }
+
+    #[test]
+    fn flag_in_help_text() {
+        let help = "Options:\n      --no-io-uring\n          Use the poll path\n      --no-offload-foo\n  -w, --workers <WORKERS>\n      --stats=<PATH>\n";
+        assert!(help_lists(help, "--no-io-uring"));
+        assert!(help_lists(help, "--workers"));
+        assert!(help_lists(help, "--stats"));
+        assert!(!help_lists(help, "--no-offload"));
+    }
+
+    #[test]
+    fn variant_order_is_the_issues() {
+        assert_eq!(
+            variant_ids(),
+            vec![
+                "ours",
+                "ours-no-offload",
+                "ours-no-io-uring",
+                "vxlan",
+                "bare"
+            ]
+        );
+    }
+
+    #[test]
+    fn outputs_are_written_with_latest_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = crate::harness::markdown::tests::sample_run();
+        let o = write_outputs(&run, dir.path(), "20261127T190000Z").unwrap();
+        let md = std::fs::read_to_string(&o.markdown).unwrap();
+        assert!(md.contains("](20261127T190000Z.svg)"));
+        let latest = std::fs::read_to_string(&o.latest_markdown).unwrap();
+        assert!(latest.contains("](latest.svg)"));
+        assert_eq!(
+            std::fs::read_to_string(&o.svg).unwrap(),
+            std::fs::read_to_string(&o.latest_svg).unwrap()
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&o.json).unwrap()).unwrap();
+        assert_eq!(json["variants"][0]["id"], "ours");
+        assert_eq!(json["variants"][0]["summary"]["tcp1_gbps"]["median"], 11.0);
+        assert_eq!(
+            json["variants"][0]["samples"][0]["metrics"]["tcp1_gbps"],
+            10.0
+        );
+        assert_eq!(json["machine"]["kernel"], "6.18.44");
+    }
+}

@@ -1,0 +1,18 @@
+//! The perf harness behind `scripts/perf` and the `flannel-perf` binary (issue 4, Deliver 1):
+//! ours vs ours with offloads off vs ours on the fallback I/O path vs kernel VXLAN vs the bare
+//! underlay, side by side on one namespace testbed, N repeats, medians with min/max.
+//!
+//! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
+//! (iputils output), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
+//! parsing), [`model`] (what a run produces, serialised to JSON), [`markdown`] (the table) and
+//! [`svg`] (the chart). The I/O lives in [`bench`]: the testbed, the variants, running iperf3 and
+//! ping in the namespaces, reading CPU time and per-worker counters, writing the files.
+
+pub mod bench;
+pub mod cpu;
+pub mod iperf;
+pub mod markdown;
+pub mod model;
+pub mod ping;
+pub mod summary;
+pub mod svg;

@@ -1,0 +1,523 @@
+//! Faults under traffic, in namespaces with real etcd and the real daemons. Needs root (skips
+//! with a message otherwise; fails under CI=true).
+//!
+//! - A flood of garbage datagrams to host B's UDP 8285, sent from host A's namespace (and, for
+//!   the unknown-sender case, from a second address on A's eth0 that holds no lease) while a
+//!   TCP transfer runs container A → container B: B counts every datagram under exactly the
+//!   right reason, nothing reaches B's container, no daemon dies, the transfer's SHA-256 matches.
+//! - Forwarding interruptions: `ping -i 0.01` container A → container B across each fault
+//!   (flanneld kill -9 and restart on either host, etcd restart, data plane kill -9 and restart,
+//!   B's lease deleted by hand); the longest run of lost replies × 10 ms is the interruption.
+//!   Printed for the README's fault table; leases and routes are checked after every fault.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use flannel_perf::testbed::cluster::{Cluster, ClusterOpts};
+use flannel_perf::testbed::etcd::Etcd;
+use flannel_perf::testbed::{bins, have, is_root, require, wait_for};
+use flannel_shared::stats::StatsReader;
+
+const SEC: Duration = Duration::from_secs(1);
+const PREFIX: &str = "/coreos.com/network";
+
+fn cluster(dataplane_args: &[&str]) -> Option<Cluster> {
+    if !require("root (network namespaces, TUN)", is_root())
+        || !require(
+            "etcd, ip, ping installed",
+            Etcd::available() && have("ip") && have("ping"),
+        )
+    {
+        return None;
+    }
+    let bin_dir = bins("flanneld").parent().unwrap().to_path_buf();
+    let mut opts = ClusterOpts::new(&bin_dir);
+    opts.dataplane_args = dataplane_args.iter().map(|s| s.to_string()).collect();
+    let mut c = Cluster::new(opts).expect("build the testbed");
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.ping(0, 1, 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    Some(c)
+}
+
+fn loadgen() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flannel-loadgen"))
+}
+
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing running
+/// inside namespaces it is about to delete. Declare it after the cluster: it drops first.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn take(mut self) -> Child {
+        self.0.take().expect("child")
+    }
+    fn still_running(&mut self) -> bool {
+        matches!(self.0.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts a loadgen receiver in host `host`'s container and waits until it listens.
+fn spawn_receiver(c: &Cluster, host: usize, args: &[&str]) -> Proc {
+    let mut child = c.hosts[host]
+        .container()
+        .command(loadgen())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+    Proc(Some(child))
+}
+
+fn finish(child: Proc) -> String {
+    let out = child.take().wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The lease key of host `i`.
+fn lease_key(c: &Cluster, i: usize) -> String {
+    let (gw, len) = c.hosts[i].subnet.unwrap();
+    format!(
+        "{PREFIX}/subnets/{}-{len}",
+        Ipv4Addr::from(u32::from(gw) - 1)
+    )
+}
+
+/// UDP `RcvbufErrors` in a namespace (datagrams the kernel dropped before any reader).
+fn rcvbuf_errors(c: &Cluster, host: usize) -> u64 {
+    let out = c.hosts[host]
+        .ns
+        .exec("cat", &["/proc/net/snmp"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let udp: Vec<&str> = out.lines().filter(|l| l.starts_with("Udp:")).collect();
+    if udp.len() < 2 {
+        return 0;
+    }
+    let names: Vec<&str> = udp[0].split_whitespace().collect();
+    let values: Vec<&str> = udp[1].split_whitespace().collect();
+    names
+        .iter()
+        .position(|n| *n == "RcvbufErrors")
+        .and_then(|i| values.get(i)?.parse().ok())
+        .unwrap_or(0)
+}
+
+const REASONS: [&str; 7] = [
+    "drop_too_short",
+    "drop_not_ipv4",
+    "drop_bad_ihl",
+    "drop_bad_length",
+    "drop_dst_not_local",
+    "drop_spoofed_src",
+    "drop_unknown_sender",
+];
+
+#[test]
+fn garbage_flood_to_8285_is_counted_per_reason_while_tcp_flows() {
+    garbage_flood(&[]);
+}
+
+#[test]
+fn garbage_flood_on_the_fallback_path() {
+    garbage_flood(&["--no-io-uring"]);
+}
+
+fn garbage_flood(dataplane_args: &[&str]) {
+    let Some(mut c) = cluster(dataplane_args) else {
+        return;
+    };
+    let (a, b) = (&c.hosts[0], &c.hosts[1]);
+    let (ca, cb) = (a.container_ip(), b.container_ip());
+    // A second address on A's underlay link that holds no lease.
+    const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 77);
+    a.ns.ip(&["addr", "add", "198.18.0.77/24", "dev", "eth0"])
+        .unwrap();
+    let dst = format!("{}:8285", b.underlay_ip);
+    let stats = StatsReader::open(&b.stats_file()).unwrap();
+    // The receive-side reasons (TUN-side ones move with the host's own traffic).
+    let all_drops: Vec<String> = REASONS
+        .iter()
+        .chain(&["drop_rx_ttl_expired"])
+        .map(|s| s.to_string())
+        .collect();
+    let before: Vec<u64> = all_drops.iter().map(|n| stats.total(n)).collect();
+    let rcvbuf_before = rcvbuf_errors(&c, 1);
+
+    // Nothing injected may reach B's container: a listener on the inner packets' port.
+    let sink = spawn_receiver(&c, 1, &["udp-recv", "5999", "1", "20000"]);
+    // The real traffic: 300 MB container A → container B.
+    let rx = spawn_receiver(&c, 1, &["tcp-recv", "5001"]);
+    let mut tx = Proc(Some(
+        a.container()
+            .command(loadgen())
+            .args(["tcp-send", &format!("{cb}:5001"), "300000000", "11"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    std::thread::sleep(SEC / 2);
+
+    const COUNT: u32 = 3000;
+    let spoofed_src = Ipv4Addr::from(u32::from(cb) + 5);
+    let a_ip = a.underlay_ip;
+    // (from, kind, inner src, inner dst, expected counter)
+    let floods: [(Ipv4Addr, &str, Ipv4Addr, Ipv4Addr, &str); 7] = [
+        (a_ip, "too-short", ca, cb, "drop_too_short"),
+        (a_ip, "not-ipv4", ca, cb, "drop_not_ipv4"),
+        (a_ip, "bad-ihl", ca, cb, "drop_bad_ihl"),
+        (a_ip, "bad-length", ca, cb, "drop_bad_length"),
+        // Well formed, but for A's own container: B is not the destination.
+        (a_ip, "ipv4", ca, ca, "drop_dst_not_local"),
+        // Well formed, but A claims a source outside its subnet.
+        (a_ip, "ipv4", spoofed_src, cb, "drop_spoofed_src"),
+        // Well formed, from an address that holds no lease.
+        (ROGUE, "ipv4", ca, cb, "drop_unknown_sender"),
+    ];
+    let t0 = Instant::now();
+    for (from, kind, src, inner_dst, _) in floods {
+        let out =
+            a.ns.command(loadgen())
+                .args([
+                    "udp-garbage",
+                    &from.to_string(),
+                    &dst,
+                    kind,
+                    &COUNT.to_string(),
+                    &src.to_string(),
+                    &inner_dst.to_string(),
+                ])
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim() == format!("sent={COUNT}"),
+            "udp-garbage {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let flood_time = t0.elapsed();
+    let overlapped = tx.still_running();
+
+    let want = |name: &str| -> u64 {
+        floods.iter().filter(|f| f.4 == name).count() as u64 * u64::from(COUNT)
+    };
+    let deltas = || -> Vec<u64> {
+        all_drops
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| stats.total(n) - b)
+            .collect()
+    };
+    let settled = wait_for(SEC * 10, || {
+        let d = deltas();
+        all_drops
+            .iter()
+            .zip(&d)
+            .all(|(n, v)| *v == want(n))
+            .then_some(())
+    });
+    let d = deltas();
+    let table: Vec<String> = all_drops
+        .iter()
+        .zip(&d)
+        .map(|(n, v)| format!("{n}: sent {} counted {v}", want(n)))
+        .collect();
+    eprintln!(
+        "garbage flood {dataplane_args:?}: {} datagrams in {flood_time:?} during the TCP transfer (still running afterwards: {overlapped})\n  {}",
+        7 * COUNT,
+        table.join("\n  ")
+    );
+    assert!(
+        settled.is_some(),
+        "per-reason counters on B differ from what was sent (kernel RcvbufErrors on B went up by {}):\n  {}\n{}",
+        rcvbuf_errors(&c, 1) - rcvbuf_before,
+        table.join("\n  "),
+        b.logs()
+    );
+    for r in REASONS {
+        assert_eq!(want(r), u64::from(COUNT), "{r} is exercised");
+    }
+    // Empty datagrams too: never delivered, nothing crashes. What they count as is printed:
+    // they should be drop_too_short (see the report on zero-length datagrams).
+    let short_before = stats.total("drop_too_short");
+    let out =
+        a.ns.command(loadgen())
+            .args(["udp-garbage", &a_ip.to_string(), &dst, "empty", "500"])
+            .args([ca.to_string(), cb.to_string()])
+            .output()
+            .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(SEC / 2);
+    eprintln!(
+        "500 empty datagrams: counted in drop_too_short: {}",
+        stats.total("drop_too_short") - short_before
+    );
+
+    // The transfer is intact.
+    let tx_out = tx.take().wait_with_output().unwrap();
+    assert!(
+        tx_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx_out.stderr)
+    );
+    let sent = String::from_utf8_lossy(&tx_out.stdout).trim().to_string();
+    assert!(sent.starts_with("bytes=300000000 sha256="), "{sent}");
+    assert_eq!(finish(rx), sent, "TCP data corrupted during the flood");
+    // Nothing injected reached the container.
+    let got = finish(sink);
+    assert_eq!(
+        got, "received=0 intact=0",
+        "injected packets were delivered"
+    );
+
+    // Nobody crashed, forwarding goes on.
+    for h in &mut c.hosts {
+        for (name, d) in [
+            ("flanneld", &mut h.flanneld),
+            ("dataplane", &mut h.dataplane),
+        ] {
+            assert!(
+                d.as_mut().unwrap().is_running(),
+                "host {} {name} died",
+                h.index
+            );
+        }
+    }
+    c.ping(0, 1, 2).unwrap();
+    c.ping(1, 0, 2).unwrap();
+}
+
+/// `ping -i 0.01` container `from` → container `to`, for `count` packets.
+struct Pinger {
+    child: Proc,
+    count: u32,
+    started: Instant,
+}
+
+const PING_INTERVAL_MS: u64 = 10;
+
+impl Pinger {
+    fn start(c: &Cluster, from: usize, to: usize, count: u32) -> Self {
+        let dst = c.hosts[to].container_ip().to_string();
+        let child = c.hosts[from]
+            .container()
+            .command("ping")
+            .args([
+                "-n",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-c",
+                &count.to_string(),
+                &dst,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Proc(Some(child)),
+            count,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for ping to end; returns (replies received, longest run of lost replies).
+    fn finish(self) -> (u32, u32) {
+        let out = self.child.take().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut got = vec![false; self.count as usize + 1];
+        for line in text.lines().filter(|l| l.contains(" bytes from ")) {
+            if let Some(seq) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("icmp_seq="))
+                .and_then(|s| s.parse::<usize>().ok())
+            {
+                if seq < got.len() {
+                    got[seq] = true;
+                }
+            }
+        }
+        let (mut longest, mut run) = (0, 0);
+        for ok in &got[1..] {
+            if *ok {
+                run = 0;
+            } else {
+                run += 1;
+                longest = longest.max(run);
+            }
+        }
+        (got[1..].iter().filter(|g| **g).count() as u32, longest)
+    }
+}
+
+struct Measured {
+    fault: &'static str,
+    gap_ms: u64,
+    lost: u32,
+    sent: u32,
+}
+
+/// Runs `fault` 1 s into a `secs`-second ping A → B and measures the interruption.
+fn measure(
+    c: &mut Cluster,
+    fault: &'static str,
+    secs: u32,
+    inject: impl FnOnce(&mut Cluster),
+) -> Measured {
+    let count = secs * 1000 / PING_INTERVAL_MS as u32;
+    let p = Pinger::start(c, 0, 1, count);
+    std::thread::sleep(SEC);
+    inject(c);
+    // Let ping run out its count.
+    let rest = Duration::from_millis(u64::from(count) * PING_INTERVAL_MS + 1500)
+        .saturating_sub(p.started.elapsed());
+    std::thread::sleep(rest);
+    let (received, longest) = p.finish();
+    let m = Measured {
+        fault,
+        gap_ms: u64::from(longest) * PING_INTERVAL_MS,
+        lost: count - received,
+        sent: count,
+    };
+    eprintln!(
+        "fault: {:<45} longest interruption {:>5} ms; lost {}/{} pings",
+        m.fault, m.gap_ms, m.lost, m.sent
+    );
+    m
+}
+
+#[test]
+fn forwarding_interruptions_under_faults() {
+    let Some(mut c) = cluster(&[]) else { return };
+    let keys = [lease_key(&c, 0), lease_key(&c, 1)];
+    let values: Vec<Option<String>> = keys.iter().map(|k| c.etcd.get(k).unwrap()).collect();
+    let mut results = Vec::new();
+
+    results.push(measure(&mut c, "none (baseline)", 2, |_| {}));
+    results.push(measure(
+        &mut c,
+        "flanneld A kill -9, restarted 1 s later",
+        4,
+        |c| {
+            c.hosts[0].flanneld.as_mut().unwrap().kill9();
+            std::thread::sleep(SEC);
+            c.start_flanneld(0).unwrap();
+        },
+    ));
+    results.push(measure(
+        &mut c,
+        "flanneld B kill -9, restarted 1 s later",
+        4,
+        |c| {
+            c.hosts[1].flanneld.as_mut().unwrap().kill9();
+            std::thread::sleep(SEC);
+            c.start_flanneld(1).unwrap();
+        },
+    ));
+    for h in &c.hosts {
+        h.flanneld
+            .as_ref()
+            .unwrap()
+            .wait_log("route table published", SEC * 20);
+    }
+    // A restarted flanneld keeps its subnet (same key and value) on a fresh etcd lease.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(c.etcd.get(k).unwrap(), values[i], "{k}");
+    }
+    let leases: Vec<i64> = keys.iter().map(|k| c.etcd.lease_of(k).unwrap()).collect();
+    results.push(measure(
+        &mut c,
+        "etcd stopped, restarted 1 s later",
+        4,
+        |c| {
+            c.etcd.stop();
+            std::thread::sleep(SEC);
+            c.etcd.launch().unwrap();
+        },
+    ));
+    // Across the etcd restart the etcd leases themselves survive.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(c.etcd.get(k).unwrap(), values[i], "{k}");
+        assert_eq!(
+            c.etcd.lease_of(k).unwrap(),
+            leases[i],
+            "{k}: same etcd lease"
+        );
+    }
+    results.push(measure(
+        &mut c,
+        "data plane B kill -9, restarted at once",
+        4,
+        |c| {
+            c.hosts[1].dataplane.as_mut().unwrap().kill9();
+            c.start_dataplane(1).unwrap();
+        },
+    ));
+    // The data plane restart leaves the leases alone.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            c.etcd.lease_of(k).unwrap(),
+            leases[i],
+            "{k}: same etcd lease"
+        );
+    }
+    let key_b = keys[1].clone();
+    results.push(measure(
+        &mut c,
+        "B's lease deleted by hand (re-acquired)",
+        4,
+        move |c| {
+            c.etcd.ctl(&["del", &key_b]).unwrap();
+        },
+    ));
+    // B re-acquired the same subnet with the same value (a new etcd lease).
+    let back = wait_for(SEC * 10, || c.etcd.get(&keys[1]).ok().flatten());
+    assert_eq!(back, values[1], "B re-acquired the same subnet");
+    assert_eq!(c.etcd.get(&keys[0]).unwrap(), values[0]);
+    c.ping(0, 1, 2).unwrap();
+    c.ping(1, 0, 2).unwrap();
+
+    eprintln!("\n| fault | longest interruption | pings lost |\n|---|---|---|");
+    for m in &results {
+        eprintln!("| {} | {} ms | {}/{} |", m.fault, m.gap_ms, m.lost, m.sent);
+    }
+    // No interruption where the design promises none; bounded ones elsewhere.
+    for m in &results {
+        let bound = match m.fault {
+            f if f.starts_with("data plane") => 2000,
+            f if f.starts_with("B's lease") => 3000,
+            _ => 300,
+        };
+        assert!(
+            m.gap_ms <= bound,
+            "{}: interrupted {} ms (bound {bound} ms)\n{}{}",
+            m.fault,
+            m.gap_ms,
+            c.hosts[0].logs(),
+            c.hosts[1].logs()
+        );
+    }
+}
