@@ -133,7 +133,7 @@ fn udp_send(addr: &str, count: u32, size: usize) -> Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
     for seq in 0..count {
         s.send_to(&datagram(seq, size), addr)?;
-        if seq % 64 == 63 {
+        if seq % 16 == 15 {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
