@@ -10,7 +10,6 @@
 //!   B's lease deleted by hand); the longest run of lost replies × 10 ms is the interruption.
 //!   Printed for the README's fault table; leases and routes are checked after every fault.
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -72,20 +71,7 @@ impl Drop for Proc {
 
 /// Starts a loadgen receiver in host `host`'s container and waits until it listens.
 fn spawn_receiver(c: &Cluster, host: usize, args: &[&str]) -> Proc {
-    let mut child = c.hosts[host]
-        .container()
-        .command(loadgen())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "listening");
-    Proc(Some(child))
+    Proc(Some(c.spawn_listener(host, &loadgen(), args).unwrap()))
 }
 
 fn finish(child: Proc) -> String {

@@ -1,7 +1,6 @@
 //! End to end: real etcd, real `flanneld` and `flannel-dataplane` in network namespaces, containers
 //! behind docker0-like bridges. Needs root (skips with a message otherwise; fails under CI=true).
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -31,22 +30,9 @@ fn loadgen() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_flannel-loadgen"))
 }
 
-/// Starts a loadgen receiver in a container and waits until it listens.
+/// Starts a loadgen receiver in host `host`'s container and waits until it listens.
 fn spawn_receiver(c: &Cluster, host: usize, args: &[&str]) -> std::process::Child {
-    let mut child = c.hosts[host]
-        .container()
-        .command(loadgen())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "listening");
-    child
+    c.spawn_listener(host, &loadgen(), args).unwrap()
 }
 
 fn finish(child: std::process::Child) -> String {

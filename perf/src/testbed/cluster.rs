@@ -235,6 +235,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts `program ARGS` in host `host`'s container with stdout piped, and waits until its first
+    /// line says `listening` (the `flannel-loadgen` receivers do).
+    pub fn spawn_listener(
+        &self,
+        host: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<std::process::Child> {
+        use std::io::BufRead;
+        let mut child = self.hosts[host]
+            .container()
+            .command(program)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().context("piped stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "listening" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{} {args:?} did not start listening: {line:?}",
+                program.display()
+            );
+        }
+        Ok(child)
+    }
+
     /// `ping -c COUNT` from host `from`'s container to host `to`'s container; Ok(stdout) on success.
     pub fn ping(&self, from: usize, to: usize, count: u32) -> Result<String> {
         let dst = self.hosts[to].container_ip().to_string();
