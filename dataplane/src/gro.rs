@@ -8,7 +8,8 @@
 //! Coalescing rules (a subset of the kernel's `tcp_gro_receive`, enough for bulk TCP):
 //! - IPv4 with IHL 5, not a fragment, protocol TCP, at least one payload byte;
 //! - TCP flags only ACK, plus PSH which closes the run after that segment;
-//! - same addresses, ports, TOS, TTL, DF bit, ACK number, data offset and option bytes;
+//! - same addresses, ports, TOS, TTL, DF bit, ACK number, data offset, window and option
+//!   bytes;
 //! - `seq` = previous `seq` + previous payload length;
 //! - every segment but the last carries exactly the first segment's payload size
 //!   (`gso_size`); a shorter one closes the run;
@@ -175,9 +176,11 @@ impl<'o, 'w> Coalescer<'o, 'w> {
             && first[6] == p[6]
             && first[8..10] == p[8..10]
             && first[12..20] == p[12..20]
-            // Ports; ACK number; data offset; options.
+            // Ports; ACK number; data offset; window (the kernel flushes on a new window too);
+            // options.
             && first[20..24] == p[20..24]
             && first[28..33] == p[28..33]
+            && first[34..36] == p[34..36]
             && first[40..r.hdr_len] == p[40..r.hdr_len]
     }
 
@@ -218,6 +221,23 @@ impl<'o, 'w> Coalescer<'o, 'w> {
     pub fn finish(mut self) -> usize {
         self.close_run();
         self.used
+    }
+
+    /// Closes the last run and gives the buffers back: the writes, and the buffer they point
+    /// into (to write out, then to start the next [`Coalescer`] with).
+    pub fn into_parts(mut self) -> (&'o mut [u8], &'w mut Vec<Write>) {
+        self.close_run();
+        (self.out, self.writes)
+    }
+
+    /// Bytes of `out` still free.
+    pub fn room(&self) -> usize {
+        self.out.len() - self.used
+    }
+
+    /// Whether nothing was pushed since [`Coalescer::new`].
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
     }
 
     /// The writes so far.
@@ -341,7 +361,7 @@ mod tests {
         let ack = tcp(1000, TCP_ACK, &[]);
         assert_eq!(run(&[a.clone(), ack]).1.len(), 2);
 
-        // Different flow (port), different ACK number, different options, UDP.
+        // Different flow (port), ACK number, window, options; UDP.
         let mut other = tcp(1000, TCP_ACK, &pattern(1000));
         other[21] ^= 1;
         fix(&mut other);
@@ -350,6 +370,10 @@ mod tests {
         ackn[31] ^= 1;
         fix(&mut ackn);
         assert_eq!(run(&[a.clone(), ackn]).1.len(), 2);
+        let mut win = tcp(1000, TCP_ACK, &pattern(1000));
+        win[35] ^= 1;
+        fix(&mut win);
+        assert_eq!(run(&[a.clone(), win]).1.len(), 2);
         let mut opt = tcp(1000, TCP_ACK, &pattern(1000));
         opt[47] ^= 1;
         fix(&mut opt);

@@ -223,8 +223,8 @@ fn set_tun_address(ifindex: u32, new: Option<Ipv4Net>, old: Option<Ipv4Net>) -> 
 
 /// Opens the first TUN queue with IFF_VNET_HDR and enables the offloads this kernel has.
 /// On error the queue is closed again (the non-persistent device disappears with it).
-fn open_offload_queue(name: &str, nonblocking: bool) -> Result<(OwnedFd, &'static str)> {
-    let q = sys::tun::open_queue(name, nonblocking, true).context("IFF_VNET_HDR refused")?;
+fn open_offload_queue(name: &str) -> Result<(OwnedFd, &'static str)> {
+    let q = sys::tun::open_queue(name, true).context("IFF_VNET_HDR refused")?;
     let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     match sys::tun::set_offload(&q, base | TUN_F_USO4 | TUN_F_USO6) {
         Ok(()) => Ok((q, "CSUM|TSO4|TSO6|USO4|USO6")),
@@ -324,6 +324,8 @@ fn run(args: Args) -> Result<()> {
             }
         }
     };
+    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
+    // always non-blocking: both paths read and write them directly, by readiness.
     let nonblocking = io_path == IoPath::Fallback;
 
     // The TUN device: one queue per worker; the first one probes the offloads.
@@ -331,7 +333,7 @@ fn run(args: Args) -> Result<()> {
     let vnet_hdr = if args.no_offload {
         false
     } else {
-        match open_offload_queue(&args.tun_name, nonblocking) {
+        match open_offload_queue(&args.tun_name) {
             Ok((q, what)) => {
                 tracing::info!("TUN offloads: IFF_VNET_HDR with {what}");
                 queues.push(q);
@@ -344,7 +346,7 @@ fn run(args: Args) -> Result<()> {
         }
     };
     for i in queues.len()..nworkers {
-        queues.push(sys::tun::open_queue(&args.tun_name, nonblocking, vnet_hdr).with_context(|| {
+        queues.push(sys::tun::open_queue(&args.tun_name, vnet_hdr).with_context(|| {
             format!(
                 "opening TUN queue {i} of {} (IFF_MULTI_QUEUE; an existing single-queue device of that name must be removed first)",
                 args.tun_name

@@ -203,6 +203,12 @@ pub fn recv_buffer_size(fd: &OwnedFd) -> usize {
     }
 }
 
+/// A connected AF_UNIX datagram socket pair (for the io_uring receive probe; no network).
+pub fn unix_dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = Socket::pair(Domain::UNIX, Type::DGRAM, None)?;
+    Ok((a.into(), b.into()))
+}
+
 /// A `sockaddr_in` for `addr`.
 pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {

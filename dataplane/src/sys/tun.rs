@@ -19,14 +19,13 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::cvt;
 
-/// Opens one queue of TUN device `name`. `nonblocking` sets O_NONBLOCK (the fallback path wants
-/// it; the io_uring path must not have it, or io_uring returns -EAGAIN instead of polling).
-pub fn open_queue(name: &str, nonblocking: bool, vnet_hdr: bool) -> io::Result<OwnedFd> {
+/// Opens one queue of TUN device `name`, non-blocking (O_NONBLOCK). Both worker paths read and
+/// write TUN queues with plain syscalls when poll says they are ready: the TUN driver does not
+/// set FMODE_NOWAIT, so io_uring would hand every TUN read or write to an io-wq thread (a
+/// blocked kernel thread per posted read, and a cross-thread hop per packet).
+pub fn open_queue(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let mut ifr = ifreq_for(name)?;
-    let mut flags = libc::O_RDWR | libc::O_CLOEXEC;
-    if nonblocking {
-        flags |= libc::O_NONBLOCK;
-    }
+    let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK;
     // SAFETY: the path is a NUL-terminated C string literal; open has no other preconditions.
     let fd = cvt(unsafe { libc::open(c"/dev/net/tun".as_ptr(), flags) })?;
     // SAFETY: `fd` was just returned by open and is owned by nobody else.

@@ -6,7 +6,8 @@
 //! - TUN → UDP: up to [`BATCH`] read(2)s, decisions (and with offloads: splits), one
 //!   sendmmsg(2) for all sends (a super-packet's chunks carry their own UDP_SEGMENT cmsg).
 //! - UDP → TUN: one recvmmsg(2) of up to [`BATCH`] receives (with UDP_GRO each may hold many
-//!   datagrams), checks, coalescing, one write(2) per TUN write (TUN has no batched write).
+//!   datagrams), checks, coalescing across the batch, one write(2) per TUN write (TUN has no
+//!   batched write).
 //!
 //! Same decisions and counters as the io_uring path (both call `forward`).
 
@@ -18,11 +19,11 @@ use std::time::Instant;
 use flannel_shared::stats::Counter;
 
 use super::{
-    handle_tun_read, handle_udp_recv, icmp_limiter, now_ns, pin, send_chunks, Local, Offload,
-    TunVerdict, WorkerSetup, WriteSource, BUF_SIZE, OFFLOAD_COALESCE_BUF, OFFLOAD_SPLIT_BUF,
-    OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
+    coalesce_room, coalesce_udp_recv, flush_coalesced, handle_tun_read, icmp_limiter, now_ns, pin,
+    plain_udp_recv, send_chunks, write_tun, Local, Offload, TunVerdict, WorkerSetup, BUF_SIZE,
+    OFFLOAD_COALESCE_BUF, OFFLOAD_SPLIT_BUF, OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
 };
-use crate::gro;
+use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
 use crate::packet::ICMP_UNREACH_MAX;
 use crate::sys;
@@ -160,6 +161,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut split_bufs = vec![vec![0u8; split_buf]; BATCH];
     let mut rx_bufs = vec![vec![0u8; udp_buf]; BATCH];
     let mut coalesce = vec![0u8; co_buf];
+    let mut co_writes: Vec<gro::Write> = Vec::with_capacity(256);
+    let mut co = Coalescer::new(&mut coalesce, &mut co_writes);
     let mut writes: Vec<gro::Write> = Vec::with_capacity(128);
     let unspec = sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
     let mut tx_addr = vec![unspec; MAX_MSGS];
@@ -311,30 +314,27 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                     None
                 };
                 let sender = sockaddr_ip(&rx_addr[i]);
-                let source = handle_udp_recv(
-                    &mut rx_bufs[i],
-                    n,
-                    gro_size,
-                    sender,
-                    &routes.ctx,
-                    vnet,
-                    &mut coalesce,
-                    &mut writes,
-                    &mut local,
-                );
-                let buf: &[u8] = match source {
-                    WriteSource::Recv => &rx_bufs[i],
-                    WriteSource::Coalesced => &coalesce,
-                };
-                for w in &writes {
-                    match sys::io::write(&tun, &buf[w.offset..w.offset + w.len]) {
-                        Ok(k) => {
-                            local.add(Counter::TunTxPackets, 1);
-                            local.add(Counter::TunTxBytes, k as u64);
-                        }
-                        Err(_) => local.add(Counter::TunTxErrors, 1),
+                let ctx = &routes.ctx;
+                let buf = &mut rx_bufs[i];
+                if vnet {
+                    if co.room() < coalesce_room(n, gro_size) {
+                        co = flush_coalesced(&tun, co, &mut local);
+                    }
+                    coalesce_udp_recv(buf, n, gro_size, sender, ctx, &mut co, &mut local);
+                } else {
+                    plain_udp_recv(buf, n, gro_size, sender, ctx, &mut writes, &mut local);
+                    for w in &writes {
+                        write_tun(
+                            &tun,
+                            &buf[w.offset..w.offset + w.len],
+                            Counter::TunTxPackets,
+                            &mut local,
+                        );
                     }
                 }
+            }
+            if !co.is_empty() {
+                co = flush_coalesced(&tun, co, &mut local);
             }
         }
         local.add(Counter::Batches, 1);

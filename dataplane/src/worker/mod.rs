@@ -7,8 +7,9 @@
 //!
 //! This module holds what both paths share: the per-batch route refresh ([`Routes`]), the
 //! locally accumulated counters ([`Local`]), the worker's resources ([`WorkerSetup`]), the
-//! offload choices ([`Offload`]) and the per-I/O packet handling both loops call
-//! ([`handle_tun_read`], [`send_chunks`], [`handle_udp_recv`]; no syscalls in them).
+//! offload choices ([`Offload`]), the per-I/O packet handling both loops call
+//! ([`handle_tun_read`], [`send_chunks`], [`plain_udp_recv`], [`coalesce_udp_recv`]; no
+//! syscalls in them) and the TUN writes both make ([`write_tun`], [`flush_coalesced`]).
 //!
 //! # Counters with offloads
 //!
@@ -16,6 +17,7 @@
 //! receive of 40 datagrams is 40 packets); `tun_*` count TUN device reads and writes (a 64 KiB
 //! super-packet is one packet). So `udp_tx_packets / tun_rx_packets` is the average split.
 
+pub mod buf_ring;
 pub mod fallback;
 pub mod uring;
 
@@ -46,8 +48,9 @@ pub const OFFLOAD_TUN_BUF: usize = VNET_HDR_LEN + 65535 + 1;
 pub const OFFLOAD_SPLIT_BUF: usize = 80 * 1024;
 /// UDP receive buffer with GRO: up to 64 KiB of datagrams.
 pub const OFFLOAD_UDP_BUF: usize = 65536;
-/// Coalesced TUN writes: the received bytes plus one vnet header per datagram.
-pub const OFFLOAD_COALESCE_BUF: usize = OFFLOAD_UDP_BUF + 128 * VNET_HDR_LEN;
+/// Coalesced TUN writes of one batch of receives: their bytes plus one vnet header per datagram
+/// (room for at least four full GRO receives; flushed early when full).
+pub const OFFLOAD_COALESCE_BUF: usize = 4 * (OFFLOAD_UDP_BUF + 64 * VNET_HDR_LEN);
 /// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
 pub const GSO_MAX_SEGMENTS: usize = 64;
 
@@ -329,62 +332,127 @@ pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
     })
 }
 
-/// Where the TUN writes of one UDP receive are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteSource {
-    /// In the receive buffer, as `writes` ranges (no vnet header: offloads off).
-    Recv,
-    /// In the coalescing buffer (each write starts with a vnet header).
-    Coalesced,
+/// write(2) of one packet into the TUN queue, counted as `ok` (with its bytes when `ok` is
+/// `tun_tx_packets`) or as a TUN error. Both paths write TUN queues directly (see
+/// `sys::tun::open_queue`).
+pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut Local) {
+    match crate::sys::io::write(tun, pkt) {
+        Ok(n) => {
+            local.add(ok, 1);
+            if ok == Counter::TunTxPackets {
+                local.add(Counter::TunTxBytes, n as u64);
+            }
+        }
+        Err(_) => local.add(Counter::TunTxErrors, 1),
+    }
 }
 
-/// Handles one UDP receive of `n` bytes from `sender`: datagrams of `gro_size` bytes each
-/// (the last may be shorter; `None`: one datagram). Checks each, then (with `vnet`) coalesces
-/// them into `coalesce_out`. Fills `writes` with the TUN writes to make.
+/// Writes what `co` coalesced to the TUN queue; returns an empty coalescer on the same
+/// buffers.
+pub fn flush_coalesced<'o, 'w>(
+    tun: &OwnedFd,
+    co: Coalescer<'o, 'w>,
+    local: &mut Local,
+) -> Coalescer<'o, 'w> {
+    let (out, writes) = co.into_parts();
+    for w in writes.iter() {
+        write_tun(
+            tun,
+            &out[w.offset..w.offset + w.len],
+            Counter::TunTxPackets,
+            local,
+        );
+    }
+    Coalescer::new(out, writes)
+}
+
+/// Splits one UDP receive of `n` bytes into its datagrams: `gro_size` bytes each (the last
+/// may be shorter; `None`: one datagram). Counts every datagram, a zero-length one included
+/// (dropped as too short), and hands the others to `each` with their offset.
+fn for_each_datagram(
+    buf: &mut [u8],
+    n: usize,
+    gro_size: Option<usize>,
+    local: &mut Local,
+    mut each: impl FnMut(usize, &mut [u8], &mut Local),
+) {
+    local.add(Counter::UdpRxBytes, n as u64);
+    if n == 0 {
+        local.add(Counter::UdpRxPackets, 1);
+        local.add(DropReason::TooShort.counter(), 1);
+        return;
+    }
+    let seg = gro_size.unwrap_or(n).max(1);
+    for (i, d) in buf[..n].chunks_mut(seg).enumerate() {
+        local.add(Counter::UdpRxPackets, 1);
+        each(i * seg, d, local);
+    }
+}
+
+/// Handles one UDP receive without offloads: checks each datagram from `sender` and fills
+/// `writes` with the ranges of `buf` to write to the TUN device as they are.
 #[allow(clippy::too_many_arguments)]
-pub fn handle_udp_recv(
+pub fn plain_udp_recv(
     buf: &mut [u8],
     n: usize,
     gro_size: Option<usize>,
     sender: Ipv4Addr,
     ctx: &Context,
-    vnet: bool,
-    coalesce_out: &mut [u8],
     writes: &mut Vec<gro::Write>,
     local: &mut Local,
-) -> WriteSource {
-    local.add(Counter::UdpRxBytes, n as u64);
-    let seg = gro_size.unwrap_or(n).max(1);
-    let data = &mut buf[..n];
-    if !vnet {
-        writes.clear();
-        for (i, d) in data.chunks_mut(seg).enumerate() {
-            local.add(Counter::UdpRxPackets, 1);
-            match forward::udp_to_tun(d, sender, ctx) {
-                Ok(()) => writes.push(gro::Write {
-                    offset: i * seg,
-                    len: d.len(),
-                    segments: 1,
-                }),
-                Err(r) => local.add(r.counter(), 1),
-            }
-        }
-        return WriteSource::Recv;
-    }
-    let mut c = Coalescer::new(coalesce_out, writes);
-    for d in data.chunks_mut(seg) {
-        local.add(Counter::UdpRxPackets, 1);
-        match forward::udp_to_tun(d, sender, ctx) {
+) {
+    writes.clear();
+    for_each_datagram(
+        buf,
+        n,
+        gro_size,
+        local,
+        |at, d, local| match forward::udp_to_tun(d, sender, ctx) {
+            Ok(()) => writes.push(gro::Write {
+                offset: at,
+                len: d.len(),
+                segments: 1,
+            }),
+            Err(r) => local.add(r.counter(), 1),
+        },
+    );
+}
+
+/// Room a receive of `n` bytes may need in a coalescer: its bytes plus a vnet header for
+/// every datagram of at least `gro_size` bytes (as if nothing merged).
+pub fn coalesce_room(n: usize, gro_size: Option<usize>) -> usize {
+    let datagrams = n.div_ceil(gro_size.unwrap_or(n).max(1)).max(1);
+    n + datagrams * VNET_HDR_LEN
+}
+
+/// Handles one UDP receive with offloads: checks each datagram from `sender` and pushes it
+/// into `co`, which may already hold earlier receives of this batch (so the two GRO receives
+/// of one 64 KiB super-packet can become one TUN write again). The caller makes sure `co` has
+/// [`coalesce_room`] left; a datagram that still does not fit is counted as a TUN error.
+#[allow(clippy::too_many_arguments)]
+pub fn coalesce_udp_recv(
+    buf: &mut [u8],
+    n: usize,
+    gro_size: Option<usize>,
+    sender: Ipv4Addr,
+    ctx: &Context,
+    co: &mut Coalescer<'_, '_>,
+    local: &mut Local,
+) {
+    for_each_datagram(
+        buf,
+        n,
+        gro_size,
+        local,
+        |_, d, local| match forward::udp_to_tun(d, sender, ctx) {
             Ok(()) => {
-                if c.push(d).is_err() {
+                if co.push(d).is_err() {
                     local.add(Counter::TunTxErrors, 1);
                 }
             }
             Err(r) => local.add(r.counter(), 1),
-        }
-    }
-    c.finish();
-    WriteSource::Coalesced
+        },
+    );
 }
 
 #[cfg(test)]
