@@ -159,16 +159,55 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
 }
 
 /// Adds `data` to a running one's complement sum (big-endian 16-bit words; an odd final byte
-/// is padded with zero). Sums 32-bit words into a 64-bit accumulator: equivalent modulo
-/// 0xffff, several times faster than 16-bit steps. Finish with [`fold_checksum`]. Only the
-/// last chunk of a sum may have odd length.
-pub fn checksum_add(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        acc += (w >> 32) + (w & 0xffff_ffff);
+/// is padded with zero). Finish with [`fold_checksum`]. Only the last chunk of a sum may have
+/// odd length.
+///
+/// Inputs under 64 bytes (headers) are summed as big-endian 32-bit words. Longer ones: the one's
+/// complement sum does not depend on byte order (RFC 1071 §2(B)), so `data` is summed
+/// as native-endian 32-bit halves of 64-bit words in four independent accumulators (no byte
+/// swaps, no carries lost: each accumulator gains < 2^33 per 8 bytes), folded to 16 bits and
+/// swapped to network order once at the end.
+pub fn checksum_add(data: &[u8], acc: u64) -> u64 {
+    if data.len() < 64 {
+        return checksum_add_short(data, acc);
     }
-    let mut rest = chunks.remainder().chunks_exact(2);
+    #[inline(always)]
+    fn word(c: &[u8]) -> u64 {
+        let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        (w >> 32) + (w & 0xffff_ffff)
+    }
+    let mut a = [0u64; 4];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        a[0] += word(&b[0..8]);
+        a[1] += word(&b[8..16]);
+        a[2] += word(&b[16..24]);
+        a[3] += word(&b[24..32]);
+    }
+    let mut sum = a[0] + a[1] + a[2] + a[3];
+    let mut words = blocks.remainder().chunks_exact(8);
+    for w in &mut words {
+        sum += word(w);
+    }
+    let mut rest = words.remainder().chunks_exact(2);
+    for c in &mut rest {
+        sum += u64::from(u16::from_ne_bytes([c[0], c[1]]));
+    }
+    if let [last] = rest.remainder() {
+        // The pad byte follows it in memory, as in a big-endian word.
+        sum += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    acc + u64::from(u16::from_be(fold_checksum(sum)))
+}
+
+/// [`checksum_add`] for headers: big-endian words straight into the accumulator (no final
+/// fold and swap, which cost more than they save on a few words).
+fn checksum_add_short(data: &[u8], mut acc: u64) -> u64 {
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let mut rest = words.remainder().chunks_exact(2);
     for c in &mut rest {
         acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
@@ -305,6 +344,47 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(internet_checksum(&hdr), 0xb861);
+    }
+
+    /// RFC 1071 word by word, big-endian: the reference for [`checksum_add`].
+    fn reference_sum(data: &[u8]) -> u16 {
+        let mut acc: u32 = 0;
+        for c in data.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    #[test]
+    fn checksum_add_matches_the_reference_for_every_length_and_offset() {
+        // Pseudo-random bytes, plus runs of 0xff (carries) and zeros.
+        let mut x: u32 = 0x1234_5678;
+        let mut data: Vec<u8> = (0..300)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        data.extend([0xff; 100]);
+        data.extend([0; 40]);
+        for start in 0..9 {
+            for end in start..data.len() {
+                let d = &data[start..end];
+                assert_eq!(
+                    fold_checksum(checksum_add(d, 0)),
+                    reference_sum(d),
+                    "bytes {start}..{end}"
+                );
+            }
+        }
+        // Chunks add up (even-length chunks first), with a seed.
+        let seed = pseudo_header_sum([10, 1, 2, 3], [10, 1, 4, 5], 6, 440);
+        let whole = fold_checksum(checksum_add(&data, seed));
+        let parts = checksum_add(&data[200..], checksum_add(&data[..200], seed));
+        assert_eq!(fold_checksum(parts), whole);
+        assert_eq!(fold_checksum(checksum_add(&[0; 64], 0)), 0);
+        assert_eq!(fold_checksum(checksum_add(&[0xff; 64], 0)), 0xffff);
     }
 
     #[test]
