@@ -47,12 +47,14 @@
 //! drained into a backlog (handled next round) before submitting again, so a full CQ can
 //! never stall a submit.
 //!
-//! Not yet: registered buffers/files, and coalescing across consecutive GRO receives. The last one matters most: a 64 KiB TSO packet
-//! is ~46 segments of 1472 bytes, more than one UDP_SEGMENT send may carry (65507 bytes), so
-//! it leaves as two sends (44 + 2), arrives as two GRO receives and is written to the peer's
-//! TUN device as two packets (tun_tx_packets ≈ 2 × the sender's tun_rx_packets). Capping
-//! flannel0's gso_max_size does not help: the TCP sender sits behind the container's veth and
-//! the bridge, so oversize GSO packets are then segmented in software before reaching us.
+//! The TUN queue and both sockets are registered files (5.1). Registered buffers are not used:
+//! only READ_FIXED/WRITE_FIXED and SEND_ZC take them, TUN I/O does not go through the ring, and
+//! zero-copy sends to a peer on this machine (veth) are copied on delivery anyway.
+//!
+//! A 64 KiB TSO packet is ~46 segments of 1472 bytes, more than one UDP_SEGMENT send may carry
+//! (65507 bytes), so it leaves as two sends (44 + 2) and arrives as two GRO receives. The
+//! receives of one loop round share one [`Coalescer`], so when both halves arrive in the same
+//! round they become one TUN write again.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -92,6 +94,12 @@ pub const TUN_BURST: usize = 32;
 /// GSO is off); more are counted as `udp_tx_errors`.
 const MAX_SENDS: usize = 96;
 const RING_ENTRIES: u32 = 1024;
+
+/// Registered files (IORING_REGISTER_FILES, 5.1): the ring's operations name the TUN queue and
+/// the sockets by index, which saves a file-table lookup and reference per operation.
+const FIXED_TUN: types::Fixed = types::Fixed(0);
+const FIXED_RECV: types::Fixed = types::Fixed(1);
+const FIXED_SEND: types::Fixed = types::Fixed(2);
 
 const K_TUN_POLL: u64 = 1;
 const K_UDP_SEND: u64 = 2;
@@ -298,9 +306,6 @@ type Cqe = (u64, i32, u32);
 
 struct Uring {
     ring: IoUring,
-    tun: RawFd,
-    recv: RawFd,
-    send: RawFd,
     gro: bool,
     tun_slots: &'static mut [TunSlot],
     /// TUN slots not waiting for sends.
@@ -336,7 +341,7 @@ impl Uring {
     }
 
     fn arm_tun_poll(&mut self) {
-        let e = opcode::PollAdd::new(types::Fd(self.tun), libc::POLLIN as u32)
+        let e = opcode::PollAdd::new(FIXED_TUN, libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(ud(K_TUN_POLL, 0, 0));
@@ -345,7 +350,7 @@ impl Uring {
 
     /// Arms the multishot receive (again, after the kernel ended it).
     fn arm_udp_recv(&mut self) {
-        let e = opcode::RecvMsgMulti::new(types::Fd(self.recv), &*self.recv_msg, RECV_BGID)
+        let e = opcode::RecvMsgMulti::new(FIXED_RECV, &*self.recv_msg, RECV_BGID)
             .build()
             .user_data(ud(K_UDP_RECV, 0, 0));
         self.push(e);
@@ -397,7 +402,7 @@ impl Uring {
             m.msg.msg_control = std::ptr::null_mut();
             m.msg.msg_controllen = 0;
         }
-        let e = opcode::SendMsg::new(types::Fd(self.send), &m.msg)
+        let e = opcode::SendMsg::new(FIXED_SEND, &m.msg)
             .build()
             .user_data(ud(K_UDP_SEND, i, k));
         self.push(e);
@@ -488,6 +493,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
             0,
         )
     }?;
+    let fixed: [RawFd; 3] = [tun.as_raw_fd(), recv.as_raw_fd(), send.as_raw_fd()];
+    ring.submitter().register_files(&fixed)?;
     let mut recv_msg = Box::new(zeroed_msghdr());
     recv_msg.msg_namelen = NAME_AREA as libc::socklen_t;
     recv_msg.msg_controllen = control_area as _;
@@ -497,9 +504,6 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut co = Coalescer::new(coalesce, recv_writes);
     let mut u = Uring {
         ring,
-        tun: tun.as_raw_fd(),
-        recv: recv.as_raw_fd(),
-        send: send.as_raw_fd(),
         gro: off.gro,
         tun_slots: leak_tun_slots(tun_n, tun_buf, split_buf),
         tun_free: (0..tun_n).rev().collect(),
