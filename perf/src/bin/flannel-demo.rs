@@ -38,12 +38,25 @@ impl Steps {
     }
 }
 
+/// The flannel-rs demo: a local etcd and two simulated hosts (network namespaces) running the
+/// real flanneld and flannel-dataplane, one container each; ping and iperf3 across. Needs root.
+#[derive(clap::Parser, Debug)]
+#[command(name = "flannel-demo", version)]
+struct Args {
+    /// Keep the cluster up after the summary, until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// Directory holding flanneld, flannel-dataplane and flannelctl (default: next to this
+    /// binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
 fn main() -> std::process::ExitCode {
-    let keep = std::env::args().any(|a| a == "--keep");
-    let bin_dir = std::env::args()
-        .skip_while(|a| a != "--bin-dir")
-        .nth(1)
-        .map(PathBuf::from)
+    let args = <Args as clap::Parser>::parse();
+    let keep = args.keep;
+    let bin_dir = args
+        .bin_dir
         .or_else(|| {
             std::env::current_exe()
                 .ok()?

@@ -2,56 +2,65 @@
 //! it. Writes `perf/results/scale-<timestamp>.{json,md,svg}` (or `--out DIR`).
 //!
 //! Usage: `flannel-scale [--quick] [--hosts N] [--clients K] [--churn M] [--out DIR] [--bin-dir DIR]`
+//! (`--help` explains each).
 
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::Parser;
 use flannel_perf::scale::{self, stats, ScaleOpts};
 
+/// Cluster-size simulation: N simulated hosts lease subnets from one real etcd through
+/// flanneld's lease code, one flanneld builds its shared-memory table, then hosts churn.
+#[derive(Parser, Debug)]
+#[command(name = "flannel-scale", version)]
+struct Args {
+    /// Short run: 500 hosts and 100 churn events (unless given below).
+    #[arg(long)]
+    quick: bool,
+    /// Simulated hosts (default 5000, or 500 with --quick).
+    #[arg(long)]
+    hosts: Option<usize>,
+    /// Concurrent etcd clients the hosts share.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Churn events (a host leaves or joins) for the change → table latency (default 1000,
+    /// or 100 with --quick).
+    #[arg(long)]
+    churn: Option<usize>,
+    /// Output directory.
+    #[arg(long, default_value = "perf/results")]
+    out: PathBuf,
+    /// Directory holding flanneld (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let num = |name: &str, default: usize| -> Result<usize> {
-        value(name).map_or(Ok(default), |v| {
-            v.parse().with_context(|| format!("{name} {v}"))
-        })
-    };
-    for a in &args {
-        if a.starts_with("--")
-            && ![
-                "--quick",
-                "--hosts",
-                "--clients",
-                "--churn",
-                "--out",
-                "--bin-dir",
-            ]
-            .contains(&a.as_str())
-        {
-            bail!("unknown flag {a}; usage: flannel-scale [--quick] [--hosts N] [--clients K] [--churn M] [--out DIR] [--bin-dir DIR]");
-        }
-    }
-    let bin_dir = value("--bin-dir").map(PathBuf::from).unwrap_or_else(|| {
+    let args = Args::parse();
+    let quick = args.quick;
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()))
             .unwrap_or_default()
     });
     let opts = ScaleOpts {
-        hosts: num("--hosts", if quick { 500 } else { 5000 })?,
-        clients: num("--clients", 32)?,
-        churn: num("--churn", if quick { 100 } else { 1000 })?,
+        hosts: args.hosts.unwrap_or(if quick { 500 } else { 5000 }),
+        clients: args.clients,
+        churn: args.churn.unwrap_or(if quick { 100 } else { 1000 }),
         bin_dir,
     };
-    let out = PathBuf::from(value("--out").unwrap_or_else(|| "perf/results".into()));
+    // The command as the user typed it (scripts/scale passes its own line).
+    let command = std::env::var("FLANNEL_SCALE_COMMAND").unwrap_or_else(|_| {
+        std::iter::once("flannel-scale".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let out = args.out;
     let report = scale::run(&opts, &mut |line| eprintln!("{line}"))?;
     std::fs::create_dir_all(&out)?;
     let stamp = timestamp();
@@ -61,8 +70,7 @@ fn main() -> Result<()> {
         serde_json::to_string_pretty(&report.to_json())?,
     )?;
     let md = format!(
-        "# flannel-rs scale run {stamp}\n\nCommand: `scripts/scale{}`\n\n{}",
-        if quick { " --quick" } else { "" },
+        "# flannel-rs scale run {stamp}\n\nCommand: `{command}`\n\n{}",
         report.to_markdown()
     );
     std::fs::write(base.with_extension("md"), &md)?;
