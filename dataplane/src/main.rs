@@ -58,7 +58,7 @@ use flannel_dataplane::{sys, worker};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -75,6 +75,8 @@ use std::os::fd::OwnedFd;
 const DEFAULT_PORT: u16 = 8285;
 /// MTU when the table carries none (1500 - 28).
 const DEFAULT_MTU: u32 = 1472;
+/// How long a starting data plane waits for a leftover TUN device of its name to disappear.
+const STALE_TUN_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Parser, Debug)]
 #[command(name = "flannel-dataplane", version, about)]
@@ -221,6 +223,30 @@ fn set_tun_address(ifindex: u32, new: Option<Ipv4Net>, old: Option<Ipv4Net>) -> 
     Ok(())
 }
 
+/// Waits up to [`STALE_TUN_WAIT`] for an existing device `name` to disappear; if it stays (a
+/// persistent device someone created, or one in use), the queues attach to it, as flannel does.
+fn wait_for_stale_tun(name: &str) {
+    if !sys::tun::device_exists(name) {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < STALE_TUN_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+        if !sys::tun::device_exists(name) {
+            tracing::info!(
+                tun = name,
+                waited_ms = start.elapsed().as_millis() as u64,
+                "the previous TUN device went away"
+            );
+            return;
+        }
+    }
+    tracing::warn!(
+        tun = name,
+        "a device of this name already exists and stayed for {STALE_TUN_WAIT:?}: attaching to it (it must be a multi-queue TUN device; another running flannel-dataplane would share it)"
+    );
+}
+
 /// Opens the first TUN queue with IFF_VNET_HDR and enables the offloads this kernel has.
 /// On error the queue is closed again (the non-persistent device disappears with it).
 fn open_offload_queue(name: &str) -> Result<(OwnedFd, &'static str)> {
@@ -327,6 +353,11 @@ fn run(args: Args) -> Result<()> {
     // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
     // always non-blocking: both paths read and write them directly, by readiness.
     let nonblocking = io_path == IoPath::Fallback;
+
+    // A device of that name left by a data plane that just exited may still be going away
+    // (its queues close when the kernel finishes tearing down that process's io_uring rings, or
+    // after a crash). Attaching to it would inherit its state; give it a moment to disappear.
+    wait_for_stale_tun(&args.tun_name);
 
     // The TUN device: one queue per worker; the first one probes the offloads.
     let mut queues = Vec::with_capacity(nworkers);

@@ -263,6 +263,27 @@ fn forwarding_survives_flanneld_death_and_dataplane_restart_keeps_the_lease() {
         lease_before,
         "same etcd lease"
     );
+    // Stopped and restarted at once with the other offload setting, and back: each process
+    // gets a fresh flannel0 (attaching to the previous one, still closing, kept its vnet-header
+    // mode and every packet read was malformed).
+    for args in [vec!["--no-offload".to_string()], vec![]] {
+        let h = &mut c.hosts[0];
+        assert!(h
+            .dataplane
+            .as_mut()
+            .unwrap()
+            .stop(SEC * 5)
+            .unwrap()
+            .success());
+        c.opts.dataplane_args = args.clone();
+        c.start_dataplane(0).unwrap();
+        if let Err(e) = c.ping(0, 1, 3) {
+            panic!(
+                "dataplane restarted with {args:?}: {e}\n{}",
+                c.hosts[0].logs()
+            );
+        }
+    }
     // SIGTERM: both exit 0.
     let h = &mut c.hosts[0];
     assert!(h

@@ -19,6 +19,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::cvt;
 
+/// Whether a network device called `name` exists in this network namespace (if_nametoindex).
+pub fn device_exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 /// Opens one queue of TUN device `name`, non-blocking (O_NONBLOCK). Both worker paths read and
 /// write TUN queues with plain syscalls when poll says they are ready: the TUN driver does not
 /// set FMODE_NOWAIT, so io_uring would hand every TUN read or write to an io-wq thread (a

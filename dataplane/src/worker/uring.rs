@@ -59,7 +59,7 @@
 use std::io;
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -105,6 +105,9 @@ const K_TUN_POLL: u64 = 1;
 const K_UDP_SEND: u64 = 2;
 const K_UDP_RECV: u64 = 3;
 const K_WAKE: u64 = 6;
+const K_CANCEL: u64 = 7;
+/// How long a stopping worker waits for the kernel to finish its cancelled operations.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
     (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
@@ -430,6 +433,48 @@ fn sockaddr_bytes_ip(name: &[u8]) -> std::net::Ipv4Addr {
     }
 }
 
+/// Cancels every operation still in flight, waits (at most [`SHUTDOWN_WAIT`]) until the kernel
+/// has completed them, and unregisters the files. Without this the ring's teardown, which the
+/// kernel runs asynchronously after the ring fd is closed, would keep the TUN queue open for a
+/// while after the process exits: a data plane restarted at once would then attach its queues
+/// to the old, dying `flannel0` (with the old vnet-header setting) instead of a fresh device.
+fn shutdown(u: &mut Uring) {
+    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
+        .build()
+        .user_data(ud(K_CANCEL, 0, 0));
+    u.push(cancel);
+    let deadline = Instant::now() + SHUTDOWN_WAIT;
+    let mut cancelled = false;
+    let mut sends = u.tun_slots.iter().map(|s| s.pending).sum::<usize>();
+    let (mut tun_poll, mut recv) = (true, true);
+    while Instant::now() < deadline && (!cancelled || sends > 0 || tun_poll || recv) {
+        let ts = types::Timespec::new().nsec(10_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match u.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
+            Err(_) => break,
+        }
+        let done: Vec<Cqe> = u
+            .backlog
+            .drain(..)
+            .chain(u.ring.completion().map(cqe_tuple))
+            .collect();
+        for (data, _, flags) in done {
+            match data >> 56 {
+                K_CANCEL => cancelled = true,
+                K_UDP_SEND => sends = sends.saturating_sub(1),
+                K_TUN_POLL if !cqueue::more(flags) => tun_poll = false,
+                K_UDP_RECV if !cqueue::more(flags) => recv = false,
+                _ => {}
+            }
+        }
+    }
+    if let Err(e) = u.ring.submitter().unregister_files() {
+        tracing::debug!("io_uring: unregistering files at shutdown: {e}");
+    }
+}
+
 /// Runs the worker until its wake fd fires. If this thread cannot build a ring, the worker
 /// runs the fallback loop instead (logged).
 pub fn run(setup: WorkerSetup) -> io::Result<()> {
@@ -735,6 +780,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         local.flush(&stats);
     }
     tracing::debug!(worker = id, "io_uring worker stopping");
+    shutdown(&mut u);
     // The ring goes first, then the fds it used.
     drop(u);
     drop((tun, recv, send));
