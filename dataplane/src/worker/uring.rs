@@ -156,13 +156,7 @@ fn multishot_recvmsg_works() -> io::Result<()> {
         .user_data(1);
     // SAFETY: `msg` outlives the ring (declared before it is dropped below); the buffers are
     // leaked.
-    unsafe { ring.submission().push(&e) }
-        .map_err(|_| io::Error::other("io_uring probe: submission queue full"))?;
-    ring.submit_and_wait(1)?;
-    let c = ring
-        .completion()
-        .next()
-        .ok_or_else(|| io::Error::other("io_uring probe: no receive completion"))?;
+    let c = unsafe { complete_one(&mut ring, &e, "receive") }?;
     let unsupported = || {
         io::Error::new(
             io::ErrorKind::Unsupported,
@@ -193,6 +187,24 @@ fn multishot_recvmsg_works() -> io::Result<()> {
     }
 }
 
+/// Submits `e` on a fresh probe ring and returns its first completion.
+///
+/// # Safety
+/// Whatever `e` points to must stay valid until the ring is dropped.
+unsafe fn complete_one(
+    ring: &mut IoUring,
+    e: &squeue::Entry,
+    what: &str,
+) -> io::Result<cqueue::Entry> {
+    // SAFETY: the caller keeps the entry's memory valid for the ring's lifetime.
+    unsafe { ring.submission().push(e) }
+        .map_err(|_| io::Error::other("io_uring probe: submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    ring.completion()
+        .next()
+        .ok_or_else(|| io::Error::other(format!("io_uring probe: no {what} completion")))
+}
+
 /// Arms a multishot POLL_ADD on a readable eventfd and checks the completion carries
 /// IORING_CQE_F_MORE (older kernels ignore the flag and complete it once, or reject it).
 fn multishot_poll_works() -> io::Result<()> {
@@ -204,13 +216,7 @@ fn multishot_poll_works() -> io::Result<()> {
         .build()
         .user_data(1);
     // SAFETY: a poll entry holds no pointers into our memory.
-    unsafe { ring.submission().push(&e) }
-        .map_err(|_| io::Error::other("io_uring probe: submission queue full"))?;
-    ring.submit_and_wait(1)?;
-    let c = ring
-        .completion()
-        .next()
-        .ok_or_else(|| io::Error::other("io_uring probe: no poll completion"))?;
+    let c = unsafe { complete_one(&mut ring, &e, "poll") }?;
     if c.result() < 0 {
         return Err(io::Error::from_raw_os_error(-c.result()));
     }
