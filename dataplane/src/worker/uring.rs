@@ -18,8 +18,9 @@
 //!   to io_uring is handed to an io-wq kernel thread: one blocked thread per posted read and a
 //!   thread hop per packet (measured: ~0.2 ms more ping RTT, 60 iou-wrk threads per process).
 //!
-//! Buffers are "slots" that cycle through fixed states, so there is never more than one
-//! operation per slot in flight and the ring can never overflow:
+//! Buffers cycle through fixed states, so the operations in flight are bounded by the buffers
+//! (a TUN slot's sends, the receive buffers); should the completion queue still fill, the
+//! kernel keeps the overflow (IORING_FEAT_NODROP) and the next round drains it:
 //!
 //! ```text
 //! TUN slot:    (free) ─► read(2) tun ─► decide/split ─► k × SENDMSG udp ─► (all k done) free
@@ -38,6 +39,11 @@
 //! completion unless the TUN queue may still hold packets; then all available completions are
 //! handled, the TUN queue is read, the route snapshot is refreshed once and counters are
 //! flushed once.
+//!
+//! A stopping worker cancels what is in flight, waits for the kernel to confirm and unregisters
+//! its files before closing the ring, so its TUN queue is closed when the process exits (the
+//! kernel tears rings down asynchronously, which would otherwise keep `flannel0` alive for a
+//! moment and let a restarted data plane attach to the dying device).
 //!
 //! Slot memory is leaked on purpose (allocated once per worker for the process lifetime): the
 //! kernel may still hold pointers into it while the ring is torn down at exit, and a leak is
