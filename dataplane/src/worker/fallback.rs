@@ -20,8 +20,7 @@ use flannel_shared::stats::Counter;
 
 use super::{
     coalesce_room, coalesce_udp_recv, flush_coalesced, handle_tun_read, icmp_limiter, now_ns, pin,
-    plain_udp_recv, send_chunks, write_tun, Local, Offload, TunVerdict, WorkerSetup, BUF_SIZE,
-    OFFLOAD_COALESCE_BUF, OFFLOAD_SPLIT_BUF, OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
+    plain_udp_recv, send_chunks, write_tun, BufSizes, Local, Offload, TunVerdict, WorkerSetup,
 };
 use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
@@ -139,16 +138,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     } = setup;
     let off: &Offload = &offload;
     let vnet = off.vnet_hdr;
-    let (tun_buf, split_buf, udp_buf, co_buf) = if vnet {
-        (
-            OFFLOAD_TUN_BUF,
-            OFFLOAD_SPLIT_BUF,
-            OFFLOAD_UDP_BUF,
-            OFFLOAD_COALESCE_BUF,
-        )
-    } else {
-        (BUF_SIZE, 0, BUF_SIZE, 0)
-    };
+    let sizes = BufSizes::new(vnet);
     let mut routes = super::Routes::new(reader, spoof_check);
     let mut limiter = icmp_limiter();
     let start = Instant::now();
@@ -157,10 +147,10 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut icmp_pkt = [0u8; ICMP_UNREACH_MAX + VNET_HDR_LEN];
     let icmp_off = if vnet { VNET_HDR_LEN } else { 0 };
 
-    let mut tx_bufs = vec![vec![0u8; tun_buf]; BATCH];
-    let mut split_bufs = vec![vec![0u8; split_buf]; BATCH];
-    let mut rx_bufs = vec![vec![0u8; udp_buf]; BATCH];
-    let mut coalesce = vec![0u8; co_buf];
+    let mut tx_bufs = vec![vec![0u8; sizes.tun]; BATCH];
+    let mut split_bufs = vec![vec![0u8; sizes.split]; BATCH];
+    let mut rx_bufs = vec![vec![0u8; sizes.udp]; BATCH];
+    let mut coalesce = vec![0u8; sizes.coalesce];
     let mut co_writes: Vec<gro::Write> = Vec::with_capacity(256);
     let mut co = Coalescer::new(&mut coalesce, &mut co_writes);
     let mut writes: Vec<gro::Write> = Vec::with_capacity(128);

@@ -51,6 +51,36 @@ pub const OFFLOAD_UDP_BUF: usize = 65536;
 /// Coalesced TUN writes of one batch of receives: their bytes plus one vnet header per datagram
 /// (room for at least four full GRO receives; flushed early when full).
 pub const OFFLOAD_COALESCE_BUF: usize = 4 * (OFFLOAD_UDP_BUF + 64 * VNET_HDR_LEN);
+/// Buffer sizes of one worker: TUN read, split output, UDP receive payload, coalescing output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufSizes {
+    pub tun: usize,
+    pub split: usize,
+    pub udp: usize,
+    pub coalesce: usize,
+}
+
+impl BufSizes {
+    /// With offloads (`vnet`): 64 KiB super-packets each way; without: one packet each.
+    pub fn new(vnet: bool) -> Self {
+        if vnet {
+            Self {
+                tun: OFFLOAD_TUN_BUF,
+                split: OFFLOAD_SPLIT_BUF,
+                udp: OFFLOAD_UDP_BUF,
+                coalesce: OFFLOAD_COALESCE_BUF,
+            }
+        } else {
+            Self {
+                tun: BUF_SIZE,
+                split: 0,
+                udp: BUF_SIZE,
+                coalesce: 0,
+            }
+        }
+    }
+}
+
 /// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
 pub const GSO_MAX_SEGMENTS: usize = 64;
 

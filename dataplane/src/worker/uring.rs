@@ -74,8 +74,7 @@ use flannel_shared::stats::Counter;
 use super::buf_ring::{recv_layout, BufRing, RECVMSG_OUT_LEN};
 use super::{
     coalesce_room, coalesce_udp_recv, flush_coalesced, handle_tun_read, icmp_limiter, now_ns, pin,
-    plain_udp_recv, send_chunks, write_tun, Local, Offload, TunVerdict, WorkerSetup, BUF_SIZE,
-    OFFLOAD_COALESCE_BUF, OFFLOAD_SPLIT_BUF, OFFLOAD_TUN_BUF, OFFLOAD_UDP_BUF,
+    plain_udp_recv, send_chunks, write_tun, BufSizes, Local, Offload, TunVerdict, WorkerSetup,
 };
 use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
@@ -522,23 +521,17 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     } = setup;
     let off: &Offload = &offload;
     let vnet = off.vnet_hdr;
-    let (tun_n, tun_buf, split_buf, recv_n, payload_max, co_buf) = if vnet {
-        (
-            TUN_SLOTS_OFFLOAD,
-            OFFLOAD_TUN_BUF,
-            OFFLOAD_SPLIT_BUF,
-            RECV_BUFS_OFFLOAD,
-            OFFLOAD_UDP_BUF,
-            OFFLOAD_COALESCE_BUF,
-        )
+    let sizes = BufSizes::new(vnet);
+    let (tun_n, recv_n) = if vnet {
+        (TUN_SLOTS_OFFLOAD, RECV_BUFS_OFFLOAD)
     } else {
-        (TUN_SLOTS, BUF_SIZE, 0, RECV_BUFS, BUF_SIZE, 0)
+        (TUN_SLOTS, RECV_BUFS)
     };
     let icmp_off = if vnet { VNET_HDR_LEN } else { 0 };
     let control_area = if off.gro { CMSG_BUF } else { 0 };
     let recv_bufs = BufRing::new(
         recv_n,
-        RECVMSG_OUT_LEN + NAME_AREA + control_area + payload_max,
+        RECVMSG_OUT_LEN + NAME_AREA + control_area + sizes.udp,
     )?;
     // SAFETY: the descriptor ring is leaked memory of `entries` descriptors, page aligned, and
     // outlives the io_uring instance.
@@ -555,14 +548,14 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut recv_msg = Box::new(zeroed_msghdr());
     recv_msg.msg_namelen = NAME_AREA as libc::socklen_t;
     recv_msg.msg_controllen = control_area as _;
-    let coalesce: &'static mut [u8] = Box::leak(vec![0u8; co_buf].into_boxed_slice());
+    let coalesce: &'static mut [u8] = Box::leak(vec![0u8; sizes.coalesce].into_boxed_slice());
     let recv_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
     // Receives of one round coalesce together; written out at the end of the round.
     let mut co = Coalescer::new(coalesce, recv_writes);
     let mut u = Uring {
         ring,
         gro: off.gro,
-        tun_slots: leak_tun_slots(tun_n, tun_buf, split_buf),
+        tun_slots: leak_tun_slots(tun_n, sizes.tun, sizes.split),
         tun_free: (0..tun_n).rev().collect(),
         recv_bufs,
         recv_msg: Box::leak(recv_msg),
