@@ -326,7 +326,7 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
         notes: vec![
             "One testbed for the whole run: flanneld, etcd, namespaces and containers stay up; between the ours variants only flannel-dataplane is restarted (both hosts), and each ours variant starts from a fresh restart.".into(),
             "Data flows host 1 → host 2: iperf3 client in host 1's container (bare: host namespace), `iperf3 -s -1` in host 2's.".into(),
-            "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second, loss as the receiver counts it.".into(),
+            "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`); retransmits as the sender counts them (`end.sum_sent.retransmits`, a diagnostic). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second, loss as the receiver counts it.".into(),
             "RTT: `ping -i 0.01` container to container (bare: host to host); median of the per-reply RTTs and ping's own average.".into(),
             "our CPU = utime + stime of flanneld and flannel-dataplane on both hosts during each TCP test, per GB received (a lower bound: softirq work is charged to whatever task was running). machine CPU = busy time of all CPUs from /proc/stat per GB (includes iperf3, the kernel, and anything else running on the machine).".into(),
             "Worker spread: deltas of each data-plane worker's counters during the 4-stream test; sender = host 1 (tun_rx_packets), receiver = host 2 (udp_rx_packets).".into(),
@@ -466,6 +466,9 @@ impl Bench {
                     eprintln!("{:.2} Gbit/s", t.iperf.gbit_per_s());
                     s.metrics
                         .insert(format!("{key}_gbps"), t.iperf.gbit_per_s());
+                    if let Some(r) = t.iperf.retransmits {
+                        s.metrics.insert(format!("{key}_retransmits"), r as f64);
+                    }
                     if let Some(c) = t.our_cpu_s.filter(|_| t.iperf.bytes > 0) {
                         s.metrics
                             .insert(format!("our_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));

@@ -33,6 +33,16 @@ pub const METRICS: &[Metric] = &[
         unit: "Gbit/s",
     },
     Metric {
+        key: "tcp1_retransmits",
+        label: "TCP 1 stream, sender's retransmits",
+        unit: "segments",
+    },
+    Metric {
+        key: "tcp4_retransmits",
+        label: "TCP 4 streams, sender's retransmits",
+        unit: "segments",
+    },
+    Metric {
         key: "udp64_kpps",
         label: "UDP 64 B received",
         unit: "kpps",
