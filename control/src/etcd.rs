@@ -362,8 +362,14 @@ pub fn explain(error: &str, opts: &EtcdOptions) -> &'static str {
             " (etcd requires a TLS client certificate: pass -etcd-certfile and -etcd-keyfile)"
         };
     }
-    if tls && !identity && has(&["connection closed", "canceled", "cancelled"]) {
+    // With TLS 1.3 the server checks our certificate after the client's side of the handshake
+    // is done; its alert can be lost in the race, and all we see is the connection closing.
+    let closed = has(&["connection closed", "canceled", "cancelled", "broken pipe"]);
+    if tls && !identity && closed {
         return " (etcd closed the TLS connection; if it runs with --client-cert-auth, pass -etcd-certfile and -etcd-keyfile)";
+    }
+    if tls && identity && closed {
+        return " (etcd closed the TLS connection; if it checks client certificates, check -etcd-certfile/-etcd-keyfile and that etcd's --trusted-ca-file signed it)";
     }
     if has(&[
         "InvalidContentType",
@@ -373,4 +379,80 @@ pub fn explain(error: &str, opts: &EtcdOptions) -> &'static str {
         return " (TLS/plain-text mismatch: check http:// vs https:// in -etcd-endpoints)";
     }
     ""
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(endpoint: &str, cert: bool) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: vec![endpoint.to_string()],
+            cafile: None,
+            certfile: cert.then(|| PathBuf::from("/etc/flannel/client.pem")),
+            keyfile: cert.then(|| PathBuf::from("/etc/flannel/client-key.pem")),
+            username: None,
+            password: None,
+        }
+    }
+
+    #[test]
+    fn explain_names_what_to_check() {
+        let https = "https://127.0.0.1:2379";
+        let cases: &[(&str, &str, bool, &str)] = &[
+            (
+                "etcdserver: authentication failed, invalid user ID or password",
+                https,
+                false,
+                "-etcd-username and -etcd-password",
+            ),
+            (
+                "invalid peer certificate: UnknownIssuer",
+                https,
+                true,
+                "is not trusted: check -etcd-cafile",
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                https,
+                false,
+                "requires a TLS client certificate",
+            ),
+            (
+                "received fatal alert: UnknownCA",
+                https,
+                true,
+                "etcd rejected our TLS client certificate",
+            ),
+            // TLS 1.3: the alert can be lost; only the closed connection is seen.
+            (
+                "transport error: stream closed because of a broken pipe",
+                https,
+                true,
+                "check -etcd-certfile/-etcd-keyfile and that etcd's --trusted-ca-file signed it",
+            ),
+            (
+                "operation was canceled: connection closed",
+                https,
+                false,
+                "pass -etcd-certfile and -etcd-keyfile",
+            ),
+            ("corrupt message", https, false, "TLS/plain-text mismatch"),
+            (
+                "tcp connect error: Connection refused",
+                "http://127.0.0.1:2379",
+                false,
+                "",
+            ),
+            ("connection closed", "http://127.0.0.1:2379", false, ""),
+        ];
+        for (error, endpoint, cert, want) in cases {
+            let got = explain(error, &opts(endpoint, *cert));
+            if want.is_empty() {
+                assert_eq!(got, "", "{error}");
+            } else {
+                assert!(got.contains(want), "{error}: got {got:?}, want {want:?}");
+            }
+        }
+    }
 }
