@@ -10,69 +10,31 @@
 //! No root needed: loopback only, `-iface 127.0.0.1`, `-public-ip 198.18.0.x`.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flannel_perf::testbed::etcd::{Etcd, EtcdCluster};
-use flannel_perf::testbed::process::Daemon;
 use flannel_perf::testbed::{require, wait_for};
-use flannel_shared::route_table::RouteTableReader;
 use flannel_shared::Ipv4Net;
+
+mod common;
+use common::LoopbackFlanneld;
 
 const PREFIX: &str = "/coreos.com/network";
 const SEC: Duration = Duration::from_secs(1);
 const TTL_SECS: u64 = 9;
 
-struct Host {
-    dir: tempfile::TempDir,
-    daemon: Daemon,
+fn ttl_flag() -> Vec<String> {
+    vec![format!("--subnet-lease-ttl={TTL_SECS}")]
 }
 
-impl Host {
-    fn start(endpoints: &str, public_ip: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("flanneld-cluster-")
-            .tempdir()
-            .unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_flanneld"));
-        c.arg(format!("-etcd-endpoints={endpoints}"))
-            .arg("-iface=127.0.0.1")
-            .arg("-iptables-forward-rules=false")
-            .arg(format!("-public-ip={public_ip}"))
-            .arg(format!(
-                "-subnet-file={}",
-                dir.path().join("subnet.env").display()
-            ))
-            .arg(format!(
-                "--route-table={}",
-                dir.path().join("routes").display()
-            ))
-            .arg(format!("--subnet-lease-ttl={TTL_SECS}"))
-            .env("RUST_LOG", "info");
-        let daemon = Daemon::spawn("flanneld", c, &dir.path().join("flanneld.log")).unwrap();
-        Self { dir, daemon }
-    }
+type Host = LoopbackFlanneld;
 
-    fn routes(&self) -> PathBuf {
-        self.dir.path().join("routes")
-    }
+/// Route checks of this file.
+trait RouteWait {
+    fn wait_route(&self, subnet: Ipv4Net, peer: Ipv4Addr, timeout: Duration) -> Duration;
+}
 
-    fn wait_subnet(&self) -> Ipv4Net {
-        wait_for(SEC * 30, || {
-            flannel_shared::subnet_env::previous_subnet(&self.dir.path().join("subnet.env"))
-        })
-        .unwrap_or_else(|| panic!("no subnet.env in 30 s; log:\n{}", self.daemon.log()))
-    }
-
-    fn lookup(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
-        RouteTableReader::open(&self.routes())
-            .ok()?
-            .snapshot()
-            .ok()?
-            .lookup(ip)
-    }
-
+impl RouteWait for Host {
     fn wait_route(&self, subnet: Ipv4Net, peer: Ipv4Addr, timeout: Duration) -> Duration {
         let t0 = Instant::now();
         let ip = Ipv4Addr::from(subnet.addr_u32() + 9);
@@ -178,8 +140,8 @@ fn flanneld_fails_over_between_members_of_a_three_member_cluster() {
     ])
     .unwrap();
     let endpoints = c.endpoints();
-    let mut a = Host::start(&endpoints, "198.18.0.1");
-    let sa = a.wait_subnet();
+    let mut a = Host::start(&endpoints, "198.18.0.1", &ttl_flag());
+    let sa = a.wait_subnet(SEC * 30);
     let key = format!("{PREFIX}/subnets/{}", sa.to_key());
     let lease_id = live(&c).lease_of(&key).unwrap();
     assert_ne!(lease_id, 0);
@@ -227,8 +189,8 @@ fn flanneld_fails_over_between_members_of_a_three_member_cluster() {
             .filter(|m| m.is_running())
             .map(Etcd::endpoint),
     );
-    let b = Host::start(&order.join(","), "198.18.0.2");
-    let sb = b.wait_subnet();
+    let b = Host::start(&order.join(","), "198.18.0.2", &ttl_flag());
+    let sb = b.wait_subnet(SEC * 30);
     a.wait_route(sb, Ipv4Addr::new(198, 18, 0, 2), SEC * 10);
     b.wait_route(sa, Ipv4Addr::new(198, 18, 0, 1), SEC * 10);
     b.wait_route(s1, Ipv4Addr::new(198, 18, 0, 21), SEC * 10);

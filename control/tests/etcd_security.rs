@@ -11,16 +11,16 @@
 //! No root needed: loopback only, `-iface 127.0.0.1`, `-public-ip 198.18.0.x`.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use flannel_perf::testbed::certs::{self, TlsFiles};
 use flannel_perf::testbed::etcd::Etcd;
-use flannel_perf::testbed::process::Daemon;
 use flannel_perf::testbed::{require, wait_for};
-use flannel_shared::route_table::RouteTableReader;
 use flannel_shared::Ipv4Net;
+
+mod common;
+use common::LoopbackFlanneld;
 
 const PREFIX: &str = "/coreos.com/network";
 const SEC: Duration = Duration::from_secs(1);
@@ -30,69 +30,20 @@ fn prerequisites(with_openssl: bool) -> bool {
         && (!with_openssl || require("openssl installed", certs::available()))
 }
 
-/// One flanneld with its own files.
-struct Host {
-    dir: tempfile::TempDir,
-    public_ip: String,
-    daemon: Daemon,
+type Host = LoopbackFlanneld;
+
+/// Checks of this file.
+trait Checks {
+    fn wait_route(&self, subnet: Ipv4Net, peer: &str);
+    fn assert_refused(&mut self, why: &str, attempts: usize);
 }
 
-impl Host {
-    fn start(endpoint: &str, public_ip: &str, extra: &[String]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("flanneld-sec-")
-            .tempdir()
-            .unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_flanneld"));
-        c.arg(format!("-etcd-endpoints={endpoint}"))
-            .arg("-iface=127.0.0.1")
-            // The root namespace's firewall is not ours to touch.
-            .arg("-iptables-forward-rules=false")
-            .arg(format!("-public-ip={public_ip}"))
-            .arg(format!(
-                "-subnet-file={}",
-                dir.path().join("subnet.env").display()
-            ))
-            .arg(format!(
-                "--route-table={}",
-                dir.path().join("routes").display()
-            ))
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let daemon = Daemon::spawn("flanneld", c, &dir.path().join("flanneld.log")).unwrap();
-        Self {
-            dir,
-            public_ip: public_ip.into(),
-            daemon,
-        }
-    }
-
-    fn subnet_file(&self) -> PathBuf {
-        self.dir.path().join("subnet.env")
-    }
-
-    fn wait_subnet(&self) -> Ipv4Net {
-        wait_for(SEC * 20, || {
-            flannel_shared::subnet_env::previous_subnet(&self.subnet_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{}: no subnet.env in 20 s; log:\n{}",
-                self.public_ip,
-                self.daemon.log()
-            )
-        })
-    }
-
+impl Checks for Host {
     /// The route table maps an address of `subnet` to `peer`.
     fn wait_route(&self, subnet: Ipv4Net, peer: &str) {
         let ip = Ipv4Addr::from(subnet.addr_u32() + 5);
         let want: Ipv4Addr = peer.parse().unwrap();
-        let path = self.dir.path().join("routes");
-        let ok = wait_for(SEC * 10, || {
-            let snap = RouteTableReader::open(&path).ok()?.snapshot().ok()?;
-            (snap.lookup(ip) == Some(want)).then_some(())
-        });
+        let ok = wait_for(SEC * 10, || (self.lookup(ip) == Some(want)).then_some(()));
         assert!(
             ok.is_some(),
             "{}: no route {subnet} → {peer}; log:\n{}",
@@ -191,7 +142,7 @@ fn tls_with_client_certificates_and_what_happens_without_them() {
     // A CA file that did not sign etcd's certificate: flanneld must not trust the server.
     let mut wrong_ca = Host::start(&endpoint, "198.18.0.5", &tls_flags(&other, true));
 
-    let (sa, sb) = (a.wait_subnet(), b.wait_subnet());
+    let (sa, sb) = (a.wait_subnet(SEC * 20), b.wait_subnet(SEC * 20));
     assert_ne!(sa, sb);
     assert_eq!(
         etcd.get(&format!("{PREFIX}/subnets/{}", sa.to_key()))
@@ -272,7 +223,7 @@ fn username_and_password() {
         &creds("flannel", "not-the-password"),
     );
 
-    let (sa, sb) = (a.wait_subnet(), b.wait_subnet());
+    let (sa, sb) = (a.wait_subnet(SEC * 20), b.wait_subnet(SEC * 20));
     assert_ne!(sa, sb);
     a.wait_route(sb, "198.18.0.2");
     b.wait_route(sa, "198.18.0.1");

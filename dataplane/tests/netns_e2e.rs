@@ -218,6 +218,49 @@ impl Topo {
         StatsReader::open(&self.stats_path(host)).unwrap()
     }
 
+    /// Starts checking every datagram on B's underlay device against the wire format, in a
+    /// thread, until [`WireWatch::finish`].
+    fn watch_wire_at_b(&self) -> WireWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = std::thread::spawn({
+            let cap = capture_socket_opts(&self.ns("b"), "ub", true);
+            let stop = std::sync::Arc::clone(&stop);
+            move || wire_watch(cap, stop)
+        });
+        WireWatch { stop, handle }
+    }
+
+    /// A TCP transfer from container A to container B (helpers `tcp-client` → `tcp-server`);
+    /// asserts both ends succeeded and saw the same SHA-256, and returns the server's line.
+    fn tcp_transfer_a_to_b(&self) -> String {
+        let out_dir = self.dir.path().to_owned();
+        let mut server = self
+            .helper(
+                "cb",
+                "tcp-server",
+                &[("FDP_OUT", out_dir.join("srv").display().to_string())],
+            )
+            .spawn()
+            .unwrap();
+        let client = self
+            .helper(
+                "ca",
+                "tcp-client",
+                &[
+                    ("FDP_OUT", out_dir.join("cli").display().to_string()),
+                    ("FDP_DST", format!("{CB}:5001")),
+                ],
+            )
+            .status()
+            .unwrap();
+        assert!(client.success(), "tcp client failed\nA:\n{}", self.log("a"));
+        assert!(server.wait().unwrap().success(), "tcp server failed");
+        let sent = std::fs::read_to_string(out_dir.join("cli")).unwrap();
+        let got = std::fs::read_to_string(out_dir.join("srv")).unwrap();
+        assert_eq!(sent, got, "SHA-256 of the transfer differs");
+        got
+    }
+
     /// Re-executes this test binary as a helper inside `role`'s namespace.
     fn helper(&self, role: &str, mode: &str, args: &[(&str, String)]) -> Command {
         let exe = std::env::current_exe().unwrap();
@@ -445,6 +488,20 @@ fn check_inner_on_wire(inner: &[u8]) -> Result<(), String> {
 /// Reads frames (with vnet headers) from `cap` until `stop`; checks every UDP datagram to
 /// 8285, splitting UDP GSO skbs by their segment size as a NIC would. Returns (datagrams
 /// checked, GSO skbs seen, first violation).
+/// A running [`wire_watch`] thread.
+struct WireWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, usize, Option<String>)>,
+}
+
+impl WireWatch {
+    /// Stops the watch: (datagrams checked, UDP GSO skbs seen, first violation).
+    fn finish(self) -> (usize, usize, Option<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
 fn wire_watch(
     cap: OwnedFd,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -622,44 +679,14 @@ fn scenario(tag: &str, extra: &[&str]) {
     drop(cap);
 
     // 3. TCP transfer with SHA-256 check, watching the wire on B's underlay meanwhile.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = std::thread::spawn({
-        let cap = capture_socket_opts(&t.ns("b"), "ub", true);
-        let stop = std::sync::Arc::clone(&stop);
-        move || wire_watch(cap, stop)
-    });
+    let watcher = t.watch_wire_at_b();
     let tx_before = (
         t.stats("a").total("tun_rx_packets"),
         t.stats("a").total("udp_tx_packets"),
     );
-    let out_dir = t.dir.path().to_owned();
-    let mut server = t
-        .helper(
-            "cb",
-            "tcp-server",
-            &[("FDP_OUT", out_dir.join("srv").display().to_string())],
-        )
-        .spawn()
-        .unwrap();
-    let client = t
-        .helper(
-            "ca",
-            "tcp-client",
-            &[
-                ("FDP_OUT", out_dir.join("cli").display().to_string()),
-                ("FDP_DST", format!("{CB}:5001")),
-            ],
-        )
-        .status()
-        .unwrap();
-    assert!(client.success(), "tcp client failed\nA:\n{}", t.log("a"));
-    assert!(server.wait().unwrap().success(), "tcp server failed");
-    let sent = std::fs::read_to_string(out_dir.join("cli")).unwrap();
-    let got = std::fs::read_to_string(out_dir.join("srv")).unwrap();
-    assert_eq!(sent, got, "SHA-256 of the transfer differs");
+    let got = t.tcp_transfer_a_to_b();
     assert!(got.starts_with(&format!("{TRANSFER_BYTES} ")), "{got}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (checked, gso_skbs, violation) = watcher.join().unwrap();
+    let (checked, gso_skbs, violation) = watcher.finish();
     eprintln!("[{tag}] wire check during the transfer: {checked} datagrams checked, {gso_skbs} UDP GSO skbs");
     assert_eq!(violation, None, "wire format violated");
     assert!(
@@ -938,41 +965,11 @@ fn e2e_gso_refused_falls_back() {
     t.start_dataplane("b", &[]);
     assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = std::thread::spawn({
-        let cap = capture_socket_opts(&t.ns("b"), "ub", true);
-        let stop = std::sync::Arc::clone(&stop);
-        move || wire_watch(cap, stop)
-    });
-    let out_dir = t.dir.path().to_owned();
-    let mut server = t
-        .helper(
-            "cb",
-            "tcp-server",
-            &[("FDP_OUT", out_dir.join("srv").display().to_string())],
-        )
-        .spawn()
-        .unwrap();
-    let client = t
-        .helper(
-            "ca",
-            "tcp-client",
-            &[
-                ("FDP_OUT", out_dir.join("cli").display().to_string()),
-                ("FDP_DST", format!("{CB}:5001")),
-            ],
-        )
-        .status()
-        .unwrap();
-    assert!(client.success(), "tcp client failed\nA:\n{}", t.log("a"));
-    assert!(server.wait().unwrap().success(), "tcp server failed");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (checked, _, violation) = watcher.join().unwrap();
+    let watcher = t.watch_wire_at_b();
+    t.tcp_transfer_a_to_b();
+    let (checked, _, violation) = watcher.finish();
     assert_eq!(violation, None, "wire format violated");
     assert!(checked > 100, "too few datagrams seen: {checked}");
-    let sent = std::fs::read_to_string(out_dir.join("cli")).unwrap();
-    let got = std::fs::read_to_string(out_dir.join("srv")).unwrap();
-    assert_eq!(sent, got, "SHA-256 of the transfer differs");
     let log = t.log("a");
     assert_eq!(
         log.matches("UDP_SEGMENT off from now on").count(),
