@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use flannel_perf::testbed::bins;
 use flannel_perf::testbed::cluster::{Cluster, ClusterOpts};
-use flannel_perf::testbed::etcd::Etcd;
-use flannel_perf::testbed::{bins, have, is_root, require};
 use serde_json::Value;
 
 fn scrape(c: &Cluster, host: usize) -> prometheus_parse::Scrape {
@@ -59,15 +58,9 @@ fn ctl(c: &Cluster, host: usize, args: &[&str]) -> Value {
 
 #[test]
 fn metrics_parse_and_move_and_flannelctl_json_matches_etcd_and_the_table() {
-    if !require("root (network namespaces, TUN)", is_root())
-        || !require(
-            "etcd, ip, ping installed",
-            Etcd::available() && have("ip") && have("ping"),
-        )
-    {
+    let Some(mut opts) = ClusterOpts::for_test() else {
         return;
-    }
-    let mut opts = ClusterOpts::new(bins("flanneld").parent().unwrap());
+    };
     opts.flanneld_args = vec!["-healthz-ip=127.0.0.1".into(), "-healthz-port=9180".into()];
     let mut c = Cluster::new(opts).unwrap();
     c.add_host().unwrap();

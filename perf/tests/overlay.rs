@@ -6,22 +6,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use flannel_perf::testbed::cluster::{Cluster, ClusterOpts};
-use flannel_perf::testbed::etcd::Etcd;
-use flannel_perf::testbed::{bins, have, is_root, require, wait_for};
+use flannel_perf::testbed::wait_for;
 
 const SEC: Duration = Duration::from_secs(1);
 
 fn cluster(dataplane_args: &[&str]) -> Option<Cluster> {
-    if !require("root (network namespaces, TUN)", is_root())
-        || !require(
-            "etcd, ip, ping installed",
-            Etcd::available() && have("ip") && have("ping"),
-        )
-    {
-        return None;
-    }
-    let bin_dir = bins("flanneld").parent().unwrap().to_path_buf();
-    let mut opts = ClusterOpts::new(&bin_dir);
+    let mut opts = ClusterOpts::for_test()?;
     opts.dataplane_args = dataplane_args.iter().map(|s| s.to_string()).collect();
     Some(Cluster::new(opts).expect("build the testbed"))
 }

@@ -241,10 +241,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                     TunVerdict::Icmp(len) => {
                         icmp_pkt[..icmp_off].fill(0);
                         icmp_pkt[icmp_off..icmp_off + len].copy_from_slice(&icmp[..len]);
-                        match sys::io::write(&tun, &icmp_pkt[..icmp_off + len]) {
-                            Ok(_) => local.add(Counter::IcmpUnreachableSent, 1),
-                            Err(_) => local.add(Counter::TunTxErrors, 1),
-                        }
+                        let pkt = &icmp_pkt[..icmp_off + len];
+                        write_tun(&tun, pkt, Counter::IcmpUnreachableSent, &mut local);
                     }
                     TunVerdict::Drop => {}
                 }

@@ -39,6 +39,23 @@ impl ClusterOpts {
             bin_dir: bin_dir.to_owned(),
         }
     }
+
+    /// Options for a multi-host test, with the binaries next to the test executable; `None`
+    /// (after a SKIPPED message, or a panic under `CI=true`) when not root or when etcd, ip
+    /// or ping is missing.
+    pub fn for_test() -> Option<Self> {
+        if !super::require("root (network namespaces, TUN)", super::is_root())
+            || !super::require(
+                "etcd, ip, ping installed",
+                super::etcd::Etcd::available() && super::have("ip") && super::have("ping"),
+            )
+        {
+            return None;
+        }
+        Some(Self::new(
+            super::bins("flanneld").parent().expect("bin dir"),
+        ))
+    }
 }
 
 /// One simulated host. Field order is drop order: daemons, container, host namespace.
