@@ -87,10 +87,6 @@ impl BufRing {
         self.count
     }
 
-    pub fn buf_size(&self) -> usize {
-        self.buf_size
-    }
-
     /// Buffer `bid`, as the kernel filled it (or `None` for an id we never handed out).
     pub fn buf_mut(&mut self, bid: u16) -> Option<&mut [u8]> {
         if bid >= self.count {
