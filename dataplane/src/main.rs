@@ -42,16 +42,25 @@
 //! On the wire every datagram is still exactly one inner IPv4 packet no larger than the MTU
 //! (UDP GSO only batches the sendmsg), so flannel peers interoperate unchanged.
 //!
-//! # Spreading one host pair over cores
+//! # Which worker handles a packet (`--steering`)
 //!
-//! TUN multi-queue hashes flows onto queues (hence workers), and later sends a flow's packets
-//! to the queue that last wrote that flow into the device. Receiving, every worker has a
-//! socket in one SO_REUSEPORT group on the flannel port, and a classic BPF program
-//! (`sys::socket::attach_flow_steering`) picks the socket by a symmetric hash of the INNER
-//! flow, so both directions of a flow use the same worker index on both hosts and different
-//! flows spread, even though host to host it is all one outer 4-tuple. Each worker also sends
-//! from its own ephemeral source port (harmless for flannel peers, and it lets a peer that
-//! only hashes the 4-tuple spread too).
+//! Default `cpu` (needs pinned workers): a packet goes to the worker pinned to the CPU it is
+//! being handled on, so the hand-over is a local wake-up, not a cross-CPU one
+//! (`sys::bpf` has the programs and the contract).
+//! - TUN (packets to send): an eBPF steering program tracks flows. A new flow goes to the
+//!   next queue in turn (flows spread evenly); a busy flow stays put (no reordering); a flow
+//!   that was idle, whose old worker has drained since, and whose packet is small moves to
+//!   the queue of the current CPU (pings, requests: read where they were sent).
+//! - UDP (packets received): every worker has a socket in one SO_REUSEPORT group on the
+//!   flannel port; a classic BPF program picks the socket of the CPU the datagram arrived
+//!   on (the peer's sending CPU on a veth, the RSS CPU on a NIC).
+//!
+//! `flow`: TUN multi-queue hashes flows onto queues and later sends a flow's packets to the
+//! queue that last wrote it; receiving, a classic BPF program picks the socket by a
+//! symmetric hash of the INNER flow, so both directions of a flow use the same worker index
+//! on both hosts even though host to host it is all one outer 4-tuple. Either way each
+//! worker sends from its own ephemeral source port (harmless for flannel peers, and it lets
+//! a peer that only hashes the 4-tuple spread too).
 
 use flannel_dataplane::{sys, worker};
 
@@ -106,6 +115,11 @@ struct Args {
     /// workers onto the same core: both hosts put a flow on the same worker index.
     #[arg(long, env = "FLANNEL_DATAPLANE_CPUS", value_parser = parse_cpus)]
     cpus: Option<CpuList>,
+    /// How packets pick a worker: `cpu` (the worker pinned to the CPU the packet is handled
+    /// on: TUN steering eBPF + reuseport CBPF; needs pinned workers and CAP_BPF) or `flow`
+    /// (a hash of the inner flow for receives, the TUN driver's flow hash for sends).
+    #[arg(long, env = "FLANNEL_DATAPLANE_STEERING", value_enum, default_value_t = Steering::Cpu)]
+    steering: Steering,
     /// Use the poll + recvmmsg/sendmmsg path even where io_uring works.
     #[arg(long, env = "FLANNEL_DATAPLANE_NO_IO_URING")]
     no_io_uring: bool,
@@ -125,6 +139,58 @@ struct Args {
     /// Debug logging.
     #[arg(short, long, env = "FLANNEL_DATAPLANE_VERBOSE")]
     verbose: bool,
+}
+
+/// `--steering`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Steering {
+    Cpu,
+    Flow,
+}
+
+/// Attaches the steering programs (TUN device-wide, reuseport group-wide) through worker 0's
+/// TUN queue and receive socket. Failures keep the kernel's default and are logged once.
+/// CPU-local steering returns the board the workers report their drain times to.
+fn set_steering(
+    steering: Steering,
+    cpus: &[usize],
+    nworkers: usize,
+    tun: &std::os::fd::OwnedFd,
+    recv: &std::os::fd::OwnedFd,
+) -> Option<sys::bpf::DrainBoard> {
+    if nworkers < 2 {
+        return None;
+    }
+    if steering == Steering::Cpu && !cpus.is_empty() {
+        let worker_cpus: Vec<usize> = (0..nworkers).map(|i| cpus[i % cpus.len()]).collect();
+        let recv_result = sys::socket::attach_reuseport_cbpf(
+            recv,
+            &sys::bpf::reuseport_cpu_program(&worker_cpus),
+        );
+        let tun_result = match recv_result {
+            Ok(()) => sys::bpf::attach_tun_steering(tun, &worker_cpus),
+            Err(_) => Err(std::io::Error::other("not tried")),
+        };
+        match (recv_result, tun_result) {
+            (Ok(()), Ok(board)) => {
+                tracing::info!(cpus = ?worker_cpus, "steering: CPU-local (TUN eBPF, reuseport CBPF)");
+                return Some(board);
+            }
+            (recv, tun) => tracing::warn!(
+                recv = ?recv.err(), tun = ?tun.err(),
+                "CPU-local steering unavailable; using flow steering"
+            ),
+        }
+    } else if steering == Steering::Cpu {
+        tracing::info!("--cpus none: CPU-local steering needs pinned workers; using flow steering");
+    }
+    match sys::socket::attach_flow_steering(recv, nworkers as u32) {
+        Ok(()) => tracing::info!("steering: inner-flow hash (reuseport CBPF), TUN flow hash"),
+        Err(e) => tracing::warn!(
+            "receive steering: kernel 4-tuple hash (SO_ATTACH_REUSEPORT_CBPF failed: {e})"
+        ),
+    }
+    None
 }
 
 /// `--cpus`: an explicit pin list, or no pinning.
@@ -421,17 +487,10 @@ fn run(args: Args) -> Result<()> {
     }
     let offload = Arc::new(probe_udp_offloads(&socks, vnet_hdr, args.no_offload));
 
+    let drain = set_steering(args.steering, &cpus, nworkers, &queues[0], &socks[0].0).map(Arc::new);
     let mut wakes = Vec::with_capacity(nworkers);
     let mut handles = Vec::with_capacity(nworkers);
     for (i, (tun, (recv, send))) in queues.into_iter().zip(socks).enumerate() {
-        if i == 0 && nworkers > 1 {
-            match sys::socket::attach_flow_steering(&recv, nworkers as u32) {
-                Ok(()) => tracing::info!("receive steering: inner-flow hash (reuseport CBPF)"),
-                Err(e) => tracing::warn!(
-                    "receive steering: kernel 4-tuple hash (SO_ATTACH_REUSEPORT_CBPF failed: {e})"
-                ),
-            }
-        }
         if i == 0 {
             tracing::info!(
                 bind = %args.bind, port, rcvbuf = sys::socket::recv_buffer_size(&recv),
@@ -452,6 +511,7 @@ fn run(args: Args) -> Result<()> {
             port,
             spoof_check: !args.no_spoof_check,
             offload: Arc::clone(&offload),
+            drain: drain.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("fdp-worker-{i}"))

@@ -161,6 +161,11 @@ fn io_uring_path_carries_ping_tcp_udp_in_wire_format() {
 }
 
 #[test]
+fn flow_steering_carries_ping_tcp_udp_in_wire_format() {
+    two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(&["--steering=flow"]);
+}
+
+#[test]
 fn fallback_path_carries_ping_tcp_udp_in_wire_format() {
     two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(&["--no-io-uring"]);
 }
@@ -290,4 +295,89 @@ fn forwarding_survives_flanneld_death_and_dataplane_restart_keeps_the_lease() {
         .stop(SEC * 5)
         .unwrap()
         .success());
+}
+
+/// The CPUs this process may run on (`/proc/self/status` `Cpus_allowed_list`, e.g. `0-3,6`).
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// Per-worker deltas of `counter` in host `host`'s data plane around `f`.
+fn worker_deltas(c: &Cluster, host: usize, counter: &str, f: impl FnOnce()) -> Vec<u64> {
+    use flannel_shared::stats::StatsReader;
+    let reader = StatsReader::open(&c.hosts[host].stats_file()).unwrap();
+    let before = reader.snapshot();
+    f();
+    reader
+        .snapshot()
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.get(counter).unwrap_or(0) - b.get(counter).unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn cpu_local_steering_hands_a_ping_to_the_workers_on_the_pinged_cpu() {
+    // Default data plane: one worker per allowed CPU, worker i pinned to the i-th CPU.
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        eprintln!("SKIP: CPU-local steering needs at least 2 CPUs (have {cpus:?})");
+        return;
+    }
+    let Some(mut c) = cluster(&[]) else {
+        return;
+    };
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    for h in &c.hosts {
+        assert!(
+            h.logs().contains("steering: CPU-local"),
+            "CPU-local steering not active:\n{}",
+            h.logs()
+        );
+    }
+    let dst = c.hosts[1].container_ip().to_string();
+    for worker in [1, 0] {
+        let cpu = cpus[worker].to_string();
+        let mut rx = Vec::new();
+        let tx = worker_deltas(&c, 0, "tun_rx_packets", || {
+            rx = worker_deltas(&c, 1, "udp_rx_packets", || {
+                // 20 ms apart: every echo request starts an idle flow, which may move.
+                let out = c.hosts[0]
+                    .container()
+                    .command("taskset")
+                    .args([
+                        "-c", &cpu, "ping", "-c", "20", "-i", "0.02", "-W", "2", &dst,
+                    ])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(text.contains(" 20 received"), "{text}");
+            });
+        });
+        eprintln!("ping on CPU {cpu}: sender TUN reads {tx:?}, receiver datagrams {rx:?}");
+        // The flow's first packet goes to the next queue in turn; the rest to `worker`.
+        assert!(
+            tx[worker] >= 19,
+            "ping on CPU {cpu}: sender's TUN reads per worker {tx:?}"
+        );
+        assert!(
+            rx[worker] >= 19,
+            "ping on CPU {cpu}: receiver's datagrams per worker {rx:?}"
+        );
+    }
 }

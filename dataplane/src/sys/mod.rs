@@ -5,8 +5,10 @@
 //! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
 //! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
+//! - [`bpf`]: CPU-local steering programs for the TUN queues and the reuseport group.
 //! - [`io`]: plain read/write/poll/recvmmsg/sendmmsg for the fallback path.
 
+pub mod bpf;
 pub mod io;
 pub mod netlink;
 pub mod socket;

@@ -274,12 +274,20 @@ fn steering_program(n: u32) -> [libc::sock_filter; 15] {
 
 /// Attaches the inner-flow steering program to the reuseport group of `fd` (Linux 4.5+).
 pub fn attach_flow_steering(fd: &OwnedFd, workers: u32) -> io::Result<()> {
-    let mut prog = steering_program(workers);
+    attach_reuseport_cbpf(fd, &steering_program(workers))
+}
+
+/// Attaches a classic BPF program choosing the socket of the reuseport group of `fd`
+/// (`SO_ATTACH_REUSEPORT_CBPF`, Linux 4.5+). The kernel copies the program.
+pub fn attach_reuseport_cbpf(fd: &OwnedFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
     let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
+        len,
+        filter: prog.as_ptr().cast_mut(),
     };
-    // SAFETY: `fprog` points at `prog`, both live for the call; the kernel copies the program.
+    // SAFETY: `fprog` points at `prog`, both live for the call; the kernel only reads the
+    // program (and copies it).
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

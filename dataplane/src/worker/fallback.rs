@@ -134,8 +134,10 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         port,
         spoof_check,
         offload,
+        drain,
         ..
     } = setup;
+    let mut drain = super::DrainReporter::new(drain, id);
     let off: &Offload = &offload;
     let vnet = off.vnet_hdr;
     let sizes = BufSizes::new(vnet);
@@ -181,10 +183,14 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         let now = now_ns(start);
 
         if ready[0] {
+            let read_stamp = drain.read_start();
             for i in 0..BATCH {
                 let n = match sys::io::read(&tun, &mut tx_bufs[i]) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drain.queue_empty(read_stamp);
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         local.add(Counter::TunRxErrors, 1);
@@ -257,6 +263,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 off,
                 &mut local,
             );
+            drain.all_sent();
         }
 
         if ready[1] {

@@ -140,6 +140,48 @@ pub struct WorkerSetup {
     pub port: u16,
     pub spoof_check: bool,
     pub offload: Arc<Offload>,
+    /// Where to report "drained" times for CPU-local TUN steering (`sys::bpf::DrainBoard`).
+    pub drain: Option<Arc<crate::sys::bpf::DrainBoard>>,
+}
+
+/// Reports this worker's drain times to CPU-local TUN steering (`sys::bpf::DrainBoard`):
+/// a read that started at `t` and found the TUN queue empty, followed by every send before
+/// it completing, means nothing steered to this worker before `t` is still inside it.
+pub struct DrainReporter {
+    board: Option<Arc<crate::sys::bpf::DrainBoard>>,
+    worker: usize,
+    empty_at: Option<u64>,
+}
+
+impl DrainReporter {
+    pub fn new(board: Option<Arc<crate::sys::bpf::DrainBoard>>, worker: usize) -> Self {
+        Self {
+            board,
+            worker,
+            empty_at: None,
+        }
+    }
+
+    /// The time to stamp on the TUN reads about to start (0 without steering: no clock read).
+    pub fn read_start(&self) -> u64 {
+        if self.board.is_some() {
+            crate::sys::bpf::monotonic_ns()
+        } else {
+            0
+        }
+    }
+
+    /// A read stamped `t` found the TUN queue empty.
+    pub fn queue_empty(&mut self, t: u64) {
+        self.empty_at = Some(t);
+    }
+
+    /// Every packet read so far has been handed to the kernel.
+    pub fn all_sent(&mut self) {
+        if let (Some(board), Some(t)) = (&self.board, self.empty_at.take()) {
+            board.mark(self.worker, t);
+        }
+    }
 }
 
 /// The worker's view of the route table, refreshed once per batch.

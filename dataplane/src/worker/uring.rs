@@ -517,8 +517,10 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         port,
         spoof_check,
         offload,
+        drain,
         ..
     } = setup;
+    let mut drain = super::DrainReporter::new(drain, id);
     let off: &Offload = &offload;
     let vnet = off.vnet_hdr;
     let sizes = BufSizes::new(vnet);
@@ -711,6 +713,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
 
         // TUN → UDP: read what the queue holds, up to a burst, into free slots.
         let mut burst = 0;
+        let read_stamp = if tun_readable { drain.read_start() } else { 0 };
         while tun_readable && burst < TUN_BURST {
             let Some(slot) = u.tun_free.pop() else { break };
             let s = &mut u.tun_slots[slot];
@@ -719,7 +722,10 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 Err(e) => {
                     u.tun_free.push(slot);
                     match e.kind() {
-                        io::ErrorKind::WouldBlock => tun_readable = false,
+                        io::ErrorKind::WouldBlock => {
+                            tun_readable = false;
+                            drain.queue_empty(read_stamp);
+                        }
                         io::ErrorKind::Interrupted => continue,
                         _ => {
                             local.add(Counter::TunRxErrors, 1);
@@ -775,6 +781,9 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                 }
                 TunVerdict::Drop => u.release_tun_slot(slot),
             }
+        }
+        if u.tun_free.len() == u.tun_slots.len() {
+            drain.all_sent();
         }
         u.recv_bufs.publish();
         if rearm_recv {

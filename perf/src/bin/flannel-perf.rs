@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Only these variants (comma-separated ids: ours, ours-no-offload, ours-no-io-uring,
-    /// vxlan, bare).
+    /// ours-flow-steering, vxlan, bare).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).

@@ -1,4 +1,4 @@
-//! The measuring part of the harness (I/O): one testbed, five variants side by side, N repeats.
+//! The measuring part of the harness (I/O): one testbed, six variants side by side, N repeats.
 //!
 //! # Testbed and fairness
 //!
@@ -9,7 +9,9 @@
 //! 2. **ours --no-offload**: restarted with `--no-offload` (recorded as unavailable when the
 //!    binary's `--help` does not list the flag);
 //! 3. **ours --no-io-uring**: restarted with `--no-io-uring`;
-//! 4. **kernel VXLAN**: data planes stopped (flannel0 and its route go away with them), a
+//! 4. **ours --steering=flow**: restarted with `--steering=flow` (the flow-hash steering that
+//!    CPU-local steering replaced, for comparison);
+//! 5. **kernel VXLAN**: data planes stopped (flannel0 and its route go away with them), a
 //!    `vxlan0` (id 42, dstport 4789, local/remote = the hosts' eth0) in both host namespaces over
 //!    the same underlay, MTU underlay − 50, a transit /24 (10.254.42.0/24) on it and a route to
 //!    the peer's flannel subnet via the peer's transit address: the SAME containers and bridges
@@ -17,7 +19,7 @@
 //!    The container, its veth and cbr0 get the VXLAN MTU for this variant and their flannel MTU
 //!    back afterwards; vxlan0 is deleted. Everything lives in the host namespaces, so it also
 //!    dies with them;
-//! 5. **bare underlay**: data planes stopped, host namespace to host namespace on 198.18.0.x.
+//! 6. **bare underlay**: data planes stopped, host namespace to host namespace on 198.18.0.x.
 //!
 //! flanneld, etcd, namespaces and containers stay up for the whole run; only flannel-dataplane
 //! is restarted between the ours variants, and every ours variant (also the first) starts from
@@ -137,6 +139,12 @@ const VARIANTS: &[VariantDef] = &[
         label: "ours --no-io-uring",
         kind: Kind::Ours(&["--no-io-uring"]),
         description: "as ours, flannel-dataplane restarted with --no-io-uring (poll + recvmmsg/sendmmsg fallback).",
+    },
+    VariantDef {
+        id: "ours-flow-steering",
+        label: "ours --steering=flow",
+        kind: Kind::Ours(&["--steering=flow"]),
+        description: "as ours, flannel-dataplane restarted with --steering=flow (workers chosen by flow hash only, not by the CPU a packet is handled on).",
     },
     VariantDef {
         id: "vxlan",
@@ -296,7 +304,8 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
     for (d, r) in defs.iter().zip(results.iter_mut()) {
         if let Kind::Ours(flags) = d.kind {
             for f in flags {
-                if !dataplane_accepts(&opts.bin_dir, f)? {
+                let name = f.split('=').next().unwrap_or(f);
+                if !dataplane_accepts(&opts.bin_dir, name)? {
                     r.unavailable = Some(format!("flannel-dataplane does not accept {f}"));
                 }
             }
@@ -1015,6 +1024,7 @@ mod tests {
                 "ours",
                 "ours-no-offload",
                 "ours-no-io-uring",
+                "ours-flow-steering",
                 "vxlan",
                 "bare"
             ]
