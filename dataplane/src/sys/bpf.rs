@@ -168,7 +168,7 @@ pub fn tun_steering_program(flow_map: i32, drain_map: i32, cpus: &[usize]) -> Ve
         jmp_imm(JEQ, R7, libc::IPPROTO_UDP, 1),
         jmp_imm(JA, 0, 0, 7),
         ld_abs(H, 6),
-        jmp_imm(JSET, R0, 0x3fff, 5), // a fragment: no ports
+        jmp_imm(JSET, R0, 0x3fff, 6), // a fragment: no ports
         ld_abs(B, 0),
         insn(0x57, R0, 0, 0, 0x0f), // r0 &= 0xf (IHL)
         insn(0x67, R0, 0, 0, 2),    // r0 <<= 2
@@ -564,17 +564,24 @@ mod tests {
         }
     }
 
-    /// The kernel's verifier accepts the program, and a TUN device takes it (root only).
+    fn can_load_bpf(what: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{what} needs root under CI"
+        );
+        eprintln!("SKIPPED {what}: not root");
+        false
+    }
+
+    /// The kernel's verifier accepts the program (root only).
     #[test]
     fn kernel_accepts_the_tun_program() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "BPF verifier test needs root under CI"
-            );
-            eprintln!("SKIPPED BPF verifier test: not root");
+        if !can_load_bpf("BPF verifier test") {
             return;
         }
         for cpus in [vec![0], vec![0, 1], (0..64).collect::<Vec<_>>()] {
@@ -585,5 +592,177 @@ mod tests {
             let prog = tun_steering_program(flows.as_raw_fd(), board.map_fd, &cpus);
             load_socket_filter(&prog).unwrap_or_else(|e| panic!("{cpus:?}: {e}"));
         }
+    }
+
+    /// `BPF_PROG_TEST_RUN`: runs `prog` once over `ip` (behind an Ethernet header, as the
+    /// kernel's skb test run wants) on the calling CPU; returns the program's result.
+    fn test_run(prog: &OwnedFd, ip: &[u8]) -> u32 {
+        #[repr(C)]
+        struct TestRunAttr {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+        }
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(ip);
+        let mut attr = TestRunAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            retval: 0,
+            data_size_in: frame.len() as u32,
+            data_size_out: 0,
+            data_in: frame.as_ptr() as u64,
+            data_out: 0,
+            repeat: 1,
+            duration: 0,
+        };
+        // SAFETY: BPF_PROG_TEST_RUN (10) reads `attr` and `frame`, writes `attr.retval` and
+        // `duration`; both outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                10 as libc::c_long,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>() as libc::c_uint,
+            )
+        };
+        assert_eq!(r, 0, "BPF_PROG_TEST_RUN: {}", io::Error::last_os_error());
+        attr.retval
+    }
+
+    /// Sets the last-seen time of a flow in the flow map (`BPF_MAP_UPDATE_ELEM`, keeping its
+    /// queue, which is looked up first).
+    fn age_flow(flows: &OwnedFd, ip: &[u8], last_seen: u64) {
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let word = |o: usize| u32::from_be_bytes([ip[o], ip[o + 1], ip[o + 2], ip[o + 3]]);
+        let ports = if ip[9] == 6 || ip[9] == 17 {
+            word(20)
+        } else {
+            0
+        };
+        let mut key = [0u8; 16];
+        for (i, v) in [word(12), word(16), ports, u32::from(ip[9])]
+            .iter()
+            .enumerate()
+        {
+            key[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        let mut value = [0u8; 16];
+        let elem = |cmd: libc::c_long, value: &mut [u8; 16]| {
+            let attr = ElemAttr {
+                map_fd: flows.as_raw_fd() as u32,
+                pad: 0,
+                key: key.as_ptr() as u64,
+                value: value.as_mut_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: BPF_MAP_LOOKUP_ELEM (1) writes 16 bytes to `value`, BPF_MAP_UPDATE_ELEM
+            // (2) reads 16 from it and 16 from `key`; all outlive the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    cmd,
+                    &attr as *const ElemAttr,
+                    std::mem::size_of::<ElemAttr>() as libc::c_uint,
+                )
+            };
+            assert_eq!(r, 0, "bpf map cmd {cmd}: {}", io::Error::last_os_error());
+        };
+        elem(1, &mut value);
+        value[..8].copy_from_slice(&last_seen.to_ne_bytes());
+        elem(2, &mut value);
+    }
+
+    /// An IPv4 packet of `len` bytes: protocol `proto`, 10.0.0.1 → 10.0.0.2, port word
+    /// `sport:80`, fragment field `frag`.
+    fn packet(proto: u8, sport: u16, len: usize, frag: u16) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p
+    }
+
+    /// The program's decisions, executed by the kernel: new flows in turn, busy flows stay,
+    /// an idle flow moves to the current CPU's queue only with a small packet and only once
+    /// its worker has drained since its last packet.
+    #[test]
+    fn tun_program_steers_new_busy_and_idle_flows() {
+        if !can_load_bpf("BPF test run") {
+            return;
+        }
+        // Run on one CPU; worker 0 is "pinned" there, worker 1 to a CPU that does not exist.
+        let here = crate::sys::thread::allowed_cpus()[0];
+        crate::sys::thread::pin_current_thread(here).unwrap();
+        let cpus = [here, 4095];
+        let board = DrainBoard::create(2).unwrap();
+        let flows = create_flow_map().unwrap();
+        let prog = tun_steering_program(flows.as_raw_fd(), board.map_fd, &cpus);
+        let prog = load_socket_filter(&prog).unwrap();
+        let old = || monotonic_ns() - 20_000_000;
+
+        let a = packet(6, 1000, 60, 0x4000);
+        let b = packet(6, 1001, 60, 0x4000);
+        let c = packet(17, 1002, 60, 0);
+        assert_eq!(test_run(&prog, &a), 0, "new flows take the queues in turn");
+        assert_eq!(test_run(&prog, &b), 1);
+        assert_eq!(test_run(&prog, &c), 0);
+        assert_eq!(test_run(&prog, &b), 1, "a busy flow stays");
+
+        age_flow(&flows, &b, old());
+        assert_eq!(test_run(&prog, &b), 1, "idle, but worker 1 has not drained");
+        board.mark(1, monotonic_ns());
+        age_flow(&flows, &b, old());
+        let big_b = packet(6, 1001, MOVE_MAX_LEN as usize + 1, 0x4000);
+        assert_eq!(test_run(&prog, &big_b), 1, "bulk data keeps its queue");
+        age_flow(&flows, &b, old());
+        assert_eq!(
+            test_run(&prog, &b),
+            0,
+            "idle + drained + small: this CPU's queue"
+        );
+        assert_eq!(test_run(&prog, &b), 0, "and stays there");
+
+        // Worker 0's CPU is this one; a flow idle on queue 0 has nowhere better to go.
+        board.mark(0, monotonic_ns());
+        age_flow(&flows, &a, old());
+        assert_eq!(test_run(&prog, &a), 0);
+
+        // Fragments of one datagram are one flow (no ports), as are ICMP packets.
+        let first = packet(17, 2000, 100, 0x2000); // MF
+        let later = packet(17, 9999, 100, 0x0010); // offset 128, other bytes where ports were
+        let q = test_run(&prog, &first);
+        assert_eq!(test_run(&prog, &later), q);
+        let echo = packet(1, 0x0800, 84, 0);
+        let echo2 = packet(1, 0x0801, 84, 0);
+        let q = test_run(&prog, &echo);
+        assert_eq!(
+            test_run(&prog, &echo2),
+            q,
+            "ICMP: addresses and protocol only"
+        );
+
+        // Too short to hold the TCP ports: the program stops with queue 0 (whatever the
+        // flow's turn would have been: the next new flow takes queue 1 below).
+        assert_eq!(test_run(&prog, &packet(6, 1003, 60, 0)[..22]), 0);
+        assert_eq!(test_run(&prog, &packet(6, 1004, 60, 0)), 1);
     }
 }
