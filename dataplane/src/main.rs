@@ -161,8 +161,21 @@ fn set_steering(
     if nworkers < 2 {
         return None;
     }
-    if steering == Steering::Cpu && !cpus.is_empty() {
-        let worker_cpus: Vec<usize> = (0..nworkers).map(|i| cpus[i % cpus.len()]).collect();
+    let worker_cpus: Vec<usize> = match cpus.len() {
+        0 => Vec::new(),
+        n => (0..nworkers).map(|i| cpus[i % n]).collect(),
+    };
+    let distinct = worker_cpus
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if steering == Steering::Cpu && !cpus.is_empty() && distinct < nworkers {
+        // Two workers on one CPU: only one of them could ever be "the CPU's worker".
+        tracing::info!(
+            cpus = ?worker_cpus,
+            "CPU-local steering needs one CPU per worker; using flow steering"
+        );
+    } else if steering == Steering::Cpu && !cpus.is_empty() {
         let recv_result = sys::socket::attach_reuseport_cbpf(
             recv,
             &sys::bpf::reuseport_cpu_program(&worker_cpus),
