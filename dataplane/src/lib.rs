@@ -10,9 +10,12 @@
 //! 4. [`worker`]: one pinned thread per core; [`worker::uring`] (io_uring, the hot path) and
 //!    [`worker::fallback`] (poll + recvmmsg/sendmmsg); both share the per-I/O handling in
 //!    `worker` itself.
-//! 5. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, threads, signals.
+//! 5. [`steering`]: pure BPF programs that hand a packet to the worker of its CPU (CPU-local
+//!    steering, `--steering cpu`).
+//! 6. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, BPF maps and programs,
+//!    threads, signals.
 //!
-//! Pure modules (`packet`, `forward`, `gso`, `gro`) forbid `unsafe`; elsewhere every `unsafe` block has a
+//! Pure modules (`packet`, `forward`, `gso`, `gro`, `steering`) forbid `unsafe`; elsewhere every `unsafe` block has a
 //! `// SAFETY:` comment. Counters go to the shared-memory block in
 //! [`flannel_shared::stats`]; nothing logs per packet.
 
@@ -20,5 +23,6 @@ pub mod forward;
 pub mod gro;
 pub mod gso;
 pub mod packet;
+pub mod steering;
 pub mod sys;
 pub mod worker;

@@ -46,7 +46,7 @@
 //!
 //! Default `cpu` (needs pinned workers): a packet goes to the worker pinned to the CPU it is
 //! being handled on, so the hand-over is a local wake-up, not a cross-CPU one
-//! (`sys::bpf` has the programs and the contract).
+//! (`steering` has the programs, `sys::bpf` the maps and attaching).
 //! - TUN (packets to send): an eBPF steering program tracks flows. A new flow goes to the
 //!   next queue in turn (flows spread evenly); a busy flow stays put (no reordering); a flow
 //!   that was idle, whose old worker has drained since, and whose packet is small moves to
@@ -62,7 +62,7 @@
 //! worker sends from its own ephemeral source port (harmless for flannel peers, and it lets
 //! a peer that only hashes the 4-tuple spread too).
 
-use flannel_dataplane::{sys, worker};
+use flannel_dataplane::{steering, sys, worker};
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -178,7 +178,7 @@ fn set_steering(
     } else if steering == Steering::Cpu && !cpus.is_empty() {
         let recv_result = sys::socket::attach_reuseport_cbpf(
             recv,
-            &sys::bpf::reuseport_cpu_program(&worker_cpus),
+            &steering::reuseport_cpu_program(&worker_cpus),
         );
         let tun_result = match recv_result {
             Ok(()) => sys::bpf::attach_tun_steering(tun, &worker_cpus),

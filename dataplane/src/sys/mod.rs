@@ -5,7 +5,7 @@
 //! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
 //! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
-//! - [`bpf`]: CPU-local steering programs for the TUN queues and the reuseport group.
+//! - [`bpf`]: CPU-local steering: BPF maps, loading and attaching (`crate::steering` builds the programs).
 //! - [`io`]: plain read/write/poll/recvmmsg/sendmmsg for the fallback path.
 
 pub mod bpf;
