@@ -149,8 +149,9 @@ enum Steering {
 }
 
 /// Attaches the steering programs (TUN device-wide, reuseport group-wide) through worker 0's
-/// TUN queue and receive socket. Failures keep the kernel's default and are logged once.
-/// CPU-local steering returns the board the workers report their drain times to.
+/// TUN queue and receive socket. CPU-local steering returns the board the workers report
+/// their drain times to; when it is not possible (logged once) flow steering is attached,
+/// and when that fails too the kernel's defaults stay.
 fn set_steering(
     steering: Steering,
     cpus: &[usize],
@@ -161,41 +162,16 @@ fn set_steering(
     if nworkers < 2 {
         return None;
     }
-    let worker_cpus: Vec<usize> = match cpus.len() {
-        0 => Vec::new(),
-        n => (0..nworkers).map(|i| cpus[i % n]).collect(),
-    };
-    let distinct = worker_cpus
-        .iter()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    if steering == Steering::Cpu && !cpus.is_empty() && distinct < nworkers {
-        // Two workers on one CPU: only one of them could ever be "the CPU's worker".
-        tracing::info!(
-            cpus = ?worker_cpus,
-            "CPU-local steering needs one CPU per worker; using flow steering"
-        );
-    } else if steering == Steering::Cpu && !cpus.is_empty() {
-        let recv_result = sys::socket::attach_reuseport_cbpf(
-            recv,
-            &steering::reuseport_cpu_program(&worker_cpus),
-        );
-        let tun_result = match recv_result {
-            Ok(()) => sys::bpf::attach_tun_steering(tun, &worker_cpus),
-            Err(_) => Err(std::io::Error::other("not tried")),
-        };
-        match (recv_result, tun_result) {
-            (Ok(()), Ok(board)) => {
-                tracing::info!(cpus = ?worker_cpus, "steering: CPU-local (TUN eBPF, reuseport CBPF)");
-                return Some(board);
+    if steering == Steering::Cpu {
+        match cpu_local_steering(cpus, nworkers, tun, recv) {
+            Ok(board) => return Some(board),
+            Err(CpuSteeringOff::Config(why)) => {
+                tracing::info!("{why}; using flow steering")
             }
-            (recv, tun) => tracing::warn!(
-                recv = ?recv.err(), tun = ?tun.err(),
-                "CPU-local steering unavailable; using flow steering"
-            ),
+            Err(CpuSteeringOff::Failed(e)) => {
+                tracing::warn!("CPU-local steering unavailable ({e}); using flow steering")
+            }
         }
-    } else if steering == Steering::Cpu {
-        tracing::info!("--cpus none: CPU-local steering needs pinned workers; using flow steering");
     }
     match sys::socket::attach_flow_steering(recv, nworkers as u32) {
         Ok(()) => tracing::info!("steering: inner-flow hash (reuseport CBPF), TUN flow hash"),
@@ -204,6 +180,45 @@ fn set_steering(
         ),
     }
     None
+}
+
+/// Why CPU-local steering is off: the configuration rules it out, or the kernel refused.
+enum CpuSteeringOff {
+    Config(String),
+    Failed(String),
+}
+
+/// CPU-local steering for workers pinned to `cpus` (worker i → `cpus[i % len]`): the
+/// reuseport program first, then the TUN program (a later flow-steering attach replaces the
+/// reuseport program if the TUN one fails).
+fn cpu_local_steering(
+    cpus: &[usize],
+    nworkers: usize,
+    tun: &std::os::fd::OwnedFd,
+    recv: &std::os::fd::OwnedFd,
+) -> Result<sys::bpf::DrainBoard, CpuSteeringOff> {
+    if cpus.is_empty() {
+        return Err(CpuSteeringOff::Config(
+            "--cpus none: CPU-local steering needs pinned workers".into(),
+        ));
+    }
+    let worker_cpus: Vec<usize> = (0..nworkers).map(|i| cpus[i % cpus.len()]).collect();
+    let distinct = worker_cpus
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if distinct < nworkers {
+        // Two workers on one CPU: only one of them could ever be "the CPU's worker".
+        return Err(CpuSteeringOff::Config(format!(
+            "CPU-local steering needs one CPU per worker (cpus {worker_cpus:?})"
+        )));
+    }
+    sys::socket::attach_reuseport_cbpf(recv, &steering::reuseport_cpu_program(&worker_cpus))
+        .map_err(|e| CpuSteeringOff::Failed(format!("reuseport CBPF: {e}")))?;
+    let board = sys::bpf::attach_tun_steering(tun, &worker_cpus)
+        .map_err(|e| CpuSteeringOff::Failed(format!("TUN steering eBPF: {e}")))?;
+    tracing::info!(cpus = ?worker_cpus, "steering: CPU-local (TUN eBPF, reuseport CBPF)");
+    Ok(board)
 }
 
 /// `--cpus`: an explicit pin list, or no pinning.

@@ -110,6 +110,21 @@ const JNE: u8 = 0x50;
 fn jge_reg(dst: u8, src: u8, off: i16) -> BpfInsn {
     insn(0x3d, dst, src, off, 0)
 }
+/// `dst += imm` (64-bit).
+fn add_imm(dst: u8, imm: i32) -> BpfInsn {
+    insn(0x07, dst, 0, 0, imm) // BPF_ALU64 | BPF_ADD | BPF_K
+}
+/// `r0 = bpf_map_lookup_elem(map, r10 + key_off)` (a value pointer, or 0).
+fn map_lookup(map_fd: i32, key_off: i32) -> [BpfInsn; 5] {
+    let [ld, ld2] = ld_map_fd(R1, map_fd);
+    [
+        ld,
+        ld2,
+        mov_reg(R2, R10),
+        add_imm(R2, key_off),
+        call(FN_MAP_LOOKUP_ELEM),
+    ]
+}
 /// `BPF_LD | BPF_IMM | BPF_DW` with the map-fd pseudo source: `dst = &map` (two slots).
 fn ld_map_fd(dst: u8, fd: i32) -> [BpfInsn; 2] {
     [
@@ -160,12 +175,7 @@ pub fn tun_steering_program(flow_map: i32, drain_map: i32, cpus: &[usize]) -> Ve
         stx(W, R10, -8, R0), // key.ports
     ];
     // Look the flow up.
-    p.extend(ld_map_fd(R1, flow_map));
-    p.extend([
-        mov_reg(R2, R10),
-        insn(0x07, R2, 0, 0, -16),
-        call(FN_MAP_LOOKUP_ELEM),
-    ]);
+    p.extend(map_lookup(flow_map, -16));
     let lookup_miss = p.len();
     p.push(jmp_imm(JEQ, R0, 0, 0)); // patched below: → new flow
     p.extend([
@@ -188,12 +198,7 @@ pub fn tun_steering_program(flow_map: i32, drain_map: i32, cpus: &[usize]) -> Ve
         ldx(W, R1, R7, 8),
         stx(W, R10, -40, R1),
     ]);
-    p.extend(ld_map_fd(R1, drain_map));
-    p.extend([
-        mov_reg(R2, R10),
-        insn(0x07, R2, 0, 0, -40),
-        call(FN_MAP_LOOKUP_ELEM),
-    ]);
+    p.extend(map_lookup(drain_map, -40));
     let at = p.len();
     p.push(jmp_imm(JEQ, R0, 0, to_stay(at)));
     p.push(ldx(DW, R1, R0, 0));
@@ -220,16 +225,13 @@ pub fn tun_steering_program(flow_map: i32, drain_map: i32, cpus: &[usize]) -> Ve
         mov_imm(R1, nqueues),
         stx(W, R10, -40, R1),
     ]);
-    p.extend(ld_map_fd(R1, drain_map));
+    p.extend(map_lookup(drain_map, -40));
     p.extend([
-        mov_reg(R2, R10),
-        insn(0x07, R2, 0, 0, -40),
-        call(FN_MAP_LOOKUP_ELEM),
         jmp_imm(JEQ, R0, 0, 6), // no counter: queue 0
         ldx(DW, R1, R0, 0),
         mov_reg(R2, R1),
-        insn(0x07, R2, 0, 0, 1),       // r2 += 1
-        stx(DW, R0, 0, R2),            // not atomic: two CPUs may pick the same queue, harmless
+        add_imm(R2, 1),
+        stx(DW, R0, 0, R2), // not atomic: two CPUs may pick the same queue, harmless
         insn(0x97, R1, 0, 0, nqueues), // r1 %= queues
         mov_reg(R7, R1),
     ]);
@@ -237,9 +239,9 @@ pub fn tun_steering_program(flow_map: i32, drain_map: i32, cpus: &[usize]) -> Ve
     p.extend(ld_map_fd(R1, flow_map));
     p.extend([
         mov_reg(R2, R10),
-        insn(0x07, R2, 0, 0, -16),
+        add_imm(R2, -16),
         mov_reg(R3, R10),
-        insn(0x07, R3, 0, 0, -32),
+        add_imm(R3, -32),
         mov_imm(R4, 0), // BPF_ANY
         call(FN_MAP_UPDATE_ELEM),
         mov_reg(R0, R7),

@@ -209,12 +209,12 @@ pub fn load_socket_filter(prog: &[BpfInsn]) -> io::Result<OwnedFd> {
     })
 }
 
-/// Sets (`Some`) or removes (`None`) the steering program of the TUN device of queue `tun`
-/// (device-wide; the device keeps its own reference, `prog` may be closed afterwards).
-pub fn set_tun_steering(tun: &OwnedFd, prog: Option<&OwnedFd>) -> io::Result<()> {
-    let fd: libc::c_int = prog.map_or(-1, |p| p.as_raw_fd());
-    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd, -1 to detach) from the
-    // pointer, which points at `fd` for the duration of the call.
+/// Sets the steering program of the TUN device of queue `tun` (device-wide; the device keeps
+/// its own reference, `prog` may be closed afterwards).
+pub fn set_tun_steering(tun: &OwnedFd, prog: &OwnedFd) -> io::Result<()> {
+    let fd: libc::c_int = prog.as_raw_fd();
+    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd) from the pointer, which
+    // points at `fd` for the duration of the call.
     cvt(unsafe {
         libc::ioctl(
             tun.as_raw_fd(),
@@ -231,7 +231,7 @@ pub fn attach_tun_steering(tun: &OwnedFd, cpus: &[usize]) -> io::Result<DrainBoa
     let board = DrainBoard::create(cpus.len())?;
     let flows = create_flow_map()?;
     let prog = load_socket_filter(&tun_steering_program(flows.as_raw_fd(), board.map_fd, cpus))?;
-    set_tun_steering(tun, Some(&prog))?;
+    set_tun_steering(tun, &prog)?;
     Ok(board)
 }
 
@@ -239,6 +239,10 @@ pub fn attach_tun_steering(tun: &OwnedFd, cpus: &[usize]) -> io::Result<DrainBoa
 mod tests {
     use super::*;
     use crate::steering::MOVE_MAX_LEN;
+
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
     fn can_load_bpf(what: &str) -> bool {
         // SAFETY: geteuid has no preconditions.
@@ -297,12 +301,12 @@ mod tests {
             repeat: 1,
             duration: 0,
         };
-        // SAFETY: BPF_PROG_TEST_RUN (10) reads `attr` and `frame`, writes `attr.retval` and
+        // SAFETY: BPF_PROG_TEST_RUN reads `attr` and `frame`, writes `attr.retval` and
         // `duration`; both outlive the call.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
-                10 as libc::c_long,
+                BPF_PROG_TEST_RUN,
                 &mut attr as *mut TestRunAttr,
                 std::mem::size_of::<TestRunAttr>() as libc::c_uint,
             )
@@ -344,8 +348,8 @@ mod tests {
                 value: value.as_mut_ptr() as u64,
                 flags: 0,
             };
-            // SAFETY: BPF_MAP_LOOKUP_ELEM (1) writes 16 bytes to `value`, BPF_MAP_UPDATE_ELEM
-            // (2) reads 16 from it and 16 from `key`; all outlive the call.
+            // SAFETY: BPF_MAP_LOOKUP_ELEM writes 16 bytes to `value`, BPF_MAP_UPDATE_ELEM
+            // reads 16 from it and 16 from `key`; all outlive the call.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
@@ -356,9 +360,9 @@ mod tests {
             };
             assert_eq!(r, 0, "bpf map cmd {cmd}: {}", io::Error::last_os_error());
         };
-        elem(1, &mut value);
+        elem(BPF_MAP_LOOKUP_ELEM, &mut value);
         value[..8].copy_from_slice(&last_seen.to_ne_bytes());
-        elem(2, &mut value);
+        elem(BPF_MAP_UPDATE_ELEM, &mut value);
     }
 
     /// An IPv4 packet of `len` bytes: protocol `proto`, 10.0.0.1 → 10.0.0.2, port word
