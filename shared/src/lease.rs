@@ -119,6 +119,15 @@ impl LeaseAttrs {
 mod tests {
     use super::*;
 
+    /// BackendData numbers survive to_json → parse exactly (serde_json's `float_roundtrip`;
+    /// found by the lease fuzz target: 1.999999999999e+21 came back as 1.9999999999990002e+21).
+    #[test]
+    fn backend_data_floats_round_trip() {
+        let raw = br#"{"PublicIP":"198.18.0.9","PublicIPv6":null,"BackendData":{"VNI":1.999999999999e+21}}"#;
+        let a = LeaseAttrs::parse(raw).unwrap();
+        assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()).unwrap(), a);
+    }
+
     #[test]
     fn udp_value_is_byte_exact() {
         let a = LeaseAttrs::udp(Ipv4Addr::new(198, 18, 0, 1));
