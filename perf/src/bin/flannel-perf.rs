@@ -50,6 +50,11 @@ struct Args {
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// Also profile ours, kernel VXLAN and bare in the first repeat: a TCP 1-stream test under
+    /// `perf record -a` (CPU per GB by category) and a ping run under `perf stat -a` (context
+    /// switches and syscalls per round trip). Needs `perf`.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn install_signal_thread() {
@@ -114,13 +119,14 @@ fn run(args: Args) -> Result<bool> {
         bin_dir,
         only: args.only,
         workers: args.workers,
+        profile: args.profile,
         command: std::env::var("FLANNEL_PERF_COMMAND").unwrap_or_else(|_| {
             let mut a: Vec<String> = std::env::args().collect();
             a[0] = "flannel-perf".into();
             a.join(" ")
         }),
     };
-    bench::preflight(&opts.bin_dir)?;
+    bench::preflight(&opts.bin_dir, opts.profile)?;
     install_signal_thread();
     let started = std::time::Instant::now();
     let (run, outputs) = bench::run(opts)?;

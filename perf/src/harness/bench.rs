@@ -34,6 +34,14 @@
 //! the whole machine from `/proc/stat`), and for the 4-stream test each worker's counter deltas
 //! from the data planes' stats files.
 //!
+//! # `--profile`
+//!
+//! In the first repeat of ours, kernel VXLAN and bare: a TCP 1-stream test under `perf record -a
+//! -F 499` (CPU per GB by category, [`profile`]) and a 200-ping run during which
+//! `sched:sched_switch` and `raw_syscalls:sys_enter` are recorded for one second (and for a
+//! quiet second before it): context switches and syscalls per round trip. The perf.data files
+//! are deleted once summarised.
+//!
 //! # Safety of the testbed
 //!
 //! Nothing is sent from the root namespace; the underlay is 198.18.0.0/24, overlay addresses
@@ -55,6 +63,7 @@ use flannel_shared::stats::{StatsReader, WorkerCounters};
 use super::model::{
     file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
 };
+use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
 use super::{cpu, iperf, markdown, ping, summary, svg};
 use crate::testbed::cluster::{Cluster, ClusterOpts};
 use crate::testbed::netns::Netns;
@@ -67,6 +76,16 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 const IPERF_PORT: &str = "5201";
 /// Transit network on vxlan0 (inside the host namespaces only).
 const VXLAN_TRANSIT: &str = "10.254.42";
+/// Variants `--profile` profiles (in the first repeat).
+const PROFILED: &[&str] = &["ours", "vxlan", "bare"];
+/// Pings of the profiled ping run (at 10 ms: about 2 s), and the recorded windows: one quiet
+/// before it, one inside it after it settled.
+const PROFILE_PINGS: u32 = 200;
+const PROFILE_PING_SETTLE: Duration = Duration::from_millis(300);
+const PROFILE_WINDOW: Duration = Duration::from_secs(1);
+/// Sampling rate of the TCP profile per CPU (perf's default 4 kHz costs the data plane ~⅓ of
+/// its throughput on this kind of VM; 499 Hz still gives thousands of samples per test).
+const PROFILE_SAMPLE_HZ: &str = "499";
 /// Counters whose per-worker deltas are recorded for the 4-stream test.
 const WORKER_COUNTERS: &[&str] = &[
     "tun_rx_packets",
@@ -91,6 +110,8 @@ pub struct Options {
     pub only: Option<Vec<String>>,
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).
     pub workers: Option<usize>,
+    /// Also profile ours, VXLAN and bare in the first repeat ([`profile`]): needs `perf`.
+    pub profile: bool,
     /// The command line, for the report.
     pub command: String,
 }
@@ -180,7 +201,7 @@ fn check_interrupt() -> Result<()> {
 }
 
 /// Checks what the run needs before building anything.
-pub fn preflight(bin_dir: &Path) -> Result<()> {
+pub fn preflight(bin_dir: &Path, profile: bool) -> Result<()> {
     if !is_root() {
         bail!("must run as root (network namespaces, TUN devices); try: sudo scripts/perf");
     }
@@ -195,6 +216,9 @@ pub fn preflight(bin_dir: &Path) -> Result<()> {
             "missing programs: {} (scripts/perf installs iperf3 etcd-server etcd-client iproute2 iputils-ping)",
             missing.join(", ")
         );
+    }
+    if profile && !have("perf") {
+        bail!("--profile needs `perf` (Debian: apt-get install linux-perf; scripts/perf --profile installs it)");
     }
     for b in ["flanneld", "flannel-dataplane"] {
         let p = bin_dir.join(b);
@@ -282,7 +306,7 @@ struct Bench {
 
 /// Runs everything, writes the outputs and returns the run and the files.
 pub fn run(opts: Options) -> Result<(Run, Outputs)> {
-    preflight(&opts.bin_dir)?;
+    preflight(&opts.bin_dir, opts.profile)?;
     let started = now_secs();
     let mut machine = machine_info();
     let defs: Vec<VariantDef> = VARIANTS
@@ -453,6 +477,10 @@ impl Bench {
             if let Err(e) = r {
                 sample.errors.push(format!("{e:#}"));
             }
+        }
+        if self.opts.profile && repeat == 1 && PROFILED.contains(&d.id) && sample.errors.is_empty()
+        {
+            sample.profile = Some(self.profile(d.kind)?);
         }
         if let Kind::Vxlan = d.kind {
             self.teardown_vxlan();
@@ -732,6 +760,206 @@ impl Bench {
         ping::parse(&std::fs::read_to_string(&out_path)?)
     }
 
+    /// `--profile`: a TCP 1-stream test under `perf record -a` and a ping run with its context
+    /// switches and syscalls recorded (see [`profile`]). Failures are recorded in the profile; only an interrupt is an error.
+    fn profile(&mut self, kind: Kind) -> Result<Profile> {
+        let mut p = Profile::default();
+        eprint!(
+            "{}: profile: iperf3 TCP 1 stream under perf record ... ",
+            self.progress
+        );
+        match self.profile_tcp(kind) {
+            Ok(t) => {
+                eprintln!(
+                    "{:.2} Gbit/s, busy {} CPU-s/GB",
+                    t.gbit_per_s,
+                    t.busy_s_per_gb().map_or("-".into(), markdown::num)
+                );
+                p.tcp1 = Some(t);
+            }
+            Err(e) => {
+                eprintln!("failed");
+                check_interrupt()?;
+                p.errors.push(format!("profile TCP 1 stream: {e:#}"));
+            }
+        }
+        eprint!(
+            "{}: profile: ping under perf record (tracepoints) ... ",
+            self.progress
+        );
+        match self.profile_ping(kind) {
+            Ok(x) => {
+                let get = |k: &str| {
+                    x.per_round_trip
+                        .get(k)
+                        .map_or("-".into(), |v| format!("{v:.1}"))
+                };
+                eprintln!(
+                    "per round trip: {} context switches, data plane {} switches and {} syscalls",
+                    get("switches_all"),
+                    get("switches_dataplane"),
+                    get("syscalls_dataplane")
+                );
+                p.ping = Some(x);
+            }
+            Err(e) => {
+                eprintln!("failed");
+                check_interrupt()?;
+                p.errors.push(format!("profile ping: {e:#}"));
+            }
+        }
+        Ok(p)
+    }
+
+    fn profile_tcp(&mut self, kind: Kind) -> Result<TcpProfile> {
+        let data = self.log_path("perf-record").with_extension("data");
+        let log = data.with_extension("log");
+        let mut rec = Command::new("perf")
+            .args(["record", "-a", "-q", "-F", PROFILE_SAMPLE_HZ, "-o"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("starting perf record")?;
+        // perf opens its per-CPU events before it samples; give it a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let json = self.iperf(kind, &[]);
+        let wall = started.elapsed().as_secs_f64();
+        let stopped = interrupt_child(&mut rec);
+        let status = wait_child(rec, Duration::from_secs(60))?;
+        stopped?;
+        let r = iperf::parse_tcp(&json?)?;
+        if !data.is_file() {
+            bail!(
+                "perf record wrote nothing ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+        }
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "comm,sym",
+                "-t",
+                "|",
+                "-q",
+                "-i",
+            ])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .context("running perf report")?;
+        let lines = profile::parse_report(&String::from_utf8_lossy(&report.stdout));
+        if lines.is_empty() {
+            bail!(
+                "perf report gave no samples: {}",
+                String::from_utf8_lossy(&report.stderr).trim()
+            );
+        }
+        // The recorded span: perf's own header when it has one, else what we timed.
+        let header = Command::new("perf")
+            .args(["report", "--stdio", "--header-only", "-i"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| profile::sample_duration_s(&String::from_utf8_lossy(&o.stdout)));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The perf.data of a run is large and only this summary is kept.
+        let _ = std::fs::remove_file(&data);
+        Ok(TcpProfile::new(
+            &lines,
+            r.gbit_per_s(),
+            r.bytes as f64 / 1e9,
+            header.unwrap_or(wall),
+            cpus,
+        ))
+    }
+
+    fn profile_ping(&mut self, kind: Kind) -> Result<PingProfile> {
+        let quiet = self.trace_window()?;
+        let out_path = self.log_path("profile-ping");
+        let ep = self.endpoints(kind);
+        let ping = ep
+            .client
+            .command("ping")
+            .args([
+                "-c",
+                &PROFILE_PINGS.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "2",
+                "-q",
+            ])
+            .arg(ep.target.to_string())
+            .stdin(Stdio::null())
+            .stdout(File::create(&out_path)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        std::thread::sleep(PROFILE_PING_SETTLE);
+        let during = self.trace_window();
+        let status = wait_child(ping, Duration::from_secs(30))?;
+        let during = during?;
+        let p = ping::parse(&std::fs::read_to_string(&out_path)?)?;
+        if p.received < u64::from(PROFILE_PINGS) / 2 || during.pings == 0 {
+            bail!(
+                "ping ({status}): {} of {} replies, {} sent in the window",
+                p.received,
+                p.transmitted,
+                during.pings
+            );
+        }
+        Ok(PingProfile::new(during, quiet))
+    }
+
+    /// [`PING_EVENTS`] on every CPU over [`PROFILE_WINDOW`] (`perf record -a`, perf's own
+    /// events excluded), counted per path thread group.
+    fn trace_window(&mut self) -> Result<profile::WindowCounts> {
+        let data = self.log_path("perf-trace").with_extension("data");
+        let log = data.with_extension("log");
+        let mut args: Vec<String> = vec!["record".into(), "-a".into(), "-q".into()];
+        for e in PING_EVENTS {
+            args.extend(["-e".into(), e.to_string(), "--exclude-perf".into()]);
+        }
+        let rec = Command::new("perf")
+            .args(&args)
+            .arg("-o")
+            .arg(&data)
+            .args(["--", "sleep", &PROFILE_WINDOW.as_secs_f64().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("starting perf record")?;
+        let status = wait_child(rec, Duration::from_secs(30))?;
+        let script = Command::new("perf")
+            .args(["script", "-F", "comm,event,trace", "-i"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .context("running perf script")?;
+        let _ = std::fs::remove_file(&data);
+        let text = String::from_utf8_lossy(&script.stdout);
+        if !status.success() || text.trim().is_empty() {
+            bail!(
+                "perf record of {} ({status}) gave nothing: {}",
+                PING_EVENTS.join(", "),
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+        }
+        Ok(profile::parse_script(
+            &text,
+            nix::libc::SYS_sendto,
+            PROFILE_WINDOW.as_secs_f64(),
+        ))
+    }
+
     /// Waits until one ping crosses the variant's path (ARP, routes, data planes ready).
     fn wait_path(&self, kind: Kind) -> Result<()> {
         let ep = self.endpoints(kind);
@@ -884,6 +1112,15 @@ fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Asks our own child (by PID) to finish as after Ctrl-C: `perf record` then writes its file.
+fn interrupt_child(child: &mut Child) -> Result<()> {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).context("SIGINT to perf")?;
+    }
+    Ok(())
 }
 
 fn stop_child(child: &mut Child) {

@@ -1,11 +1,12 @@
 //! The Markdown report of a run (pure): a table with one row per metric and one column per
 //! variant (`median (min–max)` over the repeats), the ratios the targets are stated in
-//! (ours ÷ kernel VXLAN, ours ÷ bare underlay), the per-worker packet counts, errors, and how
-//! the testbed was wired.
+//! (ours ÷ kernel VXLAN, ours ÷ bare underlay), the per-worker packet counts, the `--profile`
+//! breakdown when there is one, errors, and how the testbed was wired.
 
 use std::fmt::Write as _;
 
 use super::model::{Run, VariantResult, METRICS};
+use super::profile::{Category, PingProfile, Profile, TcpProfile};
 use super::summary::Summary;
 
 /// Formats a number with about three significant digits; infinity as `∞`.
@@ -168,13 +169,33 @@ pub fn render(run: &Run, chart: &str) -> String {
         }
     }
 
+    // --profile.
+    let profiled: Vec<(&VariantResult, &Profile)> = run
+        .variants
+        .iter()
+        .filter_map(|v| {
+            v.samples
+                .iter()
+                .find_map(|x| x.profile.as_ref())
+                .map(|p| (v, p))
+        })
+        .collect();
+    if !profiled.is_empty() {
+        s.push_str(&render_profile(&profiled));
+    }
+
     // Unavailable variants and errors.
     let mut problems = String::new();
     for v in &run.variants {
         if let Some(why) = &v.unavailable {
             let _ = writeln!(problems, "- {}: unavailable: {why}", v.label);
         }
-        for (rep, e) in v.errors() {
+        for (rep, e) in v.errors().chain(
+            v.samples
+                .iter()
+                .filter_map(|x| x.profile.as_ref().map(|p| (x.repeat, p)))
+                .flat_map(|(r, p)| p.errors.iter().map(move |e| (r, e.as_str()))),
+        ) {
             let first = e.lines().next().unwrap_or("");
             let _ = writeln!(problems, "- {} (repeat {rep}): {first}", v.label);
         }
@@ -199,6 +220,75 @@ pub fn render(run: &Run, chart: &str) -> String {
     }
     for n in &t.notes {
         let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+/// The `--profile` section: CPU per GB by category for TCP 1 stream, and what a ping round
+/// trip costs in context switches and syscalls.
+fn render_profile(profiled: &[(&VariantResult, &Profile)]) -> String {
+    let mut s = String::new();
+    s.push_str("\n## Profile (`--profile`, first repeat)\n\n");
+    s.push_str("TCP 1 stream under `perf record -a` (cpu-clock on every CPU): CPU seconds per GB moved, by where the samples fell (share of all samples × recorded time × CPUs ÷ GB). Ping (200 at 10 ms): `sched:sched_switch` and `raw_syscalls:sys_enter` recorded on every CPU for 1 s while pinging, counted for the threads a round trip runs in (ping, data-plane workers, idle, ksoftirqd), the rate of a quiet second before subtracted, divided by the echo requests ping sent in that second.\n\n");
+    s.push_str("| CPU-s per GB, TCP 1 stream |");
+    for (v, _) in profiled {
+        let _ = write!(s, " {} |", v.label);
+    }
+    s.push_str("\n|---|");
+    for _ in profiled {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    let tcp_cell = |p: &Profile, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
+        p.tcp1.as_ref().and_then(f).map_or("—".to_string(), num)
+    };
+    let mut row = |label: &str, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
+        let _ = write!(s, "| {label} |");
+        for (_, p) in profiled {
+            let _ = write!(s, " {} |", tcp_cell(p, f));
+        }
+        s.push('\n');
+    };
+    row("throughput while profiled (Gbit/s)", &|t| {
+        Some(t.gbit_per_s)
+    });
+    row("**busy, all CPUs**", &|t| t.busy_s_per_gb());
+    for c in Category::ALL.iter().filter(|c| **c != Category::Idle) {
+        row(c.label(), &|t| t.s_per_gb.get(c.key()).copied());
+    }
+    row("idle share of all CPU time (%)", &|t| {
+        t.shares.get(Category::Idle.key()).map(|v| v * 100.0)
+    });
+    for (key, label, _, _) in PingProfile::ROWS {
+        let _ = write!(s, "| ping: {label} per round trip |");
+        for (_, p) in profiled {
+            let v = p
+                .ping
+                .as_ref()
+                .and_then(|x| x.per_round_trip.get(key).copied());
+            let _ = write!(s, " {} |", v.map_or("—".to_string(), |v| format!("{v:.1}")));
+        }
+        s.push('\n');
+    }
+    if let Some((v, t)) = profiled
+        .iter()
+        .find_map(|(v, p)| p.tcp1.as_ref().map(|t| (v, t)))
+    {
+        let _ = writeln!(
+            s,
+            "\nHottest symbols, {} (share of all samples):\n",
+            v.label
+        );
+        for l in t.top.iter().take(10) {
+            let _ = writeln!(
+                s,
+                "- {:.2} % `{}` {} `{}`",
+                l.percent,
+                l.comm,
+                if l.kernel { "[k]" } else { "[.]" },
+                l.symbol
+            );
+        }
     }
     s
 }
@@ -297,6 +387,61 @@ pub(crate) mod tests {
             },
             variants,
         }
+    }
+
+    #[test]
+    fn profile_section() {
+        use crate::harness::profile::{parse_report, parse_script, PingProfile, TcpProfile};
+        let mut run = sample_run();
+        assert!(
+            !render(&run, "x.svg").contains("## Profile"),
+            "no section without --profile"
+        );
+        let report = " 20.00% |swapper |[k] pv_native_safe_halt\n 30.00% |fdp-worker-0 |[k] _copy_to_iter\n 50.00% |iperf3 |[k] tcp_sendmsg_locked\n";
+        let during = parse_script(
+            "ping raw_syscalls:sys_enter: NR 44 (3)\nfdp-worker-0 sched:sched_switch: x\n",
+            44,
+            1.0,
+        );
+        let quiet = parse_script("", 44, 1.0);
+        run.variants[0].samples[0].profile = Some(Profile {
+            // 10 s on 2 CPUs, 4 GB: 30 % → 1.5 CPU-s/GB, busy 80 % → 4 CPU-s/GB.
+            tcp1: Some(TcpProfile::new(&parse_report(report), 3.2, 4.0, 10.0, 2)),
+            ping: Some(PingProfile::new(during, quiet)),
+            errors: vec!["profile ping: perf record gave nothing".into()],
+        });
+        let md = render(&run, "x.svg");
+        assert!(
+            md.contains("## Profile (`--profile`, first repeat)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| CPU-s per GB, TCP 1 stream | ours |\n|---|---|\n"),
+            "{md}"
+        );
+        assert!(md.contains("| **busy, all CPUs** | 4.00 |"), "{md}");
+        assert!(
+            md.contains(
+                "| data plane: user↔kernel copies (TUN read/write, UDP send/receive) | 1.50 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| idle share of all CPU time (%) | 20.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ping: context switches of data-plane workers per round trip | 1.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- 50.00 % `iperf3` [k] `tcp_sendmsg_locked`"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- ours (repeat 1): profile ping: perf record gave nothing"),
+            "{md}"
+        );
     }
 
     #[test]

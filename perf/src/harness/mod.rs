@@ -3,7 +3,7 @@
 //! underlay, side by side on one namespace testbed, N repeats, medians with min/max.
 //!
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
-//! (iputils output), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
+//! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
 //! parsing), [`model`] (what a run produces, serialised to JSON), [`markdown`] (the table) and
 //! [`svg`] (the chart). The I/O lives in [`bench`]: the testbed, the variants, running iperf3 and
 //! ping in the namespaces, reading CPU time and per-worker counters, writing the files.
@@ -14,5 +14,6 @@ pub mod iperf;
 pub mod markdown;
 pub mod model;
 pub mod ping;
+pub mod profile;
 pub mod summary;
 pub mod svg;

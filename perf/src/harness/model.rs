@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::iperf::{TcpResult, UdpResult};
 use super::ping::PingResult;
+use super::profile::Profile;
 use super::summary::{summarize, Summary};
 
 /// One metric of the report table.
@@ -214,6 +215,8 @@ pub struct Sample {
     pub ping: Option<PingResult>,
     /// Per-worker counter deltas during the 4-stream TCP test (ours only).
     pub workers: Vec<WorkerDeltas>,
+    /// `--profile` (first repeat of ours, VXLAN and bare).
+    pub profile: Option<Profile>,
     pub errors: Vec<String>,
 }
 
