@@ -737,27 +737,27 @@ impl Bench {
     }
 
     fn ping(&mut self, kind: Kind) -> Result<ping::PingResult> {
-        let out_path = self.log_path("ping");
+        let (child, out_path) = self.spawn_ping(kind, self.opts.ping_count, "ping")?;
+        wait_child(child, Duration::from_secs(30))?;
+        ping::parse(&std::fs::read_to_string(&out_path)?)
+    }
+
+    /// Starts `ping -c count -i 0.01` from the variant's client to its target, stdout to a log
+    /// named `what`; returns the child and the log's path.
+    fn spawn_ping(&mut self, kind: Kind, count: u32, what: &str) -> Result<(Child, PathBuf)> {
+        let out_path = self.log_path(what);
         let ep = self.endpoints(kind);
         let child = ep
             .client
             .command("ping")
-            .args([
-                "-c",
-                &self.opts.ping_count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "2",
-            ])
+            .args(["-c", &count.to_string(), "-i", "0.01", "-W", "2"])
             .arg(ep.target.to_string())
             .stdin(Stdio::null())
             .stdout(File::create(&out_path)?)
             .stderr(Stdio::null())
             .spawn()
             .context("starting ping")?;
-        wait_child(child, Duration::from_secs(30))?;
-        ping::parse(&std::fs::read_to_string(&out_path)?)
+        Ok((child, out_path))
     }
 
     /// `--profile`: a TCP 1-stream test under `perf record -a` and a ping run with its context
@@ -882,26 +882,7 @@ impl Bench {
 
     fn profile_ping(&mut self, kind: Kind) -> Result<PingProfile> {
         let quiet = self.trace_window()?;
-        let out_path = self.log_path("profile-ping");
-        let ep = self.endpoints(kind);
-        let ping = ep
-            .client
-            .command("ping")
-            .args([
-                "-c",
-                &PROFILE_PINGS.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "2",
-                "-q",
-            ])
-            .arg(ep.target.to_string())
-            .stdin(Stdio::null())
-            .stdout(File::create(&out_path)?)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting ping")?;
+        let (ping, out_path) = self.spawn_ping(kind, PROFILE_PINGS, "profile-ping")?;
         std::thread::sleep(PROFILE_PING_SETTLE);
         let during = self.trace_window();
         let status = wait_child(ping, Duration::from_secs(30))?;
