@@ -146,9 +146,16 @@ fn flanneld_fails_over_between_members_of_a_three_member_cluster() {
     let lease_id = live(&c).lease_of(&key).unwrap();
     assert_ne!(lease_id, 0);
 
+    // The subnets the test puts for other hosts: never the one flanneld drew at random (putting
+    // over its key would take its lease away, as seen once in CI).
+    let others: Vec<Ipv4Net> = (201..=203)
+        .map(|i| format!("10.9.{i}.0/24").parse().unwrap())
+        .filter(|s| *s != sa)
+        .collect();
+    let (s1, s2) = (others[0], others[1]);
+
     // 1. The leader dies.
     let first = wait_for(SEC * 10, || c.leader()).expect("a leader");
-    let s1: Ipv4Net = "10.9.201.0/24".parse().unwrap();
     let (lat1, ttl1) = kill_and_hold(
         &mut c,
         first,
@@ -168,7 +175,6 @@ fn flanneld_fails_over_between_members_of_a_three_member_cluster() {
         // The old member may have won again; pick any other member.
         (first + 1) % 3
     });
-    let s2: Ipv4Net = "10.9.202.0/24".parse().unwrap();
     let (lat2, ttl2) = kill_and_hold(
         &mut c,
         second,

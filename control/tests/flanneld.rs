@@ -317,8 +317,13 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     let Some(mut etcd) = etcd_or_skip() else {
         return;
     };
-    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
-        .unwrap();
+    // flanneld draws its subnet below 10.1.200.0: the other hosts' leases put below are at
+    // 200 and up, and one put over flanneld's own key would take its lease away.
+    etcd.put_config(
+        PREFIX,
+        r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.199.0"}"#,
+    )
+    .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1");
     a.start();
     a.wait_subnet(SEC * 20);
