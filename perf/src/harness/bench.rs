@@ -31,8 +31,10 @@
 //! iperf3 TCP 1 and 4 streams (receiver's Gbit/s), UDP `-b 0` with 64 B and 1400 B payloads
 //! (datagrams received per second, loss %), `ping -i 0.01` RTT (median of replies, and ping's
 //! average), CPU seconds per GB during the TCP tests (our four processes from `/proc/<pid>/stat`;
-//! the whole machine from `/proc/stat`), and for the 4-stream test each worker's counter deltas
-//! from the data planes' stats files.
+//! the whole machine from `/proc/stat`), each CPU's busy share during the TCP tests (the busiest
+//! and the least busy CPU go in the table: one CPU near 100 % while another has room means the
+//! test is bound by one CPU, not by the machine), and for the 4-stream test each worker's
+//! counter deltas from the data planes' stats files.
 //!
 //! # `--profile`
 //!
@@ -514,6 +516,10 @@ impl Bench {
                         s.metrics
                             .insert(format!("machine_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
                     }
+                    if let Some((least, busiest)) = min_max(&t.cpu_busy_pct) {
+                        s.metrics.insert(format!("{key}_busiest_cpu_pct"), busiest);
+                        s.metrics.insert(format!("{key}_least_busy_cpu_pct"), least);
+                    }
                     if streams == 4 && ours {
                         for w in &workers {
                             let (counter, metric) = if w.role == "sender" {
@@ -638,8 +644,10 @@ impl Bench {
         let p = streams.to_string();
         let ours0 = ours.then(|| self.our_ticks()).flatten();
         let sys0 = cpu::system_ticks();
+        let per_cpu0 = cpu::per_cpu_ticks();
         let stats0 = ours.then(|| self.snapshots());
         let json = self.iperf(kind, &["-P", &p]);
+        let per_cpu1 = cpu::per_cpu_ticks();
         let sys1 = cpu::system_ticks();
         let ours1 = ours.then(|| self.our_ticks()).flatten();
         let stats1 = ours.then(|| self.snapshots());
@@ -666,6 +674,10 @@ impl Bench {
                 machine_cpu_s: sys0
                     .zip(sys1)
                     .map(|(a, b)| b.busy.saturating_sub(a.busy) as f64 / tck),
+                cpu_busy_pct: per_cpu0
+                    .zip(per_cpu1)
+                    .map(|(a, b)| cpu::busy_percent(&a, &b))
+                    .unwrap_or_default(),
             },
             workers,
         ))
@@ -1077,6 +1089,15 @@ impl Bench {
 
 /// Waits for `child` up to `limit`, polling [`INTERRUPTED`]; kills it (our own child, by PID)
 /// on timeout or interrupt.
+/// The smallest and the largest of `v` (`None` when empty).
+fn min_max(v: &[f64]) -> Option<(f64, f64)> {
+    let first = *v.first()?;
+    Some(
+        v.iter()
+            .fold((first, first), |(lo, hi), &x| (lo.min(x), hi.max(x))),
+    )
+}
+
 fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
     let end = Instant::now() + limit;
     loop {

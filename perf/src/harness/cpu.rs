@@ -2,7 +2,9 @@
 //!
 //! Per process: utime + stime from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks; the
 //! values of the thread-group leader cover all its threads). Whole machine: the first `cpu`
-//! line of `/proc/stat`, busy = user + nice + system + irq + softirq + steal.
+//! line of `/proc/stat`, busy = user + nice + system + irq + softirq + steal; each CPU: the
+//! `cpuN` lines, same sum (a test bound by one CPU shows as one CPU near 100 % while the
+//! machine-wide figure says there is room).
 //!
 //! What this misses: kernel work done in softirq context on behalf of a process (e.g. UDP
 //! receive processing) is charged to whichever task the CPU was running, not necessarily ours,
@@ -31,7 +33,40 @@ pub struct CpuTimes {
 
 /// Parses the aggregate `cpu` line of `/proc/stat`.
 pub fn parse_proc_stat(text: &str) -> Option<CpuTimes> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    parse_cpu_line(text.lines().find(|l| l.starts_with("cpu "))?)
+}
+
+/// Parses the per-CPU lines (`cpu0`, `cpu1`, …) of `/proc/stat`, in the order listed; `None`
+/// if one of them is malformed.
+pub fn parse_proc_stat_per_cpu(text: &str) -> Option<Vec<CpuTimes>> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(parse_cpu_line)
+        .collect()
+}
+
+/// Busy share of each CPU between two per-CPU readings, in percent (CPUs matched by
+/// position; a CPU with no ticks in between counts as 0 %).
+pub fn busy_percent(before: &[CpuTimes], after: &[CpuTimes]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.total.saturating_sub(b.total);
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * a.busy.saturating_sub(b.busy) as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+/// One `cpu…` line: busy and total ticks.
+fn parse_cpu_line(line: &str) -> Option<CpuTimes> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -56,6 +91,11 @@ pub fn process_ticks(pid: u32) -> Option<u64> {
 /// Machine-wide CPU ticks now.
 pub fn system_ticks() -> Option<CpuTimes> {
     parse_proc_stat(&std::fs::read_to_string(Path::new("/proc/stat")).ok()?)
+}
+
+/// Each CPU's ticks now.
+pub fn per_cpu_ticks() -> Option<Vec<CpuTimes>> {
+    parse_proc_stat_per_cpu(&std::fs::read_to_string(Path::new("/proc/stat")).ok()?)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; USER_HZ is 100 on every Linux architecture we
@@ -106,9 +146,40 @@ mod tests {
     }
 
     #[test]
+    fn proc_stat_per_cpu_lines_and_busy_share() {
+        let before = "cpu  300 0 100 1600 0 0 0 0 0 0\n\
+                      cpu0 200 0 50 750 0 0 0 0 0 0\n\
+                      cpu1 100 0 50 850 0 0 0 0 0 0\n\
+                      cpufreq 1\n\
+                      intr 12345\n";
+        let after = "cpu  500 0 200 1700 0 0 0 0 0 0\n\
+                     cpu0 350 0 95 755 0 0 0 0 0 0\n\
+                     cpu1 150 0 105 945 0 0 0 0 0 0\n";
+        let b = parse_proc_stat_per_cpu(before).unwrap();
+        let a = parse_proc_stat_per_cpu(after).unwrap();
+        assert_eq!(
+            b.len(),
+            2,
+            "the aggregate line and non-numbered cpu* lines are skipped"
+        );
+        assert_eq!(
+            b[0],
+            CpuTimes {
+                busy: 250,
+                total: 1000
+            }
+        );
+        // cpu0: 195 busy of 200 ticks; cpu1: 105 busy of 200.
+        assert_eq!(busy_percent(&b, &a), vec![97.5, 52.5]);
+        assert_eq!(busy_percent(&b, &b), vec![0.0, 0.0]);
+        assert_eq!(parse_proc_stat_per_cpu("cpu0 1 2\n"), None);
+    }
+
+    #[test]
     fn live_proc_reads_work() {
         assert!(process_ticks(std::process::id()).is_some());
         assert!(system_ticks().is_some_and(|t| t.total >= t.busy));
+        assert!(per_cpu_ticks().is_some_and(|c| !c.is_empty()));
         assert!(clk_tck() > 0.0);
     }
 }

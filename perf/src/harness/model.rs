@@ -94,6 +94,16 @@ pub const METRICS: &[Metric] = &[
         unit: "s/GB",
     },
     Metric {
+        key: "tcp1_busiest_cpu_pct",
+        label: "busiest CPU during TCP 1 stream",
+        unit: "% busy",
+    },
+    Metric {
+        key: "tcp1_least_busy_cpu_pct",
+        label: "least busy CPU during TCP 1 stream",
+        unit: "% busy",
+    },
+    Metric {
         key: "tx_worker_spread",
         label: "sender worker spread, TCP 4 (tun_rx max/min)",
         unit: "×",
@@ -229,6 +239,8 @@ pub struct TcpSample {
     pub our_cpu_s: Option<f64>,
     /// All CPUs of the machine, busy time.
     pub machine_cpu_s: Option<f64>,
+    /// Each CPU's busy share during the test, in CPU order (%).
+    pub cpu_busy_pct: Vec<f64>,
 }
 
 /// One host's per-worker counter deltas.
