@@ -516,9 +516,9 @@ impl Bench {
                         s.metrics
                             .insert(format!("machine_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
                     }
-                    if let Some((least, busiest)) = min_max(&t.cpu_busy_pct) {
-                        s.metrics.insert(format!("{key}_busiest_cpu_pct"), busiest);
-                        s.metrics.insert(format!("{key}_least_busy_cpu_pct"), least);
+                    if let Some(c) = summary::summarize(&t.cpu_busy_pct) {
+                        s.metrics.insert(format!("{key}_busiest_cpu_pct"), c.max);
+                        s.metrics.insert(format!("{key}_least_busy_cpu_pct"), c.min);
                     }
                     if streams == 4 && ours {
                         for w in &workers {
@@ -1089,15 +1089,6 @@ impl Bench {
 
 /// Waits for `child` up to `limit`, polling [`INTERRUPTED`]; kills it (our own child, by PID)
 /// on timeout or interrupt.
-/// The smallest and the largest of `v` (`None` when empty).
-fn min_max(v: &[f64]) -> Option<(f64, f64)> {
-    let first = *v.first()?;
-    Some(
-        v.iter()
-            .fold((first, first), |(lo, hi), &x| (lo.min(x), hi.max(x))),
-    )
-}
-
 fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
     let end = Instant::now() + limit;
     loop {
