@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use flannel_perf::testbed::have;
+use flannel_perf::testbed::{have, skip_or_fail};
 use flannel_shared::subnet_env::SubnetEnv;
 use flannel_shared::Ipv4Net;
 
@@ -485,10 +485,10 @@ fn default_subnet_file_is_flannels() {
     // (the test never writes to /run).
     let default = Path::new("/run/flannel/subnet.env");
     if default.exists() {
-        eprintln!(
-            "{} exists on this machine; not checking the default",
+        skip_or_fail(&format!(
+            "{} exists on this machine, so the default cannot be told from it",
             default.display()
-        );
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -549,7 +549,9 @@ fn script_is_an_executable_posix_sh_script_and_shells_agree() {
                     DOCKER_OPTS=\" --bip=10.1.15.1/24 --ip-masq=false --mtu=1472\"\n";
     for shell in ["sh", "dash", "bash"] {
         if !have(shell) {
-            eprintln!("{shell} not installed; not run under it");
+            skip_or_fail(&format!(
+                "{shell} not installed: the script is not run under it"
+            ));
             continue;
         }
         let dir = tempfile::tempdir().unwrap();

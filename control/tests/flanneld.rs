@@ -242,6 +242,7 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
         "lease left in etcd on shutdown"
     );
 
+    // Each run appends to the same log file; the daemon's waits only see its own run's lines.
     // 1. Through the existing lease (subnet.env removed, so only etcd can say).
     std::fs::remove_file(a.subnet_file()).unwrap();
     a.start();
@@ -249,10 +250,12 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
     a.daemon().wait_log("source=Existing", SEC * 5);
     assert!(a.daemon().stop(SEC * 5).unwrap().success());
 
-    // 2. Through subnet.env after the lease was deleted.
+    // 2. Through subnet.env after the lease was deleted. The file of run 1 is still there:
+    //    read it only once this run has rewritten it.
     etcd.ctl(&["del", &lease_key(&first)]).unwrap();
     a.start();
     a.daemon().wait_log("source=SubnetFile", SEC * 20);
+    a.daemon().wait_log("subnet.env written", SEC * 5);
     assert_eq!(a.wait_subnet(SEC * 5), first);
     assert_eq!(
         etcd.get(&lease_key(&first)).unwrap().as_deref(),
@@ -306,6 +309,8 @@ fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
         back.as_deref(),
         Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#)
     );
+    // subnet.env rewritten after the re-acquisition (the first write's file would also match).
+    a.daemon().wait_log_count("subnet.env written", 2, SEC * 10);
     assert_eq!(a.wait_subnet(SEC), subnet);
     let new_lease = etcd.lease_of(&key).unwrap();
     assert_ne!(new_lease, 0);

@@ -1,6 +1,6 @@
 //! What operators look at: `/metrics` (parsed with a Prometheus text parser, counters moving with
 //! traffic) and `flannelctl --json` (matching etcd and the route table). Namespaces + real etcd
-//! + real daemons; root only (skips otherwise, fails under CI=true).
+//! + real daemons; root only (skips otherwise, fails under CI).
 
 use std::collections::BTreeSet;
 
@@ -65,7 +65,8 @@ fn metrics_parse_and_move_and_flannelctl_json_matches_etcd_and_the_table() {
     let mut c = Cluster::new(opts).unwrap();
     c.add_host().unwrap();
     c.add_host().unwrap();
-    c.ping(0, 1, 1).unwrap();
+    c.wait_reachable(0, 1, std::time::Duration::from_secs(10))
+        .unwrap();
 
     let before = scrape(&c, 1);
     assert_eq!(value(&before, "flannel_route_table_routes"), 2.0);
@@ -80,6 +81,7 @@ fn metrics_parse_and_move_and_flannelctl_json_matches_etcd_and_the_table() {
         .filter(|s| s.metric == "flannel_dataplane_udp_rx_packets_total")
         .count();
     assert!(workers >= 1, "per-worker samples");
+    // 20 echo requests, every one answered: B's data plane carried at least 20 each way.
     c.ping(0, 1, 20).unwrap();
     let after = scrape(&c, 1);
     let rx = |s| value(s, "flannel_dataplane_udp_rx_packets_total");

@@ -5,7 +5,10 @@
 //! - [`lease`]: lease keys and values under `<prefix>/subnets/`.
 //! - [`subnet_env`]: the `subnet.env` file Docker and CNI read.
 //! - [`route_table`]: the shared-memory route table (one writer, lock-free readers).
+//! - [`stats`]: the data plane's shared-memory counters.
+//! - [`ci`]: for tests: CI or not, and skip-or-fail.
 
+pub mod ci;
 pub mod config;
 pub mod lease;
 pub mod net;

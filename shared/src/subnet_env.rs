@@ -113,19 +113,80 @@ mod tests {
 
     #[test]
     fn writes_atomically_and_reads_back() {
+        use std::os::unix::fs::MetadataExt as _;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/flannel/subnet.env");
-        sample().write_atomic(&path).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), sample().render());
+        let only_the_file = || {
+            let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["subnet.env"], "no temp file left");
+        };
+        let (a, b) = (
+            sample(),
+            SubnetEnv {
+                subnet: "10.1.16.0/24".parse().unwrap(),
+                mtu: 8951,
+                ip_masq: true,
+                ..sample()
+            },
+        );
+        // Written (directories created) and read back.
+        a.write_atomic(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), a.render());
         assert_eq!(
             previous_subnet(&path),
             Some("10.1.15.0/24".parse().unwrap())
         );
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1,
-            "no temp file left"
+        only_the_file();
+
+        // A rewrite puts a new file in place (another inode renamed over the path); the old
+        // one is never truncated and written in place...
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        b.write_atomic(&path).unwrap();
+        assert_ne!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "subnet.env rewritten in place, not replaced"
         );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), b.render());
+        only_the_file();
+
+        // ...so a reader racing with rewrites always finds the file, whole: one version or the
+        // other, never missing, empty, cut short or mixed.
+        let versions = [a.render(), b.render()];
+        assert_ne!(versions[0].len(), versions[1].len());
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(Barrier::new(2));
+        let reader = std::thread::spawn({
+            let (path, stop, started) = (path.clone(), Arc::clone(&stop), Arc::clone(&started));
+            move || {
+                started.wait();
+                let mut reads = 0u64;
+                loop {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    assert!(versions.contains(&text), "a reader saw {text:?}");
+                    reads += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        return reads;
+                    }
+                }
+            }
+        });
+        started.wait();
+        for i in 0..200 {
+            let env = if i % 2 == 0 { &a } else { &b };
+            env.write_atomic(&path).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().unwrap();
+        assert!(reads > 0);
+        only_the_file();
+
         assert_eq!(previous_subnet(&dir.path().join("absent")), None);
         assert_eq!(parse_subnet("FLANNEL_SUBNET=garbage\n"), None);
     }

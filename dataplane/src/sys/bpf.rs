@@ -249,12 +249,7 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             return true;
         }
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "{what} needs root under CI"
-        );
-        eprintln!("SKIPPED {what}: not root");
+        flannel_shared::ci::skip_or_fail(&format!("{what}: needs root"));
         false
     }
 

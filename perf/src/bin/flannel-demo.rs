@@ -130,7 +130,12 @@ fn demo(bin_dir: &Path, keep: bool, slot: &mut Option<Cluster>) -> Result<()> {
         ctl(c, &["routes"])
     })?;
     print!("{}", indent(&routes));
-    let ping = s.run("ping container 1 → container 2", || c.ping(0, 1, 5))?;
+    // Host 1 learns host 2's lease through its etcd watch within milliseconds of the lease;
+    // wait for that, then every one of the 5 echo requests must be answered.
+    let ping = s.run("ping container 1 → container 2", || {
+        c.wait_reachable(0, 1, Duration::from_secs(10))?;
+        c.ping(0, 1, 5)
+    })?;
     let rtt = ping
         .lines()
         .find(|l| l.contains("min/avg"))

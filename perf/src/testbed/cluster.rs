@@ -41,8 +41,8 @@ impl ClusterOpts {
     }
 
     /// Options for a multi-host test, with the binaries next to the test executable; `None`
-    /// (after a SKIPPED message, or a panic under `CI=true`) when not root or when etcd, ip
-    /// or ping is missing.
+    /// (after a SKIPPED message, or a panic under CI: [`super::skip_or_fail`]) when not root or
+    /// when etcd, ip or ping is missing.
     pub fn for_test() -> Option<Self> {
         if !super::require("root (network namespaces, TUN)", super::is_root())
             || !super::require(
@@ -90,7 +90,8 @@ impl SimHost {
     pub fn container(&self) -> &Netns {
         self.container.as_ref().expect("container created")
     }
-    /// Logs of both daemons, for failure messages.
+    /// Logs of both daemons (whole files: earlier runs of a restarted daemon included), for
+    /// failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
         for (name, d) in [
@@ -102,7 +103,7 @@ impl SimHost {
                     "--- host {} {name} ({}):\n{}\n",
                     self.index,
                     d.log_path().display(),
-                    d.log()
+                    d.whole_log()
                 ));
             }
         }
@@ -219,7 +220,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts flannel-dataplane on host `i` and waits until flannel0 carries its address.
+    /// Starts flannel-dataplane on host `i` and waits until this process says it is forwarding
+    /// and flannel0 carries its address. (After a restart, flannel0 with that address may still
+    /// be the previous process's device going away, and the previous run's log lines are in
+    /// the same file: only this run's "forwarding" line counts.)
     pub fn start_dataplane(&mut self, i: usize) -> Result<()> {
         let bin = self.opts.bin_dir.join("flannel-dataplane");
         let extra = self.opts.dataplane_args.clone();
@@ -236,7 +240,12 @@ impl Cluster {
         )?);
         let (gw, _) = h.subnet.context("subnet unknown")?;
         let tun_addr = Ipv4Addr::from(u32::from(gw) - 1).to_string();
+        let dataplane = h.dataplane.as_ref().context("just started")?;
         let up = wait_for(Duration::from_secs(20), || {
+            // tracing's line: `... flannel_dataplane: forwarding workers=N stats=...`.
+            if !dataplane.log().contains("forwarding workers=") {
+                return None;
+            }
             let out = h.ns.ip(&["-o", "addr", "show", "dev", "flannel0"]).ok()?;
             String::from_utf8_lossy(&out.stdout)
                 .contains(&format!("inet {tun_addr}/32"))
@@ -244,7 +253,7 @@ impl Cluster {
         });
         if up.is_none() {
             bail!(
-                "host {}: flannel0 with {tun_addr}/32 not up in 20 s\n{}",
+                "host {}: flannel-dataplane not forwarding with flannel0 {tun_addr}/32 in 20 s\n{}",
                 h.index,
                 h.logs()
             );
@@ -282,21 +291,62 @@ impl Cluster {
         Ok(child)
     }
 
-    /// `ping -c COUNT` from host `from`'s container to host `to`'s container; Ok(stdout) on success.
+    /// `ping -c COUNT` from host `from`'s container to host `to`'s container; Ok(stdout) only
+    /// when every one of the `count` echo requests was answered (ping itself exits 0 with a
+    /// single reply). For "forwarding works now" claims; to wait for a route that is still
+    /// being learned, use [`Cluster::wait_reachable`] first.
     pub fn ping(&self, from: usize, to: usize, count: u32) -> Result<String> {
         let dst = self.hosts[to].container_ip().to_string();
         let out = self.hosts[from]
             .container()
             .command("ping")
-            .args(["-c", &count.to_string(), "-W", "2", "-i", "0.2", &dst])
+            .args(["-n", "-c", &count.to_string(), "-W", "2", "-i", "0.2", &dst])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!(
-                "ping {dst} from host {} failed:\n{text}",
+        let what = || {
+            format!(
+                "ping -c {count} {dst} from host {}'s container",
                 self.hosts[from].index
+            )
+        };
+        let summary = crate::harness::ping::parse(&text).with_context(|| {
+            format!(
+                "{} ({}): {}",
+                what(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        if summary.transmitted != u64::from(count) || summary.received != summary.transmitted {
+            bail!(
+                "{}: {} of {count} echo requests sent, {} answered; every one must be:\n{text}",
+                what(),
+                summary.transmitted,
+                summary.received
             );
         }
         Ok(text)
+    }
+
+    /// Waits (at most `timeout`) until one `ping -c 1` from host `from`'s container to host
+    /// `to`'s container is answered, retrying: for convergence (a lease or route still being
+    /// learned, a data plane coming up), never as proof that forwarding works from the first
+    /// packet. Follow it with [`Cluster::ping`] to claim that every packet gets through.
+    pub fn wait_reachable(&self, from: usize, to: usize, timeout: Duration) -> Result<()> {
+        let mut last = String::new();
+        let reached = wait_for(timeout, || match self.ping(from, to, 1) {
+            Ok(_) => Some(()),
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        });
+        reached.ok_or_else(|| {
+            anyhow!(
+                "host {}'s container never reached host {}'s container in {timeout:?}; last try: {last}",
+                self.hosts[from].index,
+                self.hosts[to].index
+            )
+        })
     }
 }

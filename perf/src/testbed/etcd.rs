@@ -3,14 +3,26 @@
 //! with `etcdctl`. Options: client TLS with client-certificate auth ([`Etcd::use_tls`], files from
 //! [`super::certs`]), etcdctl credentials for auth-enabled servers ([`Etcd::set_ctl_user`]), and a
 //! multi-member cluster on loopback ([`EtcdCluster`]).
+//!
+//! Loopback ports come from [`free_port`], which cannot reserve them: another process may bind
+//! one before etcd does. etcd then exits with "address already in use", and a first launch
+//! whose ports nobody has been told yet is retried on fresh ports ([`PORT_ATTEMPTS`] in all);
+//! a restart keeps its ports (clients know them), and reports such an exit as an error.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{free_port, wait_for};
+use super::free_port;
+
+/// How many sets of ports a first launch tries when etcd finds one already taken.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// etcd's message when it cannot bind a listener.
+const ADDR_IN_USE: &str = "address already in use";
 
 /// One etcd member listening on 127.0.0.1 (or a testbed address inside a namespace).
 pub struct Etcd {
@@ -33,6 +45,12 @@ pub struct Etcd {
     ctl_args: Vec<String>,
     /// `--user=NAME:PASSWORD` for etcdctl once auth is enabled.
     ctl_user: Option<String>,
+    /// Length of the log file at the latest launch (the file is appended across restarts).
+    log_start: u64,
+    /// Served at least once: from then on the ports are fixed.
+    launched: bool,
+    /// Someone was given the client URL ([`Etcd::endpoint`]): the ports are fixed.
+    ports_told: AtomicBool,
 }
 
 impl Etcd {
@@ -64,6 +82,9 @@ impl Etcd {
             server_args: Vec::new(),
             ctl_args: Vec::new(),
             ctl_user: None,
+            log_start: 0,
+            launched: false,
+            ports_told: AtomicBool::new(false),
         })
     }
 
@@ -142,73 +163,164 @@ impl Etcd {
         }
     }
 
-    /// `http://HOST:PORT` (`https://` after [`Etcd::use_tls`]), for `-etcd-endpoints`.
+    /// `http://HOST:PORT` (`https://` after [`Etcd::use_tls`]), for `-etcd-endpoints`. From
+    /// now on the ports are fixed: a launch never moves them (see [`Etcd::launch`]).
     pub fn endpoint(&self) -> String {
-        format!("{}://{}:{}", self.scheme, self.host, self.client_port)
+        self.ports_told.store(true, Ordering::Relaxed);
+        self.url(false)
+    }
+
+    /// The client URL (`hidden`: the side port's), without fixing the ports.
+    fn url(&self, hidden: bool) -> String {
+        let port = if hidden {
+            self.side_port
+        } else {
+            self.client_port
+        };
+        format!("{}://{}:{port}", self.scheme, self.host)
     }
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("etcd.log")
     }
 
+    /// What the server logged since its latest launch.
+    pub fn launch_log(&self) -> String {
+        super::process::log_since(&self.log_path(), self.log_start)
+    }
+
     /// Starts (or restarts) the server on the same ports and data dir and waits until it serves.
+    /// On the first launch of a loopback member nobody knows the ports of yet (no
+    /// [`Etcd::endpoint`] so far), a port taken by another process in the meantime makes it
+    /// retry on fresh ones, up to [`PORT_ATTEMPTS`] times.
     pub fn launch(&mut self) -> Result<()> {
-        self.launch_listening(self.client_port)
+        self.launch_retrying(false)
     }
 
     /// Starts (or restarts) the server without waiting for it to serve: a cluster member needs
     /// its peers before it can answer. Follow with [`Etcd::wait_healthy`].
     pub fn spawn(&mut self) -> Result<()> {
-        self.spawn_listening(self.client_port)
+        self.spawn_listening(false)
     }
 
-    /// Waits until the server answers `etcdctl endpoint health` (at most `timeout`).
-    pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
-        let url = self.endpoint();
-        let ready = wait_for(timeout, || {
-            self.ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
-        });
-        if ready.is_none() {
-            bail!(
-                "etcd {} did not become healthy in {timeout:?}; log: {}",
-                self.name,
-                self.log_path().display()
-            );
-        }
-        Ok(())
+    /// Waits until the server answers `etcdctl endpoint health` (at most `timeout`); fails at
+    /// once, with its log, when it exits instead.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let url = self.url(false);
+        self.wait_serving(&url, timeout)
     }
 
     /// Starts the server listening only on a side port that daemons do not know: to them etcd is
     /// down, while the test changes data through [`Etcd::side_ctl`].
     pub fn launch_hidden(&mut self) -> Result<()> {
-        self.launch_listening(self.side_port)
+        self.launch_retrying(true)
     }
 
     /// etcdctl through the side port (see [`Etcd::launch_hidden`]).
     pub fn side_ctl(&self, args: &[&str]) -> Result<String> {
-        self.ctl_at(
-            &format!("{}://{}:{}", self.scheme, self.host, self.side_port),
-            args,
-        )
+        self.ctl_at(&self.url(true), args)
     }
 
-    fn launch_listening(&mut self, port: u16) -> Result<()> {
-        let url = format!("{}://{}:{port}", self.scheme, self.host);
-        self.spawn_listening(port)?;
-        let ready = wait_for(Duration::from_secs(20), || {
-            self.ctl_at(&url, &["endpoint", "health"]).ok().map(|_| ())
-        });
-        if ready.is_none() {
-            bail!(
-                "etcd did not become healthy in 20 s; log: {}",
-                self.log_path().display()
-            );
+    /// [`Etcd::launch_listening`], retried on fresh ports while etcd exits because another
+    /// process took one of them and nobody depends on them yet.
+    fn launch_retrying(&mut self, hidden: bool) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            let result = self.launch_listening(hidden);
+            match result {
+                Ok(()) => {
+                    self.launched = true;
+                    return Ok(());
+                }
+                Err(e) if attempt < PORT_ATTEMPTS && self.may_move_ports() => {
+                    if !self.lost_port_race() {
+                        return Err(e);
+                    }
+                    eprintln!(
+                        "etcd {}: a port was taken since it was picked; retrying on fresh ports \
+                         ({attempt}/{PORT_ATTEMPTS}): {e:#}",
+                        self.name
+                    );
+                    self.fresh_ports()?;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// True while no client can know the ports: never served, not told, on loopback and not
+    /// part of a cluster list.
+    fn may_move_ports(&self) -> bool {
+        !self.launched
+            && !self.ports_told.load(Ordering::Relaxed)
+            && self.netns.is_none()
+            && self.initial_cluster.is_none()
+    }
+
+    /// True when the server exited because it could not bind one of its ports.
+    fn lost_port_race(&mut self) -> bool {
+        let exited = match self.child.as_mut() {
+            None => true,
+            Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+        };
+        exited && self.launch_log().contains(ADDR_IN_USE)
+    }
+
+    /// New ports for a member that never served, and a clean data dir.
+    fn fresh_ports(&mut self) -> Result<()> {
+        self.kill9();
+        match std::fs::remove_dir_all(self.dir.path().join("data")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing etcd's data dir"),
+        }
+        self.client_port = free_port();
+        self.side_port = free_port();
+        self.peer_port = free_port();
         Ok(())
     }
 
-    fn spawn_listening(&mut self, port: u16) -> Result<()> {
-        let url = format!("{}://{}:{port}", self.scheme, self.host);
+    fn launch_listening(&mut self, hidden: bool) -> Result<()> {
+        self.spawn_listening(hidden)?;
+        let url = self.url(hidden);
+        self.wait_serving(&url, Duration::from_secs(20))
+    }
+
+    /// Polls `etcdctl endpoint health` at `url` until it answers, the server exits (an error
+    /// with its log since the launch), or `timeout` passes.
+    fn wait_serving(&mut self, url: &str, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.ctl_at(url, &["endpoint", "health"]).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!(
+                    "etcd {} exited ({status}) instead of serving on {url}; log {} since the launch:\n{}",
+                    self.name,
+                    self.log_path().display(),
+                    self.launch_log()
+                );
+            }
+            if Instant::now() > end {
+                bail!(
+                    "etcd {} did not become healthy on {url} in {timeout:?}; log: {}",
+                    self.name,
+                    self.log_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn_listening(&mut self, hidden: bool) -> Result<()> {
+        let url = self.url(hidden);
         if self.child.is_some() {
             bail!("etcd already running");
         }
@@ -224,6 +336,7 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
+        self.log_start = log.metadata()?.len();
         let child = self
             .command("etcd")
             .arg(format!("--name={}", self.name))
@@ -367,9 +480,34 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members (names `m0`, `m1`, ...) and waits until every one serves.
+    /// Starts `n` members (names `m0`, `m1`, ...) and waits until every one serves. When a
+    /// member exits because another process took one of its ports, the whole cluster is built
+    /// again on fresh ports (every member's peer URL is in every member's `--initial-cluster`),
+    /// up to [`PORT_ATTEMPTS`] times.
     pub fn start(n: usize) -> Result<Self> {
-        let mut members = (0..n).map(|_| Etcd::new()).collect::<Result<Vec<_>>>()?;
+        let mut attempt = 1;
+        loop {
+            let mut members = (0..n).map(|_| Etcd::new()).collect::<Result<Vec<_>>>()?;
+            match Self::form(&mut members) {
+                Ok(()) => return Ok(Self { members }),
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && members.iter_mut().any(|m| m.lost_port_race()) =>
+                {
+                    eprintln!(
+                        "etcd cluster: a port was taken since it was picked; starting over on \
+                         fresh ports ({attempt}/{PORT_ATTEMPTS}): {e:#}"
+                    );
+                    attempt += 1;
+                    // Dropping `members` stops them and removes their data dirs.
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Spawns fresh `members` as one cluster and waits until every one serves.
+    fn form(members: &mut [Etcd]) -> Result<()> {
         let list = members
             .iter()
             .enumerate()
@@ -382,10 +520,11 @@ impl EtcdCluster {
             m.initial_cluster = Some((list.clone(), token.clone()));
             m.spawn()?;
         }
-        for m in &members {
+        for m in members.iter_mut() {
             m.wait_healthy(Duration::from_secs(30))?;
+            m.launched = true;
         }
-        Ok(Self { members })
+        Ok(())
     }
 
     /// Every member's client URL, comma separated (for `-etcd-endpoints`).

@@ -14,17 +14,25 @@ use nix::unistd::Pid;
 pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
+    /// Length of the log file when this process started: a restarted daemon appends to the
+    /// file of its previous run, whose lines must not satisfy this run's waits.
+    log_start: u64,
     name: String,
 }
 
 impl Daemon {
-    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    /// Spawns `cmd` with stdout and stderr appended to `log`, after a line marking the start
+    /// (the file keeps every run of a restarted daemon, for reading after a failure).
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
-        let f = std::fs::OpenOptions::new()
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
+        writeln!(f, "----- testbed: starting {name} -----")
+            .with_context(|| format!("writing {}", log.display()))?;
+        let log_start = f.metadata()?.len();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(f.try_clone()?)
@@ -34,6 +42,7 @@ impl Daemon {
         Ok(Self {
             child: Some(child),
             log: log.to_owned(),
+            log_start,
             name: name.to_owned(),
         })
     }
@@ -42,27 +51,41 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The log file, shared by every run of this daemon (see [`Daemon::whole_log`]).
     pub fn log_path(&self) -> &Path {
         &self.log
     }
 
-    /// The whole log so far.
+    /// What this process logged so far: the log file from where this run started, without the
+    /// lines of earlier runs of the same daemon.
     pub fn log(&self) -> String {
+        log_since(&self.log, self.log_start)
+    }
+
+    /// The whole log file, earlier runs included (for failure messages).
+    pub fn whole_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log contains `needle`; panics with the log when it does not in `timeout`.
+    /// Waits until this process logged `needle` (earlier runs' lines do not count); panics with
+    /// the log when it does not in `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) {
-        if super::wait_for(timeout, || self.log().contains(needle).then_some(())).is_none() {
+        self.wait_log_count(needle, 1, timeout);
+    }
+
+    /// Waits until this process logged `needle` at least `n` times; panics with the log when it
+    /// does not in `timeout`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) {
+        if super::wait_for(timeout, || (self.log_count(needle) >= n).then_some(())).is_none() {
             panic!(
-                "{}: {needle:?} not logged in {timeout:?}; log:\n{}",
+                "{}: {needle:?} not logged {n} time(s) by this run in {timeout:?}; log:\n{}",
                 self.name,
-                self.log()
+                self.whole_log()
             );
         }
     }
 
-    /// Number of times `needle` appears in the log.
+    /// Number of times this process logged `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log().matches(needle).count()
     }
@@ -99,6 +122,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(3));
     }
+}
+
+/// The text of file `path` from byte `offset` on (all of it if the file is now shorter).
+pub fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(offset).unwrap_or(usize::MAX);
+    String::from_utf8_lossy(bytes.get(from..).unwrap_or(&bytes)).into_owned()
 }
 
 /// SIGTERM `child`, wait up to `grace`, then SIGKILL; reaps it.
