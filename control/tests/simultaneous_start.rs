@@ -20,8 +20,9 @@ use flannel_shared::route_table::RouteTableReader;
 use flannel_shared::Ipv4Net;
 
 const ROUNDS: usize = 20;
-/// Both hosts must know each other this soon after the start.
-const BOUND: Duration = Duration::from_secs(10);
+/// Both hosts must know each other this soon after the start (the README's fault table quotes
+/// it; measured: median ≈ 50 ms, max ≈ 100-160 ms over 20 rounds, debug build).
+const BOUND: Duration = Duration::from_secs(1);
 
 fn command(endpoint: &str, prefix: &str, dir: &Path, public_ip: Ipv4Addr) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flanneld"));

@@ -409,6 +409,10 @@ struct Pinger {
 }
 
 const PING_INTERVAL_MS: u64 = 10;
+/// "No interruption" in the README's fault table, as asserted: at most two pings lost in a row.
+const NO_INTERRUPTION_BOUND_MS: u64 = 2 * PING_INTERVAL_MS;
+/// A data-plane restart or a lease re-acquisition, as asserted (README's fault table).
+const RESTART_BOUND_MS: u64 = 250;
 
 impl Pinger {
     fn start(c: &Cluster, from: usize, to: usize, count: u32) -> Self {
@@ -600,12 +604,14 @@ fn forwarding_interruptions_under_faults() {
     for m in &results {
         eprintln!("| {} | {} ms | {}/{} |", m.fault, m.gap_ms, m.lost, m.sent);
     }
-    // No interruption where the design promises none; bounded ones elsewhere.
+    // The README's fault table quotes these bounds ("asserted"): no interruption where the
+    // design promises none (two lost pings in a row allowed for a loaded CI machine); a
+    // restart or re-acquisition within a quarter second (measured here: 10-40 ms).
     for m in &results {
         let bound = match m.fault {
-            f if f.starts_with("data plane") => 2000,
-            f if f.starts_with("B's lease") => 3000,
-            _ => 300,
+            f if f.starts_with("data plane") => RESTART_BOUND_MS,
+            f if f.starts_with("B's lease") => RESTART_BOUND_MS,
+            _ => NO_INTERRUPTION_BOUND_MS,
         };
         assert!(
             m.gap_ms <= bound,
