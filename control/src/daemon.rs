@@ -24,13 +24,19 @@ use crate::health::{self, Status};
 use crate::ip_masq;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
 use crate::metrics::Counters;
+use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
 use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
 pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
-    let ext = public_ip::choose(&args.iface, &args.iface_regex, args.public_ip)?;
+    let ext = public_ip::choose(public_ip::Selection {
+        iface: &args.iface,
+        iface_regex: &args.iface_regex,
+        iface_can_reach: args.iface_can_reach,
+        public_ip: args.public_ip,
+    })?;
     tracing::info!(
         iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.public_ip,
         mtu = ext.overlay_mtu(), "using interface"
@@ -96,6 +102,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
             own_tx.subscribe(),
             args.ip_masq,
             args.iptables_forward_rules,
+            args.ip_masq_fully_random_disable,
             Duration::from_secs(args.iptables_resync),
         ));
     }
@@ -121,19 +128,21 @@ async fn keep_iptables(
     own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
     masq: bool,
     forward: bool,
+    random_fully_disable: bool,
     period: Duration,
 ) {
     let mut last_err = String::new();
     loop {
         let subnet = own.borrow().map(|(s, _)| s);
-        let mut specs = Vec::new();
-        if let (true, Some(s)) = (masq, subnet) {
-            specs.push(ip_masq::masq_chain(network, s));
-        }
-        if forward {
-            specs.push(ip_masq::forward_chain(network));
-        }
         let result = tokio::task::spawn_blocking(move || {
+            let mut specs = Vec::new();
+            if let (true, Some(s)) = (masq, subnet) {
+                let random_fully = !random_fully_disable && ip_masq::has_random_fully();
+                specs.push(ip_masq::masq_chain(network, s, random_fully));
+            }
+            if forward {
+                specs.push(ip_masq::forward_chain(network));
+            }
             specs
                 .iter()
                 .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
@@ -187,6 +196,7 @@ pub async fn wait_for_config(client: &mut Client, prefix: &str) -> NetworkConfig
         if err != last_err || attempts % 30 == 0 {
             tracing::error!("{err}; retrying every second");
         }
+        notify::status(&err);
         last_err = err;
         attempts += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -211,15 +221,18 @@ impl LeaseKeeper {
     /// subnet.env and hands our subnet to the publisher.
     async fn acquire(&mut self) -> anyhow::Result<HeldLease> {
         let mut backoff = Backoff::default();
+        notify::status("acquiring a subnet lease");
         let lease = loop {
             match subnet_lease::acquire(&mut self.client, &self.config, &self.request).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
+                    notify::status(&format!("no subnet lease: {e}"));
                     tracing::error!("{e}; retrying in 10 s");
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
                 Err(e) => {
                     Counters::inc(&self.status.counters.etcd_errors);
+                    notify::status(&format!("acquiring a subnet lease failed: {e}"));
                     tracing::warn!(retry_in = ?backoff.peek(), "acquiring a subnet lease failed: {e}");
                     backoff.sleep().await;
                 }
@@ -243,6 +256,7 @@ impl LeaseKeeper {
             .subnet_env_written
             .store(true, Ordering::Release);
         self.publisher.set_own_subnet(Some(lease.subnet));
+        notify::status(&format!("lease held: {}", lease.subnet));
         Ok(lease)
     }
 
@@ -252,22 +266,27 @@ impl LeaseKeeper {
         own_tx: watch::Sender<Option<(Ipv4Net, Ipv4Addr)>>,
         mut events: mpsc::UnboundedReceiver<OwnLeaseEvent>,
     ) -> anyhow::Result<()> {
-        let mut wait = subnet_lease::renew_delay(lease.ttl, self.margin);
+        // A deadline, not a fresh sleep per turn: the heartbeat turns the loop often.
+        let after = |d: Duration| tokio::time::Instant::now() + d;
+        let mut renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+        // READY=1 once the table is published, then WATCHDOG=1 from this loop (see `notify`).
+        let mut heartbeat = Heartbeat::new(self.status.clone());
         loop {
             let lost = tokio::select! {
-                _ = tokio::time::sleep(wait) => {
+                _ = tokio::time::sleep_until(renew_at) => {
                     match subnet_lease::renew(&mut self.client, &mut lease).await {
                         Ok(Renewal::Renewed(ttl)) => {
                             Counters::inc(&self.status.counters.lease_renewals);
                             self.note_expiry(ttl);
                             tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
-                            wait = subnet_lease::renew_delay(ttl, self.margin);
+                            renew_at = after(subnet_lease::renew_delay(ttl, self.margin));
                             false
                         }
                         Ok(Renewal::Lost) => true,
                         Err(e) => {
                             Counters::inc(&self.status.counters.etcd_errors);
-                            wait = subnet_lease::renew_retry_delay(lease.ttl);
+                            let wait = subnet_lease::renew_retry_delay(lease.ttl);
+                            renew_at = after(wait);
                             tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                             false
                         }
@@ -275,6 +294,10 @@ impl LeaseKeeper {
                 }
                 Some(OwnLeaseEvent::Lost(subnet)) = events.recv() => {
                     subnet == lease.subnet && !self.still_ours(&lease).await
+                }
+                _ = heartbeat.tick() => {
+                    heartbeat.beat(lease.subnet);
+                    false
                 }
             };
             if !lost {
@@ -287,12 +310,15 @@ impl LeaseKeeper {
             self.status.lease_held.store(false, Ordering::Release);
             Counters::inc(&self.status.counters.lease_reacquisitions);
             let old = lease.lease_id;
-            lease = self.acquire().await?;
+            notify::status(&format!("lease {} lost: re-acquiring", lease.subnet));
+            lease = heartbeat
+                .while_pending(lease.subnet, self.acquire())
+                .await?;
             if old != lease.lease_id {
                 let _ = self.client.lease_revoke(old).await;
             }
             let _ = own_tx.send(Some((lease.subnet, self.request.public_ip)));
-            wait = subnet_lease::renew_delay(lease.ttl, self.margin);
+            renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
         }
     }
 

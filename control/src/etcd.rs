@@ -168,6 +168,10 @@ pub async fn connect_with_retry(opts: &EtcdOptions) -> Result<Client, EtcdOption
     };
     let mut delay = Duration::from_secs(1);
     let mut attempt = 1u32;
+    crate::notify::status(&format!(
+        "connecting to etcd ({})",
+        opts.endpoints.join(",")
+    ));
     loop {
         let chosen: Vec<String> = match &mut prober {
             Some(p) => {
@@ -209,6 +213,10 @@ pub async fn connect_with_retry(opts: &EtcdOptions) -> Result<Client, EtcdOption
                     endpoints = ?opts.endpoints, attempt, retry_in = ?delay,
                     "etcd unreachable: {e}{hint}"
                 );
+                crate::notify::status(&format!(
+                    "waiting for etcd ({}): {e}{hint}",
+                    opts.endpoints.join(",")
+                ));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;

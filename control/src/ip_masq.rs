@@ -10,6 +10,10 @@
 //! -s N ! -d 224.0.0.0/4 -j MASQUERADE      (pods to the outside, not multicast)
 //! ! -s N -d N -j MASQUERADE                (host to the overlay)
 //! ```
+//! Both MASQUERADE rules carry `--random-fully` (fully random source ports, flannel ≥ v0.25)
+//! when iptables knows the option (1.6.2 and later, [`has_random_fully`]) unless
+//! `-ip-masq-fully-random-disable` is given, as in flannel.
+//!
 //! filter, chain `FLANNEL-FWD`, jumped from `FORWARD` (with `-iptables-forward-rules`, default on):
 //! `-s N -j ACCEPT`, `-d N -j ACCEPT`. Every rule carries the comment "flanneld masq" or
 //! "flanneld forward".
@@ -42,9 +46,11 @@ fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
 }
 
-/// The masquerade chain for `network` and our `subnet`.
-pub fn masq_chain(network: Ipv4Net, subnet: Ipv4Net) -> ChainSpec {
+/// The masquerade chain for `network` and our `subnet`; `random_fully` adds `--random-fully`
+/// to the MASQUERADE rules.
+pub fn masq_chain(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> ChainSpec {
     let (n, s) = (network.to_string(), subnet.to_string());
+    let rf = if random_fully { " --random-fully" } else { "" };
     ChainSpec {
         table: "nat",
         chain: MASQ_CHAIN,
@@ -55,8 +61,8 @@ pub fn masq_chain(network: Ipv4Net, subnet: Ipv4Net) -> ChainSpec {
             words(&format!("-s {s} -d {n} -j RETURN")),
             words(&format!("-s {n} -d {s} -j RETURN")),
             words(&format!("! -s {n} -d {s} -j RETURN")),
-            words(&format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE")),
-            words(&format!("! -s {n} -d {n} -j MASQUERADE")),
+            words(&format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE{rf}")),
+            words(&format!("! -s {n} -d {n} -j MASQUERADE{rf}")),
         ],
     }
 }
@@ -74,6 +80,31 @@ pub fn forward_chain(network: Ipv4Net) -> ChainSpec {
             words(&format!("-d {n} -j ACCEPT")),
         ],
     }
+}
+
+/// Whether the installed iptables takes `--random-fully` (version 1.6.2 or later, the test
+/// flannel's go-iptables makes). Asked once (`iptables --version`); false when it cannot run.
+pub fn has_random_fully() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new("iptables")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| iptables_version(&String::from_utf8_lossy(&o.stdout)))
+            .is_some_and(|v| v >= (1, 6, 2))
+    })
+}
+
+/// `iptables v1.8.9 (nf_tables)` → (1, 8, 9).
+fn iptables_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 impl ChainSpec {
@@ -191,6 +222,7 @@ mod tests {
         let spec = masq_chain(
             "10.1.0.0/16".parse().unwrap(),
             "10.1.15.0/24".parse().unwrap(),
+            false,
         );
         let got: Vec<String> = (0..spec.rules.len())
             .map(|i| spec.rule_args("-A", i).join(" "))
@@ -210,10 +242,44 @@ mod tests {
             spec.jump_args("-A").join(" "),
             "-A POSTROUTING -m comment --comment flanneld masq -j FLANNEL-POSTRTG"
         );
+        let random = masq_chain(
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.15.0/24".parse().unwrap(),
+            true,
+        );
+        let got: Vec<String> = (0..random.rules.len())
+            .map(|i| random.rule_args("-A", i).join(" "))
+            .collect();
+        assert_eq!(
+            got[4..],
+            [
+                "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment flanneld masq -j MASQUERADE --random-fully",
+                "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment flanneld masq -j MASQUERADE --random-fully",
+            ]
+        );
+        assert_eq!(
+            got[..4],
+            (0..4)
+                .map(|i| spec.rule_args("-A", i).join(" "))
+                .collect::<Vec<_>>()[..]
+        );
         let fwd = forward_chain("10.1.0.0/16".parse().unwrap());
         assert_eq!(
             fwd.rule_args("-A", 1).join(" "),
             "-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment flanneld forward -j ACCEPT"
         );
+    }
+
+    #[test]
+    fn random_fully_needs_iptables_1_6_2() {
+        assert_eq!(
+            iptables_version("iptables v1.8.9 (nf_tables)\n"),
+            Some((1, 8, 9))
+        );
+        assert_eq!(iptables_version("iptables v1.6.2"), Some((1, 6, 2)));
+        assert_eq!(iptables_version("iptables v1.6"), Some((1, 6, 0)));
+        assert_eq!(iptables_version("no version here"), None);
+        assert!(iptables_version("iptables v1.6.1").unwrap() < (1, 6, 2));
+        assert!(iptables_version("iptables v1.10.0").unwrap() >= (1, 6, 2));
     }
 }

@@ -3,21 +3,25 @@
 //! Protocol: list the prefix at revision R, then watch from R+1. A broken stream (etcd restart,
 //! network) resumes from the last revision seen, so no event is missed; if that revision was
 //! compacted away, the watcher lists again and diffs. A DELETE (including lease expiry) removes
-//! the route. Malformed values are skipped with a warning; leases that do not fit the network
-//! config are ignored with a warning. Events touching our own key are reported to the lease
-//! keeper, which re-acquires when our lease vanished.
+//! the route. Every key goes through [`LeaseSet`] (and so through
+//! [`flannel_shared::lease::validate_lease`]): an unusable lease (bad key or value, a PublicIP
+//! that is not a host, a subnet outside the network config) is skipped, logged once per key and
+//! revision and counted in /metrics by reason; the other leases are published as usual. Events
+//! touching our own key are reported to the lease keeper, which re-acquires when our lease
+//! vanished.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use flannel_shared::config::NetworkConfig;
-use flannel_shared::lease::{subnet_from_key, subnets_prefix, LeaseAttrs};
+use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
+use crate::lease_set::{KeyValue, LeaseEvent, LeaseSet};
 use crate::metrics::Counters;
 use crate::publish::Publisher;
 
@@ -52,7 +56,7 @@ impl LeaseWatcher {
     /// Runs forever (until the task is dropped).
     pub async fn run(mut self) {
         let mut backoff = Backoff::default();
-        let mut leases: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
+        let mut leases = LeaseSet::new(&self.prefix, Some(self.config.clone()));
         let mut next = Outcome::Relist;
         loop {
             let rev = match next {
@@ -81,10 +85,7 @@ impl LeaseWatcher {
     }
 
     /// Lists all leases; replaces `leases`, logs the diff, publishes. Returns the list revision.
-    async fn list(
-        &mut self,
-        leases: &mut BTreeMap<Ipv4Net, Ipv4Addr>,
-    ) -> Result<i64, etcd_client::Error> {
+    async fn list(&mut self, leases: &mut LeaseSet) -> Result<i64, etcd_client::Error> {
         let resp = self
             .client
             .get(
@@ -94,61 +95,87 @@ impl LeaseWatcher {
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         Counters::inc(&self.status.counters.lease_lists);
-        let mut fresh = BTreeMap::new();
-        for kv in resp.kvs() {
-            if let Some((subnet, ip)) = self.parse(kv.key(), kv.value()) {
-                fresh.insert(subnet, ip);
-            }
-        }
-        for (s, ip) in &fresh {
-            if leases.get(s) != Some(ip) {
-                tracing::info!(subnet = %s, public_ip = %ip, "lease added");
-            }
-        }
-        for s in leases.keys().filter(|s| !fresh.contains_key(s)) {
-            tracing::info!(subnet = %s, "lease removed");
-            self.check_own_deleted(*s);
-        }
-        *leases = fresh;
+        let keys: Vec<Cow<'_, str>> = resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()))
+            .collect();
+        let mut events = Vec::new();
+        leases.replace_all(
+            resp.kvs().iter().zip(&keys).map(|(kv, key)| KeyValue {
+                key,
+                value: kv.value(),
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            }),
+            &mut events,
+        );
+        self.report(&events);
         if let Some((s, ip)) = *self.own.borrow() {
-            if leases.get(&s) != Some(&ip) {
+            if leases.public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
             }
         }
-        self.publisher.set_leases(leases);
-        tracing::debug!(revision = rev, count = leases.len(), "listed leases");
+        self.publisher.set_leases(leases.routes());
+        self.status
+            .counters
+            .lease_rejections
+            .set_current(leases.rejected_by_reason());
+        tracing::debug!(
+            revision = rev,
+            keys = leases.len(),
+            routes = leases.routes().len(),
+            "listed leases"
+        );
         Ok(rev)
     }
 
-    fn parse(&self, key: &[u8], value: &[u8]) -> Option<(Ipv4Net, Ipv4Addr)> {
-        let key = std::str::from_utf8(key).ok()?;
-        let Some(subnet) = subnet_from_key(&self.prefix, key) else {
-            tracing::warn!(key, "skipping a key under subnets/ that is not a subnet");
-            return None;
-        };
-        if subnet.prefix() != self.config.subnet_len || !self.config.network.contains_net(&subnet) {
-            tracing::warn!(%subnet, network = %self.config.network, "skipping a lease outside the network config");
-            return None;
-        }
-        match LeaseAttrs::parse(value) {
-            Ok(a) => Some((subnet, a.public_ip)),
-            Err(e) => {
-                tracing::warn!(%subnet, "skipping a malformed lease value: {e}");
-                None
+    /// Logs what changed (route changes as state changes; each rejection once per key and
+    /// revision) and counts rejections. Returns whether the routes changed.
+    fn report(&self, events: &[LeaseEvent]) -> bool {
+        let mut routes_changed = false;
+        for ev in events {
+            match ev {
+                LeaseEvent::Routed {
+                    subnet,
+                    public_ip,
+                    key,
+                } => {
+                    routes_changed = true;
+                    tracing::info!(%subnet, %public_ip, key, "lease added");
+                }
+                LeaseEvent::Unrouted { subnet } => {
+                    routes_changed = true;
+                    tracing::info!(%subnet, "lease removed");
+                }
+                LeaseEvent::Rejected {
+                    key,
+                    revision,
+                    reason,
+                } => {
+                    self.status.counters.lease_rejections.count(reason.reason());
+                    tracing::warn!(
+                        key,
+                        revision,
+                        reason = reason.reason(),
+                        "skipping an unusable lease (not routed; the others are): {reason}"
+                    );
+                }
             }
         }
+        routes_changed
     }
 
-    fn check_own_deleted(&self, subnet: Ipv4Net) {
-        if matches!(*self.own.borrow(), Some((s, _)) if s == subnet) {
-            let _ = self.own_events.send(OwnLeaseEvent::Lost(subnet));
-        }
+    /// Our subnet and public IP when `key` is our own lease's key.
+    fn own_subnet_if_key(&self, key: &str) -> Option<(Ipv4Net, Ipv4Addr)> {
+        let own = *self.own.borrow();
+        own.filter(|(s, _)| subnet_key(&self.prefix, s) == key)
     }
 
     async fn watch_from(
         &mut self,
         rev: i64,
-        leases: &mut BTreeMap<Ipv4Net, Ipv4Addr>,
+        leases: &mut LeaseSet,
         backoff: &mut Backoff,
     ) -> Outcome {
         let opts = WatchOptions::new()
@@ -166,6 +193,7 @@ impl LeaseWatcher {
             }
         };
         let mut last = rev;
+        let mut events = Vec::new();
         loop {
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
@@ -191,41 +219,43 @@ impl LeaseWatcher {
                 return Outcome::Resume(last);
             }
             backoff.reset();
-            let mut changed = false;
+            events.clear();
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 last = last.max(kv.mod_revision());
+                let key = String::from_utf8_lossy(kv.key());
                 match ev.event_type() {
                     EventType::Put => {
-                        if let Some((subnet, ip)) = self.parse(kv.key(), kv.value()) {
-                            if leases.insert(subnet, ip) != Some(ip) {
-                                tracing::info!(%subnet, public_ip = %ip, "lease added");
-                                changed = true;
-                            }
-                            if matches!(*self.own.borrow(), Some((s, own_ip)) if s == subnet && own_ip != ip)
-                            {
-                                let _ = self.own_events.send(OwnLeaseEvent::Lost(subnet));
+                        leases.put(
+                            KeyValue {
+                                key: &key,
+                                value: kv.value(),
+                                create_revision: kv.create_revision(),
+                                mod_revision: kv.mod_revision(),
+                            },
+                            &mut events,
+                        );
+                        if let Some((s, own_ip)) = self.own_subnet_if_key(&key) {
+                            if leases.public_ip_of(&key) != Some(own_ip) {
+                                let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
                             }
                         }
                     }
                     EventType::Delete => {
-                        let Some(subnet) = std::str::from_utf8(kv.key())
-                            .ok()
-                            .and_then(|k| subnet_from_key(&self.prefix, k))
-                        else {
-                            continue;
-                        };
-                        if leases.remove(&subnet).is_some() {
-                            tracing::info!(%subnet, "lease removed");
-                            changed = true;
+                        leases.delete(&key, &mut events);
+                        if let Some((s, _)) = self.own_subnet_if_key(&key) {
+                            let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
                         }
-                        self.check_own_deleted(subnet);
                     }
                 }
             }
-            if changed {
-                self.publisher.set_leases(leases);
+            if self.report(&events) {
+                self.publisher.set_leases(leases.routes());
             }
+            self.status
+                .counters
+                .lease_rejections
+                .set_current(leases.rejected_by_reason());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `flanneld`, the control plane of flannel-rs. Reading order: [`daemon`] (the whole life of the
 //! process), then [`subnet_lease`] (acquire/renew), [`lease_watch`] (every host's lease → route
-//! table), [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`].
+//! table, through [`lease_set`], which checks each lease and keeps the unusable ones out),
+//! [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`].
 
 #![forbid(unsafe_code)]
 
@@ -9,8 +10,10 @@ pub mod daemon;
 pub mod etcd;
 pub mod health;
 pub mod ip_masq;
+pub mod lease_set;
 pub mod lease_watch;
 pub mod metrics;
+pub mod notify;
 pub mod public_ip;
 pub mod publish;
 pub mod subnet_lease;

@@ -1,4 +1,7 @@
 //! `flanneld` entry point: flags, logging, signals. See `flannel_control::daemon`.
+//!
+//! Before anything else, as flannel: `-version` prints the version line to stderr and exits 0;
+//! an unsupported flannel flag is refused with one line on stderr and exit status 1.
 
 #![forbid(unsafe_code)]
 
@@ -11,7 +14,23 @@ use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse_from_env();
+    if args.version {
+        eprintln!("{}", Args::version_line());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(why) = &args.refused {
+        eprintln!("flanneld: {why}");
+        return std::process::ExitCode::FAILURE;
+    }
     init_logging(args.verbosity);
+    for note in args.ignored() {
+        tracing::debug!("{note}");
+    }
+    if let Some(v6) = args.public_ipv6 {
+        tracing::info!(
+            "-public-ipv6 {v6}: not recorded in the lease (PublicIPv6 stays null, as with flannel's udp backend)"
+        );
+    }
     let result = match &args.command {
         Some(Command::Routes { route_table }) => print_routes(route_table),
         None => run_daemon(args),
@@ -59,10 +78,15 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         let status = Arc::new(Status::default());
         tokio::select! {
             r = daemon::run(args, status) => r,
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping; the lease stays in etcd for the next start"); Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping; the lease stays in etcd for the next start"); Ok(()) }
+            _ = term.recv() => { stopping("SIGTERM"); Ok(()) }
+            _ = int.recv() => { stopping("SIGINT"); Ok(()) }
         }
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+fn stopping(signal: &str) {
+    tracing::info!("{signal}: stopping; the lease stays in etcd for the next start");
+    flannel_control::notify::stopping(&format!("{signal}: stopping; the lease stays in etcd"));
 }

@@ -3,14 +3,18 @@
 //! state (lease expiry, route table generation and size, peers, etcd errors and reconnects) and the
 //! data plane's per-worker counters from its shared-memory stats file.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use flannel_shared::lease::LeaseRejection;
 
 use flannel_shared::stats::StatsReader;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::health::Status;
@@ -27,11 +31,54 @@ pub struct Counters {
     pub lease_renewals: AtomicU64,
     /// Our own lease re-acquired after it vanished.
     pub lease_reacquisitions: AtomicU64,
+    /// Leases under subnets/ that are not routed, by reason.
+    pub lease_rejections: LeaseRejections,
 }
 
 impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Rejected leases by [`LeaseRejection::reason`] label: how many are rejected now (set by the
+/// lease watcher after each change) and how many rejections were seen (once per key and etcd
+/// revision). Both are exported for every label, zeros included.
+#[derive(Debug, Default)]
+pub struct LeaseRejections {
+    inner: Mutex<RejectionCounts>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RejectionCounts {
+    current: BTreeMap<&'static str, u64>,
+    total: BTreeMap<&'static str, u64>,
+}
+
+impl LeaseRejections {
+    /// Replaces the current counts (labels missing from `by_reason` become 0).
+    pub fn set_current(&self, by_reason: BTreeMap<&'static str, u64>) {
+        self.lock().current = by_reason;
+    }
+
+    /// Counts one rejection of a key at a new revision.
+    pub fn count(&self, reason: &'static str) {
+        *self.lock().total.entry(reason).or_default() += 1;
+    }
+
+    /// Leases rejected now, for `reason`.
+    pub fn current(&self, reason: &str) -> u64 {
+        self.lock().current.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Rejections seen so far, for `reason`.
+    pub fn total(&self, reason: &str) -> u64 {
+        self.lock().total.get(reason).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RejectionCounts> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -122,6 +169,35 @@ impl prometheus_client::collector::Collector for Collector {
             "Times our lease vanished and was acquired again",
             load(&c.lease_reacquisitions),
         )?;
+        let rejections = c.lease_rejections.lock().clone();
+        let mut m = e.encode_descriptor(
+            "flannel_leases_rejected",
+            "Leases under subnets/ not routed now (unusable key or value, or a duplicate), by reason",
+            None,
+            MetricType::Gauge,
+        )?;
+        for reason in LeaseRejection::REASONS {
+            let v = rejections.current.get(reason).copied().unwrap_or(0);
+            let labels = [("reason", *reason)];
+            ConstGauge::new(v as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "flannel_lease_rejections",
+            "Leases found unusable, counted once per key and etcd revision, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in LeaseRejection::REASONS {
+            let v = rejections.total.get(reason).copied().unwrap_or(0);
+            let labels = [("reason", *reason)];
+            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut e,
+            "flannel_route_table_refused_routes",
+            "Routes the route-table writer refused in the last publish (left out of the table)",
+            s.publisher.get().map_or(0, |p| p.refused_routes()) as i64,
+        )?;
 
         let Ok(reader) = StatsReader::open(&self.dataplane_stats) else {
             return gauge(
@@ -147,12 +223,7 @@ impl prometheus_client::collector::Collector for Collector {
         for name in reader.names() {
             let metric = format!("flannel_dataplane_{name}");
             let help = format!("Data-plane counter {name}, per worker");
-            let mut m = e.encode_descriptor(
-                &metric,
-                &help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
+            let mut m = e.encode_descriptor(&metric, &help, None, MetricType::Counter)?;
             for w in &snapshot {
                 let labels = vec![("worker".to_string(), w.worker.to_string())];
                 let v = ConstCounter::new(w.get(name).unwrap_or(0));

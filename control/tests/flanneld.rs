@@ -347,7 +347,8 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
         .unwrap();
     a.wait_route("10.1.211.1", Some("198.18.0.11"), SEC * 5);
     a.wait_route("10.1.210.1", None, SEC);
-    a.daemon().wait_log("skipping a malformed lease value", SEC);
+    a.daemon().wait_log("skipping an unusable lease", SEC);
+    assert!(a.daemon().log().contains("malformed_value"));
 
     // etcd restarted in the middle; changes made while flanneld could not see etcd are not missed.
     etcd.stop();
@@ -393,6 +394,226 @@ fn watch_follows_leases_across_etcd_restart_and_compaction() {
     assert!(a.daemon().is_running());
     let own = a.wait_subnet(SEC);
     assert!(etcd.get(&lease_key(&own)).unwrap().is_some());
+}
+
+/// The `value` of `key` in `flannelctl leases --json` rows.
+fn ctl_lease<'a>(rows: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key)
+        .unwrap_or_else(|| panic!("{key} not in flannelctl leases: {rows}"))
+}
+
+/// Issue 16, item 1: one member's unusable lease (PublicIP 0.0.0.0) used to fail every publish,
+/// freezing the table for the whole cluster, and dual-stack keys were not routed at all. Now the
+/// bad lease is skipped (logged once, counted in /metrics, shown by flannelctl), the good and the
+/// dual-stack leases are routed, and leases written after the bad one still arrive.
+#[test]
+fn unusable_leases_are_skipped_and_counted_and_dual_stack_keys_are_routed() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    // flanneld draws its own subnet below 10.1.200.0; the other hosts' leases are above.
+    etcd.put_config(
+        PREFIX,
+        r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.199.0"}"#,
+    )
+    .unwrap();
+    let key = |k: &str| format!("{PREFIX}/subnets/{k}");
+    let (good, bad, dual) = (
+        key("10.1.200.0-24"),
+        key("10.1.250.0-24"),
+        key("10.1.252.0-24&fc00:0:0:f00::-64"),
+    );
+    let dual_value = r#"{"PublicIP":"198.18.0.3","PublicIPv6":"fc00::3","BackendType":"udp","BackendData":null,"BackendV6Data":{"x":1}}"#;
+    // Present before flanneld starts: its first listing sees them.
+    etcd.ctl(&[
+        "put",
+        &good,
+        r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#,
+    ])
+    .unwrap();
+    etcd.ctl(&["put", &bad, r#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#])
+        .unwrap();
+    etcd.ctl(&["put", &dual, dual_value]).unwrap();
+    let port = free_port();
+    let mut a = Host::new(&etcd, "198.18.0.1")
+        .with(&["-healthz-ip=127.0.0.1", &format!("-healthz-port={port}")]);
+    a.start();
+    let own = a.wait_subnet(SEC * 20);
+    a.wait_route("10.1.200.9", Some("198.18.0.2"), SEC * 10);
+    a.wait_route("10.1.252.9", Some("198.18.0.3"), SEC * 5);
+    a.wait_route(
+        &Ipv4Addr::from(own.addr_u32() + 9).to_string(),
+        Some("198.18.0.1"),
+        SEC * 5,
+    );
+    a.wait_route("10.1.250.9", None, SEC);
+
+    // Written while flanneld watches: another unusable lease, then valid ones after it.
+    let (bad2, later, dual2) = (
+        key("10.1.251.0-24"),
+        key("10.1.201.0-24"),
+        key("10.1.253.0-24&fc00:0:0:f01::-64"),
+    );
+    etcd.ctl(&[
+        "put",
+        &bad2,
+        r#"{"PublicIP":"127.0.0.1","PublicIPv6":null}"#,
+    ])
+    .unwrap();
+    etcd.ctl(&[
+        "put",
+        &later,
+        r#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#,
+    ])
+    .unwrap();
+    etcd.ctl(&[
+        "put",
+        &dual2,
+        r#"{"PublicIP":"198.18.0.5","PublicIPv6":"fc00::5"}"#,
+    ])
+    .unwrap();
+    a.wait_route("10.1.201.9", Some("198.18.0.4"), SEC * 5);
+    a.wait_route("10.1.253.9", Some("198.18.0.5"), SEC * 5);
+    a.wait_route("10.1.251.9", None, SEC);
+    a.wait_route("10.1.200.9", Some("198.18.0.2"), SEC);
+    // Deleting a good lease still works with the bad ones around.
+    etcd.ctl(&["del", &later]).unwrap();
+    a.wait_route("10.1.201.9", None, SEC * 5);
+
+    // Logged once per key and revision, not on every change; no publish failed.
+    let log = a.daemon().log();
+    assert_eq!(
+        log.matches("skipping an unusable lease").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("public_ip_unspecified") && log.contains("public_ip_loopback"));
+    assert!(!log.contains("publishing the route table failed"), "{log}");
+
+    // /metrics counts them by reason.
+    let (code, metrics) = http_get(port, "/metrics").expect("metrics answered");
+    assert_eq!(code, 200);
+    for line in [
+        r#"flannel_leases_rejected{reason="public_ip_unspecified"} 1"#,
+        r#"flannel_leases_rejected{reason="public_ip_loopback"} 1"#,
+        r#"flannel_leases_rejected{reason="malformed_value"} 0"#,
+        r#"flannel_lease_rejections_total{reason="public_ip_unspecified"} 1"#,
+        r#"flannel_lease_rejections_total{reason="public_ip_loopback"} 1"#,
+        "flannel_route_table_refused_routes 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+
+    // Other hosts' keys are never rewritten or deleted.
+    assert_eq!(etcd.get(&dual).unwrap().as_deref(), Some(dual_value));
+    assert!(etcd.get(&bad).unwrap().is_some());
+
+    // flannelctl shows the bad leases as rejected, with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+        .args(["leases", "--json"])
+        .arg(format!("--etcd-endpoints={}", etcd.endpoint()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = ctl_lease(&rows, &bad);
+    assert_eq!(b["routed"], false);
+    assert_eq!(b["reason"], "public_ip_unspecified");
+    assert_eq!(
+        b["error"],
+        "lease PublicIP 0.0.0.0: the unspecified address is not a host"
+    );
+    assert_eq!(ctl_lease(&rows, &bad2)["reason"], "public_ip_loopback");
+    let d = ctl_lease(&rows, &dual);
+    assert_eq!(d["routed"], true);
+    assert_eq!(d["subnet"], "10.1.252.0/24");
+    assert_eq!(d["ipv6_subnet"], "fc00:0:0:f00::/64");
+    assert_eq!(d["PublicIPv6"], "fc00::3");
+    assert_eq!(ctl_lease(&rows, &good)["routed"], true);
+    let table = Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+        .arg("leases")
+        .arg(format!("--etcd-endpoints={}", etcd.endpoint()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("rejected: public_ip_unspecified")
+            && text.contains(&format!(
+                "rejected {bad}: lease PublicIP 0.0.0.0: the unspecified address is not a host"
+            )),
+        "{text}"
+    );
+    assert!(a.daemon().is_running());
+}
+
+/// Issue 16, item 2: the allocator treats a lease overlapping a candidate as taken whatever its
+/// length or key form, releases our own lease that no longer fits the config, and never touches
+/// a dual-stack key, even one naming our PublicIP.
+#[test]
+fn own_misfit_lease_is_released_and_overlapping_or_dual_stack_leases_are_never_taken() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    // Five candidates: 10.1.4.0 .. 10.1.8.0.
+    etcd.put_config(
+        PREFIX,
+        r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.4.0","SubnetMax":"10.1.8.0"}"#,
+    )
+    .unwrap();
+    let key = |k: &str| format!("{PREFIX}/subnets/{k}");
+    let ours = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#;
+    let (foreign23, dual_theirs, dual_ours, misfit) = (
+        // Blocks 10.1.4.0/24 and 10.1.5.0/24.
+        (
+            key("10.1.4.0-23"),
+            r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#,
+        ),
+        (
+            key("10.1.6.0-24&fc00:0:0:f06::-64"),
+            r#"{"PublicIP":"198.18.0.6","PublicIPv6":"fc00::6"}"#,
+        ),
+        (
+            key("10.1.8.0-24&fc00:0:0:f08::-64"),
+            r#"{"PublicIP":"198.18.0.1","PublicIPv6":"fc00::1"}"#,
+        ),
+        // Ours, from a run with SubnetLen 25: released, which frees 10.1.7.0/24.
+        (key("10.1.7.0-25"), ours),
+    );
+    for (k, v) in [&foreign23, &dual_theirs, &dual_ours, &misfit] {
+        etcd.ctl(&["put", k, v]).unwrap();
+    }
+    let mut a = Host::new(&etcd, "198.18.0.1");
+    a.start();
+    let subnet = a.wait_subnet(SEC * 20);
+    assert_eq!(subnet, "10.1.7.0/24".parse::<Ipv4Net>().unwrap());
+    a.daemon().wait_log(
+        "released our lease: it does not fit the network config",
+        SEC * 5,
+    );
+    assert_eq!(etcd.get(&misfit.0).unwrap(), None, "misfit lease deleted");
+    for (k, v) in [&foreign23, &dual_theirs, &dual_ours] {
+        assert_eq!(etcd.get(k).unwrap().as_deref(), Some(*v), "{k} untouched");
+    }
+    assert_eq!(
+        etcd.get(&key("10.1.7.0-24")).unwrap().as_deref(),
+        Some(ours)
+    );
+    // The dual-stack host is routed through its IPv4 part; the /23 is not a /24 route.
+    a.wait_route("10.1.6.9", Some("198.18.0.6"), SEC * 10);
+    a.wait_route("10.1.7.9", Some("198.18.0.1"), SEC * 5);
+    a.wait_route("10.1.4.9", None, SEC);
+    assert_eq!(
+        etcd.get_prefix(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        4
+    );
 }
 
 #[test]

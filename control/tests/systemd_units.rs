@@ -1,7 +1,8 @@
 //! `scripts/systemd/`: the unit pair and the drop-ins pass `systemd-analyze verify` (Debian 12's
 //! systemd 252) and say what the design needs: the data plane ordered after flanneld but not
-//! bound to it, both restarting always, the shared runtime directory preserved, the seed's
-//! config published with etcd v3, Docker fed from mk-docker-opts.sh.
+//! bound to it, both `Type=notify` with a watchdog and restarting always, the shared runtime
+//! directory preserved, the seed's config published with etcd v3, Docker fed from
+//! mk-docker-opts.sh once flanneld is ready (no waiting loop: ready means subnet.env exists).
 //!
 //! verify runs with `--root` on a temp tree: our files under `etc/systemd/system/`, a copy of the
 //! host's `/usr/lib/systemd/system` (the targets every service depends on), a stub
@@ -11,7 +12,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use flannel_perf::testbed::{have, require};
 
@@ -220,6 +220,7 @@ fn verify_reports_mistakes_in_units_and_drop_ins() {
         "docker.service.d/40-flannel.conf" => body + "Restrat=always\n",
         "flanneld.service.d/50-network-config.conf" => body + "ExecStartPer=/bin/true\n",
         "flannel-dataplane.service" => body.replace("RestartSec=1", "RestartSec=one"),
+        "flanneld.service" => body.replace("WatchdogSec=30s", "WatchdogSec=half-a-minute"),
         _ => body,
     });
     std::fs::remove_file(root.path().join("usr/local/bin/flanneld")).unwrap();
@@ -233,6 +234,8 @@ fn verify_reports_mistakes_in_units_and_drop_ins() {
         "'ExecStartPer'",
         "flannel-dataplane.service:",
         "ignoring: one",
+        "flanneld.service:",
+        "half-a-minute",
     ] {
         assert!(
             out.contains(needle),
@@ -289,7 +292,13 @@ fn both_daemons_restart_always_and_share_a_preserved_runtime_directory() {
             "0",
             "{name}: never give up"
         );
-        assert_eq!(u.one("Service", "Type"), "simple", "{name}: no sd_notify");
+        assert_eq!(u.one("Service", "Type"), "notify", "{name}: sd_notify");
+        assert_eq!(u.one("Service", "NotifyAccess"), "main", "{name}");
+        assert_eq!(
+            u.one("Service", "WatchdogSec"),
+            "30s",
+            "{name}: pings every 15 s"
+        );
         assert_eq!(u.one("Service", "KillSignal"), "SIGTERM", "{name}");
         assert_eq!(u.one("Service", "RuntimeDirectory"), "flannel", "{name}");
         assert_eq!(
@@ -335,8 +344,19 @@ fn commands_and_paths_match_the_daemons() {
         .one("Service", "ExecStart")
         .ends_with(&format!("--route-table={table}")));
     assert!(table.starts_with("/run/flannel/") && subnet.starts_with("/run/flannel/"));
-    let docker = text("docker.service.d/40-flannel.conf");
-    assert!(docker.contains(&format!("[ -s {subnet} ]")));
+    // The Docker drop-in runs mk-docker-opts.sh without -f: its default must be flanneld's.
+    let docker = Unit::load("docker.service.d/40-flannel.conf");
+    let mk_line = docker
+        .all("Service", "ExecStartPre")
+        .into_iter()
+        .find(|c| c.contains("mk-docker-opts.sh"))
+        .expect("runs mk-docker-opts.sh");
+    assert!(!mk_line.contains(" -f "), "{mk_line}");
+    let mk = std::fs::read_to_string(systemd_dir().join("../mk-docker-opts.sh")).unwrap();
+    assert!(
+        mk.contains(&format!("\nmdo_in={subnet}\n")),
+        "mk-docker-opts.sh -f default"
+    );
 }
 
 #[test]
@@ -364,11 +384,10 @@ fn docker_drop_in_feeds_dockerd_from_mk_docker_opts() {
     assert_eq!(u.one("Service", "EnvironmentFile"), format!("-{opts_file}"));
 
     let pre = u.all("Service", "ExecStartPre");
-    assert_eq!(pre.len(), 3, "wait, remove the old file, generate: {pre:?}");
-    assert!(pre[0].starts_with("/bin/sh -c '") && pre[0].contains("subnet.env"));
-    assert_eq!(pre[1], format!("/bin/rm -f {opts_file}"));
+    assert_eq!(pre.len(), 2, "remove the old file, generate: {pre:?}");
+    assert_eq!(pre[0], format!("/bin/rm -f {opts_file}"));
     assert_eq!(
-        pre[2],
+        pre[1],
         format!("/usr/local/bin/mk-docker-opts.sh -k DOCKER_OPTS -d {opts_file}")
     );
 
@@ -380,73 +399,27 @@ fn docker_drop_in_feeds_dockerd_from_mk_docker_opts() {
     assert!(start[1].ends_with(" $DOCKER_OPTS"), "{}", start[1]);
 }
 
-/// The first ExecStartPre of the Docker drop-in, run for real with the subnet file moved to a temp
-/// path and the 120 s limit cut to 2 s: returns at once when the file is there, waits for it,
-/// fails with a pointer to flanneld when it never comes.
+/// Docker needs subnet.env when it starts. flanneld is `Type=notify` and sends READY=1 only
+/// after writing it (control/tests/sd_notify.rs checks that), and waits for etcd as long as
+/// it takes (no start timeout that would fail Docker's start job as a dependency). So ordering
+/// Docker after flanneld is the whole wait: no polling loop is left in the drop-in.
 #[test]
-fn docker_drop_in_waits_for_subnet_env() {
+fn docker_waits_for_flanneld_readiness_not_for_a_file() {
+    let fl = Unit::load("flanneld.service");
+    assert_eq!(fl.one("Service", "Type"), "notify");
+    assert_eq!(fl.one("Service", "TimeoutStartSec"), "infinity");
     let u = Unit::load("docker.service.d/40-flannel.conf");
-    let pre = u.all("Service", "ExecStartPre")[0];
-    // systemd would expand $ and % and C escapes; the command avoids them, so the text between
-    // the single quotes is exactly what sh receives.
-    assert!(!pre.contains(['$', '%', '\\']), "{pre}");
-    let script = pre
-        .strip_prefix("/bin/sh -c '")
-        .and_then(|s| s.strip_suffix('\''))
-        .expect("/bin/sh -c '...'");
-    assert!(!script.contains('\''), "one single-quoted word");
-    assert!(script.contains("timeout 120 "), "{script}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let subnet = dir.path().join("subnet.env");
-    let script = script
-        .replace("/run/flannel/subnet.env", subnet.to_str().unwrap())
-        .replace("timeout 120 ", "timeout 2 ");
-    let run = || {
-        let t = Instant::now();
-        let o = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .expect("sh");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-            t.elapsed(),
-        )
-    };
-
-    let (ok, err, took) = run();
-    assert!(!ok, "no subnet.env: fails");
-    assert!(err.contains("is flanneld running?"), "{err}");
-    assert!(
-        took >= Duration::from_millis(1500),
-        "waited first: {took:?}"
-    );
-
-    std::fs::write(&subnet, "").unwrap();
-    let (ok, _, _) = run();
-    assert!(!ok, "an empty subnet.env is not ready yet");
-
-    std::fs::write(&subnet, "FLANNEL_SUBNET=10.1.15.1/24\n").unwrap();
-    let (ok, err, took) = run();
-    assert!(ok, "{err}");
-    assert!(
-        took < Duration::from_millis(900),
-        "no wait when the file is there: {took:?}"
-    );
-
-    std::fs::remove_file(&subnet).unwrap();
-    let writer = {
-        let subnet = subnet.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(600));
-            std::fs::write(subnet, "FLANNEL_SUBNET=10.1.15.1/24\n").unwrap();
-        })
-    };
-    let (ok, err, _) = run();
-    writer.join().unwrap();
-    assert!(ok, "picks the file up once flanneld writes it: {err}");
+    assert!(u.words("Unit", "After").contains("flanneld.service"));
+    assert!(u.words("Unit", "Requires").contains("flanneld.service"));
+    for cmd in u.all("Service", "ExecStartPre") {
+        assert!(
+            !cmd.contains("sleep") && !cmd.contains("until") && !cmd.contains("timeout"),
+            "no waiting loop: {cmd}"
+        );
+    }
+    // The data plane also starts after flanneld is ready, when the route table exists.
+    let dp = Unit::load("flannel-dataplane.service");
+    assert!(dp.words("Unit", "After").contains("flanneld.service"));
 }
 
 /// The install instructions name every file there is.

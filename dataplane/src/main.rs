@@ -26,6 +26,14 @@
 //! batch in the workers; a changed `our_subnet` moves the TUN address, a changed MTU is
 //! applied to the device.
 //!
+//! # systemd (`Type=notify`, [`flannel_shared::sd_notify`])
+//!
+//! `STATUS=` says what it waits for or does; `READY=1` goes out once the workers forward (the
+//! TUN device is configured and every worker runs); with `WatchdogSec=` the main thread's
+//! table-following loop sends `WATCHDOG=1` every half of `$WATCHDOG_USEC` (it polls at least
+//! that often), and only while it sees every worker thread alive: a stuck loop or a dead worker
+//! stops the pings and systemd restarts the data plane. `STOPPING=1` on SIGTERM/SIGINT.
+//!
 //! # Offloads (probed once at startup, each choice logged once; `--no-offload` forces all off)
 //!
 //! - TUN: `IFF_VNET_HDR` + `TUNSETOFFLOAD` CSUM|TSO4|TSO6|USO4|USO6, retried without USO
@@ -73,6 +81,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
 use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
+use flannel_shared::sd_notify::{Field, Notifier};
 use flannel_shared::stats::{IoPath, StatsWriter};
 use flannel_shared::Ipv4Net;
 
@@ -263,8 +272,74 @@ fn main() {
     }
 }
 
+/// Reports to systemd when started as `Type=notify`; does nothing otherwise.
+struct Systemd {
+    notifier: Option<Notifier>,
+    /// How often `WATCHDOG=1` must go out (half of `$WATCHDOG_USEC`).
+    watchdog: Option<Duration>,
+    last_ping: Instant,
+    send_failed: bool,
+}
+
+impl Systemd {
+    fn from_env() -> Self {
+        let notifier = Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!("not notifying systemd: {e}");
+            None
+        });
+        Self {
+            watchdog: notifier.as_ref().and_then(Notifier::watchdog_interval),
+            notifier,
+            last_ping: Instant::now(),
+            send_failed: false,
+        }
+    }
+
+    fn send(&mut self, fields: &[Field<'_>]) {
+        let Some(n) = &self.notifier else { return };
+        if let Err(e) = n.send(fields) {
+            if !self.send_failed {
+                tracing::warn!("sd_notify to {:?} failed (logged once): {e}", n.target());
+                self.send_failed = true;
+            }
+        }
+    }
+
+    fn status(&mut self, text: &str) {
+        self.send(&[Field::Status(text)]);
+    }
+
+    fn ready(&mut self, text: &str) {
+        self.send(&[Field::Ready, Field::Status(text)]);
+        self.last_ping = Instant::now();
+    }
+
+    fn stopping(&mut self, text: &str) {
+        self.send(&[Field::Stopping, Field::Status(text)]);
+    }
+
+    /// How long the loop may block between turns: at most half the watchdog interval, so
+    /// that pings (due after half of it) leave within the interval.
+    fn poll(&self, normal: Duration) -> Duration {
+        self.watchdog.map_or(normal, |w| (w / 2).min(normal))
+    }
+
+    /// `WATCHDOG=1` when due; the caller's loop turning is what it vouches for.
+    fn ping_if_due(&mut self) {
+        if let Some(w) = self.watchdog {
+            if self.last_ping.elapsed() >= w / 2 {
+                self.send(&[Field::Watchdog]);
+                self.last_ping = Instant::now();
+            }
+        }
+    }
+}
+
 /// Polls until the table exists and is published. `None` when a stop signal came first.
-fn wait_for_table(path: &std::path::Path) -> Option<(RouteTableReader, RouteSnapshot)> {
+fn wait_for_table(
+    path: &std::path::Path,
+    sd: &mut Systemd,
+) -> Option<(RouteTableReader, RouteSnapshot)> {
     let mut logged = false;
     loop {
         let attempt = RouteTableReader::open(path).and_then(|mut r| {
@@ -278,6 +353,10 @@ fn wait_for_table(path: &std::path::Path) -> Option<(RouteTableReader, RouteSnap
                     "waiting for the route table at {} (is flanneld running?): {e}",
                     path.display()
                 );
+                sd.status(&format!(
+                    "waiting for the route table at {} (is flanneld running?): {e}",
+                    path.display()
+                ));
                 logged = true;
             }
             Err(_) => {}
@@ -396,11 +475,14 @@ fn probe_udp_offloads(socks: &[(OwnedFd, OwnedFd)], vnet_hdr: bool, forced_off: 
 fn run(args: Args) -> Result<()> {
     // Before any thread exists: only the main thread will take SIGTERM/SIGINT.
     sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT")?;
+    let mut sd = Systemd::from_env();
 
-    let Some((mut reader, mut snap)) = wait_for_table(&args.route_table) else {
+    let Some((mut reader, mut snap)) = wait_for_table(&args.route_table, &mut sd) else {
         tracing::info!("stopped before the route table appeared");
+        sd.stopping("stopped before the route table appeared");
         return Ok(());
     };
+    sd.status("route table found: setting up the TUN device and the workers");
     let meta = snap.meta().clone();
     tracing::info!(
         generation = snap.generation(),
@@ -551,18 +633,35 @@ fn run(args: Args) -> Result<()> {
         handles.push(h);
     }
     tracing::info!(workers = nworkers, stats = %args.stats.display(), "forwarding");
+    let forwarding = |network: Ipv4Net, snap: &RouteSnapshot| {
+        format!(
+            "forwarding: {nworkers} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
+            network,
+            args.tun_name,
+            snap.generation(),
+            snap.len()
+        )
+    };
+    sd.ready(&forwarding(network, &snap));
+    if let Some(w) = sd.watchdog {
+        tracing::info!(every = ?w, "systemd watchdog: pinging from the table loop");
+    }
 
     // Follow the table and wait for a stop signal.
     let mut failed = None;
     loop {
-        if let Some(sig) = sys::thread::wait_term_signal(Duration::from_millis(200)) {
+        if let Some(sig) = sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
             tracing::info!(signal = sig, "stopping");
+            sd.stopping(&format!("stopping (signal {sig})"));
             break;
         }
         if let Some(i) = handles.iter().position(|h| h.is_finished()) {
             failed = Some(i);
+            sd.status(&format!("worker {i} stopped: exiting"));
             break;
         }
+        // Every worker is alive and this loop turns: tell the watchdog.
+        sd.ping_if_due();
         match reader.refresh(&mut snap) {
             Ok(true) => {
                 let m = snap.meta().clone();
@@ -593,6 +692,7 @@ fn run(args: Args) -> Result<()> {
                     }
                     network = m.network;
                 }
+                sd.status(&forwarding(network, &snap));
             }
             Ok(false) => {}
             Err(e) => tracing::debug!("route table refresh: {e}"),
@@ -617,4 +717,66 @@ fn run(args: Args) -> Result<()> {
         bail!("worker {i} stopped unexpectedly");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_shared::sd_notify::Target;
+    use std::os::unix::net::UnixDatagram;
+
+    /// The table loop's cadence: it blocks at most half the ping interval and pings once that
+    /// much has passed, so pings are never further apart than the interval (half of
+    /// `$WATCHDOG_USEC`).
+    #[test]
+    fn the_table_loop_pings_within_the_watchdog_interval_and_only_while_it_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let every = Duration::from_millis(100);
+        let mut sd = Systemd {
+            notifier: Some(Notifier::new(Target::Path(path), Some(every)).unwrap()),
+            watchdog: Some(every),
+            last_ping: Instant::now(),
+            send_failed: false,
+        };
+        assert_eq!(
+            sd.poll(Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
+        sd.ready("forwarding");
+        let mut times = Vec::new();
+        let mut buf = [0u8; 256];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(600) {
+            std::thread::sleep(sd.poll(Duration::from_millis(200)));
+            sd.ping_if_due();
+            while let Ok(n) = rx.recv(&mut buf) {
+                times.push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+        assert_eq!(times[0].1, "READY=1\nSTATUS=forwarding");
+        let pings: Vec<Instant> = times
+            .iter()
+            .filter(|(_, m)| m == "WATCHDOG=1")
+            .map(|(t, _)| *t)
+            .collect();
+        assert!(pings.len() >= 5, "{times:?}");
+        let widest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        // About 50 ms apart; the margin is for a busy test machine's late wake-ups.
+        assert!(widest < every * 2, "{widest:?}");
+        // Without a watchdog: the loop keeps its own pace and never pings.
+        let quiet = Systemd {
+            watchdog: None,
+            ..sd
+        };
+        assert_eq!(
+            quiet.poll(Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
+    }
 }

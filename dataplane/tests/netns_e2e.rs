@@ -234,6 +234,11 @@ impl Topo {
     }
 
     fn start_dataplane(&mut self, host: &str, extra: &[&str]) {
+        self.start_dataplane_with_env(host, extra, &[]);
+    }
+
+    /// [`Topo::start_dataplane`] with extra environment variables for the data plane.
+    fn start_dataplane_with_env(&mut self, host: &str, extra: &[&str], env: &[(&str, String)]) {
         let ns = self.ns(host);
         let log = std::fs::File::create(self.dir.path().join(format!("dp-{host}.log"))).unwrap();
         let table = self.table_path(host);
@@ -254,6 +259,7 @@ impl Topo {
             .arg("--stats")
             .arg(&stats)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -320,6 +326,35 @@ impl Topo {
     /// answered (ping itself exits 0 on a single reply).
     fn ping(&self, from: &str, to: Ipv4Addr) -> bool {
         self.ping_replies(from, to) == 2
+    }
+
+    /// Whether one echo request from `from`'s namespace to `to` is answered within `timeout`
+    /// (retrying): for convergence after a restart, not as proof that every packet gets through.
+    fn wait_reachable(&self, from: &str, to: Ipv4Addr, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns(from),
+                    "ping",
+                    "-n",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                ])
+                .arg(to.to_string())
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
     }
 
     /// How many of the two echo requests of `ping -c 2` from `from`'s namespace to `to` were
@@ -960,8 +995,12 @@ fn scenario(tag: &str, extra: &[&str]) {
     crashed.kill().unwrap();
     crashed.wait().unwrap();
     t.start_dataplane("a", extra);
+    // Under load the first echo request right after the restart is lost now and then (about
+    // one run in ten with scripts/demo looping beside): the interruption itself is measured
+    // and bounded by perf/tests/faults.rs. Here: forwarding is back within a second, and then
+    // every packet gets through.
     assert!(
-        t.ping("ca", CB),
+        t.wait_reachable("ca", CB, Duration::from_secs(1)) && t.ping("ca", CB),
         "no forwarding after a data-plane restart\nA:\n{}",
         t.log("a")
     );
@@ -991,6 +1030,79 @@ fn wait_for(mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not reached in 5 s");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// sd_notify as systemd sees it: a unit `Type=notify` with `WatchdogSec=`. READY=1 only once
+/// flannel0 is configured and forwarding works; WATCHDOG=1 at half of `WATCHDOG_USEC`;
+/// STOPPING=1 on SIGTERM. The socket is a path (abstract names are per network namespace).
+#[test]
+fn e2e_sd_notify() {
+    use std::os::unix::net::UnixDatagram;
+    if !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::build("n");
+    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
+    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
+    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
+    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    let sock_path = t.dir.path().join("notify-a.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    t.start_dataplane_with_env(
+        "a",
+        &[],
+        &[
+            ("NOTIFY_SOCKET", sock_path.display().to_string()),
+            ("WATCHDOG_USEC", "200000".to_string()),
+        ],
+    );
+    let mut buf = [0u8; 4096];
+    let mut recv = || -> String {
+        let n = sock.recv(&mut buf).expect("sd_notify datagram");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Up to READY=1 only STATUS lines; at READY, flannel0 is configured.
+    let ready = loop {
+        let m = recv();
+        if m.lines().any(|l| l == "READY=1") {
+            break m;
+        }
+        assert!(
+            m.lines().all(|l| l.starts_with("STATUS=")),
+            "before READY=1: {m:?}"
+        );
+    };
+    eprintln!("[n] ready message: {ready:?}");
+    let links = t.exec("a", &["ip", "-o", "addr", "show", "dev", "flannel0"]);
+    assert!(
+        links.contains("10.1.15.0/32"),
+        "READY=1 before flannel0: {links}"
+    );
+    // WATCHDOG=1 every ~100 ms (half of 200 ms): at least 5 in one second.
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        if recv().lines().any(|l| l == "WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        pings >= 5,
+        "{pings} WATCHDOG=1 in 1 s with WATCHDOG_USEC=200000"
+    );
+    // Forwarding works (B without notify).
+    t.start_dataplane("b", &[]);
+    assert!(t.ping("ca", CB), "no forwarding after READY=1");
+    // SIGTERM: STOPPING=1, then a clean exit.
+    let a = &mut t.children[0];
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+    let stopping = (0..100).any(|_| recv().lines().any(|l| l == "STOPPING=1"));
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    assert!(a.wait().unwrap().success());
 }
 
 #[test]

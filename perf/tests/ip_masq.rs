@@ -1,5 +1,6 @@
-//! `flanneld -ip-masq` inside a host namespace: flannel's masquerade and forward rules, exact,
-//! in their own chains, not duplicated by resyncs, and restored when removed by hand.
+//! `flanneld -ip-masq` inside a host namespace: flannel's masquerade and forward rules, exact
+//! (MASQUERADE with `--random-fully`: Debian 12's iptables 1.8.9 has it), in their own chains,
+//! not duplicated by resyncs, and restored when removed by hand.
 
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
         format!("-A FLANNEL-POSTRTG -s {s} -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN"),
         format!("-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d {s} -m comment --comment \"flanneld masq\" -j RETURN"),
         format!("-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d {s} -m comment --comment \"flanneld masq\" -j RETURN"),
-        "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE".into(),
-        "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE".into(),
+        "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
+        "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
     ];
     let want_filter = vec![
         "-N FLANNEL-FWD".to_string(),

@@ -6,6 +6,7 @@
 //! - [`subnet_env`]: the `subnet.env` file Docker and CNI read.
 //! - [`route_table`]: the shared-memory route table (one writer, lock-free readers).
 //! - [`stats`]: the data plane's shared-memory counters.
+//! - [`sd_notify`]: systemd's readiness and watchdog protocol, for both daemons.
 //! - [`ci`]: for tests: CI or not, and skip-or-fail.
 
 pub mod ci;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod lease;
 pub mod net;
 pub mod route_table;
+pub mod sd_notify;
 pub mod stats;
 pub mod subnet_env;
 

@@ -99,7 +99,8 @@
 //! ([`RouteTableError::Locked`]). Reading: nothing published yet
 //! ([`RouteTableError::NotPublished`]), [`RouteTableError::Contended`], a buffer whose meta is
 //! inconsistent (`Corrupt`), reopen errors after a replacement. Publishing: invalid meta or
-//! routes (nothing is published), a table larger than 2^24 entries, I/O errors creating a
+//! routes (nothing is published; [`RouteTableWriter::publish_skipping`] instead leaves refused
+//! routes out and reports them), a table larger than 2^24 entries, I/O errors creating a
 //! replacement file (the old table stays published). A malformed file yields an error, never a
 //! panic or undefined behaviour — except that a file truncated by someone else *after* it was
 //! mapped raises SIGBUS on access, as with any mapping; nothing in this module truncates.
@@ -699,6 +700,43 @@ fn write_table(map: &Mapping, generation: u64, meta: &TableMeta, entries: &[u32]
     header.generation.store(generation, Ordering::Release);
 }
 
+/// Checks one route against the table `meta` describes, as [`RouteTableWriter::publish`] does:
+/// the subnet must be `meta.subnet_len` long and inside `meta.network`, and the public IP not
+/// 0.0.0.0 (the table's "no lease" marker). Anything
+/// [`lease::validate_lease`](crate::lease::validate_lease) accepts for the same network and
+/// subnet length passes.
+pub fn check_route(meta: &TableMeta, r: &Route) -> Result<()> {
+    if r.subnet.prefix() != meta.subnet_len {
+        return Err(RouteTableError::WrongSubnetLen {
+            subnet: r.subnet,
+            public_ip: r.public_ip,
+            subnet_len: meta.subnet_len,
+        });
+    }
+    if !meta.network.contains_net(&r.subnet) {
+        return Err(RouteTableError::RouteOutsideNetwork {
+            subnet: r.subnet,
+            public_ip: r.public_ip,
+            network: meta.network,
+        });
+    }
+    if r.public_ip.is_unspecified() {
+        return Err(RouteTableError::UnspecifiedPublicIp { subnet: r.subnet });
+    }
+    Ok(())
+}
+
+/// What [`RouteTableWriter::publish_skipping`] did.
+#[derive(Debug)]
+pub struct Published {
+    /// The generation now published.
+    pub generation: u64,
+    /// Routes handed in minus those refused (duplicates of one subnet count each time).
+    pub routes: usize,
+    /// Each refused route with the reason, in input order.
+    pub refused: Vec<(Route, RouteTableError)>,
+}
+
 /// The writer's side, owned by the control plane. At most one per path (see [`Self::open`]).
 pub struct RouteTableWriter {
     path: PathBuf,
@@ -760,34 +798,49 @@ impl RouteTableWriter {
 
     /// Publishes a complete new table; returns the new generation.
     ///
-    /// Routes whose subnet is not inside `meta.network`, whose prefix is not
-    /// `meta.subnet_len`, or whose public IP is 0.0.0.0 are rejected, as is an inconsistent
-    /// `meta`; then nothing is published. If several routes name one subnet the last wins.
+    /// Routes that [`check_route`] refuses (subnet not inside `meta.network`, prefix not
+    /// `meta.subnet_len`, public IP 0.0.0.0) are rejected, as is an inconsistent `meta`; then
+    /// nothing is published. If several routes name one subnet the last wins.
     /// When the table needs more entries than the file holds, the file is replaced (see the
     /// module docs); if that fails, the previous table stays published.
     pub fn publish(&mut self, meta: &TableMeta, routes: &[Route]) -> Result<u64> {
+        let mut refused = Vec::new();
+        self.publish_inner(meta, routes, &mut refused, false)
+    }
+
+    /// Like [`Self::publish`], but a route that [`check_route`] refuses is left out of the
+    /// table and returned in [`Published::refused`] instead of failing the whole publish: one
+    /// bad route never keeps the others from the data plane. An inconsistent `meta` and I/O
+    /// errors still fail (nothing is published then).
+    pub fn publish_skipping(&mut self, meta: &TableMeta, routes: &[Route]) -> Result<Published> {
+        let mut refused = Vec::new();
+        let generation = self.publish_inner(meta, routes, &mut refused, true)?;
+        Ok(Published {
+            generation,
+            routes: routes.len() - refused.len(),
+            refused,
+        })
+    }
+
+    fn publish_inner(
+        &mut self,
+        meta: &TableMeta,
+        routes: &[Route],
+        refused: &mut Vec<(Route, RouteTableError)>,
+        skip: bool,
+    ) -> Result<u64> {
         let count = entries_needed(meta)?;
         let network = meta.network.addr_u32();
         let shift = 32 - u32::from(meta.subnet_len);
         self.scratch.clear();
         self.scratch.resize(count as usize, 0);
         for r in routes {
-            if r.subnet.prefix() != meta.subnet_len {
-                return Err(RouteTableError::WrongSubnetLen {
-                    subnet: r.subnet,
-                    public_ip: r.public_ip,
-                    subnet_len: meta.subnet_len,
-                });
-            }
-            if !meta.network.contains_net(&r.subnet) {
-                return Err(RouteTableError::RouteOutsideNetwork {
-                    subnet: r.subnet,
-                    public_ip: r.public_ip,
-                    network: meta.network,
-                });
-            }
-            if r.public_ip.is_unspecified() {
-                return Err(RouteTableError::UnspecifiedPublicIp { subnet: r.subnet });
+            if let Err(e) = check_route(meta, r) {
+                if !skip {
+                    return Err(e);
+                }
+                refused.push((*r, e));
+                continue;
             }
             // In bounds: the subnet lies inside the network and has subnet_len bits.
             let index = u64::from(r.subnet.addr_u32() - network) >> shift;
@@ -1555,6 +1608,48 @@ mod tests {
         let mut w = RouteTableWriter::open(&path).unwrap();
         assert_eq!(w.publish(&meta16(), &routes16()).unwrap(), 100);
         assert_eq!(r.snapshot().unwrap().generation(), 100);
+    }
+
+    /// Regression (issue 16): one lease with PublicIP 0.0.0.0 made every publish fail, so no
+    /// later lease reached the data plane. `publish_skipping` leaves it out and reports it.
+    #[test]
+    fn publish_skipping_leaves_bad_routes_out_and_publishes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes");
+        let mut w = RouteTableWriter::open(&path).unwrap();
+        let routes = [
+            route("10.1.250.0/24", "0.0.0.0"),
+            route("10.1.15.0/24", "192.168.0.15"),
+            route("10.1.16.0/25", "192.168.0.16"),
+            route("10.2.1.0/24", "192.168.0.17"),
+            route("10.1.17.0/24", "192.168.0.17"),
+        ];
+        assert!(w.publish(&meta16(), &routes).is_err());
+        let p = w.publish_skipping(&meta16(), &routes).unwrap();
+        assert_eq!(p.generation, 1);
+        assert_eq!(p.routes, 2);
+        let refused: Vec<String> = p.refused.iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            refused,
+            [
+                "route 10.1.250.0/24: public IP 0.0.0.0 is not a host",
+                "route 10.1.16.0/25 -> 192.168.0.16: prefix /25 but the subnet length is /24",
+                "route 10.2.1.0/24 -> 192.168.0.17 is outside the network 10.1.0.0/16",
+            ]
+        );
+        assert_eq!(p.refused[0].0, routes[0]);
+        let snap = RouteTableReader::open(&path).unwrap().snapshot().unwrap();
+        assert_eq!(snap.generation(), 1);
+        assert_eq!(snap.routes().collect::<Vec<_>>(), [routes[1], routes[4]]);
+        assert_eq!(snap.lookup(ip("10.1.250.9")), None);
+        // check_route agrees with both.
+        assert!(check_route(&meta16(), &routes[1]).is_ok());
+        assert!(check_route(&meta16(), &routes[0]).is_err());
+        // A bad meta still publishes nothing.
+        let mut meta = meta16();
+        meta.subnet_len = 8;
+        assert!(w.publish_skipping(&meta, &routes).is_err());
+        assert_eq!(w.generation(), 1);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `flannelctl`: look at a flannel-rs host and its cluster.
 //!
 //! - `config`: the network config in etcd, with every default filled in;
-//! - `leases`: every lease under `<prefix>/subnets/` with its remaining TTL;
+//! - `leases`: every key under `<prefix>/subnets/` with its remaining TTL, and whether flanneld
+//!   routes it or rejects it (with the reason, by the same check flanneld applies);
 //! - `routes`: the shared-memory route table this host's data plane reads;
 //! - `stats`: the data plane's per-worker counters.
 //!
@@ -17,8 +18,9 @@ use clap::{Parser, Subcommand};
 use etcd_client::GetOptions;
 use flannel_control::cli::normalize_args;
 use flannel_control::etcd::{connect_with_retry, EtcdOptions};
+use flannel_control::lease_set::{KeyValue, LeaseSet};
 use flannel_shared::config::NetworkConfig;
-use flannel_shared::lease::{config_key, subnet_from_key, subnets_prefix, LeaseAttrs};
+use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
 use flannel_shared::route_table::RouteTableReader;
 use flannel_shared::stats::StatsReader;
 use serde_json::{json, Value};
@@ -217,28 +219,62 @@ async fn from_etcd(args: &Args) -> Result<Output> {
             })
         }
         Cmd::Leases => {
+            // The same check flanneld applies; without a readable config, subnets go unchecked.
+            let mut notes = Vec::new();
+            let key = config_key(prefix);
+            let config = match client.get(key.as_str(), None).await {
+                Err(e) => {
+                    notes.push(format!(
+                        "reading {key} failed ({e}): subnets not checked against a config"
+                    ));
+                    None
+                }
+                Ok(resp) => match resp.kvs().first() {
+                    None => {
+                        notes.push(format!(
+                            "{key} not found: subnets not checked against a config"
+                        ));
+                        None
+                    }
+                    Some(kv) => match NetworkConfig::parse(&String::from_utf8_lossy(kv.value())) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            notes.push(format!(
+                                "{key} is invalid ({e}): subnets not checked against it"
+                            ));
+                            None
+                        }
+                    },
+                },
+            };
             let resp = client
                 .get(
                     subnets_prefix(prefix),
                     Some(GetOptions::new().with_prefix()),
                 )
                 .await?;
+            let keys: Vec<String> = resp
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect();
+            let mut set = LeaseSet::new(prefix, config);
+            set.replace_all(
+                resp.kvs().iter().zip(&keys).map(|(kv, key)| KeyValue {
+                    key,
+                    value: kv.value(),
+                    create_revision: kv.create_revision(),
+                    mod_revision: kv.mod_revision(),
+                }),
+                &mut Vec::new(),
+            );
+            let dir = subnets_prefix(prefix);
             let mut json_rows = Vec::new();
             let mut rows = Vec::new();
-            let mut notes = Vec::new();
-            for kv in resp.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let Some(subnet) = subnet_from_key(prefix, &key) else {
-                    notes.push(format!("skipped {key}: not a subnet key"));
-                    continue;
-                };
-                let attrs = match LeaseAttrs::parse(kv.value()) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        notes.push(format!("skipped {key}: {e}"));
-                        continue;
-                    }
-                };
+            for (kv, key) in resp.kvs().iter().zip(&keys) {
+                let parsed = parse_key(prefix, key).ok();
+                let attrs = LeaseAttrs::parse(kv.value()).ok();
+                let status = set.status(key).expect("every listed key is in the set");
                 let ttl = if kv.lease() == 0 {
                     None
                 } else {
@@ -249,25 +285,48 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                         .map(|r| r.ttl())
                         .filter(|t| *t >= 0)
                 };
-                let backend = if attrs.backend_type.is_empty() {
-                    "udp".to_string()
-                } else {
-                    attrs.backend_type.clone()
+                let backend = attrs.as_ref().map(|a| {
+                    if a.backend_type.is_empty() {
+                        "udp".to_string()
+                    } else {
+                        a.backend_type.clone()
+                    }
+                });
+                let subnet = parsed.map_or_else(
+                    || key.strip_prefix(&dir).unwrap_or(key).to_string(),
+                    |k| k.ipv4.to_string(),
+                );
+                let public_ip = attrs.as_ref().map(|a| a.public_ip.to_string());
+                let (state, reason, error) = match &status {
+                    Ok(_) => ("routed".to_string(), None, None),
+                    Err(r) => {
+                        notes.push(format!("rejected {key}: {r}"));
+                        (
+                            format!("rejected: {}", r.reason()),
+                            Some(r.reason()),
+                            Some(r.to_string()),
+                        )
+                    }
                 };
                 rows.push(vec![
-                    subnet.to_string(),
-                    attrs.public_ip.to_string(),
-                    backend.clone(),
+                    subnet.clone(),
+                    public_ip.clone().unwrap_or_else(|| "-".into()),
+                    backend.clone().unwrap_or_else(|| "-".into()),
                     ttl.map_or("-".into(), |t| format!("{t}s")),
+                    state,
                 ]);
                 json_rows.push(json!({
-                    "key": key, "subnet": subnet.to_string(), "PublicIP": attrs.public_ip.to_string(),
+                    "key": key, "subnet": subnet,
+                    "ipv6_subnet": parsed.and_then(|k| k.ipv6).map(|s| s.to_string()),
+                    "PublicIP": public_ip,
+                    "PublicIPv6": attrs.as_ref().and_then(|a| a.public_ipv6).map(|ip| ip.to_string()),
                     "backend": backend, "ttl_seconds": ttl, "value": String::from_utf8_lossy(kv.value()),
+                    "routed": status.is_ok(), "reason": reason, "error": error,
                 }));
             }
             Ok(Output {
                 json: Value::Array(json_rows),
-                header: ["SUBNET", "PUBLIC_IP", "BACKEND", "TTL"]
+                header: ["SUBNET", "PUBLIC_IP", "BACKEND", "TTL", "STATUS"]
                     .map(String::from)
                     .to_vec(),
                 rows,

@@ -1,0 +1,547 @@
+//! Every key under `<prefix>/subnets/` as the lease watcher last saw it, split into the routes the
+//! data plane gets and the leases it does not get, each with its typed reason.
+//!
+//! Contract:
+//! - Every key is checked by [`flannel_shared::lease::validate_lease`] (the one lease check);
+//!   what fails is kept as rejected and never reaches the route table, so one unusable member
+//!   never stops the table for the others.
+//! - Keys are tracked by their full text: a dual-stack key (`10.1.15.0-24&fc00::-64`) routes its
+//!   IPv4 part, and deleting one key never removes a route another key still holds. When two
+//!   valid keys name one IPv4 subnet, the one created first (lower etcd create revision, then
+//!   key order) is routed and the other is rejected as [`LeaseRejection::Duplicate`].
+//! - [`LeaseEvent::Rejected`] is returned once per key and etcd revision: seeing the same key at
+//!   the same revision again (a re-list after a broken watch or compaction) returns nothing.
+//!
+//! Pure: no I/O and no logging; the watcher logs the events and publishes [`LeaseSet::routes`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use flannel_shared::config::NetworkConfig;
+use flannel_shared::lease::{check_lease, validate_lease, LeaseAttrs, LeaseRejection};
+use flannel_shared::Ipv4Net;
+
+/// What changed in a [`LeaseSet`], for logging and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseEvent {
+    /// `subnet` is now routed to `public_ip` (a new route or a changed PublicIP), held by `key`.
+    Routed {
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        key: String,
+    },
+    /// `subnet` is no longer routed.
+    Unrouted { subnet: Ipv4Net },
+    /// `key` at etcd `revision` is not routed, for `reason`.
+    Rejected {
+        key: String,
+        revision: i64,
+        reason: LeaseRejection,
+    },
+}
+
+/// One key/value under `subnets/` with its etcd revisions.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyValue<'a> {
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    mod_revision: i64,
+    create_revision: i64,
+    /// PublicIP as parsed, before any check (the own-lease check needs it even when rejected).
+    public_ip: Option<Ipv4Addr>,
+    state: Result<(Ipv4Net, Ipv4Addr), LeaseRejection>,
+}
+
+/// The watcher's view of all leases. See the module docs for the contract.
+#[derive(Debug)]
+pub struct LeaseSet {
+    prefix: String,
+    /// `None` (flannelctl without a readable config): keys and values are checked, subnets not.
+    config: Option<NetworkConfig>,
+    entries: HashMap<String, Entry>,
+    /// Valid keys by IPv4 subnet, ordered by (create revision, key): the first is routed.
+    by_subnet: BTreeMap<Ipv4Net, BTreeSet<(i64, String)>>,
+    routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Rejected keys by reason label (duplicates are counted from `by_subnet`).
+    rejected: BTreeMap<&'static str, u64>,
+    valid: usize,
+}
+
+impl LeaseSet {
+    /// An empty set for the leases under `prefix`, checked against `config`.
+    pub fn new(prefix: &str, config: Option<NetworkConfig>) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            config,
+            entries: HashMap::new(),
+            by_subnet: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            valid: 0,
+        }
+    }
+
+    /// The routes: every routed subnet and the public IP of the host holding it.
+    pub fn routes(&self) -> &BTreeMap<Ipv4Net, Ipv4Addr> {
+        &self.routes
+    }
+
+    /// Keys currently known (routed or not).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The PublicIP written under `key`, if the key exists and its value names one (whether or
+    /// not the lease is routed).
+    pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
+        self.entries.get(key).and_then(|e| e.public_ip)
+    }
+
+    /// Whether `key` is routed (its subnet and public IP) or why not; `None` for unknown keys.
+    pub fn status(&self, key: &str) -> Option<Result<(Ipv4Net, Ipv4Addr), LeaseRejection>> {
+        let e = self.entries.get(key)?;
+        Some(match &e.state {
+            Err(r) => Err(r.clone()),
+            Ok((subnet, ip)) => match self.holder(subnet) {
+                Some(holder) if holder != key => Err(LeaseRejection::Duplicate {
+                    subnet: *subnet,
+                    holder: holder.to_owned(),
+                }),
+                _ => Ok((*subnet, *ip)),
+            },
+        })
+    }
+
+    /// Keys not routed now, by [`LeaseRejection::reason`] label (labels with none left out).
+    pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        let mut m: BTreeMap<&'static str, u64> = self
+            .rejected
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (*r, *n))
+            .collect();
+        let duplicates = self.valid - self.by_subnet.len();
+        if duplicates > 0 {
+            m.insert("duplicate_subnet", duplicates as u64);
+        }
+        m
+    }
+
+    /// A key was created or changed. A key already seen at `mod_revision` is ignored.
+    pub fn put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
+        if self
+            .entries
+            .get(kv.key)
+            .is_some_and(|e| e.mod_revision == kv.mod_revision)
+        {
+            return;
+        }
+        let mut touched = Vec::with_capacity(2);
+        touched.extend(self.remove_entry(kv.key));
+        let state = match &self.config {
+            Some(cfg) => validate_lease(cfg, &self.prefix, kv.key, kv.value),
+            None => check_lease(&self.prefix, kv.key, kv.value),
+        }
+        .map(|v| (v.subnet(), v.public_ip()));
+        let entry = Entry {
+            mod_revision: kv.mod_revision,
+            create_revision: kv.create_revision,
+            public_ip: LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip),
+            state,
+        };
+        match &entry.state {
+            Ok((subnet, _)) => {
+                self.valid += 1;
+                self.by_subnet
+                    .entry(*subnet)
+                    .or_default()
+                    .insert((kv.create_revision, kv.key.to_owned()));
+                touched.push(*subnet);
+            }
+            Err(r) => *self.rejected.entry(r.reason()).or_default() += 1,
+        }
+        self.entries.insert(kv.key.to_owned(), entry);
+        for subnet in touched {
+            self.refresh_route(subnet, events);
+        }
+        if let Some(Err(reason)) = self.status(kv.key) {
+            events.push(LeaseEvent::Rejected {
+                key: kv.key.to_owned(),
+                revision: kv.mod_revision,
+                reason,
+            });
+        }
+    }
+
+    /// A key was deleted (by hand or by lease expiry).
+    pub fn delete(&mut self, key: &str, events: &mut Vec<LeaseEvent>) {
+        if let Some(subnet) = self.remove_entry(key) {
+            self.refresh_route(subnet, events);
+        }
+    }
+
+    /// Replaces everything with a full listing: keys missing from it are deleted, the others put.
+    pub fn replace_all<'a>(
+        &mut self,
+        listing: impl IntoIterator<Item = KeyValue<'a>>,
+        events: &mut Vec<LeaseEvent>,
+    ) {
+        let listing: Vec<KeyValue<'a>> = listing.into_iter().collect();
+        let present: HashSet<&str> = listing.iter().map(|kv| kv.key).collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| !present.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete(&key, events);
+        }
+        for kv in listing {
+            self.put(kv, events);
+        }
+    }
+
+    /// Removes `key`'s entry and bookkeeping; returns the subnet whose route may change.
+    fn remove_entry(&mut self, key: &str) -> Option<Ipv4Net> {
+        let old = self.entries.remove(key)?;
+        match old.state {
+            Ok((subnet, _)) => {
+                self.valid -= 1;
+                if let Some(set) = self.by_subnet.get_mut(&subnet) {
+                    set.remove(&(old.create_revision, key.to_owned()));
+                    if set.is_empty() {
+                        self.by_subnet.remove(&subnet);
+                    }
+                }
+                Some(subnet)
+            }
+            Err(r) => {
+                if let Some(n) = self.rejected.get_mut(r.reason()) {
+                    *n = n.saturating_sub(1);
+                }
+                None
+            }
+        }
+    }
+
+    /// The key routed for `subnet`: the first valid one by (create revision, key).
+    fn holder(&self, subnet: &Ipv4Net) -> Option<&str> {
+        self.by_subnet
+            .get(subnet)
+            .and_then(|s| s.first())
+            .map(|(_, k)| k.as_str())
+    }
+
+    fn refresh_route(&mut self, subnet: Ipv4Net, events: &mut Vec<LeaseEvent>) {
+        let now = self.holder(&subnet).and_then(|key| {
+            let ip = self.entries.get(key)?.state.as_ref().ok()?.1;
+            Some((key.to_owned(), ip))
+        });
+        match now {
+            Some((key, ip)) => {
+                if self.routes.insert(subnet, ip) != Some(ip) {
+                    events.push(LeaseEvent::Routed {
+                        subnet,
+                        public_ip: ip,
+                        key,
+                    });
+                }
+            }
+            None => {
+                if self.routes.remove(&subnet).is_some() {
+                    events.push(LeaseEvent::Unrouted { subnet });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/coreos.com/network";
+
+    fn set() -> LeaseSet {
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+        LeaseSet::new(P, Some(cfg))
+    }
+
+    fn key(k: &str) -> String {
+        format!("{P}/subnets/{k}")
+    }
+
+    fn kv<'a>(key: &'a str, value: &'a str, rev: i64) -> KeyValue<'a> {
+        KeyValue {
+            key,
+            value: value.as_bytes(),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn reasons(events: &[LeaseEvent]) -> Vec<(String, &'static str)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                LeaseEvent::Rejected { key, reason, .. } => Some((key.clone(), reason.reason())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 16: a member writing PublicIP 0.0.0.0 froze the table for everyone. Here the bad
+    /// lease is rejected once, the good and the dual-stack leases are routed, and a lease written
+    /// after the bad one still gets in.
+    #[test]
+    fn a_bad_lease_is_skipped_and_the_rest_is_routed() {
+        let mut s = set();
+        let mut ev = Vec::new();
+        let (good, bad, dual, later) = (
+            key("10.1.15.0-24"),
+            key("10.1.250.0-24"),
+            key("10.1.252.0-24&fc00:0:0:f00::-64"),
+            key("10.1.16.0-24"),
+        );
+        s.replace_all(
+            [
+                kv(&good, r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#, 5),
+                kv(&bad, r#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#, 6),
+                kv(
+                    &dual,
+                    r#"{"PublicIP":"198.18.0.3","PublicIPv6":"fc00::3","BackendType":"vxlan","BackendData":{"VNI":1},"BackendV6Data":{"VNI":1}}"#,
+                    7,
+                ),
+            ],
+            &mut ev,
+        );
+        assert_eq!(reasons(&ev), [(bad.clone(), "public_ip_unspecified")]);
+        let want: BTreeMap<Ipv4Net, Ipv4Addr> = [
+            (net("10.1.15.0/24"), ip("198.18.0.1")),
+            (net("10.1.252.0/24"), ip("198.18.0.3")),
+        ]
+        .into();
+        assert_eq!(s.routes(), &want);
+        assert_eq!(
+            s.rejected_by_reason(),
+            [("public_ip_unspecified", 1)].into()
+        );
+        assert_eq!(
+            s.status(&bad).unwrap().unwrap_err().to_string(),
+            "lease PublicIP 0.0.0.0: the unspecified address is not a host"
+        );
+        assert_eq!(s.public_ip_of(&bad), Some(ip("0.0.0.0")));
+
+        // A later valid lease reaches the routes.
+        ev.clear();
+        s.put(
+            kv(&later, r#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#, 8),
+            &mut ev,
+        );
+        assert_eq!(
+            ev,
+            [LeaseEvent::Routed {
+                subnet: net("10.1.16.0/24"),
+                public_ip: ip("198.18.0.4"),
+                key: later.clone()
+            }]
+        );
+        // Re-listing the same revisions reports nothing again; a new revision of the bad key
+        // is reported once more.
+        ev.clear();
+        s.replace_all(
+            [
+                kv(&good, r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#, 5),
+                kv(&bad, r#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#, 6),
+                kv(&later, r#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#, 8),
+            ],
+            &mut ev,
+        );
+        assert_eq!(
+            ev,
+            [LeaseEvent::Unrouted {
+                subnet: net("10.1.252.0/24")
+            }]
+        );
+        ev.clear();
+        s.put(
+            KeyValue {
+                key: &bad,
+                value: br#"{"PublicIP":"255.255.255.255"}"#,
+                create_revision: 6,
+                mod_revision: 9,
+            },
+            &mut ev,
+        );
+        assert_eq!(reasons(&ev), [(bad.clone(), "public_ip_broadcast")]);
+        assert_eq!(s.rejected_by_reason(), [("public_ip_broadcast", 1)].into());
+        // Fixed: routed, nothing rejected.
+        ev.clear();
+        s.put(
+            KeyValue {
+                key: &bad,
+                value: br#"{"PublicIP":"198.18.0.250"}"#,
+                create_revision: 6,
+                mod_revision: 10,
+            },
+            &mut ev,
+        );
+        assert_eq!(
+            s.routes().get(&net("10.1.250.0/24")),
+            Some(&ip("198.18.0.250"))
+        );
+        assert!(s.rejected_by_reason().is_empty());
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn each_kind_of_unusable_lease_is_rejected_with_its_reason() {
+        let mut s = set();
+        let mut ev = Vec::new();
+        let cases = [
+            (
+                "10.1.1.0-24",
+                r#"{"PublicIP":"0.0.0.0"}"#,
+                "public_ip_unspecified",
+            ),
+            ("10.1.2.0-24", r#"{"PublicIP":""}"#, "no_public_ip"),
+            (
+                "10.1.3.0-24",
+                r#"{"PublicIP":"127.0.0.1"}"#,
+                "public_ip_loopback",
+            ),
+            (
+                "10.1.4.0-24",
+                r#"{"PublicIP":"224.0.0.1"}"#,
+                "public_ip_multicast",
+            ),
+            (
+                "10.1.5.0-24",
+                r#"{"PublicIP":"255.255.255.255"}"#,
+                "public_ip_broadcast",
+            ),
+            (
+                "10.1.6.0-24",
+                r#"{"PublicIP":"2001:db8::1"}"#,
+                "public_ip_is_ipv6",
+            ),
+            ("10.1.7.0-24", "{not json", "malformed_value"),
+            (
+                "10.9.8.0-24",
+                r#"{"PublicIP":"198.18.0.8"}"#,
+                "outside_network",
+            ),
+            (
+                "10.1.12.0-23",
+                r#"{"PublicIP":"198.18.0.9"}"#,
+                "wrong_subnet_len",
+            ),
+            (
+                "10.1.10.0-25",
+                r#"{"PublicIP":"198.18.0.10"}"#,
+                "wrong_subnet_len",
+            ),
+            ("junk", r#"{"PublicIP":"198.18.0.11"}"#, "bad_key"),
+        ];
+        let keys: Vec<String> = cases.iter().map(|(k, _, _)| key(k)).collect();
+        for (i, (k, (_, v, _))) in keys.iter().zip(&cases).enumerate() {
+            s.put(kv(k, v, i as i64 + 1), &mut ev);
+        }
+        let got = reasons(&ev);
+        let want: Vec<(String, &str)> = keys
+            .iter()
+            .zip(&cases)
+            .map(|(k, (_, _, r))| (k.clone(), *r))
+            .collect();
+        assert_eq!(got, want);
+        assert!(s.routes().is_empty());
+        assert_eq!(
+            s.rejected_by_reason().values().sum::<u64>(),
+            cases.len() as u64
+        );
+        // Deleting them clears the counts.
+        for k in &keys {
+            s.delete(k, &mut ev);
+        }
+        assert!(s.rejected_by_reason().is_empty());
+        assert!(s.is_empty());
+    }
+
+    /// A plain and a dual-stack key for one IPv4 subnet: the older is routed, the other is a
+    /// duplicate; deleting the older hands the route to the other, never drops it.
+    #[test]
+    fn two_keys_for_one_subnet_route_the_older_and_deleting_it_keeps_the_route() {
+        let mut s = set();
+        let mut ev = Vec::new();
+        let (plain, dual) = (key("10.1.20.0-24"), key("10.1.20.0-24&fc00::-64"));
+        s.put(kv(&plain, r#"{"PublicIP":"198.18.0.20"}"#, 3), &mut ev);
+        s.put(kv(&dual, r#"{"PublicIP":"198.18.0.21"}"#, 4), &mut ev);
+        assert_eq!(
+            ev.last(),
+            Some(&LeaseEvent::Rejected {
+                key: dual.clone(),
+                revision: 4,
+                reason: LeaseRejection::Duplicate {
+                    subnet: net("10.1.20.0/24"),
+                    holder: plain.clone()
+                }
+            })
+        );
+        assert_eq!(
+            s.routes().get(&net("10.1.20.0/24")),
+            Some(&ip("198.18.0.20"))
+        );
+        assert_eq!(s.rejected_by_reason(), [("duplicate_subnet", 1)].into());
+        ev.clear();
+        s.delete(&plain, &mut ev);
+        assert_eq!(
+            ev,
+            [LeaseEvent::Routed {
+                subnet: net("10.1.20.0/24"),
+                public_ip: ip("198.18.0.21"),
+                key: dual.clone()
+            }]
+        );
+        assert!(s.rejected_by_reason().is_empty());
+        ev.clear();
+        s.delete(&dual, &mut ev);
+        assert_eq!(
+            ev,
+            [LeaseEvent::Unrouted {
+                subnet: net("10.1.20.0/24")
+            }]
+        );
+    }
+
+    /// Without a config (flannelctl when the config is unreadable) only keys and values count.
+    #[test]
+    fn without_a_config_subnets_are_not_checked() {
+        let mut s = LeaseSet::new(P, None);
+        let mut ev = Vec::new();
+        let k = key("10.9.0.0-25");
+        s.put(kv(&k, r#"{"PublicIP":"198.18.0.1"}"#, 1), &mut ev);
+        assert_eq!(
+            s.status(&k),
+            Some(Ok((net("10.9.0.0/25"), ip("198.18.0.1"))))
+        );
+    }
+}
