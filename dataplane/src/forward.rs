@@ -175,7 +175,9 @@ pub enum TunAction {
     Drop(DropReason),
 }
 
-/// Decides the fate of one packet read from the TUN device; decrements its TTL in place.
+/// Decides the fate of one packet read from the TUN device; decrements its TTL in place when it
+/// is to be sent. flannel's order: the route first, then the TTL; so a packet with TTL 1 to a
+/// subnet without a lease gets the ICMP net-unreachable, which quotes the header as it was read.
 /// `rate_limited` is set when an ICMP answer was due but the bucket was empty.
 pub fn tun_to_udp(
     pkt: &mut [u8],
@@ -190,15 +192,15 @@ pub fn tun_to_udp(
         Ok(v) => v.dst(),
         Err(_) => return TunAction::Drop(DropReason::TunMalformed),
     };
-    // flannel order: TTL first, then the route.
-    if packet::decrement_ttl(pkt) == Ttl::Expired {
-        return TunAction::Drop(DropReason::TunTtlExpired);
-    }
     if ctx.our_subnet.is_some_and(|s| s.contains(dst)) {
         return TunAction::Drop(DropReason::TunDstLocal);
     }
+    // flannel's order: the route, then the TTL.
     if let Some(peer) = routes.peer_for(dst) {
-        return TunAction::Send(peer);
+        return match packet::decrement_ttl(pkt) {
+            Ttl::Decremented => TunAction::Send(peer),
+            Ttl::Expired => TunAction::Drop(DropReason::TunTtlExpired),
+        };
     }
     let Ok(view) = Ipv4View::parse(pkt) else {
         return TunAction::Drop(DropReason::NoRoute);
@@ -351,6 +353,32 @@ mod tests {
         assert_eq!(
             send(&mut frag, &mut lim).0,
             TunAction::Drop(DropReason::NoRoute)
+        );
+    }
+
+    /// As flannel: the route before the TTL, so TTL 1 to a subnet without a lease is answered
+    /// with ICMP, and the ICMP quotes the offending header and 8 payload bytes exactly as read
+    /// (TTL and checksum untouched).
+    #[test]
+    fn no_route_is_decided_before_the_ttl_and_quotes_the_original_header() {
+        let mut lim = RateLimiter::new(10, 10);
+        let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 2), 17, 1, 30);
+        let orig = p.clone();
+        let (a, icmp, _) = send(&mut p, &mut lim);
+        assert!(matches!(a, TunAction::Unreachable(56)), "{a:?}");
+        assert_eq!(p, orig, "the offending packet is not modified");
+        let v = Ipv4View::parse(&icmp).unwrap();
+        assert_eq!(
+            &v.payload()[8..],
+            &orig[..28],
+            "quote: original header + 8 bytes"
+        );
+        assert_eq!(internet_checksum(v.payload()), 0);
+        // With a route, TTL 1 still expires here.
+        let mut routed = ipv4(CA, CB, 17, 1, 30);
+        assert_eq!(
+            send(&mut routed, &mut lim).0,
+            TunAction::Drop(DropReason::TunTtlExpired)
         );
     }
 

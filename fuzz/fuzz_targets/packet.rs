@@ -1,7 +1,7 @@
 //! The data plane's packet views and per-packet decisions: `Ipv4View::parse`, the TTL
 //! decrement with its incremental checksum, the checksum helpers, the ICMP net-unreachable
 //! builder, and both directions of `forward` (`udp_to_tun`: the receive checks;
-//! `tun_to_udp`: route, TTL, ICMP). Each result is checked against an independent oracle
+//! `tun_to_udp`: route, then TTL, ICMP). Each result is checked against an independent oracle
 //! written from DESIGN.md, not just for "no panic".
 //!
 //! Input: a small context (our subnet, TUN address, leases, the sender) and one packet, which
@@ -273,23 +273,29 @@ fuzz_target!(|input: Input| {
             assert_eq!(action, TunAction::Drop(DropReason::TunMalformed));
             assert_eq!(tx, pkt);
         }
-        Ok(v) if v.ttl() <= 1 => {
-            assert_eq!(action, TunAction::Drop(DropReason::TunTtlExpired));
-            assert_eq!(tx, pkt);
-        }
+        // flannel's order: local destination, route, then TTL; only a packet that is sent is
+        // modified (its TTL decremented).
         Ok(v) => {
-            check_ttl_decrement(&pkt, &tx);
             let dst = v.dst();
             if our.is_some_and(|s| s.contains(dst)) {
                 assert_eq!(action, TunAction::Drop(DropReason::TunDstLocal));
+                assert_eq!(tx, pkt);
             } else if let Some(peer) = table.peer_for(dst) {
-                assert_eq!(action, TunAction::Send(peer));
+                if v.ttl() <= 1 {
+                    assert_eq!(action, TunAction::Drop(DropReason::TunTtlExpired));
+                    assert_eq!(tx, pkt);
+                } else {
+                    assert_eq!(action, TunAction::Send(peer));
+                    check_ttl_decrement(&pkt, &tx);
+                }
             } else {
+                assert_eq!(tx, pkt, "a packet without a route is not modified");
                 match action {
                     TunAction::Unreachable(n) => {
                         let src = ctx.tun_addr.expect("ICMP needs a TUN address");
                         assert!(may_send_icmp_error(&v));
-                        check_icmp(&icmp[..n], &tx, src);
+                        // The quote is of the packet as read (TTL untouched).
+                        check_icmp(&icmp[..n], &pkt, src);
                     }
                     TunAction::Drop(DropReason::NoRoute) => {}
                     other => panic!("no route, got {other:?}"),
