@@ -24,6 +24,7 @@ use crate::health::{self, Status};
 use crate::ip_masq;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
 use crate::metrics::Counters;
+use crate::nftables;
 use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
@@ -96,16 +97,17 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     };
     let lease = keeper.acquire().await?;
     let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
-    if args.ip_masq || args.iptables_forward_rules {
-        tokio::spawn(keep_iptables(
-            config.network,
-            own_tx.subscribe(),
-            args.ip_masq,
-            args.iptables_forward_rules,
-            args.ip_masq_fully_random_disable,
-            Duration::from_secs(args.iptables_resync),
-        ));
-    }
+    tokio::spawn(keep_rules(
+        RulesOpts {
+            network: config.network,
+            nftables: config.enable_nftables,
+            masq: args.ip_masq,
+            forward: args.iptables_forward_rules,
+            random_fully_disable: args.ip_masq_fully_random_disable,
+            period: Duration::from_secs(args.iptables_resync),
+        },
+        own_tx.subscribe(),
+    ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(
         LeaseWatcher {
@@ -122,52 +124,108 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     keeper.keep(lease, own_tx, events_rx).await
 }
 
-/// Installs and re-checks the masquerade and forward rules every `period`, following our subnet.
-async fn keep_iptables(
+/// Which masquerade and forward rules to keep, and with what.
+#[derive(Debug, Clone, Copy)]
+struct RulesOpts {
     network: Ipv4Net,
-    own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
+    /// `EnableNFTables` in the network config.
+    nftables: bool,
     masq: bool,
     forward: bool,
     random_fully_disable: bool,
     period: Duration,
-) {
+}
+
+/// Installs and re-checks the masquerade and forward rules every `period`, following our subnet,
+/// with iptables or (`EnableNFTables`) nftables. First removes what the other mode left, as
+/// flannel does: our iptables chains in nftables mode; flannel's nftables tables in iptables
+/// mode when it installs rules. Without rules in iptables mode it touches nothing.
+async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>) {
+    if !o.nftables && !o.masq && !o.forward {
+        return;
+    }
+    let cleaned = tokio::task::spawn_blocking(move || {
+        if o.nftables {
+            [
+                ip_masq::masq_chain(o.network, o.network, false),
+                ip_masq::forward_chain(o.network),
+            ]
+            .iter()
+            .filter_map(|spec| match ip_masq::remove(spec) {
+                Ok(true) => Some(format!("iptables {} {}", spec.table, spec.chain)),
+                _ => None,
+            })
+            .collect()
+        } else {
+            nftables::remove_tables()
+        }
+    })
+    .await
+    .unwrap_or_default();
+    if !cleaned.is_empty() {
+        tracing::info!(removed = ?cleaned, nftables = o.nftables, "removed the other mode's rules");
+    }
+    let mut nft = nftables::NftKeeper::default();
     let mut last_err = String::new();
     loop {
         let subnet = own.borrow().map(|(s, _)| s);
         let result = tokio::task::spawn_blocking(move || {
-            let mut specs = Vec::new();
-            if let (true, Some(s)) = (masq, subnet) {
-                let random_fully = !random_fully_disable && ip_masq::has_random_fully();
-                specs.push(ip_masq::masq_chain(network, s, random_fully));
+            if o.nftables {
+                let want = nftables::Desired {
+                    network: o.network,
+                    masq: subnet.filter(|_| o.masq),
+                    random_fully: !o.random_fully_disable && nftables::has_fully_random(),
+                    forward: o.forward,
+                };
+                let r = nft.sync(&want).map_err(|e| e.to_string());
+                (
+                    nft,
+                    r.map(|changed| vec![("nftables ip flannel-ipv4", changed)]),
+                )
+            } else {
+                let mut specs = Vec::new();
+                if let (true, Some(s)) = (o.masq, subnet) {
+                    let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
+                    specs.push(ip_masq::masq_chain(o.network, s, random_fully));
+                }
+                if o.forward {
+                    specs.push(ip_masq::forward_chain(o.network));
+                }
+                let r = specs
+                    .iter()
+                    .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string());
+                (nft, r)
             }
-            if forward {
-                specs.push(ip_masq::forward_chain(network));
-            }
-            specs
-                .iter()
-                .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
-                .collect::<Result<Vec<_>, _>>()
         })
         .await;
         match result {
-            Ok(Ok(done)) => {
-                for (chain, changed) in done {
-                    if changed {
-                        tracing::info!(chain, "iptables rules installed");
+            Ok((keeper, r)) => {
+                nft = keeper;
+                match r {
+                    Ok(done) => {
+                        for (rules, changed) in done {
+                            if changed {
+                                tracing::info!(rules, "masquerade/forward rules installed");
+                            }
+                        }
+                        last_err.clear();
+                    }
+                    Err(e) => {
+                        if e != last_err {
+                            tracing::error!("{e}; retrying every {:?}", o.period);
+                            last_err = e;
+                        }
                     }
                 }
-                last_err.clear();
             }
-            Ok(Err(e)) => {
-                let e = e.to_string();
-                if e != last_err {
-                    tracing::error!("iptables: {e}; retrying every {period:?}");
-                    last_err = e;
-                }
+            Err(e) => {
+                tracing::error!("rules task failed: {e}");
+                nft = nftables::NftKeeper::default();
             }
-            Err(e) => tracing::error!("iptables task failed: {e}"),
         }
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(o.period).await;
     }
 }
 
@@ -185,6 +243,9 @@ pub async fn wait_for_config(client: &mut Client, prefix: &str) -> NetworkConfig
                     Ok(c) => {
                         if !last_err.is_empty() {
                             tracing::info!(key, "network config is valid now");
+                        }
+                        for w in &c.warnings {
+                            tracing::warn!(key, "network config: {w}");
                         }
                         return c;
                     }

@@ -213,6 +213,25 @@ pub fn sync(spec: &ChainSpec) -> Result<bool, IptablesError> {
     Ok(changed)
 }
 
+/// Removes our chain `spec.chain` and every jump to it from `spec.from` (left by an earlier run
+/// in iptables mode; flannel removes them when it starts in nftables mode). Returns true when
+/// the chain existed.
+pub fn remove(spec: &ChainSpec) -> Result<bool, IptablesError> {
+    let listed = Command::new("iptables")
+        .args(["-w", "5", "-t", spec.table, "-S", spec.chain])
+        .output();
+    if !matches!(listed, Ok(ref o) if o.status.success()) {
+        return Ok(false);
+    }
+    while iptables(spec.table, &spec.jump_args("-C"))? {
+        iptables(spec.table, &spec.jump_args("-D"))?;
+    }
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    iptables(spec.table, &s(&["-F", spec.chain]))?;
+    iptables(spec.table, &s(&["-X", spec.chain]))?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! `flanneld`, the control plane of flannel-rs. Reading order: [`daemon`] (the whole life of the
 //! process), then [`subnet_lease`] (acquire/renew), [`lease_watch`] (every host's lease → route
 //! table, through [`lease_set`], which checks each lease and keeps the unusable ones out),
-//! [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`].
+//! [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`];
+//! the masquerade and forward rules: [`ip_masq`] (iptables) or [`nftables`].
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod ip_masq;
 pub mod lease_set;
 pub mod lease_watch;
 pub mod metrics;
+pub mod nftables;
 pub mod notify;
 pub mod public_ip;
 pub mod publish;

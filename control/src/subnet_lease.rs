@@ -221,6 +221,9 @@ fn pick_free(cfg: &NetworkConfig, taken: &Taken) -> Option<Ipv4Net> {
     let count = cfg.subnet_count();
     let step = 1u64 << (32 - u32::from(cfg.subnet_len));
     let min = u64::from(u32::from(cfg.subnet_min));
+    if count == 0 {
+        return None;
+    }
     let start = rand::thread_rng().gen_range(0..count);
     (0..count).map(|i| (start + i) % count).find_map(|i| {
         let net = Ipv4Net::new(Ipv4Addr::from((min + i * step) as u32), cfg.subnet_len)?;

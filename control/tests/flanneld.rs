@@ -661,13 +661,32 @@ fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_f
     )
     .unwrap();
     d.wait_log("Backend.Type \"vxlan\": unsupported backend", SEC * 5);
-    etcd.put_config(prefix, r#"{"Network":"10.5.0.0/16","SubnetLen":20}"#)
+    // flannel refuses a Backend without a Type ("unknown backend type: ").
+    etcd.put_config(
+        prefix,
+        r#"{"Network":"10.1.0.0/16","Backend":{"Port":8285}}"#,
+    )
+    .unwrap();
+    d.wait_log("Backend.Type is missing", SEC * 5);
+    // flannel masks host bits in Network: accepted, with a warning naming the field.
+    etcd.put_config(prefix, r#"{"Network":"10.5.3.0/16","SubnetLen":20}"#)
         .unwrap();
     let subnet = wait_for(SEC * 10, || {
         flannel_shared::subnet_env::previous_subnet(&dir.path().join("subnet.env"))
     })
     .unwrap_or_else(|| panic!("config fix not picked up; log:\n{}", d.log()));
     assert_eq!(subnet.prefix(), 20);
+    assert!(
+        "10.5.0.0/16"
+            .parse::<flannel_shared::Ipv4Net>()
+            .unwrap()
+            .contains_net(&subnet),
+        "{subnet}"
+    );
+    d.wait_log(
+        "network config: Network 10.5.3.0/16: host bits are set; using 10.5.0.0/16, as flannel does",
+        SEC * 5,
+    );
     let key = format!("{prefix}/subnets/{}", subnet.to_key());
     assert_eq!(
         etcd.get(&key).unwrap().as_deref(),

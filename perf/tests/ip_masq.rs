@@ -1,6 +1,8 @@
 //! `flanneld -ip-masq` inside a host namespace: flannel's masquerade and forward rules, exact
 //! (MASQUERADE with `--random-fully`: Debian 12's iptables 1.8.9 has it), in their own chains,
-//! not duplicated by resyncs, and restored when removed by hand.
+//! not duplicated by resyncs, and restored when removed by hand; the same with nftables
+//! (`EnableNFTables`), where a container's ping to the underlay comes back only when
+//! masqueraded, and `-ip-masq=false` removes the masquerade chain.
 
 use std::time::Duration;
 
@@ -100,5 +102,175 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
         restored.is_some(),
         "rules not restored:\n{}",
         rules(&c, "nat").join("\n")
+    );
+}
+
+fn nft_table(c: &Cluster) -> String {
+    let out = c.hosts[0]
+        .ns
+        .exec("nft", &["list", "table", "ip", "flannel-ipv4"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ping -c COUNT -W 1` from host 0's container to the underlay switch (198.18.0.254): the switch
+/// has no route to 10.1.0.0/16, so replies come back only when the host masqueraded the
+/// requests to its own underlay address.
+fn ping_switch(c: &Cluster, count: &str) -> bool {
+    c.hosts[0]
+        .container()
+        .command("ping")
+        .args(["-n", "-q", "-c", count, "-W", "1", "198.18.0.254"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
+    if !require("root (network namespaces, nftables)", is_root())
+        || !require(
+            "etcd, nft, iptables and ping installed",
+            Etcd::available() && have("nft") && have("iptables") && have("ping"),
+        )
+    {
+        return;
+    }
+    let mut opts = ClusterOpts::new(bins("flanneld").parent().unwrap());
+    opts.network_config = r#"{"Network":"10.1.0.0/16","EnableNFTables":true}"#.into();
+    opts.flanneld_args = vec!["-ip-masq".into(), "-iptables-resync=1".into()];
+    let mut c = Cluster::new(opts).unwrap();
+    c.add_host().unwrap();
+    let (gw, len) = c.hosts[0].subnet.unwrap();
+    let s = format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(gw) - 1));
+    let forward = "\tchain forward {\n\
+        \t\tcomment \"chain to accept flannel traffic\"\n\
+        \t\ttype filter hook forward priority filter; policy accept;\n\
+        \t\tip saddr 10.1.0.0/16 accept\n\
+        \t\tip daddr 10.1.0.0/16 accept\n\
+        \t}\n";
+    let want = format!(
+        "table ip flannel-ipv4 {{\n\
+         \tcomment \"rules for flannel-ipv4\"\n\
+         {forward}\n\
+         \tchain postrtg {{\n\
+         \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tmeta mark 0x00004000 return\n\
+         \t\tip saddr {s} ip daddr 10.1.0.0/16 return\n\
+         \t\tip saddr 10.1.0.0/16 ip daddr {s} return\n\
+         \t\tip saddr != {s} ip daddr 10.1.0.0/16 return\n\
+         \t\tip saddr 10.1.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random\n\
+         \t\tip saddr != 10.1.0.0/16 ip daddr 10.1.0.0/16 masquerade fully-random\n\
+         \t}}\n\
+         }}\n"
+    );
+    let got = wait_for(Duration::from_secs(10), || {
+        (nft_table(&c) == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "got:\n{}\nwant:\n{want}\n{}",
+        nft_table(&c),
+        c.hosts[0].logs()
+    );
+    // nftables mode installs no iptables rules.
+    assert!(rules(&c, "nat").is_empty() && rules(&c, "filter").is_empty());
+    assert!(
+        ping_switch(&c, "3"),
+        "masqueraded ping to the underlay failed\n{}",
+        nft_table(&c)
+    );
+
+    // Flushed by hand: restored by the next resync.
+    c.hosts[0]
+        .ns
+        .exec("nft", &["flush", "chain", "ip", "flannel-ipv4", "postrtg"])
+        .unwrap();
+    let restored = wait_for(Duration::from_secs(10), || {
+        (nft_table(&c) == want).then_some(())
+    });
+    assert!(restored.is_some(), "not restored:\n{}", nft_table(&c));
+
+    // Restarted with -ip-masq=false, over iptables chains an earlier iptables-mode run left: the
+    // masquerade chain goes, the forward chain stays, the iptables chains are removed, and the
+    // container's ping to the underlay no longer comes back.
+    let ns = &c.hosts[0].ns;
+    for args in [
+        &["-w", "-t", "nat", "-N", "FLANNEL-POSTRTG"][..],
+        &[
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld masq",
+            "-j",
+            "FLANNEL-POSTRTG",
+        ],
+        &[
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            "FLANNEL-POSTRTG",
+            "-s",
+            "10.1.0.0/16",
+            "-j",
+            "MASQUERADE",
+        ],
+        &["-w", "-t", "filter", "-N", "FLANNEL-FWD"],
+        &[
+            "-w",
+            "-t",
+            "filter",
+            "-A",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld forward",
+            "-j",
+            "FLANNEL-FWD",
+        ],
+    ] {
+        assert!(
+            ns.exec("iptables", args).unwrap().status.success(),
+            "{args:?}"
+        );
+    }
+    assert_eq!(rules(&c, "nat").len(), 3);
+    c.hosts[0]
+        .flanneld
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(15));
+    c.opts.flanneld_args = vec!["-ip-masq=false".into(), "-iptables-resync=1".into()];
+    c.start_flanneld(0).unwrap();
+    let want_off = format!(
+        "table ip flannel-ipv4 {{\n\
+         \tcomment \"rules for flannel-ipv4\"\n\
+         {forward}\
+         }}\n"
+    );
+    let off = wait_for(Duration::from_secs(10), || {
+        (nft_table(&c) == want_off && rules(&c, "nat").is_empty() && rules(&c, "filter").is_empty())
+            .then_some(())
+    });
+    assert!(
+        off.is_some(),
+        "nft:\n{}\niptables nat: {:?}\nfilter: {:?}\n{}",
+        nft_table(&c),
+        rules(&c, "nat"),
+        rules(&c, "filter"),
+        c.hosts[0].logs()
+    );
+    assert!(
+        !ping_switch(&c, "2"),
+        "ping to the underlay came back without masquerade"
     );
 }

@@ -7,11 +7,22 @@
 //!   below prefix+2 (fewer than four subnets) is an error.
 //! - `SubnetMin` defaults to the network plus one subnet (the first subnet is never leased),
 //!   `SubnetMax` to the last subnet. Both must lie inside `Network` on a `SubnetLen` boundary.
-//! - `Backend` defaults to `{"Type":"udp","Port":8285}`; this implementation speaks only udp.
+//! - `Backend` defaults to `{"Type":"udp","Port":8285}` when absent; present, it needs a `Type`
+//!   (flannel refuses `"unknown backend type: "`, also for `"Backend": null`); this
+//!   implementation speaks only udp.
+//! - Where flannel is lenient we accept and record a [`NetworkConfig::warnings`] line naming the
+//!   field: `Network` with host bits set is masked (Go's `net.ParseCIDR`), and `SubnetMin` above
+//!   `SubnetMax` is accepted (flannel then fails every lease with "out of subnets").
+//! - `EnableIPv4` (default true), `EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`,
+//!   `IPv6SubnetMin`/`Max` are validated by flannel's rules, so a config flannel refuses is
+//!   refused here too. flannel's udp backend carries IPv4 only and never looks at `EnableIPv6`;
+//!   here the IPv6 part is ignored with a warning, and a config without IPv4 is refused (the udp
+//!   backend cannot carry it).
+//! - `EnableNFTables` (default false) selects nftables for the masquerade and forward rules.
 //!
 //! Every error names the field and the offending value. Pure: no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value};
 
@@ -28,6 +39,13 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: Backend,
+    /// `EnableNFTables`: masquerade and forward rules in nftables instead of iptables.
+    pub enable_nftables: bool,
+    /// `EnableIPv6` was true (validated, then ignored: the udp backend carries IPv4 only).
+    pub ipv6_ignored: bool,
+    /// What was accepted only because flannel accepts it, one line each, naming the field.
+    /// Logged by whoever starts with this config.
+    pub warnings: Vec<String>,
 }
 
 /// The backend section. Only `udp` is implemented.
@@ -73,10 +91,22 @@ pub enum ConfigError {
         value: Ipv4Addr,
         subnet_len: u8,
     },
-    #[error("SubnetMin {min} is above SubnetMax {max}")]
-    BoundsInverted { min: Ipv4Addr, max: Ipv4Addr },
-    #[error("Backend {0}: must be a JSON object")]
+    #[error("Backend {0}: must be a JSON object with a Type")]
     BackendNotObject(String),
+    #[error("Backend.Type is missing: flannel refuses a Backend without a Type (\"unknown backend type\"); use {{\"Type\":\"udp\"}}")]
+    BackendTypeMissing,
+    #[error("{field} {value}: must be true or false")]
+    NotBool { field: &'static str, value: String },
+    #[error("EnableIPv4 false: the udp backend carries IPv4 only")]
+    NoIpv4,
+    #[error("EnableIPv4 false and EnableIPv6 false: no IP stack is defined")]
+    NoStack,
+    #[error("{field} {value}: {reason}")]
+    Ipv6 {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("Backend.Type {0:?}: unsupported backend, flannel-rs implements only \"udp\"")]
     BackendType(String),
     #[error("Backend.Port {0}: must be a port number 1..65535")]
@@ -91,7 +121,16 @@ impl NetworkConfig {
             Value::Object(o) => o,
             other => return Err(ConfigError::NotObject(short(other))),
         };
-        let network = parse_network(get_ci(obj, "Network"))?;
+        let mut warnings = Vec::new();
+        let enable_ipv4 = parse_bool(obj, "EnableIPv4", true)?;
+        if !enable_ipv4 {
+            return Err(if parse_bool(obj, "EnableIPv6", false)? {
+                ConfigError::NoIpv4
+            } else {
+                ConfigError::NoStack
+            });
+        }
+        let network = parse_network(get_ci(obj, "Network"), &mut warnings)?;
         let subnet_len = parse_subnet_len(get_ci(obj, "SubnetLen"), network)?;
         let step = 1u32 << (32 - u32::from(subnet_len));
         let default_min = Ipv4Addr::from(network.addr_u32() + step);
@@ -111,18 +150,30 @@ impl NetworkConfig {
             subnet_len,
         )?;
         if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(ConfigError::BoundsInverted {
-                min: subnet_min,
-                max: subnet_max,
-            });
+            warnings.push(format!(
+                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}: no subnet can be leased \
+                 (flannel accepts this config too, and fails every lease with \"out of subnets\")"
+            ));
         }
-        let backend = parse_backend(get_ci(obj, "Backend"))?;
+        let enable_ipv6 = parse_bool(obj, "EnableIPv6", false)?;
+        if enable_ipv6 {
+            check_ipv6(obj)?;
+            warnings.push(
+                "EnableIPv6 true: ignored, the udp backend carries IPv4 only (flannel's udp \
+                 backend never reads EnableIPv6); no IPv6 subnet is leased"
+                    .into(),
+            );
+        }
+        let backend = parse_backend(obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("Backend")))?;
         Ok(Self {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
             backend,
+            enable_nftables: parse_bool(obj, "EnableNFTables", false)?,
+            ipv6_ignored: enable_ipv6,
+            warnings,
         })
     }
 
@@ -145,10 +196,17 @@ impl NetworkConfig {
         })
     }
 
-    /// Number of leasable subnets.
+    /// Number of leasable subnets (0 when SubnetMin is above SubnetMax).
     pub fn subnet_count(&self) -> u64 {
         let step = 1u64 << (32 - u32::from(self.subnet_len));
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+        let (min, max) = (
+            u64::from(u32::from(self.subnet_min)),
+            u64::from(u32::from(self.subnet_max)),
+        );
+        if min > max {
+            return 0;
+        }
+        (max - min) / step + 1
     }
 }
 
@@ -170,7 +228,7 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn parse_network(v: Option<&Value>) -> Result<Ipv4Net, ConfigError> {
+fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Net, ConfigError> {
     let s = match v {
         None | Some(Value::Null) => return Err(ConfigError::NetworkMissing),
         Some(Value::String(s)) if s.is_empty() => return Err(ConfigError::NetworkMissing),
@@ -182,17 +240,21 @@ fn parse_network(v: Option<&Value>) -> Result<Ipv4Net, ConfigError> {
             })
         }
     };
-    let net: Ipv4Net = s
-        .parse()
-        .map_err(|e: crate::net::NetParseError| ConfigError::Network {
-            value: s.clone(),
-            reason: match e {
-                crate::net::NetParseError::HostBits(_, n) => {
-                    format!("host bits are set (the network address is {n})")
-                }
-                _ => "not an IPv4 network of the form A.B.C.D/N".into(),
-            },
-        })?;
+    let net: Ipv4Net = match s.parse() {
+        Ok(n) => n,
+        Err(crate::net::NetParseError::HostBits(_, n)) => {
+            warnings.push(format!(
+                "Network {s}: host bits are set; using {n}, as flannel does"
+            ));
+            n
+        }
+        Err(_) => {
+            return Err(ConfigError::Network {
+                value: s.clone(),
+                reason: "not an IPv4 network of the form A.B.C.D/N".into(),
+            })
+        }
+    };
     if net.prefix() > 28 {
         return Err(ConfigError::NetworkTooSmall(net));
     }
@@ -263,19 +325,22 @@ fn parse_bound(
     Ok(ip)
 }
 
-fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
-    let obj = match v {
-        None | Some(Value::Null) => {
+fn parse_backend(entry: Option<(&String, &Value)>) -> Result<Backend, ConfigError> {
+    let obj = match entry {
+        None => {
             return Ok(Backend {
                 port: DEFAULT_UDP_PORT,
             })
         }
-        Some(Value::Object(o)) => o,
-        Some(other) => return Err(ConfigError::BackendNotObject(short(other))),
+        Some((_, Value::Object(o))) => o,
+        // flannel hands `null` to its backend manager as an empty type: refused.
+        Some((_, Value::Null)) => return Err(ConfigError::BackendTypeMissing),
+        Some((_, other)) => return Err(ConfigError::BackendNotObject(short(other))),
     };
     match get_ci(obj, "Type") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t)) if t.is_empty() || t.eq_ignore_ascii_case("udp") => {}
+        None | Some(Value::Null) => return Err(ConfigError::BackendTypeMissing),
+        Some(Value::String(t)) if t.is_empty() => return Err(ConfigError::BackendTypeMissing),
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("udp") => {}
         Some(Value::String(t)) => return Err(ConfigError::BackendType(t.clone())),
         Some(other) => return Err(ConfigError::BackendType(short(other))),
     }
@@ -289,6 +354,119 @@ fn parse_backend(v: Option<&Value>) -> Result<Backend, ConfigError> {
         Some(other) => return Err(ConfigError::BackendPort(short(other))),
     };
     Ok(Backend { port })
+}
+
+/// A boolean field (Go's `bool`: `null` leaves the default).
+fn parse_bool(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get_ci(obj, field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ConfigError::NotBool {
+            field,
+            value: short(other),
+        }),
+    }
+}
+
+/// flannel's IPv6 rules (`CheckNetworkConfig` with `EnableIPv6`): `IPv6Network` required and
+/// masked, at most /124; `IPv6SubnetLen` at most 126 and at least prefix+2 (default 64, or
+/// prefix+2 past /62); `IPv6SubnetMin`/`Max` inside the network on a subnet boundary.
+fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
+    let err = |field: &'static str, value: String, reason: &str| ConfigError::Ipv6 {
+        field,
+        value,
+        reason: reason.into(),
+    };
+    let text = match get_ci(obj, "IPv6Network") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(err(
+                "IPv6Network",
+                short(other),
+                "must be a string like \"fc00::/48\"",
+            ))
+        }
+    };
+    if text.is_empty() {
+        return Err(err(
+            "IPv6Network",
+            "\"\"".into(),
+            "EnableIPv6 is true, so IPv6Network must be an IPv6 network",
+        ));
+    }
+    let bad_net = || {
+        err(
+            "IPv6Network",
+            text.clone(),
+            "not an IPv6 network of the form X::/N",
+        )
+    };
+    let (a, p) = text.split_once('/').ok_or_else(bad_net)?;
+    let addr: Ipv6Addr = a.parse().map_err(|_| bad_net())?;
+    let prefix: u32 = match p.parse() {
+        Ok(n) if n <= 128 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => return Err(bad_net()),
+    };
+    if prefix > 124 {
+        return Err(err(
+            "IPv6Network",
+            text.clone(),
+            "network is too small, the longest usable prefix is /124",
+        ));
+    }
+    let mask6 = |len: u32| {
+        if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        }
+    };
+    let net = u128::from(addr) & mask6(prefix);
+    let len = match get_ci(obj, "IPv6SubnetLen") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => i,
+            None => return Err(err("IPv6SubnetLen", n.to_string(), "must be a number")),
+        },
+        Some(other) => return Err(err("IPv6SubnetLen", short(other), "must be a number")),
+    };
+    let len = match len {
+        0 if prefix <= 62 => 64,
+        0 => prefix + 2,
+        l if l > 126 => return Err(err("IPv6SubnetLen", l.to_string(), "must be 126 or less")),
+        l if l < i64::from(prefix) + 2 => {
+            return Err(err(
+                "IPv6SubnetLen",
+                l.to_string(),
+                "IPv6Network must hold at least four subnets",
+            ))
+        }
+        l => l as u32,
+    };
+    for field in ["IPv6SubnetMin", "IPv6SubnetMax"] {
+        let s = match get_ci(obj, field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) if s.is_empty() => continue,
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(err(field, short(other), "must be an IPv6 address")),
+        };
+        let ip = u128::from(
+            s.parse::<Ipv6Addr>()
+                .map_err(|_| err(field, s.clone(), "must be an IPv6 address"))?,
+        );
+        if ip & mask6(prefix) != net {
+            return Err(err(field, s, "not inside IPv6Network"));
+        }
+        if ip & !mask6(len) != 0 {
+            return Err(err(field, s, "not on an IPv6SubnetLen boundary"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -414,7 +592,7 @@ mod tests {
             9000,
         ),
         (
-            r#"{"Network":"10.1.0.0/16","Backend":{"Port":0}}"#,
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":0}}"#,
             "10.1.0.0/16",
             24,
             "10.1.1.0",
@@ -452,7 +630,6 @@ mod tests {
         (r#"{"Network":16}"#, "Network 16: must be a string like \"10.1.0.0/16\""),
         (r#"{"Network":"10.1.0.0"}"#, "Network 10.1.0.0: not an IPv4 network of the form A.B.C.D/N"),
         (r#"{"Network":"10.1.0.0/33"}"#, "Network 10.1.0.0/33: not an IPv4 network of the form A.B.C.D/N"),
-        (r#"{"Network":"10.1.2.0/16"}"#, "Network 10.1.2.0/16: host bits are set (the network address is 10.1.0.0/16)"),
         (r#"{"Network":"10.1.0.0/29"}"#, "Network 10.1.0.0/29: network is too small, the longest usable prefix is /28"),
         (r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#, "SubnetLen 31: must be 30 or less"),
         (r#"{"Network":"10.1.0.0/16","SubnetLen":17}"#, "SubnetLen 17: Network 10.1.0.0/16 must hold at least four subnets, so SubnetLen must be at least 18"),
@@ -463,8 +640,21 @@ mod tests {
         (r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.1.5"}"#, "SubnetMin 10.1.1.5: not on a /24 (SubnetLen) boundary"),
         (r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.9.128"}"#, "SubnetMax 10.1.9.128: not on a /24 (SubnetLen) boundary"),
         (r#"{"Network":"10.1.0.0/16","SubnetMin":"ten"}"#, "SubnetMin ten: must be an IPv4 address"),
-        (r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.9.0","SubnetMax":"10.1.8.0"}"#, "SubnetMin 10.1.9.0 is above SubnetMax 10.1.8.0"),
-        (r#"{"Network":"10.1.0.0/16","Backend":"udp"}"#, "Backend \"udp\": must be a JSON object"),
+        (r#"{"Network":"10.1.0.0/16","Backend":"udp"}"#, "Backend \"udp\": must be a JSON object with a Type"),
+        (r#"{"Network":"10.1.0.0/16","Backend":{}}"#, "Backend.Type is missing: flannel refuses a Backend without a Type (\"unknown backend type\"); use {\"Type\":\"udp\"}"),
+        (r#"{"Network":"10.1.0.0/16","Backend":{"Port":8285}}"#, "Backend.Type is missing: flannel refuses a Backend without a Type (\"unknown backend type\"); use {\"Type\":\"udp\"}"),
+        (r#"{"Network":"10.1.0.0/16","Backend":{"Type":""}}"#, "Backend.Type is missing: flannel refuses a Backend without a Type (\"unknown backend type\"); use {\"Type\":\"udp\"}"),
+        (r#"{"Network":"10.1.0.0/16","Backend":null}"#, "Backend.Type is missing: flannel refuses a Backend without a Type (\"unknown backend type\"); use {\"Type\":\"udp\"}"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#, "EnableIPv4 false: the udp backend carries IPv4 only"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#, "EnableIPv4 false and EnableIPv6 false: no IP stack is defined"),
+        (r#"{"Network":"10.1.0.0/16","EnableNFTables":"yes"}"#, "EnableNFTables \"yes\": must be true or false"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true}"#, "IPv6Network \"\": EnableIPv6 is true, so IPv6Network must be an IPv6 network"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"10.2.0.0/16"}"#, "IPv6Network 10.2.0.0/16: not an IPv6 network of the form X::/N"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/125"}"#, "IPv6Network fc00::/125: network is too small, the longest usable prefix is /124"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#, "IPv6SubnetLen 127: must be 126 or less"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":49}"#, "IPv6SubnetLen 49: IPv6Network must hold at least four subnets"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::"}"#, "IPv6SubnetMin fc01::: not inside IPv6Network"),
+        (r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:1::1"}"#, "IPv6SubnetMax fc00:0:0:1::1: not on an IPv6SubnetLen boundary"),
         (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#, "Backend.Type \"vxlan\": unsupported backend, flannel-rs implements only \"udp\""),
         (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":70000}}"#, "Backend.Port 70000: must be a port number 1..65535"),
         (r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","Port":"x"}}"#, "Backend.Port \"x\": must be a port number 1..65535"),
@@ -478,6 +668,51 @@ mod tests {
                 Err(e) => assert_eq!(e.to_string(), *msg, "{json}"),
             }
         }
+    }
+
+    /// Configs flannel accepts although they look wrong: accepted, with a warning naming the field.
+    #[test]
+    fn lenient_like_flannel_with_a_warning() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.1.2.0/16"}"#).unwrap();
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+        assert_eq!(c.subnet_min, ip("10.1.1.0"));
+        assert_eq!(
+            c.warnings,
+            ["Network 10.1.2.0/16: host bits are set; using 10.1.0.0/16, as flannel does"]
+        );
+
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.9.0","SubnetMax":"10.1.8.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subnet_count(), 0);
+        assert_eq!(c.subnets().count(), 0);
+        assert!(!c.fits(&"10.1.9.0/24".parse().unwrap()));
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].starts_with(
+                "SubnetMin 10.1.9.0 is above SubnetMax 10.1.8.0: no subnet can be leased"
+            ),
+            "{:?}",
+            c.warnings
+        );
+
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::5/48","IPv6SubnetLen":64,"IPv6SubnetMin":"fc00:0:0:1::","IPv6SubnetMax":"fc00:0:0:ff::"}"#,
+        )
+        .unwrap();
+        assert!(c.ipv6_ignored);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0]
+            .starts_with("EnableIPv6 true: ignored, the udp backend carries IPv4 only"));
+
+        let c = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","enableNFTables":true,"EnableIPv4":true,"IPv6Network":"bogus"}"#).unwrap();
+        assert!(c.enable_nftables && !c.ipv6_ignored && c.warnings.is_empty());
+        assert!(
+            !NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#)
+                .unwrap()
+                .enable_nftables
+        );
     }
 
     #[test]

@@ -200,22 +200,27 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                 ("SubnetMax", c.subnet_max.to_string()),
                 ("Backend.Type", "udp".into()),
                 ("Backend.Port", c.backend.port.to_string()),
+                ("EnableNFTables", c.enable_nftables.to_string()),
                 ("Subnets", c.subnet_count().to_string()),
             ];
+            let mut notes = vec![format!("(from {key})")];
+            notes.extend(c.warnings.iter().map(|w| format!("warning: {w}")));
             Ok(Output {
                 json: json!({
                     "key": key, "raw": text,
                     "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
                     "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
                     "Backend": {"Type": "udp", "Port": c.backend.port},
+                    "EnableNFTables": c.enable_nftables,
                     "subnets": c.subnet_count(),
+                    "warnings": c.warnings,
                 }),
                 header: vec!["FIELD".into(), "VALUE".into()],
                 rows: fields
                     .iter()
                     .map(|(k, v)| vec![k.to_string(), v.clone()])
                     .collect(),
-                notes: vec![format!("(from {key})")],
+                notes,
             })
         }
         Cmd::Leases => {
