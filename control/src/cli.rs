@@ -33,35 +33,8 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Comma-separated etcd endpoints.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: String,
-    /// etcd prefix holding `config` and `subnets/`.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
-    )]
-    pub etcd_prefix: String,
-    /// Client private key for etcd TLS.
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
-    pub etcd_keyfile: Option<PathBuf>,
-    /// Client certificate for etcd TLS.
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
-    pub etcd_certfile: Option<PathBuf>,
-    /// CA certificate that signed etcd's server certificate.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
-    pub etcd_cafile: Option<PathBuf>,
-    /// etcd user name (authentication).
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
-    pub etcd_username: Option<String>,
-    /// etcd password (authentication).
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", hide_env_values = true)]
-    pub etcd_password: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Interface (name or IP) for inter-host traffic; repeatable, tried in order, first match wins.
     #[arg(long, env = "FLANNELD_IFACE")]
     pub iface: Vec<String>,
@@ -348,14 +321,71 @@ impl Args {
         }
         v
     }
+}
 
+/// flannel's etcd flags, shared by `flanneld` and `flannelctl` (same names, same `FLANNELD_*`
+/// environment variables). Global: `flannelctl leases -etcd-prefix=/x` works too.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// Comma-separated etcd endpoints.
+    #[arg(
+        long = "etcd-endpoints",
+        global = true,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    pub endpoints: String,
+    /// etcd prefix holding `config` and `subnets/`.
+    #[arg(
+        long = "etcd-prefix",
+        global = true,
+        env = "FLANNELD_ETCD_PREFIX",
+        default_value = "/coreos.com/network"
+    )]
+    pub prefix: String,
+    /// Client private key for etcd TLS.
+    #[arg(long = "etcd-keyfile", global = true, env = "FLANNELD_ETCD_KEYFILE")]
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate for etcd TLS.
+    #[arg(long = "etcd-certfile", global = true, env = "FLANNELD_ETCD_CERTFILE")]
+    pub certfile: Option<PathBuf>,
+    /// CA certificate that signed etcd's server certificate.
+    #[arg(long = "etcd-cafile", global = true, env = "FLANNELD_ETCD_CAFILE")]
+    pub cafile: Option<PathBuf>,
+    /// etcd user name (authentication).
+    #[arg(long = "etcd-username", global = true, env = "FLANNELD_ETCD_USERNAME")]
+    pub username: Option<String>,
+    /// etcd password (authentication).
+    #[arg(
+        long = "etcd-password",
+        global = true,
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl EtcdArgs {
+    /// The endpoints, split on commas (flannel's `-etcd-endpoints` is one comma-separated value).
     pub fn endpoints(&self) -> Vec<String> {
-        self.etcd_endpoints
+        self.endpoints
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect()
+    }
+
+    /// What [`crate::etcd::connect_with_retry`] takes.
+    pub fn options(&self) -> crate::etcd::EtcdOptions {
+        crate::etcd::EtcdOptions {
+            endpoints: self.endpoints(),
+            cafile: self.cafile.clone(),
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+        }
     }
 }
 
@@ -377,10 +407,10 @@ mod tests {
     fn flannel_defaults() {
         let a = parse(&[]);
         assert_eq!(
-            a.endpoints(),
+            a.etcd.endpoints(),
             ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
         );
-        assert_eq!(a.etcd_prefix, "/coreos.com/network");
+        assert_eq!(a.etcd.prefix, "/coreos.com/network");
         assert_eq!(a.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(a.subnet_lease_renew_margin, 60);
         assert!(!a.ip_masq);
@@ -404,8 +434,8 @@ mod tests {
             "-v=2",
             "--subnet-file=/tmp/s.env",
         ]);
-        assert_eq!(a.endpoints(), ["http://198.18.0.10:2379"]);
-        assert_eq!(a.etcd_prefix, "/x/network");
+        assert_eq!(a.etcd.endpoints(), ["http://198.18.0.10:2379"]);
+        assert_eq!(a.etcd.prefix, "/x/network");
         assert_eq!(a.iface, ["eth1", "198.18.0.1"]);
         assert_eq!(a.public_ip, Some(Ipv4Addr::new(198, 18, 0, 7)));
         assert!(a.ip_masq);

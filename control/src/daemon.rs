@@ -19,15 +19,16 @@ use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::Args;
-use crate::etcd::{connect_with_retry, EtcdOptions};
-use crate::health::{self, Status};
+use crate::etcd::connect_with_retry;
+use crate::health;
 use crate::ip_masq;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
-use crate::metrics::Counters;
 use crate::nftables;
 use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
+use crate::status::Counters;
+use crate::status::Status;
 use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
@@ -50,16 +51,9 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         ));
         tokio::spawn(health::serve(listener, status.clone(), registry));
     }
-    let etcd = EtcdOptions {
-        endpoints: args.endpoints(),
-        cafile: args.etcd_cafile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
+    let etcd = args.etcd.options();
     let mut client = connect_with_retry(&etcd).await?;
-    let config = wait_for_config(&mut client, &args.etcd_prefix).await;
+    let config = wait_for_config(&mut client, &args.etcd.prefix).await;
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
         subnet_max = %config.subnet_max, port = config.backend.port, "network config"
@@ -83,7 +77,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         client: client.clone(),
         config: config.clone(),
         request: LeaseRequest {
-            prefix: args.etcd_prefix.clone(),
+            prefix: args.etcd.prefix.clone(),
             public_ip: ext.public_ip,
             ttl_secs: args.subnet_lease_ttl as i64,
             previous: subnet_env::previous_subnet(&args.subnet_file),
@@ -112,7 +106,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     tokio::spawn(
         LeaseWatcher {
             client,
-            prefix: args.etcd_prefix.clone(),
+            prefix: args.etcd.prefix.clone(),
             config,
             publisher,
             own: own_rx,

@@ -4,7 +4,6 @@
 //! per connection, 8 KiB request limit, 5 s read timeout.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,35 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use prometheus_client::registry::Registry;
 
-use crate::publish::Publisher;
-
-/// Readiness flags and counters the daemon sets as it runs.
-#[derive(Debug, Default)]
-pub struct Status {
-    pub lease_held: AtomicBool,
-    pub subnet_env_written: AtomicBool,
-    pub publisher: std::sync::OnceLock<Arc<Publisher>>,
-    /// Unix seconds at which our lease expires unless renewed.
-    pub lease_expiry_unix: std::sync::atomic::AtomicU64,
-    pub counters: crate::metrics::Counters,
-}
-
-impl Status {
-    /// The readiness items not yet satisfied.
-    pub fn missing(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        if !self.lease_held.load(Ordering::Acquire) {
-            m.push("lease");
-        }
-        if !self.subnet_env_written.load(Ordering::Acquire) {
-            m.push("subnet.env");
-        }
-        if !self.publisher.get().is_some_and(|p| p.is_published()) {
-            m.push("route table");
-        }
-        m
-    }
-}
+use crate::status::Status;
 
 /// Binds the listener (errors name the address).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

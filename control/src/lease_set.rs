@@ -309,7 +309,7 @@ mod tests {
             .collect()
     }
 
-    /// Issue 16: a member writing PublicIP 0.0.0.0 froze the table for everyone. Here the bad
+    /// Regression: a member writing PublicIP 0.0.0.0 froze the table for everyone. Here the bad
     /// lease is rejected once, the good and the dual-stack leases are routed, and a lease written
     /// after the bad one still gets in.
     #[test]

@@ -22,8 +22,8 @@ use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
 use crate::lease_set::{KeyValue, LeaseEvent, LeaseSet};
-use crate::metrics::Counters;
 use crate::publish::Publisher;
+use crate::status::Counters;
 
 /// What the watcher tells the lease keeper about our own key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct LeaseWatcher {
     pub own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
     pub own_events: mpsc::UnboundedSender<OwnLeaseEvent>,
     /// Counters for /metrics.
-    pub status: Arc<crate::health::Status>,
+    pub status: Arc<crate::status::Status>,
 }
 
 enum Outcome {

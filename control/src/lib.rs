@@ -1,7 +1,9 @@
 //! `flanneld`, the control plane of flannel-rs. Reading order: [`daemon`] (the whole life of the
 //! process), then [`subnet_lease`] (acquire/renew), [`lease_watch`] (every host's lease → route
 //! table, through [`lease_set`], which checks each lease and keeps the unusable ones out),
-//! [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`health`], [`cli`];
+//! [`publish`] (the shared-memory table writer), [`public_ip`], [`etcd`], [`cli`]; what the
+//! daemon reports: [`status`] (readiness and counters), read by [`health`] and [`metrics`], and
+//! [`notify`] (sd_notify);
 //! the masquerade and forward rules: [`ip_masq`] (iptables) or [`nftables`].
 
 #![forbid(unsafe_code)]
@@ -18,4 +20,5 @@ pub mod nftables;
 pub mod notify;
 pub mod public_ip;
 pub mod publish;
+pub mod status;
 pub mod subnet_lease;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use flannel_control::cli::{Args, Command};
-use flannel_control::{daemon, health::Status};
+use flannel_control::{daemon, status::Status};
 use flannel_shared::route_table::{format_table, RouteTableReader};
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -3,13 +3,11 @@
 //! state (lease expiry, route table generation and size, peers, etcd errors and reconnects) and the
 //! data plane's per-worker counters from its shared-memory stats file.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use flannel_shared::lease::LeaseRejection;
-
 use flannel_shared::stats::StatsReader;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -17,70 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::health::Status;
-
-/// Control-plane event counters, bumped where the events happen.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Failed etcd requests of any kind.
-    pub etcd_errors: AtomicU64,
-    /// Watch streams resumed after a break (etcd restart, network).
-    pub watch_resumes: AtomicU64,
-    /// Full re-lists of the leases (start, compaction).
-    pub lease_lists: AtomicU64,
-    pub lease_renewals: AtomicU64,
-    /// Our own lease re-acquired after it vanished.
-    pub lease_reacquisitions: AtomicU64,
-    /// Leases under subnets/ that are not routed, by reason.
-    pub lease_rejections: LeaseRejections,
-}
-
-impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Rejected leases by [`LeaseRejection::reason`] label: how many are rejected now (set by the
-/// lease watcher after each change) and how many rejections were seen (once per key and etcd
-/// revision). Both are exported for every label, zeros included.
-#[derive(Debug, Default)]
-pub struct LeaseRejections {
-    inner: Mutex<RejectionCounts>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct RejectionCounts {
-    current: BTreeMap<&'static str, u64>,
-    total: BTreeMap<&'static str, u64>,
-}
-
-impl LeaseRejections {
-    /// Replaces the current counts (labels missing from `by_reason` become 0).
-    pub fn set_current(&self, by_reason: BTreeMap<&'static str, u64>) {
-        self.lock().current = by_reason;
-    }
-
-    /// Counts one rejection of a key at a new revision.
-    pub fn count(&self, reason: &'static str) {
-        *self.lock().total.entry(reason).or_default() += 1;
-    }
-
-    /// Leases rejected now, for `reason`.
-    pub fn current(&self, reason: &str) -> u64 {
-        self.lock().current.get(reason).copied().unwrap_or(0)
-    }
-
-    /// Rejections seen so far, for `reason`.
-    pub fn total(&self, reason: &str) -> u64 {
-        self.lock().total.get(reason).copied().unwrap_or(0)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RejectionCounts> {
-        // Plain counters: a panic elsewhere cannot leave them inconsistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use crate::status::Status;
 
 #[derive(Debug)]
 struct Collector {
@@ -169,7 +104,7 @@ impl prometheus_client::collector::Collector for Collector {
             "Times our lease vanished and was acquired again",
             load(&c.lease_reacquisitions),
         )?;
-        let rejections = c.lease_rejections.lock().clone();
+        let rejections = c.lease_rejections.snapshot();
         let mut m = e.encode_descriptor(
             "flannel_leases_rejected",
             "Leases under subnets/ not routed now (unusable key or value, or a duplicate), by reason",

@@ -20,7 +20,7 @@ use std::time::Duration;
 use flannel_shared::sd_notify::{Field, Notifier};
 use flannel_shared::Ipv4Net;
 
-use crate::health::Status;
+use crate::status::Status;
 
 /// How often readiness is checked before `READY=1` went out.
 const READY_POLL: Duration = Duration::from_millis(50);

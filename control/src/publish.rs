@@ -126,7 +126,7 @@ mod tests {
     use super::*;
     use flannel_shared::route_table::RouteTableReader;
 
-    /// Issue 16: a route the writer refuses (PublicIP 0.0.0.0) used to fail every publish, so
+    /// Regression: a route the writer refuses (PublicIP 0.0.0.0) used to fail every publish, so
     /// no lease reached the data plane any more. Now it alone is left out.
     #[test]
     fn a_refused_route_is_left_out_and_the_rest_published() {

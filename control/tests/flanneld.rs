@@ -405,7 +405,7 @@ fn ctl_lease<'a>(rows: &'a serde_json::Value, key: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("{key} not in flannelctl leases: {rows}"))
 }
 
-/// Issue 16, item 1: one member's unusable lease (PublicIP 0.0.0.0) used to fail every publish,
+/// Regression: one member's unusable lease (PublicIP 0.0.0.0) used to fail every publish,
 /// freezing the table for the whole cluster, and dual-stack keys were not routed at all. Now the
 /// bad lease is skipped (logged once, counted in /metrics, shown by flannelctl), the good and the
 /// dual-stack leases are routed, and leases written after the bad one still arrive.
@@ -554,7 +554,7 @@ fn unusable_leases_are_skipped_and_counted_and_dual_stack_keys_are_routed() {
     assert!(a.daemon().is_running());
 }
 
-/// Issue 16, item 2: the allocator treats a lease overlapping a candidate as taken whatever its
+/// The allocator treats a lease overlapping a candidate as taken whatever its
 /// length or key form, releases our own lease that no longer fits the config, and never touches
 /// a dual-stack key, even one naming our PublicIP.
 #[test]

@@ -1138,7 +1138,7 @@ impl RouteSnapshot {
     }
 }
 
-/// A human-readable dump (for `flanneld routes --route-table PATH`): header lines, then one
+/// The route table for people (`flanneld routes` and `flannelctl routes`): header lines, then one
 /// aligned `SUBNET  PUBLIC_IP` line per route.
 pub fn format_table(snap: &RouteSnapshot) -> String {
     let meta = snap.meta();
@@ -1610,7 +1610,7 @@ mod tests {
         assert_eq!(r.snapshot().unwrap().generation(), 100);
     }
 
-    /// Regression (issue 16): one lease with PublicIP 0.0.0.0 made every publish fail, so no
+    /// Regression: one lease with PublicIP 0.0.0.0 made every publish fail, so no
     /// later lease reached the data plane. `publish_skipping` leaves it out and reports it.
     #[test]
     fn publish_skipping_leaves_bad_routes_out_and_publishes_the_rest() {

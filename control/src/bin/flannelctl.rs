@@ -17,11 +17,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use etcd_client::GetOptions;
 use flannel_control::cli::normalize_args;
-use flannel_control::etcd::{connect_with_retry, EtcdOptions};
+use flannel_control::cli::EtcdArgs;
+use flannel_control::etcd::connect_with_retry;
 use flannel_control::lease_set::{KeyValue, LeaseSet};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
-use flannel_shared::route_table::RouteTableReader;
+use flannel_shared::route_table::{format_table, RouteTableReader};
 use flannel_shared::stats::StatsReader;
 use serde_json::{json, Value};
 
@@ -37,35 +38,8 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    #[arg(
-        long,
-        global = true,
-        env = "FLANNELD_ETCD_ENDPOINTS",
-        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-    )]
-    etcd_endpoints: String,
-    #[arg(
-        long,
-        global = true,
-        env = "FLANNELD_ETCD_PREFIX",
-        default_value = "/coreos.com/network"
-    )]
-    etcd_prefix: String,
-    #[arg(long, global = true, env = "FLANNELD_ETCD_CAFILE")]
-    etcd_cafile: Option<PathBuf>,
-    #[arg(long, global = true, env = "FLANNELD_ETCD_CERTFILE")]
-    etcd_certfile: Option<PathBuf>,
-    #[arg(long, global = true, env = "FLANNELD_ETCD_KEYFILE")]
-    etcd_keyfile: Option<PathBuf>,
-    #[arg(long, global = true, env = "FLANNELD_ETCD_USERNAME")]
-    etcd_username: Option<String>,
-    #[arg(
-        long,
-        global = true,
-        env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true
-    )]
-    etcd_password: Option<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Route table file (as flanneld's --route-table).
     #[arg(
         long,
@@ -121,20 +95,34 @@ fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out.json)?);
     } else {
-        print!("{}", render_table(&out.header, &out.rows));
-        for note in &out.notes {
-            println!("{note}");
-        }
+        print!("{}", out.text());
     }
     Ok(())
 }
 
-/// A command's result: JSON for scripts, a table (+ notes) for people.
+/// A command's result: JSON for scripts, a table (+ notes) for people, or text already laid out.
 struct Output {
     json: Value,
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     notes: Vec<String>,
+    /// Text printed instead of the table (the route table's one printer,
+    /// [`flannel_shared::route_table::format_table`], shared with `flanneld routes`).
+    text: Option<String>,
+}
+
+impl Output {
+    fn text(&self) -> String {
+        if let Some(t) = &self.text {
+            return t.clone();
+        }
+        let mut s = render_table(&self.header, &self.rows);
+        for note in &self.notes {
+            s.push_str(note);
+            s.push('\n');
+        }
+        s
+    }
 }
 
 fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
@@ -162,27 +150,14 @@ fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
 }
 
 async fn from_etcd(args: &Args) -> Result<Output> {
-    let opts = EtcdOptions {
-        endpoints: args
-            .etcd_endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        cafile: args.etcd_cafile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
+    let opts = args.etcd.options();
     let mut client = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         connect_with_retry(&opts),
     )
     .await
     .context("etcd unreachable for 10 s")??;
-    let prefix = &args.etcd_prefix;
+    let prefix = &args.etcd.prefix;
     match args.command {
         Cmd::Config => {
             let key = config_key(prefix);
@@ -221,6 +196,7 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                     .map(|(k, v)| vec![k.to_string(), v.clone()])
                     .collect(),
                 notes,
+                text: None,
             })
         }
         Cmd::Leases => {
@@ -336,6 +312,7 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                     .to_vec(),
                 rows,
                 notes,
+                text: None,
             })
         }
         _ => unreachable!("only etcd commands here"),
@@ -346,40 +323,22 @@ fn routes(path: &std::path::Path) -> Result<Output> {
     let mut reader = RouteTableReader::open(path)?;
     let snap = reader.snapshot()?;
     let meta = snap.meta();
-    let own = meta.our_subnet;
-    let rows: Vec<Vec<String>> = snap
-        .routes()
-        .map(|r| {
-            let mark = if Some(r.subnet) == own { "local" } else { "" };
-            vec![
-                r.subnet.to_string(),
-                r.public_ip.to_string(),
-                mark.to_string(),
-            ]
-        })
-        .collect();
     let json = json!({
         "path": path.display().to_string(),
         "generation": snap.generation(),
         "network": meta.network.to_string(),
         "subnet_len": meta.subnet_len,
-        "our_subnet": own.map(|s| s.to_string()),
+        "our_subnet": meta.our_subnet.map(|s| s.to_string()),
         "mtu": meta.mtu,
         "port": meta.port,
         "routes": snap.routes().map(|r| json!({"subnet": r.subnet.to_string(), "public_ip": r.public_ip.to_string()})).collect::<Vec<_>>(),
     });
     Ok(Output {
         json,
-        header: ["SUBNET", "PUBLIC_IP", ""].map(String::from).to_vec(),
-        rows,
-        notes: vec![format!(
-            "generation {} · network {} · subnet /{} · mtu {} · port {}",
-            snap.generation(),
-            meta.network,
-            meta.subnet_len,
-            meta.mtu,
-            meta.port
-        )],
+        header: Vec::new(),
+        rows: Vec::new(),
+        notes: Vec::new(),
+        text: Some(format_table(&snap)),
     })
 }
 
@@ -427,6 +386,7 @@ fn stats_of(path: &std::path::Path) -> Result<Output> {
             reader.pid(),
             reader.io_path().name()
         )],
+        text: None,
     })
 }
 

@@ -1,4 +1,4 @@
-//! The perf harness behind `scripts/perf` and the `flannel-perf` binary (issue 4, Deliver 1):
+//! The perf harness behind `scripts/perf` and the `flannel-perf` binary:
 //! ours vs ours with offloads off vs ours on the fallback I/O path vs kernel VXLAN vs the bare
 //! underlay, side by side on one namespace testbed, N repeats, medians with min/max.
 //!

@@ -1,4 +1,4 @@
-//! Cluster-size simulation (issue: scale). N simulated hosts lease subnets from one real etcd
+//! Cluster-size simulation. N simulated hosts lease subnets from one real etcd
 //! through flanneld's own lease code ([`flannel_control::subnet_lease::acquire`]), concurrently over
 //! a bounded number of etcd clients; then one real `flanneld` starts cold and builds its
 //! shared-memory table of all of them; then leases churn (hosts leave and join) while a reader

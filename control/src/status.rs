@@ -1,0 +1,106 @@
+//! What the daemon knows about itself, set where things happen and read by `/readyz`
+//! ([`crate::health`]) and `/metrics` ([`crate::metrics`]): readiness flags, our lease's expiry,
+//! the publisher, and the control plane's event counters.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::publish::Publisher;
+
+/// Readiness flags and counters the daemon sets as it runs.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub lease_held: AtomicBool,
+    pub subnet_env_written: AtomicBool,
+    pub publisher: std::sync::OnceLock<Arc<Publisher>>,
+    /// Unix seconds at which our lease expires unless renewed.
+    pub lease_expiry_unix: std::sync::atomic::AtomicU64,
+    pub counters: Counters,
+}
+
+impl Status {
+    /// The readiness items not yet satisfied.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.lease_held.load(Ordering::Acquire) {
+            m.push("lease");
+        }
+        if !self.subnet_env_written.load(Ordering::Acquire) {
+            m.push("subnet.env");
+        }
+        if !self.publisher.get().is_some_and(|p| p.is_published()) {
+            m.push("route table");
+        }
+        m
+    }
+}
+
+/// Control-plane event counters, bumped where the events happen.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Failed etcd requests of any kind.
+    pub etcd_errors: AtomicU64,
+    /// Watch streams resumed after a break (etcd restart, network).
+    pub watch_resumes: AtomicU64,
+    /// Full re-lists of the leases (start, compaction).
+    pub lease_lists: AtomicU64,
+    pub lease_renewals: AtomicU64,
+    /// Our own lease re-acquired after it vanished.
+    pub lease_reacquisitions: AtomicU64,
+    /// Leases under subnets/ that are not routed, by reason.
+    pub lease_rejections: LeaseRejections,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Rejected leases by [`LeaseRejection::reason`] label: how many are rejected now (set by the
+/// lease watcher after each change) and how many rejections were seen (once per key and etcd
+/// revision). Both are exported for every label, zeros included.
+#[derive(Debug, Default)]
+pub struct LeaseRejections {
+    inner: Mutex<RejectionCounts>,
+}
+
+/// One consistent reading of [`LeaseRejections`], by reason label.
+#[derive(Debug, Default, Clone)]
+pub struct RejectionCounts {
+    pub current: BTreeMap<&'static str, u64>,
+    pub total: BTreeMap<&'static str, u64>,
+}
+
+impl LeaseRejections {
+    /// Replaces the current counts (labels missing from `by_reason` become 0).
+    pub fn set_current(&self, by_reason: BTreeMap<&'static str, u64>) {
+        self.lock().current = by_reason;
+    }
+
+    /// Counts one rejection of a key at a new revision.
+    pub fn count(&self, reason: &'static str) {
+        *self.lock().total.entry(reason).or_default() += 1;
+    }
+
+    /// Leases rejected now, for `reason`.
+    pub fn current(&self, reason: &str) -> u64 {
+        self.lock().current.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Rejections seen so far, for `reason`.
+    pub fn total(&self, reason: &str) -> u64 {
+        self.lock().total.get(reason).copied().unwrap_or(0)
+    }
+
+    /// Both maps at once (for `/metrics`).
+    pub fn snapshot(&self) -> RejectionCounts {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RejectionCounts> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
