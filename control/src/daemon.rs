@@ -19,6 +19,7 @@ use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::Args;
+use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
 use crate::ip_masq;
@@ -101,6 +102,12 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
             period: Duration::from_secs(args.iptables_resync),
         },
         own_tx.subscribe(),
+    ));
+    tokio::spawn(config_watch::run(
+        client.clone(),
+        args.etcd.prefix.clone(),
+        config.clone(),
+        status.clone(),
     ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(
@@ -258,6 +265,9 @@ pub async fn wait_for_config(client: &mut Client, prefix: &str) -> NetworkConfig
     }
 }
 
+/// How often an unwritable subnet.env is tried again.
+const ENV_RETRY: Duration = Duration::from_secs(1);
+
 /// Holds this host's lease: acquires, writes subnet.env, renews, re-acquires when lost.
 struct LeaseKeeper {
     client: Client,
@@ -300,19 +310,47 @@ impl LeaseKeeper {
         self.status.lease_held.store(true, Ordering::Release);
         self.note_expiry(lease.ttl);
         self.request.previous = Some(lease.subnet);
-        write_subnet_env(
-            &self.subnet_file,
-            &self.config,
-            lease.subnet,
-            self.mtu,
-            self.ip_masq,
-        )?;
+        self.write_env(lease.subnet);
+        self.publisher.set_own_subnet(Some(lease.subnet));
+        if self.status.subnet_env_written.load(Ordering::Acquire) {
+            notify::status(&format!("lease held: {}", lease.subnet));
+        }
+        Ok(lease)
+    }
+
+    /// Writes subnet.env for `subnet`. A failure (read-only directory, disk full) never costs the
+    /// lease: it is logged when it starts or changes, `/readyz` names it, and [`Self::keep`]
+    /// retries every [`ENV_RETRY`] until the write succeeds.
+    fn write_env(&mut self, subnet: Ipv4Net) {
         self.status
             .subnet_env_written
-            .store(true, Ordering::Release);
-        self.publisher.set_own_subnet(Some(lease.subnet));
-        notify::status(&format!("lease held: {}", lease.subnet));
-        Ok(lease)
+            .store(false, Ordering::Release);
+        match write_subnet_env(
+            &self.subnet_file,
+            &self.config,
+            subnet,
+            self.mtu,
+            self.ip_masq,
+        ) {
+            Ok(()) => {
+                self.status
+                    .subnet_env_written
+                    .store(true, Ordering::Release);
+                if self.status.clear_problem("subnet.env") {
+                    tracing::info!(path = %self.subnet_file.display(), "subnet.env can be written again");
+                    notify::status(&format!("lease held: {subnet}"));
+                }
+            }
+            Err(e) => {
+                let why = format!("{e:#}; the lease is kept, retrying every {ENV_RETRY:?}");
+                if self.status.set_problem("subnet.env", why.clone()) {
+                    tracing::error!(%subnet, "writing subnet.env failed: {why}");
+                    notify::status(&format!(
+                        "lease held: {subnet}; subnet.env not written: {e:#}"
+                    ));
+                }
+            }
+        }
     }
 
     async fn keep(
@@ -352,6 +390,12 @@ impl LeaseKeeper {
                 }
                 _ = heartbeat.tick() => {
                     heartbeat.beat(lease.subnet);
+                    false
+                }
+                _ = tokio::time::sleep(ENV_RETRY),
+                    if !self.status.subnet_env_written.load(Ordering::Acquire) =>
+                {
+                    self.write_env(lease.subnet);
                     false
                 }
             };

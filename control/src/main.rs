@@ -75,11 +75,21 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let status = Arc::new(Status::default());
-        tokio::select! {
-            r = daemon::run(args, status) => r,
-            _ = term.recv() => { stopping("SIGTERM"); Ok(()) }
-            _ = int.recv() => { stopping("SIGINT"); Ok(()) }
+        let run = daemon::run(args, status);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = term.recv() => { stopping("SIGTERM"); break Ok(()) }
+                _ = int.recv() => { stopping("SIGINT"); break Ok(()) }
+                // flannel dies on SIGHUP (Go's default); flanneld has no file to reload (the
+                // network config is watched in etcd), so a stray HUP changes nothing.
+                _ = hup.recv() => tracing::info!(
+                    "SIGHUP: ignored (no config file to reload; the network config is watched in etcd)"
+                ),
+            }
         }
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -17,22 +17,52 @@ pub struct Status {
     /// Unix seconds at which our lease expires unless renewed.
     pub lease_expiry_unix: std::sync::atomic::AtomicU64,
     pub counters: Counters,
+    /// What keeps flanneld from doing its job right now, by item (`subnet.env`, `config`),
+    /// with the reason: shown by `/readyz` and in `STATUS=`.
+    problems: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Status {
-    /// The readiness items not yet satisfied.
-    pub fn missing(&self) -> Vec<&'static str> {
+    /// The readiness items not yet satisfied, each with its problem when one is known, then
+    /// every other problem (e.g. `config: the network config in etcd changed (...)`).
+    pub fn missing(&self) -> Vec<String> {
+        let problems = self.lock_problems().clone();
+        let with_cause = |item: &'static str| match problems.get(item) {
+            Some(why) => format!("{item} ({why})"),
+            None => item.to_string(),
+        };
         let mut m = Vec::new();
         if !self.lease_held.load(Ordering::Acquire) {
-            m.push("lease");
+            m.push(with_cause("lease"));
         }
         if !self.subnet_env_written.load(Ordering::Acquire) {
-            m.push("subnet.env");
+            m.push(with_cause("subnet.env"));
         }
         if !self.publisher.get().is_some_and(|p| p.is_published()) {
-            m.push("route table");
+            m.push(with_cause("route table"));
+        }
+        for (item, why) in &problems {
+            if !["lease", "subnet.env", "route table"].contains(item) {
+                m.push(format!("{item}: {why}"));
+            }
         }
         m
+    }
+
+    /// Records (or replaces) the problem of `item`. True when it is new or its text changed
+    /// (log it then).
+    pub fn set_problem(&self, item: &'static str, why: String) -> bool {
+        self.lock_problems().insert(item, why.clone()).as_ref() != Some(&why)
+    }
+
+    /// Clears the problem of `item`. True when there was one.
+    pub fn clear_problem(&self, item: &'static str) -> bool {
+        self.lock_problems().remove(item).is_some()
+    }
+
+    fn lock_problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        // Plain strings: a panic elsewhere cannot leave them inconsistent.
+        self.problems.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -32,6 +32,8 @@ struct Host {
     public_ip: String,
     endpoint: String,
     extra: Vec<String>,
+    /// subnet.env elsewhere than in `dir`.
+    subnet_file: Option<PathBuf>,
     daemon: Option<Daemon>,
 }
 
@@ -45,6 +47,7 @@ impl Host {
             public_ip: public_ip.into(),
             endpoint: etcd.endpoint(),
             extra: Vec::new(),
+            subnet_file: None,
             daemon: None,
         }
     }
@@ -55,7 +58,9 @@ impl Host {
     }
 
     fn subnet_file(&self) -> PathBuf {
-        self.dir.path().join("subnet.env")
+        self.subnet_file
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("subnet.env"))
     }
 
     fn route_table(&self) -> PathBuf {
@@ -267,6 +272,12 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
             .len(),
         1
     );
+    // SIGHUP changes nothing (flannel would die of it): logged, still running, same lease.
+    a.daemon().signal(Signal::SIGHUP);
+    a.daemon().wait_log("SIGHUP: ignored", SEC * 5);
+    std::thread::sleep(SEC / 2);
+    assert!(a.daemon().is_running(), "SIGHUP stopped flanneld");
+    assert!(etcd.get(&lease_key(&first)).unwrap().is_some());
     // SIGINT also exits 0.
     a.daemon().signal(Signal::SIGINT);
     let exited = wait_for(SEC * 5, || (!a.daemon().is_running()).then_some(()));
@@ -718,4 +729,195 @@ fn bad_flags_fail_with_a_message_naming_them() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("subnet-lease-renew-margin"));
+}
+
+/// A small tmpfs mounted (as root) at `path`, lazily unmounted on drop, so a failing test leaves
+/// no mount behind.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, opts: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                opts,
+                "flannel-test",
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        Self(path.to_owned())
+    }
+
+    fn remount(&self, opts: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}"), self.0.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount {opts}: {out:?}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `/readyz` with its body, waiting until `pred` holds (panics with the last answer and the log).
+fn wait_readyz(port: u16, d: &Daemon, what: &str, pred: impl Fn(u16, &str) -> bool) -> String {
+    let got = wait_for(SEC * 10, || {
+        http_get(port, "/readyz").filter(|(c, b)| pred(*c, b))
+    });
+    match got {
+        Some((_, body)) => body,
+        None => panic!(
+            "/readyz never {what}: last {:?}\nlog:\n{}",
+            http_get(port, "/readyz"),
+            d.log()
+        ),
+    }
+}
+
+/// subnet.env that cannot be written (a read-only file system, then a full one) never costs the
+/// lease: flanneld keeps it, `/readyz` answers 503 naming the cause, and the file is written as
+/// soon as it can be (retried every second), without a restart.
+#[test]
+fn subnet_env_that_cannot_be_written_keeps_the_lease_and_readyz_names_the_cause() {
+    if !require(
+        "root (mounts a small tmpfs for subnet.env)",
+        flannel_perf::testbed::is_root(),
+    ) {
+        return;
+    }
+    let Some(etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
+    let port = free_port();
+    let mut a = Host::new(&etcd, "198.18.0.21");
+    let run = a.dir.path().join("run");
+    let fs = Tmpfs::mount(&run, "size=256k,ro");
+    a.subnet_file = Some(run.join("subnet.env"));
+    a.extra = vec![
+        "-healthz-ip=127.0.0.1".into(),
+        format!("-healthz-port={port}"),
+    ];
+    a.start();
+    // Read-only: the lease is taken and kept; /readyz says why it is not ready.
+    let body = wait_readyz(port, a.daemon(), "503 naming subnet.env", |c, b| {
+        c == 503 && b.contains("subnet.env (") && b.contains("Read-only file system")
+    });
+    assert!(body.contains("the lease is kept"), "{body}");
+    let ours = || {
+        etcd.get_prefix(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .into_iter()
+            .filter(|(_, v)| v.contains("\"198.18.0.21\""))
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    let keys = ours();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    std::thread::sleep(SEC * 2);
+    assert!(a.daemon().is_running(), "{}", a.daemon().log());
+    assert_eq!(
+        ours(),
+        keys,
+        "same lease while subnet.env cannot be written"
+    );
+    // Writable again: written at the next retry, ready.
+    fs.remount("rw");
+    wait_readyz(port, a.daemon(), "200", |c, _| c == 200);
+    let subnet = flannel_shared::subnet_env::previous_subnet(&run.join("subnet.env")).unwrap();
+    assert_eq!(keys[0], lease_key(&subnet));
+
+    // Full: the file system has no room when the lease is re-acquired (deleted by hand).
+    std::fs::remove_file(run.join("subnet.env")).unwrap();
+    let filler = run.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    etcd.ctl(&["del", &keys[0]]).unwrap();
+    let body = wait_readyz(port, a.daemon(), "503 naming a full disk", |c, b| {
+        c == 503 && b.contains("No space left on device")
+    });
+    assert!(body.contains("subnet.env ("), "{body}");
+    let back = wait_for(SEC * 10, || {
+        let k = ours();
+        (!k.is_empty()).then_some(k)
+    });
+    assert_eq!(back, Some(keys.clone()), "the same subnet re-acquired");
+    assert!(a.daemon().is_running());
+    std::fs::remove_file(&filler).unwrap();
+    wait_readyz(port, a.daemon(), "200", |c, _| c == 200);
+    assert_eq!(
+        flannel_shared::subnet_env::previous_subnet(&run.join("subnet.env")),
+        Some(subnet)
+    );
+    assert!(a.daemon().stop(SEC * 5).unwrap().success());
+}
+
+/// The network config changed in etcd after start: flanneld keeps running with the config it
+/// started with (its lease and routes stay), logs it loudly, and `/readyz` answers 503 with the
+/// reason until etcd holds the running config again.
+#[test]
+fn network_config_changed_at_runtime_is_reported_not_silently_kept() {
+    let Some(etcd) = etcd_or_skip() else { return };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
+    let port = free_port();
+    let mut a = Host::new(&etcd, "198.18.0.22")
+        .with(&["-healthz-ip=127.0.0.1", &format!("-healthz-port={port}")]);
+    a.start();
+    let subnet = a.wait_subnet(SEC * 20);
+    wait_readyz(port, a.daemon(), "200", |c, _| c == 200);
+
+    etcd.put_config(PREFIX, r#"{"Network":"10.2.0.0/16"}"#)
+        .unwrap();
+    let body = wait_readyz(port, a.daemon(), "503 naming the change", |c, b| {
+        c == 503
+            && b.contains(
+                "config: the network config in etcd changed (Network 10.1.0.0/16 → 10.2.0.0/16",
+            )
+    });
+    assert!(body.contains("restart it to apply"), "{body}");
+    a.daemon().wait_log(
+        "NETWORK CONFIG CHANGED: the network config in etcd changed",
+        SEC * 5,
+    );
+    // Still running with the old config: same lease, same subnet.env.
+    assert!(a.daemon().is_running());
+    assert_eq!(
+        flannel_shared::subnet_env::previous_subnet(&a.subnet_file()),
+        Some(subnet)
+    );
+    assert!(etcd.get(&lease_key(&subnet)).unwrap().is_some());
+
+    // Broken, then deleted: still reported, with what is wrong.
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#)
+        .unwrap();
+    wait_readyz(port, a.daemon(), "503 naming the invalid config", |c, b| {
+        c == 503 && b.contains("is invalid now (SubnetLen 31: must be 30 or less)")
+    });
+    etcd.ctl(&["del", &format!("{PREFIX}/config")]).unwrap();
+    wait_readyz(port, a.daemon(), "503 naming the deletion", |c, b| {
+        c == 503 && b.contains("was deleted from etcd")
+    });
+    // The running config back in etcd (written differently): ready again.
+    etcd.put_config(
+        PREFIX,
+        r#"{ "network": "10.1.0.0/16", "Backend": {"Type": "udp"} }"#,
+    )
+    .unwrap();
+    wait_readyz(port, a.daemon(), "200 again", |c, _| c == 200);
+    a.daemon().wait_log(
+        "the network config in etcd is the running one again",
+        SEC * 5,
+    );
+    assert!(a.daemon().stop(SEC * 5).unwrap().success());
 }
