@@ -110,7 +110,7 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -237,6 +237,9 @@ pub enum RouteTableError {
     Corrupt { path: PathBuf, what: String },
     #[error("route table {}: nothing published yet (generation 0)", path.display())]
     NotPublished { path: PathBuf },
+    /// `path` is the lock file; someone else made it.
+    #[error("route table lock {} is not a regular file of this user (owner uid {uid}): remove it", path.display())]
+    LockNotOurs { path: PathBuf, uid: u32 },
     /// `path` is the lock file, `<table path>.lock`.
     #[error("route table lock {} is held by another writer", path.display())]
     Locked { path: PathBuf },
@@ -546,6 +549,11 @@ fn lock_path(path: &Path) -> PathBuf {
 }
 
 /// Creates/opens `<path>.lock` and takes an exclusive, non-blocking `flock` on it.
+///
+/// The lock file is ours alone: opened without following a symlink, refused when another user
+/// owns it, and made mode 0600 (also when an older run left it 0644). Anyone who can open it can
+/// `flock` it and so keep flanneld from starting; with 0600 in a directory only root can write,
+/// nobody else can.
 fn lock_writer(path: &Path) -> Result<File> {
     let lock = lock_path(path);
     let file = OpenOptions::new()
@@ -553,9 +561,23 @@ fn lock_writer(path: &Path) -> Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock)
         .map_err(io_err(&lock))?;
+    let meta = file.metadata().map_err(io_err(&lock))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != euid {
+        return Err(RouteTableError::LockNotOurs {
+            path: lock,
+            uid: meta.uid(),
+        });
+    }
+    if meta.mode() & 0o7777 != 0o600 {
+        file.set_permissions(Permissions::from_mode(0o600))
+            .map_err(io_err(&lock))?;
+    }
     // SAFETY: `file` is an open file, so its descriptor is valid for the duration of the call;
     // flock has no memory-safety preconditions.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -568,6 +590,16 @@ fn lock_writer(path: &Path) -> Result<File> {
         });
     }
     Ok(file)
+}
+
+/// Creates the table's directory (and missing parents) with mode 0755: writable by its owner
+/// only, whatever the umask. An existing directory is left as it is.
+fn create_table_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(io_err(dir))
 }
 
 /// Creates `<path>.tmp.<pid>.<n>` (mode 0644) holding an empty table of `capacity` entries
@@ -595,6 +627,7 @@ fn create_table_file(path: &Path, capacity: u32, generation: u64) -> Result<(Pat
             .write(true)
             .create_new(true)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         file.set_permissions(Permissions::from_mode(0o644))?; // exactly 0644 despite the umask
         file.set_len(table_file_size(capacity))?; // sparse zeros
@@ -775,7 +808,7 @@ impl RouteTableWriter {
     pub fn open_with_capacity(path: &Path, capacity: u32) -> Result<Self> {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            create_table_dir(dir)?;
         }
         let lock = lock_writer(path)?;
         let map = match reuse_existing(path)? {
@@ -1750,6 +1783,64 @@ mod tests {
         send::<RouteTableWriter>();
         send::<RouteTableReader>();
         send::<RouteSnapshot>();
+    }
+
+    /// The lock file is the writer's alone: mode 0600 (an older 0644 one is tightened), never
+    /// opened through a symlink, refused when another user owns it (as root: chowned here).
+    #[test]
+    fn lock_file_is_private_to_the_writer() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/routes");
+        let lock = dir.path().join("run/routes.lock");
+        fs::create_dir_all(dir.path().join("run")).unwrap();
+        fs::write(&lock, b"").unwrap();
+        fs::set_permissions(&lock, Permissions::from_mode(0o644)).unwrap();
+        let w = RouteTableWriter::open(&path).unwrap();
+        assert_eq!(fs::metadata(&lock).unwrap().mode() & 0o7777, 0o600);
+        drop(w);
+
+        // A directory the writer creates is writable by its owner only, whatever the umask.
+        // SAFETY: umask has no preconditions; restored right after.
+        let old = unsafe { libc::umask(0o000) };
+        let fresh = dir.path().join("fresh/deeper/routes");
+        let made = RouteTableWriter::open(&fresh);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        drop(made.unwrap());
+        for d in ["fresh", "fresh/deeper"] {
+            let mode = fs::metadata(dir.path().join(d)).unwrap().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{d}");
+        }
+
+        // A symlink at the lock's name is not followed.
+        fs::remove_file(&lock).unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"x").unwrap();
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let err = RouteTableWriter::open(&path)
+            .err()
+            .expect("symlinked lock refused");
+        assert!(err.to_string().contains("routes.lock"), "{err}");
+        assert_eq!(fs::read(&target).unwrap(), b"x");
+
+        // Someone else's lock file (needs root to make one).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            fs::remove_file(&lock).unwrap();
+            fs::write(&lock, b"").unwrap();
+            std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
+            let err = RouteTableWriter::open(&path)
+                .err()
+                .expect("foreign lock refused");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "route table lock {} is not a regular file of this user (owner uid 65534): remove it",
+                    lock.display()
+                )
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -200,16 +201,24 @@ impl StatsWriter {
         };
         let layout = Layout::new(workers, Counter::COUNT);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_err)?;
         }
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".tmp{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
+        // A leftover of a crashed run with the same pid, or a symlink someone planted there:
+        // removed (the link itself, never its target), then created new without following one.
+        let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io_err)?;
         file.set_len(layout.len as u64).map_err(io_err)?;
@@ -510,5 +519,30 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         assert!(matches!(StatsReader::open(&p), Err(StatsError::Corrupt(_))));
         assert!(StatsReader::open(&dir.path().join("absent")).is_err());
+    }
+
+    /// The temporary file is created new and never through a symlink: a link planted at its
+    /// name (pointing at a file of someone else's) is removed, its target left untouched.
+    #[test]
+    fn a_symlink_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dp.stats");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!("dp.stats.tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let w = StatsWriter::create(&path, 1).unwrap();
+        w.worker(0).add(Counter::DropSpoofedSrc, 3);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!tmp.exists() && tmp.symlink_metadata().is_err());
+        assert!(!path.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(
+            StatsReader::open(&path)
+                .unwrap()
+                .total(Counter::DropSpoofedSrc.name()),
+            3
+        );
     }
 }
