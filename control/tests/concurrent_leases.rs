@@ -6,17 +6,15 @@ use std::net::Ipv4Addr;
 use flannel_control::etcd::{connect_with_retry, EtcdOptions};
 use flannel_control::subnet_lease::{acquire, LeaseError, LeaseRequest};
 use flannel_perf::testbed::etcd::Etcd;
-use flannel_perf::testbed::require;
 use flannel_shared::config::NetworkConfig;
 
 const PREFIX: &str = "/coreos.com/network";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subnets() {
-    if !require("etcd and etcdctl installed", Etcd::available()) {
+    let Some(etcd) = Etcd::start_or_skip() else {
         return;
-    }
-    let etcd = Etcd::start().unwrap();
+    };
     // 10.1.0.0/22 in /28s from 10.1.0.16 to 10.1.3.32: exactly 50 subnets.
     let cfg =
         NetworkConfig::parse(r#"{"Network":"10.1.0.0/22","SubnetLen":28,"SubnetMax":"10.1.3.32"}"#)

@@ -19,13 +19,6 @@ use flannel_shared::Ipv4Net;
 const PREFIX: &str = "/coreos.com/network";
 const SEC: Duration = Duration::from_secs(1);
 
-fn etcd_or_skip() -> Option<Etcd> {
-    if !require("etcd and etcdctl installed", Etcd::available()) {
-        return None;
-    }
-    Some(Etcd::start().expect("start etcd"))
-}
-
 /// One simulated host: its own files, one flanneld.
 struct Host {
     dir: tempfile::TempDir,
@@ -154,7 +147,9 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 #[test]
 fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{ "Network": "10.1.0.0/16" }"#)
         .unwrap();
     let port = free_port();
@@ -233,7 +228,9 @@ fn two_hosts_get_distinct_subnets_with_flannels_keys_values_and_subnet_env() {
 
 #[test]
 fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
         .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1");
@@ -286,7 +283,9 @@ fn restart_reuses_the_subnet_through_the_lease_and_through_subnet_env() {
 
 #[test]
 fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
         .unwrap();
     let mut a = Host::new(&etcd, "198.18.0.1").with(&["-subnet-lease-ttl=9"]);
@@ -330,7 +329,7 @@ fn short_ttl_lease_is_renewed_and_a_deleted_own_lease_is_reacquired() {
 
 #[test]
 fn watch_follows_leases_across_etcd_restart_and_compaction() {
-    let Some(mut etcd) = etcd_or_skip() else {
+    let Some(mut etcd) = Etcd::start_or_skip() else {
         return;
     };
     // flanneld draws its subnet below 10.1.200.0: the other hosts' leases put below are at
@@ -422,7 +421,9 @@ fn ctl_lease<'a>(rows: &'a serde_json::Value, key: &str) -> &'a serde_json::Valu
 /// dual-stack leases are routed, and leases written after the bad one still arrive.
 #[test]
 fn unusable_leases_are_skipped_and_counted_and_dual_stack_keys_are_routed() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     // flanneld draws its own subnet below 10.1.200.0; the other hosts' leases are above.
     etcd.put_config(
         PREFIX,
@@ -570,7 +571,9 @@ fn unusable_leases_are_skipped_and_counted_and_dual_stack_keys_are_routed() {
 /// a dual-stack key, even one naming our PublicIP.
 #[test]
 fn own_misfit_lease_is_released_and_overlapping_or_dual_stack_leases_are_never_taken() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     // Five candidates: 10.1.4.0 .. 10.1.8.0.
     etcd.put_config(
         PREFIX,
@@ -646,7 +649,9 @@ fn etcd_started_five_seconds_after_flanneld() {
 
 #[test]
 fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_flags() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // Everything from FLANNELD_* environment variables, with a custom prefix.
     let prefix = "/example.com/net";

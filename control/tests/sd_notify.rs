@@ -15,18 +15,10 @@ use std::time::{Duration, Instant};
 
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_perf::testbed::process::{Daemon, Signal};
-use flannel_perf::testbed::require;
 use flannel_shared::route_table::RouteTableReader;
 
 const PREFIX: &str = "/coreos.com/network";
 const SEC: Duration = Duration::from_secs(1);
-
-fn etcd_or_skip() -> Option<Etcd> {
-    if !require("etcd and etcdctl installed", Etcd::available()) {
-        return None;
-    }
-    Some(Etcd::start().expect("start etcd"))
-}
 
 /// The test's end of the notify socket: every datagram with the time it arrived.
 struct Listener {
@@ -110,7 +102,9 @@ fn route_table_published(path: &Path) -> bool {
 
 #[test]
 fn status_then_ready_once_subnet_env_and_table_exist_then_watchdog_pings() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     let dir = tempfile::Builder::new()
         .prefix("flanneld-notify-")
         .tempdir()
@@ -229,7 +223,9 @@ fn status_then_ready_once_subnet_env_and_table_exist_then_watchdog_pings() {
 /// watchdog meant for another process (`$WATCHDOG_PID`): READY=1 comes, WATCHDOG=1 does not.
 #[test]
 fn abstract_socket_and_a_watchdog_for_another_pid() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
         .unwrap();
     let dir = tempfile::Builder::new()

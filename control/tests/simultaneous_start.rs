@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_perf::testbed::process::Daemon;
-use flannel_perf::testbed::{require, wait_for};
+use flannel_perf::testbed::wait_for;
 use flannel_shared::route_table::RouteTableReader;
 use flannel_shared::Ipv4Net;
 
@@ -53,10 +53,9 @@ fn knows_both(dir: &Path, own: Ipv4Addr, peer_dir: &Path, peer: Ipv4Addr) -> Opt
 
 #[test]
 fn two_hosts_started_together_always_learn_each_other() {
-    if !require("etcd and etcdctl installed", Etcd::available()) {
+    let Some(etcd) = Etcd::start_or_skip() else {
         return;
-    }
-    let etcd = Etcd::start().unwrap();
+    };
     let endpoint = etcd.endpoint();
     let ips = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)];
     let mut times = Vec::new();

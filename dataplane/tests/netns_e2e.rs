@@ -1,38 +1,44 @@
 //! End to end in network namespaces (needs root; skips otherwise, fails under CI).
 //!
-//! Topology, all created by the test with per-run names and torn down in `Drop`:
+//! Topology ([`HostPair`] from the `flannel-perf` testbed, with the rogue sender's address
+//! added), all created by the test with per-run names and torn down on drop, also when a test
+//! fails:
 //!
 //! ```text
 //!  [c-a] 10.1.15.2 ── br0 10.1.15.1 [host A] ua 198.18.0.1 ══veth══ ub 198.18.0.2 [host B] br0 10.1.16.1 ── 10.1.16.2 [c-b]
 //!                              flannel0 (flannel-dataplane)      flannel0 (flannel-dataplane)
+//!                                          ua 198.18.0.3 (a sender B does not know)
 //! ```
 //!
 //! No namespace has a route off the machine; underlay 198.18.0.0/15 only; overlay 10.x only
 //! inside the namespaces; the root namespace sends nothing anywhere. Route tables are written
-//! directly with `RouteTableWriter` (no etcd, no flanneld).
+//! directly with `RouteTableWriter` (no etcd, no flanneld). The data planes are testbed
+//! [`Daemon`]s (log file per host, stopped by PID).
 //!
 //! The same scenario runs with io_uring and with `--no-io-uring`. The TCP sender and receiver
 //! and the connect probe are threads of the test that entered a container's namespace
-//! (`setns` moves only the calling thread; sockets stay in the namespace they were made in).
+//! ([`Netns::spawn_thread`]: `setns` moves only the calling thread; sockets stay in the
+//! namespace they were made in).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flannel_shared::ci::skip_or_fail;
+use flannel_perf::harness::cpu;
+use flannel_perf::testbed::netns::Netns;
+use flannel_perf::testbed::pair::{HostPair, HOST_A_IP as HOST_A, HOST_B_IP as HOST_B};
+use flannel_perf::testbed::process::{Daemon, Signal};
+use flannel_perf::testbed::{have, is_root, join, require, wait_for};
 use flannel_shared::route_table::{Route, RouteTableWriter, TableMeta};
 use flannel_shared::stats::StatsReader;
 use flannel_shared::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flannel-dataplane");
-const HOST_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const HOST_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const ROGUE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const CA: Ipv4Addr = Ipv4Addr::new(10, 1, 15, 2);
 const CB: Ipv4Addr = Ipv4Addr::new(10, 1, 16, 2);
@@ -43,62 +49,21 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[track_caller]
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    if root && ip {
-        return true;
-    }
-    let why = if !root {
-        "not root"
-    } else {
-        "`ip` (iproute2) missing"
-    };
-    skip_or_fail(&format!("namespace e2e test: {why}"));
-    false
+    require("root (network namespaces, TUN)", is_root())
+        && require("`ip` (iproute2) installed", have("ip"))
 }
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
 }
 
-fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+/// Waits up to 5 s for `cond`; panics when it does not hold by then.
+#[track_caller]
+fn wait_5s(mut cond: impl FnMut() -> bool) {
     assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        wait_for(Duration::from_secs(5), || cond().then_some(())).is_some(),
+        "condition not reached in 5 s"
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Starts `f` on a new thread that has entered namespace `ns`; sockets it creates stay there.
-/// Join the handle for `f`'s result.
-fn spawn_in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid netns fd; it only affects this short-lived thread.
-        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`; sockets it creates stay there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    join(spawn_in_netns(ns, f))
-}
-
-/// Joins a thread, passing its panic on as it was.
-fn join<T>(handle: JoinHandle<T>) -> T {
-    handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// The counters that moved between two [`Topo::counters`] readings, as `name+delta`.
@@ -163,77 +128,44 @@ fn connect_outcome(dst: SocketAddrV4, timeout: Duration) -> std::io::Result<()> 
     }
 }
 
+/// The [`HostPair`] with a data plane on each host. Field order is drop order: the data planes
+/// (stopped by PID), the namespaces, the directory (route tables, stats files, logs).
 struct Topo {
-    prefix: String,
+    dp_a: Option<Daemon>,
+    dp_b: Option<Daemon>,
+    net: HostPair,
     dir: tempfile::TempDir,
-    children: Vec<Child>,
-    namespaces: Vec<String>,
 }
 
 impl Topo {
-    fn ns(&self, role: &str) -> String {
-        format!("{}-{role}", self.prefix)
+    /// The namespace of `role`: host `a` or `b`, container `ca` or `cb`.
+    fn ns(&self, role: &str) -> &Netns {
+        match role {
+            "a" => &self.net.a,
+            "b" => &self.net.b,
+            "ca" => &self.net.ca,
+            "cb" => &self.net.cb,
+            _ => panic!("no namespace {role:?}"),
+        }
     }
 
+    /// `cmd` run in `role`'s namespace; its stdout (panics when it fails).
     fn exec(&self, role: &str, cmd: &[&str]) -> String {
-        let ns = self.ns(role);
-        let mut v = vec!["ip", "netns", "exec", ns.as_str()];
-        v.extend_from_slice(cmd);
-        run(&v)
+        let out = self
+            .ns(role)
+            .exec(cmd[0], &cmd[1..])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn build(tag: &str) -> Topo {
-        let prefix = format!("fdp{}{tag}", std::process::id());
-        let mut t = Topo {
-            prefix,
+    fn build() -> Topo {
+        let gateway = |third| (Ipv4Addr::new(10, 1, third, 1), 24);
+        Topo {
+            dp_a: None,
+            dp_b: None,
+            net: HostPair::create([gateway(15), gateway(16)], &[ROGUE]).unwrap(),
             dir: tempfile::tempdir().unwrap(),
-            children: Vec::new(),
-            namespaces: Vec::new(),
-        };
-        for role in ["a", "b", "ca", "cb"] {
-            let ns = t.ns(role);
-            run(&["ip", "netns", "add", &ns]);
-            t.namespaces.push(ns.clone());
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         }
-        let (a, b, ca, cb) = (t.ns("a"), t.ns("b"), t.ns("ca"), t.ns("cb"));
-        // Underlay: one veth pair between the two hosts.
-        run(&[
-            "ip", "-n", &a, "link", "add", "ua", "type", "veth", "peer", "name", "ub", "netns", &b,
-        ]);
-        run(&["ip", "-n", &a, "addr", "add", "198.18.0.1/24", "dev", "ua"]);
-        run(&["ip", "-n", &a, "addr", "add", "198.18.0.3/24", "dev", "ua"]); // the rogue sender
-        run(&["ip", "-n", &b, "addr", "add", "198.18.0.2/24", "dev", "ub"]);
-        run(&["ip", "-n", &a, "link", "set", "ua", "up"]);
-        run(&["ip", "-n", &b, "link", "set", "ub", "up"]);
-        // A container behind a docker0-like bridge on each host.
-        for (host, cont, gw, addr) in [
-            (&a, &ca, "10.1.15.1/24", "10.1.15.2/24"),
-            (&b, &cb, "10.1.16.1/24", "10.1.16.2/24"),
-        ] {
-            run(&["ip", "-n", host, "link", "add", "br0", "type", "bridge"]);
-            run(&["ip", "-n", host, "addr", "add", gw, "dev", "br0"]);
-            run(&["ip", "-n", host, "link", "set", "br0", "up"]);
-            run(&[
-                "ip", "-n", host, "link", "add", "vh", "type", "veth", "peer", "name", "vc",
-                "netns", cont,
-            ]);
-            run(&["ip", "-n", host, "link", "set", "vh", "master", "br0", "up"]);
-            run(&["ip", "-n", cont, "addr", "add", addr, "dev", "vc"]);
-            run(&["ip", "-n", cont, "link", "set", "vc", "up"]);
-            let gw_ip = gw.split('/').next().unwrap();
-            run(&["ip", "-n", cont, "route", "add", "default", "via", gw_ip]);
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                host,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ]);
-        }
-        t
     }
 
     fn table_path(&self, host: &str) -> PathBuf {
@@ -244,60 +176,68 @@ impl Topo {
         self.dir.path().join(format!("stats-{host}"))
     }
 
+    fn dp_slot(&mut self, host: &str) -> &mut Option<Daemon> {
+        match host {
+            "a" => &mut self.dp_a,
+            "b" => &mut self.dp_b,
+            _ => panic!("no host {host:?}"),
+        }
+    }
+
+    /// `host`'s data plane (the latest started).
+    fn dp(&self, host: &str) -> &Daemon {
+        match host {
+            "a" => self.dp_a.as_ref(),
+            "b" => self.dp_b.as_ref(),
+            _ => panic!("no host {host:?}"),
+        }
+        .unwrap_or_else(|| panic!("no data plane started on {host}"))
+    }
+
+    fn dp_mut(&mut self, host: &str) -> &mut Daemon {
+        self.dp_slot(host)
+            .as_mut()
+            .unwrap_or_else(|| panic!("no data plane started on {host}"))
+    }
+
     fn start_dataplane(&mut self, host: &str, extra: &[&str]) {
         self.start_dataplane_with_env(host, extra, &[]);
     }
 
     /// [`Topo::start_dataplane`] with extra environment variables for the data plane.
     fn start_dataplane_with_env(&mut self, host: &str, extra: &[&str], env: &[(&str, String)]) {
-        let ns = self.ns(host);
-        let log = std::fs::File::create(self.dir.path().join(format!("dp-{host}.log"))).unwrap();
         let table = self.table_path(host);
         let stats = self.stats_path(host);
         let _ = std::fs::remove_file(&stats);
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                BIN,
-                "--workers",
-                "2",
-                "-v",
-                "--route-table",
-            ])
+        let mut cmd = self.ns(host).command(BIN);
+        cmd.args(["--workers", "2", "-v", "--route-table"])
             .arg(&table)
             .arg("--stats")
             .arg(&stats)
             .args(extra)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        // Up: the stats file exists and this process (its log is truncated at each start) said
-        // it is forwarding; its UDP sockets are bound only after the stats file is created.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let log = self.dir.path().join(format!("dp-{host}.log"));
+        let dp = Daemon::spawn(&format!("flannel-dataplane on {host}"), cmd, &log).unwrap();
+        let dp = self.dp_slot(host).insert(dp);
+        // Up: the stats file exists and this process (only its own lines of the log count)
+        // said it is forwarding; its UDP sockets are bound only after the stats file is created.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while StatsReader::open(&stats).is_err() || !self.log(host).contains("forwarding workers=")
-        {
-            if let Some(st) = self.children.last_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "dataplane on {host} exited early ({st}):\n{}",
-                    self.log(host)
-                );
+        while StatsReader::open(&stats).is_err() || !dp.log().contains("forwarding workers=") {
+            if let Some(st) = dp.try_wait() {
+                panic!("dataplane on {host} exited early ({st}):\n{}", dp.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "dataplane on {host} not up:\n{}",
-                self.log(host)
+                dp.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// What `host`'s latest data plane logged (earlier runs' lines not included).
     fn log(&self, host: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("dp-{host}.log"))).unwrap_or_default()
+        self.dp(host).log()
     }
 
     fn stats(&self, host: &str) -> StatsReader {
@@ -315,7 +255,7 @@ impl Topo {
     fn watch_wire_at_b(&self) -> WireWatch {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handle = std::thread::spawn({
-            let cap = capture_socket_opts(&self.ns("b"), "ub", true);
+            let cap = capture_socket_opts(self.ns("b"), "ub", true);
             let stop = std::sync::Arc::clone(&stop);
             move || wire_watch(cap, stop)
         });
@@ -327,11 +267,13 @@ impl Topo {
     /// and returns the server's `"<bytes> <sha256>"`.
     fn tcp_transfer_a_to_b(&self) -> String {
         // Listening before the client starts: the socket is made (and stays) in B's container.
-        let listener = in_netns(&self.ns("cb"), || {
-            TcpListener::bind("0.0.0.0:5001").unwrap()
-        });
+        let listener = self
+            .ns("cb")
+            .run_in(|| TcpListener::bind("0.0.0.0:5001").unwrap());
         let server = std::thread::spawn(move || tcp_server(listener));
-        let sent = spawn_in_netns(&self.ns("ca"), || tcp_client(SocketAddrV4::new(CB, 5001)))
+        let sent = self
+            .ns("ca")
+            .spawn_thread(|| tcp_client(SocketAddrV4::new(CB, 5001)))
             .join()
             .unwrap_or_else(|_| panic!("tcp client failed (panic above)\nA:\n{}", self.log("a")));
         let got = join(server);
@@ -348,82 +290,17 @@ impl Topo {
     /// Whether one echo request from `from`'s namespace to `to` is answered within `timeout`
     /// (retrying): for convergence after a restart, not as proof that every packet gets through.
     fn wait_reachable(&self, from: &str, to: Ipv4Addr, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns(from),
-                    "ping",
-                    "-n",
-                    "-c",
-                    "1",
-                    "-W",
-                    "1",
-                ])
-                .arg(to.to_string())
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
+        self.ns(from).wait_reachable(to, timeout).is_ok()
     }
 
     /// How many of the two echo requests of `ping -c 2` from `from`'s namespace to `to` were
     /// answered (from ping's summary line).
     fn ping_replies(&self, from: &str, to: Ipv4Addr) -> u32 {
         let ns = self.ns(from);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "ping",
-                "-n",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &to.to_string(),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        // "2 packets transmitted, 2 received, 0% packet loss, time 201ms"
-        text.lines()
-            .find(|l| l.contains("packets transmitted"))
-            .and_then(|l| {
-                l.split(", ")
-                    .nth(1)?
-                    .strip_suffix(" received")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no ping summary from {ns} to {to}: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        let (summary, _) = ns
+            .ping(to, 2)
+            .unwrap_or_else(|e| panic!("no ping summary from {} to {to}: {e:#}", ns.name()));
+        u32::try_from(summary.received).expect("at most 2 replies")
     }
 }
 
@@ -477,15 +354,15 @@ fn checksum(d: &[u8]) -> u16 {
 }
 
 /// An AF_PACKET socket on `ifname` in namespace `ns`, receiving IPv4 packets (no link header).
-fn capture_socket(ns: &str, ifname: &'static str) -> OwnedFd {
+fn capture_socket(ns: &Netns, ifname: &'static str) -> OwnedFd {
     capture_socket_opts(ns, ifname, false)
 }
 
 /// As [`capture_socket`]; with `vnet` every frame starts with a virtio_net_hdr
 /// (PACKET_VNET_HDR, SOCK_RAW only: then the Ethernet header follows it), so a GSO skb on
 /// the veth shows its segment size.
-fn capture_socket_opts(ns: &str, ifname: &'static str, vnet: bool) -> OwnedFd {
-    in_netns(ns, move || {
+fn capture_socket_opts(ns: &Netns, ifname: &'static str, vnet: bool) -> OwnedFd {
+    ns.run_in(move || {
         let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket(2).
         let fd = unsafe {
@@ -686,7 +563,7 @@ fn scenario(tag: &str, extra: &[&str]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build(tag);
+    let mut t = Topo::build();
 
     // Route tables, written as flanneld would.
     let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
@@ -719,30 +596,22 @@ fn scenario(tag: &str, extra: &[&str]) {
     assert!(t.ping("cb", CA), "ping B→A failed");
 
     // 2. Wire check: on B's underlay, UDP to 8285 carries exactly the inner IPv4 packet.
-    let cap = capture_socket(&t.ns("b"), "ub");
+    let cap = capture_socket(t.ns("b"), "ub");
     let pinger = std::thread::spawn({
-        let ns = t.ns("ca");
-        move || {
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "ping",
-                    "-c",
-                    "3",
-                    "-i",
-                    "0.2",
-                    "-s",
-                    "100",
-                    "-p",
-                    "f1a2",
-                    "10.1.16.2",
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-        }
+        let mut ping = t.ns("ca").command("ping");
+        ping.args([
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-s",
+            "100",
+            "-p",
+            "f1a2",
+            "10.1.16.2",
+        ])
+        .stdout(Stdio::null());
+        move || ping.status().unwrap()
     });
     let mut seen = 0;
     let mut buf = vec![0u8; 65536];
@@ -828,17 +697,10 @@ fn scenario(tag: &str, extra: &[&str]) {
     }
 
     // 4. Several flows use more than one worker on each host.
-    let mut iperf_srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("cb"),
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            "5201",
-        ])
+    let mut iperf_srv = t
+        .ns("cb")
+        .command("iperf3")
+        .args(["-s", "-1", "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -846,21 +708,10 @@ fn scenario(tag: &str, extra: &[&str]) {
     std::thread::sleep(Duration::from_millis(500));
     let before_a = t.stats("a").snapshot();
     let before_b = t.stats("b").snapshot();
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.ns("ca"),
-            "iperf3",
-            "-c",
-            "10.1.16.2",
-            "-p",
-            "5201",
-            "-P",
-            "8",
-            "-t",
-            "2",
-        ])
+    let st = t
+        .ns("ca")
+        .command("iperf3")
+        .args(["-c", "10.1.16.2", "-p", "5201", "-P", "8", "-t", "2"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -925,7 +776,7 @@ fn scenario(tag: &str, extra: &[&str]) {
     ];
     let before: Vec<u64> = cases.iter().map(|c| t.stats("b").total(c.2)).collect();
     let sends: Vec<(Ipv4Addr, Vec<u8>)> = cases.iter().map(|c| (c.0, c.1.clone())).collect();
-    in_netns(&t.ns("a"), move || {
+    t.ns("a").run_in(move || {
         for (src, bytes) in sends {
             let s = UdpSocket::bind(SocketAddrV4::new(src, 0)).unwrap();
             for _ in 0..3 {
@@ -963,7 +814,7 @@ fn scenario(tag: &str, extra: &[&str]) {
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let icmp_before = t.stats("a").total("icmp_unreachable_sent");
-    let (probe, took) = in_netns(&t.ns("ca"), || {
+    let (probe, took) = t.ns("ca").run_in(|| {
         let start = Instant::now();
         let r = connect_outcome(SocketAddrV4::new(CB, 5001), Duration::from_secs(3));
         (r, start.elapsed())
@@ -979,13 +830,13 @@ fn scenario(tag: &str, extra: &[&str]) {
     }
     // A worker publishes its counters at the end of its batch, which can be after the ICMP it
     // wrote has already reached the prober: wait for the count, do not read it once.
-    wait_for(|| t.stats("a").total("icmp_unreachable_sent") > icmp_before);
+    wait_5s(|| t.stats("a").total("icmp_unreachable_sent") > icmp_before);
     assert_eq!(
         t.ping_replies("ca", CB),
         0,
         "B still reachable after its route was removed"
     );
-    wait_for(|| t.stats("a").total("drop_no_route") > 0);
+    wait_5s(|| t.stats("a").total("drop_no_route") > 0);
 
     // Route back: reachable again without restarting anything.
     wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
@@ -999,20 +850,18 @@ fn scenario(tag: &str, extra: &[&str]) {
     let mut moved = meta("10.1.15.0/24");
     moved.our_subnet = Some(net("10.1.17.0/24"));
     wa.publish(&moved, &both_routes()).unwrap();
-    wait_for(|| {
+    wait_5s(|| {
         let a = t.exec("a", &["ip", "-o", "addr", "show", "dev", "flannel0"]);
         a.contains("10.1.17.0/32") && !a.contains("10.1.15.0/32")
     });
     wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    wait_for(|| {
+    wait_5s(|| {
         t.exec("a", &["ip", "-o", "addr", "show", "dev", "flannel0"])
             .contains("10.1.15.0/32")
     });
 
     // A's data plane crashes (SIGKILL) and is restarted: forwarding resumes.
-    let mut crashed = t.children.remove(0);
-    crashed.kill().unwrap();
-    crashed.wait().unwrap();
+    t.dp_mut("a").kill9();
     t.start_dataplane("a", extra);
     // Known issue (README, fault table): now and then (1 restart in ~75 under load) one
     // datagram from B to A right after A's restart never reaches A's UDP layer (B counted the
@@ -1048,46 +897,32 @@ fn scenario(tag: &str, extra: &[&str]) {
     }
 
     // SIGTERM → clean exit 0.
-    for c in &mut t.children {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let hosts = ["b", "a"]; // B, then the restarted A
+    for h in hosts {
+        t.dp(h).signal(Signal::SIGTERM);
     }
     // Once (fallback path, three heavy jobs on two cores) a data plane was still running 5 s
     // after SIGTERM; the exit includes the kernel unregistering flannel0. The unit's stop
     // timeout is systemd's default 90 s; 15 s here, and a failure shows where it waits.
-    let hosts = ["b", "a"]; // children: B, then the restarted A
-    for (i, c) in t.children.iter_mut().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                assert!(st.success(), "dataplane {i} exit status {st}");
-                break;
-            }
-            if Instant::now() >= deadline {
+    for (i, h) in hosts.into_iter().enumerate() {
+        let pid = t.dp(h).pid().expect("still our child");
+        match t.dp_mut(h).wait_timeout(Duration::from_secs(15)) {
+            Some(st) => assert!(st.success(), "dataplane {i} exit status {st}"),
+            None => {
                 let proc = |f: &str| {
-                    std::fs::read_to_string(format!("/proc/{}/{f}", c.id())).unwrap_or_default()
+                    std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default()
                 };
                 panic!(
-                    "dataplane {i} (host {}) still running 15 s after SIGTERM; wchan {:?}, \
+                    "dataplane {i} (host {h}) still running 15 s after SIGTERM; wchan {:?}, \
                      kernel stack:\n{}\nlog:\n{}",
-                    hosts[i],
                     proc("wchan"),
                     proc("stack"),
-                    t.log(hosts[i])
+                    t.log(h)
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
     eprintln!("[{tag}] A log:\n{}", t.log("a"));
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 5 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// sd_notify as systemd sees it: a unit `Type=notify` with `WatchdogSec=`. READY=1 only once
@@ -1100,7 +935,7 @@ fn e2e_sd_notify() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build("n");
+    let mut t = Topo::build();
     let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
     wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
     let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
@@ -1155,12 +990,10 @@ fn e2e_sd_notify() {
     t.start_dataplane("b", &[]);
     assert!(t.ping("ca", CB), "no forwarding after READY=1");
     // SIGTERM: STOPPING=1, then a clean exit.
-    let a = &mut t.children[0];
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+    t.dp("a").signal(Signal::SIGTERM);
     let stopping = (0..100).any(|_| recv().lines().any(|l| l == "STOPPING=1"));
     assert!(stopping, "no STOPPING=1 after SIGTERM");
-    assert!(a.wait().unwrap().success());
+    assert!(t.dp_mut("a").wait().unwrap().success());
 }
 
 #[test]
@@ -1194,14 +1027,16 @@ fn e2e_gso_refused_falls_back() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build("e");
+    let mut t = Topo::build();
     let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
     wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
     let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
     wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
-    std::env::set_var("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1");
-    t.start_dataplane("a", &[]);
-    std::env::remove_var("FLANNEL_DATAPLANE_TEST_REFUSE_GSO");
+    t.start_dataplane_with_env(
+        "a",
+        &[],
+        &[("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1".to_string())],
+    );
     t.start_dataplane("b", &[]);
     assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
 
@@ -1319,15 +1154,11 @@ fn bench_iperf3() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let all: [(&str, &str, &[&str]); 4] = [
-        ("default", "bd", &[]),
-        ("no-offload", "bn", &["--no-offload"]),
-        ("fallback", "bf", &["--no-io-uring"]),
-        (
-            "fallback-no-offload",
-            "bg",
-            &["--no-io-uring", "--no-offload"],
-        ),
+    let all: [(&str, &[&str]); 4] = [
+        ("default", &[]),
+        ("no-offload", &["--no-offload"]),
+        ("fallback", &["--no-io-uring"]),
+        ("fallback-no-offload", &["--no-io-uring", "--no-offload"]),
     ];
     let modes = std::env::var("FDP_BENCH_MODES").unwrap_or_default();
     let secs = std::env::var("FDP_BENCH_SECS").unwrap_or_else(|_| "5".into());
@@ -1336,11 +1167,11 @@ fn bench_iperf3() {
         .ok()
         .and_then(|h| h.parse().ok())
         .unwrap_or(0);
-    for (name, tag, extra) in all {
+    for (name, extra) in all {
         if !modes.is_empty() && !modes.split(',').any(|m| m == name) {
             continue;
         }
-        let mut t = Topo::build(tag);
+        let mut t = Topo::build();
         let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
         wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
         let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
@@ -1354,15 +1185,21 @@ fn bench_iperf3() {
         t.start_dataplane("a", &ea);
         t.start_dataplane("b", &eb);
         for streams in streams.split(',') {
-            let mut srv = Command::new("ip")
-                .args(["netns", "exec", &t.ns("cb"), "iperf3", "-s", "-1"])
+            let mut srv = t
+                .ns("cb")
+                .command("iperf3")
+                .args(["-s", "-1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
             std::thread::sleep(Duration::from_millis(500));
             let before: Vec<_> = ["a", "b"].iter().map(|h| t.stats(h).snapshot()).collect();
-            let cpu0: Vec<f64> = t.children.iter().map(|c| cpu_seconds(c.id())).collect();
+            let pids: Vec<u32> = ["a", "b"]
+                .iter()
+                .map(|h| t.dp(h).pid().expect("running"))
+                .collect();
+            let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
             let out = t.exec(
                 "ca",
                 &[
@@ -1378,11 +1215,10 @@ fn bench_iperf3() {
                 ],
             );
             let _ = srv.wait();
-            let cpu: Vec<String> = t
-                .children
+            let cpu: Vec<String> = pids
                 .iter()
                 .zip(&cpu0)
-                .map(|(c, c0)| format!("{:.2}", cpu_seconds(c.id()) - c0))
+                .map(|(&p, c0)| format!("{:.2}", cpu_seconds(p) - c0))
                 .collect();
             let line = out
                 .lines()
@@ -1414,8 +1250,11 @@ fn bench_iperf3() {
         }
         if hold > 0 {
             eprintln!(
-                "[{name}] holding the testbed {hold} s (prefix {})",
-                t.prefix
+                "[{name}] holding the testbed {hold} s (namespaces {} {} {} {})",
+                t.net.a.name(),
+                t.net.b.name(),
+                t.net.ca.name(),
+                t.net.cb.name()
             );
             std::thread::sleep(Duration::from_secs(hold));
         }
@@ -1425,20 +1264,5 @@ fn bench_iperf3() {
 
 /// utime + stime of process `pid` and (for `ip netns exec` wrappers) its children, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let mut total = 0.0;
-    let mut stack = vec![pid];
-    while let Some(p) = stack.pop() {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            if let Some(rest) = stat.rsplit(')').next() {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-                    + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-                total += ticks / 100.0;
-            }
-        }
-        if let Ok(ch) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            stack.extend(ch.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
-        }
-    }
-    total
+    cpu::ticks_to_seconds(cpu::process_tree_ticks(pid))
 }

@@ -1,7 +1,9 @@
 //! CPU time accounting from `/proc` (parsing is pure; the readers are thin).
 //!
-//! Per process: utime + stime from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks; the
-//! values of the thread-group leader cover all its threads). Whole machine: the first `cpu`
+//! Per process: utime + stime from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of
+//! [`clk_tck`] per second; the values of the thread-group leader cover all its threads). This is
+//! the one parser of those files in the workspace (the perf harness, `flannel-scale` and the
+//! data plane's namespace tests use it). Whole machine: the first `cpu`
 //! line of `/proc/stat`, busy = user + nice + system + irq + softirq + steal; each CPU: the
 //! `cpuN` lines, same sum (a test bound by one CPU shows as one CPU near 100 % while the
 //! machine-wide figure says there is room).
@@ -98,21 +100,34 @@ pub fn per_cpu_ticks() -> Option<Vec<CpuTimes>> {
     parse_proc_stat_per_cpu(&std::fs::read_to_string(Path::new("/proc/stat")).ok()?)
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`; USER_HZ is 100 on every Linux architecture we
-/// run on, the fallback).
+/// utime + stime in ticks of process `pid` and of every process below it (for a process that
+/// runs the real work in a child, e.g. an `ip netns exec` that forks); processes gone meanwhile
+/// count as 0.
+pub fn process_tree_ticks(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        total += process_ticks(p).unwrap_or(0);
+        if let Ok(ch) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            stack.extend(ch.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+        }
+    }
+    total
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat` and `/proc/stat`
+/// (`sysconf(_SC_CLK_TCK)`, USER_HZ).
 pub fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        other => panic!("sysconf(_SC_CLK_TCK): {other:?}"),
+    }
+}
+
+/// CPU seconds from clock ticks (see [`clk_tck`]).
+pub fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / clk_tck()
 }
 
 #[cfg(test)]
@@ -181,5 +196,7 @@ mod tests {
         assert!(system_ticks().is_some_and(|t| t.total >= t.busy));
         assert!(per_cpu_ticks().is_some_and(|c| !c.is_empty()));
         assert!(clk_tck() > 0.0);
+        let own = process_ticks(std::process::id()).unwrap();
+        assert!(process_tree_ticks(std::process::id()) >= own);
     }
 }

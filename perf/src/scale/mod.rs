@@ -339,18 +339,7 @@ fn wait_full_table(
 
 /// (CPU seconds, RSS KiB, peak RSS KiB) of a process.
 fn proc_usage(pid: u32) -> (f64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+    let ticks = crate::harness::cpu::process_ticks(pid).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |k: &str| {
         status
@@ -360,7 +349,11 @@ fn proc_usage(pid: u32) -> (f64, u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (ticks as f64 / 100.0, kib("VmRSS:"), kib("VmHWM:"))
+    (
+        crate::harness::cpu::ticks_to_seconds(ticks),
+        kib("VmRSS:"),
+        kib("VmHWM:"),
+    )
 }
 
 /// ns per lookup over a pseudo-random stream of addresses in the table's network.

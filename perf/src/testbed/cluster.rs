@@ -296,27 +296,17 @@ impl Cluster {
     /// single reply). For "forwarding works now" claims; to wait for a route that is still
     /// being learned, use [`Cluster::wait_reachable`] first.
     pub fn ping(&self, from: usize, to: usize, count: u32) -> Result<String> {
-        let dst = self.hosts[to].container_ip().to_string();
-        let out = self.hosts[from]
-            .container()
-            .command("ping")
-            .args(["-n", "-c", &count.to_string(), "-W", "2", "-i", "0.2", &dst])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let dst = self.hosts[to].container_ip();
         let what = || {
             format!(
                 "ping -c {count} {dst} from host {}'s container",
                 self.hosts[from].index
             )
         };
-        let summary = crate::harness::ping::parse(&text).with_context(|| {
-            format!(
-                "{} ({}): {}",
-                what(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        let (summary, text) = self.hosts[from]
+            .container()
+            .ping(dst, count)
+            .with_context(what)?;
         if summary.transmitted != u64::from(count) || summary.received != summary.transmitted {
             bail!(
                 "{}: {} of {count} echo requests sent, {} answered; every one must be:\n{text}",
@@ -333,20 +323,14 @@ impl Cluster {
     /// learned, a data plane coming up), never as proof that forwarding works from the first
     /// packet. Follow it with [`Cluster::ping`] to claim that every packet gets through.
     pub fn wait_reachable(&self, from: usize, to: usize, timeout: Duration) -> Result<()> {
-        let mut last = String::new();
-        let reached = wait_for(timeout, || match self.ping(from, to, 1) {
-            Ok(_) => Some(()),
-            Err(e) => {
-                last = format!("{e:#}");
-                None
-            }
-        });
-        reached.ok_or_else(|| {
-            anyhow!(
-                "host {}'s container never reached host {}'s container in {timeout:?}; last try: {last}",
-                self.hosts[from].index,
-                self.hosts[to].index
-            )
-        })
+        self.hosts[from]
+            .container()
+            .wait_reachable(self.hosts[to].container_ip(), timeout)
+            .with_context(|| {
+                format!(
+                    "host {}'s container never reached host {}'s container",
+                    self.hosts[from].index, self.hosts[to].index
+                )
+            })
     }
 }

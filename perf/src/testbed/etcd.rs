@@ -66,6 +66,16 @@ impl Etcd {
         Ok(e)
     }
 
+    /// [`Etcd::start`] for a test: `None` (after [`super::require`]'s skip message, or its panic
+    /// under CI) when etcd or etcdctl is not installed; panics when etcd does not start.
+    #[track_caller]
+    pub fn start_or_skip() -> Option<Self> {
+        if !super::require("etcd and etcdctl installed", Self::available()) {
+            return None;
+        }
+        Some(Self::start().expect("start etcd"))
+    }
+
     /// Prepares a member (ports and data dir) without starting it; see [`Etcd::launch`].
     pub fn new() -> Result<Self> {
         Ok(Self {

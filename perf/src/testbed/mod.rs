@@ -1,11 +1,15 @@
 //! Test hosts: [`etcd::Etcd`] (a real etcd server), [`process::Daemon`] (one of our binaries as a
-//! child process with its log in a file), [`bins`] (where the built binaries are), and
-//! [`require`] / [`skip_or_fail`] (skip outside CI, fail under CI, when a test cannot run).
+//! child process with its log in a file), [`netns`] (network namespaces, veths, containers),
+//! [`cluster::Cluster`] (hosts on a switch running flanneld and the data plane),
+//! [`pair::HostPair`] (two hosts on one veth, for the data plane alone), [`bins`] (where the
+//! built binaries are), and [`require`] / [`skip_or_fail`] (skip outside CI, fail under CI,
+//! when a test cannot run).
 
 pub mod certs;
 pub mod cluster;
 pub mod etcd;
 pub mod netns;
+pub mod pair;
 pub mod process;
 
 use std::path::PathBuf;
@@ -131,4 +135,11 @@ pub fn wait_for<T>(timeout: std::time::Duration, mut cond: impl FnMut() -> Optio
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Joins a thread, passing its panic on as it was.
+pub fn join<T>(handle: std::thread::JoinHandle<T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }

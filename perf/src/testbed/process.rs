@@ -97,6 +97,28 @@ impl Daemon {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The exit status once the process has exited (it is then reaped and this daemon holds no
+    /// process any more); `None` while it runs or when there is no process.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(st)
+    }
+
+    /// Waits at most `timeout` for the process to exit by itself (nothing is sent to it);
+    /// `None` when it is still running then (it keeps running: see [`Daemon::stop`]).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        super::wait_for(timeout, || self.try_wait())
+    }
+
+    /// Waits, without a bound, for the process to exit by itself; `None` when there is no
+    /// process.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .take()
+            .map(|mut c| c.wait().expect("wait for child"))
+    }
+
     /// Sends a signal by PID to our own child.
     pub fn signal(&self, sig: Signal) {
         if let Some(pid) = self.pid() {
