@@ -799,7 +799,9 @@ fn subnet_env_that_cannot_be_written_keeps_the_lease_and_readyz_names_the_cause(
     ) {
         return;
     }
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
         .unwrap();
     let port = free_port();
@@ -872,7 +874,9 @@ fn subnet_env_that_cannot_be_written_keeps_the_lease_and_readyz_names_the_cause(
 /// reason until etcd holds the running config again.
 #[test]
 fn network_config_changed_at_runtime_is_reported_not_silently_kept() {
-    let Some(etcd) = etcd_or_skip() else { return };
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
     etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
         .unwrap();
     let port = free_port();

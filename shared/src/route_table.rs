@@ -1818,9 +1818,10 @@ mod tests {
         let target = dir.path().join("elsewhere");
         fs::write(&target, b"x").unwrap();
         std::os::unix::fs::symlink(&target, &lock).unwrap();
-        let err = RouteTableWriter::open(&path)
-            .err()
-            .expect("symlinked lock refused");
+        let err = match RouteTableWriter::open(&path) {
+            Ok(_) => panic!("symlinked lock accepted"),
+            Err(e) => e,
+        };
         assert!(err.to_string().contains("routes.lock"), "{err}");
         assert_eq!(fs::read(&target).unwrap(), b"x");
 
@@ -1830,9 +1831,10 @@ mod tests {
             fs::remove_file(&lock).unwrap();
             fs::write(&lock, b"").unwrap();
             std::os::unix::fs::chown(&lock, Some(65534), Some(65534)).unwrap();
-            let err = RouteTableWriter::open(&path)
-                .err()
-                .expect("foreign lock refused");
+            let err = match RouteTableWriter::open(&path) {
+                Ok(_) => panic!("foreign lock accepted"),
+                Err(e) => e,
+            };
             assert_eq!(
                 err.to_string(),
                 format!(
