@@ -15,14 +15,19 @@
 //! 6. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, BPF maps and programs,
 //!    threads, signals.
 //!
-//! Pure modules (`packet`, `forward`, `gso`, `gro`, `steering`) forbid `unsafe`; elsewhere every `unsafe` block has a
-//! `// SAFETY:` comment. Counters go to the shared-memory block in
+//! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
+//! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
+//! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
+//! `steering`) forbid it outright. Counters go to the shared-memory block in
 //! [`flannel_shared::stats`]; nothing logs per packet.
+
+#![deny(unsafe_code)]
 
 pub mod forward;
 pub mod gro;
 pub mod gso;
 pub mod packet;
 pub mod steering;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod worker;

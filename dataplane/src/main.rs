@@ -70,6 +70,8 @@
 //! worker sends from its own ephemeral source port (harmless for flannel peers, and it lets
 //! a peer that only hashes the 4-tuple spread too).
 
+#![deny(unsafe_code)]
+
 use flannel_dataplane::{steering, sys, worker};
 
 use std::net::Ipv4Addr;

@@ -26,62 +26,62 @@ use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
 use crate::packet::ICMP_UNREACH_MAX;
 use crate::sys;
-use crate::sys::socket::{decode_udp_gro, encode_udp_segment, sockaddr_in, sockaddr_ip, CMSG_BUF};
+use crate::sys::io::MsgBatch;
+use crate::sys::socket::{decode_udp_gro, sockaddr_in};
 
 /// Packets per direction per batch.
 pub const BATCH: usize = 32;
 /// Datagram sends per sendmmsg (a super-packet may need several; flushed early when full).
 const MAX_MSGS: usize = 128;
 
-/// One prepared send: where its bytes are and its cmsg.
+/// One prepared send: which TUN read it comes from, where its bytes are, its destination and
+/// its UDP_SEGMENT size.
 struct Out {
-    ptr: *mut u8,
+    /// Index of the read (and split) buffer.
+    buf: usize,
+    /// In the split buffer (else the read buffer).
+    split: bool,
+    start: usize,
     len: usize,
+    dst: SocketAddrV4,
     gso: u16,
     segments: usize,
 }
 
-/// Sends `outs` to `dst` with sendmmsg, retrying past failed datagrams; a GSO send refused
-/// with EIO/EINVAL turns GSO off and goes out segment by segment.
+/// The bytes of `o`.
+fn out_bytes<'a>(o: &Out, tx_bufs: &'a [Vec<u8>], split_bufs: &'a [Vec<u8>]) -> &'a [u8] {
+    let b = if o.split {
+        &split_bufs[o.buf]
+    } else {
+        &tx_bufs[o.buf]
+    };
+    &b[o.start..o.start + o.len]
+}
+
+/// Sends `outs` with sendmmsg, retrying past failed datagrams; a GSO send refused with
+/// EIO/EINVAL turns GSO off and goes out segment by segment.
 #[allow(clippy::too_many_arguments)]
 fn flush_sends(
     send: &OwnedFd,
     outs: &mut Vec<Out>,
-    addrs: &mut [libc::sockaddr_in],
-    iovs: &mut [libc::iovec],
-    ctls: &mut [[u8; CMSG_BUF]],
-    msgs: &mut [libc::mmsghdr],
+    tx_bufs: &[Vec<u8>],
+    split_bufs: &[Vec<u8>],
+    batch: &mut MsgBatch,
     off: &Offload,
     local: &mut Local,
 ) {
-    let n = outs.len();
-    for (i, o) in outs.iter().enumerate() {
-        iovs[i].iov_base = o.ptr.cast();
-        iovs[i].iov_len = o.len;
-        let h = &mut msgs[i].msg_hdr;
-        h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
-        if o.gso > 0 {
-            let c = encode_udp_segment(&mut ctls[i], o.gso);
-            h.msg_control = ctls[i].as_mut_ptr().cast();
-            h.msg_controllen = c as _;
-        } else {
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-        }
-        h.msg_flags = 0;
-    }
+    let mut sends = batch.load_sends(
+        outs.iter()
+            .map(|o| (out_bytes(o, tx_bufs, split_bufs), o.dst, o.gso)),
+    );
+    let n = sends.count();
     let mut at = 0;
     while at < n {
-        // SAFETY: headers at..n point at `iovs`, `ctls`, `addrs` and the packet buffers behind
-        // `outs`, all live and unmoved for the duration of the call.
-        match unsafe { sys::io::sendmmsg(send, &mut msgs[at..n]) } {
+        match sends.send(send, at) {
             Ok(k) if k > 0 => {
-                for (m, o) in msgs[at..at + k].iter().zip(&outs[at..at + k]) {
+                for (j, o) in outs[at..at + k].iter().enumerate() {
                     local.add(Counter::UdpTxPackets, o.segments as u64);
-                    local.add(Counter::UdpTxBytes, u64::from(m.msg_len));
+                    local.add(Counter::UdpTxBytes, sends.sent_len(at + j) as u64);
                 }
                 at += k;
             }
@@ -92,20 +92,15 @@ fn flush_sends(
             {
                 off.gso_failed(e.raw_os_error().unwrap_or(libc::EIO));
                 let o = &outs[at];
-                let seg = usize::from(o.gso);
-                let mut pos = 0;
-                while pos < o.len {
-                    let l = seg.min(o.len - pos);
-                    // SAFETY: `pos + l <= o.len`, inside the buffer `o.ptr` points into.
-                    let bytes = unsafe { std::slice::from_raw_parts(o.ptr.add(pos), l) };
-                    match sys::io::send_to(send, bytes, &addrs[at]) {
+                let dst = sockaddr_in(o.dst);
+                for seg in out_bytes(o, tx_bufs, split_bufs).chunks(usize::from(o.gso)) {
+                    match sys::io::send_to(send, seg, &dst) {
                         Ok(w) => {
                             local.add(Counter::UdpTxPackets, 1);
                             local.add(Counter::UdpTxBytes, w as u64);
                         }
                         Err(_) => local.add(Counter::UdpTxErrors, 1),
                     }
-                    pos += l;
                 }
                 at += 1;
             }
@@ -156,21 +151,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     let mut co_writes: Vec<gro::Write> = Vec::with_capacity(256);
     let mut co = Coalescer::new(&mut coalesce, &mut co_writes);
     let mut writes: Vec<gro::Write> = Vec::with_capacity(128);
-    let unspec = sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
-    let mut tx_addr = vec![unspec; MAX_MSGS];
-    let mut rx_addr = vec![unspec; BATCH];
-    let mut iovs = vec![
-        libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        MAX_MSGS
-    ];
-    let mut ctls = vec![[0u8; CMSG_BUF]; MAX_MSGS];
-    // SAFETY: mmsghdr is plain C data; all-zero is a valid value.
-    let mut msgs: Vec<libc::mmsghdr> = (0..MAX_MSGS)
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
+    let mut batch = MsgBatch::new(MAX_MSGS);
     let mut outs: Vec<Out> = Vec::with_capacity(MAX_MSGS);
     let mut ready = [false; 3];
 
@@ -215,30 +196,25 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                         pkt_offset,
                         segs,
                     } => {
-                        let dst = sockaddr_in(SocketAddrV4::new(peer, port));
-                        let base = if split {
-                            split_bufs[i].as_mut_ptr()
-                        } else {
-                            tx_bufs[i].as_mut_ptr()
-                        };
+                        let dst = SocketAddrV4::new(peer, port);
                         for c in send_chunks(segs, off.gso()) {
                             if outs.len() == MAX_MSGS {
                                 flush_sends(
                                     &send,
                                     &mut outs,
-                                    &mut tx_addr,
-                                    &mut iovs,
-                                    &mut ctls,
-                                    &mut msgs,
+                                    &tx_bufs,
+                                    &split_bufs,
+                                    &mut batch,
                                     off,
                                     &mut local,
                                 );
                             }
-                            tx_addr[outs.len()] = dst;
                             outs.push(Out {
-                                // SAFETY: the chunk lies inside the buffer `base` points to.
-                                ptr: unsafe { base.add(pkt_offset + c.range.start) },
+                                buf: i,
+                                split,
+                                start: pkt_offset + c.range.start,
                                 len: c.range.len(),
+                                dst,
                                 gso: c.gso_size,
                                 segments: c.segments,
                             });
@@ -256,10 +232,9 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
             flush_sends(
                 &send,
                 &mut outs,
-                &mut tx_addr,
-                &mut iovs,
-                &mut ctls,
-                &mut msgs,
+                &tx_bufs,
+                &split_bufs,
+                &mut batch,
                 off,
                 &mut local,
             );
@@ -267,26 +242,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         }
 
         if ready[1] {
-            for i in 0..BATCH {
-                iovs[i].iov_base = rx_bufs[i].as_mut_ptr().cast();
-                iovs[i].iov_len = rx_bufs[i].len();
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut rx_addr[i] as *mut libc::sockaddr_in).cast();
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                if off.gro {
-                    h.msg_control = ctls[i].as_mut_ptr().cast();
-                    h.msg_controllen = CMSG_BUF as _;
-                } else {
-                    h.msg_control = std::ptr::null_mut();
-                    h.msg_controllen = 0;
-                }
-                h.msg_flags = 0;
-            }
-            // SAFETY: every header points at `iovs`, `rx_bufs`, `ctls` and `rx_addr`, live and
-            // unmoved for the duration of the call.
-            let got = match unsafe { sys::io::recvmmsg(&recv, &mut msgs[..BATCH]) } {
+            let got = match batch.recv(&recv, &mut rx_bufs, off.gro) {
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -295,22 +251,20 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
                     0
                 }
             };
-            for i in 0..got {
-                let n = msgs[i].msg_len as usize;
-                let h = &msgs[i].msg_hdr;
-                if h.msg_flags & libc::MSG_TRUNC != 0 {
+            for (i, buf) in rx_bufs.iter_mut().enumerate().take(got) {
+                let n = batch.len(i);
+                if batch.truncated(i) {
                     local.add(Counter::UdpRxPackets, 1);
                     local.add(Counter::DropBadLength, 1);
                     continue;
                 }
                 let gro_size = if off.gro {
-                    decode_udp_gro(&ctls[i][..sys::socket::control_len(h).min(CMSG_BUF)])
+                    decode_udp_gro(batch.control(i))
                 } else {
                     None
                 };
-                let sender = sockaddr_ip(&rx_addr[i]);
+                let sender = batch.sender(i);
                 let ctx = &routes.ctx;
-                let buf = &mut rx_bufs[i];
                 if vnet {
                     if co.room() < coalesce_room(n, gro_size) {
                         co = flush_coalesced(&tun, co, &mut local);

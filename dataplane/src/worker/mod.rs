@@ -17,7 +17,6 @@
 //! receive of 40 datagrams is 40 packets); `tun_*` count TUN device reads and writes (a 64 KiB
 //! super-packet is one packet). So `udp_tx_packets / tun_rx_packets` is the average split.
 
-pub mod buf_ring;
 pub mod fallback;
 pub mod uring;
 
