@@ -1,7 +1,8 @@
 //! The flannel-rs data plane as a library; the binary `flannel-dataplane` (`main.rs`) is the
 //! startup around it. Read top-down to find the hot path:
 //!
-//! 1. [`packet`]: pure IPv4 views, TTL decrement (RFC 1624), ICMP net-unreachable builder.
+//! 1. [`packet`]: the protocol constants and one checked view per protocol (IPv4, TCP, UDP),
+//!    checksums, TTL decrement (RFC 1624), ICMP net-unreachable builder.
 //! 2. [`forward`]: pure per-packet decisions — TUN → UDP (route lookup, TTL, ICMP with a rate
 //!    limit) and UDP → TUN (the receive checks). The wire format lives here.
 //! 3. [`gso`] and [`gro`]: pure offload logic — the virtio_net_hdr, splitting a TUN
