@@ -238,6 +238,20 @@ impl<'o, 'w> Coalescer<'o, 'w> {
         (self.out, self.writes)
     }
 
+    /// Closes the last run and shows the finished batch: the buffer and the writes into it
+    /// (to write out, then [`Coalescer::clear`] for the next batch).
+    pub fn finished(&mut self) -> (&[u8], &[Write]) {
+        self.close_run();
+        (&self.out[..self.used], self.writes)
+    }
+
+    /// Starts the next batch on the same buffers (as [`Coalescer::new`] would).
+    pub fn clear(&mut self) {
+        self.run = None;
+        self.used = 0;
+        self.writes.clear();
+    }
+
     /// Bytes of `out` still free.
     pub fn room(&self) -> usize {
         self.out.len() - self.used

@@ -64,21 +64,16 @@
 
 use std::io;
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flannel_shared::stats::Counter;
 
-use super::{
-    coalesce_room, coalesce_udp_recv, flush_coalesced, handle_tun_read, icmp_limiter, now_ns, pin,
-    plain_udp_recv, send_chunks, write_tun, BufSizes, Local, Offload, TunVerdict, WorkerSetup,
-};
-use crate::gro::{self, Coalescer};
-use crate::gso::VNET_HDR_LEN;
-use crate::packet::ICMP_UNREACH_MAX;
+use super::{pin, Sockets, WorkerSetup, WorkerState};
+use crate::datapath::{send_chunks, TunVerdict};
 use crate::sys;
-use crate::sys::buf_ring::recv_layout;
+use crate::sys::buf_ring::{recv_layout, RecvBuf};
 use crate::sys::socket::{decode_udp_gro, CMSG_BUF};
-use crate::sys::uring::{Completion, Ring, RingConfig, NAME_AREA, RING_ENTRIES};
+use crate::sys::uring::{Completion, NewRing, Ring, RingConfig, Sent, NAME_AREA, RING_ENTRIES};
 
 pub use crate::sys::uring::probe;
 
@@ -130,268 +125,252 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         flags = new_ring.flags,
         "io_uring ring ready"
     );
-    let WorkerSetup {
-        id,
-        tun,
-        recv,
-        send,
-        wake,
-        reader,
-        stats,
-        port,
-        spoof_check,
-        offload,
-        drain,
-        ..
-    } = setup;
-    let mut drain = super::DrainReporter::new(drain, id);
-    let off: &Offload = &offload;
-    let vnet = off.vnet_hdr;
-    let sizes = BufSizes::new(vnet);
-    let (tun_n, recv_n) = if vnet {
-        (TUN_SLOTS_OFFLOAD, RECV_BUFS_OFFLOAD)
-    } else {
-        (TUN_SLOTS, RECV_BUFS)
-    };
-    let icmp_off = if vnet { VNET_HDR_LEN } else { 0 };
-    let control_area = if off.gro { CMSG_BUF } else { 0 };
-    let cfg = RingConfig {
-        tun_slots: tun_n,
-        tun_buf: sizes.tun,
-        split_buf: sizes.split,
-        recv_bufs: recv_n,
-        recv_payload: sizes.udp,
-        control_area,
-    };
-    let mut u = Ring::setup(new_ring, &cfg, &tun, &recv, &send)?;
-    let coalesce: &'static mut [u8] = Box::leak(vec![0u8; sizes.coalesce].into_boxed_slice());
-    let recv_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
-    // Receives of one round coalesce together; written out at the end of the round.
-    let mut co = Coalescer::new(coalesce, recv_writes);
-    u.arm_wake(&wake);
-    u.arm_tun_poll();
-    u.arm_udp_recv();
+    let (st, socks) = WorkerState::new(setup);
+    let mut w = Uring::setup(new_ring, st, &socks)?;
+    while !w.stop {
+        w.wait()?;
+        let now = w.st.begin_batch();
+        w.handle_completions();
+        w.st.flush_rx();
+        w.tun_burst(now);
+        w.end_round();
+    }
+    tracing::debug!(worker = w.st.id, "io_uring worker stopping");
+    w.ring.shutdown(SHUTDOWN_WAIT);
+    // The ring goes first, then the fds it used.
+    drop(w);
+    drop(socks);
+    Ok(())
+}
 
-    let mut routes = super::Routes::new(reader, spoof_check);
-    let mut limiter = icmp_limiter();
-    let start = Instant::now();
-    let mut local = Local::new();
-    let mut cqes: Vec<Completion> = Vec::with_capacity(RING_ENTRIES as usize * 2);
-    let mut icmp_tmp = [0u8; ICMP_UNREACH_MAX];
-    let mut icmp_pkt = [0u8; ICMP_UNREACH_MAX + VNET_HDR_LEN];
-    let mut writes: Vec<gro::Write> = Vec::with_capacity(128);
-    // The TUN queue may hold packets: set by a poll completion, cleared by a read that finds
-    // it empty.
-    let mut tun_readable = true;
-    let mut rearm_recv = false;
-    let mut stop = false;
+/// One io_uring worker: its ring (declared first: dropped before the TUN queue in `st`), the
+/// shared worker state and the loop's flags.
+struct Uring {
+    ring: Ring,
+    st: WorkerState,
+    /// This round's completions (allocated once).
+    cqes: Vec<Completion>,
+    /// Control room of a receive (UDP_GRO cmsg), as the ring was set up.
+    control_area: usize,
+    /// The TUN queue may hold packets: set by a poll completion, cleared by a read that finds
+    /// it empty.
+    tun_readable: bool,
+    /// The multishot receive ended: re-arm it at the end of the round.
+    rearm_recv: bool,
+    stop: bool,
+}
 
-    while !stop {
-        let more_tun = tun_readable && u.has_free_slot();
-        let want = usize::from(!u.has_backlog() && !more_tun);
-        match u.submit_and_wait(want) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
-            Err(e) => return Err(e),
+impl Uring {
+    /// Sets up the ring for `st`'s TUN queue and `socks`, and arms the wake-up poll, the TUN
+    /// poll and the multishot receive.
+    fn setup(new_ring: NewRing, st: WorkerState, socks: &Sockets) -> io::Result<Self> {
+        let vnet = st.offload.vnet_hdr;
+        let (tun_slots, recv_bufs) = if vnet {
+            (TUN_SLOTS_OFFLOAD, RECV_BUFS_OFFLOAD)
+        } else {
+            (TUN_SLOTS, RECV_BUFS)
+        };
+        let control_area = if st.offload.gro { CMSG_BUF } else { 0 };
+        let cfg = RingConfig {
+            tun_slots,
+            tun_buf: st.sizes.tun,
+            split_buf: st.sizes.split,
+            recv_bufs,
+            recv_payload: st.sizes.udp,
+            control_area,
+        };
+        let mut ring = Ring::setup(new_ring, &cfg, &st.tun, &socks.recv, &socks.send)?;
+        ring.arm_wake(&socks.wake);
+        ring.arm_tun_poll();
+        ring.arm_udp_recv();
+        Ok(Self {
+            ring,
+            st,
+            cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            control_area,
+            tun_readable: true,
+            rearm_recv: false,
+            stop: false,
+        })
+    }
+
+    /// Submits every SQE queued since the last round and waits for one completion, unless
+    /// the TUN queue may still hold packets or completions wait in the backlog.
+    fn wait(&mut self) -> io::Result<()> {
+        let more_tun = self.tun_readable && self.ring.has_free_slot();
+        let want = usize::from(!self.ring.has_backlog() && !more_tun);
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
         }
-        routes.refresh();
-        let now = now_ns(start);
-        cqes.clear();
-        u.completions(&mut cqes);
+    }
+
+    /// Handles every completion available.
+    fn handle_completions(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.completions(&mut cqes);
         for c in cqes.drain(..) {
             match c {
-                Completion::TunPoll { res, more } => {
-                    if res >= 0 {
-                        tun_readable = true;
-                    } else if !is_transient(res) && res != -libc::ECANCELED {
-                        local.add(Counter::TunRxErrors, 1);
-                    }
-                    if !more {
-                        // The kernel ended the multishot poll (overflow, error): re-arm it,
-                        // and look at the queue in case a wake-up fell in between.
-                        tun_readable = true;
-                        u.arm_tun_poll();
-                    }
-                }
-                Completion::Sent(sent) => {
-                    let Some(m) = u.send_done(sent) else { continue };
-                    let res = m.res;
-                    if res >= 0 {
-                        local.add(Counter::UdpTxPackets, m.segments as u64);
-                        local.add(Counter::UdpTxBytes, res as u64);
-                    } else if m.gso_size > 0 && matches!(-res, libc::EIO | libc::EINVAL) {
-                        // The kernel or device refuses UDP GSO: off for good, and this chunk
-                        // goes out segment by segment.
-                        off.gso_failed(-res);
-                        let seg = usize::from(m.gso_size);
-                        let mut at = m.start;
-                        while at < m.start + m.len {
-                            let l = seg.min(m.start + m.len - at);
-                            if !u.post_send(m.slot, m.split, at, l, 0, 1) {
-                                local.add(Counter::UdpTxErrors, 1);
-                            }
-                            at += l;
-                        }
-                    } else {
-                        local.add(Counter::UdpTxErrors, m.segments as u64);
-                    }
-                    u.release_slot(m.slot);
-                }
-                Completion::Recv { res, more, buf } => {
-                    if !more {
-                        // Ended by the kernel (no buffer left: ENOBUFS, or an error): re-armed
-                        // once this round's buffers are back in the ring.
-                        rearm_recv = true;
-                    }
-                    let Some(token) = buf else {
-                        if res < 0 && !is_transient(res) && res != -libc::ENOBUFS {
-                            local.add(Counter::UdpRxErrors, 1);
-                        }
-                        continue;
-                    };
-                    let Some(buf) = u.recv_buf(&token) else {
-                        local.add(Counter::UdpRxErrors, 1);
-                        continue;
-                    };
-                    match recv_layout(buf, NAME_AREA, control_area) {
-                        Some(l) if l.truncated => {
-                            local.add(Counter::UdpRxPackets, 1);
-                            local.add(Counter::DropBadLength, 1);
-                        }
-                        Some(l) => {
-                            let gro_size = if off.gro {
-                                decode_udp_gro(&buf[l.control.clone()])
-                            } else {
-                                None
-                            };
-                            let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
-                            let payload = &mut buf[l.payload.clone()];
-                            let n = payload.len();
-                            if vnet {
-                                if co.room() < coalesce_room(n, gro_size) {
-                                    co = flush_coalesced(&tun, co, &mut local);
-                                }
-                                let ctx = &routes.ctx;
-                                coalesce_udp_recv(
-                                    payload, n, gro_size, sender, ctx, &mut co, &mut local,
-                                );
-                            } else {
-                                let ctx = &routes.ctx;
-                                plain_udp_recv(
-                                    payload,
-                                    n,
-                                    gro_size,
-                                    sender,
-                                    ctx,
-                                    &mut writes,
-                                    &mut local,
-                                );
-                                for w in &writes {
-                                    let pkt = &payload[w.offset..w.offset + w.len];
-                                    write_tun(&tun, pkt, Counter::TunTxPackets, &mut local);
-                                }
-                            }
-                        }
-                        None => local.add(Counter::UdpRxErrors, 1),
-                    }
-                    u.provide(token);
-                }
-                Completion::Wake => stop = true,
+                Completion::TunPoll { res, more } => self.on_tun_poll(res, more),
+                Completion::Sent(sent) => self.on_sent(sent),
+                Completion::Recv { res, more, buf } => self.on_recv(res, more, buf),
+                Completion::Wake => self.stop = true,
                 Completion::Other => {}
             }
         }
+        self.cqes = cqes;
+    }
 
-        if !co.is_empty() {
-            co = flush_coalesced(&tun, co, &mut local);
+    fn on_tun_poll(&mut self, res: i32, more: bool) {
+        if res >= 0 {
+            self.tun_readable = true;
+        } else if !is_transient(res) && res != -libc::ECANCELED {
+            self.st.core.local.add(Counter::TunRxErrors, 1);
         }
+        if !more {
+            // The kernel ended the multishot poll (overflow, error): re-arm it, and look at
+            // the queue in case a wake-up fell in between.
+            self.tun_readable = true;
+            self.ring.arm_tun_poll();
+        }
+    }
 
-        // TUN → UDP: read what the queue holds, up to a burst, into free slots.
+    fn on_sent(&mut self, sent: Sent) {
+        let Some(m) = self.ring.send_done(sent) else {
+            return;
+        };
+        let local = &mut self.st.core.local;
+        if m.res >= 0 {
+            local.add(Counter::UdpTxPackets, m.segments as u64);
+            local.add(Counter::UdpTxBytes, m.res as u64);
+        } else if m.gso_size > 0 && matches!(-m.res, libc::EIO | libc::EINVAL) {
+            // The kernel or device refuses UDP GSO: off for good, and this chunk goes out
+            // segment by segment.
+            self.st.offload.gso_failed(-m.res);
+            let seg = usize::from(m.gso_size);
+            let mut at = m.start;
+            while at < m.start + m.len {
+                let l = seg.min(m.start + m.len - at);
+                if !self.ring.post_send(m.slot, m.split, at, l, 0, 1) {
+                    local.add(Counter::UdpTxErrors, 1);
+                }
+                at += l;
+            }
+        } else {
+            local.add(Counter::UdpTxErrors, m.segments as u64);
+        }
+        self.ring.release_slot(m.slot);
+    }
+
+    fn on_recv(&mut self, res: i32, more: bool, buf: Option<RecvBuf>) {
+        if !more {
+            // Ended by the kernel (no buffer left: ENOBUFS, or an error): re-armed once this
+            // round's buffers are back in the ring.
+            self.rearm_recv = true;
+        }
+        let Some(token) = buf else {
+            if res < 0 && !is_transient(res) && res != -libc::ENOBUFS {
+                self.st.core.local.add(Counter::UdpRxErrors, 1);
+            }
+            return;
+        };
+        let st = &mut self.st;
+        let Some(buf) = self.ring.recv_buf(&token) else {
+            st.core.local.add(Counter::UdpRxErrors, 1);
+            return;
+        };
+        match recv_layout(buf, NAME_AREA, self.control_area) {
+            Some(l) if l.truncated => st.core.recv_truncated(),
+            Some(l) => {
+                let gro_size = if st.offload.gro {
+                    decode_udp_gro(&buf[l.control.clone()])
+                } else {
+                    None
+                };
+                let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
+                let payload = &mut buf[l.payload.clone()];
+                let n = payload.len();
+                st.udp_recv(payload, n, gro_size, sender);
+            }
+            None => st.core.local.add(Counter::UdpRxErrors, 1),
+        }
+        self.ring.provide(token);
+    }
+
+    /// TUN → UDP: reads what the queue holds, up to a burst, into free slots, and posts the
+    /// sends.
+    fn tun_burst(&mut self, now: u64) {
         let mut burst = 0;
-        let read_stamp = if tun_readable { drain.read_start() } else { 0 };
-        while tun_readable && burst < TUN_BURST {
-            let Some((slot, mut s)) = u.take_slot() else {
+        let read_stamp = if self.tun_readable {
+            self.st.drain.read_start()
+        } else {
+            0
+        };
+        while self.tun_readable && burst < TUN_BURST {
+            let Some((slot, mut s)) = self.ring.take_slot() else {
                 break;
             };
-            let n = match sys::io::read(&tun, s.buf) {
+            let n = match sys::io::read(&self.st.tun, s.buf) {
                 Ok(n) => n,
                 Err(e) => {
-                    u.release_slot(slot);
+                    self.ring.release_slot(slot);
                     match e.kind() {
                         io::ErrorKind::WouldBlock => {
-                            tun_readable = false;
-                            drain.queue_empty(read_stamp);
+                            self.tun_readable = false;
+                            self.st.drain.queue_empty(read_stamp);
                         }
                         io::ErrorKind::Interrupted => continue,
                         _ => {
-                            local.add(Counter::TunRxErrors, 1);
-                            tun_readable = false;
+                            self.st.core.local.add(Counter::TunRxErrors, 1);
+                            self.tun_readable = false;
                         }
                     }
                     break;
                 }
             };
             burst += 1;
-            let verdict = handle_tun_read(
-                s.buf,
-                n,
-                vnet,
-                s.out,
-                &routes,
-                &mut limiter,
-                now,
-                &mut icmp_tmp,
-                &mut local,
-            );
-            match verdict {
+            match self.st.tun_read(s.buf, n, s.out, now) {
                 TunVerdict::Send {
                     peer,
                     split,
                     pkt_offset,
                     segs,
                 } => {
-                    s.set_peer(SocketAddrV4::new(peer, port));
-                    for c in send_chunks(segs, off.gso()) {
-                        let ok = u.post_send(
-                            slot,
-                            split,
-                            pkt_offset + c.range.start,
-                            c.range.len(),
-                            c.gso_size,
-                            c.segments,
-                        );
-                        if !ok {
-                            local.add(Counter::UdpTxErrors, c.segments as u64);
+                    s.set_peer(SocketAddrV4::new(peer, self.st.port));
+                    for c in send_chunks(segs, self.st.offload.gso()) {
+                        let start = pkt_offset + c.range.start;
+                        let len = c.range.len();
+                        if !self
+                            .ring
+                            .post_send(slot, split, start, len, c.gso_size, c.segments)
+                        {
+                            self.st
+                                .core
+                                .local
+                                .add(Counter::UdpTxErrors, c.segments as u64);
                         }
                     }
-                    u.release_slot(slot);
                 }
-                TunVerdict::Icmp(len) => {
-                    icmp_pkt[..icmp_off].fill(0);
-                    icmp_pkt[icmp_off..icmp_off + len].copy_from_slice(&icmp_tmp[..len]);
-                    let pkt = &icmp_pkt[..icmp_off + len];
-                    write_tun(&tun, pkt, Counter::IcmpUnreachableSent, &mut local);
-                    u.release_slot(slot);
-                }
-                TunVerdict::Drop => {
-                    u.release_slot(slot);
-                }
+                TunVerdict::Icmp(len) => self.st.write_icmp(len),
+                TunVerdict::Drop => {}
             }
+            // Free again unless sends of it are in flight.
+            self.ring.release_slot(slot);
         }
-        if u.all_slots_free() {
-            drain.all_sent();
-        }
-        u.publish_recv_bufs();
-        if rearm_recv {
-            rearm_recv = false;
-            u.arm_udp_recv();
-        }
-        local.add(Counter::Batches, 1);
-        local.flush(&stats);
     }
-    tracing::debug!(worker = id, "io_uring worker stopping");
-    u.shutdown(SHUTDOWN_WAIT);
-    // The ring goes first, then the fds it used.
-    drop(u);
-    drop((tun, recv, send));
-    Ok(())
+
+    /// The end of a round: drain report, receive buffers back to the kernel, the receive
+    /// re-armed if it ended, counters flushed.
+    fn end_round(&mut self) {
+        if self.ring.all_slots_free() {
+            self.st.drain.all_sent();
+        }
+        self.ring.publish_recv_bufs();
+        if self.rearm_recv {
+            self.rearm_recv = false;
+            self.ring.arm_udp_recv();
+        }
+        self.st.end_batch();
+    }
 }
