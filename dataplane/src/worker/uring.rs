@@ -59,8 +59,8 @@
 //!
 //! A 64 KiB TSO packet is ~46 segments of 1472 bytes, more than one UDP_SEGMENT send may carry
 //! (65507 bytes), so it leaves as two sends (44 + 2) and arrives as two GRO receives. The
-//! receives of one loop round share one [`Coalescer`], so when both halves arrive in the same
-//! round they become one TUN write again.
+//! receives of one loop round share one [`Coalescer`](crate::gro::Coalescer), so when both
+//! halves arrive in the same round they become one TUN write again.
 
 use std::io;
 use std::net::SocketAddrV4;
