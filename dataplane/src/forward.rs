@@ -188,7 +188,7 @@ pub fn tun_to_udp(
     icmp_out: &mut [u8],
     rate_limited: &mut bool,
 ) -> TunAction {
-    let dst = match Ipv4View::parse(pkt) {
+    let dst = match Ipv4View::parse(&*pkt) {
         Ok(v) => v.dst(),
         Err(_) => return TunAction::Drop(DropReason::TunMalformed),
     };
@@ -202,7 +202,7 @@ pub fn tun_to_udp(
             Ttl::Expired => TunAction::Drop(DropReason::TunTtlExpired),
         };
     }
-    let Ok(view) = Ipv4View::parse(pkt) else {
+    let Ok(view) = Ipv4View::parse(&*pkt) else {
         return TunAction::Drop(DropReason::NoRoute);
     };
     let Some(src) = ctx.tun_addr else {
@@ -224,7 +224,7 @@ pub fn tun_to_udp(
 /// Checks one datagram received from `sender` (outer source IP) and decrements its inner TTL
 /// in place. `Ok(())` means: write `pkt` into the TUN device.
 pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &Context) -> Result<(), DropReason> {
-    let view = Ipv4View::parse(pkt)?;
+    let view = Ipv4View::parse(&*pkt)?;
     let subnets = ctx.senders.subnets_of(sender);
     if subnets.is_empty() {
         return Err(DropReason::UnknownSender);

@@ -25,8 +25,10 @@
 
 #![forbid(unsafe_code)]
 
-use crate::gso::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, PROTO_TCP, TCP_ACK, TCP_PSH, VNET_HDR_LEN};
-use crate::packet::{checksum_add, fold_checksum, pseudo_header_sum};
+use crate::gso::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+use crate::packet::{
+    fold_checksum, Ipv4View, TcpView, IPV4_MIN_HEADER, PROTO_TCP, TCP_ACK, TCP_PSH,
+};
 
 /// Most segments merged into one super-packet (the kernel's GRO limit is 64).
 pub const MAX_SEGMENTS: usize = 64;
@@ -76,30 +78,49 @@ struct Tcp {
 }
 
 fn candidate(p: &[u8]) -> Option<Tcp> {
-    if p.len() < 40 || p[0] != 0x45 || p[9] != PROTO_TCP {
+    let ip = Ipv4View::parse(p).ok()?;
+    if ip.header_len() != IPV4_MIN_HEADER || ip.protocol() != PROTO_TCP || ip.is_fragment() {
         return None;
     }
-    if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
-        return None; // fragment (MF or offset)
+    let tcp = TcpView::parse(ip.payload())?;
+    let hdr_len = IPV4_MIN_HEADER + tcp.header_len();
+    if hdr_len >= p.len() {
+        return None; // no payload (pure ACK)
     }
-    if usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len() {
-        return None;
-    }
-    let doff = usize::from(p[32] >> 4) * 4;
-    let hdr_len = 20 + doff;
-    if doff < 20 || hdr_len >= p.len() {
-        return None; // no payload (pure ACK) or bad offset
-    }
-    let flags = p[33];
+    let flags = tcp.flags();
     if flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
     Some(Tcp {
         hdr_len,
-        seq: u32::from_be_bytes([p[24], p[25], p[26], p[27]]),
+        seq: tcp.seq(),
         flags,
         payload: p.len() - hdr_len,
     })
+}
+
+/// Whether the headers `a` and `b` (IPv4 with IHL 5 and TCP, both coalescing candidates) agree
+/// on everything a run must share: TOS, IP flags, TTL, protocol, addresses; ports, ACK number,
+/// data offset and reserved bits, window (the kernel flushes on a new window too) and options.
+fn same_flow_headers(a: &[u8], b: &[u8]) -> bool {
+    let (ia, ib) = (Ipv4View::new_unchecked(a), Ipv4View::new_unchecked(b));
+    let (ta, tb) = (
+        TcpView::new_unchecked(ia.payload()),
+        TcpView::new_unchecked(ib.payload()),
+    );
+    ia.tos() == ib.tos()
+        && ia.flags() == ib.flags()
+        && ia.ttl() == ib.ttl()
+        && ia.protocol() == ib.protocol()
+        && ia.src() == ib.src()
+        && ia.dst() == ib.dst()
+        && ta.src_port() == tb.src_port()
+        && ta.dst_port() == tb.dst_port()
+        && ta.ack() == tb.ack()
+        && ta.header_len() == tb.header_len()
+        && ta.reserved_bits() == tb.reserved_bits()
+        && ta.window() == tb.window()
+        && ta.options() == tb.options()
 }
 
 impl<'o, 'w> Coalescer<'o, 'w> {
@@ -171,17 +192,7 @@ impl<'o, 'w> Coalescer<'o, 'w> {
             && t.payload <= r.gso_size
             && w.segments < MAX_SEGMENTS
             && w.len - VNET_HDR_LEN + t.payload <= MAX_IP_LEN
-            // TOS; DF/flags word; TTL + protocol; addresses.
-            && first[1] == p[1]
-            && first[6] == p[6]
-            && first[8..10] == p[8..10]
-            && first[12..20] == p[12..20]
-            // Ports; ACK number; data offset; window (the kernel flushes on a new window too);
-            // options.
-            && first[20..24] == p[20..24]
-            && first[28..33] == p[28..33]
-            && first[34..36] == p[34..36]
-            && first[40..r.hdr_len] == p[40..r.hdr_len]
+            && same_flow_headers(first, p)
     }
 
     /// Fixes up the run's headers when it holds more than one segment.
@@ -194,24 +205,21 @@ impl<'o, 'w> Coalescer<'o, 'w> {
             return;
         }
         let ip_len = w.len - VNET_HDR_LEN;
-        let pkt = &mut self.out[r.ip..r.ip + ip_len];
-        pkt[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        pkt[10..12].copy_from_slice(&[0, 0]);
-        let ipsum = !fold_checksum(checksum_add(&pkt[..20], 0));
-        pkt[10..12].copy_from_slice(&ipsum.to_be_bytes());
+        let mut ip = Ipv4View::new_unchecked(&mut self.out[r.ip..r.ip + ip_len]);
+        ip.set_total_len(ip_len as u16);
+        ip.fill_checksum();
+        let seed = fold_checksum(ip.pseudo_header(ip_len - IPV4_MIN_HEADER));
+        let mut tcp = TcpView::new_unchecked(ip.payload_mut());
         if r.psh {
-            pkt[33] |= TCP_PSH;
+            tcp.set_flags(tcp.flags() | TCP_PSH);
         }
-        let src = [pkt[12], pkt[13], pkt[14], pkt[15]];
-        let dst = [pkt[16], pkt[17], pkt[18], pkt[19]];
-        let seed = fold_checksum(pseudo_header_sum(src, dst, PROTO_TCP, ip_len - 20));
-        pkt[36..38].copy_from_slice(&seed.to_be_bytes());
+        tcp.set_checksum(seed);
         let h = VnetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: GSO_TCPV4,
             hdr_len: r.hdr_len as u16,
             gso_size: r.gso_size as u16,
-            csum_start: 20,
+            csum_start: IPV4_MIN_HEADER as u16,
             csum_offset: 16,
         };
         h.write(&mut self.out[w.offset..]);
@@ -228,6 +236,20 @@ impl<'o, 'w> Coalescer<'o, 'w> {
     pub fn into_parts(mut self) -> (&'o mut [u8], &'w mut Vec<Write>) {
         self.close_run();
         (self.out, self.writes)
+    }
+
+    /// Closes the last run and shows the finished batch: the buffer and the writes into it
+    /// (to write out, then [`Coalescer::clear`] for the next batch).
+    pub fn finished(&mut self) -> (&[u8], &[Write]) {
+        self.close_run();
+        (&self.out[..self.used], self.writes)
+    }
+
+    /// Starts the next batch on the same buffers (as [`Coalescer::new`] would).
+    pub fn clear(&mut self) {
+        self.run = None;
+        self.used = 0;
+        self.writes.clear();
     }
 
     /// Bytes of `out` still free.
@@ -250,7 +272,8 @@ impl<'o, 'w> Coalescer<'o, 'w> {
 mod tests {
     use super::*;
     use crate::gso::testutil::*;
-    use crate::gso::{finish_checksum, split, TCP_FIN, TCP_SYN};
+    use crate::gso::{finish_checksum, split};
+    use crate::packet::{TCP_FIN, TCP_SYN};
 
     fn run(pkts: &[Vec<u8>]) -> (Vec<u8>, Vec<Write>) {
         let mut out = vec![0u8; 1 << 17];

@@ -20,7 +20,10 @@
 
 #![forbid(unsafe_code)]
 
-use crate::packet::{checksum_add, fold_checksum, pseudo_header_sum, IPV4_MIN_HEADER};
+use crate::packet::{
+    checksum_add, fold_checksum, Ipv4View, TcpView, UdpView, PROTO_TCP, PROTO_UDP, TCP_CWR,
+    TCP_FIN, TCP_PSH, UDP_HEADER_LEN,
+};
 
 /// Size of `struct virtio_net_hdr` (without `num_buffers`), the TUN default.
 pub const VNET_HDR_LEN: usize = 10;
@@ -35,19 +38,6 @@ pub const GSO_UDP: u8 = 3;
 pub const GSO_TCPV6: u8 = 4;
 pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-
-/// TCP flag bits (byte 13 of the header).
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
-pub const TCP_URG: u8 = 0x20;
-pub const TCP_ECE: u8 = 0x40;
-pub const TCP_CWR: u8 = 0x80;
 
 /// The `virtio_net_hdr` fields. Multi-byte fields are in native byte order (legacy virtio, the
 /// TUN default without `TUNSETVNETLE`/`TUNSETVNETBE`).
@@ -143,10 +133,6 @@ impl Segments {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Splits the IPv4 TCP or UDP super-packet `pkt` (without its vnet header) into segments of
 /// `gso_size` payload bytes, written back to back into `out`. `kind` is [`GSO_TCPV4`] or
 /// [`GSO_UDP_L4`] (from [`VnetHdr::gso_kind`]). A packet whose payload fits in one segment
@@ -157,30 +143,19 @@ pub fn split(pkt: &[u8], kind: u8, gso_size: usize, out: &mut [u8]) -> Result<Se
         GSO_UDP_L4 => PROTO_UDP,
         _ => return Err(GsoError::Unsupported),
     };
-    if pkt.len() < IPV4_MIN_HEADER || pkt[0] >> 4 != 4 {
+    let ip = Ipv4View::parse(pkt).map_err(|_| GsoError::Malformed)?;
+    if ip.protocol() != proto || ip.is_fragment() {
         return Err(GsoError::Malformed);
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    if ihl < IPV4_MIN_HEADER
-        || usize::from(be16(pkt, 2)) != pkt.len()
-        || pkt[9] != proto
-        || be16(pkt, 6) & 0x3fff != 0
-    {
-        return Err(GsoError::Malformed);
-    }
-    let l4_hdr = if proto == PROTO_TCP {
-        let doff = usize::from(*pkt.get(ihl + 12).ok_or(GsoError::Malformed)? >> 4) * 4;
-        if doff < 20 {
-            return Err(GsoError::Malformed);
-        }
-        doff
+    let ihl = ip.header_len();
+    let (l4_hdr, seq0, flags0) = if proto == PROTO_TCP {
+        let tcp = TcpView::parse(ip.payload()).ok_or(GsoError::Malformed)?;
+        (tcp.header_len(), tcp.seq(), tcp.flags())
     } else {
-        8
+        UdpView::parse(ip.payload()).ok_or(GsoError::Malformed)?;
+        (UDP_HEADER_LEN, 0, 0)
     };
     let hdr = ihl + l4_hdr;
-    if hdr > pkt.len() {
-        return Err(GsoError::Malformed);
-    }
     if gso_size == 0 {
         return Err(GsoError::NoRoom);
     }
@@ -191,17 +166,7 @@ pub fn split(pkt: &[u8], kind: u8, gso_size: usize, out: &mut [u8]) -> Result<Se
     if total > out.len() || seg_len > usize::from(u16::MAX) {
         return Err(GsoError::NoRoom);
     }
-    let id0 = be16(pkt, 4);
-    let (seq0, flags0) = if proto == PROTO_TCP {
-        (
-            u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]),
-            pkt[ihl + 13],
-        )
-    } else {
-        (0, 0)
-    };
-    let src = [pkt[12], pkt[13], pkt[14], pkt[15]];
-    let dst = [pkt[16], pkt[17], pkt[18], pkt[19]];
+    let id0 = ip.ident();
 
     let mut off = 0;
     for (i, chunk) in payload
@@ -216,18 +181,17 @@ pub fn split(pkt: &[u8], kind: u8, gso_size: usize, out: &mut [u8]) -> Result<Se
         let seg = &mut out[off..off + len];
         seg[..hdr].copy_from_slice(&pkt[..hdr]);
         seg[hdr..].copy_from_slice(chunk);
-        // IPv4 header.
-        seg[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        seg[10..12].copy_from_slice(&[0, 0]);
-        let ipsum = !fold_checksum(checksum_add(&seg[..ihl], 0));
-        seg[10..12].copy_from_slice(&ipsum.to_be_bytes());
+        // IPv4 header (a copy of the parsed one).
+        let mut seg_ip = Ipv4View::new_unchecked(seg);
+        seg_ip.set_total_len(len as u16);
+        seg_ip.set_ident(id0.wrapping_add(i as u16));
+        seg_ip.fill_checksum();
         // Transport header.
-        let l4_len = len - ihl;
-        let l4 = &mut seg[ihl..];
+        let pseudo = seg_ip.pseudo_header(len - ihl);
+        let l4 = seg_ip.payload_mut();
         if proto == PROTO_TCP {
-            let seq = seq0.wrapping_add((i * gso_size) as u32);
-            l4[4..8].copy_from_slice(&seq.to_be_bytes());
+            let mut tcp = TcpView::new_unchecked(l4);
+            tcp.set_seq(seq0.wrapping_add((i * gso_size) as u32));
             let mut flags = flags0;
             if i + 1 < count {
                 flags &= !(TCP_FIN | TCP_PSH);
@@ -235,19 +199,12 @@ pub fn split(pkt: &[u8], kind: u8, gso_size: usize, out: &mut [u8]) -> Result<Se
             if i > 0 {
                 flags &= !TCP_CWR;
             }
-            l4[13] = flags;
-            l4[16..18].copy_from_slice(&[0, 0]);
-            let sum = !fold_checksum(checksum_add(l4, pseudo_header_sum(src, dst, proto, l4_len)));
-            l4[16..18].copy_from_slice(&sum.to_be_bytes());
+            tcp.set_flags(flags);
+            tcp.fill_checksum(pseudo);
         } else {
-            l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            l4[6..8].copy_from_slice(&[0, 0]);
-            let mut sum =
-                !fold_checksum(checksum_add(l4, pseudo_header_sum(src, dst, proto, l4_len)));
-            if sum == 0 {
-                sum = 0xffff;
-            }
-            l4[6..8].copy_from_slice(&sum.to_be_bytes());
+            let mut udp = UdpView::new_unchecked(l4);
+            udp.set_len((len - ihl) as u16);
+            udp.fill_checksum(pseudo);
         }
         off += len;
     }
@@ -380,6 +337,7 @@ pub(crate) mod testutil {
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::packet::{pseudo_header_sum, TCP_ACK};
 
     #[test]
     fn vnet_header_roundtrip() {

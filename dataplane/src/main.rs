@@ -70,6 +70,8 @@
 //! worker sends from its own ephemeral source port (harmless for flannel peers, and it lets
 //! a peer that only hashes the 4-tuple spread too).
 
+#![deny(unsafe_code)]
+
 use flannel_dataplane::{steering, sys, worker};
 
 use std::net::Ipv4Addr;
@@ -80,7 +82,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 
-use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
+use flannel_shared::route_table::{RouteSnapshot, RouteTableReader, TableMeta};
 use flannel_shared::sd_notify::{Field, Notifier};
 use flannel_shared::stats::{IoPath, StatsWriter};
 use flannel_shared::Ipv4Net;
@@ -496,7 +498,83 @@ fn run(args: Args) -> Result<()> {
         .port
         .or((meta.port != 0).then_some(meta.port))
         .unwrap_or(DEFAULT_PORT);
+    let (nworkers, cpus) = worker_cpus(&args)?;
+    let io_path = choose_io_path(&args);
 
+    let (queues, vnet_hdr, mut dev) = open_tun(&args, nworkers, &meta)?;
+    let stats = StatsWriter::create(&args.stats, nworkers).context("creating the stats file")?;
+    stats.set_io_path(io_path);
+    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
+    // always non-blocking: both paths read and write them directly, by readiness.
+    let socks = open_sockets(&args, port, nworkers, io_path == IoPath::Fallback)?;
+    let offload = Arc::new(probe_udp_offloads(&socks, vnet_hdr, args.no_offload));
+    let drain = set_steering(args.steering, &cpus, nworkers, &queues[0], &socks[0].0).map(Arc::new);
+    let plan = WorkerPlan {
+        cpus: &cpus,
+        port,
+        io_path,
+        offload,
+        drain,
+        stats: &stats,
+    };
+    let workers = spawn_workers(&args, &plan, queues, socks)?;
+    tracing::info!(workers = nworkers, stats = %args.stats.display(), "forwarding");
+    let forwarding = |network: Ipv4Net, snap: &RouteSnapshot| {
+        format!(
+            "forwarding: {nworkers} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
+            network,
+            args.tun_name,
+            snap.generation(),
+            snap.len()
+        )
+    };
+    sd.ready(&forwarding(dev.network, &snap));
+    if let Some(w) = sd.watchdog {
+        tracing::info!(every = ?w, "systemd watchdog: pinging from the table loop");
+    }
+
+    let failed = follow_table(&mut sd, &mut reader, &mut snap, &workers, |snap| {
+        apply_table_change(&args.tun_name, &mut dev, snap);
+        forwarding(dev.network, snap)
+    });
+    stop_workers(workers, failed)
+}
+
+/// Follows the table until a stop signal (`None`) or a worker's end (`Some(its index)`),
+/// pinging the watchdog while every worker runs; `changed` applies a new generation and
+/// returns the status to report.
+fn follow_table(
+    sd: &mut Systemd,
+    reader: &mut RouteTableReader,
+    snap: &mut RouteSnapshot,
+    workers: &Workers,
+    mut changed: impl FnMut(&RouteSnapshot) -> String,
+) -> Option<usize> {
+    loop {
+        if let Some(sig) = sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
+            tracing::info!(signal = sig, "stopping");
+            sd.stopping(&format!("stopping (signal {sig})"));
+            return None;
+        }
+        if let Some(i) = workers.handles.iter().position(|h| h.is_finished()) {
+            sd.status(&format!("worker {i} stopped: exiting"));
+            return Some(i);
+        }
+        // Every worker is alive and this loop turns: tell the watchdog.
+        sd.ping_if_due();
+        match reader.refresh(snap) {
+            Ok(true) => {
+                let status = changed(snap);
+                sd.status(&status);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("route table refresh: {e}"),
+        }
+    }
+}
+
+/// How many workers, and the CPUs to pin them to (worker i → `cpus[i % len]`; empty: none).
+fn worker_cpus(args: &Args) -> Result<(usize, Vec<usize>)> {
     let allowed = sys::thread::allowed_cpus();
     let nworkers = args.workers.unwrap_or(allowed.len()).max(1);
     let cpus = match &args.cpus {
@@ -508,34 +586,50 @@ fn run(args: Args) -> Result<()> {
     if nworkers > 256 {
         bail!("--workers {nworkers}: a TUN device has at most 256 queues");
     }
+    Ok((nworkers, cpus))
+}
 
-    let io_path = if args.no_io_uring {
+/// io_uring unless `--no-io-uring` or the probe finds it unusable (logged either way).
+fn choose_io_path(args: &Args) -> IoPath {
+    if args.no_io_uring {
         tracing::info!("I/O path: fallback (poll + recvmmsg/sendmmsg), forced by --no-io-uring");
-        IoPath::Fallback
-    } else {
-        match worker::uring::probe() {
-            Ok(()) => {
-                tracing::info!("I/O path: io_uring");
-                IoPath::IoUring
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "I/O path: fallback (poll + recvmmsg/sendmmsg): io_uring unavailable: {e}"
-                );
-                IoPath::Fallback
-            }
+        return IoPath::Fallback;
+    }
+    match worker::uring::probe() {
+        Ok(()) => {
+            tracing::info!("I/O path: io_uring");
+            IoPath::IoUring
         }
-    };
-    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
-    // always non-blocking: both paths read and write them directly, by readiness.
-    let nonblocking = io_path == IoPath::Fallback;
+        Err(e) => {
+            tracing::warn!(
+                "I/O path: fallback (poll + recvmmsg/sendmmsg): io_uring unavailable: {e}"
+            );
+            IoPath::Fallback
+        }
+    }
+}
 
+/// What the table loop keeps of the TUN device's configuration, to apply table changes.
+struct TunDevice {
+    ifindex: u32,
+    mtu: u32,
+    our_subnet: Option<Ipv4Net>,
+    network: Ipv4Net,
+}
+
+/// Opens one TUN queue per worker (the first probes the offloads), then sets the device's
+/// MTU, state, address and route from the table. Returns the queues, whether they carry a
+/// vnet header, and the device's configuration.
+fn open_tun(
+    args: &Args,
+    nworkers: usize,
+    meta: &TableMeta,
+) -> Result<(Vec<OwnedFd>, bool, TunDevice)> {
     // A device of that name left by a data plane that just exited may still be going away
     // (its queues close when the kernel finishes tearing down that process's io_uring rings, or
     // after a crash). Attaching to it would inherit its state; give it a moment to disappear.
     wait_for_stale_tun(&args.tun_name);
 
-    // The TUN device: one queue per worker; the first one probes the offloads.
     let mut queues = Vec::with_capacity(nworkers);
     let vnet_hdr = if args.no_offload {
         false
@@ -561,7 +655,7 @@ fn run(args: Args) -> Result<()> {
         })?);
     }
     let ifindex = sys::tun::if_index(&args.tun_name).context("TUN interface index")?;
-    let mut mtu = effective_mtu(meta.mtu);
+    let mtu = effective_mtu(meta.mtu);
     sys::netlink::set_mtu(&args.tun_name, mtu).context("setting TUN MTU")?;
     sys::netlink::set_up(&args.tun_name).context("bringing the TUN device up")?;
     if let Err(e) = sys::netlink::set_accept_local(&args.tun_name) {
@@ -570,19 +664,31 @@ fn run(args: Args) -> Result<()> {
             args.tun_name
         );
     }
-    let mut our_subnet = meta.our_subnet;
+    let our_subnet = meta.our_subnet;
     set_tun_address(ifindex, our_subnet, None)?;
-    let mut network = meta.network;
+    let network = meta.network;
     sys::netlink::add_route(ifindex, network)
         .with_context(|| format!("adding route {network} dev {}", args.tun_name))?;
     tracing::info!(
         tun = %args.tun_name, queues = nworkers, mtu, address = ?our_subnet.map(|s| s.addr()),
         route = %network, "TUN device configured"
     );
+    let dev = TunDevice {
+        ifindex,
+        mtu,
+        our_subnet,
+        network,
+    };
+    Ok((queues, vnet_hdr, dev))
+}
 
-    let stats = StatsWriter::create(&args.stats, nworkers).context("creating the stats file")?;
-    stats.set_io_path(io_path);
-
+/// One (receive, send) UDP socket pair per worker.
+fn open_sockets(
+    args: &Args,
+    port: u16,
+    nworkers: usize,
+    nonblocking: bool,
+) -> Result<Vec<(OwnedFd, OwnedFd)>> {
     let mut socks = Vec::with_capacity(nworkers);
     for _ in 0..nworkers {
         let recv = sys::socket::recv_socket(args.bind, port, nonblocking)
@@ -595,20 +701,47 @@ fn run(args: Args) -> Result<()> {
         }
         socks.push((recv, send));
     }
-    let offload = Arc::new(probe_udp_offloads(&socks, vnet_hdr, args.no_offload));
+    Ok(socks)
+}
 
-    let drain = set_steering(args.steering, &cpus, nworkers, &queues[0], &socks[0].0).map(Arc::new);
-    let mut wakes = Vec::with_capacity(nworkers);
-    let mut handles = Vec::with_capacity(nworkers);
+/// What every worker gets besides its own queue and sockets.
+struct WorkerPlan<'a> {
+    cpus: &'a [usize],
+    port: u16,
+    io_path: IoPath,
+    offload: Arc<Offload>,
+    drain: Option<Arc<sys::bpf::DrainBoard>>,
+    stats: &'a StatsWriter,
+}
+
+/// The running workers: their threads and the eventfds that stop them.
+struct Workers {
+    wakes: Vec<Arc<OwnedFd>>,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts one worker thread per (TUN queue, socket pair).
+fn spawn_workers(
+    args: &Args,
+    plan: &WorkerPlan<'_>,
+    queues: Vec<OwnedFd>,
+    socks: Vec<(OwnedFd, OwnedFd)>,
+) -> Result<Workers> {
+    let n = queues.len();
+    let mut workers = Workers {
+        wakes: Vec::with_capacity(n),
+        handles: Vec::with_capacity(n),
+    };
+    let cpus = plan.cpus;
     for (i, (tun, (recv, send))) in queues.into_iter().zip(socks).enumerate() {
         if i == 0 {
             tracing::info!(
-                bind = %args.bind, port, rcvbuf = sys::socket::recv_buffer_size(&recv),
+                bind = %args.bind, port = plan.port, rcvbuf = sys::socket::recv_buffer_size(&recv),
                 "UDP sockets ready (SO_REUSEPORT group, per-worker source ports)"
             );
         }
         let wake = Arc::new(sys::thread::eventfd().context("eventfd")?);
-        wakes.push(Arc::clone(&wake));
+        workers.wakes.push(Arc::clone(&wake));
         let setup = WorkerSetup {
             id: i,
             cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
@@ -617,12 +750,13 @@ fn run(args: Args) -> Result<()> {
             send,
             wake,
             reader: RouteTableReader::open(&args.route_table).context("route table")?,
-            stats: stats.worker(i),
-            port,
+            stats: plan.stats.worker(i),
+            port: plan.port,
             spoof_check: !args.no_spoof_check,
-            offload: Arc::clone(&offload),
-            drain: drain.clone(),
+            offload: Arc::clone(&plan.offload),
+            drain: plan.drain.clone(),
         };
+        let io_path = plan.io_path;
         let h = std::thread::Builder::new()
             .name(format!("fdp-worker-{i}"))
             .spawn(move || match io_path {
@@ -630,80 +764,52 @@ fn run(args: Args) -> Result<()> {
                 _ => worker::fallback::run(setup),
             })
             .context("spawning a worker")?;
-        handles.push(h);
+        workers.handles.push(h);
     }
-    tracing::info!(workers = nworkers, stats = %args.stats.display(), "forwarding");
-    let forwarding = |network: Ipv4Net, snap: &RouteSnapshot| {
-        format!(
-            "forwarding: {nworkers} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
-            network,
-            args.tun_name,
-            snap.generation(),
-            snap.len()
-        )
-    };
-    sd.ready(&forwarding(network, &snap));
-    if let Some(w) = sd.watchdog {
-        tracing::info!(every = ?w, "systemd watchdog: pinging from the table loop");
-    }
+    Ok(workers)
+}
 
-    // Follow the table and wait for a stop signal.
-    let mut failed = None;
-    loop {
-        if let Some(sig) = sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
-            tracing::info!(signal = sig, "stopping");
-            sd.stopping(&format!("stopping (signal {sig})"));
-            break;
+/// Applies a new table generation to the TUN device: its address (our subnet), MTU and the
+/// network's route. Errors are logged; forwarding goes on.
+fn apply_table_change(tun_name: &str, dev: &mut TunDevice, snap: &RouteSnapshot) {
+    let m = snap.meta().clone();
+    tracing::info!(
+        generation = snap.generation(),
+        routes = snap.len(),
+        "route table changed"
+    );
+    if m.our_subnet != dev.our_subnet {
+        tracing::info!(old = ?dev.our_subnet, new = ?m.our_subnet, "our subnet changed: moving the TUN address");
+        if let Err(e) = set_tun_address(dev.ifindex, m.our_subnet, dev.our_subnet) {
+            tracing::error!("{e:#}");
         }
-        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
-            failed = Some(i);
-            sd.status(&format!("worker {i} stopped: exiting"));
-            break;
-        }
-        // Every worker is alive and this loop turns: tell the watchdog.
-        sd.ping_if_due();
-        match reader.refresh(&mut snap) {
-            Ok(true) => {
-                let m = snap.meta().clone();
-                tracing::info!(
-                    generation = snap.generation(),
-                    routes = snap.len(),
-                    "route table changed"
-                );
-                if m.our_subnet != our_subnet {
-                    tracing::info!(old = ?our_subnet, new = ?m.our_subnet, "our subnet changed: moving the TUN address");
-                    if let Err(e) = set_tun_address(ifindex, m.our_subnet, our_subnet) {
-                        tracing::error!("{e:#}");
-                    }
-                    our_subnet = m.our_subnet;
-                }
-                let new_mtu = effective_mtu(m.mtu);
-                if new_mtu != mtu {
-                    tracing::info!(old = mtu, new = new_mtu, "MTU changed");
-                    if let Err(e) = sys::netlink::set_mtu(&args.tun_name, new_mtu) {
-                        tracing::error!("setting TUN MTU {new_mtu}: {e}");
-                    }
-                    mtu = new_mtu;
-                }
-                if m.network != network {
-                    tracing::warn!(old = %network, new = %m.network, "network changed: adding its route");
-                    if let Err(e) = sys::netlink::add_route(ifindex, m.network) {
-                        tracing::error!("adding route {}: {e}", m.network);
-                    }
-                    network = m.network;
-                }
-                sd.status(&forwarding(network, &snap));
-            }
-            Ok(false) => {}
-            Err(e) => tracing::debug!("route table refresh: {e}"),
-        }
+        dev.our_subnet = m.our_subnet;
     }
+    let new_mtu = effective_mtu(m.mtu);
+    if new_mtu != dev.mtu {
+        tracing::info!(old = dev.mtu, new = new_mtu, "MTU changed");
+        if let Err(e) = sys::netlink::set_mtu(tun_name, new_mtu) {
+            tracing::error!("setting TUN MTU {new_mtu}: {e}");
+        }
+        dev.mtu = new_mtu;
+    }
+    if m.network != dev.network {
+        tracing::warn!(old = %dev.network, new = %m.network, "network changed: adding its route");
+        if let Err(e) = sys::netlink::add_route(dev.ifindex, m.network) {
+            tracing::error!("adding route {}: {e}", m.network);
+        }
+        dev.network = m.network;
+    }
+}
 
-    for w in &wakes {
+/// Wakes every worker, joins them, and turns a worker's error, panic or early exit (`failed`)
+/// into the process's error.
+fn stop_workers(workers: Workers, failed: Option<usize>) -> Result<()> {
+    for w in &workers.wakes {
         sys::thread::eventfd_signal(w);
     }
     let mut worker_error = None;
-    for (i, h) in handles.into_iter().enumerate() {
+    for (i, h) in workers.handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => worker_error = Some(format!("worker {i}: {e}")),

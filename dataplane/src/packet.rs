@@ -1,18 +1,45 @@
-//! Pure IPv4 packet logic: a checked view over `&[u8]`, TTL decrement with an incremental
-//! checksum update (RFC 1624), and the ICMP "destination net unreachable" builder.
+//! Pure packet logic: the protocol constants, one checked view per protocol ([`Ipv4View`],
+//! [`TcpView`], [`UdpView`], each over any `T: AsRef<[u8]>`, with setters when
+//! `T: AsMut<[u8]>` too), the Internet checksum, TTL decrement with an incremental checksum
+//! update (RFC 1624), and the ICMP "destination net unreachable" builder. `forward`, `gso` and
+//! `gro` read and write headers only through these views.
 //!
 //! Contract: nothing here does I/O, allocates on the hot path, or can panic on any input.
 //! [`Ipv4View::parse`] validates once (length, version, IHL, total length); after that every
-//! accessor reads inside the validated header, so it cannot go out of bounds.
+//! accessor reads inside the validated header. `new_unchecked` views (over headers copied from
+//! a parsed packet) skip the checks; their accessors still cannot go out of bounds (a field
+//! past the end reads as 0, a setter past the end writes nothing).
 
 #![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
 
+mod tcp;
+mod udp;
+
+pub use tcp::TcpView;
+pub use udp::UdpView;
+
 /// Smallest IPv4 header (IHL 5).
 pub const IPV4_MIN_HEADER: usize = 20;
-/// IP protocol number of ICMP.
+/// Smallest TCP header (data offset 5).
+pub const TCP_MIN_HEADER: usize = 20;
+/// The UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+/// IP protocol numbers.
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// TCP flag bits ([`TcpView::flags`]).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
 /// TTL of the ICMP errors we originate.
 pub const ICMP_ERROR_TTL: u8 = 64;
 /// Bytes of the offending datagram's payload quoted in an ICMP error (RFC 792: 64 bits).
@@ -33,72 +60,131 @@ pub enum Malformed {
     BadLength,
 }
 
-/// A validated IPv4 packet: `buf` holds exactly one packet whose header is inside the buffer
-/// and whose total-length field equals `buf.len()`.
+/// An IPv4 packet: validated by [`Ipv4View::parse`] (`buf` holds exactly one packet whose
+/// header is inside the buffer and whose total-length field equals its length), or a header
+/// taken as it is by [`Ipv4View::new_unchecked`].
 #[derive(Debug, Clone, Copy)]
-pub struct Ipv4View<'a> {
-    buf: &'a [u8],
+pub struct Ipv4View<T> {
+    buf: T,
     header_len: usize,
 }
 
-impl<'a> Ipv4View<'a> {
+impl<T: AsRef<[u8]>> Ipv4View<T> {
     /// Validates `buf` as one whole IPv4 packet.
-    pub fn parse(buf: &'a [u8]) -> Result<Self, Malformed> {
-        let (Some(&vihl), true) = (buf.first(), buf.len() >= IPV4_MIN_HEADER) else {
+    pub fn parse(buf: T) -> Result<Self, Malformed> {
+        let b = buf.as_ref();
+        let (Some(&vihl), true) = (b.first(), b.len() >= IPV4_MIN_HEADER) else {
             return Err(Malformed::TooShort);
         };
         if vihl >> 4 != 4 {
             return Err(Malformed::NotIpv4);
         }
         let header_len = usize::from(vihl & 0x0f) * 4;
-        if header_len < IPV4_MIN_HEADER || header_len > buf.len() {
+        if header_len < IPV4_MIN_HEADER || header_len > b.len() {
             return Err(Malformed::BadIhl);
         }
-        let total = usize::from(be16(buf, 2));
-        if total != buf.len() {
+        let total = usize::from(be16(b, 2));
+        if total != b.len() {
             return Err(Malformed::BadLength);
         }
         Ok(Self { buf, header_len })
+    }
+
+    /// A view over a header known to be well formed (copied from a parsed packet), without the
+    /// checks: the header length is the IHL's, at most the buffer.
+    pub fn new_unchecked(buf: T) -> Self {
+        let b = buf.as_ref();
+        let header_len = (usize::from(byte(b, 0) & 0x0f) * 4).min(b.len());
+        Self { buf, header_len }
     }
 
     pub fn header_len(&self) -> usize {
         self.header_len
     }
     pub fn total_len(&self) -> usize {
-        self.buf.len()
+        self.buf.as_ref().len()
+    }
+    /// The type-of-service byte (DSCP and ECN).
+    pub fn tos(&self) -> u8 {
+        byte(self.buf.as_ref(), 1)
+    }
+    pub fn ident(&self) -> u16 {
+        be16(self.buf.as_ref(), 4)
+    }
+    /// The three flag bits (reserved, DF, MF).
+    pub fn flags(&self) -> u8 {
+        byte(self.buf.as_ref(), 6) >> 5
     }
     pub fn ttl(&self) -> u8 {
-        byte(self.buf, 8)
+        byte(self.buf.as_ref(), 8)
     }
     pub fn protocol(&self) -> u8 {
-        byte(self.buf, 9)
+        byte(self.buf.as_ref(), 9)
     }
     pub fn checksum(&self) -> u16 {
-        be16(self.buf, 10)
+        be16(self.buf.as_ref(), 10)
     }
     pub fn src(&self) -> Ipv4Addr {
-        Ipv4Addr::from(be32(self.buf, 12))
+        Ipv4Addr::from(be32(self.buf.as_ref(), 12))
     }
     pub fn dst(&self) -> Ipv4Addr {
-        Ipv4Addr::from(be32(self.buf, 16))
+        Ipv4Addr::from(be32(self.buf.as_ref(), 16))
     }
     /// Fragment offset in 8-byte units (0 for unfragmented packets and first fragments).
     pub fn fragment_offset(&self) -> u16 {
-        be16(self.buf, 6) & 0x1fff
+        be16(self.buf.as_ref(), 6) & 0x1fff
     }
     pub fn is_first_fragment(&self) -> bool {
         self.fragment_offset() == 0
     }
+    /// Whether this is any fragment (MF set or a non-zero offset).
+    pub fn is_fragment(&self) -> bool {
+        be16(self.buf.as_ref(), 6) & 0x3fff != 0
+    }
+    /// The pseudo-header sum of this packet's addresses and protocol for a transport segment
+    /// of `l4_len` bytes, as a [`checksum_add`] accumulator.
+    pub fn pseudo_header(&self, l4_len: usize) -> u64 {
+        let b = self.buf.as_ref();
+        pseudo_header_sum(
+            be32(b, 12).to_be_bytes(),
+            be32(b, 16).to_be_bytes(),
+            self.protocol(),
+            l4_len,
+        )
+    }
     /// The header bytes (including options).
-    pub fn header(&self) -> &'a [u8] {
-        self.buf.get(..self.header_len).unwrap_or(&[])
+    pub fn header(&self) -> &[u8] {
+        self.buf.as_ref().get(..self.header_len).unwrap_or(&[])
     }
     /// Everything after the header.
-    pub fn payload(&self) -> &'a [u8] {
-        self.buf.get(self.header_len..).unwrap_or(&[])
+    pub fn payload(&self) -> &[u8] {
+        self.buf.as_ref().get(self.header_len..).unwrap_or(&[])
     }
-    pub fn as_bytes(&self) -> &'a [u8] {
-        self.buf
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4View<T> {
+    pub fn set_total_len(&mut self, v: u16) {
+        put16(self.buf.as_mut(), 2, v);
+    }
+    pub fn set_ident(&mut self, v: u16) {
+        put16(self.buf.as_mut(), 4, v);
+    }
+    pub fn set_checksum(&mut self, v: u16) {
+        put16(self.buf.as_mut(), 10, v);
+    }
+    /// Computes the header checksum from scratch and stores it.
+    pub fn fill_checksum(&mut self) {
+        self.set_checksum(0);
+        let sum = !fold_checksum(checksum_add(self.header(), 0));
+        self.set_checksum(sum);
+    }
+    /// Everything after the header, writable.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let at = self.header_len;
+        self.buf.as_mut().get_mut(at..).unwrap_or(&mut [])
     }
 }
 
@@ -234,15 +320,15 @@ pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: usize) -
 
 /// Whether an ICMP error may be sent about `pkt`: never about ICMP (any type, as flannel) and
 /// never about a non-first fragment.
-pub fn may_send_icmp_error(pkt: &Ipv4View<'_>) -> bool {
+pub fn may_send_icmp_error<T: AsRef<[u8]>>(pkt: &Ipv4View<T>) -> bool {
     pkt.protocol() != PROTO_ICMP && pkt.is_first_fragment()
 }
 
 /// Writes an ICMP type 3 code 0 (destination net unreachable) about `offender` into `out`, from
 /// `src` to the offender's source, quoting its header and the first 8 payload bytes. Returns
 /// the packet length, or `None` when `out` is smaller than [`ICMP_UNREACH_MAX`] would need.
-pub fn build_net_unreachable(
-    offender: &Ipv4View<'_>,
+pub fn build_net_unreachable<T: AsRef<[u8]>>(
+    offender: &Ipv4View<T>,
     src: Ipv4Addr,
     out: &mut [u8],
 ) -> Option<usize> {
@@ -285,6 +371,16 @@ fn be32(buf: &[u8], at: usize) -> u32 {
     match buf.get(at..at + 4) {
         Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
         _ => 0,
+    }
+}
+fn put16(buf: &mut [u8], at: usize, v: u16) {
+    if let Some(b) = buf.get_mut(at..at + 2) {
+        b.copy_from_slice(&v.to_be_bytes());
+    }
+}
+fn put32(buf: &mut [u8], at: usize, v: u32) {
+    if let Some(b) = buf.get_mut(at..at + 4) {
+        b.copy_from_slice(&v.to_be_bytes());
     }
 }
 

@@ -1,19 +1,24 @@
-//! The thin syscall layer: everything that touches the kernel outside the io_uring itself.
-//! Each function does one thing and returns `io::Result`; policy lives in the callers.
+//! The thin syscall layer: everything that touches the kernel, and the only place (with the
+//! memory shared with the kernel: [`buf_ring`], [`uring`]) where `unsafe` is allowed. Each
+//! function does one thing and returns `io::Result`; policy lives in the callers.
 //!
 //! - [`tun`]: open one queue of a multi-queue TUN device (`/dev/net/tun`, `TUNSETIFF`).
 //! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
 //! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
 //! - [`bpf`]: CPU-local steering: BPF maps, loading and attaching (`crate::steering` builds the programs).
-//! - [`io`]: plain read/write/poll/recvmmsg/sendmmsg for the fallback path.
+//! - [`io`]: plain read/write/poll, and recvmmsg/sendmmsg over reusable headers ([`io::MsgBatch`]).
+//! - [`uring`]: a worker's io_uring instance, its TUN slots (send memory) and receive buffers.
+//! - [`buf_ring`]: the provided-buffer ring behind the multishot receive.
 
 pub mod bpf;
+pub mod buf_ring;
 pub mod io;
 pub mod netlink;
 pub mod socket;
 pub mod thread;
 pub mod tun;
+pub mod uring;
 
 /// Turns a libc return value into `io::Result` (negative → `last_os_error`).
 pub(crate) fn cvt<T: Copy + PartialOrd + Default>(ret: T) -> std::io::Result<T> {

@@ -5,24 +5,16 @@
 //! - [`uring`]: the io_uring path (default).
 //! - [`fallback`]: poll(2) + recvmmsg/sendmmsg + read/write, when io_uring is unavailable.
 //!
-//! This module holds what both paths share: the per-batch route refresh ([`Routes`]), the
-//! locally accumulated counters ([`Local`]), the worker's resources ([`WorkerSetup`]), the
-//! offload choices ([`Offload`]), the per-I/O packet handling both loops call
-//! ([`handle_tun_read`], [`send_chunks`], [`plain_udp_recv`], [`coalesce_udp_recv`]; no
-//! syscalls in them) and the TUN writes both make ([`write_tun`], [`flush_coalesced`]).
-//!
-//! # Counters with offloads
-//!
-//! `udp_*` count datagrams on the wire (a GSO send of 40 segments is 40 packets, a GRO
-//! receive of 40 datagrams is 40 packets); `tun_*` count TUN device reads and writes (a 64 KiB
-//! super-packet is one packet). So `udp_tx_packets / tun_rx_packets` is the average split.
+//! This module holds what both paths share: the worker's resources ([`WorkerSetup`]), the
+//! offload choices ([`Offload`]), the per-batch route refresh ([`Routes`]), the drain reports
+//! for CPU-local steering ([`DrainReporter`]) and [`WorkerState`], which puts them together
+//! with the I/O-free decisions of [`crate::datapath`] and makes the TUN writes both loops
+//! share.
 
-pub mod buf_ring;
 pub mod fallback;
 pub mod uring;
 
 use std::net::Ipv4Addr;
-use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,9 +24,10 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::stats::{Counter, WorkerStats};
 use flannel_shared::Ipv4Net;
 
-use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, SenderIndex, TunAction};
+use crate::datapath::{coalesce_room, Core, Local, TunVerdict};
+use crate::forward::{Context, Lookup, SenderIndex};
 use crate::gro::{self, Coalescer};
-use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
+use crate::gso::VNET_HDR_LEN;
 
 /// Packet buffer size. Without offloads a packet is at most the TUN MTU; the TUN MTU is
 /// clamped to this. Larger datagrams from peers are truncated and dropped (`drop_bad_length`).
@@ -81,9 +74,6 @@ impl BufSizes {
     }
 }
 
-/// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
-pub const GSO_MAX_SEGMENTS: usize = 64;
-
 /// Offload choices, probed once at startup and shared by all workers.
 #[derive(Debug)]
 pub struct Offload {
@@ -120,10 +110,6 @@ impl Offload {
         }
     }
 }
-/// ICMP net-unreachable rate limit per worker: tokens per second and burst.
-pub const ICMP_PER_SEC: u64 = 100;
-pub const ICMP_BURST: u64 = 20;
-
 /// Everything a worker owns.
 pub struct WorkerSetup {
     pub id: usize,
@@ -228,38 +214,6 @@ impl Routes {
     }
 }
 
-/// Counters accumulated during one batch, flushed with one atomic add per non-zero counter.
-pub struct Local(pub [u64; Counter::COUNT]);
-
-impl Local {
-    pub fn new() -> Self {
-        Self([0; Counter::COUNT])
-    }
-    #[inline]
-    pub fn add(&mut self, c: Counter, v: u64) {
-        self.0[c as usize] += v;
-    }
-    pub fn flush(&mut self, stats: &WorkerStats) {
-        stats.add_batch(&self.0);
-        self.0 = [0; Counter::COUNT];
-    }
-}
-
-impl Default for Local {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Monotonic nanoseconds since `start` (for the ICMP rate limiter).
-pub fn now_ns(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
-}
-
-pub fn icmp_limiter() -> RateLimiter {
-    RateLimiter::new(ICMP_PER_SEC, ICMP_BURST)
-}
-
 /// Pins the calling worker thread, logging (not failing) when that is impossible.
 pub fn pin(id: usize, cpu: Option<usize>) {
     if let Some(cpu) = cpu {
@@ -269,139 +223,9 @@ pub fn pin(id: usize, cpu: Option<usize>) {
     }
 }
 
-/// What to do after one TUN read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunVerdict {
-    /// Send to `peer`: with `split`, the segments are in the split buffer; otherwise the packet
-    /// itself, `segs.total` bytes at `pkt_offset` of the read buffer.
-    Send {
-        peer: Ipv4Addr,
-        split: bool,
-        pkt_offset: usize,
-        segs: Segments,
-    },
-    /// Write the ICMP error of this length (from the ICMP scratch buffer) into the TUN device.
-    Icmp(usize),
-    /// Dropped (counted).
-    Drop,
-}
-
-/// Handles one TUN read of `n` bytes in `buf` (behind a vnet header when `vnet`): finishes a
-/// partial checksum, applies the forwarding decision to the (super-)packet and splits
-/// super-packets into `split_out`. Counts everything except the sends themselves.
-#[allow(clippy::too_many_arguments)]
-pub fn handle_tun_read(
-    buf: &mut [u8],
-    n: usize,
-    vnet: bool,
-    split_out: &mut [u8],
-    routes: &Routes,
-    limiter: &mut RateLimiter,
-    now: u64,
-    icmp: &mut [u8],
-    local: &mut Local,
-) -> TunVerdict {
-    local.add(Counter::TunRxPackets, 1);
-    local.add(Counter::TunRxBytes, n as u64);
-    let drop = |local: &mut Local, r: DropReason| {
-        local.add(r.counter(), 1);
-        TunVerdict::Drop
-    };
-    let (hdr, off) = if vnet {
-        match VnetHdr::parse(&buf[..n]) {
-            Some(h) => (h, VNET_HDR_LEN),
-            None => return drop(local, DropReason::TunMalformed),
-        }
-    } else {
-        (VnetHdr::default(), 0)
-    };
-    let Some(pkt) = buf.get_mut(off..n) else {
-        return drop(local, DropReason::TunMalformed);
-    };
-    let kind = hdr.gso_kind();
-    if kind == GSO_NONE
-        && hdr.flags & F_NEEDS_CSUM != 0
-        && gso::finish_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into()).is_err()
-    {
-        return drop(local, DropReason::TunMalformed);
-    }
-    let mut limited = false;
-    match forward::tun_to_udp(
-        pkt,
-        &routes.snap,
-        &routes.ctx,
-        limiter,
-        now,
-        icmp,
-        &mut limited,
-    ) {
-        TunAction::Send(peer) => {
-            let len = pkt.len();
-            if kind == GSO_NONE {
-                return TunVerdict::Send {
-                    peer,
-                    split: false,
-                    pkt_offset: off,
-                    segs: Segments {
-                        count: 1,
-                        seg_len: len,
-                        total: len,
-                    },
-                };
-            }
-            // Checksums are recomputed per segment: the partial seed is not needed.
-            match gso::split(pkt, kind, hdr.gso_size.into(), split_out) {
-                Ok(segs) => TunVerdict::Send {
-                    peer,
-                    split: true,
-                    pkt_offset: 0,
-                    segs,
-                },
-                Err(_) => drop(local, DropReason::TunMalformed),
-            }
-        }
-        TunAction::Unreachable(len) => {
-            local.add(Counter::DropNoRoute, 1);
-            TunVerdict::Icmp(len)
-        }
-        TunAction::Drop(reason) => {
-            if limited {
-                local.add(Counter::IcmpRateLimited, 1);
-            }
-            drop(local, reason)
-        }
-    }
-}
-
-/// One datagram send: a byte range of the segment buffer and, when it holds several
-/// segments, the UDP_SEGMENT size (0: a plain datagram).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub range: Range<usize>,
-    pub gso_size: u16,
-    pub segments: usize,
-}
-
-/// The sends for `segs`: with `gso`, groups of up to [`gso::segments_per_send`] segments in
-/// one UDP_SEGMENT send each; without, one send per segment.
-pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
-    let per = if gso && segs.count > 1 {
-        gso::segments_per_send(segs.seg_len, GSO_MAX_SEGMENTS)
-    } else {
-        1
-    };
-    let nchunks = segs.count.div_ceil(per);
-    (0..nchunks).map(move |k| {
-        let first = k * per;
-        let last = ((k + 1) * per).min(segs.count);
-        let range = segs.range(first).start..segs.range(last - 1).end;
-        let segments = last - first;
-        Chunk {
-            range,
-            gso_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
-            segments,
-        }
-    })
+/// Monotonic nanoseconds since `start` (for the ICMP rate limiter).
+fn now_ns(start: Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
 }
 
 /// write(2) of one packet into the TUN queue, counted as `ok` (with its bytes when `ok` is
@@ -419,156 +243,149 @@ pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut Local) {
     }
 }
 
-/// Writes what `co` coalesced to the TUN queue; returns an empty coalescer on the same
-/// buffers.
-pub fn flush_coalesced<'o, 'w>(
-    tun: &OwnedFd,
-    co: Coalescer<'o, 'w>,
-    local: &mut Local,
-) -> Coalescer<'o, 'w> {
-    let (out, writes) = co.into_parts();
-    for w in writes.iter() {
-        write_tun(
+/// The sockets a loop keeps beside its [`WorkerState`] (which owns the TUN queue).
+pub struct Sockets {
+    pub recv: OwnedFd,
+    pub send: OwnedFd,
+    /// Readable when the worker must stop.
+    pub wake: Arc<OwnedFd>,
+}
+
+/// What both loops share: the decisions' state ([`Core`]: counters, ICMP rate limiter and
+/// buffer), the routes, the drain reports, the offload choices, and the TUN queue with the
+/// receive side's output. A loop is its own I/O around this.
+pub struct WorkerState {
+    pub id: usize,
+    pub core: Core,
+    pub routes: Routes,
+    pub drain: DrainReporter,
+    pub offload: Arc<Offload>,
+    /// Destination UDP port at peers.
+    pub port: u16,
+    pub sizes: BufSizes,
+    /// The worker's TUN queue.
+    pub tun: OwnedFd,
+    stats: WorkerStats,
+    start: Instant,
+    /// Receives of one batch coalesce here (with offloads), written out by
+    /// [`WorkerState::flush_rx`]. Its buffers are allocated once per worker for the process
+    /// lifetime.
+    co: Coalescer<'static, 'static>,
+    /// The TUN writes of one receive without offloads.
+    writes: Vec<gro::Write>,
+}
+
+impl WorkerState {
+    /// The state of the worker `setup` describes, and the sockets beside it.
+    pub fn new(setup: WorkerSetup) -> (Self, Sockets) {
+        let WorkerSetup {
+            id,
+            cpu: _,
             tun,
-            &out[w.offset..w.offset + w.len],
-            Counter::TunTxPackets,
-            local,
-        );
+            recv,
+            send,
+            wake,
+            reader,
+            stats,
+            port,
+            spoof_check,
+            offload,
+            drain,
+        } = setup;
+        let vnet = offload.vnet_hdr;
+        let sizes = BufSizes::new(vnet);
+        let coalesce: &'static mut [u8] = Box::leak(vec![0u8; sizes.coalesce].into_boxed_slice());
+        let co_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
+        let state = Self {
+            id,
+            core: Core::new(vnet),
+            routes: Routes::new(reader, spoof_check),
+            drain: DrainReporter::new(drain, id),
+            offload,
+            port,
+            sizes,
+            tun,
+            stats,
+            start: Instant::now(),
+            co: Coalescer::new(coalesce, co_writes),
+            writes: Vec::with_capacity(128),
+        };
+        (state, Sockets { recv, send, wake })
     }
-    Coalescer::new(out, writes)
-}
 
-/// Splits one UDP receive of `n` bytes into its datagrams: `gro_size` bytes each (the last
-/// may be shorter; `None`: one datagram). Counts every datagram, a zero-length one included
-/// (dropped as too short), and hands the others to `each` with their offset.
-fn for_each_datagram(
-    buf: &mut [u8],
-    n: usize,
-    gro_size: Option<usize>,
-    local: &mut Local,
-    mut each: impl FnMut(usize, &mut [u8], &mut Local),
-) {
-    local.add(Counter::UdpRxBytes, n as u64);
-    if n == 0 {
-        local.add(Counter::UdpRxPackets, 1);
-        local.add(DropReason::TooShort.counter(), 1);
-        return;
+    /// Starts a batch: refreshes the routes (one atomic load when nothing changed) and returns
+    /// the time for the ICMP rate limit.
+    #[inline]
+    pub fn begin_batch(&mut self) -> u64 {
+        self.routes.refresh();
+        now_ns(self.start)
     }
-    let seg = gro_size.unwrap_or(n).max(1);
-    for (i, d) in buf[..n].chunks_mut(seg).enumerate() {
-        local.add(Counter::UdpRxPackets, 1);
-        each(i * seg, d, local);
+
+    /// Ends a batch: counts it and flushes the counters.
+    pub fn end_batch(&mut self) {
+        self.core.local.add(Counter::Batches, 1);
+        self.core.local.flush(&self.stats);
     }
-}
 
-/// Handles one UDP receive without offloads: checks each datagram from `sender` and fills
-/// `writes` with the ranges of `buf` to write to the TUN device as they are.
-#[allow(clippy::too_many_arguments)]
-pub fn plain_udp_recv(
-    buf: &mut [u8],
-    n: usize,
-    gro_size: Option<usize>,
-    sender: Ipv4Addr,
-    ctx: &Context,
-    writes: &mut Vec<gro::Write>,
-    local: &mut Local,
-) {
-    writes.clear();
-    for_each_datagram(
-        buf,
-        n,
-        gro_size,
-        local,
-        |at, d, local| match forward::udp_to_tun(d, sender, ctx) {
-            Ok(()) => writes.push(gro::Write {
-                offset: at,
-                len: d.len(),
-                segments: 1,
-            }),
-            Err(r) => local.add(r.counter(), 1),
-        },
-    );
-}
+    /// Decides one TUN read of `n` bytes in `buf` ([`Core::tun_read`]) with this batch's
+    /// routes; a super-packet is split into `split_out`.
+    #[inline]
+    pub fn tun_read(
+        &mut self,
+        buf: &mut [u8],
+        n: usize,
+        split_out: &mut [u8],
+        now: u64,
+    ) -> TunVerdict {
+        let routes = &self.routes;
+        self.core
+            .tun_read(buf, n, split_out, &routes.snap, &routes.ctx, now)
+    }
 
-/// Room a receive of `n` bytes may need in a coalescer: its bytes plus a vnet header for
-/// every datagram of at least `gro_size` bytes (as if nothing merged).
-pub fn coalesce_room(n: usize, gro_size: Option<usize>) -> usize {
-    let datagrams = n.div_ceil(gro_size.unwrap_or(n).max(1)).max(1);
-    n + datagrams * VNET_HDR_LEN
-}
+    /// Writes the ICMP error of a [`TunVerdict::Icmp`] into the TUN queue.
+    pub fn write_icmp(&mut self, len: usize) {
+        let (pkt, local) = self.core.icmp_packet(len);
+        write_tun(&self.tun, pkt, Counter::IcmpUnreachableSent, local);
+    }
 
-/// Handles one UDP receive with offloads: checks each datagram from `sender` and pushes it
-/// into `co`, which may already hold earlier receives of this batch (so the two GRO receives
-/// of one 64 KiB super-packet can become one TUN write again). The caller makes sure `co` has
-/// [`coalesce_room`] left; a datagram that still does not fit is counted as a TUN error.
-#[allow(clippy::too_many_arguments)]
-pub fn coalesce_udp_recv(
-    buf: &mut [u8],
-    n: usize,
-    gro_size: Option<usize>,
-    sender: Ipv4Addr,
-    ctx: &Context,
-    co: &mut Coalescer<'_, '_>,
-    local: &mut Local,
-) {
-    for_each_datagram(
-        buf,
-        n,
-        gro_size,
-        local,
-        |_, d, local| match forward::udp_to_tun(d, sender, ctx) {
-            Ok(()) => {
-                if co.push(d).is_err() {
-                    local.add(Counter::TunTxErrors, 1);
-                }
+    /// Handles one UDP receive of `n` bytes in `buf` (`gro_size` bytes per datagram) from
+    /// `sender`: the datagrams that pass are written to the TUN queue one by one, or with
+    /// offloads go into this batch's coalescer (flushed first when it may lack room).
+    pub fn udp_recv(
+        &mut self,
+        buf: &mut [u8],
+        n: usize,
+        gro_size: Option<usize>,
+        sender: Ipv4Addr,
+    ) {
+        if self.offload.vnet_hdr {
+            if self.co.room() < coalesce_room(n, gro_size) {
+                self.flush_rx();
             }
-            Err(r) => local.add(r.counter(), 1),
-        },
-    );
-}
+            let ctx = &self.routes.ctx;
+            self.core
+                .coalesce_udp_recv(buf, n, gro_size, sender, ctx, &mut self.co);
+        } else {
+            let ctx = &self.routes.ctx;
+            self.core
+                .plain_udp_recv(buf, n, gro_size, sender, ctx, &mut self.writes);
+            for w in &self.writes {
+                let pkt = &buf[w.offset..w.offset + w.len];
+                write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+            }
+        }
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_segments() {
-        let segs = Segments {
-            count: 47,
-            seg_len: 1472,
-            total: 46 * 1472 + 900,
-        };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].range, 0..44 * 1472);
-        assert_eq!((c[0].gso_size, c[0].segments), (1472, 44));
-        assert_eq!(c[1].range, 44 * 1472..segs.total);
-        assert_eq!((c[1].gso_size, c[1].segments), (1472, 3));
-        let c: Vec<Chunk> = send_chunks(segs, false).collect();
-        assert_eq!(c.len(), 47);
-        assert!(c.iter().all(|x| x.gso_size == 0 && x.segments == 1));
-        assert_eq!(c[46].range, 46 * 1472..segs.total);
-        let one = Segments {
-            count: 1,
-            seg_len: 60,
-            total: 60,
-        };
-        let c: Vec<Chunk> = send_chunks(one, true).collect();
-        assert_eq!(
-            c,
-            vec![Chunk {
-                range: 0..60,
-                gso_size: 0,
-                segments: 1
-            }]
-        );
-        // A chunk whose last segment is alone still gets no GSO size.
-        let segs = Segments {
-            count: 45,
-            seg_len: 1472,
-            total: 45 * 1472,
-        };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
-        assert_eq!((c[1].segments, c[1].gso_size), (1, 0));
+    /// Writes out what this batch's receives coalesced, and empties the coalescer.
+    pub fn flush_rx(&mut self) {
+        if self.co.is_empty() {
+            return;
+        }
+        let (out, writes) = self.co.finished();
+        for w in writes {
+            let pkt = &out[w.offset..w.offset + w.len];
+            write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+        }
+        self.co.clear();
     }
 }

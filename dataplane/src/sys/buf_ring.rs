@@ -11,6 +11,13 @@
 //! is `buf_size` bytes: a 16-byte `io_uring_recvmsg_out` header, the source address area,
 //! the control area, then the payload ([`RecvLayout`]). All memory is leaked on purpose: the
 //! kernel may use it until the ring is gone, which is at process exit.
+//!
+//! Who owns a buffer: the kernel, from the moment it is provided (published at the tail) until
+//! a completion names it; then us, until we provide it again. That hand-over is a
+//! [`RecvBuf`] token: only a receive completion of the ring this buffer ring is registered
+//! with gives one out (`sys::uring`), it is neither `Copy` nor `Clone`, [`BufRing::buf_mut`]
+//! needs it and [`BufRing::provide`] consumes it. So safe code cannot look into a buffer the
+//! kernel may be writing.
 
 use std::alloc::{alloc_zeroed, Layout};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -19,6 +26,30 @@ use io_uring::types::BufRingEntry;
 
 /// `struct io_uring_recvmsg_out`: namelen, controllen, payloadlen, flags (4 × u32).
 pub const RECVMSG_OUT_LEN: usize = 16;
+
+/// Proof that buffer `bid` of one [`BufRing`] is ours: a receive completion handed it over
+/// and it has not been provided back since. Made only from a completion (`sys::uring`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct RecvBuf {
+    bid: u16,
+    /// The descriptor ring the completion's buffer group belongs to ([`BufRing::ring_addr`]).
+    ring: u64,
+}
+
+impl RecvBuf {
+    /// The token for buffer `bid` of the ring at `ring`, as a completion names it.
+    ///
+    /// Private to `sys`: only code that just took `bid` out of a real completion of the io_uring
+    /// instance that ring is registered with may call this, once per completion.
+    pub(in crate::sys) fn from_completion(bid: u16, ring: u64) -> Self {
+        Self { bid, ring }
+    }
+
+    /// The buffer id.
+    pub fn bid(&self) -> u16 {
+        self.bid
+    }
+}
 
 /// A provided-buffer ring and the buffers it hands out.
 pub struct BufRing {
@@ -72,7 +103,7 @@ impl BufRing {
             count,
         };
         for bid in 0..count {
-            r.provide(bid);
+            r.provide_bid(bid);
         }
         r.publish();
         Ok(r)
@@ -87,14 +118,17 @@ impl BufRing {
         self.count
     }
 
-    /// Buffer `bid`, as the kernel filled it (or `None` for an id we never handed out).
-    pub fn buf_mut(&mut self, bid: u16) -> Option<&mut [u8]> {
-        if bid >= self.count {
+    /// The buffer a completion handed over, as the kernel filled it (`None` for an id this
+    /// ring never handed out, or a token of another ring).
+    pub fn buf_mut(&mut self, t: &RecvBuf) -> Option<&mut [u8]> {
+        let bid = t.bid;
+        if bid >= self.count || t.ring != self.ring_addr() {
             return None;
         }
-        // SAFETY: `bid < count`, so the range lies in the allocation; the kernel hands a
-        // buffer to us in a completion and does not touch it again until we provide it back,
-        // and `&mut self` keeps us from handing out two views at once.
+        // SAFETY: `bid < count`, so the range lies in the allocation. The token proves a
+        // completion of this ring handed buffer `bid` to us and that it was not provided back
+        // since (providing consumes the token), so the kernel does not touch it now; `&mut self`
+        // keeps us from handing out two views at once.
         Some(unsafe {
             std::slice::from_raw_parts_mut(
                 self.bufs.add(usize::from(bid) * self.buf_size),
@@ -103,8 +137,16 @@ impl BufRing {
         })
     }
 
-    /// Queues buffer `bid` for the kernel again; visible to it after [`BufRing::publish`].
-    pub fn provide(&mut self, bid: u16) {
+    /// Gives a buffer back to the kernel; visible to it after [`BufRing::publish`].
+    pub fn provide(&mut self, t: RecvBuf) {
+        if t.ring != self.ring_addr() {
+            return;
+        }
+        self.provide_bid(t.bid);
+    }
+
+    /// Queues buffer `bid` for the kernel (every buffer at startup, then each returned one).
+    fn provide_bid(&mut self, bid: u16) {
         if bid >= self.count {
             return;
         }
@@ -209,7 +251,9 @@ mod tests {
         let mut r = BufRing::new(4, 128).unwrap();
         assert_eq!(r.entries(), 4);
         assert_eq!(r.tail, 4);
-        let base = r.buf_mut(0).unwrap().as_ptr() as u64;
+        let addr = r.ring_addr();
+        let token = |bid| RecvBuf::from_completion(bid, addr);
+        let base = r.buf_mut(&token(0)).unwrap().as_ptr() as u64;
         for i in 0..4u16 {
             // SAFETY: index < 4 entries of the ring just built.
             let e = unsafe { &*r.entries.add(usize::from(i)) };
@@ -217,12 +261,16 @@ mod tests {
             assert_eq!(e.len(), 128);
             assert_eq!(e.addr(), base + u64::from(i) * 128);
         }
-        r.provide(2);
+        r.provide(token(2));
         assert_eq!(r.tail, 5);
         // SAFETY: entry 0 of the live ring.
         let e = unsafe { &*r.entries };
         assert_eq!(e.bid(), 2);
-        assert!(r.buf_mut(4).is_none());
+        assert!(r.buf_mut(&token(4)).is_none());
+        // A token of another ring opens nothing here and is not provided.
+        assert!(r.buf_mut(&RecvBuf::from_completion(0, 1)).is_none());
+        r.provide(RecvBuf::from_completion(1, 1));
+        assert_eq!(r.tail, 5);
         assert!(BufRing::new(3, 128).is_err());
     }
 }

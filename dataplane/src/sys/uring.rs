@@ -1,0 +1,694 @@
+//! The io_uring instance of one worker and the memory it shares with the kernel: the unsafe
+//! half of `worker::uring`, which holds the loop and every decision.
+//!
+//! Two kinds of memory are shared with the kernel while operations are in flight:
+//! - receive buffers: a provided-buffer ring ([`BufRing`]); a buffer is ours from the
+//!   completion that names it (a [`RecvBuf`] token, found in [`Completion::Recv`]) until it is
+//!   provided back ([`Ring::provide`] consumes the token);
+//! - TUN slots: a read buffer, its split output, the peer address and the `msghdr`s of its
+//!   sends, which the kernel reads until each send completes. A slot's memory is lent out
+//!   ([`Ring::take_slot`]) only while none of its sends is in flight, and the in-flight count
+//!   drops only by a send's completion ([`Sent`], neither `Copy` nor `Clone`).
+//!
+//! So every operation the ring carries points into memory that is leaked (stable for the
+//! process lifetime) and untouched by us until its completion: the invariant `Ring::push`
+//! relies on. Slot memory is leaked on purpose (allocated once per worker): the kernel may
+//! still hold pointers into it while the ring is torn down at exit.
+//!
+//! [`probe`] checks once at startup that this kernel's io_uring has what the worker needs.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::buf_ring::{recv_layout, BufRing, RecvBuf, RECVMSG_OUT_LEN};
+use super::socket::{encode_udp_segment, sockaddr_in, CMSG_BUF};
+
+/// Submission queue entries (the completion queue is twice that).
+pub const RING_ENTRIES: u32 = 1024;
+/// Buffer group id of the receive ring.
+const RECV_BGID: u16 = 0;
+/// Receive buffer: recvmsg_out header, source address, control, then the payload.
+pub const NAME_AREA: usize = std::mem::size_of::<libc::sockaddr_in>();
+/// Sends one TUN slot may have (chunks of one super-packet, or its segments one by one when
+/// GSO is off); [`Ring::post_send`] refuses more.
+pub const MAX_SENDS: usize = 96;
+
+/// Registered files (IORING_REGISTER_FILES, 5.1): the ring's operations name the TUN queue and
+/// the sockets by index, which saves a file-table lookup and reference per operation.
+const FIXED_TUN: types::Fixed = types::Fixed(0);
+const FIXED_RECV: types::Fixed = types::Fixed(1);
+const FIXED_SEND: types::Fixed = types::Fixed(2);
+
+const K_TUN_POLL: u64 = 1;
+const K_UDP_SEND: u64 = 2;
+const K_UDP_RECV: u64 = 3;
+const K_WAKE: u64 = 6;
+const K_CANCEL: u64 = 7;
+
+fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
+    (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
+}
+
+/// Whether io_uring works here with the opcodes we need. `Err` explains why not (e.g. EPERM
+/// under `kernel.io_uring_disabled=2`, ENOSYS on old kernels).
+pub fn probe() -> io::Result<()> {
+    let ring: IoUring = IoUring::new(8)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    for (code, name) in [
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks {name}"),
+            ));
+        }
+    }
+    // Multishot poll (5.13) and multishot receive with a buffer ring (5.19, 6.0) have no opcode
+    // of their own: try each once and see it answer.
+    multishot_poll_works()?;
+    multishot_recvmsg_works()
+}
+
+/// Registers a small buffer ring and receives one datagram over an AF_UNIX socket pair with a
+/// multishot RECVMSG; checks the completion picked a buffer and keeps the request armed.
+fn multishot_recvmsg_works() -> io::Result<()> {
+    let mut ring: IoUring = IoUring::new(4)?;
+    let mut bufs = BufRing::new(2, 256)?;
+    // SAFETY: the descriptor ring is leaked memory and outlives `ring`.
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.ring_addr(), 2, RECV_BGID, 0)
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("io_uring buffer rings (Linux 5.19): {e}")))?;
+    let (a, b) = super::socket::unix_dgram_pair()?;
+    super::io::write(&b, b"probe")?;
+    let msg = Box::new(zeroed_msghdr());
+    let e = opcode::RecvMsgMulti::new(types::Fd(a.as_raw_fd()), &*msg, RECV_BGID)
+        .build()
+        .user_data(1);
+    // SAFETY: `msg` outlives the ring (declared before it is dropped below); the buffers are
+    // leaked.
+    let c = unsafe { complete_one(&mut ring, &e, "receive") }?;
+    let unsupported = || {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks multishot RECVMSG (Linux 6.0)",
+        )
+    };
+    if c.result() < 0 {
+        return Err(if c.result() == -libc::EINVAL {
+            unsupported()
+        } else {
+            io::Error::from_raw_os_error(-c.result())
+        });
+    }
+    let bid = cqueue::buffer_select(c.flags()).ok_or_else(unsupported)?;
+    if !cqueue::more(c.flags()) {
+        return Err(unsupported());
+    }
+    // The completion just handed this buffer over.
+    let token = RecvBuf::from_completion(bid, bufs.ring_addr());
+    let buf = bufs.buf_mut(&token).ok_or_else(unsupported)?;
+    let got = recv_layout(buf, 0, 0).is_some_and(|l| &buf[l.payload] == b"probe");
+    drop(ring);
+    drop(msg);
+    if got {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "io_uring probe: multishot RECVMSG returned an unexpected buffer layout",
+        ))
+    }
+}
+
+/// Submits `e` on a fresh probe ring and returns its first completion.
+///
+/// # Safety
+/// Whatever `e` points to must stay valid until the ring is dropped.
+unsafe fn complete_one(
+    ring: &mut IoUring,
+    e: &squeue::Entry,
+    what: &str,
+) -> io::Result<cqueue::Entry> {
+    // SAFETY: the caller keeps the entry's memory valid for the ring's lifetime.
+    unsafe { ring.submission().push(e) }
+        .map_err(|_| io::Error::other("io_uring probe: submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    ring.completion()
+        .next()
+        .ok_or_else(|| io::Error::other(format!("io_uring probe: no {what} completion")))
+}
+
+/// Arms a multishot POLL_ADD on a readable eventfd and checks the completion carries
+/// IORING_CQE_F_MORE (older kernels ignore the flag and complete it once, or reject it).
+fn multishot_poll_works() -> io::Result<()> {
+    let mut ring: IoUring = IoUring::new(4)?;
+    let efd = super::thread::eventfd()?;
+    super::thread::eventfd_signal(&efd);
+    let e = opcode::PollAdd::new(types::Fd(efd.as_raw_fd()), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(1);
+    // SAFETY: a poll entry holds no pointers into our memory.
+    let c = unsafe { complete_one(&mut ring, &e, "poll") }?;
+    if c.result() < 0 {
+        return Err(io::Error::from_raw_os_error(-c.result()));
+    }
+    if !cqueue::more(c.flags()) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks multishot POLL_ADD (Linux 5.13)",
+        ));
+    }
+    Ok(())
+}
+
+/// A ring built with the best flags this kernel takes, not yet set up ([`Ring::setup`]).
+pub struct NewRing {
+    ring: IoUring,
+    /// The setup flags' name (for the log).
+    pub flags: &'static str,
+}
+
+/// Builds the ring with the best flags this kernel takes, trying in order
+/// SINGLE_ISSUER|DEFER_TASKRUN (Linux 6.1), COOP_TASKRUN (5.19), then no flags, each with
+/// TASKRUN_FLAG so the ring says when deferred completions wait. Call it on the thread that
+/// will use the ring (SINGLE_ISSUER).
+pub fn build_ring() -> io::Result<NewRing> {
+    if let Ok(ring) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES)
+    {
+        return Ok(NewRing {
+            ring,
+            flags: "single_issuer+defer_taskrun",
+        });
+    }
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES)
+    {
+        return Ok(NewRing {
+            ring,
+            flags: "coop_taskrun",
+        });
+    }
+    Ok(NewRing {
+        ring: IoUring::new(RING_ENTRIES)?,
+        flags: "plain",
+    })
+}
+
+fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain C data (pointers and integers); all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn empty_iov() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+/// One outgoing datagram (or GSO chunk) of a TUN slot.
+struct SendMsg {
+    iov: libc::iovec,
+    msg: libc::msghdr,
+    ctl: [u8; CMSG_BUF],
+    /// Byte range in the slot's buffer (read buffer or split buffer).
+    start: usize,
+    len: usize,
+    gso_size: u16,
+    segments: usize,
+    split: bool,
+}
+
+/// A TUN read buffer, its split output and its sends, at a stable address (leaked).
+struct TunSlot {
+    buf: Box<[u8]>,
+    out: Box<[u8]>,
+    addr: libc::sockaddr_in,
+    sends: Box<[SendMsg]>,
+    /// Taken by the worker (not on the free list).
+    busy: bool,
+    /// Sends posted for the current packet, and how many are still in flight.
+    used: usize,
+    pending: usize,
+}
+
+fn leak_tun_slots(n: usize, buf: usize, out: usize) -> &'static mut [TunSlot] {
+    let v: Vec<TunSlot> = (0..n)
+        .map(|_| TunSlot {
+            buf: vec![0u8; buf].into_boxed_slice(),
+            out: vec![0u8; out].into_boxed_slice(),
+            addr: sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            sends: (0..MAX_SENDS)
+                .map(|_| SendMsg {
+                    iov: empty_iov(),
+                    msg: zeroed_msghdr(),
+                    ctl: [0; CMSG_BUF],
+                    start: 0,
+                    len: 0,
+                    gso_size: 0,
+                    segments: 0,
+                    split: false,
+                })
+                .collect(),
+            busy: false,
+            used: 0,
+            pending: 0,
+        })
+        .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+/// A completion as the kernel gave it: user data, result, flags.
+type RawCqe = (u64, i32, u32);
+
+fn raw(c: cqueue::Entry) -> RawCqe {
+    (c.user_data(), c.result(), c.flags())
+}
+
+/// One completion, decoded. Owning it is what lets the worker touch the memory it hands back
+/// (a receive buffer, a send's slot), so it is neither `Copy` nor `Clone`.
+#[derive(Debug)]
+pub enum Completion {
+    /// The multishot TUN poll: `res` ≥ 0 means readable; `more`: still armed.
+    TunPoll { res: i32, more: bool },
+    /// One send of a TUN slot finished: hand it to [`Ring::send_done`].
+    Sent(Sent),
+    /// The multishot receive: a filled buffer (`buf`, `res` its length) or an error; `more`:
+    /// still armed.
+    Recv {
+        res: i32,
+        more: bool,
+        buf: Option<RecvBuf>,
+    },
+    /// The wake-up eventfd fired: stop.
+    Wake,
+    /// Anything else (the cancel at shutdown).
+    Other,
+}
+
+/// A finished send (see [`Ring::send_done`]).
+#[derive(Debug)]
+pub struct Sent {
+    slot: usize,
+    sub: usize,
+    res: i32,
+}
+
+/// What a finished send carried, and how it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendInfo {
+    /// The send's result: bytes sent, or a negative errno.
+    pub res: i32,
+    pub slot: usize,
+    /// Byte range in the slot's read buffer, or in its split buffer when `split`.
+    pub start: usize,
+    pub len: usize,
+    /// UDP_SEGMENT size (0: a plain datagram) and the datagrams it stood for.
+    pub gso_size: u16,
+    pub segments: usize,
+    pub split: bool,
+}
+
+/// A free TUN slot's memory, lent out while none of its sends is in flight.
+pub struct SlotMut<'a> {
+    /// The read buffer.
+    pub buf: &'a mut [u8],
+    /// The split output.
+    pub out: &'a mut [u8],
+    addr: &'a mut libc::sockaddr_in,
+}
+
+impl SlotMut<'_> {
+    /// Where this slot's sends go.
+    pub fn set_peer(&mut self, peer: SocketAddrV4) {
+        *self.addr = sockaddr_in(peer);
+    }
+}
+
+/// Sizes of one worker's ring memory.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// TUN slots, and the bytes of each one's read and split buffers.
+    pub tun_slots: usize,
+    pub tun_buf: usize,
+    pub split_buf: usize,
+    /// Receive buffers (a power of two) and the payload room of each.
+    pub recv_bufs: u16,
+    pub recv_payload: usize,
+    /// Control room of a receive (for the UDP_GRO cmsg; 0 without GRO).
+    pub control_area: usize,
+}
+
+/// One worker's ring, its receive buffers and its TUN slots.
+pub struct Ring {
+    ring: IoUring,
+    slots: &'static mut [TunSlot],
+    /// TUN slots not taken (none of their sends in flight).
+    free: Vec<usize>,
+    recv_bufs: BufRing,
+    /// The multishot receive's msghdr (name and control area sizes), at a stable address.
+    recv_msg: &'static mut libc::msghdr,
+    /// Completions drained while the submission queue was full; handled next round.
+    backlog: Vec<RawCqe>,
+}
+
+impl Ring {
+    /// Allocates the receive buffers and TUN slots of `cfg`, registers the buffer ring and the
+    /// three files (the TUN queue, the receive and the send socket).
+    pub fn setup(
+        new: NewRing,
+        cfg: &RingConfig,
+        tun: &OwnedFd,
+        recv: &OwnedFd,
+        send: &OwnedFd,
+    ) -> io::Result<Self> {
+        let ring = new.ring;
+        let recv_bufs = BufRing::new(
+            cfg.recv_bufs,
+            RECVMSG_OUT_LEN + NAME_AREA + cfg.control_area + cfg.recv_payload,
+        )?;
+        // SAFETY: the descriptor ring is leaked memory of `entries` descriptors, page aligned,
+        // and outlives the io_uring instance.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                recv_bufs.ring_addr(),
+                recv_bufs.entries(),
+                RECV_BGID,
+                0,
+            )
+        }?;
+        let fixed: [RawFd; 3] = [tun.as_raw_fd(), recv.as_raw_fd(), send.as_raw_fd()];
+        ring.submitter().register_files(&fixed)?;
+        let mut recv_msg = Box::new(zeroed_msghdr());
+        recv_msg.msg_namelen = NAME_AREA as libc::socklen_t;
+        recv_msg.msg_controllen = cfg.control_area as _;
+        Ok(Self {
+            ring,
+            slots: leak_tun_slots(cfg.tun_slots, cfg.tun_buf, cfg.split_buf),
+            free: (0..cfg.tun_slots).rev().collect(),
+            recv_bufs,
+            recv_msg: Box::leak(recv_msg),
+            backlog: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: every entry we build points into leaked memory (slots, the receive
+            // msghdr) or nothing, which stays valid and untouched by us until its completion
+            // arrives (see the module docs).
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            // The SQ is full: hand it to the kernel. Drain the CQ first so a full CQ cannot
+            // make the submit fail (EBUSY); those completions are handled next round.
+            self.backlog.extend(self.ring.completion().map(raw));
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    self.backlog.extend(self.ring.completion().map(raw));
+                }
+            }
+        }
+    }
+
+    /// Submits what is queued and waits for `want` completions.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
+        self.ring.submit_and_wait(want)
+    }
+
+    /// Whether completions drained earlier wait to be handled.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Moves every completion available (the backlog first) into `out`.
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        let group = self.recv_bufs.ring_addr();
+        out.extend(self.backlog.drain(..).map(|c| decode(c, group)));
+        out.extend(self.ring.completion().map(|c| decode(raw(c), group)));
+    }
+
+    /// A one-shot POLL_ADD on the wake-up eventfd ([`Completion::Wake`]).
+    pub fn arm_wake(&mut self, wake: &OwnedFd) {
+        let e = opcode::PollAdd::new(types::Fd(wake.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(K_WAKE, 0, 0));
+        self.push(e);
+    }
+
+    /// The multishot POLL_ADD on the TUN queue (again, after the kernel ended it).
+    pub fn arm_tun_poll(&mut self) {
+        let e = opcode::PollAdd::new(FIXED_TUN, libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_TUN_POLL, 0, 0));
+        self.push(e);
+    }
+
+    /// Arms the multishot receive (again, after the kernel ended it).
+    pub fn arm_udp_recv(&mut self) {
+        let e = opcode::RecvMsgMulti::new(FIXED_RECV, &*self.recv_msg, RECV_BGID)
+            .build()
+            .user_data(ud(K_UDP_RECV, 0, 0));
+        self.push(e);
+    }
+
+    /// The receive buffer a completion handed over (`None`: an id this ring never gave out).
+    pub fn recv_buf(&mut self, t: &RecvBuf) -> Option<&mut [u8]> {
+        self.recv_bufs.buf_mut(t)
+    }
+
+    /// Gives a receive buffer back to the kernel (visible after [`Ring::publish_recv_bufs`]).
+    pub fn provide(&mut self, t: RecvBuf) {
+        self.recv_bufs.provide(t);
+    }
+
+    /// Makes the buffers provided so far visible to the kernel (one release store).
+    pub fn publish_recv_bufs(&self) {
+        self.recv_bufs.publish();
+    }
+
+    /// Whether a TUN slot is free.
+    pub fn has_free_slot(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Whether every TUN slot is free (every packet read was handed to the kernel).
+    pub fn all_slots_free(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    /// Takes a free TUN slot: its index and its memory, lent until the next ring call.
+    pub fn take_slot(&mut self) -> Option<(usize, SlotMut<'_>)> {
+        let i = self.free.pop()?;
+        let s = self.slots.get_mut(i)?;
+        s.busy = true;
+        Some((
+            i,
+            SlotMut {
+                buf: &mut s.buf,
+                out: &mut s.out,
+                addr: &mut s.addr,
+            },
+        ))
+    }
+
+    /// Puts taken slot `i` back on the free list unless sends of it are in flight; true when
+    /// it was.
+    pub fn release_slot(&mut self, i: usize) -> bool {
+        match self.slots.get_mut(i) {
+            Some(s) if s.busy && s.pending == 0 => {
+                s.busy = false;
+                s.used = 0;
+                self.free.push(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Posts one send of `len` bytes at `start` of taken slot `i`'s read (`split` false) or
+    /// split buffer, to the slot's peer, as a UDP_SEGMENT send of `gso_size` when non-zero
+    /// (standing for `segments` datagrams). False: no send room left in the slot, or the
+    /// range is outside the buffer.
+    pub fn post_send(
+        &mut self,
+        i: usize,
+        split: bool,
+        start: usize,
+        len: usize,
+        gso_size: u16,
+        segments: usize,
+    ) -> bool {
+        let Some(s) = self.slots.get_mut(i).filter(|s| s.busy) else {
+            return false;
+        };
+        let k = s.used;
+        let buf = if split { &mut s.out } else { &mut s.buf };
+        let (Some(m), Some(bytes)) = (
+            s.sends.get_mut(k),
+            start
+                .checked_add(len)
+                .and_then(|end| buf.get_mut(start..end)),
+        ) else {
+            return false;
+        };
+        s.used += 1;
+        s.pending += 1;
+        m.start = start;
+        m.len = len;
+        m.gso_size = gso_size;
+        m.segments = segments;
+        m.split = split;
+        m.iov.iov_base = bytes.as_mut_ptr().cast();
+        m.iov.iov_len = len;
+        m.msg.msg_iov = &mut m.iov;
+        m.msg.msg_iovlen = 1;
+        m.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_in).cast();
+        m.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if gso_size > 0 {
+            let n = encode_udp_segment(&mut m.ctl, gso_size);
+            m.msg.msg_control = m.ctl.as_mut_ptr().cast();
+            m.msg.msg_controllen = n as _;
+        } else {
+            m.msg.msg_control = std::ptr::null_mut();
+            m.msg.msg_controllen = 0;
+        }
+        let e = opcode::SendMsg::new(FIXED_SEND, &m.msg)
+            .build()
+            .user_data(ud(K_UDP_SEND, i, k));
+        self.push(e);
+        true
+    }
+
+    /// Accounts a finished send and says what it carried. The slot stays taken: release it
+    /// ([`Ring::release_slot`]) once nothing of it is in flight.
+    pub fn send_done(&mut self, sent: Sent) -> Option<SendInfo> {
+        let s = self.slots.get_mut(sent.slot)?;
+        let m = s.sends.get(sent.sub)?;
+        s.pending = s.pending.saturating_sub(1);
+        Some(SendInfo {
+            res: sent.res,
+            slot: sent.slot,
+            start: m.start,
+            len: m.len,
+            gso_size: m.gso_size,
+            segments: m.segments,
+            split: m.split,
+        })
+    }
+
+    /// Cancels every operation still in flight, waits (at most `wait`) until the kernel has
+    /// completed them, and unregisters the files. Without this the ring's teardown, which the
+    /// kernel runs asynchronously after the ring fd is closed, would keep the TUN queue open
+    /// for a while after the process exits: a data plane restarted at once would then attach
+    /// its queues to the old, dying `flannel0` (with the old vnet-header setting) instead of a
+    /// fresh device.
+    pub fn shutdown(&mut self, wait: Duration) {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
+            .build()
+            .user_data(ud(K_CANCEL, 0, 0));
+        self.push(cancel);
+        let deadline = Instant::now() + wait;
+        let mut cancelled = false;
+        let mut sends = self.slots.iter().map(|s| s.pending).sum::<usize>();
+        let (mut tun_poll, mut recv) = (true, true);
+        while Instant::now() < deadline && (!cancelled || sends > 0 || tun_poll || recv) {
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
+                Err(_) => break,
+            }
+            let done: Vec<RawCqe> = self
+                .backlog
+                .drain(..)
+                .chain(self.ring.completion().map(raw))
+                .collect();
+            for (data, _, flags) in done {
+                match data >> 56 {
+                    K_CANCEL => cancelled = true,
+                    K_UDP_SEND => sends = sends.saturating_sub(1),
+                    K_TUN_POLL if !cqueue::more(flags) => tun_poll = false,
+                    K_UDP_RECV if !cqueue::more(flags) => recv = false,
+                    _ => {}
+                }
+            }
+        }
+        if let Err(e) = self.ring.submitter().unregister_files() {
+            tracing::debug!("io_uring: unregistering files at shutdown: {e}");
+        }
+    }
+}
+
+/// Decodes a completion of a ring whose buffer ring is at `group` (see [`BufRing::ring_addr`]).
+fn decode((data, res, flags): RawCqe, group: u64) -> Completion {
+    let more = cqueue::more(flags);
+    match data >> 56 {
+        K_TUN_POLL => Completion::TunPoll { res, more },
+        K_UDP_SEND => Completion::Sent(Sent {
+            slot: ((data >> 24) & 0xff_ffff) as usize,
+            sub: (data & 0xff_ffff) as usize,
+            res,
+        }),
+        K_UDP_RECV => Completion::Recv {
+            res,
+            more,
+            // A completion naming a buffer hands it to us: the one place a token is made.
+            buf: cqueue::buffer_select(flags).map(|bid| RecvBuf::from_completion(bid, group)),
+        },
+        K_WAKE => Completion::Wake,
+        _ => Completion::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let c = decode((ud(K_UDP_SEND, 31, 95), -5, 0), 0);
+        match c {
+            Completion::Sent(s) => assert_eq!((s.slot, s.sub, s.res), (31, 95, -5)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode((ud(K_TUN_POLL, 0, 0), 1, 0), 0),
+            Completion::TunPoll {
+                res: 1,
+                more: false
+            }
+        ));
+        assert!(matches!(
+            decode((ud(K_WAKE, 0, 0), 1, 0), 0),
+            Completion::Wake
+        ));
+        assert!(matches!(
+            decode((ud(K_CANCEL, 0, 0), 0, 0), 0),
+            Completion::Other
+        ));
+        // A receive without a buffer carries no token.
+        assert!(matches!(
+            decode((ud(K_UDP_RECV, 0, 0), -105, 0), 0),
+            Completion::Recv { buf: None, .. }
+        ));
+    }
+}
