@@ -89,6 +89,12 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu: ext.overlay_mtu(),
         status: status.clone(),
         publisher: publisher.clone(),
+        // -public-ip given: it is what we advertise, whatever the interface has.
+        follow_iface: args.public_ip.is_none().then(|| FollowIface {
+            iface: args.iface.clone(),
+            iface_regex: args.iface_regex.clone(),
+            iface_can_reach: args.iface_can_reach,
+        }),
     };
     let lease = keeper.acquire().await?;
     let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
@@ -99,6 +105,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
             masq: args.ip_masq,
             forward: args.iptables_forward_rules,
             random_fully_disable: args.ip_masq_fully_random_disable,
+            port: config.backend.port,
             period: Duration::from_secs(args.iptables_resync),
         },
         own_tx.subscribe(),
@@ -134,6 +141,8 @@ struct RulesOpts {
     masq: bool,
     forward: bool,
     random_fully_disable: bool,
+    /// The data plane's UDP port (the guard rule drops container traffic to it).
+    port: u16,
     period: Duration,
 }
 
@@ -150,6 +159,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
             [
                 ip_masq::masq_chain(o.network, o.network, false),
                 ip_masq::forward_chain(o.network),
+                ip_masq::guard_chain(o.network, o.port),
             ]
             .iter()
             .filter_map(|spec| match ip_masq::remove(spec) {
@@ -177,6 +187,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
                     masq: subnet.filter(|_| o.masq),
                     random_fully: !o.random_fully_disable && nftables::has_fully_random(),
                     forward: o.forward,
+                    port: o.port,
                 };
                 let r = nft.sync(&want).map_err(|e| e.to_string());
                 (
@@ -190,6 +201,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
                     specs.push(ip_masq::masq_chain(o.network, s, random_fully));
                 }
                 if o.forward {
+                    specs.push(ip_masq::guard_chain(o.network, o.port));
                     specs.push(ip_masq::forward_chain(o.network));
                 }
                 let r = specs
@@ -267,6 +279,15 @@ pub async fn wait_for_config(client: &mut Client, prefix: &str) -> NetworkConfig
 
 /// How often an unwritable subnet.env is tried again.
 const ENV_RETRY: Duration = Duration::from_secs(1);
+/// How often the interface's address is checked (without `-public-ip`).
+const ADDR_CHECK: Duration = Duration::from_secs(5);
+
+/// The interface selection flags, kept to notice when the chosen address changes.
+struct FollowIface {
+    iface: Vec<String>,
+    iface_regex: Vec<String>,
+    iface_can_reach: Option<Ipv4Addr>,
+}
 
 /// Holds this host's lease: acquires, writes subnet.env, renews, re-acquires when lost.
 struct LeaseKeeper {
@@ -279,6 +300,8 @@ struct LeaseKeeper {
     mtu: u32,
     status: Arc<Status>,
     publisher: Arc<Publisher>,
+    /// Without `-public-ip`: the selection whose address our lease advertises.
+    follow_iface: Option<FollowIface>,
 }
 
 impl LeaseKeeper {
@@ -364,6 +387,8 @@ impl LeaseKeeper {
         let mut renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
         // READY=1 once the table is published, then WATCHDOG=1 from this loop (see `notify`).
         let mut heartbeat = Heartbeat::new(self.status.clone());
+        let mut addr_check = tokio::time::interval(ADDR_CHECK);
+        addr_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let lost = tokio::select! {
                 _ = tokio::time::sleep_until(renew_at) => {
@@ -398,6 +423,10 @@ impl LeaseKeeper {
                     self.write_env(lease.subnet);
                     false
                 }
+                _ = addr_check.tick(), if self.follow_iface.is_some() => {
+                    self.follow_address(&lease, &own_tx).await;
+                    false
+                }
             };
             if !lost {
                 continue;
@@ -418,6 +447,77 @@ impl LeaseKeeper {
             }
             let _ = own_tx.send(Some((lease.subnet, self.request.public_ip)));
             renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+        }
+    }
+
+    /// The underlay address changed (DHCP, a renumbered host): the lease's PublicIP follows,
+    /// so peers send to the new one. Our own-lease view is updated first, so the watch does not
+    /// take the new value for someone else's. Retried at the next check when etcd fails.
+    async fn follow_address(
+        &mut self,
+        lease: &HeldLease,
+        own_tx: &watch::Sender<Option<(Ipv4Net, Ipv4Addr)>>,
+    ) {
+        let Some(f) = &self.follow_iface else { return };
+        let (iface, iface_regex, can_reach) =
+            (f.iface.clone(), f.iface_regex.clone(), f.iface_can_reach);
+        let chosen = tokio::task::spawn_blocking(move || {
+            // Quietly: the choice was logged at start; a change is logged below.
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                public_ip::choose(public_ip::Selection {
+                    iface: &iface,
+                    iface_regex: &iface_regex,
+                    iface_can_reach: can_reach,
+                    public_ip: None,
+                })
+            })
+        })
+        .await;
+        let new = match chosen {
+            Ok(Ok(ext)) => ext.public_ip,
+            // The interface is gone or has no address for a moment: keep what we have.
+            Ok(Err(e)) => {
+                tracing::debug!("interface check: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let old = self.request.public_ip;
+        if new == old && own_tx.borrow().is_some_and(|(_, ip)| ip == new) {
+            return;
+        }
+        let _ = own_tx.send(Some((lease.subnet, new)));
+        let value = LeaseAttrs::udp(new).to_json();
+        // Bounded: the connection to etcd may have used the address that just went away.
+        let put = tokio::time::timeout(
+            ADDR_CHECK,
+            self.client.put(
+                lease.key.as_str(),
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease.lease_id)),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(etcd_client::Error::IoError(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from etcd",
+            )))
+        });
+        match put {
+            Ok(_) => {
+                tracing::warn!(
+                    subnet = %lease.subnet, %old, %new,
+                    "the interface's address changed: our lease now advertises the new one"
+                );
+                self.request.public_ip = new;
+            }
+            Err(e) => {
+                Counters::inc(&self.status.counters.etcd_errors);
+                tracing::warn!(%old, %new, "updating our lease's PublicIP failed: {e}; retrying");
+                // Keep the view on the old value so the next check tries again.
+                let _ = own_tx.send(Some((lease.subnet, old)));
+            }
         }
     }
 

@@ -18,6 +18,13 @@
 //! `-s N -j ACCEPT`, `-d N -j ACCEPT`. Every rule carries the comment "flanneld masq" or
 //! "flanneld forward".
 //!
+//! Not in flannel: filter, chain `FLANNEL-DP-GUARD`, jumped from the *first* rule of `FORWARD`
+//! (with `-iptables-forward-rules`): `-s N -p udp -m udp --dport P -j DROP` (P = the backend
+//! port), comment "flanneld guard". A container must not reach another host's data plane:
+//! masqueraded (ip-masq, Docker) its datagrams would arrive with this host's address and pass
+//! as ours. First, so that no ACCEPT (Docker's, FLANNEL-FWD) comes before it; moved back to the
+//! top when something was inserted above it.
+//!
 //! A sync is idempotent: the chain is rewritten only when its rules are not exactly the desired
 //! ones (count and each rule by `iptables -C`), and the jump is added only when missing. It runs
 //! the `iptables` program (iptables-nft on Debian 12) with `-w` and needs CAP_NET_ADMIN.
@@ -28,8 +35,10 @@ use flannel_shared::Ipv4Net;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
+pub const GUARD_CHAIN: &str = "FLANNEL-DP-GUARD";
 const MASQ_COMMENT: &str = "flanneld masq";
 const FORWARD_COMMENT: &str = "flanneld forward";
+const GUARD_COMMENT: &str = "flanneld guard";
 
 /// One chain of ours and the built-in chain that jumps to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +49,8 @@ pub struct ChainSpec {
     pub comment: &'static str,
     /// Rule arguments, without `-A CHAIN` and without the comment match.
     pub rules: Vec<Vec<String>>,
+    /// The jump must be the first rule of `from` (else it is appended, as flannel does).
+    pub jump_first: bool,
 }
 
 fn words(s: &str) -> Vec<String> {
@@ -64,6 +75,7 @@ pub fn masq_chain(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Chai
             words(&format!("-s {n} ! -d 224.0.0.0/4 -j MASQUERADE{rf}")),
             words(&format!("! -s {n} -d {n} -j MASQUERADE{rf}")),
         ],
+        jump_first: false,
     }
 }
 
@@ -79,6 +91,21 @@ pub fn forward_chain(network: Ipv4Net) -> ChainSpec {
             words(&format!("-s {n} -j ACCEPT")),
             words(&format!("-d {n} -j ACCEPT")),
         ],
+        jump_first: false,
+    }
+}
+
+/// The guard chain for `network` and the data plane's UDP `port`.
+pub fn guard_chain(network: Ipv4Net, port: u16) -> ChainSpec {
+    ChainSpec {
+        table: "filter",
+        chain: GUARD_CHAIN,
+        from: "FORWARD",
+        comment: GUARD_COMMENT,
+        rules: vec![words(&format!(
+            "-s {network} -p udp -m udp --dport {port} -j DROP"
+        ))],
+        jump_first: true,
     }
 }
 
@@ -206,11 +233,36 @@ pub fn sync(spec: &ChainSpec) -> Result<bool, IptablesError> {
         }
         changed = true;
     }
-    if !iptables(spec.table, &spec.jump_args("-C"))? {
+    if spec.jump_first {
+        if !jump_is_first(spec)? {
+            while iptables(spec.table, &spec.jump_args("-C"))? {
+                iptables(spec.table, &spec.jump_args("-D"))?;
+            }
+            let mut insert = spec.jump_args("-I");
+            insert.insert(2, "1".into());
+            iptables(spec.table, &insert)?;
+            changed = true;
+        }
+    } else if !iptables(spec.table, &spec.jump_args("-C"))? {
         iptables(spec.table, &spec.jump_args("-A"))?;
         changed = true;
     }
     Ok(changed)
+}
+
+/// Whether the first rule of `spec.from` is the jump to `spec.chain`.
+fn jump_is_first(spec: &ChainSpec) -> Result<bool, IptablesError> {
+    let out = Command::new("iptables")
+        .args(["-w", "5", "-t", spec.table, "-S", spec.from])
+        .output()
+        .map_err(|e| IptablesError {
+            table: spec.table.into(),
+            args: format!("-S {}", spec.from),
+            message: format!("cannot run iptables: {e}"),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().find(|l| l.starts_with("-A "));
+    Ok(first.is_some_and(|l| l.ends_with(&format!("-j {}", spec.chain))))
 }
 
 /// Removes our chain `spec.chain` and every jump to it from `spec.from` (left by an earlier run
@@ -282,6 +334,12 @@ mod tests {
                 .map(|i| spec.rule_args("-A", i).join(" "))
                 .collect::<Vec<_>>()[..]
         );
+        let guard = guard_chain("10.1.0.0/16".parse().unwrap(), 8285);
+        assert_eq!(
+            guard.rule_args("-A", 0).join(" "),
+            "-A FLANNEL-DP-GUARD -s 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment flanneld guard -j DROP"
+        );
+        assert!(guard.jump_first);
         let fwd = forward_chain("10.1.0.0/16".parse().unwrap());
         assert_eq!(
             fwd.rule_args("-A", 1).join(" "),

@@ -16,6 +16,10 @@
 //! ```
 //! `fully-random` is left out with `-ip-masq-fully-random-disable`.
 //!
+//! Not in flannel (with `-iptables-forward-rules`, as the iptables `FLANNEL-DP-GUARD`): chain
+//! `dp-guard` (filter, hook forward, priority filter - 5, before any accept):
+//! `ip saddr N udp dport P drop` — no container reaches another host's data plane.
+//!
 //! Unlike flannel (which writes once): a chain turned off is deleted (`-ip-masq=false` removes
 //! `postrtg`; neither rule set removes the table), and the table is resynced every
 //! `-iptables-resync` seconds: listed, compared with the listing taken right after our last
@@ -35,6 +39,7 @@ pub const TABLE: &str = "flannel-ipv4";
 pub const TABLE6: &str = "flannel-ipv6";
 pub const MASQ_CHAIN: &str = "postrtg";
 pub const FORWARD_CHAIN: &str = "forward";
+pub const GUARD_CHAIN: &str = "dp-guard";
 
 /// What the table should hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct Desired {
     pub random_fully: bool,
     /// `-iptables-forward-rules`.
     pub forward: bool,
+    /// The data plane's UDP port, for the guard chain.
+    pub port: u16,
 }
 
 impl Desired {
@@ -83,8 +90,21 @@ pub fn script(want: &Desired, listing: &str) -> String {
                 "add rule ip {TABLE} {FORWARD_CHAIN} ip {dir} {n} accept"
             ));
         }
-    } else if has_chain(FORWARD_CHAIN) {
-        line(format!("delete chain ip {TABLE} {FORWARD_CHAIN}"));
+        line(format!(
+            "add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook forward priority filter - 5 ; \
+             comment \"no container traffic to the data plane port\" ; }}"
+        ));
+        line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
+        line(format!(
+            "add rule ip {TABLE} {GUARD_CHAIN} ip saddr {n} udp dport {} drop",
+            want.port
+        ));
+    } else {
+        for chain in [FORWARD_CHAIN, GUARD_CHAIN] {
+            if has_chain(chain) {
+                line(format!("delete chain ip {TABLE} {chain}"));
+            }
+        }
     }
     match want.masq {
         Some(sub) => {
@@ -232,6 +252,7 @@ mod tests {
             masq: masq.then(|| "10.1.15.0/24".parse().unwrap()),
             random_fully,
             forward,
+            port: 8285,
         }
     }
 
@@ -244,6 +265,9 @@ mod tests {
              flush chain ip flannel-ipv4 forward\n\
              add rule ip flannel-ipv4 forward ip saddr 10.1.0.0/16 accept\n\
              add rule ip flannel-ipv4 forward ip daddr 10.1.0.0/16 accept\n\
+             add chain ip flannel-ipv4 dp-guard { type filter hook forward priority filter - 5 ; comment \"no container traffic to the data plane port\" ; }\n\
+             flush chain ip flannel-ipv4 dp-guard\n\
+             add rule ip flannel-ipv4 dp-guard ip saddr 10.1.0.0/16 udp dport 8285 drop\n\
              add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }\n\
              flush chain ip flannel-ipv4 postrtg\n\
              add rule ip flannel-ipv4 postrtg meta mark 0x4000 return\n\
@@ -261,12 +285,13 @@ mod tests {
     #[test]
     fn chains_turned_off_are_deleted_only_when_present() {
         let listing =
-            "table ip flannel-ipv4 {\n\tchain forward {\n\t}\n\tchain postrtg {\n\t}\n}\n";
+            "table ip flannel-ipv4 {\n\tchain forward {\n\t}\n\tchain dp-guard {\n\t}\n\tchain postrtg {\n\t}\n}\n";
         let s = script(&want(false, true, true), listing);
         assert!(s.ends_with("delete chain ip flannel-ipv4 postrtg\n"), "{s}");
         assert!(!script(&want(false, true, true), "").contains("delete"));
         let s = script(&want(true, false, true), listing);
         assert!(s.contains("delete chain ip flannel-ipv4 forward\n"), "{s}");
+        assert!(s.contains("delete chain ip flannel-ipv4 dp-guard\n"), "{s}");
         assert_eq!(
             script(&want(false, false, true), listing),
             "delete table ip flannel-ipv4\n"

@@ -36,6 +36,9 @@ pub enum DropReason {
     BadIhl,
     BadLength,
     UnknownSender,
+    /// From UDP: the sender is this host itself (its own lease's address): only a local process
+    /// can send that, never a peer.
+    FromSelf,
     DstNotLocal,
     SpoofedSrc,
     RxTtlExpired,
@@ -53,6 +56,7 @@ impl DropReason {
             DropReason::BadIhl => Counter::DropBadIhl,
             DropReason::BadLength => Counter::DropBadLength,
             DropReason::UnknownSender => Counter::DropUnknownSender,
+            DropReason::FromSelf => Counter::DropFromSelf,
             DropReason::DstNotLocal => Counter::DropDstNotLocal,
             DropReason::SpoofedSrc => Counter::DropSpoofedSrc,
             DropReason::RxTtlExpired => Counter::DropRxTtlExpired,
@@ -228,6 +232,12 @@ pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &Context) -> Result<(),
     let subnets = ctx.senders.subnets_of(sender);
     if subnets.is_empty() {
         return Err(DropReason::UnknownSender);
+    }
+    if ctx
+        .our_subnet
+        .is_some_and(|own| subnets.iter().any(|(_, n)| *n == own))
+    {
+        return Err(DropReason::FromSelf);
     }
     if !ctx.our_subnet.is_some_and(|s| s.contains(view.dst())) {
         return Err(DropReason::DstNotLocal);
@@ -447,6 +457,9 @@ mod tests {
                 Ipv4Addr::new(198, 18, 0, 9),
                 DropReason::UnknownSender,
             ),
+            // From our own address (a local process): whatever it carries.
+            (ipv4(CA, CA, 6, 62, 50), HOST_A, DropReason::FromSelf),
+            (good.clone(), HOST_A, DropReason::FromSelf),
             (ipv4(CB, CB, 6, 62, 50), HOST_B, DropReason::DstNotLocal),
             (
                 ipv4(Ipv4Addr::new(10, 1, 17, 2), CA, 6, 62, 50),
@@ -508,6 +521,7 @@ mod tests {
             BadIhl,
             BadLength,
             UnknownSender,
+            FromSelf,
             DstNotLocal,
             SpoofedSrc,
             RxTtlExpired,

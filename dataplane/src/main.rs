@@ -363,10 +363,17 @@ fn wait_for_table(
             }
             Err(_) => {}
         }
-        if sys::thread::wait_term_signal(Duration::from_millis(250)).is_some() {
-            return None;
+        match sys::thread::wait_term_signal(Duration::from_millis(250)) {
+            Some(libc::SIGHUP) => hup_ignored(),
+            Some(_) => return None,
+            None => {}
         }
     }
+}
+
+/// SIGHUP changes nothing: the data plane has no file to reload (it follows the route table).
+fn hup_ignored() {
+    tracing::info!("SIGHUP: ignored (no config file to reload; the route table is followed)");
 }
 
 fn effective_mtu(table_mtu: u32) -> u32 {
@@ -475,8 +482,8 @@ fn probe_udp_offloads(socks: &[(OwnedFd, OwnedFd)], vnet_hdr: bool, forced_off: 
 }
 
 fn run(args: Args) -> Result<()> {
-    // Before any thread exists: only the main thread will take SIGTERM/SIGINT.
-    sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT")?;
+    // Before any thread exists: only the main thread will take SIGTERM/SIGINT/SIGHUP.
+    sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT/SIGHUP")?;
     let mut sd = Systemd::from_env();
 
     let Some((mut reader, mut snap)) = wait_for_table(&args.route_table, &mut sd) else {
@@ -500,6 +507,7 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or(DEFAULT_PORT);
     let (nworkers, cpus) = worker_cpus(&args)?;
     let io_path = choose_io_path(&args);
+    ensure_port_free(&args, port)?;
 
     let (queues, vnet_hdr, mut dev) = open_tun(&args, nworkers, &meta)?;
     let stats = StatsWriter::create(&args.stats, nworkers).context("creating the stats file")?;
@@ -509,6 +517,15 @@ fn run(args: Args) -> Result<()> {
     let socks = open_sockets(&args, port, nworkers, io_path == IoPath::Fallback)?;
     let offload = Arc::new(probe_udp_offloads(&socks, vnet_hdr, args.no_offload));
     let drain = set_steering(args.steering, &cpus, nworkers, &queues[0], &socks[0].0).map(Arc::new);
+    // Setup is done: before the workers exist (capabilities are per thread), keep only what the
+    // table loop still needs (CAP_NET_ADMIN for the TUN address).
+    match sys::caps::keep_only_net_admin() {
+        Ok(before) => tracing::info!(
+            before = format!("{before:#x}"),
+            "capabilities: kept CAP_NET_ADMIN only"
+        ),
+        Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
+    }
     let plan = WorkerPlan {
         cpus: &cpus,
         port,
@@ -551,10 +568,14 @@ fn follow_table(
     mut changed: impl FnMut(&RouteSnapshot) -> String,
 ) -> Option<usize> {
     loop {
-        if let Some(sig) = sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
-            tracing::info!(signal = sig, "stopping");
-            sd.stopping(&format!("stopping (signal {sig})"));
-            return None;
+        match sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
+            Some(libc::SIGHUP) => hup_ignored(),
+            Some(sig) => {
+                tracing::info!(signal = sig, "stopping");
+                sd.stopping(&format!("stopping (signal {sig})"));
+                return None;
+            }
+            None => {}
         }
         if let Some(i) = workers.handles.iter().position(|h| h.is_finished()) {
             sd.status(&format!("worker {i} stopped: exiting"));
@@ -683,6 +704,34 @@ fn open_tun(
 }
 
 /// One (receive, send) UDP socket pair per worker.
+/// How long a start waits for the UDP port held by an exiting previous instance.
+const PORT_WAIT: Duration = Duration::from_secs(3);
+
+/// Refuses to start when (bind, port) is taken: SO_REUSEPORT would let a second data plane on
+/// this port silently share the traffic. A previous instance that is still exiting gets
+/// [`PORT_WAIT`]. Checked before anything is set up (the TUN device above all).
+fn ensure_port_free(args: &Args, port: u16) -> Result<()> {
+    let deadline = std::time::Instant::now() + PORT_WAIT;
+    let mut logged = false;
+    while !sys::socket::udp_port_is_free(args.bind, port)
+        .with_context(|| format!("probing UDP {}:{port}", args.bind))?
+    {
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "UDP {}:{port} is in use by another process (another flannel-dataplane?): refusing \
+                 to start, since SO_REUSEPORT would let both take a share of the traffic",
+                args.bind
+            );
+        }
+        if !logged {
+            tracing::info!(bind = %args.bind, port, "UDP port in use; waiting up to {PORT_WAIT:?} for it");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn open_sockets(
     args: &Args,
     port: u16,

@@ -799,6 +799,28 @@ fn scenario(tag: &str, extra: &[&str]) {
         assert!(Instant::now() < deadline, "drops not counted: {missing:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // 5b. Injection from B itself: a local process on B sending from B's own (leased) address
+    //     a packet that would otherwise pass every check (sender holds a lease, inner source in
+    //     its subnet, destination local). Dropped and counted as from_self.
+    let from_self = t.stats("b").total("drop_from_self");
+    let forged = inner_packet(Ipv4Addr::new(10, 1, 16, 9), CB, 30);
+    t.ns("b").run_in(move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(HOST_B, 0)).unwrap();
+        for _ in 0..3 {
+            s.send_to(&forged, SocketAddrV4::new(HOST_B, 8285)).unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.stats("b").total("drop_from_self") < from_self + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "self-injection not dropped: drop_from_self {} → {}\n{}",
+            from_self,
+            t.stats("b").total("drop_from_self"),
+            counter_deltas(&[], &t.counters("b"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(t.ping("ca", CB), "ping after garbage failed");
 
     // 6. B's lease leaves A's table: B becomes unreachable and the sender gets ICMP
@@ -1053,6 +1075,50 @@ fn e2e_gso_refused_falls_back() {
     );
     assert_eq!(t.stats("a").total("udp_tx_errors"), 0, "{log}");
     eprintln!("[e] A log:\n{log}");
+}
+
+/// A second data plane on a host whose port is taken (its own TUN name, table and stats, so only
+/// the port conflicts) refuses to start, naming the port; the first keeps forwarding.
+#[test]
+fn e2e_second_dataplane_on_the_same_port_refuses_to_start() {
+    if !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::build();
+    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
+    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
+    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
+    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    t.start_dataplane("a", &[]);
+    t.start_dataplane("b", &[]);
+    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+
+    let stats2 = t.dir.path().join("stats-b2");
+    let mut cmd = t.ns("b").command(BIN);
+    cmd.args(["--workers", "2", "--tun-name", "flannel1", "--route-table"])
+        .arg(t.table_path("b"))
+        .arg("--stats")
+        .arg(&stats2);
+    let mut second = Daemon::spawn(
+        "second flannel-dataplane on b",
+        cmd,
+        &t.dir.path().join("dp-b2.log"),
+    )
+    .unwrap();
+    let status = second
+        .wait_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the second data plane kept running:\n{}", second.log()));
+    assert!(!status.success(), "{status}");
+    let log = second.log();
+    assert!(
+        log.contains("UDP 0.0.0.0:8285 is in use by another process")
+            && log.contains("refusing to start"),
+        "{log}"
+    );
+    // The first one never lost its traffic.
+    assert!(t.ping("ca", CB), "ping A→B after the refused start failed");
+    assert!(t.ping("cb", CA), "ping B→A after the refused start failed");
 }
 
 /// Deterministic pseudo-random bytes (xorshift).

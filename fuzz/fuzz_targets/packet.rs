@@ -235,6 +235,8 @@ fuzz_target!(|input: Input| {
             let subnets = ctx.senders.subnets_of(sender);
             if subnets.is_empty() {
                 Err(DropReason::UnknownSender)
+            } else if our.is_some_and(|o| subnets.iter().any(|(_, n)| *n == o)) {
+                Err(DropReason::FromSelf)
             } else if !our.is_some_and(|s| s.contains(v.dst())) {
                 Err(DropReason::DstNotLocal)
             } else if input.spoof_check && !subnets.iter().any(|(_, n)| n.contains(v.src())) {

@@ -623,3 +623,116 @@ fn forwarding_interruptions_under_faults() {
         );
     }
 }
+
+/// etcd unreachable from host B for longer than B's lease TTL (B's packets to etcd dropped in
+/// its namespace; etcd itself keeps running, so the lease really expires): B's key disappears
+/// from etcd, and once etcd is reachable again B re-acquires the same subnet with the same value
+/// (the subnet is still free), A re-learns it, and traffic flows both ways. Forwarding between
+/// A and B never depended on etcd: the data planes kept their tables while it was away.
+#[test]
+fn etcd_unreachable_longer_than_the_lease_ttl_reacquires_the_same_subnet() {
+    let Some(mut opts) = ClusterOpts::for_test() else {
+        return;
+    };
+    opts.flanneld_args = vec!["--subnet-lease-ttl=5".into()];
+    let mut c = Cluster::new(opts).expect("build the testbed");
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    let key_b = lease_key(&c, 1);
+    let value_b = c.etcd.get(&key_b).unwrap();
+    assert!(value_b.is_some());
+    let port = c
+        .etcd
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let cut = [
+        "-w",
+        "-I",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "198.18.0.254",
+        "--dport",
+        &port,
+        "-j",
+        "DROP",
+    ];
+    c.hosts[1].ns.exec("iptables", &cut).unwrap();
+    // The lease (TTL 5 s) expires in etcd while B cannot renew it.
+    let gone = wait_for(SEC * 15, || {
+        c.etcd.get(&key_b).unwrap().is_none().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "B's lease did not expire while etcd was unreachable"
+    );
+    // Forwarding A ↔ B does not need etcd: B's data plane still has its table, A's too until its
+    // watch sees the deletion.
+    let uncut: Vec<&str> = cut
+        .iter()
+        .map(|w| if *w == "-I" { "-D" } else { *w })
+        .collect();
+    c.hosts[1].ns.exec("iptables", &uncut).unwrap();
+    let back = wait_for(SEC * 30, || c.etcd.get(&key_b).unwrap());
+    assert_eq!(
+        back,
+        value_b,
+        "B re-acquired another subnet or value\n{}",
+        c.hosts[1].logs()
+    );
+    let env_subnet =
+        flannel_shared::subnet_env::previous_subnet(&c.hosts[1].subnet_file()).unwrap();
+    assert_eq!(
+        format!("{PREFIX}/subnets/{}", env_subnet.to_key()),
+        key_b,
+        "subnet.env names the same subnet"
+    );
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
+}
+
+/// Host B's underlay address changes (renumbered: the old address removed, a new one added):
+/// B's flanneld notices within its 5 s check and rewrites its lease's PublicIP (same key, same
+/// etcd lease), A follows through its watch, and traffic flows both ways again.
+#[test]
+fn underlay_address_change_updates_the_leases_public_ip() {
+    let Some(c) = cluster(&[]) else { return };
+    let key_b = lease_key(&c, 1);
+    let lease_b = c.etcd.lease_of(&key_b).unwrap();
+    let ns = &c.hosts[1].ns;
+    // Old address removed first (removing a primary address also removes the secondaries of
+    // its subnet), then the new one added: renumbered, as by DHCP.
+    let old = format!("{}/24", c.hosts[1].underlay_ip);
+    ns.ip(&["addr", "del", &old, "dev", "eth0"]).unwrap();
+    ns.ip(&["addr", "add", "198.18.0.12/24", "dev", "eth0"])
+        .unwrap();
+    let want = r#"{"PublicIP":"198.18.0.12","PublicIPv6":null}"#;
+    let updated = wait_for(SEC * 15, || {
+        (c.etcd.get(&key_b).unwrap().as_deref() == Some(want)).then_some(())
+    });
+    assert!(
+        updated.is_some(),
+        "lease value {:?}\n{}",
+        c.etcd.get(&key_b).unwrap(),
+        c.hosts[1].logs()
+    );
+    assert_eq!(c.etcd.lease_of(&key_b).unwrap(), lease_b, "same etcd lease");
+    c.hosts[1]
+        .flanneld
+        .as_ref()
+        .unwrap()
+        .wait_log("our lease now advertises the new one", SEC * 5);
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
+}

@@ -51,9 +51,13 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
         "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
         "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
     ];
+    // Not in flannel: the guard chain, first in FORWARD (see containers_cannot_send_…).
     let want_filter = vec![
-        "-N FLANNEL-FWD".to_string(),
+        "-N FLANNEL-DP-GUARD".to_string(),
+        "-N FLANNEL-FWD".into(),
+        "-A FORWARD -m comment --comment \"flanneld guard\" -j FLANNEL-DP-GUARD".into(),
         "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD".into(),
+        "-A FLANNEL-DP-GUARD -s 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment \"flanneld guard\" -j DROP".into(),
         "-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
         "-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
     ];
@@ -150,10 +154,16 @@ fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
         \t\tip saddr 10.1.0.0/16 accept\n\
         \t\tip daddr 10.1.0.0/16 accept\n\
         \t}\n";
+    let guard = "\tchain dp-guard {\n\
+        \t\tcomment \"no container traffic to the data plane port\"\n\
+        \t\ttype filter hook forward priority filter - 5; policy accept;\n\
+        \t\tip saddr 10.1.0.0/16 udp dport 8285 drop\n\
+        \t}\n";
     let want = format!(
         "table ip flannel-ipv4 {{\n\
          \tcomment \"rules for flannel-ipv4\"\n\
          {forward}\n\
+         {guard}\n\
          \tchain postrtg {{\n\
          \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -254,7 +264,8 @@ fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
     let want_off = format!(
         "table ip flannel-ipv4 {{\n\
          \tcomment \"rules for flannel-ipv4\"\n\
-         {forward}\
+         {forward}\n\
+         {guard}\
          }}\n"
     );
     let off = wait_for(Duration::from_secs(10), || {
@@ -273,4 +284,102 @@ fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
         !ping_switch(&c, "2"),
         "ping to the underlay came back without masquerade"
     );
+}
+
+/// Packets matched by the first rule of chain `chain` in host `i`'s filter table.
+fn first_rule_packets(c: &Cluster, i: usize, chain: &str) -> u64 {
+    let out = c.hosts[i]
+        .ns
+        .exec(
+            "iptables",
+            &["-w", "-t", "filter", "-L", chain, "-v", "-x", "-n"],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "Chain X (1 references)", the column header, then one line per rule: pkts bytes target ...
+    text.lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rule in {chain}:\n{text}"))
+}
+
+/// A container must not reach another host's data plane: masqueraded, its datagrams would
+/// arrive with its host's address and pass as that host's. The guard chain, first in FORWARD,
+/// drops them (counted there); the peer's data plane never sees them; overlay traffic flows.
+#[test]
+fn containers_cannot_send_to_another_hosts_data_plane() {
+    let Some(mut opts) = ClusterOpts::for_test() else {
+        return;
+    };
+    if !require(
+        "iptables and bash installed",
+        have("iptables") && have("bash"),
+    ) {
+        return;
+    }
+    opts.flanneld_args = vec!["-ip-masq".into(), "-iptables-resync=1".into()];
+    let mut c = Cluster::new(opts).unwrap();
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.wait_reachable(0, 1, Duration::from_secs(10)).unwrap();
+    let guard_jump = "-A FORWARD -m comment --comment \"flanneld guard\" -j FLANNEL-DP-GUARD";
+    let first_forward_rule = |c: &Cluster| {
+        let out = c.hosts[0]
+            .ns
+            .exec("iptables", &["-w", "-t", "filter", "-S", "FORWARD"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("-A "))
+            .map(String::from)
+    };
+    let up = wait_for(Duration::from_secs(10), || {
+        (first_forward_rule(&c).as_deref() == Some(guard_jump)).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "{:?}\n{}",
+        first_forward_rule(&c),
+        c.hosts[0].logs()
+    );
+
+    let before = first_rule_packets(&c, 0, "FLANNEL-DP-GUARD");
+    let stats = flannel_shared::stats::StatsReader::open(&c.hosts[1].stats_file()).unwrap();
+    let rx_before = stats.total("udp_rx_packets");
+    let dst = format!("/dev/udp/{}/8285", c.hosts[1].underlay_ip);
+    let out = c.hosts[0]
+        .container()
+        .exec(
+            "bash",
+            &[
+                "-c",
+                &format!("for i in $(seq 20); do echo injected > {dst}; done"),
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(first_rule_packets(&c, 0, "FLANNEL-DP-GUARD"), before + 20);
+    assert_eq!(
+        stats.total("udp_rx_packets"),
+        rx_before,
+        "host 2's data plane received a container's datagrams"
+    );
+
+    // Something inserted above the guard (as Docker does with its chains): moved back on top.
+    c.hosts[0]
+        .ns
+        .exec(
+            "iptables",
+            &["-w", "-t", "filter", "-I", "FORWARD", "1", "-j", "ACCEPT"],
+        )
+        .unwrap();
+    let back = wait_for(Duration::from_secs(10), || {
+        (first_forward_rule(&c).as_deref() == Some(guard_jump)).then_some(())
+    });
+    assert!(back.is_some(), "{:?}", first_forward_rule(&c));
+    // Overlay traffic between the containers is not affected.
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
 }

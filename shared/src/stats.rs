@@ -92,6 +92,8 @@ counters! {
     DropBadIhl = "drop_bad_ihl",
     DropBadLength = "drop_bad_length",
     DropUnknownSender = "drop_unknown_sender",
+    /// The outer source is this host's own lease address: a local process injecting.
+    DropFromSelf = "drop_from_self",
     DropDstNotLocal = "drop_dst_not_local",
     DropSpoofedSrc = "drop_spoofed_src",
     DropRxTtlExpired = "drop_rx_ttl_expired",

@@ -49,6 +49,18 @@ fn udp(nonblocking: bool) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Whether (bind, port) is free: a bind *without* SO_REUSEPORT fails with EADDRINUSE when any
+/// socket holds it (another data plane's reuseport group included, which a reuseport bind of
+/// the same user would silently join). The probe socket is closed before returning.
+pub fn udp_port_is_free(bind: Ipv4Addr, port: u16) -> io::Result<bool> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    match s.bind(&SocketAddrV4::new(bind, port).into()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A receive socket in the SO_REUSEPORT group on (bind, port).
 pub fn recv_socket(bind: Ipv4Addr, port: u16, nonblocking: bool) -> io::Result<OwnedFd> {
     let s = udp(nonblocking)?;

@@ -1,5 +1,5 @@
 //! Threads and wake-ups: CPU pinning, the CPUs we may run on, an eventfd to wake a worker,
-//! and blocking SIGTERM/SIGINT so only the main thread receives them (via `sigtimedwait`).
+//! and blocking SIGTERM/SIGINT/SIGHUP so only the main thread receives them (via `sigtimedwait`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -64,11 +64,13 @@ fn term_sigset() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     set
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread (and every thread it spawns afterwards).
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread it spawns
+/// afterwards).
 pub fn block_term_signals() -> io::Result<()> {
     let set = term_sigset();
     // SAFETY: `set` is initialised; the old mask is not wanted (null).
@@ -79,7 +81,8 @@ pub fn block_term_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for a blocked SIGTERM/SIGINT; returns the signal number if one came.
+/// Waits up to `timeout` for a blocked SIGTERM/SIGINT/SIGHUP; returns the signal number if one
+/// came.
 pub fn wait_term_signal(timeout: Duration) -> Option<i32> {
     let set = term_sigset();
     let ts = libc::timespec {

@@ -27,6 +27,11 @@ pub struct ClusterOpts {
     pub underlay_mtu: u32,
     /// Where `flanneld` and `flannel-dataplane` are.
     pub bin_dir: PathBuf,
+    /// A program (and its arguments) `flanneld` is started under inside its namespace, e.g.
+    /// `setpriv --bounding-set …`; empty: started directly.
+    pub flanneld_wrapper: Vec<String>,
+    /// The same for `flannel-dataplane`.
+    pub dataplane_wrapper: Vec<String>,
 }
 
 impl ClusterOpts {
@@ -37,6 +42,8 @@ impl ClusterOpts {
             flanneld_args: Vec::new(),
             underlay_mtu: 1500,
             bin_dir: bin_dir.to_owned(),
+            flanneld_wrapper: Vec::new(),
+            dataplane_wrapper: Vec::new(),
         }
     }
 
@@ -189,7 +196,7 @@ impl Cluster {
         let bin = self.opts.bin_dir.join("flanneld");
         let extra = self.opts.flanneld_args.clone();
         let h = &mut self.hosts[i];
-        let mut cmd = h.ns.command(&bin);
+        let mut cmd = wrapped(&h.ns, &self.opts.flanneld_wrapper, &bin);
         cmd.arg(format!("-etcd-endpoints={endpoint}"))
             .arg("-iface=eth0")
             .arg(format!("-subnet-file={}", h.subnet_file().display()))
@@ -228,7 +235,7 @@ impl Cluster {
         let bin = self.opts.bin_dir.join("flannel-dataplane");
         let extra = self.opts.dataplane_args.clone();
         let h = &mut self.hosts[i];
-        let mut cmd = h.ns.command(&bin);
+        let mut cmd = wrapped(&h.ns, &self.opts.dataplane_wrapper, &bin);
         cmd.arg(format!("--route-table={}", h.route_table().display()))
             .arg(format!("--stats={}", h.stats_file().display()))
             .args(extra)
@@ -332,5 +339,17 @@ impl Cluster {
                     self.hosts[from].index, self.hosts[to].index
                 )
             })
+    }
+}
+
+/// `bin` in `ns`, started under `wrapper` (program and arguments) when there is one.
+fn wrapped(ns: &super::netns::Netns, wrapper: &[String], bin: &Path) -> std::process::Command {
+    match wrapper.split_first() {
+        None => ns.command(bin),
+        Some((program, args)) => {
+            let mut cmd = ns.command(program);
+            cmd.args(args).arg(bin);
+            cmd
+        }
     }
 }
