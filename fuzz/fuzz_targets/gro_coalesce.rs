@@ -13,9 +13,9 @@
 use arbitrary::Arbitrary;
 use flannel_dataplane::gro::{Coalescer, MAX_SEGMENTS};
 use flannel_dataplane::gso::{
-    finish_checksum, split, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, TCP_ACK, TCP_PSH, VNET_HDR_LEN,
+    finish_checksum, split, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN,
 };
-use flannel_dataplane::packet::{checksum_add, fold_checksum};
+use flannel_dataplane::packet::{checksum_add, fold_checksum, TCP_ACK, TCP_PSH};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -12,10 +12,12 @@
 use arbitrary::Arbitrary;
 use flannel_dataplane::gro::Coalescer;
 use flannel_dataplane::gso::{
-    finish_checksum, split, VnetHdr, GSO_TCPV4, GSO_UDP_L4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_CWR,
-    TCP_FIN, TCP_PSH, VNET_HDR_LEN,
+    finish_checksum, split, VnetHdr, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN,
 };
-use flannel_dataplane::packet::{checksum_add, fold_checksum, pseudo_header_sum, Ipv4View};
+use flannel_dataplane::packet::{
+    checksum_add, fold_checksum, pseudo_header_sum, Ipv4View, PROTO_TCP, PROTO_UDP, TCP_ACK,
+    TCP_CWR, TCP_FIN, TCP_PSH,
+};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
