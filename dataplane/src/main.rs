@@ -266,7 +266,19 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
-        Ok(()) => std::process::exit(0),
+        Ok(Exit::Stopped) => std::process::exit(0),
+        Ok(Exit::Reexec) => {
+            use std::os::unix::process::CommandExt;
+            let mut argv = std::env::args_os();
+            let arg0 = argv.next().unwrap_or_else(|| "flannel-dataplane".into());
+            // /proc/self/exe: this very binary, even if the file was replaced meanwhile.
+            let err = std::process::Command::new("/proc/self/exe")
+                .arg0(arg0)
+                .args(argv)
+                .exec();
+            tracing::error!("restarting in place failed: {err}");
+            std::process::exit(1);
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::exit(1);
@@ -481,7 +493,7 @@ fn probe_udp_offloads(socks: &[(OwnedFd, OwnedFd)], vnet_hdr: bool, forced_off: 
     Offload::new(vnet_hdr, gro, gso)
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args) -> Result<Exit> {
     // Before any thread exists: only the main thread will take SIGTERM/SIGINT/SIGHUP.
     sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT/SIGHUP")?;
     let mut sd = Systemd::from_env();
@@ -489,7 +501,7 @@ fn run(args: Args) -> Result<()> {
     let Some((mut reader, mut snap)) = wait_for_table(&args.route_table, &mut sd) else {
         tracing::info!("stopped before the route table appeared");
         sd.stopping("stopped before the route table appeared");
-        return Ok(());
+        return Ok(Exit::Stopped);
     };
     sd.status("route table found: setting up the TUN device and the workers");
     let meta = snap.meta().clone();
@@ -550,36 +562,80 @@ fn run(args: Args) -> Result<()> {
         tracing::info!(every = ?w, "systemd watchdog: pinging from the table loop");
     }
 
-    let failed = follow_table(&mut sd, &mut reader, &mut snap, &workers, |snap| {
+    let tun = (args.tun_name.clone(), dev.ifindex);
+    let end = follow_table(&mut sd, &mut reader, &mut snap, &workers, &tun, |snap| {
         apply_table_change(&args.tun_name, &mut dev, snap);
         forwarding(dev.network, snap)
     });
-    stop_workers(workers, failed)
+    match end {
+        LoopEnd::Stop => stop_workers(workers, None).map(|()| Exit::Stopped),
+        LoopEnd::WorkerEnded(i) => stop_workers(workers, Some(i)).map(|()| Exit::Stopped),
+        LoopEnd::TunGone => {
+            tracing::error!(
+                tun = %args.tun_name,
+                "the TUN device was deleted under the data plane: restarting in place to recreate it"
+            );
+            sd.status("TUN device deleted: restarting in place to recreate it");
+            if let Err(e) = stop_workers(workers, None) {
+                tracing::warn!("stopping the workers of the deleted device: {e:#}");
+            }
+            Ok(Exit::Reexec)
+        }
+    }
 }
 
-/// Follows the table until a stop signal (`None`) or a worker's end (`Some(its index)`),
-/// pinging the watchdog while every worker runs; `changed` applies a new generation and
-/// returns the status to report.
+/// How `run` ended.
+enum Exit {
+    /// Stopped by a signal: exit 0.
+    Stopped,
+    /// The TUN device vanished: everything is closed; start over in this process (same PID,
+    /// so systemd's supervision and the test harness see one process) with the same arguments.
+    Reexec,
+}
+
+/// Why the table loop ended.
+enum LoopEnd {
+    Stop,
+    WorkerEnded(usize),
+    TunGone,
+}
+
+/// Whether the TUN device `name` (created with `ifindex`) is gone: deleted, or replaced by
+/// another device of that name.
+fn tun_gone((name, ifindex): &(String, u32)) -> bool {
+    sys::tun::if_index(name).map_or(true, |i| i != *ifindex)
+}
+
+/// Follows the table until a stop signal, a worker's end or the TUN device's deletion (checked
+/// every turn, ≤ 200 ms), pinging the watchdog while every worker runs; `changed` applies a new
+/// generation and returns the status to report.
 fn follow_table(
     sd: &mut Systemd,
     reader: &mut RouteTableReader,
     snap: &mut RouteSnapshot,
     workers: &Workers,
+    tun: &(String, u32),
     mut changed: impl FnMut(&RouteSnapshot) -> String,
-) -> Option<usize> {
+) -> LoopEnd {
     loop {
         match sys::thread::wait_term_signal(sd.poll(Duration::from_millis(200))) {
             Some(libc::SIGHUP) => hup_ignored(),
             Some(sig) => {
                 tracing::info!(signal = sig, "stopping");
                 sd.stopping(&format!("stopping (signal {sig})"));
-                return None;
+                return LoopEnd::Stop;
             }
             None => {}
         }
+        if tun_gone(tun) {
+            return LoopEnd::TunGone;
+        }
         if let Some(i) = workers.handles.iter().position(|h| h.is_finished()) {
+            if tun_gone(tun) {
+                return LoopEnd::TunGone;
+            }
             sd.status(&format!("worker {i} stopped: exiting"));
-            return Some(i);
+            return LoopEnd::WorkerEnded(i);
         }
         // Every worker is alive and this loop turns: tell the watchdog.
         sd.ping_if_due();

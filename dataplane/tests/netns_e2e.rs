@@ -1069,7 +1069,7 @@ fn e2e_gso_refused_falls_back() {
     assert!(checked > 100, "too few datagrams seen: {checked}");
     let log = t.log("a");
     assert_eq!(
-        log.matches("UDP_SEGMENT off from now on").count(),
+        log.matches("UDP_SEGMENT off for this destination").count(),
         1,
         "GSO refusal not logged exactly once:\n{log}"
     );
@@ -1119,6 +1119,54 @@ fn e2e_second_dataplane_on_the_same_port_refuses_to_start() {
     // The first one never lost its traffic.
     assert!(t.ping("ca", CB), "ping A→B after the refused start failed");
     assert!(t.ping("cb", CA), "ping B→A after the refused start failed");
+}
+
+/// The TUN device deleted under a running data plane (`ip link del flannel0`): the same process
+/// notices within its table loop's turn, stops its workers, restarts in place (re-exec, same
+/// PID) and recreates the device with its address and route; forwarding resumes both ways.
+#[test]
+fn e2e_tun_deleted_under_the_dataplane_is_recreated() {
+    if !can_run() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = Topo::build();
+    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
+    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
+    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
+    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    t.start_dataplane("a", &[]);
+    t.start_dataplane("b", &[]);
+    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+    let pid = t.dp("b").pid();
+    let ifindex_before = t.exec("b", &["cat", "/sys/class/net/flannel0/ifindex"]);
+    t.exec("b", &["ip", "link", "del", "flannel0"]);
+    let started = Instant::now();
+    let back = wait_for(Duration::from_secs(15), || {
+        (t.dp("b").log_count("forwarding workers=") >= 2).then_some(())
+    });
+    assert!(back.is_some(), "not recreated:\n{}", t.log("b"));
+    let took = started.elapsed();
+    assert_eq!(t.dp("b").pid(), pid, "restarted in place, same process");
+    assert!(t.dp_mut("b").try_wait().is_none(), "still running");
+    assert!(
+        t.log("b")
+            .contains("the TUN device was deleted under the data plane"),
+        "{}",
+        t.log("b")
+    );
+    let ifindex_after = t.exec("b", &["cat", "/sys/class/net/flannel0/ifindex"]);
+    assert_ne!(ifindex_before, ifindex_after, "a new device");
+    let addr = t.exec("b", &["ip", "-o", "addr", "show", "dev", "flannel0"]);
+    assert!(addr.contains("inet 10.1.16.0/32"), "{addr}");
+    assert!(
+        t.wait_reachable("ca", CB, Duration::from_secs(10)),
+        "A→B not reachable after the recreation\nB:\n{}",
+        t.log("b")
+    );
+    assert!(t.ping("ca", CB), "ping A→B after the recreation failed");
+    assert!(t.ping("cb", CA), "ping B→A after the recreation failed");
+    eprintln!("[tun] recreated and forwarding after {took:?}");
 }
 
 /// Deterministic pseudo-random bytes (xorshift).

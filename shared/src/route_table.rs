@@ -397,7 +397,23 @@ impl Mapping {
 }
 
 /// Maps the file at `path` for reading and validates it.
-fn map_for_read(path: &Path) -> Result<Mapping> {
+/// Which file a mapping came from: a path replaced by another file has another identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+fn map_for_read(path: &Path) -> Result<(Mapping, FileId)> {
     // On 64-bit targets, Relaxed loads of <= 8 bytes work on read-only memory; elsewhere a
     // 64-bit atomic load may be a read-modify-write, so map read-write (readers never store).
     let writable = cfg!(not(target_pointer_width = "64"));
@@ -406,7 +422,8 @@ fn map_for_read(path: &Path) -> Result<Mapping> {
         .write(writable)
         .open(path)
         .map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
+    let meta = file.metadata().map_err(io_err(path))?;
+    let len = meta.len();
     if len < HEADER_SIZE as u64 {
         return Err(RouteTableError::TooSmall {
             path: path.to_owned(),
@@ -420,7 +437,7 @@ fn map_for_read(path: &Path) -> Result<Mapping> {
         MmapOptions::new().map_raw_read_only(&file)
     }
     .map_err(io_err(path))?;
-    Mapping::validate(path, raw)
+    Ok((Mapping::validate(path, raw)?, FileId::of(&meta)))
 }
 
 /// The meta fields of a buffer as loaded (possibly torn until the seqlock validates them).
@@ -540,6 +557,9 @@ fn entries_needed(meta: &TableMeta) -> Result<u32> {
     }
     Ok(entries as u32)
 }
+
+/// How often a reader compares the path's file with the one it maps ([`RouteTableReader::refresh`]).
+pub const IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `<path>.lock`, the file the writer holds an exclusive `flock` on.
 fn lock_path(path: &Path) -> PathBuf {
@@ -916,6 +936,9 @@ impl RouteTableWriter {
 pub struct RouteTableReader {
     path: PathBuf,
     map: Mapping,
+    /// The mapped file's identity, and when the path was last checked against it.
+    file: FileId,
+    checked: std::time::Instant,
     /// Receives each copy; swapped with the snapshot's entries once the copy is validated, so
     /// a failed refresh leaves the snapshot untouched and steady state does not allocate.
     scratch: Vec<u32>,
@@ -940,9 +963,12 @@ impl RouteTableReader {
     /// Maps the table at `path`. Fails if the file is absent (an `Io` error of kind
     /// `NotFound`) or not a valid table; succeeds on a table not yet published.
     pub fn open(path: &Path) -> Result<Self> {
+        let (map, file) = map_for_read(path)?;
         Ok(Self {
             path: path.to_owned(),
-            map: map_for_read(path)?,
+            map,
+            file,
+            checked: std::time::Instant::now(),
             scratch: Vec::new(),
         })
     }
@@ -966,15 +992,41 @@ impl RouteTableReader {
         Ok(snap)
     }
 
-    /// Brings `snap` up to date. Cheap when unchanged: one atomic load, `Ok(false)`.
-    /// Otherwise copies the current table into `snap` and returns `Ok(true)`, reopening the
-    /// path first if the writer replaced the file. On error `snap` is left as it was, so the
-    /// caller can keep forwarding with it.
+    /// Brings `snap` up to date. Cheap when unchanged: one atomic load and a clock read,
+    /// `Ok(false)`. Otherwise copies the current table into `snap` and returns `Ok(true)`,
+    /// reopening the path first if the writer replaced the file. Every
+    /// [`IDENTITY_CHECK`] it also compares the path's file with the mapped one (one `stat`), so
+    /// a file replaced without the old one being marked retired (a writer that died in
+    /// between; a reader that opened the old file at that moment) is followed too. On error
+    /// `snap` is left as it was, so the caller can keep forwarding with it.
     #[inline]
     pub fn refresh(&mut self, snap: &mut RouteSnapshot) -> Result<bool> {
         if self.generation() == snap.generation {
+            if self.checked.elapsed() < IDENTITY_CHECK {
+                return Ok(false);
+            }
+            return self.follow_replaced(snap);
+        }
+        self.load_into(snap)?;
+        Ok(true)
+    }
+
+    /// Reopens and reloads when the path now names another file than the mapped one; `Ok(true)`
+    /// when it did. [`Self::refresh`] calls it every [`IDENTITY_CHECK`].
+    #[cold]
+    pub fn follow_replaced(&mut self, snap: &mut RouteSnapshot) -> Result<bool> {
+        self.checked = std::time::Instant::now();
+        let now = match fs::metadata(&self.path) {
+            Ok(m) => FileId::of(&m),
+            // Gone for a moment (or unreadable): keep the mapping we have.
+            Err(_) => return Ok(false),
+        };
+        if now == self.file {
             return Ok(false);
         }
+        let (map, file) = map_for_read(&self.path)?;
+        self.map = map;
+        self.file = file;
         self.load_into(snap)?;
         Ok(true)
     }
@@ -990,7 +1042,7 @@ impl RouteTableReader {
                     attempts: reopens,
                 });
             }
-            self.map = map_for_read(&self.path)?;
+            (self.map, self.file) = map_for_read(&self.path)?;
         }
         Ok(())
     }
@@ -1783,6 +1835,49 @@ mod tests {
         send::<RouteTableWriter>();
         send::<RouteTableReader>();
         send::<RouteSnapshot>();
+    }
+
+    /// A table file replaced without the old one being marked retired (the writer died between
+    /// the rename and the old header's update; a reader that mapped the old file then): the
+    /// reader follows the path within IDENTITY_CHECK, not never.
+    #[test]
+    fn a_reader_follows_a_replaced_file_that_was_never_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes");
+        let mut w = RouteTableWriter::open(&path).unwrap();
+        w.publish(&meta16(), &routes16()).unwrap();
+        let mut r = RouteTableReader::open(&path).unwrap();
+        let mut snap = r.snapshot().unwrap();
+        // Another table, written elsewhere and renamed over the path; the old file stays as it
+        // was (not retired), as if its writer had died.
+        let other = dir.path().join("other/routes");
+        let mut w2 = RouteTableWriter::open(&other).unwrap();
+        let only = [Route {
+            subnet: "10.1.99.0/24".parse().unwrap(),
+            public_ip: Ipv4Addr::new(198, 18, 0, 99),
+        }];
+        w2.publish(&meta16(), &only).unwrap();
+        fs::rename(&other, &path).unwrap();
+        assert!(
+            !r.refresh(&mut snap).unwrap(),
+            "the old mapping alone says nothing changed"
+        );
+        assert!(r.follow_replaced(&mut snap).unwrap());
+        assert_eq!(snap.len(), 1);
+        assert_eq!(
+            snap.lookup(Ipv4Addr::new(10, 1, 99, 7)),
+            Some(Ipv4Addr::new(198, 18, 0, 99))
+        );
+        // And through refresh alone, once IDENTITY_CHECK has passed.
+        let mut r2 = RouteTableReader::open(&path).unwrap();
+        let mut snap2 = r2.snapshot().unwrap();
+        let mut w3 = RouteTableWriter::open(&dir.path().join("third/routes")).unwrap();
+        w3.publish(&meta16(), &routes16()).unwrap();
+        fs::rename(dir.path().join("third/routes"), &path).unwrap();
+        std::thread::sleep(IDENTITY_CHECK + std::time::Duration::from_millis(50));
+        assert!(r2.refresh(&mut snap2).unwrap());
+        assert_eq!(snap2.len(), routes16().len());
+        drop((w, w2, w3));
     }
 
     /// The lock file is the writer's alone: mode 0600 (an older 0644 one is tightened), never

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf_ring::{recv_layout, BufRing, RecvBuf, RECVMSG_OUT_LEN};
-use super::socket::{encode_udp_segment, sockaddr_in, CMSG_BUF};
+use super::socket::{encode_udp_segment, sockaddr_in, sockaddr_ip, CMSG_BUF};
 
 /// Submission queue entries (the completion queue is twice that).
 pub const RING_ENTRIES: u32 = 1024;
@@ -323,6 +323,8 @@ pub struct SendInfo {
     pub gso_size: u16,
     pub segments: usize,
     pub split: bool,
+    /// Where it went.
+    pub peer: Ipv4Addr,
 }
 
 /// A free TUN slot's memory, lent out while none of its sends is in flight.
@@ -591,6 +593,7 @@ impl Ring {
             gso_size: m.gso_size,
             segments: m.segments,
             split: m.split,
+            peer: sockaddr_ip(&s.addr),
         })
     }
 

@@ -129,7 +129,7 @@ impl Fallback {
                     segs,
                 } => {
                     let dst = SocketAddrV4::new(peer, self.st.port);
-                    for c in send_chunks(segs, self.st.offload.gso()) {
+                    for c in send_chunks(segs, self.st.offload.gso_for(peer)) {
                         if self.outs.len() == MAX_MSGS {
                             self.flush_sends();
                         }
@@ -185,7 +185,8 @@ impl Fallback {
                     if outs[at].gso > 0
                         && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
                 {
-                    st.offload.gso_failed(e.raw_os_error().unwrap_or(libc::EIO));
+                    st.offload
+                        .gso_failed(*outs[at].dst.ip(), e.raw_os_error().unwrap_or(libc::EIO));
                     let o = &outs[at];
                     let dst = sockaddr_in(o.dst);
                     for seg in out_bytes(o, tx_bufs, split_bufs).chunks(usize::from(o.gso)) {

@@ -54,25 +54,32 @@ pub struct BufSizes {
 }
 
 impl BufSizes {
-    /// With offloads (`vnet`): 64 KiB super-packets each way; without: one packet each.
-    pub fn new(vnet: bool) -> Self {
+    /// With TUN offloads (`vnet`): 64 KiB super-packets each way; without: one packet each.
+    /// With UDP GRO (`gro`) a receive can hold up to 64 KiB of datagrams whatever the TUN side
+    /// does (a smaller buffer would truncate the whole batch: every datagram in it lost).
+    pub fn new(vnet: bool, gro: bool) -> Self {
+        let udp = if gro { OFFLOAD_UDP_BUF } else { BUF_SIZE };
         if vnet {
             Self {
                 tun: OFFLOAD_TUN_BUF,
                 split: OFFLOAD_SPLIT_BUF,
-                udp: OFFLOAD_UDP_BUF,
+                udp,
                 coalesce: OFFLOAD_COALESCE_BUF,
             }
         } else {
             Self {
                 tun: BUF_SIZE,
                 split: 0,
-                udp: BUF_SIZE,
+                udp,
                 coalesce: 0,
             }
         }
     }
 }
+
+/// How long a destination that refused a UDP GSO send gets its datagrams one by one before GSO
+/// is tried again.
+pub const GSO_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Offload choices, probed once at startup and shared by all workers.
 #[derive(Debug)]
@@ -81,8 +88,12 @@ pub struct Offload {
     pub vnet_hdr: bool,
     /// UDP_GRO is on for the receive sockets.
     pub gro: bool,
-    /// UDP_SEGMENT may be used; cleared by the first send that fails with EIO/EINVAL.
-    gso: AtomicBool,
+    /// UDP_SEGMENT may be used (the startup probe passed).
+    gso: bool,
+    /// Destinations whose GSO send failed (EIO/EINVAL: e.g. a route through a device that
+    /// cannot segment), each with when to try GSO again. Looked at only while non-empty.
+    refused: std::sync::Mutex<Vec<(Ipv4Addr, std::time::Instant)>>,
+    any_refused: AtomicBool,
 }
 
 impl Offload {
@@ -90,26 +101,63 @@ impl Offload {
         Self {
             vnet_hdr,
             gro,
-            gso: AtomicBool::new(gso),
+            gso,
+            refused: std::sync::Mutex::new(Vec::new()),
+            any_refused: AtomicBool::new(false),
         }
     }
     pub fn none() -> Self {
         Self::new(false, false, false)
     }
+    /// Whether a send to `peer` may use UDP_SEGMENT: one relaxed load unless some destination
+    /// refused it recently.
     #[inline]
-    pub fn gso(&self) -> bool {
-        self.gso.load(Ordering::Relaxed)
+    pub fn gso_for(&self, peer: Ipv4Addr) -> bool {
+        self.gso && (!self.any_refused.load(Ordering::Relaxed) || self.gso_allowed_slow(peer))
     }
-    /// A GSO send failed with `errno`: turn GSO off for every worker, logging it once.
-    pub fn gso_failed(&self, errno: i32) {
-        if self.gso.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                "UDP GSO: send failed ({}); UDP_SEGMENT off from now on (segments are sent one by one)",
-                std::io::Error::from_raw_os_error(errno)
-            );
+
+    #[cold]
+    fn gso_allowed_slow(&self, peer: Ipv4Addr) -> bool {
+        self.gso_allowed_at(peer, std::time::Instant::now())
+    }
+
+    fn gso_allowed_at(&self, peer: Ipv4Addr, now: std::time::Instant) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.retain(|(p, until)| {
+            let keep = *until > now;
+            if !keep {
+                tracing::info!(%p, "UDP GSO: trying it again for this destination");
+            }
+            keep
+        });
+        self.any_refused
+            .store(!refused.is_empty(), Ordering::Relaxed);
+        !refused.iter().any(|(p, _)| *p == peer)
+    }
+
+    /// A GSO send to `peer` failed with `errno`: that destination gets its datagrams one by one
+    /// for [`GSO_RETRY`], then GSO is tried again. Logged once per refusal; other destinations
+    /// keep GSO.
+    pub fn gso_failed(&self, peer: Ipv4Addr, errno: i32) {
+        self.gso_failed_at(peer, errno, std::time::Instant::now());
+    }
+
+    fn gso_failed_at(&self, peer: Ipv4Addr, errno: i32, now: std::time::Instant) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.iter().any(|(p, _)| *p == peer) {
+            return;
         }
+        refused.push((peer, now + GSO_RETRY));
+        self.any_refused.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            %peer,
+            "UDP GSO: send failed ({}); UDP_SEGMENT off for this destination for {GSO_RETRY:?} \
+             (segments are sent one by one)",
+            std::io::Error::from_raw_os_error(errno)
+        );
     }
 }
+
 /// Everything a worker owns.
 pub struct WorkerSetup {
     pub id: usize,
@@ -293,7 +341,7 @@ impl WorkerState {
             drain,
         } = setup;
         let vnet = offload.vnet_hdr;
-        let sizes = BufSizes::new(vnet);
+        let sizes = BufSizes::new(vnet, offload.gro);
         let coalesce: &'static mut [u8] = Box::leak(vec![0u8; sizes.coalesce].into_boxed_slice());
         let co_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
         let state = Self {
@@ -387,5 +435,42 @@ impl WorkerState {
             write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
         }
         self.co.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gro_buffers_hold_a_whole_batch_even_without_tun_offload() {
+        for vnet in [false, true] {
+            assert!(BufSizes::new(vnet, true).udp >= 65536, "vnet {vnet}");
+        }
+        assert_eq!(BufSizes::new(false, false).udp, BUF_SIZE);
+    }
+
+    #[test]
+    fn a_gso_refusal_is_per_destination_and_expires() {
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        let b = Ipv4Addr::new(198, 18, 0, 2);
+        let o = Offload::new(true, true, true);
+        assert!(o.gso_for(a) && o.gso_for(b));
+        let t0 = std::time::Instant::now();
+        o.gso_failed_at(a, libc::EINVAL, t0);
+        o.gso_failed_at(a, libc::EINVAL, t0); // a second failure in flight: same entry
+        assert!(!o.gso_for(a), "the refusing destination falls back");
+        assert!(o.gso_for(b), "the others keep GSO");
+        assert!(!o.gso_allowed_at(a, t0 + GSO_RETRY - std::time::Duration::from_secs(1)));
+        assert!(
+            o.gso_allowed_at(a, t0 + GSO_RETRY),
+            "tried again after GSO_RETRY"
+        );
+        assert!(!o.any_refused.load(Ordering::Relaxed));
+        assert!(o.gso_for(a));
+        assert!(
+            !Offload::new(true, true, false).gso_for(a),
+            "no GSO without the probe"
+        );
     }
 }

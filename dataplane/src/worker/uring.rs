@@ -245,9 +245,9 @@ impl Uring {
             local.add(Counter::UdpTxPackets, m.segments as u64);
             local.add(Counter::UdpTxBytes, m.res as u64);
         } else if m.gso_size > 0 && matches!(-m.res, libc::EIO | libc::EINVAL) {
-            // The kernel or device refuses UDP GSO: off for good, and this chunk goes out
-            // segment by segment.
-            self.st.offload.gso_failed(-m.res);
+            // The kernel or device refuses UDP GSO to this destination: off for it for a
+            // while, and this chunk goes out segment by segment.
+            self.st.offload.gso_failed(m.peer, -m.res);
             let seg = usize::from(m.gso_size);
             let mut at = m.start;
             while at < m.start + m.len {
@@ -338,7 +338,7 @@ impl Uring {
                     segs,
                 } => {
                     s.set_peer(SocketAddrV4::new(peer, self.st.port));
-                    for c in send_chunks(segs, self.st.offload.gso()) {
+                    for c in send_chunks(segs, self.st.offload.gso_for(peer)) {
                         let start = pkt_offset + c.range.start;
                         let len = c.range.len();
                         if !self
