@@ -89,6 +89,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu: ext.overlay_mtu(),
         status: status.clone(),
         publisher: publisher.clone(),
+        etcd: etcd.clone(),
         // -public-ip given: it is what we advertise, whatever the interface has.
         follow_iface: args.public_ip.is_none().then(|| FollowIface {
             iface: args.iface.clone(),
@@ -300,6 +301,8 @@ struct LeaseKeeper {
     mtu: u32,
     status: Arc<Status>,
     publisher: Arc<Publisher>,
+    /// How to reach etcd (to reconnect when our address changed under the connection).
+    etcd: crate::etcd::EtcdOptions,
     /// Without `-public-ip`: the selection whose address our lease advertises.
     follow_iface: Option<FollowIface>,
 }
@@ -487,6 +490,12 @@ impl LeaseKeeper {
             return;
         }
         let _ = own_tx.send(Some((lease.subnet, new)));
+        // The connection to etcd may have been made from the address that just went away; it
+        // would hang until its keep-alive gives up. A fresh one comes from the new address.
+        match tokio::time::timeout(ADDR_CHECK, connect_with_retry(&self.etcd)).await {
+            Ok(Ok(c)) => self.client = c,
+            _ => tracing::debug!("reconnecting to etcd after the address change timed out"),
+        }
         let value = LeaseAttrs::udp(new).to_json();
         // Bounded: the connection to etcd may have used the address that just went away.
         let put = tokio::time::timeout(
