@@ -734,6 +734,13 @@ fn open_tun(
     let ifindex = sys::tun::if_index(&args.tun_name).context("TUN interface index")?;
     let mtu = effective_mtu(meta.mtu);
     sys::netlink::set_mtu(&args.tun_name, mtu).context("setting TUN MTU")?;
+    // Before the link is up, so not even the first router solicitation goes out.
+    if let Err(e) = sys::netlink::disable_ipv6(&args.tun_name) {
+        tracing::warn!(
+            "cannot turn IPv6 off on {} (the kernel's own IPv6 packets will be counted as drop_tun_malformed): {e}",
+            args.tun_name
+        );
+    }
     sys::netlink::set_up(&args.tun_name).context("bringing the TUN device up")?;
     if let Err(e) = sys::netlink::set_accept_local(&args.tun_name) {
         tracing::warn!(

@@ -11,6 +11,9 @@
 //!   (flanneld kill -9 and restart on either host, etcd restart, data plane kill -9 and restart,
 //!   B's lease deleted by hand); the longest run of lost replies × 10 ms is the interruption.
 //!   Printed for the README's fault table; leases and routes are checked after every fault.
+//! - Lease churn among other hosts (≥ 1,000 etcd changes per minute) during a TCP transfer
+//!   between two unaffected hosts: no drop counted, throughput within the noise of runs
+//!   without churn (`lease_churn_1000_per_minute…`).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -815,6 +818,359 @@ fn control_plane_faults_under_traffic() {
         );
     }
     // Both daemons of B still run (SIGHUP), and both ways work.
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
+}
+
+/// One etcd write of the churn: a fake host's lease put (`Some(public IP)`) or deleted (`None`).
+type Change = (flannel_shared::Ipv4Net, Option<Ipv4Addr>);
+
+/// What a churn generator did: changes written, over how long, and which fake leases it left.
+#[derive(Debug)]
+struct ChurnDone {
+    changes: u64,
+    elapsed: Duration,
+    live: std::collections::BTreeMap<flannel_shared::Ipv4Net, Ipv4Addr>,
+}
+
+impl ChurnDone {
+    fn per_minute(&self) -> f64 {
+        self.changes as f64 * 60.0 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Lease churn on `CHURN_PERIOD` ticks, from a thread inside the switch namespace (where etcd
+/// listens) through a real etcd client: fake hosts' leases put and deleted, one etcd write per
+/// change. Stopped (and joined) on [`Churn::stop`] or on drop: declare it after the cluster.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<anyhow::Result<ChurnDone>>>,
+}
+
+/// 1,200 changes per minute: the issue's 1,000 per minute with room for slow etcd writes.
+const CHURN_PERIOD: Duration = Duration::from_millis(50);
+
+impl Churn {
+    /// Starts churning over `pool` (subnets nobody holds): first every one is put (fake host
+    /// 198.18.0.100 + its index), then every one deleted, again and again.
+    fn start(c: &Cluster, pool: Vec<flannel_shared::Ipv4Net>) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let endpoint = c.etcd.endpoint();
+        let flag = stop.clone();
+        let handle = c.underlay.switch.spawn_thread(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut client = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+                let prefix = flannel_shared::lease::subnets_prefix(PREFIX);
+                let mut live = std::collections::BTreeMap::new();
+                let mut tick = tokio::time::interval(CHURN_PERIOD);
+                let t0 = Instant::now();
+                let mut changes = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let i = changes as usize % (2 * pool.len());
+                    let (subnet, ip): Change = if i < pool.len() {
+                        (pool[i], Some(Ipv4Addr::new(198, 18, 0, 100 + i as u8)))
+                    } else {
+                        (pool[i - pool.len()], None)
+                    };
+                    let key = format!("{prefix}{}", subnet.to_key());
+                    let write = async {
+                        match ip {
+                            Some(ip) => {
+                                let value = flannel_shared::lease::LeaseAttrs::udp(ip).to_json();
+                                client.put(key.as_str(), value, None).await.map(|_| ())
+                            }
+                            None => client.delete(key.as_str(), None).await.map(|_| ()),
+                        }
+                    };
+                    tokio::time::timeout(SEC * 2, write)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("etcd write of {key} took over 2 s"))??;
+                    match ip {
+                        Some(ip) => live.insert(subnet, ip),
+                        None => live.remove(&subnet),
+                    };
+                    changes += 1;
+                }
+                Ok::<_, anyhow::Error>(ChurnDone {
+                    changes,
+                    elapsed: t0.elapsed(),
+                    live,
+                })
+            })
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> ChurnDone {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let h = self.handle.take().expect("running");
+        flannel_perf::testbed::join(h).expect("lease churn")
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One `iperf3 -c -t SECS -J` TCP run container `from` → container `to` (server `-s -1` in
+/// `to`'s container, killed on failure); the receiver's Gbit/s.
+fn iperf_tcp(c: &Cluster, from: usize, to: usize, secs: u32) -> f64 {
+    let server = Proc(Some(
+        c.hosts[to]
+            .container()
+            .command("iperf3")
+            .args(["-s", "-1", "-p", "5201"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = server.0.as_ref().unwrap().id();
+    // LISTEN (state 0A) on port 5201 (0x1451) in the server's namespace.
+    let up = wait_for(SEC * 5, || {
+        ["tcp", "tcp6"]
+            .iter()
+            .any(|f| {
+                std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
+                    t.lines().any(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        w.len() > 3 && w[1].ends_with(":1451") && w[3] == "0A"
+                    })
+                })
+            })
+            .then_some(())
+    });
+    assert!(up.is_some(), "iperf3 -s did not listen");
+    let out = c.hosts[from]
+        .container()
+        .command("iperf3")
+        .args(["-c", &c.hosts[to].container_ip().to_string(), "-p", "5201"])
+        .args(["-t", &secs.to_string(), "-J", "--connect-timeout", "3000"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    drop(server);
+    let json = String::from_utf8_lossy(&out.stdout);
+    let r = flannel_perf::harness::iperf::parse_tcp(&json)
+        .unwrap_or_else(|e| panic!("iperf3 TCP: {e:#}: {json}"));
+    assert!(
+        out.status.success() && r.bytes > 0 && r.seconds >= f64::from(secs) * 0.9,
+        "the transfer did not complete: {r:?}"
+    );
+    r.gbit_per_s()
+}
+
+/// Every `drop_*` counter of a data plane.
+fn drops(stats: &StatsReader) -> Vec<(String, u64)> {
+    stats
+        .names()
+        .iter()
+        .filter(|n| n.starts_with("drop_"))
+        .map(|n| (n.clone(), stats.total(n)))
+        .collect()
+}
+
+/// The fake hosts' routes (subnets in `pool`) in host `i`'s published route table.
+fn fake_routes(
+    c: &Cluster,
+    i: usize,
+    pool: &[flannel_shared::Ipv4Net],
+) -> std::collections::BTreeMap<flannel_shared::Ipv4Net, Ipv4Addr> {
+    let mut r =
+        flannel_shared::route_table::RouteTableReader::open(&c.hosts[i].route_table()).unwrap();
+    r.snapshot()
+        .unwrap()
+        .routes()
+        .filter(|r| pool.contains(&r.subnet))
+        .map(|r| (r.subnet, r.public_ip))
+        .collect()
+}
+
+/// The `drop_*` counters that moved between two readings of both hosts ([`drops`]), as
+/// `host N name: before → after`.
+fn moved(before: &[Vec<(String, u64)>], after: &[Vec<(String, u64)>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (h, (b, a)) in before.iter().zip(after).enumerate() {
+        for (x, y) in b.iter().zip(a) {
+            if x.1 != y.1 {
+                out.push(format!("host {} {}: {} → {}", h + 1, x.0, x.1, y.1));
+            }
+        }
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// Lease churn among *other* hosts must not disturb two unaffected ones. A TCP transfer
+/// container A → container B (iperf3, 4 s) runs `ROUNDS` times without churn and `ROUNDS`
+/// times while fake hosts' leases (20 subnets nobody holds, PublicIP 198.18.0.100–119) are
+/// put and deleted in etcd at ≥ 1,000 changes per minute (one write every 50 ms through an
+/// etcd client, alternating baseline and churn runs so drift hits both alike). Asserted: the
+/// achieved rate over each churn run is ≥ 1,000/min; every churn transfer completes; neither
+/// data plane's `drop_*` counters move during a churn run; A's route table generation grows
+/// by at least half the changes written (each change reached the table; a watch response may
+/// carry more than one event), and after each churn run both tables hold exactly the fake
+/// leases etcd holds (then deleted, and gone from both tables); and "within the noise": the
+/// median churn throughput is ≥ 0.7 × the median baseline throughput (the README's measured
+/// run-to-run noise on this 2-vCPU VM is ±30 %).
+#[test]
+fn lease_churn_1000_per_minute_leaves_a_tcp_transfer_alone() {
+    const ROUNDS: usize = 3;
+    const SECS: u32 = 4;
+    const NOISE_FLOOR: f64 = 0.7;
+    let Some(c) = cluster(&[]) else { return };
+    // Subnets 10.1.200.0/24 … on, skipping A's and B's.
+    let held: Vec<flannel_shared::Ipv4Net> = (0..2)
+        .map(|i| {
+            let (gw, len) = c.hosts[i].subnet.unwrap();
+            flannel_shared::Ipv4Net::containing(gw, len).unwrap()
+        })
+        .collect();
+    let pool: Vec<flannel_shared::Ipv4Net> = (200..=255u8)
+        .map(|n| flannel_shared::Ipv4Net::new(Ipv4Addr::new(10, 1, n, 0), 24).unwrap())
+        .filter(|s| !held.contains(s))
+        .take(20)
+        .collect();
+    let stats: Vec<StatsReader> = (0..2)
+        .map(|i| StatsReader::open(&c.hosts[i].stats_file()).unwrap())
+        .collect();
+    let table_a =
+        flannel_shared::route_table::RouteTableReader::open(&c.hosts[0].route_table()).unwrap();
+    // The kernel would send its own IPv6 packets into flannel0 (router solicitations, MLD
+    // reports), each counted as drop_tun_malformed; the data plane turns IPv6 off on the device
+    // before bringing it up, so any drop counted below is a real one.
+    for (h, s) in c.hosts.iter().zip(&stats) {
+        let off = text(h.ns.exec("cat", &["/proc/sys/net/ipv6/conf/flannel0/disable_ipv6"]));
+        assert_eq!(
+            off.trim(),
+            "1",
+            "host {}: IPv6 still on on flannel0",
+            h.index
+        );
+        assert_eq!(
+            s.total("drop_tun_malformed"),
+            0,
+            "host {}: packets the kernel sent into flannel0 were dropped",
+            h.index
+        );
+    }
+    let (mut baseline, mut churned) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let before: Vec<_> = stats.iter().map(drops).collect();
+        let gbit = iperf_tcp(&c, 0, 1, SECS);
+        let after: Vec<_> = stats.iter().map(drops).collect();
+        eprintln!(
+            "round {round}: baseline {gbit:.2} Gbit/s; drops moved: {:?}",
+            moved(&before, &after)
+        );
+        baseline.push(gbit);
+
+        let gen0 = table_a.generation();
+        let before: Vec<_> = stats.iter().map(drops).collect();
+        let churn = Churn::start(&c, pool.clone());
+        std::thread::sleep(SEC / 2);
+        let gbit = iperf_tcp(&c, 0, 1, SECS);
+        let done = churn.stop();
+        let after: Vec<_> = stats.iter().map(drops).collect();
+        let generations = table_a.generation() - gen0;
+        eprintln!(
+            "round {round}: churn {gbit:.2} Gbit/s; {} lease changes in {:.2?} = {:.0}/min; A's \
+             table generation +{generations}",
+            done.changes,
+            done.elapsed,
+            done.per_minute()
+        );
+        churned.push(gbit);
+        assert!(
+            done.per_minute() >= 1000.0,
+            "churn reached only {:.0} changes/min",
+            done.per_minute()
+        );
+        let moved = moved(&before, &after);
+        assert!(
+            moved.is_empty(),
+            "a data plane dropped during the churn: {moved:?}\n{}{}",
+            c.hosts[0].logs(),
+            c.hosts[1].logs()
+        );
+        assert!(
+            generations >= done.changes / 2,
+            "{} changes written, A's table generation only +{generations}",
+            done.changes
+        );
+        // Both tables converge to exactly the fake leases etcd holds.
+        let prefix = flannel_shared::lease::subnets_prefix(PREFIX);
+        let in_etcd: std::collections::BTreeMap<_, _> = c
+            .etcd
+            .get_prefix(&prefix)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let s = flannel_shared::Ipv4Net::from_key(k.strip_prefix(&prefix)?).ok()?;
+                pool.contains(&s).then_some((s, v))
+            })
+            .collect();
+        let want: std::collections::BTreeMap<_, _> = done
+            .live
+            .iter()
+            .map(|(s, ip)| (*s, flannel_shared::lease::LeaseAttrs::udp(*ip).to_json()))
+            .collect();
+        assert_eq!(in_etcd, want, "etcd holds the fake leases last written");
+        for h in 0..2 {
+            let got = wait_for(SEC * 5, || {
+                let r = fake_routes(&c, h, &pool);
+                (r == done.live).then_some(())
+            });
+            assert!(
+                got.is_some(),
+                "host {}'s table {:?}, etcd {:?}",
+                h + 1,
+                fake_routes(&c, h, &pool),
+                done.live
+            );
+        }
+        for s in done.live.keys() {
+            c.etcd
+                .ctl(&["del", &format!("{prefix}{}", s.to_key())])
+                .unwrap();
+        }
+        for h in 0..2 {
+            let gone = wait_for(SEC * 5, || {
+                fake_routes(&c, h, &pool).is_empty().then_some(())
+            });
+            assert!(gone.is_some(), "host {}'s table kept fake leases", h + 1);
+        }
+    }
+    let (b, ch) = (median(&baseline), median(&churned));
+    eprintln!(
+        "lease churn: baseline {baseline:.2?} Gbit/s (median {b:.2}), churn {churned:.2?} \
+         (median {ch:.2}): {:.2}×",
+        ch / b
+    );
+    assert!(
+        ch >= NOISE_FLOOR * b,
+        "TCP under lease churn: median {ch:.2} Gbit/s < {NOISE_FLOOR} × baseline median {b:.2}"
+    );
+    // A and B still reach each other, every packet.
     c.ping(0, 1, 3).unwrap();
     c.ping(1, 0, 3).unwrap();
 }

@@ -210,3 +210,19 @@ pub fn set_accept_local(name: &str) -> io::Result<()> {
     }
     std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/accept_local"), b"1")
 }
+
+/// Sets `net.ipv6.conf.<name>.disable_ipv6=1`: the overlay carries IPv4 only (as flannel's udp
+/// backend), and without this the kernel sends its own IPv6 router solicitations and MLD reports
+/// into the device, which the data plane can only drop. `Ok` when the kernel has no IPv6.
+pub fn disable_ipv6(name: &str) -> io::Result<()> {
+    if name.contains('/') || name.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
