@@ -168,6 +168,27 @@ impl Topo {
         }
     }
 
+    /// Both route tables: A holds 10.1.15.0/24, B 10.1.16.0/24, each table has both routes.
+    /// The writers are returned so a test can change a table later.
+    fn publish_tables(&self) -> (RouteTableWriter, RouteTableWriter) {
+        let mut wa = RouteTableWriter::open(&self.table_path("a")).unwrap();
+        wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
+        let mut wb = RouteTableWriter::open(&self.table_path("b")).unwrap();
+        wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+        (wa, wb)
+    }
+
+    /// The topology with both tables published and a data plane on each host (`a_env`: extra
+    /// environment for A's), once a ping A → B gets through.
+    fn forwarding(a_env: &[(&str, String)]) -> (Topo, (RouteTableWriter, RouteTableWriter)) {
+        let mut t = Topo::build();
+        let tables = t.publish_tables();
+        t.start_dataplane_with_env("a", &[], a_env);
+        t.start_dataplane("b", &[]);
+        assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+        (t, tables)
+    }
+
     fn table_path(&self, host: &str) -> PathBuf {
         self.dir.path().join(format!("routes-{host}"))
     }
@@ -566,10 +587,7 @@ fn scenario(tag: &str, extra: &[&str]) {
     let mut t = Topo::build();
 
     // Route tables, written as flanneld would.
-    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    let (mut wa, _wb) = t.publish_tables();
     t.start_dataplane("a", extra);
     t.start_dataplane("b", extra);
 
@@ -958,10 +976,7 @@ fn e2e_sd_notify() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut t = Topo::build();
-    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+    let _tables = t.publish_tables();
     let sock_path = t.dir.path().join("notify-a.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -1049,18 +1064,7 @@ fn e2e_gso_refused_falls_back() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build();
-    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
-    t.start_dataplane_with_env(
-        "a",
-        &[],
-        &[("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1".to_string())],
-    );
-    t.start_dataplane("b", &[]);
-    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+    let (t, _tables) = Topo::forwarding(&[("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1".to_string())]);
 
     let watcher = t.watch_wire_at_b();
     t.tcp_transfer_a_to_b();
@@ -1085,14 +1089,7 @@ fn e2e_second_dataplane_on_the_same_port_refuses_to_start() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build();
-    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
-    t.start_dataplane("a", &[]);
-    t.start_dataplane("b", &[]);
-    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+    let (t, _tables) = Topo::forwarding(&[]);
 
     let stats2 = t.dir.path().join("stats-b2");
     let mut cmd = t.ns("b").command(BIN);
@@ -1130,14 +1127,7 @@ fn e2e_tun_deleted_under_the_dataplane_is_recreated() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut t = Topo::build();
-    let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-    wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-    let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-    wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
-    t.start_dataplane("a", &[]);
-    t.start_dataplane("b", &[]);
-    assert!(t.ping("ca", CB), "ping A→B failed\nA:\n{}", t.log("a"));
+    let (mut t, _tables) = Topo::forwarding(&[]);
     let pid = t.dp("b").pid();
     let ifindex_before = t.exec("b", &["cat", "/sys/class/net/flannel0/ifindex"]);
     t.exec("b", &["ip", "link", "del", "flannel0"]);
@@ -1286,10 +1276,7 @@ fn bench_iperf3() {
             continue;
         }
         let mut t = Topo::build();
-        let mut wa = RouteTableWriter::open(&t.table_path("a")).unwrap();
-        wa.publish(&meta("10.1.15.0/24"), &both_routes()).unwrap();
-        let mut wb = RouteTableWriter::open(&t.table_path("b")).unwrap();
-        wb.publish(&meta("10.1.16.0/24"), &both_routes()).unwrap();
+        let _tables = t.publish_tables();
         // Both hosts share this machine's CPUs and put a flow on the same worker index:
         // pin them crosswise (FDP_BENCH_CPUS="0,1;1,0" is the default; "none;none" for none).
         let cpus = std::env::var("FDP_BENCH_CPUS").unwrap_or_else(|_| "0,1;1,0".into());
