@@ -65,8 +65,8 @@ use flannel_shared::stats::{StatsReader, WorkerCounters};
 use super::model::{
     file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
 };
-use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
 use super::placement::{Placement, Sampler, Watch};
+use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
 use super::udpsearch::{self, UdpSearch};
 use super::{cpu, iperf, markdown, ping, summary, svg};
 use crate::testbed::cluster::{Cluster, ClusterOpts};
@@ -718,7 +718,13 @@ impl Bench {
     }
 
     /// One UDP test of `payload`-byte datagrams at `bitrate` (`-b`; "0": unpaced) for `secs`.
-    fn udp(&mut self, kind: Kind, payload: u32, bitrate: &str, secs: u32) -> Result<iperf::UdpResult> {
+    fn udp(
+        &mut self,
+        kind: Kind,
+        payload: u32,
+        bitrate: &str,
+        secs: u32,
+    ) -> Result<iperf::UdpResult> {
         let (json, _) = self.iperf_run(
             kind,
             &["-u", "-b", bitrate, "-l", &payload.to_string()],
@@ -762,7 +768,10 @@ impl Bench {
             " → {}",
             search
                 .max_clean_pps
-                .map_or("no clean rate".into(), |b| format!("{:.1} kpps clean", b / 1e3))
+                .map_or("no clean rate".into(), |b| format!(
+                    "{:.1} kpps clean",
+                    b / 1e3
+                ))
         );
         Ok(search)
     }
@@ -770,7 +779,8 @@ impl Bench {
     /// Runs one iperf3 test of the configured length and returns the client's JSON.
     fn iperf(&mut self, kind: Kind, args: &[&str]) -> Result<String> {
         let secs = self.opts.test_seconds;
-        self.iperf_run(kind, args, secs, false).map(|(json, _)| json)
+        self.iperf_run(kind, args, secs, false)
+            .map(|(json, _)| json)
     }
 
     /// Who the placement sampler watches: both iperf3 processes and, for ours, both data planes.

@@ -169,10 +169,14 @@ mod tests {
     fn task_stat_processor_and_schedstat() {
         // Captured from /proc/self/task/<tid>/stat (`cat`), comm altered to contain ") (":
         // field 39 (processor) is 1.
-        let text = "5495 (fdp) (worker-0) R 5493 5493 4193 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 \
+        let text =
+            "5495 (fdp) (worker-0) R 5493 5493 4193 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 \
                     2149474 3133440 358 18446744073709551615 94861324210176 94861324230057 \
                     140735739701600 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94861324246064\n";
-        assert_eq!(parse_task_stat(text), Some(("fdp) (worker-0".to_string(), 1)));
+        assert_eq!(
+            parse_task_stat(text),
+            Some(("fdp) (worker-0".to_string(), 1))
+        );
         assert_eq!(parse_task_stat("12 (x) S 1 2"), None);
         // /proc/<pid>/task/<tid>/schedstat: run ns, wait ns, timeslices.
         assert_eq!(parse_schedstat("1182026 116919 1\n"), Some(1_182_026));

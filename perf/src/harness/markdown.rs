@@ -146,7 +146,11 @@ pub fn render(run: &Run, chart: &str) -> String {
     }
 
     if let Some(vx) = vxlan.filter(|v| v.unavailable.is_none()) {
-        for v in run.variants.iter().filter(|v| v.id == "ours" && v.unavailable.is_none()) {
+        for v in run
+            .variants
+            .iter()
+            .filter(|v| v.id == "ours" && v.unavailable.is_none())
+        {
             s.push_str(&render_targets(v, vx));
         }
     }
@@ -444,7 +448,11 @@ fn render_repeats(run: &Run) -> String {
         ] {
             let _ = write!(s, "| **{name}** |");
             for v in &cols {
-                let _ = write!(s, " {} |", v.summary.get(*key).map_or("—".into(), |x| num(f(x))));
+                let _ = write!(
+                    s,
+                    " {} |",
+                    v.summary.get(*key).map_or("—".into(), |x| num(f(x)))
+                );
             }
             s.push('\n');
         }
@@ -630,7 +638,11 @@ fn render_udp_search(run: &Run) -> String {
                     v.label,
                     x.repeat,
                     u.payload,
-                    if probes.is_empty() { "—".into() } else { probes.join(", ") }
+                    if probes.is_empty() {
+                        "—".into()
+                    } else {
+                        probes.join(", ")
+                    }
                 );
             }
         }
@@ -885,7 +897,10 @@ pub(crate) mod tests {
         );
         // Targets: ours' worst TCP 1 repeat 10 ÷ VXLAN's median 21; median 11 ÷ 21; RTT
         // 0.08 ÷ 0.05.
-        assert!(md.contains("## Targets (issue 19): ours vs kernel VXLAN"), "{md}");
+        assert!(
+            md.contains("## Targets (issue 19): ours vs kernel VXLAN"),
+            "{md}"
+        );
         assert!(
             md.contains("| TCP 1 stream: ours' worst repeat ÷ VXLAN's median | ≥ 0.70× | 10.0 Gbit/s (worst) | 21.0 Gbit/s (median) | 0.48× | ❌ not met |"),
             "{md}"

@@ -416,6 +416,9 @@ mod tests {
         std::hint::black_box(x);
         let p = s.finish();
         assert!(p.snapshots >= 2, "{p:?}");
-        assert!(p.threads.iter().map(ThreadPlacement::total_s).sum::<f64>() > 0.05, "{p:?}");
+        assert!(
+            p.threads.iter().map(ThreadPlacement::total_s).sum::<f64>() > 0.05,
+            "{p:?}"
+        );
     }
 }

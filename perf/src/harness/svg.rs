@@ -265,7 +265,10 @@ mod tests {
         // Every opened element is closed (rough well-formedness check).
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert_eq!(svg.matches("</rect>").count(), 4, "bars carry a <title>");
-        assert_eq!(svg.matches("<circle").count(), svg.matches("</circle>").count() + 1);
+        assert_eq!(
+            svg.matches("<circle").count(),
+            svg.matches("</circle>").count() + 1
+        );
     }
 
     #[test]

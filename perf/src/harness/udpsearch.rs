@@ -134,7 +134,10 @@ mod tests {
         assert_eq!((s.floor_pps, s.ceiling_pps), (6_600.0, 66_000.0));
         let offered: Vec<f64> = s.probes.iter().map(|p| p.offered_pps).collect();
         // 36.3k clean, 51.15k lossy, 43.725k lossy, 40.0125k lossy (2.5 %), 38.15625k clean.
-        assert_eq!(offered, vec![36_300.0, 51_150.0, 43_725.0, 40_012.5, 38_156.25]);
+        assert_eq!(
+            offered,
+            vec![36_300.0, 51_150.0, 43_725.0, 40_012.5, 38_156.25]
+        );
         let clean: Vec<bool> = s.probes.iter().map(|p| p.clean).collect();
         assert_eq!(clean, vec![true, false, false, false, true]);
         assert_eq!(s.max_clean_pps, Some(38_156.25));
