@@ -368,7 +368,7 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
             "Every repeat runs the variants in turn (ours, then kernel VXLAN, …), so slow phases of the machine hit all of them; the report gives every repeat's figure besides min / median / max.".into(),
             "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`); retransmits as the sender counts them (`end.sum_sent.retransmits`, a diagnostic). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second; loss = datagrams sent (the sender's count, `end.sum_sent.packets`, which also covers datagrams lost after the last one that arrived) that the receiver did not get.".into(),
             search_note(opts.udp_search_repeats.min(opts.repeats)),
-            format!("Placement (TCP tests): a sampler thread of the harness reads every {} ms `/proc/<pid>/task/<tid>/stat` (field 39, the CPU a thread last ran on) and `…/schedstat` (ns on a CPU) of both iperf3 processes (`ip netns exec` execs, so the child's PID is iperf3's) and every thread of both data planes; each interval's run time is charged to the CPU seen at its end. The sampler itself costs well under 1 % of a CPU.", super::placement::SAMPLE_EVERY.as_millis()),
+            format!("Placement (TCP tests): a sampler thread of the harness reads every {} ms `/proc/<pid>/task/<tid>/stat` (field 39, the CPU a thread last ran on) and `…/schedstat` (ns on a CPU) of both iperf3 processes (`ip netns exec` execs, so the child's PID is iperf3's: the JSON's `comms` show `ip`, then `iperf3`) and every thread of both data planes; each interval's run time is charged to the CPU seen at its end. The sampler itself costs well under 1 % of a CPU.", super::placement::SAMPLE_EVERY.as_millis()),
             "RTT: `ping -i 0.01` container to container (bare: host to host); median of the per-reply RTTs and ping's own average.".into(),
             "our CPU = utime + stime of flanneld and flannel-dataplane on both hosts during each TCP test, per GB received (a lower bound: softirq work is charged to whatever task was running). machine CPU = busy time of all CPUs from /proc/stat per GB (includes iperf3, the kernel, and anything else running on the machine).".into(),
             "Worker spread: deltas of each data-plane worker's counters during the 4-stream test; sender = host 1 (tun_rx_packets), receiver = host 2 (udp_rx_packets).".into(),
@@ -433,11 +433,11 @@ fn search_note(repeats: usize) -> String {
         return "Paced UDP search: off (`--udp-search-repeats 0`).".into();
     }
     format!(
-        "Paced UDP search, in the first {repeats} repeat{}: per payload size, {} probes of `iperf3 -u -b <rate> -l <payload> -t {}` bisecting between {:.0} % and {:.0} % of the unpaced test's received rate; the figure is the highest received rate of a probe with ≤ {} % loss (iperf3 paces in bursts, one per 1 ms timer tick).",
-        if repeats == 1 { "" } else { "s" },
+        "Paced UDP search, in {}: per payload size, {} probes of `iperf3 -u -b <rate> -l <payload> -t {}` bisecting between {:.0} % and {:.0} % of the unpaced test's received rate; the figure is the highest received rate of a probe with ≤ {} % loss (iperf3 paces in bursts, one per 1 ms timer tick).",
+        if repeats == 1 { "the first repeat".to_string() } else { format!("the first {repeats} repeats") },
         udpsearch::PROBES,
         udpsearch::PROBE_SECONDS,
-        100.0 * udpsearch::FLOOR_FRACTION * udpsearch::CEILING_FACTOR,
+        100.0 * udpsearch::FLOOR_FRACTION,
         100.0 * udpsearch::CEILING_FACTOR,
         udpsearch::CLEAN_LOSS_PCT
     )

@@ -441,11 +441,15 @@ fn render_repeats(run: &Run) -> String {
             }
             s.push('\n');
         }
+        // Min / median / max (only once there is more than one repeat).
         for (name, f) in [
             ("min", (|x: &Summary| x.min) as fn(&Summary) -> f64),
             ("median", |x: &Summary| x.median),
             ("max", |x: &Summary| x.max),
-        ] {
+        ]
+        .into_iter()
+        .filter(|_| repeats > 1)
+        {
             let _ = write!(s, "| **{name}** |");
             for v in &cols {
                 let _ = write!(
@@ -604,10 +608,10 @@ fn render_udp_search(run: &Run) -> String {
                 if !header {
                     header = true;
                     let _ = writeln!(s, "\n## Paced UDP search (≤ {CLEAN_LOSS_PCT} % loss)\n");
-                    let _ = writeln!(s, "One sender, `iperf3 -u -b <rate> -l <payload> -t {}`, {} probes bisecting between {:.0} % and {:.0} % of the unpaced test's received rate: a clean probe (loss ≤ {CLEAN_LOSS_PCT} %) raises the lower end, a lossy one lowers the upper end. Probes: offered → received kpps (loss %), ✓ clean. Highest clean: the best received rate of a clean probe.\n",
+                    let _ = writeln!(s, "One sender, `iperf3 -u -b <rate> -l <payload> -t {}`, {} probes bisecting between {:.0} % and {:.0} % of the unpaced test's received rate: a clean probe (loss ≤ {CLEAN_LOSS_PCT} %) raises the lower end, a lossy one lowers the upper end. Probes: offered → received kpps (loss), ✓ clean. Highest clean: the best received rate of a clean probe.\n",
                         super::udpsearch::PROBE_SECONDS,
                         super::udpsearch::PROBES,
-                        100.0 * super::udpsearch::FLOOR_FRACTION * super::udpsearch::CEILING_FACTOR,
+                        100.0 * super::udpsearch::FLOOR_FRACTION,
                         100.0 * super::udpsearch::CEILING_FACTOR,
                     );
                     s.push_str("| variant | repeat | payload | probes | highest clean (kpps) |\n|---|---|---|---|---|\n");
@@ -617,7 +621,7 @@ fn render_udp_search(run: &Run) -> String {
                     .iter()
                     .map(|p| {
                         format!(
-                            "{} → {} ({}){}",
+                            "{} → {} ({} %){}",
                             num(p.offered_pps / 1e3),
                             num(p.received_pps / 1e3),
                             num(p.loss_pct),
@@ -926,11 +930,11 @@ pub(crate) mod tests {
         assert!(!md.contains("### TCP 4 streams\n\n| variant | repeat | Gbit/s"));
         // The UDP search, probe by probe.
         assert!(
-            md.contains("| ours | 1 | 64 B | 36.3 → 36.3 (0) ✓, 51.1 → 44.0 (14.0) | 36.3 |"),
+            md.contains("| ours | 1 | 64 B | 36.3 → 36.3 (0 %) ✓, 51.1 → 44.0 (14.0 %) | 36.3 |"),
             "{md}"
         );
         assert!(
-            md.contains("| ours | 1 | 1400 B | 5.00 → 4.00 (20.0) | none (< 5.00) |"),
+            md.contains("| ours | 1 | 1400 B | 5.00 → 4.00 (20.0 %) | none (< 5.00) |"),
             "{md}"
         );
     }

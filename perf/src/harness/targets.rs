@@ -180,8 +180,8 @@ mod tests {
 
     #[test]
     fn issue_19_figures() {
-        // The issue's five runs (VXLAN's 6.28 as 6.29: clippy reads 6.28 as τ), one repeat each: ours' TCP 1 median 4.87, worst 1.92;
-        // VXLAN median 6.80.
+        // The issue's five runs as five repeats (VXLAN's 6.28 written 6.29: clippy takes 6.28
+        // for τ): ours' TCP 1 median 4.87, worst 1.92; VXLAN's median 6.80.
         let ours = variant(
             "ours",
             &[

@@ -1,8 +1,8 @@
 //! The paced UDP search (pure): the highest rate one sender gets through with at most
 //! [`CLEAN_LOSS_PCT`] loss.
 //!
-//! Contract: bisection between a floor and a ceiling (the harness uses [`CEILING_FACTOR`] × the
-//! unpaced test's received rate, and [`FLOOR_FRACTION`] of that as the floor), a fixed number
+//! Contract: bisection between a floor and a ceiling (the harness uses [`FLOOR_FRACTION`] and
+//! [`CEILING_FACTOR`] × the unpaced test's received rate), a fixed number
 //! of probes. Each probe offers the midpoint of the current interval (`iperf3 -u -b <bits/s>`);
 //! a clean probe (loss ≤ [`CLEAN_LOSS_PCT`]) raises the lower end, a lossy one lowers the upper
 //! end. The result is the highest *received* rate among the clean probes (a sender that cannot
@@ -19,7 +19,7 @@ pub const PROBES: usize = 5;
 pub const PROBE_SECONDS: u32 = 1;
 /// Ceiling = this × the unpaced received rate.
 pub const CEILING_FACTOR: f64 = 1.1;
-/// Floor = this × the ceiling.
+/// Floor = this × the unpaced received rate.
 pub const FLOOR_FRACTION: f64 = 0.1;
 
 /// One paced probe.
@@ -68,8 +68,12 @@ impl UdpSearch {
 
     /// The search the harness runs after an unpaced test that received `unpaced_pps`.
     pub fn after_unpaced(payload: u32, unpaced_pps: f64) -> Self {
-        let ceiling = CEILING_FACTOR * unpaced_pps;
-        Self::new(payload, FLOOR_FRACTION * ceiling, ceiling, PROBES)
+        Self::new(
+            payload,
+            FLOOR_FRACTION * unpaced_pps,
+            CEILING_FACTOR * unpaced_pps,
+            PROBES,
+        )
     }
 
     /// The rate to probe next; `None` when the search is done.
@@ -129,20 +133,20 @@ mod tests {
 
     #[test]
     fn bisects_from_the_midpoint_with_a_fixed_number_of_probes() {
-        // Unpaced: 60 kpps received → ceiling 66k, floor 6.6k.
+        // Unpaced: 60 kpps received → floor 6k, ceiling 66k.
         let s = run(UdpSearch::after_unpaced(64, 60_000.0), 39_000.0);
-        assert_eq!((s.floor_pps, s.ceiling_pps), (6_600.0, 66_000.0));
+        assert_eq!((s.floor_pps, s.ceiling_pps), (6_000.0, 66_000.0));
         let offered: Vec<f64> = s.probes.iter().map(|p| p.offered_pps).collect();
-        // 36.3k clean, 51.15k lossy, 43.725k lossy, 40.0125k lossy (2.5 %), 38.15625k clean.
+        // 36k clean, 51k lossy, 43.5k lossy, 39.75k lossy (1.9 %), 37.875k clean.
         assert_eq!(
             offered,
-            vec![36_300.0, 51_150.0, 43_725.0, 40_012.5, 38_156.25]
+            vec![36_000.0, 51_000.0, 43_500.0, 39_750.0, 37_875.0]
         );
         let clean: Vec<bool> = s.probes.iter().map(|p| p.clean).collect();
         assert_eq!(clean, vec![true, false, false, false, true]);
-        assert_eq!(s.max_clean_pps, Some(38_156.25));
+        assert_eq!(s.max_clean_pps, Some(37_875.0));
         assert_eq!(s.next_rate(), None);
-        assert_eq!(s.lowest_probe_pps(), Some(36_300.0));
+        assert_eq!(s.lowest_probe_pps(), Some(36_000.0));
     }
 
     #[test]
