@@ -672,24 +672,12 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::harness::model::{Machine, Sample, Testbed, WorkerDeltas};
+    use crate::harness::model::{Machine, Testbed, WorkerDeltas};
 
     /// A small run: ours (2 repeats), one unavailable variant, VXLAN, bare.
     pub(crate) fn sample_run() -> Run {
         let mk = |id: &str, label: &str, values: &[(&str, &[f64])]| {
-            let mut v = VariantResult::new(id, label, &format!("{label} wiring"));
-            let n = values.first().map_or(0, |x| x.1.len());
-            for r in 0..n {
-                let mut s = Sample {
-                    repeat: r + 1,
-                    ..Default::default()
-                };
-                for (k, vals) in values {
-                    s.metrics.insert(k.to_string(), vals[r]);
-                }
-                v.samples.push(s);
-            }
-            v
+            VariantResult::from_repeats(id, label, &format!("{label} wiring"), values)
         };
         let mut ours = mk(
             "ours",
@@ -809,7 +797,8 @@ pub(crate) mod tests {
     fn every_repeat_targets_placement_and_udp_search() {
         use crate::harness::iperf::TcpResult;
         use crate::harness::model::TcpSample;
-        use crate::harness::placement::{attribute, Snapshot, ThreadSnap};
+        use crate::harness::placement::attribute;
+        use crate::harness::placement::tests::{snap, t as th};
         use crate::harness::udpsearch::UdpSearch;
         use std::time::Duration;
 
@@ -822,42 +811,21 @@ pub(crate) mod tests {
         run.variants[2].summarize();
         // Ours, repeat 1: placement of the TCP 1 test; the client moved once, worker 0 of
         // host 1 ran on CPU 1, worker 1 on CPU 0.
-        let th = |tid, label: &str, cpu, run_ms: u64| ThreadSnap {
-            tid,
-            label: label.into(),
-            comm: label.rsplit(' ').next().unwrap().into(),
-            always: true,
-            cpu,
-            run_ns: run_ms * 1_000_000,
+        let at = |s: f64, run_ms: [u64; 4], client_cpu| {
+            snap(
+                s,
+                vec![
+                    th(1, "iperf3 client", client_cpu, run_ms[0]),
+                    th(2, "iperf3 server", 1, run_ms[1]),
+                    th(3, "h1 fdp-worker-0", 1, run_ms[2]),
+                    th(4, "h1 fdp-worker-1", 0, run_ms[3]),
+                ],
+            )
         };
         let snaps = vec![
-            Snapshot {
-                at_s: 0.0,
-                threads: vec![
-                    th(1, "iperf3 client", 0, 0),
-                    th(2, "iperf3 server", 1, 0),
-                    th(3, "h1 fdp-worker-0", 1, 0),
-                    th(4, "h1 fdp-worker-1", 0, 0),
-                ],
-            },
-            Snapshot {
-                at_s: 1.0,
-                threads: vec![
-                    th(1, "iperf3 client", 0, 960),
-                    th(2, "iperf3 server", 1, 500),
-                    th(3, "h1 fdp-worker-0", 1, 900),
-                    th(4, "h1 fdp-worker-1", 0, 100),
-                ],
-            },
-            Snapshot {
-                at_s: 2.0,
-                threads: vec![
-                    th(1, "iperf3 client", 1, 1000),
-                    th(2, "iperf3 server", 1, 1000),
-                    th(3, "h1 fdp-worker-0", 1, 1800),
-                    th(4, "h1 fdp-worker-1", 0, 200),
-                ],
-            },
+            at(0.0, [0, 0, 0, 0], 0),
+            at(1.0, [960, 500, 900, 100], 0),
+            at(2.0, [1000, 1000, 1800, 200], 1),
         ];
         run.variants[0].samples[0].tcp.push(TcpSample {
             iperf: TcpResult {

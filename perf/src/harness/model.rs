@@ -218,6 +218,31 @@ impl VariantResult {
         }
     }
 
+    /// A variant with one sample per repeat holding the given metric values (`values[i].1[r]`
+    /// is repeat r + 1's value of metric `values[i].0`), summarised (tests).
+    #[cfg(test)]
+    pub(crate) fn from_repeats(
+        id: &str,
+        label: &str,
+        description: &str,
+        values: &[(&str, &[f64])],
+    ) -> Self {
+        let mut v = Self::new(id, label, description);
+        let n = values.first().map_or(0, |x| x.1.len());
+        for r in 0..n {
+            let mut s = Sample {
+                repeat: r + 1,
+                ..Default::default()
+            };
+            for (k, vals) in values {
+                s.metrics.insert(k.to_string(), vals[r]);
+            }
+            v.samples.push(s);
+        }
+        v.summarize();
+        v
+    }
+
     /// Recomputes `summary` from the samples.
     pub fn summarize(&mut self) {
         let mut by_key: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

@@ -261,10 +261,12 @@ impl Sampler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn t(tid: u32, label: &str, cpu: usize, run_ms: u64) -> ThreadSnap {
+    /// A thread sighting: `iperf3 …` and `… fdp-worker-N` labels are `always`; comm is the
+    /// label's last word.
+    pub(crate) fn t(tid: u32, label: &str, cpu: usize, run_ms: u64) -> ThreadSnap {
         ThreadSnap {
             tid,
             label: label.into(),
@@ -275,7 +277,7 @@ mod tests {
         }
     }
 
-    fn snap(at_s: f64, threads: Vec<ThreadSnap>) -> Snapshot {
+    pub(crate) fn snap(at_s: f64, threads: Vec<ThreadSnap>) -> Snapshot {
         Snapshot { at_s, threads }
     }
 

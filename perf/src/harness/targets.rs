@@ -159,23 +159,9 @@ pub fn evaluate(ours: &VariantResult, vxlan: &VariantResult) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::model::Sample;
 
     fn variant(id: &str, values: &[(&str, &[f64])]) -> VariantResult {
-        let mut v = VariantResult::new(id, id, "");
-        let n = values[0].1.len();
-        for r in 0..n {
-            let mut s = Sample {
-                repeat: r + 1,
-                ..Default::default()
-            };
-            for (k, vals) in values {
-                s.metrics.insert(k.to_string(), vals[r]);
-            }
-            v.samples.push(s);
-        }
-        v.summarize();
-        v
+        VariantResult::from_repeats(id, id, "", values)
     }
 
     #[test]
