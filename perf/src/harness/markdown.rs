@@ -412,7 +412,12 @@ fn render_repeats(run: &Run) -> String {
         }
         if !any {
             s.push_str("\n## Every repeat\n\n");
-            s.push_str("Each repeat's figure per variant (variants alternate within a repeat), then min / median / max over the repeats.\n");
+            s.push_str("Each repeat's figure per variant (variants alternate within a repeat)");
+            s.push_str(if repeats > 1 {
+                ", then min / median / max over the repeats.\n"
+            } else {
+                ".\n"
+            });
             any = true;
         }
         let _ = write!(s, "\n### {} ({})\n\n| repeat |", m.label, m.unit);

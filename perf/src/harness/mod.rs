@@ -1,6 +1,7 @@
 //! The perf harness behind `scripts/perf` and the `flannel-perf` binary:
 //! ours vs ours with offloads off vs ours on the fallback I/O path vs kernel VXLAN vs the bare
-//! underlay, side by side on one namespace testbed, N repeats, medians with min/max.
+//! underlay, side by side on one namespace testbed, N repeats: every repeat's figure, medians
+//! with min/max, where the TCP tests' threads ran, a paced UDP search, issue 19's targets.
 //!
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
 //! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
