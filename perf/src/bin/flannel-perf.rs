@@ -1,7 +1,9 @@
 //! `flannel-perf`: the perf harness (run it through `scripts/perf`, which builds the release
 //! binaries first). Must run as root: it builds a namespace testbed with a real etcd and our
 //! real `flanneld` and `flannel-dataplane`, then measures ours (default, `--no-offload`,
-//! `--no-io-uring`), kernel VXLAN and the bare underlay side by side, N repeats, and writes
+//! `--no-io-uring`, `--steering=flow`), kernel VXLAN and the bare underlay side by side, N
+//! repeats (every repeat's figure is kept and reported, with where the TCP tests' threads ran
+//! and a paced UDP search in the first repeats), and writes
 //! `perf/results/<UTC stamp>.{json,md,svg}` plus `latest.md` / `latest.svg`.
 //! See `flannel_perf::harness` for what is measured and how.
 //!
@@ -55,6 +57,10 @@ struct Args {
     /// switches and syscalls per round trip). Needs `perf`.
     #[arg(long)]
     profile: bool,
+    /// Run the paced UDP search (highest rate with ≤ 0.1 % loss; 5 probes of 1 s per payload
+    /// size and variant) in the first N repeats; 0 disables it.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    udp_search_repeats: usize,
 }
 
 fn install_signal_thread() {
@@ -120,6 +126,7 @@ fn run(args: Args) -> Result<bool> {
         only: args.only,
         workers: args.workers,
         profile: args.profile,
+        udp_search_repeats: args.udp_search_repeats,
         command: std::env::var("FLANNEL_PERF_COMMAND").unwrap_or_else(|_| {
             let mut a: Vec<String> = std::env::args().collect();
             a[0] = "flannel-perf".into();

@@ -65,7 +65,9 @@ use flannel_shared::stats::{StatsReader, WorkerCounters};
 use super::model::{
     file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
 };
+use super::placement::{Placement, Sampler, Watch};
 use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
+use super::udpsearch::{self, UdpSearch};
 use super::{cpu, iperf, markdown, ping, summary, svg};
 use crate::testbed::cluster::{Cluster, ClusterOpts};
 use crate::testbed::netns::Netns;
@@ -114,6 +116,8 @@ pub struct Options {
     pub workers: Option<usize>,
     /// Also profile ours, VXLAN and bare in the first repeat ([`profile`]): needs `perf`.
     pub profile: bool,
+    /// Run the paced UDP search ([`udpsearch`]) in the first this many repeats (0: never).
+    pub udp_search_repeats: usize,
     /// The command line, for the report.
     pub command: String,
 }
@@ -361,7 +365,10 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
         notes: vec![
             "One testbed for the whole run: flanneld, etcd, namespaces and containers stay up; between the ours variants only flannel-dataplane is restarted (both hosts), and each ours variant starts from a fresh restart.".into(),
             "Data flows host 1 → host 2: iperf3 client in host 1's container (bare: host namespace), `iperf3 -s -1` in host 2's.".into(),
-            "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`); retransmits as the sender counts them (`end.sum_sent.retransmits`, a diagnostic). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second, loss as the receiver counts it.".into(),
+            "Every repeat runs the variants in turn (ours, then kernel VXLAN, …), so slow phases of the machine hit all of them; the report gives every repeat's figure besides min / median / max.".into(),
+            "TCP: iperf3 -J, receiver's Gbit/s (`end.sum_received`); retransmits as the sender counts them (`end.sum_sent.retransmits`, a diagnostic). UDP: `iperf3 -u -b 0 -l 64|1400`, one unpaced sender; rate = datagrams the receiver got per second; loss = datagrams sent (the sender's count, `end.sum_sent.packets`, which also covers datagrams lost after the last one that arrived) that the receiver did not get.".into(),
+            search_note(opts.udp_search_repeats.min(opts.repeats)),
+            format!("Placement (TCP tests): a sampler thread of the harness reads every {} ms `/proc/<pid>/task/<tid>/stat` (field 39, the CPU a thread last ran on) and `…/schedstat` (ns on a CPU) of both iperf3 processes (`ip netns exec` execs, so the child's PID is iperf3's: the JSON's `comms` show `ip`, then `iperf3`) and every thread of both data planes; each interval's run time is charged to the CPU seen at its end. The sampler itself costs well under 1 % of a CPU.", super::placement::SAMPLE_EVERY.as_millis()),
             "RTT: `ping -i 0.01` container to container (bare: host to host); median of the per-reply RTTs and ping's own average.".into(),
             "our CPU = utime + stime of flanneld and flannel-dataplane on both hosts during each TCP test, per GB received (a lower bound: softirq work is charged to whatever task was running). machine CPU = busy time of all CPUs from /proc/stat per GB (includes iperf3, the kernel, and anything else running on the machine).".into(),
             "Worker spread: deltas of each data-plane worker's counters during the 4-stream test; sender = host 1 (tun_rx_packets), receiver = host 2 (udp_rx_packets).".into(),
@@ -418,6 +425,22 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
     };
     let outputs = write_outputs(&run, &opts.out_dir, &file_stamp(started))?;
     Ok((run, outputs))
+}
+
+/// The methodology line of the paced UDP search, run in the first `repeats` repeats.
+fn search_note(repeats: usize) -> String {
+    if repeats == 0 {
+        return "Paced UDP search: off (`--udp-search-repeats 0`).".into();
+    }
+    format!(
+        "Paced UDP search, in {}: per payload size, {} probes of `iperf3 -u -b <rate> -l <payload> -t {}` bisecting between {:.0} % and {:.0} % of the unpaced test's received rate; the figure is the highest received rate of a probe with ≤ {} % loss (iperf3 paces in bursts, one per 1 ms timer tick).",
+        if repeats == 1 { "the first repeat".to_string() } else { format!("the first {repeats} repeats") },
+        udpsearch::PROBES,
+        udpsearch::PROBE_SECONDS,
+        100.0 * udpsearch::FLOOR_FRACTION,
+        100.0 * udpsearch::CEILING_FACTOR,
+        udpsearch::CLEAN_LOSS_PCT
+    )
 }
 
 /// Writes `<stamp>.json`, `<stamp>.md`, `<stamp>.svg` and the `latest.md` / `latest.svg` copies.
@@ -547,16 +570,24 @@ impl Bench {
         for payload in [64u32, 1400] {
             let what = format!("iperf3 UDP {payload} B");
             eprint!("{}: {what} ... ", self.progress);
-            let r = self
-                .iperf(kind, &["-u", "-b", "0", "-l", &payload.to_string()])
-                .and_then(|json| iperf::parse_udp(&json));
+            let secs = self.opts.test_seconds;
+            let r = self.udp(kind, payload, "0", secs);
             match r {
                 Ok(u) => {
                     eprintln!("{:.0} kpps, {:.1}% loss", u.pps / 1e3, u.loss_percent);
                     s.metrics.insert(format!("udp{payload}_kpps"), u.pps / 1e3);
                     s.metrics
                         .insert(format!("udp{payload}_loss_pct"), u.loss_percent);
+                    let unpaced = u.pps;
                     s.udp.push(u);
+                    if s.repeat <= self.opts.udp_search_repeats {
+                        let search = self.udp_search(kind, payload, unpaced, s)?;
+                        if let Some(best) = search.max_clean_pps {
+                            s.metrics
+                                .insert(format!("udp{payload}_max_clean_kpps"), best / 1e3);
+                        }
+                        s.udp_search.push(search);
+                    }
                 }
                 Err(e) => {
                     eprintln!("failed");
@@ -646,12 +677,14 @@ impl Bench {
         let sys0 = cpu::system_ticks();
         let per_cpu0 = cpu::per_cpu_ticks();
         let stats0 = ours.then(|| self.snapshots());
-        let json = self.iperf(kind, &["-P", &p]);
+        let secs = self.opts.test_seconds;
+        let run = self.iperf_run(kind, &["-P", &p], secs, true);
         let per_cpu1 = cpu::per_cpu_ticks();
         let sys1 = cpu::system_ticks();
         let ours1 = ours.then(|| self.our_ticks()).flatten();
         let stats1 = ours.then(|| self.snapshots());
-        let r = iperf::parse_tcp(&json?)?;
+        let (json, placement) = run?;
+        let r = iperf::parse_tcp(&json)?;
         let mut workers = Vec::new();
         if let (Some(before), Some(after)) = (stats0, stats1) {
             for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
@@ -678,18 +711,118 @@ impl Bench {
                     .zip(per_cpu1)
                     .map(|(a, b)| cpu::busy_percent(&a, &b))
                     .unwrap_or_default(),
+                placement,
             },
             workers,
         ))
     }
 
-    /// Runs one iperf3 test (server in the receiving namespace, client in the sending one) and
-    /// returns the client's JSON.
+    /// One UDP test of `payload`-byte datagrams at `bitrate` (`-b`; "0": unpaced) for `secs`.
+    fn udp(
+        &mut self,
+        kind: Kind,
+        payload: u32,
+        bitrate: &str,
+        secs: u32,
+    ) -> Result<iperf::UdpResult> {
+        let (json, _) = self.iperf_run(
+            kind,
+            &["-u", "-b", bitrate, "-l", &payload.to_string()],
+            secs,
+            false,
+        )?;
+        iperf::parse_udp(&json)
+    }
+
+    /// The paced search for the highest rate with ≤ 0.1 % loss ([`udpsearch`]) after an
+    /// unpaced test that received `unpaced_pps`. A failed probe ends the search (recorded in
+    /// the sample); only an interrupt is an error.
+    fn udp_search(
+        &mut self,
+        kind: Kind,
+        payload: u32,
+        unpaced_pps: f64,
+        s: &mut Sample,
+    ) -> Result<UdpSearch> {
+        let mut search = UdpSearch::after_unpaced(payload, unpaced_pps);
+        eprint!("{}: UDP {payload} B paced search:", self.progress);
+        while let Some(rate) = search.next_rate() {
+            let bits = udpsearch::bits_per_second(rate, payload).to_string();
+            match self.udp(kind, payload, &bits, udpsearch::PROBE_SECONDS) {
+                Ok(u) => {
+                    eprint!(" {:.1}k→{:.1}%", rate / 1e3, u.loss_percent);
+                    search.record(rate, u.pps, u.loss_percent);
+                }
+                Err(e) => {
+                    eprintln!(" failed");
+                    check_interrupt()?;
+                    s.errors.push(format!(
+                        "UDP {payload} B paced probe at {:.1} kpps: {e:#}",
+                        rate / 1e3
+                    ));
+                    return Ok(search);
+                }
+            }
+        }
+        eprintln!(
+            " → {}",
+            search
+                .max_clean_pps
+                .map_or("no clean rate".into(), |b| format!(
+                    "{:.1} kpps clean",
+                    b / 1e3
+                ))
+        );
+        Ok(search)
+    }
+
+    /// Runs one iperf3 test of the configured length and returns the client's JSON.
     fn iperf(&mut self, kind: Kind, args: &[&str]) -> Result<String> {
+        let secs = self.opts.test_seconds;
+        self.iperf_run(kind, args, secs, false)
+            .map(|(json, _)| json)
+    }
+
+    /// Who the placement sampler watches: both iperf3 processes and, for ours, both data planes.
+    fn watch_list(&self, client: u32, server: u32) -> Vec<Watch> {
+        let mut w = vec![
+            Watch {
+                pid: client,
+                name: "iperf3 client".into(),
+                per_thread: false,
+            },
+            Watch {
+                pid: server,
+                name: "iperf3 server".into(),
+                per_thread: false,
+            },
+        ];
+        for h in &self.cluster.hosts {
+            if let Some(pid) = h.dataplane.as_ref().and_then(|d| d.pid()) {
+                w.push(Watch {
+                    pid,
+                    name: format!("h{}", h.index),
+                    per_thread: true,
+                });
+            }
+        }
+        w
+    }
+
+    /// Runs one iperf3 test of `secs` seconds (server in the receiving namespace, client in the
+    /// sending one) and returns the client's JSON, and with `sample` where the threads ran
+    /// ([`placement`](super::placement)).
+    fn iperf_run(
+        &mut self,
+        kind: Kind,
+        args: &[&str],
+        secs: u32,
+        sample: bool,
+    ) -> Result<(String, Option<Placement>)> {
         let server_log = self.log_path("iperf3-server");
         let client_out = self.log_path("iperf3-client");
         let client_err = client_out.with_extension("stderr");
-        let secs = self.opts.test_seconds.to_string();
+        let secs_arg = secs.to_string();
         let ep = self.endpoints(kind);
         let target = ep.target.to_string();
         let mut server = ep
@@ -719,7 +852,7 @@ impl Bench {
         let client = ep
             .client
             .command("iperf3")
-            .args(["-c", &target, "-p", IPERF_PORT, "-t", &secs, "-J"])
+            .args(["-c", &target, "-p", IPERF_PORT, "-t", &secs_arg, "-J"])
             .args(["--connect-timeout", "3000"])
             .args(args)
             .stdin(Stdio::null())
@@ -727,8 +860,10 @@ impl Bench {
             .stderr(File::create(&client_err)?)
             .spawn()
             .context("starting iperf3 -c")?;
-        let limit = Duration::from_secs(u64::from(self.opts.test_seconds) + 20);
+        let sampler = sample.then(|| Sampler::start(self.watch_list(client.id(), server_pid)));
+        let limit = Duration::from_secs(u64::from(secs) + 20);
         let status = wait_child(client, limit);
+        let placement = sampler.map(Sampler::finish);
         // The server exits by itself after one test (-1); stop it by PID if it does not.
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end && matches!(server.try_wait(), Ok(None)) {
@@ -745,7 +880,7 @@ impl Bench {
                     .trim()
             );
         }
-        Ok(out)
+        Ok((out, placement))
     }
 
     fn ping(&mut self, kind: Kind) -> Result<ping::PingResult> {

@@ -1,7 +1,9 @@
 //! CPU time accounting from `/proc` (parsing is pure; the readers are thin).
 //!
 //! Per process: utime + stime from `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of
-//! [`clk_tck`] per second; the values of the thread-group leader cover all its threads). This is
+//! [`clk_tck`] per second; the values of the thread-group leader cover all its threads). Per
+//! thread: the CPU it last ran on (field 39 of `/proc/<pid>/task/<tid>/stat`) and its
+//! nanoseconds on a CPU (`schedstat`), for [`super::placement`]. This is
 //! the one parser of those files in the workspace (the perf harness, `flannel-scale` and the
 //! data plane's namespace tests use it). Whole machine: the first `cpu`
 //! line of `/proc/stat`, busy = user + nice + system + irq + softirq + steal; each CPU: the
@@ -15,15 +17,35 @@
 
 use std::path::Path;
 
+/// The command name (field 2) and the fields from 3 (state) on of a `/proc/<pid>/stat` or
+/// `/proc/<pid>/task/<tid>/stat` text: field N is `rest[N - 3]`.
+fn stat_fields(text: &str) -> Option<(&str, Vec<&str>)> {
+    // The command name is in parentheses and may contain spaces or ')'.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?;
+    Some((comm, text[close + 1..].split_whitespace().collect()))
+}
+
 /// utime + stime in clock ticks from the text of `/proc/<pid>/stat`.
 pub fn parse_pid_stat(text: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may contain spaces or ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let (_, f) = stat_fields(text)?;
+    // utime is field 14, stime field 15.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The command name and field 39 (`processor`: the CPU the thread last ran on) from the text
+/// of `/proc/<pid>/task/<tid>/stat`.
+pub fn parse_task_stat(text: &str) -> Option<(String, usize)> {
+    let (comm, f) = stat_fields(text)?;
+    Some((comm.to_string(), f.get(36)?.parse().ok()?))
+}
+
+/// Nanoseconds on a CPU (the first field) from the text of `/proc/<pid>/task/<tid>/schedstat`.
+pub fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Machine-wide CPU ticks (all CPUs) from `/proc/stat`.
@@ -141,6 +163,24 @@ mod tests {
                     731 269 0 0 20 0 3 0 123456 1000000 500 18446744073709551615 \
                     1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
         assert_eq!(parse_pid_stat(text), Some(1000));
+    }
+
+    #[test]
+    fn task_stat_processor_and_schedstat() {
+        // Captured from /proc/self/task/<tid>/stat (`cat`), comm altered to contain ") (":
+        // field 39 (processor) is 1.
+        let text =
+            "5495 (fdp) (worker-0) R 5493 5493 4193 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 \
+                    2149474 3133440 358 18446744073709551615 94861324210176 94861324230057 \
+                    140735739701600 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94861324246064\n";
+        assert_eq!(
+            parse_task_stat(text),
+            Some(("fdp) (worker-0".to_string(), 1))
+        );
+        assert_eq!(parse_task_stat("12 (x) S 1 2"), None);
+        // /proc/<pid>/task/<tid>/schedstat: run ns, wait ns, timeslices.
+        assert_eq!(parse_schedstat("1182026 116919 1\n"), Some(1_182_026));
+        assert_eq!(parse_schedstat(""), None);
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! TCP: the figure is `end.sum_received` (what the server got), in Gbit/s; retransmits come from
 //! `end.sum_sent`. UDP: `end.sum_received` (iperf3 ≥ 3.10; older versions only have `end.sum`,
 //! which then carries the server's figures) gives `packets` (the count the server expected by
-//! sequence number) and `lost_packets`; received = packets − lost. A JSON `error` field (server
-//! unreachable, test aborted) is returned as an error carrying iperf3's message.
+//! sequence number) and `lost_packets`; received = packets − lost: what the receiver saw. The
+//! server's `packets` is the highest sequence number that arrived, so datagrams lost after the
+//! last one that arrived are missing from iperf3's own loss figure; the loss here is therefore
+//! taken against what the sender sent (`end.sum_sent.packets`) when that is larger. A JSON
+//! `error` field (server unreachable, test aborted) is returned as an error carrying iperf3's
+//! message.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -36,8 +40,11 @@ pub struct UdpResult {
     pub packets: u64,
     pub lost_packets: u64,
     pub received: u64,
+    /// Datagrams the sender counted (`end.sum_sent.packets`), when reported.
+    pub sent_packets: Option<u64>,
     /// Received datagrams per second.
     pub pps: f64,
+    /// Datagrams not received, of max(sent, `packets`) (%).
     pub loss_percent: f64,
 }
 
@@ -93,19 +100,22 @@ pub fn parse_udp(json: &str) -> Result<UdpResult> {
     // lost_packets can be negative in iperf3 when datagrams arrive duplicated.
     let lost_packets = (num(rx, "lost_packets")?.max(0.0) as u64).min(packets);
     let received = packets - lost_packets;
+    let sent_packets = end["sum_sent"]["packets"].as_u64();
+    let sent = sent_packets.unwrap_or(0).max(packets);
     Ok(UdpResult {
         payload: v["start"]["test_start"]["blksize"].as_u64().unwrap_or(0),
         seconds,
         packets,
         lost_packets,
         received,
+        sent_packets,
         pps: if seconds > 0.0 {
             received as f64 / seconds
         } else {
             0.0
         },
-        loss_percent: if packets > 0 {
-            lost_packets as f64 * 100.0 / packets as f64
+        loss_percent: if sent > 0 {
+            (sent - received) as f64 * 100.0 / sent as f64
         } else {
             0.0
         },
@@ -151,6 +161,22 @@ mod tests {
         assert_eq!(r.received * 64, 1_617_152);
         assert!((r.pps - 25_268.0 / 1.00428).abs() < 1e-6);
         assert!((r.loss_percent - 45.41369626).abs() < 1e-6);
+    }
+
+    #[test]
+    fn udp_loss_counts_the_senders_tail() {
+        // The sender sent 100; the last 10 never arrived, so the receiver's highest sequence
+        // number is 90 and iperf3's own figure says 5 of 90 lost.
+        let json = r#"{"start":{"test_start":{"protocol":"UDP","blksize":64}},
+            "end":{"sum_sent":{"seconds":1.0,"packets":100,"lost_packets":0,"sender":true},
+                   "sum_received":{"seconds":1.0,"packets":90,"lost_packets":5,"sender":false}}}"#;
+        let r = parse_udp(json).unwrap();
+        assert_eq!(
+            (r.packets, r.lost_packets, r.received, r.sent_packets),
+            (90, 5, 85, Some(100))
+        );
+        assert_eq!(r.pps, 85.0);
+        assert!((r.loss_percent - 15.0).abs() < 1e-9);
     }
 
     #[test]

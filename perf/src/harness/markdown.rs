@@ -1,13 +1,23 @@
 //! The Markdown report of a run (pure): a table with one row per metric and one column per
-//! variant (`median (min–max)` over the repeats), the ratios the issue's targets are stated in
-//! (ours ÷ kernel VXLAN, ours ÷ bare underlay), the per-worker packet counts, the `--profile`
-//! breakdown when there is one, errors, and how the testbed was wired.
+//! variant (`median (min–max)` over the repeats), the ratios of medians (ours ÷ kernel VXLAN,
+//! ours ÷ bare underlay), issue 19's targets with a met / not met mark each ([`targets`]), every
+//! repeat's figure for the headline metrics ([`HEADLINE`]), where the TCP tests' threads ran in
+//! every repeat ([`placement`]), the paced UDP searches' probes ([`udpsearch`]), the per-worker
+//! packet counts, the `--profile` breakdown when there is one, errors, and how the testbed was
+//! wired.
+//!
+//! [`targets`]: super::targets
+//! [`placement`]: super::placement
+//! [`udpsearch`]: super::udpsearch
 
 use std::fmt::Write as _;
 
-use super::model::{Run, VariantResult, METRICS};
+use super::model::{metric, Run, Sample, TcpSample, VariantResult, HEADLINE, METRICS};
+use super::placement::{Placement, ThreadPlacement, WORKER_PREFIX};
 use super::profile::{Category, PingProfile, Profile, TcpProfile};
 use super::summary::Summary;
+use super::targets::{self, Goal, Stat};
+use super::udpsearch::CLEAN_LOSS_PCT;
 
 /// Formats a number with about three significant digits; infinity as `∞`.
 pub fn num(v: f64) -> String {
@@ -116,7 +126,7 @@ pub fn render(run: &Run, chart: &str) -> String {
         .filter(|v| v.id.starts_with("ours") && v.unavailable.is_none())
         .collect();
     if !ours.is_empty() {
-        s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better). Targets: TCP 1 stream ≥ 1.0× VXLAN, RTT ≤ 1.5× VXLAN.\n\n");
+        s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better); issue 19's targets are checked below.\n\n");
         s.push_str("| variant | TCP 1 ÷ VXLAN | TCP 1 ÷ bare | TCP 4 ÷ VXLAN | TCP 4 ÷ bare | RTT ÷ VXLAN | RTT ÷ bare |\n");
         s.push_str("|---|---|---|---|---|---|---|\n");
         let med = |v: Option<&VariantResult>, k: &str| v.and_then(|v| v.median(k));
@@ -135,7 +145,21 @@ pub fn render(run: &Run, chart: &str) -> String {
         }
     }
 
+    if let Some(vx) = vxlan.filter(|v| v.unavailable.is_none()) {
+        for v in run
+            .variants
+            .iter()
+            .filter(|v| v.id == "ours" && v.unavailable.is_none())
+        {
+            s.push_str(&render_targets(v, vx));
+        }
+    }
+
     let _ = writeln!(s, "\n![TCP throughput per variant]({chart})");
+
+    s.push_str(&render_repeats(run));
+    s.push_str(&render_placement(run));
+    s.push_str(&render_udp_search(run));
 
     // Per-worker counts.
     let with_workers: Vec<&VariantResult> = run
@@ -293,6 +317,348 @@ fn render_profile(profiled: &[(&VariantResult, &Profile)]) -> String {
     s
 }
 
+/// Issue 19's targets for `ours` against kernel VXLAN, each with its inputs and a mark.
+fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## Targets (issue 19): {} vs {}\n",
+        ours.label, vxlan.label
+    );
+    s.push_str("Computed from this run's repeats: ours' worst repeat (min) or median against VXLAN's median.\n\n");
+    let _ = writeln!(
+        s,
+        "| target | goal | {} | {} | ratio / difference | verdict |\n|---|---|---|---|---|---|",
+        ours.label, vxlan.label
+    );
+    for c in targets::evaluate(ours, vxlan) {
+        let unit = metric(c.key).map_or("", |m| m.unit);
+        let figure = |v: Option<f64>, what: &str| {
+            v.map_or("—".to_string(), |v| format!("{} {unit} ({what})", num(v)))
+        };
+        let goal = match c.goal {
+            Goal::RatioAtLeast(min, Some(st)) => format!("≥ {min:.2}× (stretch ≥ {st:.2}×)"),
+            Goal::RatioAtLeast(min, None) => format!("≥ {min:.2}×"),
+            Goal::RatioAtMost(max) => format!("≤ {max:.2}×"),
+            Goal::PointsAtMost(p) => format!("≤ VXLAN + {p:.0} points"),
+            Goal::Report => "reported".into(),
+        };
+        let value = c.value.map_or("—".to_string(), |v| match c.goal {
+            Goal::PointsAtMost(_) => format!("{v:+.1} points"),
+            _ => format!("{v:.2}×"),
+        });
+        let verdict = match (c.met, c.stretch_met) {
+            (Some(true), Some(true)) => "✅ met (stretch met)".to_string(),
+            (Some(true), Some(false)) => "✅ met (stretch not met)".to_string(),
+            (Some(true), None) => "✅ met".to_string(),
+            (Some(false), _) => "❌ not met".to_string(),
+            (None, _) if c.value.is_none() => "no data".to_string(),
+            (None, _) => "—".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {goal} | {} | {} | {value} | {verdict} |",
+            c.target,
+            figure(
+                c.ours,
+                match c.ours_stat {
+                    Stat::Min => "worst",
+                    Stat::Median => "median",
+                }
+            ),
+            figure(c.vxlan, "median"),
+        );
+    }
+    s
+}
+
+/// One repeat's value of `key`, or why there is none.
+fn repeat_cell(x: &Sample, key: &str) -> Option<String> {
+    if let Some(v) = x.metrics.get(key) {
+        return Some(num(*v));
+    }
+    // A search that found no clean rate says what it is below.
+    let payload = key
+        .strip_prefix("udp")?
+        .strip_suffix("_max_clean_kpps")?
+        .parse::<u32>()
+        .ok()?;
+    let search = x.udp_search.iter().find(|u| u.payload == payload)?;
+    search
+        .lowest_probe_pps()
+        .map(|p| format!("none clean (< {})", num(p / 1e3)))
+}
+
+/// Every repeat's figure of the headline metrics: one table per metric, a row per repeat, a
+/// column per variant, then min / median / max.
+fn render_repeats(run: &Run) -> String {
+    let mut s = String::new();
+    let repeats = run
+        .variants
+        .iter()
+        .flat_map(|v| v.samples.iter().map(|x| x.repeat))
+        .max()
+        .unwrap_or(0);
+    let mut any = false;
+    for key in HEADLINE {
+        let Some(m) = metric(key) else { continue };
+        let cols: Vec<&VariantResult> = run
+            .variants
+            .iter()
+            .filter(|v| v.samples.iter().any(|x| repeat_cell(x, key).is_some()))
+            .collect();
+        if cols.is_empty() {
+            continue;
+        }
+        if !any {
+            s.push_str("\n## Every repeat\n\n");
+            s.push_str("Each repeat's figure per variant (variants alternate within a repeat)");
+            s.push_str(if repeats > 1 {
+                ", then min / median / max over the repeats.\n"
+            } else {
+                ".\n"
+            });
+            any = true;
+        }
+        let _ = write!(s, "\n### {} ({})\n\n| repeat |", m.label, m.unit);
+        for v in &cols {
+            let _ = write!(s, " {} |", v.label);
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(cols.len()));
+        s.push('\n');
+        for rep in 1..=repeats {
+            let cells: Vec<Option<String>> = cols
+                .iter()
+                .map(|v| {
+                    v.samples
+                        .iter()
+                        .find(|x| x.repeat == rep)
+                        .and_then(|x| repeat_cell(x, key))
+                })
+                .collect();
+            if cells.iter().all(Option::is_none) {
+                continue;
+            }
+            let _ = write!(s, "| {rep} |");
+            for c in cells {
+                let _ = write!(s, " {} |", c.as_deref().unwrap_or("—"));
+            }
+            s.push('\n');
+        }
+        // Min / median / max (only once there is more than one repeat).
+        for (name, f) in [
+            ("min", (|x: &Summary| x.min) as fn(&Summary) -> f64),
+            ("median", |x: &Summary| x.median),
+            ("max", |x: &Summary| x.max),
+        ]
+        .into_iter()
+        .filter(|_| repeats > 1)
+        {
+            let _ = write!(s, "| **{name}** |");
+            for v in &cols {
+                let _ = write!(
+                    s,
+                    " {} |",
+                    v.summary.get(*key).map_or("—".into(), |x| num(f(x)))
+                );
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Per-CPU seconds of one thread as `cpu1 0.90 s + cpu0 0.05 s` (CPUs with at least 1 % of
+/// the wall time, busiest first; `idle` when none).
+fn cpu_seconds(t: &ThreadPlacement, wall_s: f64) -> String {
+    let parts: Vec<String> = by_cpu(t, wall_s)
+        .into_iter()
+        .map(|(c, v)| format!("cpu{c} {v:.2} s"))
+        .collect();
+    if parts.is_empty() {
+        "idle".into()
+    } else {
+        parts.join(" + ")
+    }
+}
+
+/// (CPU, seconds) with at least 1 % of `wall_s`, busiest first.
+fn by_cpu(t: &ThreadPlacement, wall_s: f64) -> Vec<(usize, f64)> {
+    let mut v: Vec<(usize, f64)> = t
+        .cpu_s
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, x)| *x > 0.0 && *x >= 0.01 * wall_s)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+fn moves(t: &ThreadPlacement) -> String {
+    match t.migrations {
+        0 => String::new(),
+        1 => " (1 move)".into(),
+        n => format!(" ({n} moves)"),
+    }
+}
+
+/// An iperf3 process: its share of the wall time on each CPU, e.g. `cpu0 96%, cpu1 3%`.
+fn app_cell(p: &Placement, label: &str) -> String {
+    let Some(t) = p.get(label) else {
+        return "—".into();
+    };
+    if p.wall_s <= 0.0 {
+        return "—".into();
+    }
+    let parts: Vec<String> = by_cpu(t, p.wall_s)
+        .into_iter()
+        .map(|(c, v)| format!("cpu{c} {:.0}%", 100.0 * v / p.wall_s))
+        .collect();
+    let body = if parts.is_empty() {
+        "idle".into()
+    } else {
+        parts.join(", ")
+    };
+    format!("{body}{}", moves(t))
+}
+
+/// A host's data-plane threads: `w0 cpu1 0.90 s, w1 cpu0 0.10 s` (other threads by name).
+fn dataplane_cell(p: &Placement, host: &str) -> String {
+    let prefix = format!("{host} ");
+    let parts: Vec<String> = p
+        .with_prefix(&prefix)
+        .map(|t| {
+            let name = &t.label[prefix.len()..];
+            let short = name
+                .strip_prefix(WORKER_PREFIX)
+                .map_or(name.to_string(), |n| format!("w{n}"));
+            format!("{short} {}{}", cpu_seconds(t, p.wall_s), moves(t))
+        })
+        .collect();
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn busy_cell(t: &TcpSample) -> String {
+    if t.cpu_busy_pct.is_empty() {
+        return "—".into();
+    }
+    t.cpu_busy_pct
+        .iter()
+        .enumerate()
+        .map(|(c, b)| format!("cpu{c} {b:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where the TCP tests ran, every repeat.
+fn render_placement(run: &Run) -> String {
+    let mut s = String::new();
+    let mut header = false;
+    for streams in [1u64, 4] {
+        let mut rows: Vec<(&VariantResult, &Sample, &TcpSample, &Placement)> = Vec::new();
+        for v in &run.variants {
+            for x in &v.samples {
+                for t in x.tcp.iter().filter(|t| t.iperf.streams == streams) {
+                    if let Some(p) = &t.placement {
+                        rows.push((v, x, t, p));
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        if !header {
+            header = true;
+            let interval = rows[0].3.interval_ms;
+            let _ = writeln!(s, "\n## Where the TCP tests ran (every repeat)\n");
+            let _ = writeln!(s, "Sampled every {interval} ms while iperf3 ran: each thread's CPU time (`/proc/<pid>/task/<tid>/schedstat`) charged to the CPU it was last seen on (field 39 of `…/stat`). iperf3: share of the test's wall time on each CPU (100 % = one CPU the whole time); data plane: CPU seconds per worker thread (`w0` = `fdp-worker-0`) and per CPU, other threads only above 1 % of the test; a move is a change of CPU between two samples. CPU busy: each CPU's busy share during the test (`/proc/stat`). VXLAN and bare have no data plane.");
+        }
+        let _ = writeln!(
+            s,
+            "\n### TCP {streams} stream{}\n\n| variant | repeat | Gbit/s | CPU busy | iperf3 client | iperf3 server | h1 data plane | h2 data plane |\n|---|---|---|---|---|---|---|---|",
+            if streams == 1 { "" } else { "s" }
+        );
+        for (v, x, t, p) in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                v.label,
+                x.repeat,
+                num(t.iperf.gbit_per_s()),
+                busy_cell(t),
+                app_cell(p, "iperf3 client"),
+                app_cell(p, "iperf3 server"),
+                dataplane_cell(p, "h1"),
+                dataplane_cell(p, "h2"),
+            );
+        }
+    }
+    s
+}
+
+/// The paced UDP searches, probe by probe.
+fn render_udp_search(run: &Run) -> String {
+    let mut s = String::new();
+    let mut header = false;
+    for v in &run.variants {
+        for x in &v.samples {
+            for u in &x.udp_search {
+                if !header {
+                    header = true;
+                    let _ = writeln!(s, "\n## Paced UDP search (≤ {CLEAN_LOSS_PCT} % loss)\n");
+                    let _ = writeln!(s, "One sender, `iperf3 -u -b <rate> -l <payload> -t {}`, {} probes bisecting between {:.0} % and {:.0} % of the unpaced test's received rate: a clean probe (loss ≤ {CLEAN_LOSS_PCT} %) raises the lower end, a lossy one lowers the upper end. Probes: offered → received kpps (loss), ✓ clean. Highest clean: the best received rate of a clean probe.\n",
+                        super::udpsearch::PROBE_SECONDS,
+                        super::udpsearch::PROBES,
+                        100.0 * super::udpsearch::FLOOR_FRACTION,
+                        100.0 * super::udpsearch::CEILING_FACTOR,
+                    );
+                    s.push_str("| variant | repeat | payload | probes | highest clean (kpps) |\n|---|---|---|---|---|\n");
+                }
+                let probes: Vec<String> = u
+                    .probes
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} → {} ({} %){}",
+                            num(p.offered_pps / 1e3),
+                            num(p.received_pps / 1e3),
+                            num(p.loss_pct),
+                            if p.clean { " ✓" } else { "" }
+                        )
+                    })
+                    .collect();
+                let best = u.max_clean_pps.map_or_else(
+                    || {
+                        u.lowest_probe_pps()
+                            .map_or("—".into(), |p| format!("none (< {})", num(p / 1e3)))
+                    },
+                    |b| num(b / 1e3),
+                );
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} B | {} | {best} |",
+                    v.label,
+                    x.repeat,
+                    u.payload,
+                    if probes.is_empty() {
+                        "—".into()
+                    } else {
+                        probes.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    s
+}
+
 fn workers_cell(counts: &[u64]) -> String {
     let list = counts
         .iter()
@@ -311,24 +677,12 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::harness::model::{Machine, Sample, Testbed, WorkerDeltas};
+    use crate::harness::model::{Machine, Testbed, WorkerDeltas};
 
     /// A small run: ours (2 repeats), one unavailable variant, VXLAN, bare.
     pub(crate) fn sample_run() -> Run {
         let mk = |id: &str, label: &str, values: &[(&str, &[f64])]| {
-            let mut v = VariantResult::new(id, label, &format!("{label} wiring"));
-            let n = values.first().map_or(0, |x| x.1.len());
-            for r in 0..n {
-                let mut s = Sample {
-                    repeat: r + 1,
-                    ..Default::default()
-                };
-                for (k, vals) in values {
-                    s.metrics.insert(k.to_string(), vals[r]);
-                }
-                v.samples.push(s);
-            }
-            v
+            VariantResult::from_repeats(id, label, &format!("{label} wiring"), values)
         };
         let mut ours = mk(
             "ours",
@@ -440,6 +794,120 @@ pub(crate) mod tests {
         );
         assert!(
             md.contains("- ours (repeat 1): profile ping: perf record gave nothing"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn every_repeat_targets_placement_and_udp_search() {
+        use crate::harness::iperf::TcpResult;
+        use crate::harness::model::TcpSample;
+        use crate::harness::placement::attribute;
+        use crate::harness::placement::tests::{snap, t as th};
+        use crate::harness::udpsearch::UdpSearch;
+        use std::time::Duration;
+
+        let mut run = sample_run();
+        // VXLAN gets a second repeat so both columns have two rows.
+        let mut x2 = run.variants[2].samples[0].clone();
+        x2.repeat = 2;
+        x2.metrics.insert("tcp1_gbps".into(), 22.0);
+        run.variants[2].samples.push(x2);
+        run.variants[2].summarize();
+        // Ours, repeat 1: placement of the TCP 1 test; the client moved once, worker 0 of
+        // host 1 ran on CPU 1, worker 1 on CPU 0.
+        let at = |s: f64, run_ms: [u64; 4], client_cpu| {
+            snap(
+                s,
+                vec![
+                    th(1, "iperf3 client", client_cpu, run_ms[0]),
+                    th(2, "iperf3 server", 1, run_ms[1]),
+                    th(3, "h1 fdp-worker-0", 1, run_ms[2]),
+                    th(4, "h1 fdp-worker-1", 0, run_ms[3]),
+                ],
+            )
+        };
+        let snaps = vec![
+            at(0.0, [0, 0, 0, 0], 0),
+            at(1.0, [960, 500, 900, 100], 0),
+            at(2.0, [1000, 1000, 1800, 200], 1),
+        ];
+        run.variants[0].samples[0].tcp.push(TcpSample {
+            iperf: TcpResult {
+                streams: 1,
+                seconds: 2.0,
+                bytes: 2_500_000_000,
+                bits_per_second: 10e9,
+                retransmits: None,
+            },
+            our_cpu_s: None,
+            machine_cpu_s: None,
+            cpu_busy_pct: vec![96.4, 57.0],
+            placement: Some(attribute(&snaps, Duration::from_millis(50))),
+        });
+        // Ours, repeat 1: a UDP 64 B search that found 38.2 kpps and one that found nothing.
+        let mut found = UdpSearch::new(64, 6_600.0, 66_000.0, 2);
+        found.record(36_300.0, 36_300.0, 0.0);
+        found.record(51_150.0, 44_000.0, 14.0);
+        let mut none = UdpSearch::new(1400, 1_000.0, 9_000.0, 1);
+        none.record(5_000.0, 4_000.0, 20.0);
+        let x = &mut run.variants[0].samples[0];
+        x.metrics.insert("udp64_max_clean_kpps".into(), 36.3);
+        x.udp_search = vec![found, none];
+        run.variants[0].summarize();
+
+        let md = render(&run, "x.svg");
+        // Every repeat: a row per repeat, a column per variant with data, then min/median/max.
+        assert!(
+            md.contains(
+                "### TCP 1 stream (Gbit/s)\n\n| repeat | ours | kernel VXLAN | bare underlay |\n|---|---|---|---|\n| 1 | 10.0 | 20.0 | 40.0 |\n| 2 | 12.0 | 22.0 | — |\n| **min** | 10.0 | 20.0 | 40.0 |\n| **median** | 11.0 | 21.0 | 40.0 |\n| **max** | 12.0 | 22.0 | 40.0 |\n"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | 36.3 |\n| **min** | 36.3 |"),
+            "search found: {md}"
+        );
+        assert!(
+            md.contains("### UDP 1400 B, highest paced rate with ≤ 0.1 % loss (kpps received)\n\n| repeat | ours |\n|---|---|\n| 1 | none clean (< 5.00) |\n| **min** | — |"),
+            "search found nothing: {md}"
+        );
+        // Targets: ours' worst TCP 1 repeat 10 ÷ VXLAN's median 21; median 11 ÷ 21; RTT
+        // 0.08 ÷ 0.05.
+        assert!(
+            md.contains("## Targets (issue 19): ours vs kernel VXLAN"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| TCP 1 stream: ours' worst repeat ÷ VXLAN's median | ≥ 0.70× | 10.0 Gbit/s (worst) | 21.0 Gbit/s (median) | 0.48× | ❌ not met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| TCP 1 stream: median ÷ VXLAN's median | ≥ 0.90× (stretch ≥ 1.00×) | 11.0 Gbit/s (median) | 21.0 Gbit/s (median) | 0.52× | ❌ not met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ping RTT: median ÷ VXLAN's median | ≤ 1.50× | 0.0800 ms (median) | 0.0500 ms (median) | 1.60× | ❌ not met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| UDP 64 B unpaced: loss − VXLAN's loss | ≤ VXLAN + 10 points | — | — | — | no data |"),
+            "{md}"
+        );
+        // Placement: the client 96 % + 2 % of 2 s (one move), the server on CPU 1, host 1's
+        // workers in seconds per CPU, no data plane on host 2.
+        assert!(
+            md.contains("| ours | 1 | 10.0 | cpu0 96%, cpu1 57% | cpu0 48%, cpu1 2% (1 move) | cpu1 50% | w0 cpu1 1.80 s, w1 cpu0 0.20 s | — |"),
+            "{md}"
+        );
+        assert!(!md.contains("### TCP 4 streams\n\n| variant | repeat | Gbit/s"));
+        // The UDP search, probe by probe.
+        assert!(
+            md.contains("| ours | 1 | 64 B | 36.3 → 36.3 (0 %) ✓, 51.1 → 44.0 (14.0 %) | 36.3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ours | 1 | 1400 B | 5.00 → 4.00 (20.0 %) | none (< 5.00) |"),
             "{md}"
         );
     }

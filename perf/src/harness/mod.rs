@@ -1,11 +1,14 @@
 //! The perf harness behind `scripts/perf` and the `flannel-perf` binary:
 //! ours vs ours with offloads off vs ours on the fallback I/O path vs kernel VXLAN vs the bare
-//! underlay, side by side on one namespace testbed, N repeats, medians with min/max.
+//! underlay, side by side on one namespace testbed, N repeats: every repeat's figure, medians
+//! with min/max, where the TCP tests' threads ran, a paced UDP search, issue 19's targets.
 //!
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
 //! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
-//! parsing), [`model`] (what a run produces, serialised to JSON), [`markdown`] (the table) and
-//! [`svg`] (the chart). The I/O lives in [`bench`]: the testbed, the variants, running iperf3 and
+//! parsing), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its sampler is a
+//! thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue 19's targets,
+//! ours vs kernel VXLAN), [`model`] (what a run produces, serialised to JSON), [`markdown`]
+//! (the tables) and [`svg`] (the chart). The I/O lives in [`bench`]: the testbed, the variants, running iperf3 and
 //! ping in the namespaces, reading CPU time and per-worker counters, writing the files.
 
 pub mod bench;
@@ -14,6 +17,9 @@ pub mod iperf;
 pub mod markdown;
 pub mod model;
 pub mod ping;
+pub mod placement;
 pub mod profile;
 pub mod summary;
 pub mod svg;
+pub mod targets;
+pub mod udpsearch;

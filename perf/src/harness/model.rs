@@ -8,8 +8,10 @@ use serde::Serialize;
 
 use super::iperf::{TcpResult, UdpResult};
 use super::ping::PingResult;
+use super::placement::Placement;
 use super::profile::Profile;
 use super::summary::{summarize, Summary};
+use super::udpsearch::UdpSearch;
 
 /// One metric of the report table.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +66,16 @@ pub const METRICS: &[Metric] = &[
         unit: "%",
     },
     Metric {
+        key: "udp64_max_clean_kpps",
+        label: "UDP 64 B, highest paced rate with ≤ 0.1 % loss",
+        unit: "kpps received",
+    },
+    Metric {
+        key: "udp1400_max_clean_kpps",
+        label: "UDP 1400 B, highest paced rate with ≤ 0.1 % loss",
+        unit: "kpps received",
+    },
+    Metric {
         key: "rtt_median_ms",
         label: "ping RTT median",
         unit: "ms",
@@ -114,6 +126,24 @@ pub const METRICS: &[Metric] = &[
         unit: "×",
     },
 ];
+
+/// The metrics shown repeat by repeat (the headline figures).
+pub const HEADLINE: &[&str] = &[
+    "tcp1_gbps",
+    "tcp4_gbps",
+    "udp64_kpps",
+    "udp64_loss_pct",
+    "udp1400_kpps",
+    "udp1400_loss_pct",
+    "udp64_max_clean_kpps",
+    "udp1400_max_clean_kpps",
+    "rtt_median_ms",
+];
+
+/// The metric with this key.
+pub fn metric(key: &str) -> Option<&'static Metric> {
+    METRICS.iter().find(|m| m.key == key)
+}
 
 /// One whole run.
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +218,31 @@ impl VariantResult {
         }
     }
 
+    /// A variant with one sample per repeat holding the given metric values (`values[i].1[r]`
+    /// is repeat r + 1's value of metric `values[i].0`), summarised (tests).
+    #[cfg(test)]
+    pub(crate) fn from_repeats(
+        id: &str,
+        label: &str,
+        description: &str,
+        values: &[(&str, &[f64])],
+    ) -> Self {
+        let mut v = Self::new(id, label, description);
+        let n = values.first().map_or(0, |x| x.1.len());
+        for r in 0..n {
+            let mut s = Sample {
+                repeat: r + 1,
+                ..Default::default()
+            };
+            for (k, vals) in values {
+                s.metrics.insert(k.to_string(), vals[r]);
+            }
+            v.samples.push(s);
+        }
+        v.summarize();
+        v
+    }
+
     /// Recomputes `summary` from the samples.
     pub fn summarize(&mut self) {
         let mut by_key: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -221,7 +276,10 @@ pub struct Sample {
     /// Metric key → value (see [`METRICS`]).
     pub metrics: BTreeMap<String, f64>,
     pub tcp: Vec<TcpSample>,
+    /// The unpaced UDP tests (`-b 0`).
     pub udp: Vec<UdpResult>,
+    /// The paced searches for the highest clean rate (first `--udp-search-repeats` repeats).
+    pub udp_search: Vec<UdpSearch>,
     pub ping: Option<PingResult>,
     /// Per-worker counter deltas during the 4-stream TCP test (ours only).
     pub workers: Vec<WorkerDeltas>,
@@ -241,6 +299,8 @@ pub struct TcpSample {
     pub machine_cpu_s: Option<f64>,
     /// Each CPU's busy share during the test, in CPU order (%).
     pub cpu_busy_pct: Vec<f64>,
+    /// Where the iperf3 processes and the data planes' threads ran.
+    pub placement: Option<Placement>,
 }
 
 /// One host's per-worker counter deltas.
@@ -316,6 +376,7 @@ mod tests {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), METRICS.len());
+        assert!(HEADLINE.iter().all(|k| metric(k).is_some()));
     }
 
     #[test]

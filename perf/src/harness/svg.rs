@@ -1,6 +1,8 @@
 //! A hand-written SVG bar chart of TCP throughput per variant (pure, no plotting crates):
-//! two bars per variant (1 stream, 4 streams) at the median, a whisker from min to max, the
-//! median printed above each bar. Unavailable or unmeasured variants keep their slot, labelled.
+//! two bars per variant (1 stream, 4 streams) at the median, a whisker from min to max, one dot
+//! per repeat over the bar (spread evenly across it in repeat order, so equal values stay
+//! visible), the median printed above each bar. Unavailable or unmeasured variants keep their
+//! slot, labelled.
 
 use std::fmt::Write as _;
 
@@ -75,7 +77,7 @@ pub fn render(run: &Run) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="40" text-anchor="middle" fill="#555">{} · median of {} repeat{}, whiskers min–max · {}</text>"##,
+        r##"<text x="{}" y="40" text-anchor="middle" fill="#555">{} · bars: median of {} repeat{}, whiskers min–max, dots: each repeat · {}</text>"##,
         W / 2.0,
         esc(&run.started_utc),
         run.repeats,
@@ -142,6 +144,30 @@ pub fn render(run: &Run) -> String {
                     wx - 4.0
                 );
             }
+            // One dot per repeat, spread across the bar in repeat order.
+            let values: Vec<(usize, f64)> = v
+                .samples
+                .iter()
+                .filter_map(|x| x.metrics.get(*key).map(|m| (x.repeat, *m)))
+                .filter(|(_, m)| m.is_finite())
+                .collect();
+            let spread = (bar_w - 2.0) * 0.6;
+            for (i, (rep, val)) in values.iter().enumerate() {
+                let dx = if values.len() > 1 {
+                    spread * (i as f64 / (values.len() - 1) as f64 - 0.5)
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    s,
+                    r##"<circle class="repeat" cx="{:.1}" cy="{:.1}" r="2.8" fill="white" stroke="#222" stroke-width="1.2"><title>{}: {} repeat {rep}: {} Gbit/s</title></circle>"##,
+                    wx + dx,
+                    y(*val),
+                    esc(&v.label),
+                    series,
+                    num(*val)
+                );
+            }
             let _ = writeln!(
                 s,
                 r#"<text x="{wx:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
@@ -173,9 +199,9 @@ pub fn render(run: &Run) -> String {
         }
     }
     // Legend.
+    let ly = H - 22.0;
     for (si, (_, series, color)) in SERIES.iter().enumerate() {
         let lx = LEFT + 10.0 + 140.0 * si as f64;
-        let ly = H - 22.0;
         let _ = writeln!(
             s,
             r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{:.1}" y="{ly:.1}">{series}</text>"#,
@@ -183,6 +209,14 @@ pub fn render(run: &Run) -> String {
             lx + 18.0
         );
     }
+    let lx = LEFT + 10.0 + 140.0 * SERIES.len() as f64;
+    let _ = writeln!(
+        s,
+        r##"<circle cx="{:.1}" cy="{:.1}" r="2.8" fill="white" stroke="#222" stroke-width="1.2"/><text x="{:.1}" y="{ly:.1}">one repeat (bar: median, whisker: min–max)</text>"##,
+        lx + 6.0,
+        ly - 4.0,
+        lx + 18.0
+    );
     s.push_str("</svg>\n");
     s
 }
@@ -231,5 +265,44 @@ mod tests {
         // Every opened element is closed (rough well-formedness check).
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
         assert_eq!(svg.matches("</rect>").count(), 4, "bars carry a <title>");
+        assert_eq!(
+            svg.matches("<circle").count(),
+            svg.matches("</circle>").count() + 1
+        );
+    }
+
+    #[test]
+    fn one_dot_per_repeat() {
+        let run = sample_run();
+        let svg = render(&run);
+        // ours: 2 repeats × (TCP 1 + TCP 4); VXLAN and bare: 1 repeat of TCP 1; the
+        // unavailable variant none.
+        let expected: usize = run
+            .variants
+            .iter()
+            .flat_map(|v| &v.samples)
+            .map(|x| {
+                SERIES
+                    .iter()
+                    .filter(|(k, _, _)| x.metrics.contains_key(*k))
+                    .count()
+            })
+            .sum();
+        assert_eq!(expected, 6);
+        assert_eq!(svg.matches(r#"<circle class="repeat""#).count(), expected);
+        assert!(svg.contains("<title>ours: TCP 1 stream repeat 1: 10.0 Gbit/s</title>"));
+        assert!(svg.contains("<title>ours: TCP 1 stream repeat 2: 12.0 Gbit/s</title>"));
+        // The two dots of one bar sit at different x, at the repeats' heights.
+        let dots: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains("ours: TCP 1 stream repeat"))
+            .collect();
+        assert_eq!(dots.len(), 2);
+        assert_ne!(
+            dots[0].split("cy=").next(),
+            dots[1].split("cy=").next(),
+            "jittered"
+        );
+        assert!(svg.contains("one repeat (bar: median, whisker: min–max)"));
     }
 }

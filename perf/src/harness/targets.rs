@@ -1,0 +1,252 @@
+//! Issue 19's targets for one ours variant against kernel VXLAN (pure): every figure is
+//! computed from the run's summaries, nothing is hard-coded but the goals.
+//!
+//! - TCP 1 stream: ours' worst repeat ÷ VXLAN's median ≥ 0.7; ours' median ÷ VXLAN's median
+//!   ≥ 0.9 (stretch ≥ 1.0);
+//! - RTT: ours' median ÷ VXLAN's median ≤ 1.5;
+//! - UDP 64 B and 1400 B unpaced: received rate (medians) ≥ 0.8× VXLAN's, loss (medians) at
+//!   most VXLAN's + 10 points;
+//! - the highest paced rate with ≤ 0.1 % loss: reported (ratio of medians), no goal.
+
+use super::model::VariantResult;
+
+/// How a check compares ours with VXLAN.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// ours ÷ VXLAN ≥ the first value (stretch: ≥ the second).
+    RatioAtLeast(f64, Option<f64>),
+    /// ours ÷ VXLAN ≤ the value.
+    RatioAtMost(f64),
+    /// ours − VXLAN ≤ the value (percentage points).
+    PointsAtMost(f64),
+    /// Shown as a ratio, no goal.
+    Report,
+}
+
+/// Which of ours' figures a check takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    Min,
+    Median,
+}
+
+/// One target.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub label: &'static str,
+    pub key: &'static str,
+    pub ours: Stat,
+    pub goal: Goal,
+}
+
+/// The targets, in the issue's order.
+pub const TARGETS: &[Target] = &[
+    Target {
+        label: "TCP 1 stream: ours' worst repeat ÷ VXLAN's median",
+        key: "tcp1_gbps",
+        ours: Stat::Min,
+        goal: Goal::RatioAtLeast(0.7, None),
+    },
+    Target {
+        label: "TCP 1 stream: median ÷ VXLAN's median",
+        key: "tcp1_gbps",
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(0.9, Some(1.0)),
+    },
+    Target {
+        label: "ping RTT: median ÷ VXLAN's median",
+        key: "rtt_median_ms",
+        ours: Stat::Median,
+        goal: Goal::RatioAtMost(1.5),
+    },
+    Target {
+        label: "UDP 64 B unpaced: received ÷ VXLAN's",
+        key: "udp64_kpps",
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(0.8, None),
+    },
+    Target {
+        label: "UDP 64 B unpaced: loss − VXLAN's loss",
+        key: "udp64_loss_pct",
+        ours: Stat::Median,
+        goal: Goal::PointsAtMost(10.0),
+    },
+    Target {
+        label: "UDP 1400 B unpaced: received ÷ VXLAN's",
+        key: "udp1400_kpps",
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(0.8, None),
+    },
+    Target {
+        label: "UDP 1400 B unpaced: loss − VXLAN's loss",
+        key: "udp1400_loss_pct",
+        ours: Stat::Median,
+        goal: Goal::PointsAtMost(10.0),
+    },
+    Target {
+        label: "UDP 64 B paced, ≤ 0.1 % loss: highest rate ÷ VXLAN's",
+        key: "udp64_max_clean_kpps",
+        ours: Stat::Median,
+        goal: Goal::Report,
+    },
+    Target {
+        label: "UDP 1400 B paced, ≤ 0.1 % loss: highest rate ÷ VXLAN's",
+        key: "udp1400_max_clean_kpps",
+        ours: Stat::Median,
+        goal: Goal::Report,
+    },
+];
+
+/// One target evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub target: &'static str,
+    pub key: &'static str,
+    pub ours_stat: Stat,
+    /// Ours' figure (its min or median).
+    pub ours: Option<f64>,
+    /// VXLAN's median.
+    pub vxlan: Option<f64>,
+    /// The ratio, or the difference in points.
+    pub value: Option<f64>,
+    pub goal: Goal,
+    /// `None`: no data, or no goal.
+    pub met: Option<bool>,
+    pub stretch_met: Option<bool>,
+}
+
+/// Evaluates [`TARGETS`] for `ours` against `vxlan`.
+pub fn evaluate(ours: &VariantResult, vxlan: &VariantResult) -> Vec<Check> {
+    TARGETS
+        .iter()
+        .map(|t| {
+            let o = ours
+                .summary
+                .get(t.key)
+                .map(|s| match t.ours {
+                    Stat::Min => s.min,
+                    Stat::Median => s.median,
+                })
+                .filter(|v| v.is_finite());
+            let x = vxlan.median(t.key).filter(|v| v.is_finite());
+            let value = o.zip(x).and_then(|(o, x)| match t.goal {
+                Goal::PointsAtMost(_) => Some(o - x),
+                _ => (x > 0.0).then(|| o / x),
+            });
+            let (met, stretch_met) = match (t.goal, value) {
+                (Goal::RatioAtLeast(min, stretch), Some(v)) => {
+                    (Some(v >= min), stretch.map(|s| v >= s))
+                }
+                (Goal::RatioAtMost(max), Some(v)) => (Some(v <= max), None),
+                (Goal::PointsAtMost(max), Some(v)) => (Some(v <= max), None),
+                _ => (None, None),
+            };
+            Check {
+                target: t.label,
+                key: t.key,
+                ours_stat: t.ours,
+                ours: o,
+                vxlan: x,
+                value,
+                goal: t.goal,
+                met,
+                stretch_met,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(id: &str, values: &[(&str, &[f64])]) -> VariantResult {
+        VariantResult::from_repeats(id, id, "", values)
+    }
+
+    #[test]
+    fn issue_19_figures() {
+        // The issue's five runs as five repeats (VXLAN's 6.28 written 6.29: clippy takes 6.28
+        // for τ): ours' TCP 1 median 4.87, worst 1.92; VXLAN's median 6.80.
+        let ours = variant(
+            "ours",
+            &[
+                ("tcp1_gbps", &[5.50, 5.81, 1.92, 4.87, 2.26]),
+                ("rtt_median_ms", &[0.28, 0.30, 0.32, 0.29, 0.31]),
+                ("udp64_kpps", &[59.0, 72.0, 65.0, 60.0, 70.0]),
+                ("udp64_loss_pct", &[63.0, 77.0, 70.0, 65.0, 66.0]),
+                ("udp1400_max_clean_kpps", &[30.0, 30.0, 30.0, 30.0, 30.0]),
+            ],
+        );
+        let vxlan = variant(
+            "vxlan",
+            &[
+                ("tcp1_gbps", &[6.29, 7.44, 6.80, 7.00, 6.50]),
+                ("rtt_median_ms", &[0.13, 0.15, 0.17, 0.14, 0.16]),
+                ("udp64_kpps", &[79.0, 121.0, 100.0, 90.0, 110.0]),
+                ("udp64_loss_pct", &[3.0, 15.0, 5.0, 8.0, 10.0]),
+                ("udp1400_max_clean_kpps", &[60.0, 60.0, 60.0, 60.0, 60.0]),
+            ],
+        );
+        let c = evaluate(&ours, &vxlan);
+        assert_eq!(c.len(), TARGETS.len());
+        let by = |label_start: &str| {
+            c.iter()
+                .find(|x| x.target.starts_with(label_start))
+                .unwrap()
+        };
+        let worst = by("TCP 1 stream: ours' worst");
+        assert_eq!((worst.ours, worst.vxlan), (Some(1.92), Some(6.80)));
+        assert!((worst.value.unwrap() - 1.92 / 6.80).abs() < 1e-12);
+        assert_eq!(worst.met, Some(false));
+        let med = by("TCP 1 stream: median");
+        assert!((med.value.unwrap() - 4.87 / 6.80).abs() < 1e-12);
+        assert_eq!((med.met, med.stretch_met), (Some(false), Some(false)));
+        let rtt = by("ping RTT");
+        assert!((rtt.value.unwrap() - 0.30 / 0.15).abs() < 1e-12);
+        assert_eq!(rtt.met, Some(false));
+        let rx = by("UDP 64 B unpaced: received");
+        assert!((rx.value.unwrap() - 65.0 / 100.0).abs() < 1e-12);
+        assert_eq!(rx.met, Some(false));
+        let loss = by("UDP 64 B unpaced: loss");
+        assert_eq!(loss.value, Some(66.0 - 8.0));
+        assert_eq!(loss.met, Some(false));
+        // No data on either side: no verdict.
+        let l1400 = by("UDP 1400 B unpaced: loss");
+        assert_eq!((l1400.value, l1400.met), (None, None));
+        // Reported without a goal.
+        let clean = by("UDP 1400 B paced");
+        assert_eq!((clean.value, clean.met), (Some(0.5), None));
+    }
+
+    #[test]
+    fn met_at_the_boundaries_and_stretch() {
+        let ours = variant(
+            "ours",
+            &[
+                ("tcp1_gbps", &[7.0, 8.0, 9.0]),
+                ("rtt_median_ms", &[0.15, 0.15, 0.15]),
+                ("udp1400_kpps", &[80.0, 80.0, 80.0]),
+                ("udp1400_loss_pct", &[12.0, 12.0, 12.0]),
+            ],
+        );
+        let vxlan = variant(
+            "vxlan",
+            &[
+                ("tcp1_gbps", &[8.0, 10.0, 6.0]),
+                ("rtt_median_ms", &[0.1, 0.1, 0.1]),
+                ("udp1400_kpps", &[100.0, 100.0, 100.0]),
+                ("udp1400_loss_pct", &[2.0, 2.0, 2.0]),
+            ],
+        );
+        let c = evaluate(&ours, &vxlan);
+        let get = |i: usize| (c[i].met, c[i].stretch_met);
+        // Worst 7 ÷ 8 = 0.875 ≥ 0.7; median 8 ÷ 8 = 1.0: met, stretch met; RTT 1.5× (met);
+        // UDP 1400: 0.8× (met), 12 − 2 = 10 points (met).
+        assert_eq!(get(0), (Some(true), None));
+        assert_eq!(get(1), (Some(true), Some(true)));
+        assert_eq!(get(2).0, Some(true));
+        assert_eq!(get(5).0, Some(true));
+        assert_eq!(get(6).0, Some(true));
+    }
+}
