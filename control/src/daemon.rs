@@ -23,6 +23,7 @@ use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
 use crate::ip_masq;
+use crate::lease_view::SharedLeaseView;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
 use crate::nftables;
 use crate::notify::{self, Heartbeat};
@@ -74,6 +75,25 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     ));
     let _ = status.publisher.set(publisher.clone());
 
+    // The lease watch feeds both the route table and the view acquisition works from: the
+    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
+    let view = Arc::new(SharedLeaseView::new(&args.etcd.prefix, config.clone()));
+    let (own_tx, own_rx) = watch::channel(None);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        LeaseWatcher {
+            client: client.clone(),
+            prefix: args.etcd.prefix.clone(),
+            config: config.clone(),
+            publisher: Some(publisher.clone()),
+            view: view.clone(),
+            own: own_rx,
+            own_events: events_tx.clone(),
+            status: status.clone(),
+        }
+        .run(),
+    );
+
     let mut keeper = LeaseKeeper {
         client: client.clone(),
         config: config.clone(),
@@ -89,6 +109,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu: ext.overlay_mtu(),
         status: status.clone(),
         publisher: publisher.clone(),
+        view,
         etcd: etcd.clone(),
         // -public-ip given: it is what we advertise, whatever the interface has.
         follow_iface: args.public_ip.is_none().then(|| FollowIface {
@@ -98,7 +119,12 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         }),
     };
     let lease = keeper.acquire().await?;
-    let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
+    own_tx.send_replace(Some((lease.subnet, ext.public_ip)));
+    // The watch judged our key without knowing it was ours until now: a delete it applied in
+    // between shows in the view.
+    if keeper.view.lock().public_ip_of(&lease.key) != Some(ext.public_ip) {
+        let _ = events_tx.send(OwnLeaseEvent::Lost(lease.subnet));
+    }
     tokio::spawn(keep_rules(
         RulesOpts {
             network: config.network,
@@ -112,24 +138,11 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         own_tx.subscribe(),
     ));
     tokio::spawn(config_watch::run(
-        client.clone(),
+        client,
         args.etcd.prefix.clone(),
         config.clone(),
         status.clone(),
     ));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        LeaseWatcher {
-            client,
-            prefix: args.etcd.prefix.clone(),
-            config,
-            publisher,
-            own: own_rx,
-            own_events: events_tx,
-            status: status.clone(),
-        }
-        .run(),
-    );
     keeper.keep(lease, own_tx, events_rx).await
 }
 
@@ -301,6 +314,8 @@ struct LeaseKeeper {
     mtu: u32,
     status: Arc<Status>,
     publisher: Arc<Publisher>,
+    /// Every lease, as the watch last saw it: acquisition picks from it.
+    view: Arc<SharedLeaseView>,
     /// How to reach etcd (to reconnect when our address changed under the connection).
     etcd: crate::etcd::EtcdOptions,
     /// Without `-public-ip`: the selection whose address our lease advertises.
@@ -314,7 +329,7 @@ impl LeaseKeeper {
         let mut backoff = Backoff::default();
         notify::status("acquiring a subnet lease");
         let lease = loop {
-            match subnet_lease::acquire(&mut self.client, &self.config, &self.request).await {
+            match subnet_lease::acquire_in(&mut self.client, &self.request, &self.view).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
                     notify::status(&format!("no subnet lease: {e}"));

@@ -241,12 +241,10 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                 .collect();
             let mut set = LeaseSet::new(prefix, config);
             set.replace_all(
-                resp.kvs().iter().zip(&keys).map(|(kv, key)| KeyValue {
-                    key,
-                    value: kv.value(),
-                    create_revision: kv.create_revision(),
-                    mod_revision: kv.mod_revision(),
-                }),
+                resp.kvs()
+                    .iter()
+                    .zip(&keys)
+                    .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
                 &mut Vec::new(),
             );
             let dir = subnets_prefix(prefix);
