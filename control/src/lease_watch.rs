@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
@@ -93,22 +93,14 @@ impl LeaseWatcher {
 
     /// Lists all leases; replaces `leases`, logs the diff, publishes. Returns the list revision.
     async fn list(&mut self, leases: &mut Option<LeaseSet>) -> Result<i64, etcd_client::Error> {
-        let resp = self
-            .client
-            .get(
-                subnets_prefix(&self.prefix),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let (kvs, rev) =
+            crate::etcd::get_prefix(&mut self.client, &subnets_prefix(&self.prefix)).await?;
         Counters::inc(&self.status.counters.lease_lists);
-        let keys: Vec<Cow<'_, str>> = resp
-            .kvs()
+        let keys: Vec<Cow<'_, str>> = kvs
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()))
             .collect();
-        let listing = resp
-            .kvs()
+        let listing = kvs
             .iter()
             .zip(&keys)
             .map(|(kv, key)| KeyValue::from_etcd(key, kv));

@@ -27,7 +27,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, LeaseAttrs};
 use flannel_shared::Ipv4Net;
@@ -103,18 +103,13 @@ pub enum Renewal {
 /// Returns the listing's revision.
 pub async fn list_into(client: &mut Client, view: &SharedLeaseView) -> Result<i64, LeaseError> {
     let dir = view.lock().dir().to_owned();
-    let resp = client
-        .get(dir, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let keys: Vec<String> = resp
-        .kvs()
+    let (kvs, rev) = crate::etcd::get_prefix(client, &dir).await?;
+    let keys: Vec<String> = kvs
         .iter()
         .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
         .collect();
     view.replace_all(
-        resp.kvs()
-            .iter()
+        kvs.iter()
             .zip(&keys)
             .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
         rev,
