@@ -454,6 +454,10 @@ mod tests {
             .collect()
     }
 
+    fn view(config: &str) -> LeaseView {
+        LeaseView::new(PREFIX, NetworkConfig::parse(config).unwrap())
+    }
+
     const OURS: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#;
     const THEIRS: &str = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#;
 
@@ -461,11 +465,8 @@ mod tests {
     /// writes them; which candidates stay free, which leases are ours to reuse or release.
     #[test]
     fn keys_of_every_form_block_what_they_overlap_and_own_leases_are_found() {
-        let cfg = NetworkConfig::parse(
-            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.0","SubnetMax":"10.1.40.0"}"#,
-        )
-        .unwrap();
-        let mut v = LeaseView::new(PREFIX, cfg);
+        let mut v =
+            view(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.0","SubnetMax":"10.1.40.0"}"#);
         let keys: Vec<(String, &str, i64)> = [
             ("10.1.15.0-24", OURS, 101),
             // Ours, but SubnetLen changed: release; blocks 10.1.16.0/24.
@@ -520,8 +521,7 @@ mod tests {
 
     #[test]
     fn revisions_order_puts_and_deletes_and_a_listing_keeps_newer_knowledge() {
-        let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
-        let mut v = LeaseView::new(PREFIX, cfg);
+        let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
         let k = key("10.1.5.0-24");
         v.put(kv(&k, OURS, 10, 1));
         // A late event from before what we know changes nothing.
@@ -548,11 +548,8 @@ mod tests {
 
     #[test]
     fn overlapping_keys_block_until_the_last_one_goes() {
-        let cfg = NetworkConfig::parse(
-            r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.4.0","SubnetMax":"10.1.7.0"}"#,
-        )
-        .unwrap();
-        let mut v = LeaseView::new(PREFIX, cfg);
+        let mut v =
+            view(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.4.0","SubnetMax":"10.1.7.0"}"#);
         let (wide, narrow, huge) = (key("10.1.4.0-23"), key("10.1.5.0-24"), key("10.0.0.0-8"));
         v.put(kv(&wide, THEIRS, 1, 0));
         v.put(kv(&narrow, THEIRS, 2, 0));

@@ -75,13 +75,7 @@ pub fn histogram_svg(title: &str, buckets: &[(u64, usize)]) -> String {
     let (w, h, left, bottom) = (720.0, 320.0, 60.0, 60.0);
     let max = buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
     let bw = (w - left - 20.0) / buckets.len().max(1) as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
-        w / 2.0,
-        xml_escape(title)
-    );
+    let mut s = svg_start(w, h, title);
     let plot_h = h - bottom - 30.0;
     for (i, (bound, n)) in buckets.iter().enumerate() {
         let bh = plot_h * (*n as f64) / max;
@@ -157,13 +151,7 @@ type Panel<'a> = (
 /// the smallest run, i.e. what linear growth would give) and acquire p99 vs N (with `p99_target_ms`).
 pub fn scaling_svg(title: &str, points: &[ScalePoint], p99_target_ms: f64) -> String {
     let (w, h) = (820.0, 360.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
-        w / 2.0,
-        xml_escape(title)
-    );
+    let mut s = svg_start(w, h, title);
     let max_n = points.iter().map(|p| p.hosts).max().unwrap_or(1).max(1) as f64;
     let linear = points
         .iter()
@@ -246,6 +234,17 @@ pub fn scaling_svg(title: &str, points: &[ScalePoint], p99_target_ms: f64) -> St
         }
     }
     s + "</svg>\n"
+}
+
+/// An SVG document's opening: size, white background, centred title.
+fn svg_start(w: f64, h: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        w / 2.0,
+        xml_escape(title)
+    )
 }
 
 fn fmt_us(us: u64) -> String {
