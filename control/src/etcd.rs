@@ -422,7 +422,14 @@ pub async fn get_prefix(
         }
         let mut resp = client.get(from.clone(), Some(opts)).await?;
         if revision == 0 {
+            // Without it the later pages would be read at the latest revision: no snapshot.
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if revision <= 0 {
+                return Err(etcd_client::Error::InvalidArgs(format!(
+                    "listing {prefix}: etcd's answer carries no revision (no response header), \
+                     so the listing's pages cannot be read at one revision"
+                )));
+            }
         }
         let more = resp.more();
         let kvs = resp.take_kvs();

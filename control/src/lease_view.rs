@@ -4,9 +4,15 @@
 //!
 //! Contract:
 //! - Fed by one full listing ([`LeaseView::replace_all`], the first start) and then by the lease
-//!   watch ([`LeaseView::put`], [`LeaseView::delete`]); acquirers add what their own etcd
-//!   answers show them (their own create, the key that beat them in a race). Per key, the
-//!   highest etcd revision wins, so a late event never undoes newer knowledge.
+//!   watch ([`LeaseView::watched_put`], [`LeaseView::watched_delete`]); acquirers add what their
+//!   own etcd answers show them ([`LeaseView::learned_put`]: their own create, the key that beat
+//!   them in a race). Per key, the highest etcd revision wins, so a late event never undoes
+//!   newer knowledge.
+//! - Deletes leave no tombstone; instead the view keeps the watch's watermark (the highest
+//!   revision the watch or a listing has applied: every change up to it is in the view). A put
+//!   an acquirer learned at or below the watermark is old news (the view has it or something
+//!   newer, maybe its delete) and is ignored, so an acquirer that takes the lock after the watch
+//!   applied a put and its delete cannot bring the deleted key back.
 //! - "Taken" is flannel's `Overlaps`: every key's IPv4 subnet, plain or dual-stack, whatever its
 //!   length and whether its value parses, blocks each candidate subnet it overlaps (a key with
 //!   host bits set blocks the subnet around it). Subnets being created by a local acquirer are
@@ -182,6 +188,9 @@ pub struct LeaseView {
     candidates: Candidates,
     /// The revision of the last full listing (0: never listed).
     listed_at: i64,
+    /// The highest revision the watch (or a listing) applied: the view holds every change up
+    /// to it.
+    watch_rev: i64,
 }
 
 impl LeaseView {
@@ -194,6 +203,7 @@ impl LeaseView {
             entries: HashMap::new(),
             owners: BTreeSet::new(),
             listed_at: 0,
+            watch_rev: 0,
         }
     }
 
@@ -209,6 +219,11 @@ impl LeaseView {
     /// True once a full listing was applied.
     pub fn is_listed(&self) -> bool {
         self.listed_at > 0
+    }
+
+    /// The highest revision the watch or a listing applied (0: none yet).
+    pub fn watch_rev(&self) -> i64 {
+        self.watch_rev
     }
 
     /// Keys known.
@@ -269,6 +284,27 @@ impl LeaseView {
         );
     }
 
+    /// [`LeaseView::put`] for a put the lease watch delivered; raises the watermark.
+    pub fn watched_put(&mut self, kv: KeyValue<'_>) {
+        self.watch_rev = self.watch_rev.max(kv.mod_revision);
+        self.put(kv);
+    }
+
+    /// [`LeaseView::delete`] for a delete the lease watch delivered; raises the watermark.
+    pub fn watched_delete(&mut self, key: &str, revision: i64) {
+        self.watch_rev = self.watch_rev.max(revision);
+        self.delete(key, revision);
+    }
+
+    /// A put an acquirer learned from its own txn answer (taken after an await). Ignored when
+    /// the watch already applied its revision: the view then holds that put or something newer
+    /// (which may be a delete the view keeps no trace of).
+    pub fn learned_put(&mut self, kv: KeyValue<'_>) {
+        if kv.mod_revision > self.watch_rev {
+            self.put(kv);
+        }
+    }
+
     /// `key` was deleted (by hand or by lease expiry) at `revision`. Ignored when the view
     /// knows the key from a later revision.
     pub fn delete(&mut self, key: &str, revision: i64) {
@@ -294,7 +330,8 @@ impl LeaseView {
     }
 
     /// Applies a full listing taken at `revision`: known keys it lacks are deleted (unless the
-    /// view knows them from a later revision), the others put.
+    /// view knows them from a later revision), the others put. Raises the watermark to
+    /// `revision` (the listing holds every change up to it).
     pub fn replace_all<'a>(
         &mut self,
         listing: impl IntoIterator<Item = KeyValue<'a>>,
@@ -318,6 +355,7 @@ impl LeaseView {
             self.put(kv);
         }
         self.listed_at = self.listed_at.max(revision).max(1);
+        self.watch_rev = self.watch_rev.max(revision);
     }
 
     /// Our own leases (plain keys naming `public_ip`), in key order: those that fit the config
@@ -544,6 +582,35 @@ mod tests {
         assert!(!v.is_free(&net("10.1.6.0/24")));
         assert!(v.is_free(&net("10.1.7.0/24")));
         assert_eq!(v.free_count(), 254);
+    }
+
+    /// The watch applied put@R and delete@R+1 before the acquirer that made (or read) put@R
+    /// took the lock: the key stays deleted. A learned put newer than the watermark is added.
+    #[test]
+    fn a_learned_put_the_watch_already_applied_cannot_bring_back_a_deleted_key() {
+        let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
+        let k = key("10.1.5.0-24");
+        v.watched_put(kv(&k, OURS, 30, 1));
+        v.watched_delete(&k, 31);
+        assert_eq!(v.watch_rev(), 31);
+        v.learned_put(kv(&k, OURS, 30, 1));
+        assert!(v.is_empty(), "the deleted key came back");
+        assert!(v.is_free(&net("10.1.5.0/24")));
+        // Exactly at the watermark: delivered already, ignored too.
+        let at = key("10.1.6.0-24");
+        v.learned_put(kv(&at, THEIRS, 31, 2));
+        assert!(v.is_free(&net("10.1.6.0/24")));
+        // Newer than anything the watch applied: added (the watch will deliver it later).
+        let newer = key("10.1.7.0-24");
+        v.learned_put(kv(&newer, OURS, 32, 3));
+        assert_eq!(v.public_ip_of(&newer), Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert!(!v.is_free(&net("10.1.7.0/24")));
+        assert_eq!(v.watch_rev(), 31, "learned puts do not raise the watermark");
+        // A listing raises the watermark too.
+        v.replace_all([kv(&newer, OURS, 32, 3)], 40);
+        assert_eq!(v.watch_rev(), 40);
+        v.learned_put(kv(&k, OURS, 35, 1));
+        assert!(v.is_free(&net("10.1.5.0/24")));
     }
 
     #[test]

@@ -221,9 +221,9 @@ impl LeaseWatcher {
                 let kv = KeyValue::from_etcd(&key, kv);
                 let deleted = ev.event_type() == EventType::Delete;
                 if deleted {
-                    self.view.lock().delete(&key, kv.mod_revision);
+                    self.view.lock().watched_delete(&key, kv.mod_revision);
                 } else {
-                    self.view.lock().put(kv);
+                    self.view.lock().watched_put(kv);
                 }
                 if let Some(leases) = leases.as_mut() {
                     if deleted {

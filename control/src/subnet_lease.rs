@@ -206,7 +206,8 @@ async fn guarded(
         _ => None,
     });
     match current.as_ref().and_then(|g| g.kvs().first()) {
-        Some(kv) => v.put(KeyValue::from_etcd(key, kv)),
+        // Learned after an await: ignored if the watch already applied it (or newer).
+        Some(kv) => v.learned_put(KeyValue::from_etcd(key, kv)),
         None => v.delete(key, rev),
     }
     Ok(false)
@@ -231,7 +232,7 @@ async fn acquire_with(
     let ours = |key: String| {
         let value = value.clone();
         move |v: &mut LeaseView, rev: i64| {
-            v.put(KeyValue {
+            v.learned_put(KeyValue {
                 key: &key,
                 value: value.as_bytes(),
                 create_revision: rev,
