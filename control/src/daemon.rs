@@ -23,6 +23,7 @@ use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
 use crate::ip_masq;
+use crate::lease_view::SharedLeaseView;
 use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
 use crate::nftables;
 use crate::notify::{self, Heartbeat};
@@ -74,6 +75,25 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     ));
     let _ = status.publisher.set(publisher.clone());
 
+    // The lease watch feeds both the route table and the view acquisition works from: the
+    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
+    let view = Arc::new(SharedLeaseView::new(&args.etcd.prefix, config.clone()));
+    let (own_tx, own_rx) = watch::channel(None);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        LeaseWatcher {
+            client: client.clone(),
+            prefix: args.etcd.prefix.clone(),
+            config: config.clone(),
+            publisher: Some(publisher.clone()),
+            view: view.clone(),
+            own: own_rx,
+            own_events: events_tx.clone(),
+            status: status.clone(),
+        }
+        .run(),
+    );
+
     let mut keeper = LeaseKeeper {
         client: client.clone(),
         config: config.clone(),
@@ -89,6 +109,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu: ext.overlay_mtu(),
         status: status.clone(),
         publisher: publisher.clone(),
+        view,
         etcd: etcd.clone(),
         // -public-ip given: it is what we advertise, whatever the interface has.
         follow_iface: args.public_ip.is_none().then(|| FollowIface {
@@ -98,7 +119,13 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         }),
     };
     let lease = keeper.acquire().await?;
-    let (own_tx, own_rx) = watch::channel(Some((lease.subnet, ext.public_ip)));
+    claim_own_lease(
+        &keeper.view,
+        &lease,
+        keeper.request.public_ip,
+        &own_tx,
+        &events_tx,
+    );
     tokio::spawn(keep_rules(
         RulesOpts {
             network: config.network,
@@ -112,25 +139,31 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         own_tx.subscribe(),
     ));
     tokio::spawn(config_watch::run(
-        client.clone(),
+        client,
         args.etcd.prefix.clone(),
         config.clone(),
         status.clone(),
     ));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        LeaseWatcher {
-            client,
-            prefix: args.etcd.prefix.clone(),
-            config,
-            publisher,
-            own: own_rx,
-            own_events: events_tx,
-            status: status.clone(),
-        }
-        .run(),
-    );
-    keeper.keep(lease, own_tx, events_rx).await
+    keeper.keep(lease, own_tx, events_tx, events_rx).await
+}
+
+/// Right after an acquisition: tells the lease watch which key is ours, then checks the view.
+/// The watch judged our key without knowing it was ours until now, so a delete (or another
+/// host's put) it applied in between shows only in the view; that is reported on `events_tx` as
+/// [`OwnLeaseEvent::Lost`], as the watch would have. Returns whether it was.
+fn claim_own_lease(
+    view: &SharedLeaseView,
+    lease: &HeldLease,
+    public_ip: Ipv4Addr,
+    own_tx: &watch::Sender<Option<(Ipv4Net, Ipv4Addr)>>,
+    events_tx: &mpsc::UnboundedSender<OwnLeaseEvent>,
+) -> bool {
+    own_tx.send_replace(Some((lease.subnet, public_ip)));
+    let lost = view.lock().public_ip_of(&lease.key) != Some(public_ip);
+    if lost {
+        let _ = events_tx.send(OwnLeaseEvent::Lost(lease.subnet));
+    }
+    lost
 }
 
 /// Which masquerade and forward rules to keep, and with what.
@@ -301,6 +334,8 @@ struct LeaseKeeper {
     mtu: u32,
     status: Arc<Status>,
     publisher: Arc<Publisher>,
+    /// Every lease, as the watch last saw it: acquisition picks from it.
+    view: Arc<SharedLeaseView>,
     /// How to reach etcd (to reconnect when our address changed under the connection).
     etcd: crate::etcd::EtcdOptions,
     /// Without `-public-ip`: the selection whose address our lease advertises.
@@ -314,7 +349,7 @@ impl LeaseKeeper {
         let mut backoff = Backoff::default();
         notify::status("acquiring a subnet lease");
         let lease = loop {
-            match subnet_lease::acquire(&mut self.client, &self.config, &self.request).await {
+            match subnet_lease::acquire_in(&mut self.client, &self.request, &self.view).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
                     notify::status(&format!("no subnet lease: {e}"));
@@ -383,6 +418,7 @@ impl LeaseKeeper {
         mut self,
         mut lease: HeldLease,
         own_tx: watch::Sender<Option<(Ipv4Net, Ipv4Addr)>>,
+        events_tx: mpsc::UnboundedSender<OwnLeaseEvent>,
         mut events: mpsc::UnboundedReceiver<OwnLeaseEvent>,
     ) -> anyhow::Result<()> {
         // A deadline, not a fresh sleep per turn: the heartbeat turns the loop often.
@@ -445,10 +481,17 @@ impl LeaseKeeper {
             lease = heartbeat
                 .while_pending(lease.subnet, self.acquire())
                 .await?;
+            // Before any other await, as at the first acquisition.
+            claim_own_lease(
+                &self.view,
+                &lease,
+                self.request.public_ip,
+                &own_tx,
+                &events_tx,
+            );
             if old != lease.lease_id {
                 let _ = self.client.lease_revoke(old).await;
             }
-            let _ = own_tx.send(Some((lease.subnet, self.request.public_ip)));
             renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
         }
     }
@@ -570,4 +613,51 @@ fn write_subnet_env(
     .with_context(|| format!("-subnet-file {}", path.display()))?;
     tracing::info!(path = %path.display(), %subnet, mtu, "subnet.env written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease_set::KeyValue;
+    use crate::subnet_lease::LeaseSource;
+
+    /// The check after an acquisition (the first and every re-acquisition): our key gone from
+    /// the view means lost; present and ours means kept. Both tell the watch which key is ours.
+    #[test]
+    fn claiming_an_acquired_lease_reports_it_lost_when_the_view_no_longer_has_it() {
+        let prefix = "/coreos.com/network";
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+        let view = SharedLeaseView::new(prefix, cfg);
+        let ip = Ipv4Addr::new(198, 18, 0, 1);
+        let subnet: Ipv4Net = "10.1.5.0/24".parse().unwrap();
+        let lease = HeldLease {
+            key: flannel_shared::lease::subnet_key(prefix, &subnet),
+            subnet,
+            lease_id: 7,
+            ttl: Duration::from_secs(60),
+            expires: std::time::Instant::now(),
+            source: LeaseSource::Random,
+            released: Vec::new(),
+        };
+        let value = LeaseAttrs::udp(ip).to_json();
+        let (own_tx, own_rx) = watch::channel(None);
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let put = KeyValue {
+            key: &lease.key,
+            value: value.as_bytes(),
+            create_revision: 10,
+            mod_revision: 10,
+            lease: 7,
+        };
+        view.lock().watched_put(put);
+        assert!(!claim_own_lease(&view, &lease, ip, &own_tx, &events_tx));
+        assert_eq!(*own_rx.borrow(), Some((subnet, ip)));
+        assert!(events_rx.try_recv().is_err());
+        // The watch applied a delete of our key before it knew the key was ours.
+        own_tx.send_replace(None);
+        view.lock().watched_delete(&lease.key, 11);
+        assert!(claim_own_lease(&view, &lease, ip, &own_tx, &events_tx));
+        assert_eq!(*own_rx.borrow(), Some((subnet, ip)));
+        assert_eq!(events_rx.try_recv().ok(), Some(OwnLeaseEvent::Lost(subnet)));
+    }
 }

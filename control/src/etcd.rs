@@ -389,6 +389,64 @@ pub fn explain(error: &str, opts: &EtcdOptions) -> &'static str {
     ""
 }
 
+/// Keys per page of [`get_prefix`]: a page stays far below the client's 4 MiB message limit
+/// (a lease key and value take about 100 bytes).
+pub const LIST_PAGE: i64 = 5000;
+
+/// Every key under `prefix` at one revision, read in pages of [`LIST_PAGE`] keys: a single
+/// response for a /8 of /24 leases (65,536 keys, ≈ 8 MB) exceeds the gRPC client's 4 MiB
+/// message limit. Pages after the first are read at the first page's revision, so the result
+/// is one consistent snapshot (an error if etcd compacted that revision meanwhile; retry).
+/// Returns the key-values in key order and the revision.
+pub async fn get_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), etcd_client::Error> {
+    let mut end = prefix.as_bytes().to_vec();
+    // The first key after every key starting with `prefix` (etcd's own prefix end).
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            break;
+        }
+    }
+    let mut all = Vec::new();
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut opts = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(LIST_PAGE);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut resp = client.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            // Without it the later pages would be read at the latest revision: no snapshot.
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if revision <= 0 {
+                return Err(etcd_client::Error::InvalidArgs(format!(
+                    "listing {prefix}: etcd's answer carries no revision (no response header), \
+                     so the listing's pages cannot be read at one revision"
+                )));
+            }
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        match kvs.last() {
+            Some(last) if more => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => {
+                all.extend(kvs);
+                return Ok((all, revision));
+            }
+        }
+        all.extend(kvs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

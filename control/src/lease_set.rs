@@ -47,6 +47,21 @@ pub struct KeyValue<'a> {
     pub value: &'a [u8],
     pub create_revision: i64,
     pub mod_revision: i64,
+    /// The etcd lease the key hangs on (0 = none).
+    pub lease: i64,
+}
+
+impl<'a> KeyValue<'a> {
+    /// From what etcd returned; `key` is `kv`'s key as text.
+    pub fn from_etcd(key: &'a str, kv: &'a etcd_client::KeyValue) -> Self {
+        Self {
+            key,
+            value: kv.value(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -288,6 +303,7 @@ mod tests {
             value: value.as_bytes(),
             create_revision: rev,
             mod_revision: rev,
+            lease: 0,
         }
     }
 
@@ -389,6 +405,7 @@ mod tests {
                 value: br#"{"PublicIP":"255.255.255.255"}"#,
                 create_revision: 6,
                 mod_revision: 9,
+                lease: 0,
             },
             &mut ev,
         );
@@ -402,6 +419,7 @@ mod tests {
                 value: br#"{"PublicIP":"198.18.0.250"}"#,
                 create_revision: 6,
                 mod_revision: 10,
+                lease: 0,
             },
             &mut ev,
         );

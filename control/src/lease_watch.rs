@@ -15,13 +15,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
 use crate::lease_set::{KeyValue, LeaseEvent, LeaseSet};
+use crate::lease_view::SharedLeaseView;
 use crate::publish::Publisher;
 use crate::status::Counters;
 
@@ -37,7 +38,10 @@ pub struct LeaseWatcher {
     pub client: Client,
     pub prefix: String,
     pub config: NetworkConfig,
-    pub publisher: Arc<Publisher>,
+    /// Where the routes go; `None` keeps only `view` current.
+    pub publisher: Option<Arc<Publisher>>,
+    /// The view acquisitions use.
+    pub view: Arc<SharedLeaseView>,
     /// Our current subnet and public IP (the lease keeper updates it).
     pub own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
     pub own_events: mpsc::UnboundedSender<OwnLeaseEvent>,
@@ -56,7 +60,10 @@ impl LeaseWatcher {
     /// Runs forever (until the task is dropped).
     pub async fn run(mut self) {
         let mut backoff = Backoff::default();
-        let mut leases = LeaseSet::new(&self.prefix, Some(self.config.clone()));
+        let mut leases = self
+            .publisher
+            .is_some()
+            .then(|| LeaseSet::new(&self.prefix, Some(self.config.clone())));
         let mut next = Outcome::Relist;
         loop {
             let rev = match next {
@@ -85,48 +92,35 @@ impl LeaseWatcher {
     }
 
     /// Lists all leases; replaces `leases`, logs the diff, publishes. Returns the list revision.
-    async fn list(&mut self, leases: &mut LeaseSet) -> Result<i64, etcd_client::Error> {
-        let resp = self
-            .client
-            .get(
-                subnets_prefix(&self.prefix),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    async fn list(&mut self, leases: &mut Option<LeaseSet>) -> Result<i64, etcd_client::Error> {
+        let (kvs, rev) =
+            crate::etcd::get_prefix(&mut self.client, &subnets_prefix(&self.prefix)).await?;
         Counters::inc(&self.status.counters.lease_lists);
-        let keys: Vec<Cow<'_, str>> = resp
-            .kvs()
+        let keys: Vec<Cow<'_, str>> = kvs
             .iter()
             .map(|kv| String::from_utf8_lossy(kv.key()))
             .collect();
-        let mut events = Vec::new();
-        leases.replace_all(
-            resp.kvs().iter().zip(&keys).map(|(kv, key)| KeyValue {
-                key,
-                value: kv.value(),
-                create_revision: kv.create_revision(),
-                mod_revision: kv.mod_revision(),
-            }),
-            &mut events,
-        );
-        self.report(&events);
+        let listing = kvs
+            .iter()
+            .zip(&keys)
+            .map(|(kv, key)| KeyValue::from_etcd(key, kv));
+        self.view.replace_all(listing.clone(), rev);
         if let Some((s, ip)) = *self.own.borrow() {
-            if leases.public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
+            if self.view.lock().public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
             }
         }
-        self.publisher.set_leases(leases.routes());
-        self.status
-            .counters
-            .lease_rejections
-            .set_current(leases.rejected_by_reason());
-        tracing::debug!(
-            revision = rev,
-            keys = leases.len(),
-            routes = leases.routes().len(),
-            "listed leases"
-        );
+        if let (Some(leases), Some(publisher)) = (leases.as_mut(), &self.publisher) {
+            let mut events = Vec::new();
+            leases.replace_all(listing, &mut events);
+            self.report(&events);
+            publisher.set_leases(leases.routes());
+            self.status
+                .counters
+                .lease_rejections
+                .set_current(leases.rejected_by_reason());
+        }
+        tracing::debug!(revision = rev, keys = keys.len(), "listed leases");
         Ok(rev)
     }
 
@@ -175,7 +169,7 @@ impl LeaseWatcher {
     async fn watch_from(
         &mut self,
         rev: i64,
-        leases: &mut LeaseSet,
+        leases: &mut Option<LeaseSet>,
         backoff: &mut Backoff,
     ) -> Outcome {
         let opts = WatchOptions::new()
@@ -224,38 +218,35 @@ impl LeaseWatcher {
                 let Some(kv) = ev.kv() else { continue };
                 last = last.max(kv.mod_revision());
                 let key = String::from_utf8_lossy(kv.key());
-                match ev.event_type() {
-                    EventType::Put => {
-                        leases.put(
-                            KeyValue {
-                                key: &key,
-                                value: kv.value(),
-                                create_revision: kv.create_revision(),
-                                mod_revision: kv.mod_revision(),
-                            },
-                            &mut events,
-                        );
-                        if let Some((s, own_ip)) = self.own_subnet_if_key(&key) {
-                            if leases.public_ip_of(&key) != Some(own_ip) {
-                                let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
-                            }
-                        }
-                    }
-                    EventType::Delete => {
+                let kv = KeyValue::from_etcd(&key, kv);
+                let deleted = ev.event_type() == EventType::Delete;
+                if deleted {
+                    self.view.lock().watched_delete(&key, kv.mod_revision);
+                } else {
+                    self.view.lock().watched_put(kv);
+                }
+                if let Some(leases) = leases.as_mut() {
+                    if deleted {
                         leases.delete(&key, &mut events);
-                        if let Some((s, _)) = self.own_subnet_if_key(&key) {
-                            let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
-                        }
+                    } else {
+                        leases.put(kv, &mut events);
+                    }
+                }
+                if let Some((s, own_ip)) = self.own_subnet_if_key(&key) {
+                    if deleted || self.view.lock().public_ip_of(&key) != Some(own_ip) {
+                        let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
                     }
                 }
             }
-            if self.report(&events) {
-                self.publisher.set_leases(leases.routes());
+            if let (Some(leases), Some(publisher)) = (leases.as_ref(), &self.publisher) {
+                if self.report(&events) {
+                    publisher.set_leases(leases.routes());
+                }
+                self.status
+                    .counters
+                    .lease_rejections
+                    .set_current(leases.rejected_by_reason());
             }
-            self.status
-                .counters
-                .lease_rejections
-                .set_current(leases.rejected_by_reason());
         }
     }
 }

@@ -15,10 +15,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use etcd_client::GetOptions;
 use flannel_control::cli::normalize_args;
 use flannel_control::cli::EtcdArgs;
-use flannel_control::etcd::connect_with_retry;
+use flannel_control::etcd::{connect_with_retry, get_prefix};
 use flannel_control::lease_set::{KeyValue, LeaseSet};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
@@ -228,31 +227,22 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                     },
                 },
             };
-            let resp = client
-                .get(
-                    subnets_prefix(prefix),
-                    Some(GetOptions::new().with_prefix()),
-                )
-                .await?;
-            let keys: Vec<String> = resp
-                .kvs()
+            let (kvs, _) = get_prefix(&mut client, &subnets_prefix(prefix)).await?;
+            let keys: Vec<String> = kvs
                 .iter()
                 .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
                 .collect();
             let mut set = LeaseSet::new(prefix, config);
             set.replace_all(
-                resp.kvs().iter().zip(&keys).map(|(kv, key)| KeyValue {
-                    key,
-                    value: kv.value(),
-                    create_revision: kv.create_revision(),
-                    mod_revision: kv.mod_revision(),
-                }),
+                kvs.iter()
+                    .zip(&keys)
+                    .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
                 &mut Vec::new(),
             );
             let dir = subnets_prefix(prefix);
             let mut json_rows = Vec::new();
             let mut rows = Vec::new();
-            for (kv, key) in resp.kvs().iter().zip(&keys) {
+            for (kv, key) in kvs.iter().zip(&keys) {
                 let parsed = parse_key(prefix, key).ok();
                 let attrs = LeaseAttrs::parse(kv.value()).ok();
                 let status = set.status(key).expect("every listed key is in the set");

@@ -1,24 +1,42 @@
-//! Cluster-size simulation. N simulated hosts lease subnets from one real etcd
-//! through flanneld's own lease code ([`flannel_control::subnet_lease::acquire`]), concurrently over
-//! a bounded number of etcd clients; then one real `flanneld` starts cold and builds its
-//! shared-memory table of all of them; then leases churn (hosts leave and join) while a reader
-//! measures etcd-change → table-entry latency, as a data-plane worker would see it.
+//! Cluster-size simulation. N simulated hosts lease subnets of 10.0.0.0/8 (65,536 /24s, SubnetMin
+//! 10.0.0.0 so every one can be leased) from a real etcd cluster on loopback (three members by
+//! default), through flanneld's own lease code: [`flannel_control::subnet_lease::acquire_in`]
+//! on a [`SharedLeaseView`] fed by flanneld's own lease watch ([`LeaseWatcher`] without a route
+//! table). What is simulated: a real host runs one flanneld with one etcd connection and one
+//! view; here the hosts are spread over K etcd clients, each with its own view and watch, and
+//! the hosts of one client acquire one after the other through it (K acquisitions in flight).
 //!
-//! Runs on loopback, no root. The network is 10.0.0.0/8 with /24 subnets (65,536 table entries).
+//! Phases: acquisition (optionally killing the etcd leader with SIGKILL half-way; every lease
+//! must be distinct and in etcd, one key per host, afterwards; when the /8 is full one more host
+//! must get "out of subnets"); renewals (every host renews once with the daemon's keep-alive;
+//! etcd's own request counters give the load, and none may be missed); one real `flanneld`
+//! starting cold builds its shared-memory table of all of them; churn (hosts leave and join)
+//! while a reader measures etcd change → table entry, as a data-plane worker would see it.
+//! Extra acquisition-only runs on fresh clusters ([`ScaleOpts::sizes`]) give the scaling chart.
+//! Long phases print a progress line every few seconds.
+//!
+//! etcd members are real processes on loopback ports with temp data dirs, stopped by PID when
+//! dropped (also on failure). No root needed.
 
 pub mod stats;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flannel_control::etcd::{connect_with_retry, EtcdOptions};
-use flannel_control::subnet_lease::{acquire, LeaseRequest};
+use etcd_client::Client;
+use flannel_control::etcd::{connect_with_retry, get_prefix, EtcdOptions};
+use flannel_control::lease_view::SharedLeaseView;
+use flannel_control::lease_watch::LeaseWatcher;
+use flannel_control::status::Status;
+use flannel_control::subnet_lease::{
+    acquire, acquire_in, renew, renew_delay, HeldLease, LeaseError, LeaseRequest, Renewal,
+};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::subnets_prefix;
 use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
@@ -26,32 +44,114 @@ use flannel_shared::Ipv4Net;
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
-use crate::testbed::etcd::Etcd;
+use crate::testbed::etcd::EtcdCluster;
 use crate::testbed::process::Daemon;
-use stats::{summarize, Summary};
+use stats::{progress_line, summarize, ScalePoint, Summary};
 
 pub const PREFIX: &str = "/coreos.com/network";
-pub const NETWORK_CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24}"#;
+pub const NETWORK_CONFIG: &str =
+    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.0.0.0"}"#;
+/// Every /24 of the /8.
+pub const MAX_HOSTS: usize = 65_536;
+/// TTL of the simulated hosts' etcd leases.
+const HOST_TTL_SECS: i64 = 3600;
+/// How often a long phase prints its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long one host keeps retrying etcd errors before the run fails.
+const HOST_RETRY_FOR: Duration = Duration::from_secs(60);
+/// flanneld's defaults, for the steady-state renewal load: TTL 24 h, renew 60 min before expiry.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct ScaleOpts {
     pub hosts: usize,
-    /// Concurrent etcd clients doing the acquisitions.
+    /// Acquisition-only runs (each on a fresh cluster) for the scaling chart; `hosts` is
+    /// always one of the points.
+    pub sizes: Vec<usize>,
+    /// etcd clients (each with its own lease view and watch) the hosts are spread over.
     pub clients: usize,
+    /// etcd members.
+    pub members: usize,
+    /// SIGKILL the etcd leader half-way through each acquisition (and restart it after).
+    pub kill_member: bool,
     /// Churn events (alternating leave and join).
     pub churn: usize,
+    /// Run the renewal phase.
+    pub renew: bool,
     /// Where `flanneld` is.
     pub bin_dir: PathBuf,
+}
+
+impl ScaleOpts {
+    /// Checks the options; each error names the option and its value.
+    pub fn validate(&self) -> Result<()> {
+        for (name, n) in std::iter::once(("--hosts", self.hosts))
+            .chain(self.sizes.iter().map(|n| ("--sizes", *n)))
+        {
+            if n == 0 || n > MAX_HOSTS {
+                bail!("{name} {n}: must be 1..={MAX_HOSTS} (the /8 holds {MAX_HOSTS} /24s)");
+            }
+        }
+        if self.clients == 0 {
+            bail!("--clients 0: must be at least 1");
+        }
+        if self.members == 0 || self.members % 2 == 0 {
+            bail!("--members {}: must be odd (1, 3, 5)", self.members);
+        }
+        if self.kill_member && self.members < 3 {
+            bail!(
+                "--kill-member with --members {}: killing one needs 3 or more",
+                self.members
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One acquisition run.
+#[derive(Debug, Clone)]
+pub struct Acquisition {
+    pub hosts: usize,
+    pub total: Duration,
+    pub latency: Summary,
+    /// Acquire p99 of the hosts in each tenth of the run, by start order (the cluster's size
+    /// grows from 0 to N over the run).
+    pub p99_by_tenth: Vec<Duration>,
+    pub distinct: bool,
+    /// etcd holds exactly one key per host, naming that host.
+    pub complete: bool,
+    /// Acquisitions that failed on an etcd error and were retried.
+    pub retries: u64,
+    /// Which member was killed, when, and whether it rejoined.
+    pub member_killed: Option<String>,
+    /// The /8 was full: one more host got "out of subnets" (`None`: not full).
+    pub full_refused: Option<bool>,
+}
+
+/// The renewal phase.
+#[derive(Debug, Clone)]
+pub struct Renewals {
+    pub count: usize,
+    pub total: Duration,
+    pub latency: Summary,
+    /// Renewals that failed (after retries) or found the lease gone.
+    pub missed: usize,
+    /// Every host's key still in etcd afterwards.
+    pub keys_kept: bool,
+    /// Requests etcd received during the phase (all members, from their gRPC counters).
+    pub etcd_requests: u64,
+    /// Renewals per second at flanneld's defaults (TTL 24 h, margin 60 min) for this many hosts.
+    pub steady_state_per_s: f64,
 }
 
 /// Everything measured, plus the correctness verdicts.
 #[derive(Debug, Clone)]
 pub struct ScaleReport {
     pub opts: ScaleOpts,
-    pub acquire_total: Duration,
-    pub acquire: Summary,
-    pub distinct: bool,
-    pub complete: bool,
+    pub scaling: Vec<Acquisition>,
+    pub main: Acquisition,
+    pub renewals: Option<Renewals>,
     pub cold_start_table: Duration,
     pub churn: Summary,
     /// The etcd write alone (until etcd acknowledged it), part of `churn`.
@@ -67,61 +167,110 @@ pub struct ScaleReport {
     pub lookup_ns_small: f64,
 }
 
+impl ScaleReport {
+    /// Every correctness verdict holds.
+    pub fn correct(&self) -> bool {
+        self.scaling
+            .iter()
+            .chain([&self.main])
+            .all(|a| a.distinct && a.complete && a.full_refused != Some(false))
+            && self
+                .renewals
+                .as_ref()
+                .map_or(true, |r| r.missed == 0 && r.keys_kept)
+            && self.consistent
+    }
+
+    /// The scaling chart's points, smallest first.
+    pub fn points(&self) -> Vec<ScalePoint> {
+        let mut p: Vec<ScalePoint> = self
+            .scaling
+            .iter()
+            .chain([&self.main])
+            .map(|a| ScalePoint {
+                hosts: a.hosts,
+                total_s: a.total.as_secs_f64(),
+                p99_ms: ms(a.latency.p99),
+            })
+            .collect();
+        p.sort_by_key(|p| p.hosts);
+        p
+    }
+}
+
 fn public_ip(i: usize) -> Ipv4Addr {
     // 198.18.0.0/15 holds 131,072 addresses; index 0 → 198.18.0.1.
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 1)) + i as u32)
 }
 
-/// Runs the whole simulation; `progress` gets one line per phase.
+fn start_cluster(members: usize) -> Result<(EtcdCluster, EtcdOptions)> {
+    let cluster = EtcdCluster::start(members).context("starting the etcd cluster")?;
+    cluster.ctl(&["put", &format!("{PREFIX}/config"), NETWORK_CONFIG])?;
+    let endpoint = EtcdOptions {
+        endpoints: cluster.members.iter().map(|m| m.endpoint()).collect(),
+        ..Default::default()
+    };
+    Ok((cluster, endpoint))
+}
+
+/// Runs the whole simulation; `progress` gets a line per phase and, in long phases, every
+/// few seconds.
 pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleReport> {
-    if opts.hosts == 0 || opts.hosts > 60_000 {
-        bail!(
-            "--hosts {}: must be 1..=60000 (the /8 holds 65,535 /24s)",
-            opts.hosts
-        );
-    }
-    let etcd = Etcd::start().context("starting etcd")?;
-    etcd.put_config(PREFIX, NETWORK_CONFIG)?;
-    let cfg = NetworkConfig::parse(NETWORK_CONFIG)?;
+    opts.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let endpoint = EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        ..Default::default()
-    };
+    let mut scaling = Vec::new();
+    let sizes: BTreeSet<usize> = opts.sizes.iter().copied().collect();
+    for &n in sizes.iter().filter(|n| **n != opts.hosts) {
+        progress(&format!(
+            "scaling point: {n} hosts on a fresh {}-member etcd cluster",
+            opts.members
+        ));
+        let (mut cluster, endpoint) = start_cluster(opts.members)?;
+        let (acq, _) = acquisition(&rt, &mut cluster, &endpoint, n, opts, progress)?;
+        scaling.push(acq);
+    }
 
     // Phase 1: N hosts acquire concurrently.
     progress(&format!(
-        "acquiring {} leases with {} etcd clients",
-        opts.hosts, opts.clients
+        "main run: {} hosts on a fresh {}-member etcd cluster",
+        opts.hosts, opts.members
     ));
-    let t = Instant::now();
-    let samples = rt.block_on(acquire_all(&endpoint, &cfg, opts.hosts, opts.clients))?;
-    let acquire_total = t.elapsed();
-    let subnets: BTreeSet<Ipv4Net> = samples.iter().map(|(s, _)| *s).collect();
-    let distinct = subnets.len() == opts.hosts;
-    let keys = etcd_subnets(&rt, &endpoint)?;
-    let complete =
-        keys.len() == opts.hosts && keys.keys().copied().collect::<BTreeSet<_>>() == subnets;
-    let acquire_latency = summarize(&samples.iter().map(|(_, d)| *d).collect::<Vec<_>>());
-    progress(&format!(
-        "  {} leases in {:.2} s ({} distinct, etcd holds {})",
-        samples.len(),
-        acquire_total.as_secs_f64(),
-        subnets.len(),
-        keys.len()
-    ));
+    let (mut cluster, endpoint) = start_cluster(opts.members)?;
+    let (main, leases) = acquisition(&rt, &mut cluster, &endpoint, opts.hosts, opts, progress)?;
 
-    // Phase 2: one real flanneld from cold start builds the full table.
+    // Phase 2: every host renews once.
+    let renewals = if opts.renew {
+        Some(renewals(
+            &rt,
+            &cluster,
+            &endpoint,
+            &leases,
+            opts.clients,
+            progress,
+        )?)
+    } else {
+        None
+    };
+
+    // Phase 3: one real flanneld from cold start builds the full table. On a full /8 one
+    // simulated host leaves first to make room for it.
+    let mut client = rt.block_on(connect_with_retry(&endpoint))?;
+    if opts.hosts == MAX_HOSTS {
+        let leaving = &leases[leases.len() - 1].lease;
+        rt.block_on(client.lease_revoke(leaving.lease_id))
+            .context("revoking a host's lease to make room for flanneld")?;
+    }
+    let keys = etcd_subnets(&rt, &endpoint)?;
     progress("starting flanneld cold; waiting for the full table");
     let dir = tempfile::Builder::new()
         .prefix("flannel-scale-")
         .tempdir()?;
     let table = dir.path().join("routes");
     let mut cmd = Command::new(opts.bin_dir.join("flanneld"));
-    cmd.arg(format!("-etcd-endpoints={}", etcd.endpoint()))
+    cmd.arg(format!("-etcd-endpoints={}", endpoint.endpoints.join(",")))
         .arg("-iface=127.0.0.1")
         .arg("-public-ip=198.19.255.254")
         .arg("-iptables-forward-rules=false")
@@ -133,7 +282,7 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
         .env("RUST_LOG", "warn");
     let t = Instant::now();
     let mut flanneld = Daemon::spawn("flanneld", cmd, &dir.path().join("flanneld.log"))?;
-    let (mut reader, mut snap) = wait_full_table(&table, opts.hosts + 1, &mut flanneld)?;
+    let (mut reader, mut snap) = wait_full_table(&table, keys.len() + 1, &mut flanneld)?;
     let cold_start_table = t.elapsed();
     progress(&format!(
         "  table with {} routes after {:.3} s",
@@ -141,21 +290,36 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
         cold_start_table.as_secs_f64()
     ));
 
-    // Phase 3: churn. Alternate: a random host leaves (its key is deleted), a new host joins.
+    // Phase 4: churn. Alternate: a random host leaves (its key is deleted), a new host joins.
     progress(&format!(
         "churn: {} events, measuring etcd change → table entry",
         opts.churn
     ));
+    let cfg = NetworkConfig::parse(NETWORK_CONFIG)?;
     let mut churn_samples = Vec::with_capacity(opts.churn);
     let mut write_samples = Vec::with_capacity(opts.churn);
+    let own = snap
+        .meta()
+        .our_subnet
+        .context("flanneld published no subnet of its own")?;
     let mut live: Vec<(Ipv4Net, Ipv4Addr)> = keys.into_iter().collect();
     live.shuffle(&mut rand::thread_rng());
-    let mut next_ip = opts.hosts;
-    let mut client = rt.block_on(connect_with_retry(&endpoint))?;
-    let taken: BTreeSet<Ipv4Net> = live.iter().map(|(s, _)| *s).collect();
+    let mut next_ip = MAX_HOSTS + 1;
+    let taken: BTreeSet<Ipv4Net> = live.iter().map(|(s, _)| *s).chain([own]).collect();
     let mut free: Vec<Ipv4Net> = cfg.subnets().filter(|s| !taken.contains(s)).collect();
     free.shuffle(&mut rand::thread_rng());
+    let mut last_line = Instant::now();
+    let churn_start = Instant::now();
     for i in 0..opts.churn {
+        if last_line.elapsed() >= PROGRESS_EVERY {
+            progress(&progress_line(
+                "churn",
+                i,
+                opts.churn,
+                churn_start.elapsed(),
+            ));
+            last_line = Instant::now();
+        }
         // Each event is one etcd write, timed from just before it: a leave deletes a host's key;
         // a join is the lease code's final step (txn create on a fresh etcd lease).
         let (subnet, want, t0) = if i % 2 == 0 && !live.is_empty() {
@@ -170,7 +334,7 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
             let ip = public_ip(next_ip);
             next_ip += 1;
             let subnet = free.pop().context("no free subnet left for churn")?;
-            let lease = rt.block_on(client.lease_grant(3600, None))?.id();
+            let lease = rt.block_on(client.lease_grant(HOST_TTL_SECS, None))?.id();
             let key = format!("{}{}", subnets_prefix(PREFIX), subnet.to_key());
             let value = flannel_shared::lease::LeaseAttrs::udp(ip).to_json();
             let txn = etcd_client::Txn::new()
@@ -221,12 +385,12 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
     let lookup_ns_full = lookup_cost(&snap);
     let lookup_ns_small = lookup_cost(&small_table(dir.path())?);
     flanneld.stop(Duration::from_secs(5));
+    drop(cluster);
     Ok(ScaleReport {
         opts: opts.clone(),
-        acquire_total,
-        acquire: acquire_latency,
-        distinct,
-        complete,
+        scaling,
+        main,
+        renewals,
         cold_start_table,
         churn,
         churn_write,
@@ -242,59 +406,345 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
     })
 }
 
-async fn acquire_all(
+/// A host's lease and how long getting it took.
+struct Acquired {
+    host: usize,
+    lease: HeldLease,
+    took: Duration,
+}
+
+/// `hosts` hosts acquire over `opts.clients` clients; half-way the leader may be killed (and
+/// is restarted once all are done). Checks the result against etcd.
+fn acquisition(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut EtcdCluster,
     endpoint: &EtcdOptions,
-    cfg: &NetworkConfig,
+    hosts: usize,
+    opts: &ScaleOpts,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Acquisition, Vec<Acquired>)> {
+    let cfg = NetworkConfig::parse(NETWORK_CONFIG)?;
+    progress(&format!(
+        "acquiring {hosts} leases over {} etcd clients{}",
+        opts.clients,
+        if opts.kill_member {
+            ", killing the etcd leader half-way"
+        } else {
+            ""
+        }
+    ));
+    let done = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let task = rt.spawn(acquire_all(
+        endpoint.clone(),
+        cfg.clone(),
+        hosts,
+        opts.clients,
+        done.clone(),
+        retries.clone(),
+    ));
+    let mut killed: Option<(usize, String)> = None;
+    let mut last_line = Instant::now();
+    while !task.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        let d = done.load(Ordering::Relaxed);
+        if opts.kill_member && killed.is_none() && d >= hosts / 2 {
+            let (i, role) = match cluster.leader() {
+                Some(i) => (i, "the leader"),
+                None => (0, "no leader known"),
+            };
+            cluster.members[i].kill9();
+            let what = format!("m{i} ({role}) killed with SIGKILL at {d}/{hosts} leases");
+            progress(&format!("  {what}"));
+            killed = Some((i, what));
+        }
+        if last_line.elapsed() >= PROGRESS_EVERY {
+            progress(&progress_line("acquire", d, hosts, t.elapsed()));
+            last_line = Instant::now();
+        }
+    }
+    let acquired = rt.block_on(task)??;
+    let total = t.elapsed();
+    progress(&format!(
+        "  {} leases in {:.2} s ({:.0}/s)",
+        acquired.len(),
+        total.as_secs_f64(),
+        acquired.len() as f64 / total.as_secs_f64()
+    ));
+    let member_killed = match killed {
+        None => None,
+        Some((i, what)) => {
+            let rejoined = cluster.members[i].launch();
+            Some(match rejoined {
+                Ok(()) => format!("{what}; restarted after the acquisition, rejoined"),
+                Err(e) => bail!("the killed member m{i} did not rejoin: {e:#}"),
+            })
+        }
+    };
+    let keys = etcd_subnets(rt, endpoint)?;
+    let subnets: BTreeSet<Ipv4Net> = acquired.iter().map(|a| a.lease.subnet).collect();
+    let distinct = subnets.len() == hosts;
+    let complete = keys.len() == hosts
+        && acquired
+            .iter()
+            .all(|a| keys.get(&a.lease.subnet) == Some(&public_ip(a.host)));
+    let full_refused = if hosts == MAX_HOSTS {
+        let req = LeaseRequest {
+            prefix: PREFIX.into(),
+            public_ip: public_ip(hosts),
+            ttl_secs: HOST_TTL_SECS,
+            previous: None,
+        };
+        let r = rt.block_on(async {
+            let mut c = connect_with_retry(endpoint).await?;
+            anyhow::Ok(acquire(&mut c, &cfg, &req).await)
+        })?;
+        Some(matches!(r, Err(LeaseError::OutOfSubnets { .. })))
+    } else {
+        None
+    };
+    let mut by_start: Vec<&Acquired> = acquired.iter().collect();
+    by_start.sort_by_key(|a| a.host);
+    let tenth = hosts.div_ceil(10).max(1);
+    let p99_by_tenth = by_start
+        .chunks(tenth)
+        .map(|c| summarize(&c.iter().map(|a| a.took).collect::<Vec<_>>()).p99)
+        .collect();
+    let latency = summarize(&acquired.iter().map(|a| a.took).collect::<Vec<_>>());
+    progress(&format!(
+        "  acquire p50/p99 {:.1}/{:.1} ms; distinct {distinct}, etcd holds exactly them {complete}{}",
+        ms(latency.p50),
+        ms(latency.p99),
+        match full_refused {
+            Some(r) => format!(", one more host refused (out of subnets) {r}"),
+            None => String::new(),
+        }
+    ));
+    Ok((
+        Acquisition {
+            hosts,
+            total,
+            latency,
+            p99_by_tenth,
+            distinct,
+            complete,
+            retries: retries.load(Ordering::Relaxed),
+            member_killed,
+            full_refused,
+        },
+        acquired,
+    ))
+}
+
+/// Keeps `view` current as flanneld's lease watch does (no route table).
+fn watch_into(client: Client, view: Arc<SharedLeaseView>, cfg: NetworkConfig) -> LeaseWatcher {
+    LeaseWatcher {
+        client,
+        prefix: PREFIX.into(),
+        config: cfg,
+        publisher: None,
+        view,
+        own: tokio::sync::watch::channel(None).1,
+        own_events: tokio::sync::mpsc::unbounded_channel().0,
+        status: Arc::new(Status::default()),
+    }
+}
+
+async fn acquire_all(
+    endpoint: EtcdOptions,
+    cfg: NetworkConfig,
     hosts: usize,
     clients: usize,
-) -> Result<Vec<(Ipv4Net, Duration)>> {
+    done: Arc<AtomicUsize>,
+    retries: Arc<AtomicU64>,
+) -> Result<Vec<Acquired>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..clients.max(1) {
-        let (next, endpoint, cfg) = (next.clone(), endpoint.clone(), cfg.clone());
+    let mut watchers = Vec::new();
+    for _ in 0..clients {
+        let client = connect_with_retry(&endpoint).await?;
+        let view = Arc::new(SharedLeaseView::new(PREFIX, cfg.clone()));
+        watchers.push(tokio::spawn(
+            watch_into(client.clone(), view.clone(), cfg.clone()).run(),
+        ));
+        let (next, done, retries) = (next.clone(), done.clone(), retries.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = connect_with_retry(&endpoint).await?;
+            let mut client = client;
             let mut got = Vec::new();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= hosts {
+                let host = next.fetch_add(1, Ordering::Relaxed);
+                if host >= hosts {
                     return anyhow::Ok(got);
                 }
                 let req = LeaseRequest {
                     prefix: PREFIX.into(),
-                    public_ip: public_ip(i),
-                    ttl_secs: 3600,
+                    public_ip: public_ip(host),
+                    ttl_secs: HOST_TTL_SECS,
                     previous: None,
                 };
                 let t = Instant::now();
-                let lease = acquire(&mut client, &cfg, &req)
-                    .await
-                    .with_context(|| format!("host {i} ({})", public_ip(i)))?;
-                got.push((lease.subnet, t.elapsed()));
+                let lease = loop {
+                    match acquire_in(&mut client, &req, &view).await {
+                        Ok(l) => break l,
+                        // etcd lost a member under us: retry as flanneld does.
+                        Err(LeaseError::Etcd(_)) if t.elapsed() < HOST_RETRY_FOR => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("host {host} ({})", req.public_ip))
+                        }
+                    }
+                };
+                got.push(Acquired {
+                    host,
+                    lease,
+                    took: t.elapsed(),
+                });
+                done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     let mut all = Vec::with_capacity(hosts);
+    let mut result = Ok(());
     for t in tasks {
-        all.extend(t.await??);
+        match t.await? {
+            Ok(got) => all.extend(got),
+            Err(e) => result = result.and(Err(e)),
+        }
     }
-    Ok(all)
+    for w in watchers {
+        w.abort();
+    }
+    result.map(|()| all)
+}
+
+/// Every host renews its lease once with flanneld's keep-alive, over `clients` clients.
+fn renewals(
+    rt: &tokio::runtime::Runtime,
+    cluster: &EtcdCluster,
+    endpoint: &EtcdOptions,
+    leases: &[Acquired],
+    clients: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Renewals> {
+    let n = leases.len();
+    progress(&format!(
+        "renewals: {n} hosts renew once (flanneld's keep-alive) over {clients} etcd clients"
+    ));
+    let before = cluster_requests(cluster)?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut chunks: Vec<Vec<HeldLease>> = vec![Vec::new(); clients];
+    for (i, a) in leases.iter().enumerate() {
+        chunks[i % clients].push(a.lease.clone());
+    }
+    let task = rt.spawn(renew_all(endpoint.clone(), chunks, done.clone()));
+    let mut last_line = Instant::now();
+    while !task.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        if last_line.elapsed() >= PROGRESS_EVERY {
+            progress(&progress_line(
+                "renew",
+                done.load(Ordering::Relaxed),
+                n,
+                t.elapsed(),
+            ));
+            last_line = Instant::now();
+        }
+    }
+    let (samples, missed) = rt.block_on(task)??;
+    let total = t.elapsed();
+    let after = cluster_requests(cluster)?;
+    let keys = etcd_subnets(rt, endpoint)?;
+    let keys_kept = leases
+        .iter()
+        .all(|a| keys.get(&a.lease.subnet) == Some(&public_ip(a.host)));
+    let r = Renewals {
+        count: samples.len(),
+        total,
+        latency: summarize(&samples),
+        missed,
+        keys_kept,
+        etcd_requests: after.saturating_sub(before),
+        steady_state_per_s: n as f64 / renew_delay(DEFAULT_TTL, DEFAULT_MARGIN).as_secs_f64(),
+    };
+    progress(&format!(
+        "  {} renewals in {:.2} s ({:.0}/s; etcd received {:.0} requests/s), missed {}, keys kept {}",
+        r.count,
+        total.as_secs_f64(),
+        r.count as f64 / total.as_secs_f64(),
+        r.etcd_requests as f64 / total.as_secs_f64(),
+        r.missed,
+        r.keys_kept
+    ));
+    Ok(r)
+}
+
+async fn renew_all(
+    endpoint: EtcdOptions,
+    chunks: Vec<Vec<HeldLease>>,
+    done: Arc<AtomicUsize>,
+) -> Result<(Vec<Duration>, usize)> {
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let mut client = connect_with_retry(&endpoint).await?;
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut samples, mut missed) = (Vec::with_capacity(chunk.len()), 0usize);
+            for mut lease in chunk {
+                let t = Instant::now();
+                // As flanneld: an error is retried (here at once, up to 3 times).
+                let mut ok = false;
+                for _ in 0..3 {
+                    match renew(&mut client, &mut lease).await {
+                        Ok(Renewal::Renewed(_)) => {
+                            ok = true;
+                            break;
+                        }
+                        Ok(Renewal::Lost) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                if ok {
+                    samples.push(t.elapsed());
+                } else {
+                    missed += 1;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (samples, missed)
+        }));
+    }
+    let (mut samples, mut missed) = (Vec::new(), 0);
+    for t in tasks {
+        let (s, m) = t.await?;
+        samples.extend(s);
+        missed += m;
+    }
+    Ok((samples, missed))
+}
+
+/// gRPC messages all running members received so far (their `grpc_server_msg_received_total`).
+fn cluster_requests(cluster: &EtcdCluster) -> Result<u64> {
+    let mut sum = 0;
+    for m in cluster.members.iter().filter(|m| m.is_running()) {
+        sum += m.grpc_messages_received()?;
+    }
+    Ok(sum)
 }
 
 fn etcd_subnets(
     rt: &tokio::runtime::Runtime,
     endpoint: &EtcdOptions,
-) -> Result<std::collections::BTreeMap<Ipv4Net, Ipv4Addr>> {
+) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>> {
     rt.block_on(async {
         let mut c = connect_with_retry(endpoint).await?;
-        let resp = c
-            .get(
-                subnets_prefix(PREFIX),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let mut m = std::collections::BTreeMap::new();
-        for kv in resp.kvs() {
+        let (kvs, _) = get_prefix(&mut c, &subnets_prefix(PREFIX)).await?;
+        let mut m = BTreeMap::new();
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
             let subnet =
                 flannel_shared::lease::subnet_from_key(PREFIX, &key).context("lease key")?;
@@ -408,17 +858,43 @@ fn summary_json(s: &Summary) -> Value {
     })
 }
 
+impl Acquisition {
+    fn to_json(&self) -> Value {
+        json!({
+            "hosts": self.hosts,
+            "total_s": self.total.as_secs_f64(),
+            "latency": summary_json(&self.latency),
+            "p99_ms_by_tenth_of_the_run": self.p99_by_tenth.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "all_distinct": self.distinct,
+            "etcd_holds_exactly_one_key_per_host": self.complete,
+            "retried_after_etcd_errors": self.retries,
+            "member_killed": self.member_killed,
+            "full_network_refuses_one_more": self.full_refused,
+        })
+    }
+}
+
 impl ScaleReport {
     pub fn to_json(&self) -> Value {
         json!({
             "hosts": self.opts.hosts,
             "clients": self.opts.clients,
+            "etcd_members": self.opts.members,
             "churn_events": self.opts.churn,
             "network": NETWORK_CONFIG,
-            "acquire_total_s": self.acquire_total.as_secs_f64(),
-            "acquire_latency": summary_json(&self.acquire),
-            "all_distinct": self.distinct,
-            "all_in_etcd": self.complete,
+            "acquisition": self.main.to_json(),
+            "scaling": self.scaling.iter().chain([&self.main]).map(Acquisition::to_json).collect::<Vec<_>>(),
+            "renewals": self.renewals.as_ref().map(|r| json!({
+                "count": r.count,
+                "total_s": r.total.as_secs_f64(),
+                "per_s": r.count as f64 / r.total.as_secs_f64(),
+                "latency": summary_json(&r.latency),
+                "missed": r.missed,
+                "keys_kept": r.keys_kept,
+                "etcd_requests": r.etcd_requests,
+                "etcd_requests_per_s": r.etcd_requests as f64 / r.total.as_secs_f64(),
+                "steady_state_renewals_per_s_at_defaults": r.steady_state_per_s,
+            })),
             "cold_start_full_table_s": self.cold_start_table.as_secs_f64(),
             "churn_event_to_table": summary_json(&self.churn),
             "churn_etcd_write_ack": summary_json(&self.churn_write),
@@ -438,22 +914,77 @@ impl ScaleReport {
         let yes = |b: bool| if b { "yes" } else { "**NO**" };
         let lat =
             |s: &Summary| format!("{:.2} / {:.2} / {:.2} ms", ms(s.p50), ms(s.p99), ms(s.max));
-        let rows = [
-            (
-                "hosts (simulated) / etcd clients",
-                format!("{} / {}", self.opts.hosts, self.opts.clients),
+        let mut s = String::from(
+            "Acquisition (each row a fresh etcd cluster):\n\n\
+             | hosts | total | per host | acquire p50 / p99 / max | worst p99 of a tenth | distinct / one key per host in etcd | retries | etcd member killed |\n\
+             |---|---|---|---|---|---|---|---|\n",
+        );
+        let mut runs: Vec<&Acquisition> = self.scaling.iter().chain([&self.main]).collect();
+        runs.sort_by_key(|a| a.hosts);
+        for a in runs {
+            s += &format!(
+                "| {} | {:.2} s | {:.2} ms | {} | {:.2} ms | {} / {} | {} | {} |\n",
+                a.hosts,
+                a.total.as_secs_f64(),
+                ms(a.total) / a.hosts as f64,
+                lat(&a.latency),
+                a.p99_by_tenth.iter().map(|d| ms(*d)).fold(0.0, f64::max),
+                yes(a.distinct),
+                yes(a.complete),
+                a.retries,
+                a.member_killed.as_deref().unwrap_or("none"),
+            );
+        }
+        let mut rows: Vec<(String, String)> = vec![(
+            "hosts (simulated) / etcd clients (views) / etcd members".into(),
+            format!(
+                "{} / {} / {}",
+                self.opts.hosts, self.opts.clients, self.opts.members
             ),
+        )];
+        if let Some(r) = self.main.full_refused {
+            rows.push((
+                "full /8: one more host gets \"out of subnets\"".into(),
+                yes(r).into(),
+            ));
+        }
+        if let Some(r) = &self.renewals {
+            let secs = r.total.as_secs_f64();
+            rows.extend([
+                (
+                    format!(
+                        "renewals: {} hosts renew once (keep-alive)",
+                        r.count + r.missed
+                    ),
+                    format!(
+                        "{:.2} s, {:.0} renewals/s; latency p50 / p99 / max {}",
+                        secs,
+                        r.count as f64 / secs,
+                        lat(&r.latency)
+                    ),
+                ),
+                (
+                    "  etcd load during the renewals (requests received, all members)".into(),
+                    format!(
+                        "{} requests, {:.0}/s",
+                        r.etcd_requests,
+                        r.etcd_requests as f64 / secs
+                    ),
+                ),
+                (
+                    "  renewals missed / every key still in etcd".into(),
+                    format!("{} / {}", r.missed, yes(r.keys_kept)),
+                ),
+                (
+                    "  steady-state renewal load at flanneld's defaults (TTL 24 h, margin 60 min)"
+                        .into(),
+                    format!("{:.2} renewals/s", r.steady_state_per_s),
+                ),
+            ]);
+        }
+        rows.extend([
             (
-                "time to acquire all leases",
-                format!("{:.2} s", self.acquire_total.as_secs_f64()),
-            ),
-            ("acquire latency p50 / p99 / max", lat(&self.acquire)),
-            (
-                "all leases distinct / all in etcd",
-                format!("{} / {}", yes(self.distinct), yes(self.complete)),
-            ),
-            (
-                "flanneld cold start → full table",
+                "flanneld cold start → full table".into(),
                 format!(
                     "{:.3} s ({} routes)",
                     self.cold_start_table.as_secs_f64(),
@@ -461,34 +992,34 @@ impl ScaleReport {
                 ),
             ),
             (
-                &*format!(
+                format!(
                     "etcd change → table entry, {} churn events, p50 / p99 / max",
                     self.opts.churn
                 ),
                 lat(&self.churn),
             ),
             (
-                "  of which the etcd write itself (until acknowledged)",
+                "  of which the etcd write itself (until acknowledged)".into(),
                 lat(&self.churn_write),
             ),
             (
-                "table equals etcd after churn",
+                "table equals etcd after churn".into(),
                 yes(self.consistent).to_string(),
             ),
             (
-                "route table file (10.0.0.0/8, /24: 65,536 entries × 2 buffers)",
+                "route table file (10.0.0.0/8, /24: 65,536 entries × 2 buffers)".into(),
                 format!("{} KiB", self.table_file_bytes / 1024),
             ),
             (
-                "lookup, /8 table with all routes",
+                "lookup, /8 table with all routes".into(),
                 format!("{:.1} ns", self.lookup_ns_full),
             ),
             (
-                "lookup, /16 table with 10 routes",
+                "lookup, /16 table with 10 routes".into(),
                 format!("{:.1} ns", self.lookup_ns_small),
             ),
             (
-                "flanneld CPU (whole run) / RSS / peak RSS",
+                "flanneld CPU (whole run) / RSS / peak RSS".into(),
                 format!(
                     "{:.2} s / {} MiB / {} MiB",
                     self.flanneld_cpu_secs,
@@ -496,8 +1027,8 @@ impl ScaleReport {
                     self.flanneld_peak_rss_kib / 1024
                 ),
             ),
-        ];
-        let mut s = String::from("| metric | value |\n|---|---|\n");
+        ]);
+        s += "\n| metric | value |\n|---|---|\n";
         for (k, v) in rows {
             s += &format!("| {k} | {v} |\n");
         }

@@ -451,6 +451,52 @@ impl Etcd {
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The server's Prometheus metrics (`GET /metrics` on the client port; plain HTTP only).
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        if self.scheme != "http" {
+            bail!("etcd {}: metrics are read over plain http only", self.name);
+        }
+        let addr = std::net::SocketAddr::from((self.host, self.client_port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("etcd {} metrics at {addr}", self.name))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        match out.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.to_string())
+            }
+            _ => bail!(
+                "etcd {} metrics at {addr}: unexpected answer {:?}",
+                self.name,
+                out.lines().next().unwrap_or("")
+            ),
+        }
+    }
+
+    /// gRPC messages the server received so far, every method (`grpc_server_msg_received_total`
+    /// summed): the requests it served, each message of a stream counted.
+    pub fn grpc_messages_received(&self) -> Result<u64> {
+        Ok(sum_metric(
+            &self.metrics()?,
+            "grpc_server_msg_received_total",
+        ))
+    }
+}
+
+/// Sum of every sample of `name` in Prometheus text (`name{labels} value` lines).
+pub fn sum_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Runs etcdctl (on the host) against any endpoint.
@@ -573,6 +619,23 @@ impl EtcdCluster {
                     })
                     .unwrap_or(false)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sum_metric_adds_every_sample_of_one_name() {
+        let text = "# HELP grpc_server_msg_received_total x\n\
+            grpc_server_msg_received_total{grpc_method=\"Range\"} 12\n\
+            grpc_server_msg_received_total{grpc_method=\"Txn\"} 3e+01\n\
+            grpc_server_msg_received_totalx 5\n\
+            grpc_server_msg_sent_total{grpc_method=\"Range\"} 7\n";
+        assert_eq!(
+            super::sum_metric(text, "grpc_server_msg_received_total"),
+            42
+        );
+        assert_eq!(super::sum_metric(text, "nothing"), 0);
     }
 }
 
