@@ -389,18 +389,56 @@ pub fn explain(error: &str, opts: &EtcdOptions) -> &'static str {
     ""
 }
 
-/// Keys per page of [`get_prefix`]: a page stays far below the client's 4 MiB message limit
-/// (a lease key and value take about 100 bytes).
-pub const LIST_PAGE: i64 = 5000;
+/// How [`get_prefix`] pages a listing (see [`ListPaging::DEFAULT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListPaging {
+    /// Keys in the first page.
+    pub first_page: i64,
+    /// What each later page aims at, in bytes of keys and values (plus a small per-key
+    /// overhead): its key count is this divided by the average size of the keys read so far.
+    pub page_bytes: usize,
+    /// The largest answer accepted. A page over it is read again with half the keys, down to
+    /// `min_page` keys; a page of `min_page` keys over it is an error.
+    pub message_limit: usize,
+    pub min_page: i64,
+    pub max_page: i64,
+}
 
-/// Every key under `prefix` at one revision, read in pages of [`LIST_PAGE`] keys: a single
-/// response for a /8 of /24 leases (65,536 keys, ≈ 8 MB) exceeds the gRPC client's 4 MiB
-/// message limit. Pages after the first are read at the first page's revision, so the result
-/// is one consistent snapshot (an error if etcd compacted that revision meanwhile; retry).
+impl ListPaging {
+    /// A first page of 5,000 keys (≈ 600 KB of flannel leases), then pages of about 4 MiB
+    /// (a /8 of leases, 65,536 keys ≈ 8 MB, takes three pages, not fourteen: each page costs a
+    /// round trip and makes etcd walk the rest of the range to count it). The client's default
+    /// message limit, 4 MiB, is raised to 32 MiB, which leaves room for values larger than
+    /// those before them; past it, a page is halved.
+    pub const DEFAULT: Self = Self {
+        first_page: 5000,
+        page_bytes: 4 << 20,
+        message_limit: 32 << 20,
+        min_page: 100,
+        max_page: 200_000,
+    };
+}
+
+/// etcd's encoding of a key-value beyond its key and value bytes (revisions, lease, tags).
+const KV_OVERHEAD: usize = 24;
+
+/// Every key under `prefix` at one revision, read in pages ([`ListPaging::DEFAULT`]): a single
+/// response for a /8 of /24 leases (65,536 keys, ≈ 8 MB) exceeds the client's default 4 MiB
+/// message limit. Pages after the first are read at the first page's revision, so the result is
+/// one consistent snapshot (an error if etcd compacted that revision meanwhile; retry).
 /// Returns the key-values in key order and the revision.
 pub async fn get_prefix(
     client: &mut Client,
     prefix: &str,
+) -> Result<(Vec<etcd_client::KeyValue>, i64), etcd_client::Error> {
+    get_prefix_paged(client, prefix, ListPaging::DEFAULT).await
+}
+
+/// [`get_prefix`] with the given paging.
+pub async fn get_prefix_paged(
+    client: &mut Client,
+    prefix: &str,
+    paging: ListPaging,
 ) -> Result<(Vec<etcd_client::KeyValue>, i64), etcd_client::Error> {
     let mut end = prefix.as_bytes().to_vec();
     // The first key after every key starting with `prefix` (etcd's own prefix end).
@@ -410,17 +448,34 @@ pub async fn get_prefix(
             break;
         }
     }
+    let mut kv_client = client
+        .kv_client()
+        .max_decoding_message_size(paging.message_limit);
     let mut all = Vec::new();
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
+    let mut limit = paging.first_page.max(1);
+    let mut bytes_read = 0usize;
     loop {
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
-            .with_limit(LIST_PAGE);
+            .with_limit(limit);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let mut resp = client.get(from.clone(), Some(opts)).await?;
+        let mut resp = match kv_client.get(from.clone(), Some(opts)).await {
+            Ok(r) => r,
+            Err(e) if limit > paging.min_page && is_too_large(&e) => {
+                limit = (limit / 2).max(paging.min_page).max(1);
+                tracing::debug!(
+                    prefix,
+                    limit,
+                    "listing page too large; reading it in halves"
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if revision == 0 {
             // Without it the later pages would be read at the latest revision: no snapshot.
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -430,9 +485,15 @@ pub async fn get_prefix(
                      so the listing's pages cannot be read at one revision"
                 )));
             }
+            // `count` is every key in the range: no regrowing while the pages come in.
+            all.reserve_exact(usize::try_from(resp.count()).unwrap_or(0));
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
+        bytes_read += kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len() + KV_OVERHEAD)
+            .sum::<usize>();
         match kvs.last() {
             Some(last) if more => {
                 from = last.key().to_vec();
@@ -444,7 +505,18 @@ pub async fn get_prefix(
             }
         }
         all.extend(kvs);
+        let per_key = (bytes_read / all.len()).max(1);
+        limit = i64::try_from(paging.page_bytes / per_key)
+            .unwrap_or(i64::MAX)
+            .clamp(paging.min_page.max(1), paging.max_page.max(1));
     }
+}
+
+/// The client refused an answer over its message size limit (tonic's "decoded message length
+/// too large"; etcd's own errors, such as a compacted revision, say otherwise).
+fn is_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("decoded message length too large"))
 }
 
 #[cfg(test)]

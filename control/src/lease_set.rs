@@ -64,13 +64,15 @@ impl<'a> KeyValue<'a> {
     }
 }
 
+/// What is kept per key: revisions, the PublicIP and the verdict, no copy of the value (at a
+/// /8 of /24s, 65,536 of these; the rare rejection is boxed to keep the common entry small).
 #[derive(Debug)]
 struct Entry {
     mod_revision: i64,
     create_revision: i64,
     /// PublicIP as parsed, before any check (the own-lease check needs it even when rejected).
     public_ip: Option<Ipv4Addr>,
-    state: Result<(Ipv4Net, Ipv4Addr), LeaseRejection>,
+    state: Result<(Ipv4Net, Ipv4Addr), Box<LeaseRejection>>,
 }
 
 /// The watcher's view of all leases. See the module docs for the contract.
@@ -79,9 +81,10 @@ pub struct LeaseSet {
     prefix: String,
     /// `None` (flannelctl without a readable config): keys and values are checked, subnets not.
     config: Option<NetworkConfig>,
-    entries: HashMap<String, Entry>,
-    /// Valid keys by IPv4 subnet, ordered by (create revision, key): the first is routed.
-    by_subnet: BTreeMap<Ipv4Net, BTreeSet<(i64, String)>>,
+    entries: HashMap<Box<str>, Entry>,
+    /// Valid keys as (IPv4 subnet, create revision, key): of each subnet's keys, the first is
+    /// routed. One flat set (not a set per subnet: almost every subnet has exactly one key).
+    by_subnet: BTreeSet<(Ipv4Net, i64, Box<str>)>,
     routes: BTreeMap<Ipv4Net, Ipv4Addr>,
     /// Rejected keys by reason label (duplicates are counted from `by_subnet`).
     rejected: BTreeMap<&'static str, u64>,
@@ -95,7 +98,7 @@ impl LeaseSet {
             prefix: prefix.to_owned(),
             config,
             entries: HashMap::new(),
-            by_subnet: BTreeMap::new(),
+            by_subnet: BTreeSet::new(),
             routes: BTreeMap::new(),
             rejected: BTreeMap::new(),
             valid: 0,
@@ -126,7 +129,7 @@ impl LeaseSet {
     pub fn status(&self, key: &str) -> Option<Result<(Ipv4Net, Ipv4Addr), LeaseRejection>> {
         let e = self.entries.get(key)?;
         Some(match &e.state {
-            Err(r) => Err(r.clone()),
+            Err(r) => Err((**r).clone()),
             Ok((subnet, ip)) => match self.holder(subnet) {
                 Some(holder) if holder != key => Err(LeaseRejection::Duplicate {
                     subnet: *subnet,
@@ -145,7 +148,8 @@ impl LeaseSet {
             .filter(|(_, n)| **n > 0)
             .map(|(r, n)| (*r, *n))
             .collect();
-        let duplicates = self.valid - self.by_subnet.len();
+        // Each subnet with a valid key has exactly one route (its first key's).
+        let duplicates = self.valid - self.routes.len();
         if duplicates > 0 {
             m.insert("duplicate_subnet", duplicates as u64);
         }
@@ -167,25 +171,29 @@ impl LeaseSet {
             Some(cfg) => validate_lease(cfg, &self.prefix, kv.key, kv.value),
             None => check_lease(&self.prefix, kv.key, kv.value),
         }
-        .map(|v| (v.subnet(), v.public_ip()));
+        .map(|v| (v.subnet(), v.public_ip()))
+        .map_err(Box::new);
+        // A valid lease's PublicIP is the one just parsed; only a rejected one is read again.
+        let public_ip = match &state {
+            Ok((_, ip)) => Some(*ip),
+            Err(_) => LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip),
+        };
         let entry = Entry {
             mod_revision: kv.mod_revision,
             create_revision: kv.create_revision,
-            public_ip: LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip),
+            public_ip,
             state,
         };
         match &entry.state {
             Ok((subnet, _)) => {
                 self.valid += 1;
                 self.by_subnet
-                    .entry(*subnet)
-                    .or_default()
-                    .insert((kv.create_revision, kv.key.to_owned()));
+                    .insert((*subnet, kv.create_revision, kv.key.into()));
                 touched.push(*subnet);
             }
             Err(r) => *self.rejected.entry(r.reason()).or_default() += 1,
         }
-        self.entries.insert(kv.key.to_owned(), entry);
+        self.entries.insert(kv.key.into(), entry);
         for subnet in touched {
             self.refresh_route(subnet, events);
         }
@@ -213,10 +221,10 @@ impl LeaseSet {
     ) {
         let listing: Vec<KeyValue<'a>> = listing.into_iter().collect();
         let present: HashSet<&str> = listing.iter().map(|kv| kv.key).collect();
-        let gone: Vec<String> = self
+        let gone: Vec<Box<str>> = self
             .entries
             .keys()
-            .filter(|k| !present.contains(k.as_str()))
+            .filter(|k| !present.contains(&***k))
             .cloned()
             .collect();
         for key in gone {
@@ -233,12 +241,8 @@ impl LeaseSet {
         match old.state {
             Ok((subnet, _)) => {
                 self.valid -= 1;
-                if let Some(set) = self.by_subnet.get_mut(&subnet) {
-                    set.remove(&(old.create_revision, key.to_owned()));
-                    if set.is_empty() {
-                        self.by_subnet.remove(&subnet);
-                    }
-                }
+                self.by_subnet
+                    .remove(&(subnet, old.create_revision, Box::<str>::from(key)));
                 Some(subnet)
             }
             Err(r) => {
@@ -253,19 +257,23 @@ impl LeaseSet {
     /// The key routed for `subnet`: the first valid one by (create revision, key).
     fn holder(&self, subnet: &Ipv4Net) -> Option<&str> {
         self.by_subnet
-            .get(subnet)
-            .and_then(|s| s.first())
-            .map(|(_, k)| k.as_str())
+            .range((*subnet, i64::MIN, Box::<str>::default())..)
+            .next()
+            .filter(|(s, _, _)| s == subnet)
+            .map(|(_, _, k)| &**k)
     }
 
     fn refresh_route(&mut self, subnet: Ipv4Net, events: &mut Vec<LeaseEvent>) {
         let now = self.holder(&subnet).and_then(|key| {
             let ip = self.entries.get(key)?.state.as_ref().ok()?.1;
-            Some((key.to_owned(), ip))
+            Some((key, ip))
         });
         match now {
             Some((key, ip)) => {
-                if self.routes.insert(subnet, ip) != Some(ip) {
+                // The key is copied into an event only when the route changes.
+                if self.routes.get(&subnet) != Some(&ip) {
+                    let key = key.to_owned();
+                    self.routes.insert(subnet, ip);
                     events.push(LeaseEvent::Routed {
                         subnet,
                         public_ip: ip,

@@ -217,6 +217,11 @@ impl LeaseAttrs {
 
     /// Reads a lease value leniently. Only `PublicIP` is required (an IPv4 address).
     pub fn parse(bytes: &[u8]) -> Result<Self, LeaseParseError> {
+        Self::parse_exact(bytes).unwrap_or_else(|| Self::parse_lenient(bytes))
+    }
+
+    /// [`LeaseAttrs::parse`] through a JSON tree: names in any case, any key order and extra.
+    fn parse_lenient(bytes: &[u8]) -> Result<Self, LeaseParseError> {
         let v: Value = serde_json::from_slice(bytes).map_err(|_| {
             LeaseParseError::NotObject(
                 String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into(),
@@ -234,14 +239,7 @@ impl LeaseAttrs {
         };
         let public_ip = match get("PublicIP") {
             None | Some(Value::Null) => return Err(LeaseParseError::NoPublicIp),
-            Some(Value::String(s)) if s.is_empty() => return Err(LeaseParseError::NoPublicIp),
-            Some(Value::String(s)) => match s.parse::<Ipv4Addr>() {
-                Ok(ip) => ip,
-                Err(_) if s.parse::<Ipv6Addr>().is_ok() => {
-                    return Err(LeaseParseError::Ipv6PublicIp(s.clone()))
-                }
-                Err(_) => return Err(LeaseParseError::BadPublicIp(s.clone())),
-            },
+            Some(Value::String(s)) => public_ip_from_str(s)?,
             Some(other) => return Err(LeaseParseError::BadPublicIp(other.to_string())),
         };
         let public_ipv6 = match get("PublicIPv6") {
@@ -260,6 +258,69 @@ impl LeaseAttrs {
             backend_data: opaque("BackendData"),
             backend_v6_data: opaque("BackendV6Data"),
         })
+    }
+}
+
+/// A lease value whose keys are exactly flannel's field names, each at most once, and whose
+/// `PublicIP` is a string without escapes or null: read without building a JSON tree (a /8 of
+/// leases is 65,536 values at a cold start).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExactAttrs<'a> {
+    #[serde(rename = "PublicIP", borrow, default)]
+    public_ip: Option<&'a str>,
+    #[serde(rename = "PublicIPv6", default)]
+    public_ipv6: Option<Value>,
+    #[serde(rename = "BackendType", default)]
+    backend_type: Option<Value>,
+    #[serde(rename = "BackendData", default)]
+    backend_data: Option<Value>,
+    #[serde(rename = "BackendV6Data", default)]
+    backend_v6_data: Option<Value>,
+}
+
+impl LeaseAttrs {
+    /// [`LeaseAttrs::parse`] for a value of [`ExactAttrs`]' form, with the same result; `None`
+    /// for any other value (another case of a name, an unknown or repeated key, a JSON array,
+    /// a PublicIP that is not a plain string), which the lenient path reads.
+    fn parse_exact(bytes: &[u8]) -> Option<Result<Self, LeaseParseError>> {
+        // serde would also read a struct from a JSON array; the lenient path refuses those.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let e: ExactAttrs<'_> = serde_json::from_slice(bytes).ok()?;
+        let public_ip = match e.public_ip {
+            None => return Some(Err(LeaseParseError::NoPublicIp)),
+            Some(s) => match public_ip_from_str(s) {
+                Ok(ip) => ip,
+                Err(err) => return Some(Err(err)),
+            },
+        };
+        Some(Ok(Self {
+            public_ip,
+            public_ipv6: match e.public_ipv6 {
+                Some(Value::String(s)) => s.parse().ok(),
+                _ => None,
+            },
+            backend_type: match e.backend_type {
+                Some(Value::String(s)) => s,
+                _ => String::new(),
+            },
+            backend_data: e.backend_data,
+            backend_v6_data: e.backend_v6_data,
+        }))
+    }
+}
+
+/// A `PublicIP` string: empty is "no PublicIP", else it must be an IPv4 address.
+fn public_ip_from_str(s: &str) -> Result<Ipv4Addr, LeaseParseError> {
+    if s.is_empty() {
+        return Err(LeaseParseError::NoPublicIp);
+    }
+    match s.parse::<Ipv4Addr>() {
+        Ok(ip) => Ok(ip),
+        Err(_) if s.parse::<Ipv6Addr>().is_ok() => Err(LeaseParseError::Ipv6PublicIp(s.into())),
+        Err(_) => Err(LeaseParseError::BadPublicIp(s.into())),
     }
 }
 
@@ -435,6 +496,53 @@ pub fn validate_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tree-free path gives exactly what the lenient path gives, or leaves the value to it.
+    #[test]
+    fn the_exact_form_reads_as_the_lenient_path_does() {
+        let cases: &[(&str, bool)] = &[
+            (r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#, true),
+            (r#" {"PublicIP":"198.18.0.1"}"#, true),
+            (
+                r#"{"PublicIP":"198.18.0.3","PublicIPv6":"fc00::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1}}"#,
+                true,
+            ),
+            (r#"{"PublicIP":"","PublicIPv6":null}"#, true),
+            (r#"{"PublicIP":null}"#, true),
+            (r#"{}"#, true),
+            (r#"{"PublicIP":"2001:db8::1"}"#, true),
+            (r#"{"PublicIP":"not-an-ip"}"#, true),
+            (
+                r#"{"PublicIP":"198.18.0.1","PublicIPv6":7,"BackendType":3}"#,
+                true,
+            ),
+            (r#"{"PublicIP":"198.18.0.1","BackendData":null}"#, true),
+            // Left to the lenient path:
+            (r#"["198.18.0.1",null]"#, false),
+            (r#"{"publicip":"198.18.0.1"}"#, false),
+            (r#"{"PublicIP":"198.18.0.1","Extra":1}"#, false),
+            (
+                r#"{"PublicIP":"198.18.0.1","PublicIP":"198.18.0.2"}"#,
+                false,
+            ),
+            (r#"{"PublicIP":"198.18.0.\u0031"}"#, false),
+            (r#"{"PublicIP":17}"#, false),
+            ("{not json", false),
+            ("null", false),
+        ];
+        for (value, exact) in cases {
+            let got = LeaseAttrs::parse_exact(value.as_bytes());
+            assert_eq!(got.is_some(), *exact, "{value}");
+            if let Some(got) = got {
+                assert_eq!(got, LeaseAttrs::parse_lenient(value.as_bytes()), "{value}");
+            }
+            assert_eq!(
+                LeaseAttrs::parse(value.as_bytes()),
+                LeaseAttrs::parse_lenient(value.as_bytes()),
+                "{value}"
+            );
+        }
+    }
 
     const P: &str = "/coreos.com/network";
 

@@ -1,0 +1,77 @@
+//! Paged listings (`get_prefix`) against a real etcd: every key of the prefix and no other, in
+//! key order, at one revision, whatever the page sizes; a page over the message limit is read
+//! again in halves, and a single key over it is an error, not a loop. No root.
+
+use flannel_control::etcd::{
+    connect_with_retry, get_prefix, get_prefix_paged, EtcdOptions, ListPaging,
+};
+use flannel_perf::testbed::etcd::Etcd;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_hold_every_key_once_at_one_revision_and_oversized_pages_are_halved() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let opts = EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        ..Default::default()
+    };
+    let mut client = connect_with_retry(&opts).await.unwrap();
+    // 60 keys; 30..36 carry 3,000-byte values, so a page of several of them exceeds the limit.
+    let mut want = Vec::new();
+    for i in 0..60 {
+        let key = format!("/t/subnets/k{i:03}");
+        let value = if (30..36).contains(&i) {
+            "v".repeat(3000)
+        } else {
+            format!("small-{i}")
+        };
+        client
+            .put(key.as_str(), value.as_str(), None)
+            .await
+            .unwrap();
+        want.push((key, value));
+    }
+    // Neighbours of the prefix stay out.
+    for k in ["/t/subnets", "/t/subnett", "/t/subnets0"] {
+        client.put(k, "x", None).await.unwrap();
+    }
+    let paging = ListPaging {
+        first_page: 7,
+        page_bytes: 400,
+        message_limit: 8000,
+        min_page: 1,
+        max_page: 1000,
+    };
+    let (kvs, rev) = get_prefix_paged(&mut client, "/t/subnets/", paging)
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    let now = client.get("/t/", None).await.unwrap();
+    assert_eq!(rev, now.header().unwrap().revision());
+    // The default paging reads the same.
+    let (kvs, _) = get_prefix(&mut client, "/t/subnets/").await.unwrap();
+    assert_eq!(kvs.len(), 60);
+
+    // One value over the limit: no page can hold it.
+    client
+        .put("/t/subnets/k999", "v".repeat(9000).as_str(), None)
+        .await
+        .unwrap();
+    let err = get_prefix_paged(&mut client, "/t/subnets/", paging)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("too large"),
+        "unexpected error: {err}"
+    );
+}
