@@ -440,6 +440,38 @@ pub async fn get_prefix_paged(
     prefix: &str,
     paging: ListPaging,
 ) -> Result<(Vec<etcd_client::KeyValue>, i64), etcd_client::Error> {
+    let mut all = Vec::new();
+    let revision = list_prefix_pages(client, prefix, paging, |page| {
+        if all.is_empty() {
+            // `count` is every key in the range: no regrowing while the pages come in.
+            all.reserve_exact(page.count);
+        }
+        all.extend(page.kvs);
+    })
+    .await?;
+    Ok((all, revision))
+}
+
+/// One page of a listing: its key-values (in key order) and the listing's revision.
+#[derive(Debug)]
+pub struct ListPage {
+    pub kvs: Vec<etcd_client::KeyValue>,
+    /// The revision every page is read at.
+    pub revision: i64,
+    /// Keys in the whole listing (as etcd counted them with the first page).
+    pub count: usize,
+}
+
+/// [`get_prefix_paged`] handing each page to `on_page` as it arrives instead of collecting
+/// them, so that no more than one page is held at a time. Pages come in key order, all at the
+/// first page's revision (returned). On an error, the pages handed over so far are a prefix of
+/// an incomplete listing.
+pub async fn list_prefix_pages(
+    client: &mut Client,
+    prefix: &str,
+    paging: ListPaging,
+    mut on_page: impl FnMut(ListPage),
+) -> Result<i64, etcd_client::Error> {
     let mut end = prefix.as_bytes().to_vec();
     // The first key after every key starting with `prefix` (etcd's own prefix end).
     while let Some(last) = end.pop() {
@@ -451,11 +483,12 @@ pub async fn get_prefix_paged(
     let mut kv_client = client
         .kv_client()
         .max_decoding_message_size(paging.message_limit);
-    let mut all = Vec::new();
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
+    let mut count = 0usize;
     let mut limit = paging.first_page.max(1);
     let mut bytes_read = 0usize;
+    let mut keys_read = 0usize;
     loop {
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
@@ -485,8 +518,7 @@ pub async fn get_prefix_paged(
                      so the listing's pages cannot be read at one revision"
                 )));
             }
-            // `count` is every key in the range: no regrowing while the pages come in.
-            all.reserve_exact(usize::try_from(resp.count()).unwrap_or(0));
+            count = usize::try_from(resp.count()).unwrap_or(0);
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
@@ -494,18 +526,25 @@ pub async fn get_prefix_paged(
             .iter()
             .map(|kv| kv.key().len() + kv.value().len() + KV_OVERHEAD)
             .sum::<usize>();
-        match kvs.last() {
+        keys_read += kvs.len();
+        let next = match kvs.last() {
             Some(last) if more => {
-                from = last.key().to_vec();
-                from.push(0);
+                let mut next = last.key().to_vec();
+                next.push(0);
+                Some(next)
             }
-            _ => {
-                all.extend(kvs);
-                return Ok((all, revision));
-            }
-        }
-        all.extend(kvs);
-        let per_key = (bytes_read / all.len()).max(1);
+            _ => None,
+        };
+        on_page(ListPage {
+            kvs,
+            revision,
+            count,
+        });
+        let Some(next) = next else {
+            return Ok(revision);
+        };
+        from = next;
+        let per_key = (bytes_read / keys_read.max(1)).max(1);
         limit = i64::try_from(paging.page_bytes / per_key)
             .unwrap_or(i64::MAX)
             .clamp(paging.min_page.max(1), paging.max_page.max(1));
