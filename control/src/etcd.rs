@@ -463,9 +463,11 @@ pub struct ListPage {
 }
 
 /// [`get_prefix_paged`] handing each page to `on_page` as it arrives instead of collecting
-/// them, so that no more than one page is held at a time. Pages come in key order, all at the
-/// first page's revision (returned). On an error, the pages handed over so far are a prefix of
-/// an incomplete listing.
+/// them, so that no more than two pages are held at a time. Pages come in key order, all at the
+/// first page's revision (returned). The next page is requested before `on_page` runs, so
+/// etcd reads it while the caller applies the current one. On an error, the pages handed over
+/// so far are a prefix of an incomplete listing. Must run on a multi-threaded tokio runtime
+/// for the overlap (on a current-thread one the next page is simply read afterwards).
 pub async fn list_prefix_pages(
     client: &mut Client,
     prefix: &str,
@@ -480,23 +482,38 @@ pub async fn list_prefix_pages(
             break;
         }
     }
-    let mut kv_client = client
+    let kv_client = client
         .kv_client()
         .max_decoding_message_size(paging.message_limit);
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut count = 0usize;
-    let mut limit = paging.first_page.max(1);
-    let mut bytes_read = 0usize;
-    let mut keys_read = 0usize;
-    loop {
+    // One page read, in a task of its own so that it proceeds while a page is applied.
+    let request = |from: Vec<u8>, limit: i64, revision: i64| {
+        let mut kv = kv_client.clone();
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
             .with_limit(limit);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let mut resp = match kv_client.get(from.clone(), Some(opts)).await {
+        tokio::spawn(async move { kv.get(from, Some(opts)).await })
+    };
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut count = 0usize;
+    let mut limit = paging.first_page.max(1);
+    let mut bytes_read = 0usize;
+    let mut keys_read = 0usize;
+    let mut pending = request(from.clone(), limit, revision);
+    loop {
+        let answer = match pending.await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(etcd_client::Error::IoError(std::io::Error::other(format!(
+                    "listing {prefix}: the page read was cancelled: {e}"
+                ))))
+            }
+        };
+        let mut resp = match answer {
             Ok(r) => r,
             Err(e) if limit > paging.min_page && is_too_large(&e) => {
                 limit = (limit / 2).max(paging.min_page).max(1);
@@ -505,6 +522,7 @@ pub async fn list_prefix_pages(
                     limit,
                     "listing page too large; reading it in halves"
                 );
+                pending = request(from.clone(), limit, revision);
                 continue;
             }
             Err(e) => return Err(e),
@@ -535,19 +553,24 @@ pub async fn list_prefix_pages(
             }
             _ => None,
         };
+        // The next page is on its way before this one is handed over.
+        let ahead = next.map(|next| {
+            from = next;
+            let per_key = (bytes_read / keys_read.max(1)).max(1);
+            limit = i64::try_from(paging.page_bytes / per_key)
+                .unwrap_or(i64::MAX)
+                .clamp(paging.min_page.max(1), paging.max_page.max(1));
+            request(from.clone(), limit, revision)
+        });
         on_page(ListPage {
             kvs,
             revision,
             count,
         });
-        let Some(next) = next else {
-            return Ok(revision);
-        };
-        from = next;
-        let per_key = (bytes_read / keys_read.max(1)).max(1);
-        limit = i64::try_from(paging.page_bytes / per_key)
-            .unwrap_or(i64::MAX)
-            .clamp(paging.min_page.max(1), paging.max_page.max(1));
+        match ahead {
+            Some(p) => pending = p,
+            None => return Ok(revision),
+        }
     }
 }
 

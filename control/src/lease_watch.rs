@@ -97,11 +97,14 @@ impl LeaseWatcher {
         let mut keys = 0usize;
         let mut begun = false;
         let dir = subnets_prefix(&self.prefix);
+        let started = std::time::Instant::now();
+        let mut applying = Duration::ZERO;
         let rev = crate::etcd::list_prefix_pages(
             &mut self.client,
             &dir,
             crate::etcd::ListPaging::DEFAULT,
             |page| {
+                let t = std::time::Instant::now();
                 let mut v = view.lock();
                 if !begun {
                     v.begin_listing(page.revision);
@@ -112,6 +115,7 @@ impl LeaseWatcher {
                     v.listed_put(KeyValue::from_etcd(&key, kv), &mut events);
                 }
                 drop(v);
+                applying += t.elapsed();
                 keys += page.kvs.len();
                 if report {
                     report_events(status, &events);
@@ -135,7 +139,13 @@ impl LeaseWatcher {
             }
         }
         self.publish();
-        tracing::debug!(revision = rev, keys, "listed leases");
+        tracing::debug!(
+            revision = rev,
+            keys,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            applying_ms = applying.as_secs_f64() * 1e3,
+            "listed leases"
+        );
         Ok(rev)
     }
 
