@@ -963,7 +963,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(rejected(&ev_bare), [bad.clone()]);
+        assert_eq!(rejected(&ev_bare), std::slice::from_ref(&bad));
         assert_eq!(rejected(&ev_full), [dup.clone(), bad.clone()]);
         assert_eq!(
             bare.set().rejected_by_reason(),
