@@ -462,6 +462,16 @@ pub struct ListPage {
     pub count: usize,
 }
 
+/// A page read in a task of its own, cancelled when dropped: a listing abandoned mid-way (its
+/// future dropped at shutdown or by a timeout) does not leave the next page's read running.
+struct PageRead(tokio::task::JoinHandle<Result<etcd_client::GetResponse, etcd_client::Error>>);
+
+impl Drop for PageRead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// [`get_prefix_paged`] handing each page to `on_page` as it arrives instead of collecting
 /// them, so that no more than two pages are held at a time. Pages come in key order, all at the
 /// first page's revision (returned). The next page is requested before `on_page` runs, so
@@ -494,7 +504,7 @@ pub async fn list_prefix_pages(
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        tokio::spawn(async move { kv.get(from, Some(opts)).await })
+        PageRead(tokio::spawn(async move { kv.get(from, Some(opts)).await }))
     };
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
@@ -504,7 +514,7 @@ pub async fn list_prefix_pages(
     let mut keys_read = 0usize;
     let mut pending = request(from.clone(), limit, revision);
     loop {
-        let answer = match pending.await {
+        let answer = match (&mut pending.0).await {
             Ok(answer) => answer,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => {

@@ -396,12 +396,16 @@ impl LeaseView {
     }
 
     /// An acquirer saw `key` absent at `revision` (its txn's read). Ignored when the watch
-    /// already applied that revision or when the view knows the key from a later revision.
+    /// already applied that revision, when the view knows the key from a later revision, or
+    /// when the view does not know the key at all.
     pub fn learned_delete(&mut self, key: &str, revision: i64) {
         if revision <= self.watch_rev
             || !key.starts_with(&self.dir)
             || self.ahead.get(key).is_some_and(|a| a.revision >= revision)
             || self.info(key).is_some_and(|i| i.mod_revision > revision)
+            // Nothing known to shadow: an entry would only linger (a header revision can be
+            // ahead of every subnet event, so no watch event would ever settle it).
+            || (self.info(key).is_none() && !self.ahead.contains_key(key))
         {
             return;
         }

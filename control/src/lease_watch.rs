@@ -152,12 +152,17 @@ impl LeaseWatcher {
     /// Publishes the view's routes (when there is a publisher) and the rejection gauges.
     fn publish(&self) {
         if let Some(publisher) = &self.publisher {
-            let v = self.view.lock();
-            publisher.set_leases(v.set().routes());
-            self.status
-                .counters
-                .lease_rejections
-                .set_current(v.set().rejected_by_reason());
+            // The route list is built under the view's lock; the table is written after it is
+            // released, so acquirers do not wait on file I/O.
+            let (routes, rejected) = {
+                let v = self.view.lock();
+                (
+                    Publisher::routes_of(v.set().routes()),
+                    v.set().rejected_by_reason(),
+                )
+            };
+            publisher.set_routes(routes);
+            self.status.counters.lease_rejections.set_current(rejected);
         }
     }
 
