@@ -23,8 +23,8 @@
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
 //! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
 //! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
-//! `send_batch`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory block in
-//! [`flannel_shared::stats`]; nothing logs per packet.
+//! `send_batch`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory
+//! block in [`flannel_shared::stats`]; nothing logs per packet.
 
 #![deny(unsafe_code)]
 
