@@ -84,7 +84,6 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         LeaseWatcher {
             client: client.clone(),
             prefix: args.etcd.prefix.clone(),
-            config: config.clone(),
             publisher: Some(publisher.clone()),
             view: view.clone(),
             own: own_rx,
@@ -649,13 +648,13 @@ mod tests {
             mod_revision: 10,
             lease: 7,
         };
-        view.lock().watched_put(put);
+        view.lock().watched_put(put, &mut Vec::new());
         assert!(!claim_own_lease(&view, &lease, ip, &own_tx, &events_tx));
         assert_eq!(*own_rx.borrow(), Some((subnet, ip)));
         assert!(events_rx.try_recv().is_err());
         // The watch applied a delete of our key before it knew the key was ours.
         own_tx.send_replace(None);
-        view.lock().watched_delete(&lease.key, 11);
+        view.lock().watched_delete(&lease.key, 11, &mut Vec::new());
         assert!(claim_own_lease(&view, &lease, ip, &own_tx, &events_tx));
         assert_eq!(*own_rx.borrow(), Some((subnet, ip)));
         assert_eq!(events_rx.try_recv().ok(), Some(OwnLeaseEvent::Lost(subnet)));

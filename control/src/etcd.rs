@@ -440,6 +440,50 @@ pub async fn get_prefix_paged(
     prefix: &str,
     paging: ListPaging,
 ) -> Result<(Vec<etcd_client::KeyValue>, i64), etcd_client::Error> {
+    let mut all = Vec::new();
+    let revision = list_prefix_pages(client, prefix, paging, |page| {
+        if all.is_empty() {
+            // `count` is every key in the range: no regrowing while the pages come in.
+            all.reserve_exact(page.count);
+        }
+        all.extend(page.kvs);
+    })
+    .await?;
+    Ok((all, revision))
+}
+
+/// One page of a listing: its key-values (in key order) and the listing's revision.
+#[derive(Debug)]
+pub struct ListPage {
+    pub kvs: Vec<etcd_client::KeyValue>,
+    /// The revision every page is read at.
+    pub revision: i64,
+    /// Keys in the whole listing (as etcd counted them with the first page).
+    pub count: usize,
+}
+
+/// A page read in a task of its own, cancelled when dropped: a listing abandoned mid-way (its
+/// future dropped at shutdown or by a timeout) does not leave the next page's read running.
+struct PageRead(tokio::task::JoinHandle<Result<etcd_client::GetResponse, etcd_client::Error>>);
+
+impl Drop for PageRead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`get_prefix_paged`] handing each page to `on_page` as it arrives instead of collecting
+/// them, so that no more than two pages are held at a time. Pages come in key order, all at the
+/// first page's revision (returned). The next page is requested before `on_page` runs, so
+/// etcd reads it while the caller applies the current one. On an error, the pages handed over
+/// so far are a prefix of an incomplete listing. Must run on a multi-threaded tokio runtime
+/// for the overlap (on a current-thread one the next page is simply read afterwards).
+pub async fn list_prefix_pages(
+    client: &mut Client,
+    prefix: &str,
+    paging: ListPaging,
+    mut on_page: impl FnMut(ListPage),
+) -> Result<i64, etcd_client::Error> {
     let mut end = prefix.as_bytes().to_vec();
     // The first key after every key starting with `prefix` (etcd's own prefix end).
     while let Some(last) = end.pop() {
@@ -448,22 +492,38 @@ pub async fn get_prefix_paged(
             break;
         }
     }
-    let mut kv_client = client
+    let kv_client = client
         .kv_client()
         .max_decoding_message_size(paging.message_limit);
-    let mut all = Vec::new();
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut limit = paging.first_page.max(1);
-    let mut bytes_read = 0usize;
-    loop {
+    // One page read, in a task of its own so that it proceeds while a page is applied.
+    let request = |from: Vec<u8>, limit: i64, revision: i64| {
+        let mut kv = kv_client.clone();
         let mut opts = etcd_client::GetOptions::new()
             .with_range(end.clone())
             .with_limit(limit);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let mut resp = match kv_client.get(from.clone(), Some(opts)).await {
+        PageRead(tokio::spawn(async move { kv.get(from, Some(opts)).await }))
+    };
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut count = 0usize;
+    let mut limit = paging.first_page.max(1);
+    let mut bytes_read = 0usize;
+    let mut keys_read = 0usize;
+    let mut pending = request(from.clone(), limit, revision);
+    loop {
+        let answer = match (&mut pending.0).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(etcd_client::Error::IoError(std::io::Error::other(format!(
+                    "listing {prefix}: the page read was cancelled: {e}"
+                ))))
+            }
+        };
+        let mut resp = match answer {
             Ok(r) => r,
             Err(e) if limit > paging.min_page && is_too_large(&e) => {
                 limit = (limit / 2).max(paging.min_page).max(1);
@@ -472,6 +532,7 @@ pub async fn get_prefix_paged(
                     limit,
                     "listing page too large; reading it in halves"
                 );
+                pending = request(from.clone(), limit, revision);
                 continue;
             }
             Err(e) => return Err(e),
@@ -485,8 +546,7 @@ pub async fn get_prefix_paged(
                      so the listing's pages cannot be read at one revision"
                 )));
             }
-            // `count` is every key in the range: no regrowing while the pages come in.
-            all.reserve_exact(usize::try_from(resp.count()).unwrap_or(0));
+            count = usize::try_from(resp.count()).unwrap_or(0);
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
@@ -494,21 +554,33 @@ pub async fn get_prefix_paged(
             .iter()
             .map(|kv| kv.key().len() + kv.value().len() + KV_OVERHEAD)
             .sum::<usize>();
-        match kvs.last() {
+        keys_read += kvs.len();
+        let next = match kvs.last() {
             Some(last) if more => {
-                from = last.key().to_vec();
-                from.push(0);
+                let mut next = last.key().to_vec();
+                next.push(0);
+                Some(next)
             }
-            _ => {
-                all.extend(kvs);
-                return Ok((all, revision));
-            }
+            _ => None,
+        };
+        // The next page is on its way before this one is handed over.
+        let ahead = next.map(|next| {
+            from = next;
+            let per_key = (bytes_read / keys_read.max(1)).max(1);
+            limit = i64::try_from(paging.page_bytes / per_key)
+                .unwrap_or(i64::MAX)
+                .clamp(paging.min_page.max(1), paging.max_page.max(1));
+            request(from.clone(), limit, revision)
+        });
+        on_page(ListPage {
+            kvs,
+            revision,
+            count,
+        });
+        match ahead {
+            Some(p) => pending = p,
+            None => return Ok(revision),
         }
-        all.extend(kvs);
-        let per_key = (bytes_read / all.len()).max(1);
-        limit = i64::try_from(paging.page_bytes / per_key)
-            .unwrap_or(i64::MAX)
-            .clamp(paging.min_page.max(1), paging.max_page.max(1));
     }
 }
 

@@ -2,23 +2,31 @@
 //! data plane gets and the leases it does not get, each with its typed reason.
 //!
 //! Contract:
-//! - Every key is checked by [`flannel_shared::lease::validate_lease`] (the one lease check);
-//!   what fails is kept as rejected and never reaches the route table, so one unusable member
-//!   never stops the table for the others.
+//! - Every key is checked by [`flannel_shared::lease::validate_parsed`] (the one lease check,
+//!   fed with the key and value parsed once here); what fails is kept as rejected and never
+//!   reaches the route table, so one unusable member never stops the table for the others.
 //! - Keys are tracked by their full text: a dual-stack key (`10.1.15.0-24&fc00::-64`) routes its
 //!   IPv4 part, and deleting one key never removes a route another key still holds. When two
 //!   valid keys name one IPv4 subnet, the one created first (lower etcd create revision, then
 //!   key order) is routed and the other is rejected as [`LeaseRejection::Duplicate`].
 //! - [`LeaseEvent::Rejected`] is returned once per key and etcd revision: seeing the same key at
 //!   the same revision again (a re-list after a broken watch or compaction) returns nothing.
+//! - Each key is held once, with what both the routes and acquisition need ([`LeaseInfo`]: the
+//!   subnet the key names, its PublicIP, its etcd lease): [`crate::lease_view::LeaseView`] is
+//!   built on this set rather than keeping a second copy of every lease.
+//! - A listing can be applied page by page ([`LeaseSet::begin_listing`],
+//!   [`LeaseSet::put_listed`], [`LeaseSet::end_listing`]): no need to hold a whole listing.
 //!
 //! Pure: no I/O and no logging; the watcher logs the events and publishes [`LeaseSet::routes`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use flannel_shared::config::NetworkConfig;
-use flannel_shared::lease::{check_lease, validate_lease, LeaseAttrs, LeaseRejection};
+use flannel_shared::lease::{
+    subnets_prefix, validate_parsed, LeaseAttrs, LeaseKey, LeaseKeyError, LeaseRejection,
+};
 use flannel_shared::Ipv4Net;
 
 /// What changed in a [`LeaseSet`], for logging and metrics.
@@ -64,44 +72,92 @@ impl<'a> KeyValue<'a> {
     }
 }
 
-/// What is kept per key: revisions, the PublicIP and the verdict, no copy of the value (at a
-/// /8 of /24s, 65,536 of these; the rare rejection is boxed to keep the common entry small).
+/// What acquisition needs to know of one key, read once from its key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub mod_revision: i64,
+    /// The etcd lease the key hangs on (0 = none).
+    pub lease_id: i64,
+    /// The IPv4 subnet the key names, valid or not (for a key with host bits set, the subnet
+    /// around the address, as flannel reads it); `None` for a key that names no subnet.
+    pub subnet: Option<Ipv4Net>,
+    /// For a plain key (no IPv6 part) whose value parses: the PublicIP it names, checked or
+    /// not (who may reuse the lease).
+    pub owner: Option<Ipv4Addr>,
+}
+
+/// The lowest key text, for range bounds (shared: no allocation per lookup).
+fn empty_key() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
+/// What is kept per key: revisions, what the key names, the PublicIP and the verdict, no copy
+/// of the value (at a /8 of /24s, 65,536 of these; the rare rejection is boxed to keep the
+/// common entry small).
 #[derive(Debug)]
 struct Entry {
     mod_revision: i64,
     create_revision: i64,
+    lease_id: i64,
+    /// See [`LeaseInfo::subnet`].
+    key_subnet: Option<Ipv4Net>,
     /// PublicIP as parsed, before any check (the own-lease check needs it even when rejected).
     public_ip: Option<Ipv4Addr>,
+    /// The key parsed and has no IPv6 part.
+    plain: bool,
+    /// The listing that last put this key (see [`LeaseSet::begin_listing`]).
+    listing: u32,
     state: Result<(Ipv4Net, Ipv4Addr), Box<LeaseRejection>>,
 }
 
 /// The watcher's view of all leases. See the module docs for the contract.
 #[derive(Debug)]
 pub struct LeaseSet {
-    prefix: String,
+    /// `<prefix>/subnets/`.
+    dir: String,
     /// `None` (flannelctl without a readable config): keys and values are checked, subnets not.
     config: Option<NetworkConfig>,
-    entries: HashMap<Box<str>, Entry>,
+    /// By full key; the key text is shared (not copied) with `by_subnet` and the view's index.
+    entries: HashMap<Arc<str>, Entry>,
     /// Valid keys as (IPv4 subnet, create revision, key): of each subnet's keys, the first is
     /// routed. One flat set (not a set per subnet: almost every subnet has exactly one key).
-    by_subnet: BTreeSet<(Ipv4Net, i64, Box<str>)>,
+    by_subnet: BTreeSet<(Ipv4Net, i64, Arc<str>)>,
     routes: BTreeMap<Ipv4Net, Ipv4Addr>,
     /// Rejected keys by reason label (duplicates are counted from `by_subnet`).
     rejected: BTreeMap<&'static str, u64>,
     valid: usize,
+    /// The listing being applied (or last applied); entries carry the listing that put them.
+    listing: u32,
+    /// False: no routes are kept (`by_subnet` and `routes` stay empty, no route events), for
+    /// a lease view that only serves acquisitions.
+    routing: bool,
 }
 
 impl LeaseSet {
     /// An empty set for the leases under `prefix`, checked against `config`.
     pub fn new(prefix: &str, config: Option<NetworkConfig>) -> Self {
         Self {
-            prefix: prefix.to_owned(),
+            dir: subnets_prefix(prefix),
             config,
             entries: HashMap::new(),
             by_subnet: BTreeSet::new(),
             routes: BTreeMap::new(),
             rejected: BTreeMap::new(),
             valid: 0,
+            listing: 0,
+            routing: true,
+        }
+    }
+
+    /// [`LeaseSet::new`] keeping no routes: keys are checked and held, [`LeaseSet::routes`]
+    /// stays empty, no [`LeaseEvent::Routed`] or [`LeaseEvent::Unrouted`] is returned and a
+    /// second valid key for a subnet is not judged a duplicate (a lease view that only serves
+    /// acquisitions, as in the scale simulation's hosts).
+    pub fn without_routes(prefix: &str, config: Option<NetworkConfig>) -> Self {
+        Self {
+            routing: false,
+            ..Self::new(prefix, config)
         }
     }
 
@@ -123,6 +179,21 @@ impl LeaseSet {
     /// not the lease is routed).
     pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
         self.entries.get(key).and_then(|e| e.public_ip)
+    }
+
+    /// What acquisition needs of `key`; `None` for unknown keys.
+    pub fn info(&self, key: &str) -> Option<LeaseInfo> {
+        self.entries.get(key).map(|e| LeaseInfo {
+            mod_revision: e.mod_revision,
+            lease_id: e.lease_id,
+            subnet: e.key_subnet,
+            owner: e.public_ip.filter(|_| e.plain),
+        })
+    }
+
+    /// The set's copy of `key`'s text, to share in an index.
+    pub fn shared_key(&self, key: &str) -> Option<Arc<str>> {
+        self.entries.get_key_value(key).map(|(k, _)| k.clone())
     }
 
     /// Whether `key` is routed (its subnet and public IP) or why not; `None` for unknown keys.
@@ -158,42 +229,60 @@ impl LeaseSet {
 
     /// A key was created or changed. A key already seen at `mod_revision` is ignored.
     pub fn put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
-        if self
-            .entries
-            .get(kv.key)
-            .is_some_and(|e| e.mod_revision == kv.mod_revision)
-        {
-            return;
+        if let Some(e) = self.entries.get_mut(kv.key) {
+            if e.mod_revision == kv.mod_revision {
+                e.listing = self.listing;
+                return;
+            }
         }
         let mut touched = Vec::with_capacity(2);
-        touched.extend(self.remove_entry(kv.key));
-        let state = match &self.config {
-            Some(cfg) => validate_lease(cfg, &self.prefix, kv.key, kv.value),
-            None => check_lease(&self.prefix, kv.key, kv.value),
-        }
-        .map(|v| (v.subnet(), v.public_ip()))
-        .map_err(Box::new);
-        // A valid lease's PublicIP is the one just parsed; only a rejected one is read again.
-        let public_ip = match &state {
-            Ok((_, ip)) => Some(*ip),
-            Err(_) => LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip),
+        // Reuse the key's shared text when the key is known (no new allocation).
+        let (shared, old_subnet) = match self.remove_entry(kv.key) {
+            Some((k, subnet)) => (k, subnet),
+            None => (Arc::from(kv.key), None),
         };
+        touched.extend(old_subnet);
+        // The key and the value are each parsed once; the verdict is made from those.
+        let key = match kv.key.strip_prefix(&self.dir) {
+            Some(rest) => LeaseKey::parse(rest),
+            None => Err(LeaseKeyError::NotUnderPrefix {
+                key: kv.key.to_owned(),
+                dir: self.dir.clone(),
+            }),
+        };
+        let attrs = LeaseAttrs::parse(kv.value);
+        let key_subnet = match &key {
+            Ok(k) => Some(k.ipv4),
+            // flannel reads `10.1.15.7-24` as a subnet: acquisition keeps clear of it.
+            Err(LeaseKeyError::HostBits { network, .. }) => Some(*network),
+            Err(_) => None,
+        };
+        let plain = matches!(&key, Ok(k) if k.ipv6.is_none());
+        let public_ip = attrs.as_ref().ok().map(|a| a.public_ip);
+        let state = validate_parsed(self.config.as_ref(), key, attrs)
+            .map(|v| (v.subnet(), v.public_ip()))
+            .map_err(Box::new);
         let entry = Entry {
             mod_revision: kv.mod_revision,
             create_revision: kv.create_revision,
+            lease_id: kv.lease,
+            key_subnet,
             public_ip,
+            plain,
+            listing: self.listing,
             state,
         };
         match &entry.state {
+            Ok(_) if !self.routing => {}
             Ok((subnet, _)) => {
                 self.valid += 1;
                 self.by_subnet
-                    .insert((*subnet, kv.create_revision, kv.key.into()));
+                    .insert((*subnet, kv.create_revision, shared.clone()));
                 touched.push(*subnet);
             }
             Err(r) => *self.rejected.entry(r.reason()).or_default() += 1,
         }
-        self.entries.insert(kv.key.into(), entry);
+        self.entries.insert(shared, entry);
         for subnet in touched {
             self.refresh_route(subnet, events);
         }
@@ -208,8 +297,36 @@ impl LeaseSet {
 
     /// A key was deleted (by hand or by lease expiry).
     pub fn delete(&mut self, key: &str, events: &mut Vec<LeaseEvent>) {
-        if let Some(subnet) = self.remove_entry(key) {
+        if let Some((_, Some(subnet))) = self.remove_entry(key) {
             self.refresh_route(subnet, events);
+        }
+    }
+
+    /// Starts applying a full listing: put its key-values with [`LeaseSet::put_listed`] (in as
+    /// many pages as it comes in), then [`LeaseSet::end_listing`] deletes the keys it lacked.
+    /// Starting another listing abandons an unfinished one.
+    pub fn begin_listing(&mut self) {
+        self.listing = self.listing.wrapping_add(1);
+    }
+
+    /// [`LeaseSet::put`] for a key of the listing being applied.
+    pub fn put_listed(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
+        self.put(kv, events);
+    }
+
+    /// The keys the listing being applied has not put (so far), in no particular order.
+    pub fn unlisted(&self) -> Vec<Arc<str>> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.listing != self.listing)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Ends the listing begun by [`LeaseSet::begin_listing`]: the keys it lacked are deleted.
+    pub fn end_listing(&mut self, events: &mut Vec<LeaseEvent>) {
+        for key in self.unlisted() {
+            self.delete(&key, events);
         }
     }
 
@@ -219,37 +336,30 @@ impl LeaseSet {
         listing: impl IntoIterator<Item = KeyValue<'a>>,
         events: &mut Vec<LeaseEvent>,
     ) {
-        let listing: Vec<KeyValue<'a>> = listing.into_iter().collect();
-        let present: HashSet<&str> = listing.iter().map(|kv| kv.key).collect();
-        let gone: Vec<Box<str>> = self
-            .entries
-            .keys()
-            .filter(|k| !present.contains(&***k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.delete(&key, events);
-        }
+        self.begin_listing();
         for kv in listing {
-            self.put(kv, events);
+            self.put_listed(kv, events);
         }
+        self.end_listing(events);
     }
 
-    /// Removes `key`'s entry and bookkeeping; returns the subnet whose route may change.
-    fn remove_entry(&mut self, key: &str) -> Option<Ipv4Net> {
-        let old = self.entries.remove(key)?;
+    /// Removes `key`'s entry and bookkeeping; returns the key's shared text and the subnet
+    /// whose route may change.
+    fn remove_entry(&mut self, key: &str) -> Option<(Arc<str>, Option<Ipv4Net>)> {
+        let (shared, old) = self.entries.remove_entry(key)?;
         match old.state {
+            Ok(_) if !self.routing => Some((shared, None)),
             Ok((subnet, _)) => {
                 self.valid -= 1;
                 self.by_subnet
-                    .remove(&(subnet, old.create_revision, Box::<str>::from(key)));
-                Some(subnet)
+                    .remove(&(subnet, old.create_revision, shared.clone()));
+                Some((shared, Some(subnet)))
             }
             Err(r) => {
                 if let Some(n) = self.rejected.get_mut(r.reason()) {
                     *n = n.saturating_sub(1);
                 }
-                None
+                Some((shared, None))
             }
         }
     }
@@ -257,7 +367,7 @@ impl LeaseSet {
     /// The key routed for `subnet`: the first valid one by (create revision, key).
     fn holder(&self, subnet: &Ipv4Net) -> Option<&str> {
         self.by_subnet
-            .range((*subnet, i64::MIN, Box::<str>::default())..)
+            .range((*subnet, i64::MIN, empty_key())..)
             .next()
             .filter(|(s, _, _)| s == subnet)
             .map(|(_, _, k)| &**k)

@@ -3,16 +3,21 @@
 //! made a cold start O(N²) reads).
 //!
 //! Contract:
-//! - Fed by one full listing ([`LeaseView::replace_all`], the first start) and then by the lease
-//!   watch ([`LeaseView::watched_put`], [`LeaseView::watched_delete`]); acquirers add what their
-//!   own etcd answers show them ([`LeaseView::learned_put`]: their own create, the key that beat
-//!   them in a race). Per key, the highest etcd revision wins, so a late event never undoes
-//!   newer knowledge.
-//! - Deletes leave no tombstone; instead the view keeps the watch's watermark (the highest
-//!   revision the watch or a listing has applied: every change up to it is in the view). A put
-//!   an acquirer learned at or below the watermark is old news (the view has it or something
-//!   newer, maybe its delete) and is ignored, so an acquirer that takes the lock after the watch
-//!   applied a put and its delete cannot bring the deleted key back.
+//! - Built on the watcher's [`LeaseSet`]: each lease is parsed once and held once, and the
+//!   routes and acquisition read the same entries. Fed by full listings, page by page
+//!   ([`LeaseView::begin_listing`], [`LeaseView::listed_put`], [`LeaseView::end_listing`]; the
+//!   first start and each re-list) and then by the lease watch ([`LeaseView::watched_put`],
+//!   [`LeaseView::watched_delete`]), which also return the route events.
+//! - Acquirers add what their own etcd answers show them ([`LeaseView::learned_put`]: their own
+//!   create, the key that beat them in a race; [`LeaseView::learned_delete`]: a key found gone).
+//!   That knowledge is kept beside the set (never in the routes, which follow the watch alone)
+//!   and shadows the key's entry until the watch has caught up with it. Per key, the highest
+//!   etcd revision wins, so a late event never undoes newer knowledge.
+//! - The view keeps the watch's watermark (the highest revision the watch or a listing has
+//!   applied: every change up to it is in the set). What an acquirer learned at or below the
+//!   watermark is old news (the set has it or something newer, maybe its delete) and is
+//!   ignored, so an acquirer that takes the lock after the watch applied a put and its delete
+//!   cannot bring the deleted key back.
 //! - "Taken" is flannel's `Overlaps`: every key's IPv4 subnet, plain or dual-stack, whatever its
 //!   length and whether its value parses, blocks each candidate subnet it overlaps (a key with
 //!   host bits set blocks the subnet around it). Subnets being created by a local acquirer are
@@ -27,14 +32,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnets_prefix, LeaseAttrs, LeaseKey, LeaseKeyError};
 use flannel_shared::Ipv4Net;
 use rand::Rng;
 
-use crate::lease_set::KeyValue;
+use crate::lease_set::{KeyValue, LeaseEvent, LeaseInfo, LeaseSet};
 
 /// flannel picks at random among at most this many of the lowest free subnets.
 pub const PICK_AMONG: usize = 100;
@@ -46,16 +51,6 @@ pub struct OwnLease {
     pub mod_revision: i64,
     /// The etcd lease the key hangs on (0 = none).
     pub lease_id: i64,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    mod_revision: i64,
-    lease_id: i64,
-    /// The key's IPv4 subnet (with host bits: the subnet around the address).
-    subnet: Ipv4Net,
-    /// A plain key's PublicIP, when its value parses (who may reuse it).
-    owner: Option<Ipv4Addr>,
 }
 
 /// Candidate subnets (indices 0..count from SubnetMin) and which of them are free.
@@ -177,33 +172,62 @@ impl Candidates {
     }
 }
 
+/// What an acquirer learned from its own etcd answer and the watch has not delivered yet.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    /// The revision it was learned at.
+    revision: i64,
+    /// The key as it was then: `None` when it did not exist.
+    info: Option<LeaseInfo>,
+}
+
 /// Every key under `subnets/` that matters for acquiring. See the module docs.
 #[derive(Debug)]
 pub struct LeaseView {
     dir: String,
     config: NetworkConfig,
-    entries: HashMap<Box<str>, Entry>,
+    /// Every key as the watch (or a listing) delivered it, held once: routes and acquisition
+    /// both read it.
+    set: LeaseSet,
+    /// Keys whose latest known state came from an acquirer, newer than the watermark (a handful:
+    /// the creates in flight and the keys that beat them). Each shadows the key's entry in `set`
+    /// until the watch catches up with it.
+    ahead: HashMap<Arc<str>, Ahead>,
     /// Plain keys by the PublicIP their value names, in key order.
-    owners: BTreeSet<(Ipv4Addr, Box<str>)>,
+    owners: BTreeSet<(Ipv4Addr, Arc<str>)>,
     candidates: Candidates,
     /// The revision of the last full listing (0: never listed).
     listed_at: i64,
     /// The highest revision the watch (or a listing) applied: the view holds every change up
     /// to it.
     watch_rev: i64,
+    /// The revision of the listing being applied, if one is.
+    listing: Option<i64>,
 }
 
 impl LeaseView {
-    /// An empty view of the leases under `prefix` for `config`'s candidates.
+    /// An empty view of the leases under `prefix` for `config`'s candidates; its lease set
+    /// checks them against `config`.
     pub fn new(prefix: &str, config: NetworkConfig) -> Self {
         Self {
             dir: subnets_prefix(prefix),
             candidates: Candidates::new(&config),
+            set: LeaseSet::new(prefix, Some(config.clone())),
             config,
-            entries: HashMap::new(),
+            ahead: HashMap::new(),
             owners: BTreeSet::new(),
             listed_at: 0,
             watch_rev: 0,
+            listing: None,
+        }
+    }
+
+    /// [`LeaseView::new`] whose lease set keeps no routes ([`LeaseSet::without_routes`]): for
+    /// a view that only serves acquisitions.
+    pub fn without_routes(prefix: &str, config: NetworkConfig) -> Self {
+        Self {
+            set: LeaseSet::without_routes(prefix, Some(config.clone())),
+            ..Self::new(prefix, config)
         }
     }
 
@@ -216,6 +240,11 @@ impl LeaseView {
         &self.config
     }
 
+    /// The lease set the watch feeds (the routes, the rejections).
+    pub fn set(&self) -> &LeaseSet {
+        &self.set
+    }
+
     /// True once a full listing was applied.
     pub fn is_listed(&self) -> bool {
         self.listed_at > 0
@@ -226,13 +255,19 @@ impl LeaseView {
         self.watch_rev
     }
 
-    /// Keys known.
+    /// Keys known to exist (as the latest knowledge, the watch's or an acquirer's, has them).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let in_set = self.set.len()
+            - self
+                .ahead
+                .keys()
+                .filter(|k| self.set.info(k).is_some())
+                .count();
+        in_set + self.ahead.values().filter(|a| a.info.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Candidate subnets neither leased nor reserved.
@@ -240,25 +275,105 @@ impl LeaseView {
         self.candidates.free_count()
     }
 
-    /// The PublicIP a plain key's value names (the own-lease checks need nothing else).
-    pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
-        let rest = key.strip_prefix(&self.dir)?;
-        self.entries.get(rest).and_then(|e| e.owner)
+    /// The latest known state of `key`.
+    fn info(&self, key: &str) -> Option<LeaseInfo> {
+        match self.ahead.get(key) {
+            Some(a) => a.info,
+            None => self.set.info(key),
+        }
     }
 
-    /// A key was created or changed at `kv.mod_revision`. Ignored when the view already knows
-    /// the key at that revision or a later one, and for keys that name no IPv4 subnet.
-    pub fn put(&mut self, kv: KeyValue<'_>) {
-        let Some(rest) = kv.key.strip_prefix(&self.dir) else {
+    /// The PublicIP a plain key's value names (the own-lease checks need nothing else).
+    pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
+        self.info(key).and_then(|i| i.owner)
+    }
+
+    /// Runs `change` on the view's state for `key`, then brings the candidates and the owner
+    /// index in line with the key's latest known state.
+    fn changing<R>(&mut self, key: &str, change: impl FnOnce(&mut Self) -> R) -> R {
+        let before = self.info(key);
+        let shared = self
+            .ahead
+            .get_key_value(key)
+            .map(|(k, _)| k.clone())
+            .or_else(|| self.set.shared_key(key));
+        let r = change(self);
+        let after = self.info(key);
+        let (b_subnet, b_owner) = (before.and_then(|i| i.subnet), before.and_then(|i| i.owner));
+        let (a_subnet, a_owner) = (after.and_then(|i| i.subnet), after.and_then(|i| i.owner));
+        if b_subnet != a_subnet {
+            if let Some(s) = b_subnet {
+                self.candidates.for_range(&s, Candidates::unblock);
+            }
+            if let Some(s) = a_subnet {
+                self.candidates.for_range(&s, Candidates::block);
+            }
+        }
+        if b_owner != a_owner {
+            let shared = shared
+                .or_else(|| self.ahead.get_key_value(key).map(|(k, _)| k.clone()))
+                .or_else(|| self.set.shared_key(key))
+                .unwrap_or_else(|| Arc::from(key));
+            if let Some(ip) = b_owner {
+                self.owners.remove(&(ip, shared.clone()));
+            }
+            if let Some(ip) = a_owner {
+                self.owners.insert((ip, shared));
+            }
+        }
+        r
+    }
+
+    /// Forgets what acquirers learned at or below the watermark: the set holds that or newer.
+    fn settle_ahead(&mut self) {
+        if self.ahead.is_empty() {
             return;
-        };
-        if self
-            .entries
-            .get(rest)
-            .is_some_and(|e| e.mod_revision >= kv.mod_revision)
+        }
+        let old: Vec<Arc<str>> = self
+            .ahead
+            .iter()
+            .filter(|(_, a)| a.revision <= self.watch_rev)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.changing(&k, |v| v.ahead.remove(&*k));
+        }
+    }
+
+    /// A put the lease watch delivered: applied to the lease set (route `events` out); raises
+    /// the watermark.
+    pub fn watched_put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
+        self.watch_rev = self.watch_rev.max(kv.mod_revision);
+        self.changing(kv.key, |v| v.set.put(kv, events));
+        self.settle_ahead();
+    }
+
+    /// A delete (by hand or by lease expiry) the lease watch delivered at `revision`: applied
+    /// to the lease set (route `events` out); raises the watermark.
+    pub fn watched_delete(&mut self, key: &str, revision: i64, events: &mut Vec<LeaseEvent>) {
+        self.watch_rev = self.watch_rev.max(revision);
+        self.changing(key, |v| v.set.delete(key, events));
+        self.settle_ahead();
+    }
+
+    /// A put an acquirer learned from its own txn answer (taken after an await). Ignored when
+    /// the watch already applied its revision (the view then holds that put or something newer,
+    /// which may be a delete) or when the view knows the key from a later revision.
+    pub fn learned_put(&mut self, kv: KeyValue<'_>) {
+        if kv.mod_revision <= self.watch_rev
+            || self
+                .info(kv.key)
+                .is_some_and(|i| i.mod_revision >= kv.mod_revision)
+            || self
+                .ahead
+                .get(kv.key)
+                .is_some_and(|a| a.revision >= kv.mod_revision)
         {
             return;
         }
+        let Some(rest) = kv.key.strip_prefix(&self.dir) else {
+            return;
+        };
         let (subnet, plain) = match LeaseKey::parse(rest) {
             Ok(k) => (k.ipv4, k.ipv6.is_none()),
             // flannel reads `10.1.15.7-24` as a subnet: keep clear of it.
@@ -268,114 +383,107 @@ impl LeaseView {
         let owner = plain
             .then(|| LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip))
             .flatten();
-        self.remove(rest);
-        self.candidates.for_range(&subnet, Candidates::block);
-        if let Some(ip) = owner {
-            self.owners.insert((ip, rest.into()));
-        }
-        self.entries.insert(
-            rest.into(),
-            Entry {
+        let ahead = Ahead {
+            revision: kv.mod_revision,
+            info: Some(LeaseInfo {
                 mod_revision: kv.mod_revision,
                 lease_id: kv.lease,
-                subnet,
+                subnet: Some(subnet),
                 owner,
-            },
-        );
+            }),
+        };
+        self.changing(kv.key, |v| v.ahead.insert(Arc::from(kv.key), ahead));
     }
 
-    /// [`LeaseView::put`] for a put the lease watch delivered; raises the watermark.
-    pub fn watched_put(&mut self, kv: KeyValue<'_>) {
-        self.watch_rev = self.watch_rev.max(kv.mod_revision);
-        self.put(kv);
-    }
-
-    /// [`LeaseView::delete`] for a delete the lease watch delivered; raises the watermark.
-    pub fn watched_delete(&mut self, key: &str, revision: i64) {
-        self.watch_rev = self.watch_rev.max(revision);
-        self.delete(key, revision);
-    }
-
-    /// A put an acquirer learned from its own txn answer (taken after an await). Ignored when
-    /// the watch already applied its revision: the view then holds that put or something newer
-    /// (which may be a delete the view keeps no trace of).
-    pub fn learned_put(&mut self, kv: KeyValue<'_>) {
-        if kv.mod_revision > self.watch_rev {
-            self.put(kv);
+    /// An acquirer saw `key` absent at `revision` (its txn's read). Ignored when the watch
+    /// already applied that revision, when the view knows the key from a later revision, or
+    /// when the view does not know the key at all.
+    pub fn learned_delete(&mut self, key: &str, revision: i64) {
+        if revision <= self.watch_rev
+            || !key.starts_with(&self.dir)
+            || self.ahead.get(key).is_some_and(|a| a.revision >= revision)
+            || self.info(key).is_some_and(|i| i.mod_revision > revision)
+            // Nothing known to shadow: an entry would only linger (a header revision can be
+            // ahead of every subnet event, so no watch event would ever settle it).
+            || (self.info(key).is_none() && !self.ahead.contains_key(key))
+        {
+            return;
         }
+        let ahead = Ahead {
+            revision,
+            info: None,
+        };
+        self.changing(key, |v| v.ahead.insert(Arc::from(key), ahead));
     }
 
-    /// `key` was deleted (by hand or by lease expiry) at `revision`. Ignored when the view
-    /// knows the key from a later revision.
-    pub fn delete(&mut self, key: &str, revision: i64) {
-        let Some(rest) = key.strip_prefix(&self.dir) else {
+    /// Starts applying a full listing taken at `revision`, page by page: each key-value goes
+    /// through [`LeaseView::listed_put`], then [`LeaseView::end_listing`] deletes the keys the
+    /// listing lacked. Starting another listing abandons an unfinished one.
+    pub fn begin_listing(&mut self, revision: i64) {
+        self.set.begin_listing();
+        self.listing = Some(revision);
+    }
+
+    /// A key-value of the listing being applied (route `events` out).
+    pub fn listed_put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
+        self.changing(kv.key, |v| v.set.put_listed(kv, events));
+    }
+
+    /// Ends the listing: the keys it lacked are deleted, the watermark is raised to its
+    /// revision (the listing holds every change up to it), and what acquirers learned at or
+    /// below it is forgotten (a key learned later than the listing is kept). Does nothing when
+    /// no listing was begun.
+    pub fn end_listing(&mut self, events: &mut Vec<LeaseEvent>) {
+        let Some(revision) = self.listing.take() else {
             return;
         };
-        if self
-            .entries
-            .get(rest)
-            .is_some_and(|e| e.mod_revision <= revision)
-        {
-            self.remove(rest);
+        for key in self.set.unlisted() {
+            self.changing(&key, |v| v.set.delete(&key, events));
         }
+        self.listed_at = self.listed_at.max(revision).max(1);
+        self.watch_rev = self.watch_rev.max(revision);
+        self.settle_ahead();
     }
 
-    fn remove(&mut self, rest: &str) {
-        if let Some(old) = self.entries.remove(rest) {
-            self.candidates.for_range(&old.subnet, Candidates::unblock);
-            if let Some(ip) = old.owner {
-                self.owners.remove(&(ip, rest.into()));
-            }
-        }
-    }
-
-    /// Applies a full listing taken at `revision`: known keys it lacks are deleted (unless the
-    /// view knows them from a later revision), the others put. Raises the watermark to
-    /// `revision` (the listing holds every change up to it).
+    /// A whole listing taken at `revision` at once (see [`LeaseView::begin_listing`]).
     pub fn replace_all<'a>(
         &mut self,
         listing: impl IntoIterator<Item = KeyValue<'a>>,
         revision: i64,
+        events: &mut Vec<LeaseEvent>,
     ) {
-        let listing: Vec<KeyValue<'a>> = listing.into_iter().collect();
-        let present: std::collections::HashSet<&str> = listing
-            .iter()
-            .filter_map(|kv| kv.key.strip_prefix(&self.dir))
-            .collect();
-        let gone: Vec<Box<str>> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| e.mod_revision <= revision && !present.contains(&***k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.remove(&k);
-        }
+        self.begin_listing(revision);
         for kv in listing {
-            self.put(kv);
+            self.listed_put(kv, events);
         }
-        self.listed_at = self.listed_at.max(revision).max(1);
-        self.watch_rev = self.watch_rev.max(revision);
+        self.end_listing(events);
     }
 
     /// Our own leases (plain keys naming `public_ip`), in key order: those that fit the config
     /// (to reuse) and those that do not (to release).
     pub fn own_leases(&self, public_ip: Ipv4Addr) -> (Vec<OwnLease>, Vec<OwnLease>) {
-        let from = (public_ip, Box::<str>::from(""));
         let mut fits = Vec::new();
         let mut misfits = Vec::new();
         for (_, key) in self
             .owners
-            .range(from..)
+            .range((public_ip, empty_key())..)
             .take_while(|(ip, _)| *ip == public_ip)
         {
-            let e = &self.entries[key];
-            let own = OwnLease {
-                subnet: e.subnet,
-                mod_revision: e.mod_revision,
-                lease_id: e.lease_id,
+            let Some(LeaseInfo {
+                mod_revision,
+                lease_id,
+                subnet: Some(subnet),
+                ..
+            }) = self.info(key)
+            else {
+                continue;
             };
-            if self.config.fits(&e.subnet) {
+            let own = OwnLease {
+                subnet,
+                mod_revision,
+                lease_id,
+            };
+            if self.config.fits(&subnet) {
                 fits.push(own);
             } else {
                 misfits.push(own);
@@ -425,6 +533,12 @@ impl LeaseView {
     }
 }
 
+/// The lowest key text, for range bounds.
+fn empty_key() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
 /// A [`LeaseView`] shared by the lease watch (which feeds it) and acquirers, with a signal
 /// for "a full listing is in".
 #[derive(Debug)]
@@ -435,8 +549,17 @@ pub struct SharedLeaseView {
 
 impl SharedLeaseView {
     pub fn new(prefix: &str, config: NetworkConfig) -> Self {
+        Self::from_view(LeaseView::new(prefix, config))
+    }
+
+    /// A shared [`LeaseView::without_routes`].
+    pub fn without_routes(prefix: &str, config: NetworkConfig) -> Self {
+        Self::from_view(LeaseView::without_routes(prefix, config))
+    }
+
+    fn from_view(view: LeaseView) -> Self {
         Self {
-            view: Mutex::new(LeaseView::new(prefix, config)),
+            view: Mutex::new(view),
             listed: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -446,9 +569,20 @@ impl SharedLeaseView {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`LeaseView::end_listing`], then wakes whoever waits in [`SharedLeaseView::listed`].
+    pub fn end_listing(&self, events: &mut Vec<LeaseEvent>) {
+        self.lock().end_listing(events);
+        self.listed.send_replace(true);
+    }
+
     /// [`LeaseView::replace_all`], then wakes whoever waits in [`SharedLeaseView::listed`].
-    pub fn replace_all<'a>(&self, listing: impl IntoIterator<Item = KeyValue<'a>>, revision: i64) {
-        self.lock().replace_all(listing, revision);
+    pub fn replace_all<'a>(
+        &self,
+        listing: impl IntoIterator<Item = KeyValue<'a>>,
+        revision: i64,
+        events: &mut Vec<LeaseEvent>,
+    ) {
+        self.lock().replace_all(listing, revision, events);
         self.listed.send_replace(true);
     }
 
@@ -525,12 +659,13 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (k, val, l))| kv(k, val, i as i64 + 1, *l));
-        v.replace_all(
-            listing.chain([kv("/other/subnets/10.1.40.0-24", THEIRS, 20, 9)]),
-            20,
-        );
+        v.replace_all(listing, 20, &mut Vec::new());
         assert!(v.is_listed());
-        assert_eq!(v.len(), 7, "junk and other prefixes are not kept");
+        assert_eq!(
+            v.len(),
+            8,
+            "the junk key is held (rejected) but blocks nothing"
+        );
         let (fits, misfits) = v.own_leases(Ipv4Addr::new(198, 18, 0, 1));
         assert_eq!(
             fits,
@@ -560,28 +695,43 @@ mod tests {
     #[test]
     fn revisions_order_puts_and_deletes_and_a_listing_keeps_newer_knowledge() {
         let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
+        let mut ev = Vec::new();
         let k = key("10.1.5.0-24");
-        v.put(kv(&k, OURS, 10, 1));
-        // A late event from before what we know changes nothing.
-        v.put(kv(&k, THEIRS, 9, 2));
-        v.delete(&k, 8);
+        v.watched_put(kv(&k, OURS, 10, 1), &mut ev);
+        // A late answer from before what we know changes nothing.
+        v.learned_put(kv(&k, THEIRS, 9, 2));
+        v.learned_delete(&k, 8);
         assert_eq!(v.public_ip_of(&k), Some(Ipv4Addr::new(198, 18, 0, 1)));
         assert!(!v.is_free(&net("10.1.5.0/24")));
-        v.put(kv(&k, THEIRS, 11, 2));
+        // Learned ahead of the watch: the newer state wins.
+        v.learned_put(kv(&k, THEIRS, 11, 2));
         assert_eq!(v.public_ip_of(&k), Some(Ipv4Addr::new(198, 18, 0, 2)));
         assert!(v.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0.is_empty());
-        v.delete(&k, 12);
+        assert_eq!(v.own_leases(Ipv4Addr::new(198, 18, 0, 2)).0.len(), 1);
+        v.learned_delete(&k, 12);
         assert!(v.is_free(&net("10.1.5.0/24")));
         assert!(v.is_empty());
+        assert!(v.own_leases(Ipv4Addr::new(198, 18, 0, 2)).0.is_empty());
+        // The watch catches up (put@11, delete@12): same state, nothing learned is left.
+        v.watched_put(kv(&k, THEIRS, 11, 2), &mut ev);
+        assert!(v.is_empty(), "a put older than the learned delete showed");
+        v.watched_delete(&k, 12, &mut ev);
+        assert!(v.ahead.is_empty());
+        assert!(v.is_free(&net("10.1.5.0/24")));
+        assert_eq!(v.free_count(), 255);
         // A listing at revision 20 without the key we learned at 25 keeps it; one we knew at
         // 15 that the listing lacks is gone.
         let (newer, older) = (key("10.1.6.0-24"), key("10.1.7.0-24"));
-        v.put(kv(&newer, THEIRS, 25, 3));
-        v.put(kv(&older, THEIRS, 15, 4));
-        v.replace_all([], 20);
+        v.learned_put(kv(&newer, THEIRS, 25, 3));
+        v.watched_put(kv(&older, THEIRS, 15, 4), &mut ev);
+        v.replace_all([], 20, &mut ev);
         assert!(!v.is_free(&net("10.1.6.0/24")));
         assert!(v.is_free(&net("10.1.7.0/24")));
         assert_eq!(v.free_count(), 254);
+        assert!(
+            v.set().routes().is_empty(),
+            "learned keys never reach the routes"
+        );
     }
 
     /// The watch applied put@R and delete@R+1 before the acquirer that made (or read) put@R
@@ -590,8 +740,9 @@ mod tests {
     fn a_learned_put_the_watch_already_applied_cannot_bring_back_a_deleted_key() {
         let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
         let k = key("10.1.5.0-24");
-        v.watched_put(kv(&k, OURS, 30, 1));
-        v.watched_delete(&k, 31);
+        let mut ev = Vec::new();
+        v.watched_put(kv(&k, OURS, 30, 1), &mut ev);
+        v.watched_delete(&k, 31, &mut ev);
         assert_eq!(v.watch_rev(), 31);
         v.learned_put(kv(&k, OURS, 30, 1));
         assert!(v.is_empty(), "the deleted key came back");
@@ -607,7 +758,7 @@ mod tests {
         assert!(!v.is_free(&net("10.1.7.0/24")));
         assert_eq!(v.watch_rev(), 31, "learned puts do not raise the watermark");
         // A listing raises the watermark too.
-        v.replace_all([kv(&newer, OURS, 32, 3)], 40);
+        v.replace_all([kv(&newer, OURS, 32, 3)], 40, &mut ev);
         assert_eq!(v.watch_rev(), 40);
         v.learned_put(kv(&k, OURS, 35, 1));
         assert!(v.is_free(&net("10.1.5.0/24")));
@@ -618,20 +769,21 @@ mod tests {
         let mut v =
             view(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.4.0","SubnetMax":"10.1.7.0"}"#);
         let (wide, narrow, huge) = (key("10.1.4.0-23"), key("10.1.5.0-24"), key("10.0.0.0-8"));
-        v.put(kv(&wide, THEIRS, 1, 0));
-        v.put(kv(&narrow, THEIRS, 2, 0));
+        let mut ev = Vec::new();
+        v.watched_put(kv(&wide, THEIRS, 1, 0), &mut ev);
+        v.watched_put(kv(&narrow, THEIRS, 2, 0), &mut ev);
         assert_eq!(free_list(&v), [net("10.1.6.0/24"), net("10.1.7.0/24")]);
-        v.delete(&wide, 3);
+        v.watched_delete(&wide, 3, &mut ev);
         assert_eq!(
             free_list(&v),
             [net("10.1.4.0/24"), net("10.1.6.0/24"), net("10.1.7.0/24")]
         );
         // A key covering every candidate and beyond.
-        v.put(kv(&huge, THEIRS, 4, 0));
+        v.watched_put(kv(&huge, THEIRS, 4, 0), &mut ev);
         assert_eq!(v.free_count(), 0);
         assert_eq!(v.reserve(None), None);
-        v.delete(&huge, 5);
-        v.delete(&narrow, 6);
+        v.watched_delete(&huge, 5, &mut ev);
+        v.watched_delete(&narrow, 6, &mut ev);
         assert_eq!(v.free_count(), 4);
         assert_eq!(
             v.candidates.free.len(),
@@ -675,8 +827,161 @@ mod tests {
             .filter(|s| *s != net("10.1.2.32/28"))
             .map(|s| key(&s.to_key()))
             .collect();
-        v.replace_all(keys.iter().map(|k| kv(k, THEIRS, 1, 0)), 1);
+        v.replace_all(keys.iter().map(|k| kv(k, THEIRS, 1, 0)), 1, &mut Vec::new());
         assert_eq!(v.reserve(None), Some((net("10.1.2.32/28"), false)));
         assert_eq!(v.reserve(None), None);
+    }
+
+    /// One lease set serves both: a listing applied in pages gives the routes, the rejections
+    /// and the free candidates a whole listing gives, and the watch's events keep both current.
+    #[test]
+    fn routes_and_acquisition_read_one_set_fed_page_by_page() {
+        let cfg = r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.1.0","SubnetMax":"10.1.20.0"}"#;
+        let keys: Vec<String> = (1..=12u8)
+            .map(|o| key(&format!("10.1.{o}.0-24")))
+            .chain([key("10.1.13.0-24&fc00::-64"), key("junk")])
+            .collect();
+        let value = |i: usize| format!(r#"{{"PublicIP":"198.18.1.{}","PublicIPv6":null}}"#, i + 1);
+        let values: Vec<String> = (0..keys.len()).map(value).collect();
+        let listing = || {
+            keys.iter()
+                .zip(&values)
+                .enumerate()
+                .map(|(i, (k, val))| kv(k, val, i as i64 + 1, 0))
+        };
+        let mut whole = view(cfg);
+        let mut ev_whole = Vec::new();
+        whole.replace_all(listing(), 50, &mut ev_whole);
+
+        let mut paged = view(cfg);
+        // Known before the listing and absent from it: deleted at its end.
+        let stale = key("10.1.20.0-24");
+        let mut ev = Vec::new();
+        paged.watched_put(kv(&stale, THEIRS, 3, 0), &mut ev);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        ev.clear();
+        // An abandoned listing (say, etcd failed after one page) leaves no mark that the next
+        // listing could mistake for its own.
+        paged.begin_listing(40);
+        let all: Vec<KeyValue<'_>> = listing().collect();
+        for kv in &all[..3] {
+            paged.listed_put(*kv, &mut ev);
+        }
+        ev.clear();
+        paged.begin_listing(50);
+        let mut ev_paged = Vec::new();
+        for page in all.chunks(5) {
+            for kv in page {
+                paged.listed_put(*kv, &mut ev_paged);
+            }
+            assert!(!paged.is_listed(), "listed before the last page");
+        }
+        assert!(
+            !paged.is_free(&net("10.1.20.0/24")),
+            "deleted before the end"
+        );
+        paged.end_listing(&mut ev_paged);
+        assert!(paged.is_listed());
+        assert_eq!(paged.watch_rev(), 50);
+        assert!(paged.is_free(&net("10.1.20.0/24")));
+        assert_eq!(paged.set().routes(), whole.set().routes());
+        assert_eq!(paged.set().routes().len(), 13);
+        assert_eq!(
+            paged.set().rejected_by_reason(),
+            whole.set().rejected_by_reason()
+        );
+        assert_eq!(free_list(&paged), free_list(&whole));
+        assert_eq!(paged.len(), whole.len());
+        assert!(ev_paged.contains(&LeaseEvent::Unrouted {
+            subnet: net("10.1.20.0/24")
+        }));
+        // The three keys put by the abandoned listing were routed then; the rest now.
+        assert_eq!(
+            ev_paged
+                .iter()
+                .filter(|e| matches!(e, LeaseEvent::Routed { .. }))
+                .count(),
+            10
+        );
+
+        // A watched put changes the route and what acquisition sees, in one step.
+        let k = key("10.1.14.0-24");
+        ev.clear();
+        paged.watched_put(kv(&k, OURS, 51, 7), &mut ev);
+        assert_eq!(
+            ev,
+            [LeaseEvent::Routed {
+                subnet: net("10.1.14.0/24"),
+                public_ip: Ipv4Addr::new(198, 18, 0, 1),
+                key: k.clone()
+            }]
+        );
+        assert!(!paged.is_free(&net("10.1.14.0/24")));
+        assert_eq!(
+            paged.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0,
+            [OwnLease {
+                subnet: net("10.1.14.0/24"),
+                mod_revision: 51,
+                lease_id: 7
+            }]
+        );
+        ev.clear();
+        paged.watched_delete(&k, 52, &mut ev);
+        assert_eq!(
+            ev,
+            [LeaseEvent::Unrouted {
+                subnet: net("10.1.14.0/24")
+            }]
+        );
+        assert!(paged.is_free(&net("10.1.14.0/24")));
+        assert!(paged.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0.is_empty());
+    }
+
+    /// A view that only serves acquisitions keeps no routes but blocks, finds owners and
+    /// reports rejections as the full one does.
+    #[test]
+    fn a_view_without_routes_serves_acquisition_alike() {
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+        let mut full = LeaseView::new(PREFIX, cfg.clone());
+        let mut bare = LeaseView::without_routes(PREFIX, cfg);
+        let (a, dup, bad) = (
+            key("10.1.5.0-24"),
+            key("10.1.5.0-24&fc00::-64"),
+            key("10.1.6.0-24"),
+        );
+        let listing = [
+            kv(&a, OURS, 1, 1),
+            kv(&dup, THEIRS, 2, 2),
+            kv(&bad, r#"{"PublicIP":"0.0.0.0"}"#, 3, 3),
+        ];
+        let (mut ev_full, mut ev_bare) = (Vec::new(), Vec::new());
+        full.replace_all(listing, 3, &mut ev_full);
+        bare.replace_all(listing, 3, &mut ev_bare);
+        assert!(bare.set().routes().is_empty());
+        assert_eq!(full.set().routes().len(), 1);
+        let rejected = |ev: &[LeaseEvent]| {
+            ev.iter()
+                .filter_map(|e| match e {
+                    LeaseEvent::Rejected { key, .. } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rejected(&ev_bare), std::slice::from_ref(&bad));
+        assert_eq!(rejected(&ev_full), [dup.clone(), bad.clone()]);
+        assert_eq!(
+            bare.set().rejected_by_reason(),
+            [("public_ip_unspecified", 1)].into()
+        );
+        assert_eq!(free_list(&bare), free_list(&full));
+        let ours = Ipv4Addr::new(198, 18, 0, 1);
+        assert_eq!(bare.own_leases(ours), full.own_leases(ours));
+        bare.watched_delete(&a, 4, &mut ev_bare);
+        assert!(
+            !bare.is_free(&net("10.1.5.0/24")),
+            "the dual-stack key still holds it"
+        );
+        bare.watched_delete(&dup, 5, &mut ev_bare);
+        assert!(bare.is_free(&net("10.1.5.0/24")));
     }
 }

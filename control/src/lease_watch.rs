@@ -3,25 +3,24 @@
 //! Protocol: list the prefix at revision R, then watch from R+1. A broken stream (etcd restart,
 //! network) resumes from the last revision seen, so no event is missed; if that revision was
 //! compacted away, the watcher lists again and diffs. A DELETE (including lease expiry) removes
-//! the route. Every key goes through [`LeaseSet`] (and so through
-//! [`flannel_shared::lease::validate_lease`]): an unusable lease (bad key or value, a PublicIP
+//! the route. Listings are applied page by page. Every key goes, once, into the view's
+//! [`crate::lease_set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
+//! which both the route table and acquisition read: an unusable lease (bad key or value, a PublicIP
 //! that is not a host, a subnet outside the network config) is skipped, logged once per key and
 //! revision and counted in /metrics by reason; the other leases are published as usual. Events
 //! touching our own key are reported to the lease keeper, which re-acquires when our lease
 //! vanished.
 
-use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions};
-use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
-use crate::lease_set::{KeyValue, LeaseEvent, LeaseSet};
+use crate::lease_set::{KeyValue, LeaseEvent};
 use crate::lease_view::SharedLeaseView;
 use crate::publish::Publisher;
 use crate::status::Counters;
@@ -37,10 +36,10 @@ pub enum OwnLeaseEvent {
 pub struct LeaseWatcher {
     pub client: Client,
     pub prefix: String,
-    pub config: NetworkConfig,
-    /// Where the routes go; `None` keeps only `view` current.
+    /// Where the routes go; `None` keeps only `view` current (its routes are not published).
     pub publisher: Option<Arc<Publisher>>,
-    /// The view acquisitions use.
+    /// Every lease, held once: the routes come from its lease set, acquisitions use it too.
+    /// Its network config is the one leases are checked against.
     pub view: Arc<SharedLeaseView>,
     /// Our current subnet and public IP (the lease keeper updates it).
     pub own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
@@ -60,14 +59,10 @@ impl LeaseWatcher {
     /// Runs forever (until the task is dropped).
     pub async fn run(mut self) {
         let mut backoff = Backoff::default();
-        let mut leases = self
-            .publisher
-            .is_some()
-            .then(|| LeaseSet::new(&self.prefix, Some(self.config.clone())));
         let mut next = Outcome::Relist;
         loop {
             let rev = match next {
-                Outcome::Relist => match self.list(&mut leases).await {
+                Outcome::Relist => match self.list().await {
                     Ok(rev) => {
                         backoff.reset();
                         rev
@@ -81,7 +76,7 @@ impl LeaseWatcher {
                 },
                 Outcome::Resume(rev) => rev,
             };
-            next = self.watch_from(rev, &mut leases, &mut backoff).await;
+            next = self.watch_from(rev, &mut backoff).await;
             if let Outcome::Resume(_) = next {
                 Counters::inc(&self.status.counters.etcd_errors);
                 Counters::inc(&self.status.counters.watch_resumes);
@@ -91,73 +86,84 @@ impl LeaseWatcher {
         }
     }
 
-    /// Lists all leases; replaces `leases`, logs the diff, publishes. Returns the list revision.
-    async fn list(&mut self, leases: &mut Option<LeaseSet>) -> Result<i64, etcd_client::Error> {
-        let (kvs, rev) =
-            crate::etcd::get_prefix(&mut self.client, &subnets_prefix(&self.prefix)).await?;
+    /// Lists all leases into the view page by page (each page applied and dropped before the
+    /// next is read), logs the diff, publishes once the listing is complete. Returns the list
+    /// revision.
+    async fn list(&mut self) -> Result<i64, etcd_client::Error> {
+        let view = &self.view;
+        let status = &self.status;
+        let report = self.publisher.is_some();
+        let mut events = Vec::new();
+        let mut keys = 0usize;
+        let mut begun = false;
+        let dir = subnets_prefix(&self.prefix);
+        let started = std::time::Instant::now();
+        let mut applying = Duration::ZERO;
+        let rev = crate::etcd::list_prefix_pages(
+            &mut self.client,
+            &dir,
+            crate::etcd::ListPaging::DEFAULT,
+            |page| {
+                let t = std::time::Instant::now();
+                let mut v = view.lock();
+                if !begun {
+                    v.begin_listing(page.revision);
+                    begun = true;
+                }
+                for kv in &page.kvs {
+                    let key = String::from_utf8_lossy(kv.key());
+                    v.listed_put(KeyValue::from_etcd(&key, kv), &mut events);
+                }
+                drop(v);
+                applying += t.elapsed();
+                keys += page.kvs.len();
+                if report {
+                    report_events(status, &events);
+                }
+                events.clear();
+            },
+        )
+        .await?;
         Counters::inc(&self.status.counters.lease_lists);
-        let keys: Vec<Cow<'_, str>> = kvs
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()))
-            .collect();
-        let listing = kvs
-            .iter()
-            .zip(&keys)
-            .map(|(kv, key)| KeyValue::from_etcd(key, kv));
-        self.view.replace_all(listing.clone(), rev);
+        if !begun {
+            // An answer always carries a page, empty or not; be safe anyway.
+            self.view.lock().begin_listing(rev);
+        }
+        self.view.end_listing(&mut events);
+        if report {
+            report_events(&self.status, &events);
+        }
         if let Some((s, ip)) = *self.own.borrow() {
             if self.view.lock().public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
             }
         }
-        if let (Some(leases), Some(publisher)) = (leases.as_mut(), &self.publisher) {
-            let mut events = Vec::new();
-            leases.replace_all(listing, &mut events);
-            self.report(&events);
-            publisher.set_leases(leases.routes());
-            self.status
-                .counters
-                .lease_rejections
-                .set_current(leases.rejected_by_reason());
-        }
-        tracing::debug!(revision = rev, keys = keys.len(), "listed leases");
+        self.publish();
+        tracing::debug!(
+            revision = rev,
+            keys,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            applying_ms = applying.as_secs_f64() * 1e3,
+            "listed leases"
+        );
         Ok(rev)
     }
 
-    /// Logs what changed (route changes as state changes; each rejection once per key and
-    /// revision) and counts rejections. Returns whether the routes changed.
-    fn report(&self, events: &[LeaseEvent]) -> bool {
-        let mut routes_changed = false;
-        for ev in events {
-            match ev {
-                LeaseEvent::Routed {
-                    subnet,
-                    public_ip,
-                    key,
-                } => {
-                    routes_changed = true;
-                    tracing::info!(%subnet, %public_ip, key, "lease added");
-                }
-                LeaseEvent::Unrouted { subnet } => {
-                    routes_changed = true;
-                    tracing::info!(%subnet, "lease removed");
-                }
-                LeaseEvent::Rejected {
-                    key,
-                    revision,
-                    reason,
-                } => {
-                    self.status.counters.lease_rejections.count(reason.reason());
-                    tracing::warn!(
-                        key,
-                        revision,
-                        reason = reason.reason(),
-                        "skipping an unusable lease (not routed; the others are): {reason}"
-                    );
-                }
-            }
+    /// Publishes the view's routes (when there is a publisher) and the rejection gauges.
+    fn publish(&self) {
+        if let Some(publisher) = &self.publisher {
+            // The route list is built under the view's lock; the table is written after it is
+            // released, so acquirers do not wait on file I/O.
+            let (routes, rejected) = {
+                let v = self.view.lock();
+                (
+                    Publisher::routes_of(v.set().routes()),
+                    v.set().rejected_by_reason(),
+                )
+            };
+            publisher.set_routes(routes);
+            self.status.counters.lease_rejections.set_current(rejected);
         }
-        routes_changed
     }
 
     /// Our subnet and public IP when `key` is our own lease's key.
@@ -166,12 +172,7 @@ impl LeaseWatcher {
         own.filter(|(s, _)| subnet_key(&self.prefix, s) == key)
     }
 
-    async fn watch_from(
-        &mut self,
-        rev: i64,
-        leases: &mut Option<LeaseSet>,
-        backoff: &mut Backoff,
-    ) -> Outcome {
+    async fn watch_from(&mut self, rev: i64, backoff: &mut Backoff) -> Outcome {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
@@ -214,41 +215,78 @@ impl LeaseWatcher {
             }
             backoff.reset();
             events.clear();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                last = last.max(kv.mod_revision());
-                let key = String::from_utf8_lossy(kv.key());
-                let kv = KeyValue::from_etcd(&key, kv);
-                let deleted = ev.event_type() == EventType::Delete;
-                if deleted {
-                    self.view.lock().watched_delete(&key, kv.mod_revision);
-                } else {
-                    self.view.lock().watched_put(kv);
-                }
-                if let Some(leases) = leases.as_mut() {
+            let mut lost = Vec::new();
+            {
+                let mut v = self.view.lock();
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    last = last.max(kv.mod_revision());
+                    let key = String::from_utf8_lossy(kv.key());
+                    let kv = KeyValue::from_etcd(&key, kv);
+                    let deleted = ev.event_type() == EventType::Delete;
                     if deleted {
-                        leases.delete(&key, &mut events);
+                        v.watched_delete(&key, kv.mod_revision, &mut events);
                     } else {
-                        leases.put(kv, &mut events);
+                        v.watched_put(kv, &mut events);
                     }
-                }
-                if let Some((s, own_ip)) = self.own_subnet_if_key(&key) {
-                    if deleted || self.view.lock().public_ip_of(&key) != Some(own_ip) {
-                        let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
+                    if let Some((s, own_ip)) = self.own_subnet_if_key(&key) {
+                        if deleted || v.public_ip_of(&key) != Some(own_ip) {
+                            lost.push(s);
+                        }
                     }
                 }
             }
-            if let (Some(leases), Some(publisher)) = (leases.as_ref(), &self.publisher) {
-                if self.report(&events) {
-                    publisher.set_leases(leases.routes());
+            for s in lost {
+                let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
+            }
+            if self.publisher.is_some() {
+                if report_events(&self.status, &events) {
+                    self.publish();
+                } else {
+                    self.status
+                        .counters
+                        .lease_rejections
+                        .set_current(self.view.lock().set().rejected_by_reason());
                 }
-                self.status
-                    .counters
-                    .lease_rejections
-                    .set_current(leases.rejected_by_reason());
             }
         }
     }
+}
+
+/// Logs what changed (route changes as state changes; each rejection once per key and
+/// revision) and counts rejections. Returns whether the routes changed.
+fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool {
+    let mut routes_changed = false;
+    for ev in events {
+        match ev {
+            LeaseEvent::Routed {
+                subnet,
+                public_ip,
+                key,
+            } => {
+                routes_changed = true;
+                tracing::info!(%subnet, %public_ip, key, "lease added");
+            }
+            LeaseEvent::Unrouted { subnet } => {
+                routes_changed = true;
+                tracing::info!(%subnet, "lease removed");
+            }
+            LeaseEvent::Rejected {
+                key,
+                revision,
+                reason,
+            } => {
+                status.counters.lease_rejections.count(reason.reason());
+                tracing::warn!(
+                    key,
+                    revision,
+                    reason = reason.reason(),
+                    "skipping an unusable lease (not routed; the others are): {reason}"
+                );
+            }
+        }
+    }
+    routes_changed
 }
 
 /// Capped exponential backoff: 200 ms doubling to 5 s.

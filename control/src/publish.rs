@@ -74,13 +74,22 @@ impl Publisher {
     }
 
     pub fn set_leases(&self, leases: &BTreeMap<Ipv4Net, Ipv4Addr>) {
-        let routes = leases
+        self.set_routes(Self::routes_of(leases));
+    }
+
+    /// The routes of `leases` (subnet → public IP), in subnet order.
+    pub fn routes_of(leases: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<Route> {
+        leases
             .iter()
             .map(|(subnet, ip)| Route {
                 subnet: *subnet,
                 public_ip: *ip,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Like [`set_leases`](Self::set_leases), with the routes already built.
+    pub fn set_routes(&self, routes: Vec<Route>) {
         let mut st = self.state.lock().expect("publisher lock");
         st.leases = Some(routes);
         self.publish(&mut st);

@@ -103,17 +103,27 @@ pub enum Renewal {
 /// Returns the listing's revision.
 pub async fn list_into(client: &mut Client, view: &SharedLeaseView) -> Result<i64, LeaseError> {
     let dir = view.lock().dir().to_owned();
-    let (kvs, rev) = crate::etcd::get_prefix(client, &dir).await?;
-    let keys: Vec<String> = kvs
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .collect();
-    view.replace_all(
-        kvs.iter()
-            .zip(&keys)
-            .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
-        rev,
-    );
+    let mut events = Vec::new();
+    let mut begun = false;
+    let rev =
+        crate::etcd::list_prefix_pages(client, &dir, crate::etcd::ListPaging::DEFAULT, |page| {
+            let mut v = view.lock();
+            if !begun {
+                v.begin_listing(page.revision);
+                begun = true;
+            }
+            for kv in &page.kvs {
+                let key = String::from_utf8_lossy(kv.key());
+                v.listed_put(KeyValue::from_etcd(&key, kv), &mut events);
+            }
+            // Routes are not published from here: the events are not needed.
+            events.clear();
+        })
+        .await?;
+    if !begun {
+        view.lock().begin_listing(rev);
+    }
+    view.end_listing(&mut events);
     Ok(rev)
 }
 
@@ -124,7 +134,7 @@ pub async fn acquire(
     cfg: &NetworkConfig,
     req: &LeaseRequest,
 ) -> Result<HeldLease, LeaseError> {
-    let view = SharedLeaseView::new(&req.prefix, cfg.clone());
+    let view = SharedLeaseView::without_routes(&req.prefix, cfg.clone());
     list_into(client, &view).await?;
     acquire_in(client, req, &view).await
 }
@@ -208,7 +218,7 @@ async fn guarded(
     match current.as_ref().and_then(|g| g.kvs().first()) {
         // Learned after an await: ignored if the watch already applied it (or newer).
         Some(kv) => v.learned_put(KeyValue::from_etcd(key, kv)),
-        None => v.delete(key, rev),
+        None => v.learned_delete(key, rev),
     }
     Ok(false)
 }
@@ -252,7 +262,11 @@ async fn acquire_with(
             let cond = Compare::mod_revision(key.as_str(), CompareOp::Equal, misfit.mod_revision);
             let delete = TxnOp::delete(key.as_str(), None);
             let k = key.clone();
-            if guarded(client, view, &key, cond, delete, |v, rev| v.delete(&k, rev)).await? {
+            if guarded(client, view, &key, cond, delete, |v, rev| {
+                v.learned_delete(&k, rev)
+            })
+            .await?
+            {
                 let cfg = view.lock().config().clone();
                 tracing::warn!(
                     subnet = %misfit.subnet, key, network = %cfg.network,

@@ -3,7 +3,7 @@
 //! again in halves, and a single key over it is an error, not a loop. No root.
 
 use flannel_control::etcd::{
-    connect_with_retry, get_prefix, get_prefix_paged, EtcdOptions, ListPaging,
+    connect_with_retry, get_prefix, get_prefix_paged, list_prefix_pages, EtcdOptions, ListPaging,
 };
 use flannel_perf::testbed::etcd::Etcd;
 
@@ -74,4 +74,47 @@ async fn pages_hold_every_key_once_at_one_revision_and_oversized_pages_are_halve
         err.to_string().contains("too large"),
         "unexpected error: {err}"
     );
+}
+
+/// The page-by-page form hands over the pages themselves, in key order, each at the listing's
+/// revision with the listing's key count, while the next page is already being read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_handed_over_one_by_one_at_the_listing_revision() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    let opts = EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        ..Default::default()
+    };
+    let mut client = connect_with_retry(&opts).await.unwrap();
+    let keys: Vec<String> = (0..50).map(|i| format!("/t/subnets/k{i:03}")).collect();
+    for k in &keys {
+        client.put(k.as_str(), "v", None).await.unwrap();
+    }
+    let paging = ListPaging {
+        first_page: 4,
+        page_bytes: 300,
+        message_limit: 1 << 20,
+        min_page: 1,
+        max_page: 1000,
+    };
+    let mut pages: Vec<(Vec<String>, i64, usize)> = Vec::new();
+    let rev = list_prefix_pages(&mut client, "/t/subnets/", paging, |page| {
+        let ks = page
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        pages.push((ks, page.revision, page.count));
+    })
+    .await
+    .unwrap();
+    assert!(pages.len() > 3, "{} pages", pages.len());
+    assert_eq!(pages[0].0.len(), 4, "the first page has first_page keys");
+    assert!(pages.iter().all(|(_, r, c)| *r == rev && *c == 50));
+    let got: Vec<String> = pages.into_iter().flat_map(|(ks, _, _)| ks).collect();
+    assert_eq!(got, keys);
+    let now = client.get("/t/", None).await.unwrap();
+    assert_eq!(rev, now.header().unwrap().revision());
 }

@@ -8,6 +8,7 @@
 //! 3. [`gso`] and [`gro`]: pure offload logic — the virtio_net_hdr, splitting a TUN
 //!    super-packet into MTU-sized inner packets (sent with one UDP_SEGMENT sendmsg), and
 //!    coalescing UDP_GRO-received TCP segments back into one super-packet for the TUN device.
+//!    [`send_batch`]: single packets for one peer gathered into one UDP_SEGMENT send.
 //! 4. [`datapath`]: the I/O-free core of a worker: what one TUN read or one UDP receive means
 //!    (what to send, which bytes to write to the TUN device, or why it was dropped), decided
 //!    and counted without a syscall.
@@ -22,8 +23,8 @@
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
 //! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
 //! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
-//! `datapath`, `steering`) forbid it outright. Counters go to the shared-memory block in
-//! [`flannel_shared::stats`]; nothing logs per packet.
+//! `send_batch`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory
+//! block in [`flannel_shared::stats`]; nothing logs per packet.
 
 #![deny(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod forward;
 pub mod gro;
 pub mod gso;
 pub mod packet;
+pub mod send_batch;
 pub mod steering;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -447,6 +447,27 @@ pub fn check_lease(prefix: &str, key: &str, value: &[u8]) -> Result<ValidLease, 
     check_value(parse_key(prefix, key)?, value)
 }
 
+/// The verdict of [`validate_lease`] (with `cfg`) or [`check_lease`] (without) for a key and a
+/// value the caller has parsed already, in the same order of checks: the key, its fit in `cfg`,
+/// the value, its PublicIP. For callers that keep what they parsed (a lease set reads each
+/// value once and remembers its PublicIP even when the lease is rejected).
+pub fn validate_parsed(
+    cfg: Option<&NetworkConfig>,
+    key: Result<LeaseKey, LeaseKeyError>,
+    attrs: Result<LeaseAttrs, LeaseParseError>,
+) -> Result<ValidLease, LeaseRejection> {
+    let key = key?;
+    if let Some(cfg) = cfg {
+        check_fit(cfg, &key)?;
+    }
+    let attrs = attrs?;
+    check_public_ip(attrs.public_ip).map_err(|why| LeaseRejection::PublicIpNotHost {
+        public_ip: attrs.public_ip,
+        why,
+    })?;
+    Ok(ValidLease { key, attrs })
+}
+
 fn check_value(key: LeaseKey, value: &[u8]) -> Result<ValidLease, LeaseRejection> {
     let attrs = LeaseAttrs::parse(value)?;
     check_public_ip(attrs.public_ip).map_err(|why| LeaseRejection::PublicIpNotHost {
@@ -820,6 +841,47 @@ mod tests {
         // The key is checked before the value, the subnet before the PublicIP.
         let e = validate_lease(&cfg, P, &key("10.2.0.0-24"), b"junk").unwrap_err();
         assert_eq!(e.reason(), "outside_network");
+    }
+
+    /// The one-parse entry point gives exactly the verdicts of the two checks it stands for.
+    #[test]
+    fn validate_parsed_agrees_with_validate_lease_and_check_lease() {
+        let cfg = cfg();
+        let keys = [
+            "10.1.250.0-24",
+            "10.1.250.0-25",
+            "10.2.250.0-24",
+            "10.1.250.7-24",
+            "10.1.250.0-24&fc00::-64",
+            "10.1.250.0-24&fc00::-",
+            "junk",
+        ];
+        let values: [&[u8]; 6] = [
+            br#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#,
+            br#"{"publicip":"198.18.0.3"}"#,
+            br#"{"PublicIP":"0.0.0.0"}"#,
+            br#"{"PublicIP":7}"#,
+            b"junk",
+            b"",
+        ];
+        for k in keys {
+            for v in values {
+                let parsed = || (LeaseKey::parse(k), LeaseAttrs::parse(v));
+                let (pk, pa) = parsed();
+                let full = format!("{P}/subnets/{k}");
+                assert_eq!(
+                    validate_parsed(Some(&cfg), pk, pa),
+                    validate_lease(&cfg, P, &full, v),
+                    "{k} {v:?}"
+                );
+                let (pk, pa) = parsed();
+                assert_eq!(
+                    validate_parsed(None, pk, pa),
+                    check_lease(P, &full, v),
+                    "{k} {v:?}"
+                );
+            }
+        }
     }
 
     #[test]

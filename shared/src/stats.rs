@@ -64,6 +64,9 @@ counters! {
     /// Datagrams sent to peers.
     UdpTxPackets = "udp_tx_packets",
     UdpTxBytes = "udp_tx_bytes",
+    /// Of those, datagrams that left in a gathered send: single packets read for one peer in
+    /// one round, sent as one UDP_SEGMENT send.
+    UdpTxGathered = "udp_tx_gathered",
     /// Datagrams received from peers (before checks).
     UdpRxPackets = "udp_rx_packets",
     UdpRxBytes = "udp_rx_bytes",

@@ -19,6 +19,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -523,6 +524,44 @@ impl Ring {
             }
             _ => false,
         }
+    }
+
+    /// Copies the bytes `range` of taken slot `from`'s read buffer to `at` in taken slot
+    /// `to`'s read buffer (gathering packets into one send), while no send of `to` is in
+    /// flight. False, and nothing copied, when a slot is not taken, `to` has sends in flight,
+    /// the slots are the same or a range is outside its buffer.
+    pub fn copy_packet(&mut self, from: usize, range: Range<usize>, to: usize, at: usize) -> bool {
+        if from == to || from >= self.slots.len() || to >= self.slots.len() {
+            return false;
+        }
+        let (src, dst) = if from < to {
+            let (l, r) = self.slots.split_at_mut(to);
+            (&l[from], &mut r[0])
+        } else {
+            let (l, r) = self.slots.split_at_mut(from);
+            (&r[0], &mut l[to])
+        };
+        if !src.busy || !dst.busy || dst.pending != 0 {
+            return false;
+        }
+        let Some(bytes) = src.buf.get(range) else {
+            return false;
+        };
+        match at
+            .checked_add(bytes.len())
+            .and_then(|end| dst.buf.get_mut(at..end))
+        {
+            Some(d) => {
+                d.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The length of a TUN slot's read buffer.
+    pub fn slot_buf_len(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.buf.len())
     }
 
     /// Posts one send of `len` bytes at `start` of taken slot `i`'s read (`split` false) or

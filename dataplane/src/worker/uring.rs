@@ -24,9 +24,15 @@
 //!
 //! ```text
 //! TUN slot:    (free) ─► read(2) tun ─► decide/split ─► k × SENDMSG udp ─► (all k done) free
+//!                                         └► single packet: copied into the round's open
+//!                                            batch (slot free at once), or opens one here
 //! recv buffer: (in the ring) ─► multishot RECVMSG fills it ─► check/coalesce ─► write(2) tun
 //!              ─► back in the ring
 //! ```
+//!
+//! Single packets (no TSO) for one peer, read in the same round, are gathered back to back
+//! into the first one's slot and leave as one UDP_SEGMENT send ([`send_batch`]); anything
+//! else read in between sends the batch first, so the order on the wire is the order read.
 //!
 //! Without offloads k is 1. With offloads a TUN read is a super-packet of up to 64 KiB whose
 //! segments leave in one or two UDP_SEGMENT sends (each chunk's `msghdr` carries its own
@@ -63,13 +69,15 @@
 //! halves arrive in the same round they become one TUN write again.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 use std::time::Duration;
 
 use flannel_shared::stats::Counter;
 
 use super::{pin, Sockets, WorkerSetup, WorkerState};
-use crate::datapath::{send_chunks, TunVerdict};
+use crate::datapath::{send_chunks, Chunk, TunVerdict};
+use crate::send_batch::OpenBatch;
 use crate::sys;
 use crate::sys::buf_ring::{recv_layout, RecvBuf};
 use crate::sys::socket::{decode_udp_gro, CMSG_BUF};
@@ -157,6 +165,9 @@ struct Uring {
     tun_readable: bool,
     /// The multishot receive ended: re-arm it at the end of the round.
     rearm_recv: bool,
+    /// Single packets to one peer, gathered in this round of TUN reads into one UDP_SEGMENT
+    /// send ([`send_batch`](crate::send_batch)) where UDP GSO may be used.
+    batch: Option<OpenBatch>,
     stop: bool,
 }
 
@@ -190,6 +201,7 @@ impl Uring {
             control_area,
             tun_readable: true,
             rearm_recv: false,
+            batch: None,
             stop: false,
         })
     }
@@ -244,6 +256,10 @@ impl Uring {
         if m.res >= 0 {
             local.add(Counter::UdpTxPackets, m.segments as u64);
             local.add(Counter::UdpTxBytes, m.res as u64);
+            if !m.split && m.segments > 1 {
+                // Only a gathered batch sends several datagrams from the read buffer.
+                local.add(Counter::UdpTxGathered, m.segments as u64);
+            }
         } else if m.gso_size > 0 && matches!(-m.res, libc::EIO | libc::EINVAL) {
             // The kernel or device refuses UDP GSO to this destination: off for it for a
             // while, and this chunk goes out segment by segment.
@@ -333,23 +349,29 @@ impl Uring {
             match self.st.tun_read(s.buf, n, s.out, now) {
                 TunVerdict::Send {
                     peer,
+                    split: false,
+                    pkt_offset,
+                    segs,
+                } if segs.count == 1 && self.st.offload.gso_for(peer) => {
+                    s.set_peer(SocketAddrV4::new(peer, self.st.port));
+                    let packet = pkt_offset..pkt_offset + segs.total;
+                    if self.gather(slot, peer, packet) {
+                        // Copied into the open batch: this slot is free again.
+                        self.ring.release_slot(slot);
+                    }
+                    continue;
+                }
+                TunVerdict::Send {
+                    peer,
                     split,
                     pkt_offset,
                     segs,
                 } => {
                     s.set_peer(SocketAddrV4::new(peer, self.st.port));
+                    // Sent after the batch gathered so far, in the order read.
+                    self.send_batch();
                     for c in send_chunks(segs, self.st.offload.gso_for(peer)) {
-                        let start = pkt_offset + c.range.start;
-                        let len = c.range.len();
-                        if !self
-                            .ring
-                            .post_send(slot, split, start, len, c.gso_size, c.segments)
-                        {
-                            self.st
-                                .core
-                                .local
-                                .add(Counter::UdpTxErrors, c.segments as u64);
-                        }
+                        self.post(slot, split, pkt_offset, &c);
                     }
                 }
                 TunVerdict::Icmp(len) => self.st.write_icmp(len),
@@ -357,6 +379,48 @@ impl Uring {
             }
             // Free again unless sends of it are in flight.
             self.ring.release_slot(slot);
+        }
+        self.send_batch();
+    }
+
+    /// Adds the single packet at `packet` of taken slot `slot` (addressed to `peer`) to the
+    /// open batch when it may join (copied; true: the slot is not needed any more); otherwise
+    /// sends the open batch and opens a new one in this slot (false: the slot stays taken).
+    fn gather(&mut self, slot: usize, peer: Ipv4Addr, packet: Range<usize>) -> bool {
+        let len = packet.len();
+        if let Some(b) = self.batch.as_mut() {
+            if let Some(at) = b.place_for(peer, len, self.ring.slot_buf_len()) {
+                if self.ring.copy_packet(slot, packet.clone(), b.slot, at) {
+                    b.push(len);
+                    return true;
+                }
+            }
+        }
+        self.send_batch();
+        self.batch = Some(OpenBatch::new(slot, peer, packet.start, len));
+        false
+    }
+
+    /// Sends the open batch, if any, as one send from its slot.
+    fn send_batch(&mut self) {
+        if let Some(b) = self.batch.take() {
+            self.post(b.slot, false, 0, &b.chunk());
+            self.ring.release_slot(b.slot);
+        }
+    }
+
+    /// Posts one send of taken slot `slot` (`chunk`'s range from `offset` of its read or split
+    /// buffer); a send that cannot be posted is counted as failed.
+    fn post(&mut self, slot: usize, split: bool, offset: usize, c: &Chunk) {
+        let start = offset + c.range.start;
+        if !self
+            .ring
+            .post_send(slot, split, start, c.range.len(), c.gso_size, c.segments)
+        {
+            self.st
+                .core
+                .local
+                .add(Counter::UdpTxErrors, c.segments as u64);
         }
     }
 

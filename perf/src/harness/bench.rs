@@ -77,7 +77,11 @@ use crate::testbed::{have, is_root, wait_for};
 /// the testbed is torn down.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-const IPERF_PORT: &str = "5201";
+/// iperf3 server ports, one after the other per test: a datagram of the test before (still
+/// queued somewhere on the path when an unpaced UDP test ends) must not reach the next test's
+/// server, which takes the first datagram it gets as its client's UDP hello and, answering the
+/// old sender, waits forever.
+const IPERF_PORTS: std::ops::Range<u16> = 5201..5300;
 /// Transit network on vxlan0 (inside the host namespaces only).
 const VXLAN_TRANSIT: &str = "10.254.42";
 /// Variants `--profile` profiles (in the first repeat).
@@ -307,6 +311,8 @@ struct Bench {
     base_args: Vec<String>,
     clk_tck: f64,
     counter: usize,
+    /// iperf3 tests started (picks each one's port from [`IPERF_PORTS`]).
+    iperf_tests: u16,
     progress: String,
 }
 
@@ -380,6 +386,7 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
         base_args,
         clk_tck: cpu::clk_tck(),
         counter: 0,
+        iperf_tests: 0,
         progress: String::new(),
     };
 
@@ -823,12 +830,15 @@ impl Bench {
         let client_out = self.log_path("iperf3-client");
         let client_err = client_out.with_extension("stderr");
         let secs_arg = secs.to_string();
+        let port = IPERF_PORTS.start + self.iperf_tests % IPERF_PORTS.len() as u16;
+        self.iperf_tests = self.iperf_tests.wrapping_add(1);
+        let port_arg = port.to_string();
         let ep = self.endpoints(kind);
         let target = ep.target.to_string();
         let mut server = ep
             .server
             .command("iperf3")
-            .args(["-s", "-1", "-p", IPERF_PORT])
+            .args(["-s", "-1", "-p", &port_arg])
             .stdin(Stdio::null())
             .stdout(File::create(&server_log)?)
             .stderr(File::create(server_log.with_extension("stderr"))?)
@@ -838,7 +848,7 @@ impl Bench {
         let ready = wait_for(Duration::from_secs(5), || {
             let up = ["tcp", "tcp6"].iter().any(|f| {
                 std::fs::read_to_string(format!("/proc/{server_pid}/net/{f}"))
-                    .is_ok_and(|t| listening_on(&t, IPERF_PORT.parse().unwrap_or(5201)))
+                    .is_ok_and(|t| listening_on(&t, port))
             });
             (up || matches!(server.try_wait(), Ok(Some(_)))).then_some(())
         });
@@ -852,7 +862,7 @@ impl Bench {
         let client = ep
             .client
             .command("iperf3")
-            .args(["-c", &target, "-p", IPERF_PORT, "-t", &secs_arg, "-J"])
+            .args(["-c", &target, "-p", &port_arg, "-t", &secs_arg, "-J"])
             .args(["--connect-timeout", "3000"])
             .args(args)
             .stdin(Stdio::null())
