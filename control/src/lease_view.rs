@@ -575,6 +575,15 @@ impl SharedLeaseView {
         self.listed.send_replace(true);
     }
 
+    /// Starts applying a listing that arrives page by page: [`ListingInto::page`] for each
+    /// page, then [`ListingInto::end`].
+    pub fn listing(&self) -> ListingInto<'_> {
+        ListingInto {
+            view: self,
+            begun: false,
+        }
+    }
+
     /// [`LeaseView::replace_all`], then wakes whoever waits in [`SharedLeaseView::listed`].
     pub fn replace_all<'a>(
         &self,
@@ -591,6 +600,45 @@ impl SharedLeaseView {
         let mut rx = self.listed.subscribe();
         // The sender lives as long as `self`: this cannot fail.
         let _ = rx.wait_for(|l| *l).await;
+    }
+}
+
+/// A listing being applied to a [`SharedLeaseView`] page by page (the view is locked for one
+/// page at a time, never across the reads between pages).
+#[derive(Debug)]
+pub struct ListingInto<'v> {
+    view: &'v SharedLeaseView,
+    begun: bool,
+}
+
+impl ListingInto<'_> {
+    /// Applies one page read at `revision` (the first page begins the listing): every key
+    /// goes through [`LeaseView::listed_put`], route events into `events`.
+    pub fn page(
+        &mut self,
+        kvs: &[etcd_client::KeyValue],
+        revision: i64,
+        events: &mut Vec<LeaseEvent>,
+    ) {
+        let mut v = self.view.lock();
+        if !self.begun {
+            v.begin_listing(revision);
+            self.begun = true;
+        }
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            v.listed_put(KeyValue::from_etcd(&key, kv), events);
+        }
+    }
+
+    /// Ends the listing taken at `revision` ([`SharedLeaseView::end_listing`]): the keys it
+    /// lacked are deleted. A listing that got no page at all (etcd always sends one, empty or
+    /// not) is begun here first, so it still counts as a full, empty listing.
+    pub fn end(self, revision: i64, events: &mut Vec<LeaseEvent>) {
+        if !self.begun {
+            self.view.lock().begin_listing(revision);
+        }
+        self.view.end_listing(events);
     }
 }
 

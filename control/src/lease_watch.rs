@@ -95,7 +95,7 @@ impl LeaseWatcher {
         let report = self.publisher.is_some();
         let mut events = Vec::new();
         let mut keys = 0usize;
-        let mut begun = false;
+        let mut listing = view.listing();
         let dir = subnets_prefix(&self.prefix);
         let started = std::time::Instant::now();
         let mut applying = Duration::ZERO;
@@ -105,16 +105,7 @@ impl LeaseWatcher {
             crate::etcd::ListPaging::DEFAULT,
             |page| {
                 let t = std::time::Instant::now();
-                let mut v = view.lock();
-                if !begun {
-                    v.begin_listing(page.revision);
-                    begun = true;
-                }
-                for kv in &page.kvs {
-                    let key = String::from_utf8_lossy(kv.key());
-                    v.listed_put(KeyValue::from_etcd(&key, kv), &mut events);
-                }
-                drop(v);
+                listing.page(&page.kvs, page.revision, &mut events);
                 applying += t.elapsed();
                 keys += page.kvs.len();
                 if report {
@@ -125,11 +116,7 @@ impl LeaseWatcher {
         )
         .await?;
         Counters::inc(&self.status.counters.lease_lists);
-        if !begun {
-            // An answer always carries a page, empty or not; be safe anyway.
-            self.view.lock().begin_listing(rev);
-        }
-        self.view.end_listing(&mut events);
+        listing.end(rev, &mut events);
         if report {
             report_events(&self.status, &events);
         }

@@ -104,26 +104,15 @@ pub enum Renewal {
 pub async fn list_into(client: &mut Client, view: &SharedLeaseView) -> Result<i64, LeaseError> {
     let dir = view.lock().dir().to_owned();
     let mut events = Vec::new();
-    let mut begun = false;
+    let mut listing = view.listing();
     let rev =
         crate::etcd::list_prefix_pages(client, &dir, crate::etcd::ListPaging::DEFAULT, |page| {
-            let mut v = view.lock();
-            if !begun {
-                v.begin_listing(page.revision);
-                begun = true;
-            }
-            for kv in &page.kvs {
-                let key = String::from_utf8_lossy(kv.key());
-                v.listed_put(KeyValue::from_etcd(&key, kv), &mut events);
-            }
+            listing.page(&page.kvs, page.revision, &mut events);
             // Routes are not published from here: the events are not needed.
             events.clear();
         })
         .await?;
-    if !begun {
-        view.lock().begin_listing(rev);
-    }
-    view.end_listing(&mut events);
+    listing.end(rev, &mut events);
     Ok(rev)
 }
 

@@ -40,7 +40,7 @@ pub const MOVE_MAX_LEN: i32 = 512;
 /// as new and takes the next queue in turn; only with more flows than this active at once).
 pub const FLOW_TABLE_ENTRIES: u32 = 8192;
 /// A flow with no packet for this long may move to the queue of the CPU it now sends from
-/// (if its old worker has drained since, see [`DrainBoard`]). Keeps a busy flow whose packets
+/// (if its old worker has drained since, see [`DrainBoard`](crate::sys::bpf::DrainBoard)). Keeps a busy flow whose packets
 /// come from two CPUs (the application, the softirq of its ACKs) from flipping queues.
 pub const FLOW_IDLE_NS: i32 = 5_000_000;
 
@@ -135,7 +135,7 @@ fn ld_map_fd(dst: u8, fd: i32) -> [BpfInsn; 2] {
 
 /// The TUN steering program over an LRU hash map `flow_map` of flows (key: source,
 /// destination, TCP/UDP port word or 0, protocol; value: last-seen ns, queue) and the
-/// [`DrainBoard`] array `drain_map`:
+/// [`DrainBoard`](crate::sys::bpf::DrainBoard) array `drain_map`:
 ///
 /// - a new flow goes to the next queue in turn, so flows spread evenly over the workers;
 /// - a flow stays on its queue while it is busy (seen within [`FLOW_IDLE_NS`]) or while its

@@ -8,8 +8,9 @@
 //! parsing), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its sampler is a
 //! thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue 19's targets,
 //! ours vs kernel VXLAN), [`model`] (what a run produces, serialised to JSON), [`markdown`]
-//! (the tables) and [`svg`] (the chart). The I/O lives in [`bench`]: the testbed, the variants, running iperf3 and
-//! ping in the namespaces, reading CPU time and per-worker counters, writing the files.
+//! (the tables) and [`svg`] (the chart). The I/O lives in [`mod@bench`]: the testbed, the
+//! variants, running iperf3 and ping in the namespaces, reading CPU time and per-worker
+//! counters, writing the files.
 
 pub mod bench;
 pub mod cpu;
