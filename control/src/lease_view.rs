@@ -399,13 +399,15 @@ impl LeaseView {
     /// already applied that revision, when the view knows the key from a later revision, or
     /// when the view does not know the key at all.
     pub fn learned_delete(&mut self, key: &str, revision: i64) {
+        let learned_at = self.ahead.get(key).map(|a| a.revision);
+        let info = self.info(key);
         if revision <= self.watch_rev
             || !key.starts_with(&self.dir)
-            || self.ahead.get(key).is_some_and(|a| a.revision >= revision)
-            || self.info(key).is_some_and(|i| i.mod_revision > revision)
+            || learned_at.is_some_and(|r| r >= revision)
+            || info.is_some_and(|i| i.mod_revision > revision)
             // Nothing known to shadow: an entry would only linger (a header revision can be
             // ahead of every subnet event, so no watch event would ever settle it).
-            || (self.info(key).is_none() && !self.ahead.contains_key(key))
+            || (learned_at.is_none() && info.is_none())
         {
             return;
         }

@@ -73,10 +73,6 @@ impl Publisher {
         }
     }
 
-    pub fn set_leases(&self, leases: &BTreeMap<Ipv4Net, Ipv4Addr>) {
-        self.set_routes(Self::routes_of(leases));
-    }
-
     /// The routes of `leases` (subnet → public IP), in subnet order.
     pub fn routes_of(leases: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<Route> {
         leases
@@ -88,7 +84,7 @@ impl Publisher {
             .collect()
     }
 
-    /// Like [`set_leases`](Self::set_leases), with the routes already built.
+    /// Publishes `routes` (built with [`Publisher::routes_of`]) as the cluster's leases.
     pub fn set_routes(&self, routes: Vec<Route>) {
         let mut st = self.state.lock().expect("publisher lock");
         st.leases = Some(routes);
@@ -155,7 +151,7 @@ mod tests {
                 .iter()
                 .map(|(s, ip)| (s.parse().unwrap(), ip.parse().unwrap()))
                 .collect();
-        p.set_leases(&leases);
+        p.set_routes(Publisher::routes_of(&leases));
         assert!(p.is_published());
         assert_eq!(p.table_stats(), (1, 1));
         assert_eq!(p.refused_routes(), 1);
@@ -163,7 +159,7 @@ mod tests {
             "10.1.16.0/24".parse().unwrap(),
             "198.18.0.4".parse().unwrap(),
         );
-        p.set_leases(&leases);
+        p.set_routes(Publisher::routes_of(&leases));
         let snap = RouteTableReader::open(&path).unwrap().snapshot().unwrap();
         assert_eq!(snap.generation(), 2);
         assert_eq!(

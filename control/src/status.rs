@@ -88,9 +88,10 @@ impl Counters {
     }
 }
 
-/// Rejected leases by [`LeaseRejection::reason`](flannel_shared::lease::LeaseRejection::reason) label: how many are rejected now (set by the
-/// lease watcher after each change) and how many rejections were seen (once per key and etcd
-/// revision). Both are exported for every label, zeros included.
+/// Rejected leases by [`LeaseRejection::reason`](flannel_shared::lease::LeaseRejection::reason)
+/// label: how many are rejected now (set by the lease watcher after each change) and how many
+/// rejections were seen (once per key and etcd revision). Both are exported for every label,
+/// zeros included.
 #[derive(Debug, Default)]
 pub struct LeaseRejections {
     inner: Mutex<RejectionCounts>,

@@ -7,16 +7,23 @@ use flannel_control::etcd::{
 };
 use flannel_perf::testbed::etcd::Etcd;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_hold_every_key_once_at_one_revision_and_oversized_pages_are_halved() {
-    let Some(etcd) = Etcd::start_or_skip() else {
-        return;
-    };
+/// A real etcd and a client of it (`None`: no etcd binary here, the test skips as
+/// [`Etcd::start_or_skip`] says). The etcd lives as long as the first half.
+async fn etcd_and_client() -> Option<(Etcd, etcd_client::Client)> {
+    let etcd = Etcd::start_or_skip()?;
     let opts = EtcdOptions {
         endpoints: vec![etcd.endpoint()],
         ..Default::default()
     };
-    let mut client = connect_with_retry(&opts).await.unwrap();
+    let client = connect_with_retry(&opts).await.unwrap();
+    Some((etcd, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_hold_every_key_once_at_one_revision_and_oversized_pages_are_halved() {
+    let Some((_etcd, mut client)) = etcd_and_client().await else {
+        return;
+    };
     // 60 keys; 30..36 carry 3,000-byte values, so a page of several of them exceeds the limit.
     let mut want = Vec::new();
     for i in 0..60 {
@@ -80,14 +87,9 @@ async fn pages_hold_every_key_once_at_one_revision_and_oversized_pages_are_halve
 /// revision with the listing's key count, while the next page is already being read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_handed_over_one_by_one_at_the_listing_revision() {
-    let Some(etcd) = Etcd::start_or_skip() else {
+    let Some((_etcd, mut client)) = etcd_and_client().await else {
         return;
     };
-    let opts = EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
-        ..Default::default()
-    };
-    let mut client = connect_with_retry(&opts).await.unwrap();
     let keys: Vec<String> = (0..50).map(|i| format!("/t/subnets/k{i:03}")).collect();
     for k in &keys {
         client.put(k.as_str(), "v", None).await.unwrap();

@@ -10,9 +10,9 @@
 //!
 //! The rules of one batch, as the kernel takes a UDP_SEGMENT send: every segment but the last
 //! has the first one's length, the last may be shorter (it then closes the batch); at most
-//! [`GSO_MAX_SEGMENTS`] segments and 65,507 bytes (the
-//! largest UDP payload); one peer. Only packets already read join: a batch is sent when the
-//! next packet cannot join it and at the end of each round of TUN reads, so it adds no wait.
+//! [`GSO_MAX_SEGMENTS`] segments and 65,507 bytes (the largest UDP payload); one peer. Only
+//! packets already read join: a batch is sent when the next packet cannot join it and at the
+//! end of each round of TUN reads, so it adds no wait.
 
 #![forbid(unsafe_code)]
 

@@ -40,8 +40,9 @@ pub const MOVE_MAX_LEN: i32 = 512;
 /// as new and takes the next queue in turn; only with more flows than this active at once).
 pub const FLOW_TABLE_ENTRIES: u32 = 8192;
 /// A flow with no packet for this long may move to the queue of the CPU it now sends from
-/// (if its old worker has drained since, see [`DrainBoard`](crate::sys::bpf::DrainBoard)). Keeps a busy flow whose packets
-/// come from two CPUs (the application, the softirq of its ACKs) from flipping queues.
+/// (if its old worker has drained since, see [`DrainBoard`](crate::sys::bpf::DrainBoard)).
+/// Keeps a busy flow whose packets come from two CPUs (the application, the softirq of its
+/// ACKs) from flipping queues.
 pub const FLOW_IDLE_NS: i32 = 5_000_000;
 
 /// Registers: r0 return value, r1–r5 arguments (clobbered by calls and packet loads), r6–r9

@@ -31,8 +31,9 @@
 //! ```
 //!
 //! Single packets (no TSO) for one peer, read in the same round, are gathered back to back
-//! into the first one's slot and leave as one UDP_SEGMENT send ([`send_batch`](crate::send_batch)); anything
-//! else read in between sends the batch first, so the order on the wire is the order read.
+//! into the first one's slot and leave as one UDP_SEGMENT send
+//! ([`send_batch`](crate::send_batch)); anything else read in between sends the batch first,
+//! so the order on the wire is the order read.
 //!
 //! Without offloads k is 1. With offloads a TUN read is a super-packet of up to 64 KiB whose
 //! segments leave in one or two UDP_SEGMENT sends (each chunk's `msghdr` carries its own
