@@ -89,6 +89,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let ctx = Context {
+        network: Some("10.0.0.0/16".parse().unwrap()),
         our_subnet: Some("10.0.1.0/24".parse().unwrap()),
         tun_addr: Some(Ipv4Addr::new(10, 0, 1, 0)),
         spoof_check: true,

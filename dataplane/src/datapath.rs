@@ -29,6 +29,7 @@ use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, TunAction};
 use crate::gro::{self, Coalescer};
 use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
 use crate::packet::ICMP_UNREACH_MAX;
+use crate::underlay::Arrival;
 
 /// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
 pub const GSO_MAX_SEGMENTS: usize = 64;
@@ -193,6 +194,27 @@ impl Core {
     pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut Local) {
         let end = (self.vnet_len() + len).min(self.icmp.len());
         (&self.icmp[..end], &mut self.local)
+    }
+
+    /// Whether a receive of `n` bytes (`gro_size` each) that arrived on `ifindex` must be
+    /// dropped because `arrival` does not admit that interface; its datagrams are then counted
+    /// as received and as `drop_not_underlay`.
+    #[inline]
+    pub fn arrival_refused(
+        &mut self,
+        n: usize,
+        gro_size: Option<usize>,
+        ifindex: Option<u32>,
+        arrival: &Arrival,
+    ) -> bool {
+        if arrival.admits(ifindex) {
+            return false;
+        }
+        let datagrams = n.div_ceil(gro_size.unwrap_or(n).max(1)).max(1) as u64;
+        self.local.add(Counter::UdpRxBytes, n as u64);
+        self.local.add(Counter::UdpRxPackets, datagrams);
+        self.local.add(Counter::DropNotUnderlay, datagrams);
+        true
     }
 
     /// A receive that did not fit its buffer: one datagram, dropped for its length.
@@ -387,6 +409,7 @@ mod tests {
             (net(theirs), peer),
         ];
         let ctx = Context {
+            network: None,
             our_subnet: Some(net(ours)),
             tun_addr: Some(net(ours).addr()),
             spoof_check: true,
@@ -397,6 +420,21 @@ mod tests {
 
     fn count(core: &Core, c: Counter) -> u64 {
         core.local.0[c as usize]
+    }
+
+    #[test]
+    fn a_receive_from_outside_the_underlay_is_dropped_whole_and_counted() {
+        let mut core = Core::new(false);
+        let underlay = Arrival::only(&[2]);
+        // 3 GRO-merged datagrams from a bridge (ifindex 5): all three counted, none checked.
+        assert!(core.arrival_refused(3000, Some(1200), Some(5), &underlay));
+        assert_eq!(count(&core, Counter::DropNotUnderlay), 3);
+        assert_eq!(count(&core, Counter::UdpRxPackets), 3);
+        assert!(core.arrival_refused(0, None, None, &underlay), "no PKTINFO");
+        assert_eq!(count(&core, Counter::DropNotUnderlay), 4);
+        assert!(!core.arrival_refused(3000, Some(1200), Some(2), &underlay));
+        assert!(!core.arrival_refused(10, None, None, &Arrival::Any));
+        assert_eq!(count(&core, Counter::DropNotUnderlay), 4);
     }
 
     #[test]

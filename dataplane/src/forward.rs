@@ -30,6 +30,9 @@ pub enum DropReason {
     NoRoute,
     /// From TUN: the destination is in our own subnet (would loop back to us).
     TunDstLocal,
+    /// From TUN: the peer's public IP lies inside the overlay network: the send would come back
+    /// through the TUN device and be encapsulated again (a loop).
+    PeerInNetwork,
     /// From UDP: the receive checks.
     TooShort,
     NotIpv4,
@@ -51,6 +54,7 @@ impl DropReason {
             DropReason::TunTtlExpired => Counter::DropTunTtlExpired,
             DropReason::NoRoute => Counter::DropNoRoute,
             DropReason::TunDstLocal => Counter::DropTunDstLocal,
+            DropReason::PeerInNetwork => Counter::DropPeerInNetwork,
             DropReason::TooShort => Counter::DropTooShort,
             DropReason::NotIpv4 => Counter::DropNotIpv4,
             DropReason::BadIhl => Counter::DropBadIhl,
@@ -84,6 +88,8 @@ pub trait Lookup {
 /// The state that changes with the route-table generation, not per packet.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// The overlay network; a peer address inside it is never sent to.
+    pub network: Option<Ipv4Net>,
     /// Our lease; `None` until the control plane has one (then every datagram is dropped).
     pub our_subnet: Option<Ipv4Net>,
     /// Source of ICMP errors: the TUN address (our subnet's network address).
@@ -201,6 +207,9 @@ pub fn tun_to_udp(
     }
     // flannel's order: the route, then the TTL.
     if let Some(peer) = routes.peer_for(dst) {
+        if ctx.network.is_some_and(|n| n.contains(peer)) {
+            return TunAction::Drop(DropReason::PeerInNetwork);
+        }
         return match packet::decrement_ttl(pkt) {
             Ttl::Decremented => TunAction::Send(peer),
             Ttl::Expired => TunAction::Drop(DropReason::TunTtlExpired),
@@ -283,6 +292,7 @@ mod tests {
     /// Host A's view.
     fn ctx_a(spoof_check: bool) -> Context {
         Context {
+            network: Some(net("10.1.0.0/16")),
             our_subnet: Some(net("10.1.15.0/24")),
             tun_addr: Some(Ipv4Addr::new(10, 1, 15, 0)),
             spoof_check,
@@ -313,6 +323,22 @@ mod tests {
         // Wire format: nothing but the TTL and checksum changed; no header added.
         assert_eq!(p.len(), orig.len());
         assert_eq!(&p[12..], &orig[12..]);
+    }
+
+    #[test]
+    fn a_peer_inside_the_network_is_never_sent_to() {
+        // A lease 10.1.99.0/24 -> PublicIP 10.1.99.1: sending there would re-enter the TUN
+        // device (the overlay loop); dropped, and the packet is left untouched.
+        let looped = Table(vec![(net("10.1.99.0/24"), Ipv4Addr::new(10, 1, 99, 1))]);
+        let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 5), 1, 64, 56);
+        let orig = p.clone();
+        let mut icmp = [0u8; ICMP_UNREACH_MAX];
+        let mut rl = false;
+        let mut lim = RateLimiter::new(10, 10);
+        let a = tun_to_udp(&mut p, &looped, &ctx_a(true), &mut lim, 0, &mut icmp, &mut rl);
+        assert_eq!(a, TunAction::Drop(DropReason::PeerInNetwork));
+        assert_eq!(p, orig);
+        assert_eq!(DropReason::PeerInNetwork.counter().name(), "drop_peer_in_network");
     }
 
     #[test]

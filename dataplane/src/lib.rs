@@ -12,6 +12,7 @@
 //! 4. [`datapath`]: the I/O-free core of a worker: what one TUN read or one UDP receive means
 //!    (what to send, which bytes to write to the TUN device, or why it was dropped), decided
 //!    and counted without a syscall.
+//!    [`underlay`]: which arrival interfaces a peer's datagram may come from.
 //! 5. [`worker`]: one pinned thread per core; [`worker::uring`] (io_uring, the hot path) and
 //!    [`worker::fallback`] (poll + recvmmsg/sendmmsg), both I/O loops around one
 //!    [`worker::WorkerState`].
@@ -37,4 +38,5 @@ pub mod send_batch;
 pub mod steering;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod underlay;
 pub mod worker;

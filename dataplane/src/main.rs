@@ -89,6 +89,7 @@ use flannel_shared::Ipv4Net;
 
 use flannel_dataplane::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 use flannel_dataplane::worker::{Offload, WorkerSetup};
+use flannel_dataplane::underlay::{ArrivalCell, ArrivalKeeper};
 use std::os::fd::OwnedFd;
 
 /// flannel's default UDP port, used when the table carries none.
@@ -147,9 +148,30 @@ struct Args {
     /// Accept inner source addresses outside the sender's subnet.
     #[arg(long, env = "FLANNEL_DATAPLANE_NO_SPOOF_CHECK")]
     no_spoof_check: bool,
+    /// Interfaces peers' datagrams may arrive on, besides the one holding our lease's public IP
+    /// (repeatable or comma-separated; a multi-homed host where peers' datagrams come in on
+    /// another link). `any` turns the arrival check off. Datagrams from anywhere else (a
+    /// container bridge, loopback) are dropped as `drop_not_underlay`.
+    #[arg(long, env = "FLANNEL_DATAPLANE_UNDERLAY_IFACE", value_delimiter = ',')]
+    underlay_iface: Vec<String>,
+    /// SO_MARK of the data plane's sockets; flanneld's OUTPUT guard drops every other
+    /// datagram to the data-plane port, so only this process can send as a member. Must equal
+    /// flanneld's -dataplane-mark; 0: no mark.
+    #[arg(long, env = "FLANNEL_DATAPLANE_MARK", default_value_t = flannel_shared::DATAPLANE_MARK,
+          value_parser = parse_mark)]
+    mark: u32,
     /// Debug logging.
     #[arg(short, long, env = "FLANNEL_DATAPLANE_VERBOSE")]
     verbose: bool,
+}
+
+/// A mark in decimal or `0x` hex.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("--mark {s:?}: not a 32-bit number ({e})"))
 }
 
 /// `--steering`.
@@ -538,7 +560,10 @@ fn run(args: Args) -> Result<Exit> {
         ),
         Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
     }
+    let mut arrival = ArrivalKeeper::new(args.underlay_iface.clone());
+    arrival.update(our_public_ip(&snap));
     let plan = WorkerPlan {
+        arrival: Arc::clone(&arrival.cell),
         cpus: &cpus,
         port,
         io_path,
@@ -563,7 +588,7 @@ fn run(args: Args) -> Result<Exit> {
     }
 
     let tun = (args.tun_name.clone(), dev.ifindex);
-    let end = follow_table(&mut sd, &mut reader, &mut snap, &workers, &tun, |snap| {
+    let end = follow_table(&mut sd, &mut reader, &mut snap, &workers, &tun, &mut arrival, |snap| {
         apply_table_change(&args.tun_name, &mut dev, snap);
         forwarding(dev.network, snap)
     });
@@ -607,7 +632,8 @@ fn tun_gone((name, ifindex): &(String, u32)) -> bool {
 }
 
 /// Follows the table until a stop signal, a worker's end or the TUN device's deletion (checked
-/// every turn, ≤ 200 ms), pinging the watchdog while every worker runs; `changed` applies a new
+/// every turn, ≤ 200 ms), pinging the watchdog while every worker runs and keeping the
+/// underlay interfaces current; `changed` applies a new
 /// generation and returns the status to report.
 fn follow_table(
     sd: &mut Systemd,
@@ -615,6 +641,7 @@ fn follow_table(
     snap: &mut RouteSnapshot,
     workers: &Workers,
     tun: &(String, u32),
+    arrival: &mut ArrivalKeeper,
     mut changed: impl FnMut(&RouteSnapshot) -> String,
 ) -> LoopEnd {
     loop {
@@ -647,7 +674,13 @@ fn follow_table(
             Ok(false) => {}
             Err(e) => tracing::debug!("route table refresh: {e}"),
         }
+        arrival.update(our_public_ip(snap));
     }
+}
+
+/// The public IP of our own lease in the table (`None` before flanneld holds one).
+fn our_public_ip(snap: &RouteSnapshot) -> Option<Ipv4Addr> {
+    snap.meta().our_subnet.and_then(|s| snap.lookup(s.addr()))
 }
 
 /// How many workers, and the CPUs to pin them to (worker i → `cpus[i % len]`; empty: none).
@@ -780,9 +813,16 @@ fn ensure_port_free(args: &Args, port: u16) -> Result<()> {
         .with_context(|| format!("probing UDP {}:{port}", args.bind))?
     {
         if std::time::Instant::now() >= deadline {
+            let holder = flannel_shared::port_holder::describe_foreign_holders(
+                std::path::Path::new("/proc"),
+                port,
+                None,
+            )
+            .unwrap_or_else(|| "holder not found in /proc".into());
             anyhow::bail!(
-                "UDP {}:{port} is in use by another process (another flannel-dataplane?): refusing \
-                 to start, since SO_REUSEPORT would let both take a share of the traffic",
+                "UDP {}:{port} is in use by another process ({holder}): refusing to start, since \
+                 SO_REUSEPORT would let both take a share of the traffic (and a squatter reads \
+                 the overlay's datagrams)",
                 args.bind
             );
         }
@@ -805,7 +845,15 @@ fn open_sockets(
     for _ in 0..nworkers {
         let recv = sys::socket::recv_socket(args.bind, port, nonblocking)
             .with_context(|| format!("binding UDP {}:{port}", args.bind))?;
+        sys::socket::set_pktinfo(&recv).context("IP_PKTINFO")?;
         let send = sys::socket::send_socket(args.bind, nonblocking).context("UDP send socket")?;
+        sys::socket::set_dont_fragment(&send).context("IP_MTU_DISCOVER (DF)")?;
+        if args.mark != 0 {
+            for s in [&recv, &send] {
+                sys::socket::set_mark(s, args.mark)
+                    .with_context(|| format!("SO_MARK {:#x} (needs CAP_NET_ADMIN)", args.mark))?;
+            }
+        }
         if std::env::var_os("FLANNEL_DATAPLANE_TEST_REFUSE_GSO").is_some() {
             // Test hook: make the kernel refuse UDP GSO sends (EINVAL) to exercise the
             // run-time fallback; plain datagrams still go out.
@@ -818,6 +866,7 @@ fn open_sockets(
 
 /// What every worker gets besides its own queue and sockets.
 struct WorkerPlan<'a> {
+    arrival: Arc<ArrivalCell>,
     cpus: &'a [usize],
     port: u16,
     io_path: IoPath,
@@ -867,6 +916,7 @@ fn spawn_workers(
             spoof_check: !args.no_spoof_check,
             offload: Arc::clone(&plan.offload),
             drain: plan.drain.clone(),
+            arrival: Arc::clone(&plan.arrival),
         };
         let io_path = plan.io_path;
         let h = std::thread::Builder::new()

@@ -121,6 +121,7 @@ fuzz_target!(|input: Input| {
         Err(ip) => Ipv4Addr::from(ip),
     };
     let ctx = Context {
+        network: None,
         our_subnet: our,
         tun_addr: input.tun_addr.map(Ipv4Addr::from),
         spoof_check: input.spoof_check,

@@ -7,15 +7,24 @@
 //! - [`route_table`]: the shared-memory route table (one writer, lock-free readers).
 //! - [`stats`]: the data plane's shared-memory counters.
 //! - [`sd_notify`]: systemd's readiness and watchdog protocol, for both daemons.
+//! - [`port_holder`]: who holds a UDP port (from /proc), for the data plane's refusal to start.
 //! - [`ci`]: for tests: CI or not, and skip-or-fail.
 
 pub mod ci;
 pub mod config;
 pub mod lease;
 pub mod net;
+pub mod port_holder;
 pub mod route_table;
 pub mod sd_notify;
+mod shm_file;
 pub mod stats;
 pub mod subnet_env;
 
 pub use net::Ipv4Net;
+
+/// The SO_MARK bit the data plane puts on its sockets, and that flanneld's OUTPUT guard
+/// requires of every datagram to the data-plane port (`-dataplane-mark` / `--mark`): setting a
+/// mark needs CAP_NET_ADMIN, so no unprivileged local process can send as a member. 0x2000
+/// stays clear of kube-proxy's 0x4000/0x8000 and Calico's upper 16 bits.
+pub const DATAPLANE_MARK: u32 = 0x2000;

@@ -100,6 +100,15 @@ counters! {
     DropDstNotLocal = "drop_dst_not_local",
     DropSpoofedSrc = "drop_spoofed_src",
     DropRxTtlExpired = "drop_rx_ttl_expired",
+    /// UDP → TUN: the datagram arrived on an interface that is not the underlay (a local
+    /// bridge, the TUN device, loopback): a local container or process spoofing a peer.
+    DropNotUnderlay = "drop_not_underlay",
+    /// TUN → UDP: the peer's public IP lies inside the overlay network (sending there would
+    /// loop the packet back into the TUN device).
+    DropPeerInNetwork = "drop_peer_in_network",
+    /// TUN → UDP: the send was refused with EMSGSIZE (DF is set on outer packets: a datagram
+    /// larger than the path MTU is dropped here, never fragmented).
+    UdpTxTooBig = "udp_tx_too_big",
 }
 
 /// Which I/O path the workers use.
@@ -226,7 +235,8 @@ impl StatsWriter {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
             .map_err(io_err)?;
-        file.set_len(layout.len as u64).map_err(io_err)?;
+        // Blocks allocated now: a full tmpfs fails here, not with SIGBUS at the first store.
+        crate::shm_file::allocate(&file, layout.len as u64).map_err(io_err)?;
         let map = MmapOptions::new().map_raw(&file).map_err(io_err)?;
         let m = Mapped { map, layout };
         m.u32_at(8).store(VERSION, Ordering::Relaxed);

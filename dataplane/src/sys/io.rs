@@ -179,9 +179,9 @@ impl MsgBatch {
     }
 
     /// recvmmsg(2) without blocking, one receive into each of `bufs` (at most
-    /// [`MsgBatch::capacity`]), with control room when `control` (for UDP_GRO). Returns how
-    /// many arrived; read receive `i` with the accessors below.
-    pub fn recv(&mut self, fd: &OwnedFd, bufs: &mut [Vec<u8>], control: bool) -> io::Result<usize> {
+    /// [`MsgBatch::capacity`]), with control room (UDP_GRO, IP_PKTINFO). Returns how many
+    /// arrived; read receive `i` with the accessors below.
+    pub fn recv(&mut self, fd: &OwnedFd, bufs: &mut [Vec<u8>]) -> io::Result<usize> {
         let n = bufs.len().min(self.msgs.len());
         for (i, buf) in bufs.iter_mut().take(n).enumerate() {
             self.iovs[i].iov_base = buf.as_mut_ptr().cast();
@@ -191,13 +191,8 @@ impl MsgBatch {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            if control {
-                h.msg_control = self.ctls[i].as_mut_ptr().cast();
-                h.msg_controllen = CMSG_BUF as _;
-            } else {
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-            }
+            h.msg_control = self.ctls[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_BUF as _;
             h.msg_flags = 0;
         }
         // SAFETY: headers 0..n point at our iovecs, control buffers and addresses and at

@@ -5,6 +5,7 @@
 //! - [`tun`]: open one queue of a multi-queue TUN device (`/dev/net/tun`, `TUNSETIFF`).
 //! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
 //! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
+//! - [`iface`]: which interfaces hold an IPv4 address (`getifaddrs`).
 //! - [`caps`]: dropping every capability but CAP_NET_ADMIN after setup.
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
 //! - [`bpf`]: CPU-local steering: BPF maps, loading and attaching (`crate::steering` builds the programs).
@@ -15,6 +16,7 @@
 pub mod bpf;
 pub mod buf_ring;
 pub mod caps;
+pub mod iface;
 pub mod io;
 pub mod netlink;
 pub mod socket;

@@ -127,6 +127,29 @@ pub fn set_no_check(fd: &OwnedFd) -> io::Result<()> {
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1)
 }
 
+/// Turns on IP_PKTINFO: every receive carries an `IPPROTO_IP`/`IP_PKTINFO` cmsg naming the
+/// interface the datagram arrived on (one per receive, so one per GRO batch).
+pub fn set_pktinfo(fd: &OwnedFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+}
+
+/// Sets SO_MARK (needs CAP_NET_ADMIN): every packet this socket sends carries the mark, which
+/// flanneld's OUTPUT guard requires of any datagram to the data-plane port.
+pub fn set_mark(fd: &OwnedFd, mark: u32) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
+/// IP_MTU_DISCOVER = IP_PMTUDISC_DO: outer packets carry DF and are never fragmented; a
+/// datagram over the path MTU fails with EMSGSIZE (counted `udp_tx_too_big`).
+pub fn set_dont_fragment(fd: &OwnedFd) -> io::Result<()> {
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )
+}
+
 /// Size of `struct cmsghdr` and the alignment of its data (CMSG_ALIGN).
 const CMSG_HDR: usize = std::mem::size_of::<libc::cmsghdr>();
 const CMSG_ALIGN: usize = std::mem::size_of::<usize>();
@@ -140,9 +163,50 @@ pub const fn cmsg_space(data: usize) -> usize {
     cmsg_align(CMSG_HDR) + cmsg_align(data)
 }
 
-/// Control-buffer size for our sends (one UDP_SEGMENT) and receives (one UDP_GRO, with room
-/// to spare for anything else the kernel adds).
-pub const CMSG_BUF: usize = 64;
+/// Control-buffer size for our sends (one UDP_SEGMENT) and receives (one UDP_GRO of 24 bytes
+/// and one IP_PKTINFO of 32, with room to spare).
+pub const CMSG_BUF: usize = 96;
+
+/// What the control messages of one receive say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// `UDP_GRO`: the size of each merged datagram (`None`: one datagram).
+    pub gro_size: Option<usize>,
+    /// `IP_PKTINFO`: the interface the datagram arrived on.
+    pub ifindex: Option<u32>,
+}
+
+/// Reads the `UDP_GRO` and `IP_PKTINFO` control messages of a receive (`ctl` = the control
+/// buffer as filled by the kernel, `msg_controllen` bytes). Malformed lengths end the walk.
+pub fn decode_recv_cmsgs(ctl: &[u8]) -> RecvMeta {
+    let mut meta = RecvMeta::default();
+    let word = std::mem::size_of::<libc::size_t>();
+    let mut off = 0;
+    while off + CMSG_HDR <= ctl.len() {
+        let mut lb = [0u8; 8];
+        lb[..word].copy_from_slice(&ctl[off..off + word]);
+        let len = u64::from_ne_bytes(lb) as usize;
+        if len < CMSG_HDR || off + len > ctl.len() {
+            break;
+        }
+        let int_at = |at: usize| -> Option<i32> {
+            Some(i32::from_ne_bytes(ctl.get(at..at + 4)?.try_into().ok()?))
+        };
+        let (Some(level), Some(kind)) = (int_at(off + word), int_at(off + word + 4)) else {
+            break;
+        };
+        let d = off + cmsg_align(CMSG_HDR);
+        let end = off + len;
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO && d + 4 <= end {
+            meta.gro_size = int_at(d).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0);
+        } else if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO && d + 4 <= end {
+            // struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; }
+            meta.ifindex = int_at(d).and_then(|v| u32::try_from(v).ok());
+        }
+        off += cmsg_align(len);
+    }
+    meta
+}
 
 /// Encodes one `SOL_UDP`/`UDP_SEGMENT` control message with `gso_size` into `buf`; returns
 /// the control length to put in `msg_controllen` (0 if `buf` is too small).
@@ -162,30 +226,6 @@ pub fn encode_udp_segment(buf: &mut [u8], gso_size: u16) -> usize {
     let d = cmsg_align(CMSG_HDR);
     b[d..d + 2].copy_from_slice(&gso_size.to_ne_bytes());
     space
-}
-
-/// Finds the `SOL_UDP`/`UDP_GRO` segment size in a received control buffer (`ctl` =
-/// the first `msg_controllen` bytes). `None`: not a GRO receive (one datagram).
-pub fn decode_udp_gro(ctl: &[u8]) -> Option<usize> {
-    let mut off = 0;
-    let word = std::mem::size_of::<libc::size_t>();
-    while off + CMSG_HDR <= ctl.len() {
-        let mut lb = [0u8; 8];
-        lb[..word].copy_from_slice(&ctl[off..off + word]);
-        let len = u64::from_ne_bytes(lb) as usize;
-        let level = i32::from_ne_bytes(ctl[off + word..off + word + 4].try_into().ok()?);
-        let kind = i32::from_ne_bytes(ctl[off + word + 4..off + word + 8].try_into().ok()?);
-        if len < CMSG_HDR || off + len > ctl.len() {
-            return None;
-        }
-        let d = off + cmsg_align(CMSG_HDR);
-        if level == libc::SOL_UDP && kind == libc::UDP_GRO && d + 4 <= off + len {
-            let v = i32::from_ne_bytes(ctl[d..d + 4].try_into().ok()?);
-            return usize::try_from(v).ok().filter(|&v| v > 0);
-        }
-        off += cmsg_align(len);
-    }
-    None
 }
 
 /// `msg_controllen` as usize (it is `size_t` on glibc, `socklen_t` on musl).
@@ -335,10 +375,36 @@ mod tests {
         g[w + 4..w + 8].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
         let d = cmsg_align(CMSG_HDR);
         g[d..d + 4].copy_from_slice(&1420i32.to_ne_bytes());
-        assert_eq!(decode_udp_gro(&g[..cmsg_space(4)]), Some(1420));
-        assert_eq!(decode_udp_gro(&b[..n]), None, "UDP_SEGMENT is not UDP_GRO");
-        assert_eq!(decode_udp_gro(&[]), None);
-        assert_eq!(decode_udp_gro(&g[..10]), None);
+        let gro = |ctl: &[u8]| decode_recv_cmsgs(ctl).gro_size;
+        assert_eq!(gro(&g[..cmsg_space(4)]), Some(1420));
+        assert_eq!(gro(&b[..n]), None, "UDP_SEGMENT is not UDP_GRO");
+        assert_eq!(gro(&[]), None);
+        assert_eq!(gro(&g[..10]), None);
+        // GRO then IP_PKTINFO (ifindex 7, spec_dst 198.18.0.2, addr 198.18.0.2), as the kernel
+        // writes them: both read.
+        let mut both = [0u8; CMSG_BUF];
+        both[..cmsg_space(4)].copy_from_slice(&g[..cmsg_space(4)]);
+        let p = cmsg_space(4);
+        let plen = cmsg_align(CMSG_HDR) + 12;
+        both[p..p + w].copy_from_slice(&plen.to_ne_bytes());
+        both[p + w..p + w + 4].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        both[p + w + 4..p + w + 8].copy_from_slice(&libc::IP_PKTINFO.to_ne_bytes());
+        let pd = p + cmsg_align(CMSG_HDR);
+        both[pd..pd + 4].copy_from_slice(&7i32.to_ne_bytes());
+        both[pd + 4..pd + 8].copy_from_slice(&[198, 18, 0, 2]);
+        both[pd + 8..pd + 12].copy_from_slice(&[198, 18, 0, 2]);
+        let total = p + cmsg_space(12);
+        assert!(total <= CMSG_BUF);
+        assert_eq!(
+            decode_recv_cmsgs(&both[..total]),
+            RecvMeta {
+                gro_size: Some(1420),
+                ifindex: Some(7)
+            }
+        );
+        // PKTINFO alone (no GRO merge), and a length running past the buffer: nothing read.
+        assert_eq!(decode_recv_cmsgs(&both[p..total]).ifindex, Some(7));
+        assert_eq!(decode_recv_cmsgs(&both[p..p + plen - 1]), RecvMeta::default());
         assert_eq!(encode_udp_segment(&mut [0u8; 4], 1), 0);
     }
 }

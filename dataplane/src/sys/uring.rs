@@ -354,7 +354,7 @@ pub struct RingConfig {
     /// Receive buffers (a power of two) and the payload room of each.
     pub recv_bufs: u16,
     pub recv_payload: usize,
-    /// Control room of a receive (for the UDP_GRO cmsg; 0 without GRO).
+    /// Control room of a receive (the UDP_GRO and IP_PKTINFO cmsgs).
     pub control_area: usize,
 }
 

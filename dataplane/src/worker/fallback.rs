@@ -21,7 +21,7 @@ use super::{pin, Sockets, WorkerSetup, WorkerState};
 use crate::datapath::{send_chunks, TunVerdict};
 use crate::sys;
 use crate::sys::io::MsgBatch;
-use crate::sys::socket::{decode_udp_gro, sockaddr_in};
+use crate::sys::socket::{decode_recv_cmsgs, sockaddr_in};
 
 /// Packets per direction per batch.
 pub const BATCH: usize = 32;
@@ -200,10 +200,20 @@ impl Fallback {
                     }
                     at += 1;
                 }
-                _ => {
-                    // The first datagram failed (e.g. unreachable peer, full buffer): it is
-                    // lost; go on with the rest.
+                Ok(_) => {
+                    // Nothing sent and no error: count the first as lost, go on.
                     local.add(Counter::UdpTxErrors, outs[at].segments as u64);
+                    at += 1;
+                }
+                Err(e) => {
+                    // The first datagram failed (e.g. unreachable peer, full buffer, over the
+                    // path MTU with DF set): it is lost; go on with the rest.
+                    let counter = if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                        Counter::UdpTxTooBig
+                    } else {
+                        Counter::UdpTxErrors
+                    };
+                    local.add(counter, outs[at].segments as u64);
                     at += 1;
                 }
             }
@@ -214,8 +224,7 @@ impl Fallback {
     /// UDP → TUN: one recvmmsg of up to [`BATCH`] receives, their checks, and the TUN writes
     /// (coalesced across the batch with offloads).
     fn udp_batch(&mut self) {
-        let gro = self.st.offload.gro;
-        let got = match self.batch.recv(&self.socks.recv, &mut self.rx_bufs, gro) {
+        let got = match self.batch.recv(&self.socks.recv, &mut self.rx_bufs) {
             Ok(k) => k,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -229,13 +238,9 @@ impl Fallback {
                 self.st.core.recv_truncated();
                 continue;
             }
-            let gro_size = if gro {
-                decode_udp_gro(self.batch.control(i))
-            } else {
-                None
-            };
+            let meta = decode_recv_cmsgs(self.batch.control(i));
             let n = self.batch.len(i);
-            self.st.udp_recv(buf, n, gro_size, self.batch.sender(i));
+            self.st.udp_recv(buf, n, meta, self.batch.sender(i));
         }
         self.st.flush_rx();
     }

@@ -28,6 +28,8 @@ use crate::datapath::{coalesce_room, Core, Local, TunVerdict};
 use crate::forward::{Context, Lookup, SenderIndex};
 use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
+use crate::sys::socket::RecvMeta;
+use crate::underlay::{Arrival, ArrivalCell};
 
 /// Packet buffer size. Without offloads a packet is at most the TUN MTU; the TUN MTU is
 /// clamped to this. Larger datagrams from peers are truncated and dropped (`drop_bad_length`).
@@ -176,6 +178,8 @@ pub struct WorkerSetup {
     pub offload: Arc<Offload>,
     /// Where to report "drained" times for CPU-local TUN steering (`sys::bpf::DrainBoard`).
     pub drain: Option<Arc<crate::sys::bpf::DrainBoard>>,
+    /// The interfaces peers' datagrams may arrive on (kept current by the table loop).
+    pub arrival: Arc<ArrivalCell>,
 }
 
 /// Reports this worker's drain times to CPU-local TUN steering (`sys::bpf::DrainBoard`):
@@ -223,6 +227,10 @@ pub struct Routes {
     reader: RouteTableReader,
     pub snap: RouteSnapshot,
     pub ctx: Context,
+    /// The underlay interfaces, as the table loop last computed them.
+    arrival_cell: Arc<ArrivalCell>,
+    arrival_version: u64,
+    pub arrival: Arrival,
 }
 
 impl Lookup for RouteSnapshot {
@@ -233,11 +241,15 @@ impl Lookup for RouteSnapshot {
 }
 
 impl Routes {
-    pub fn new(reader: RouteTableReader, spoof_check: bool) -> Self {
+    pub fn new(reader: RouteTableReader, spoof_check: bool, arrival_cell: Arc<ArrivalCell>) -> Self {
         let mut r = Self {
             reader,
             snap: RouteSnapshot::empty(),
+            arrival_version: arrival_cell.version(),
+            arrival: arrival_cell.get(),
+            arrival_cell,
             ctx: Context {
+                network: None,
                 our_subnet: None,
                 tun_addr: None,
                 spoof_check,
@@ -248,12 +260,19 @@ impl Routes {
         r
     }
 
-    /// One atomic load when nothing changed; rebuilds the receive context when it did. On a
-    /// read error the last good snapshot stays in use.
+    /// Two atomic loads when nothing changed; rebuilds the receive context when the table did,
+    /// copies the underlay interfaces when they did. On a read error the last good snapshot
+    /// stays in use.
     #[inline]
     pub fn refresh(&mut self) {
+        let v = self.arrival_cell.version();
+        if v != self.arrival_version {
+            self.arrival_version = v;
+            self.arrival = self.arrival_cell.get();
+        }
         if let Ok(true) = self.reader.refresh(&mut self.snap) {
             let meta = self.snap.meta();
+            self.ctx.network = Some(meta.network);
             self.ctx.our_subnet = meta.our_subnet;
             self.ctx.tun_addr = meta.our_subnet.map(|s: Ipv4Net| s.addr());
             self.ctx.senders =
@@ -339,6 +358,7 @@ impl WorkerState {
             spoof_check,
             offload,
             drain,
+            arrival,
         } = setup;
         let vnet = offload.vnet_hdr;
         let sizes = BufSizes::new(vnet, offload.gro);
@@ -347,7 +367,7 @@ impl WorkerState {
         let state = Self {
             id,
             core: Core::new(vnet),
-            routes: Routes::new(reader, spoof_check),
+            routes: Routes::new(reader, spoof_check, arrival),
             drain: DrainReporter::new(drain, id),
             offload,
             port,
@@ -396,16 +416,18 @@ impl WorkerState {
         write_tun(&self.tun, pkt, Counter::IcmpUnreachableSent, local);
     }
 
-    /// Handles one UDP receive of `n` bytes in `buf` (`gro_size` bytes per datagram) from
-    /// `sender`: the datagrams that pass are written to the TUN queue one by one, or with
-    /// offloads go into this batch's coalescer (flushed first when it may lack room).
-    pub fn udp_recv(
-        &mut self,
-        buf: &mut [u8],
-        n: usize,
-        gro_size: Option<usize>,
-        sender: Ipv4Addr,
-    ) {
+    /// Handles one UDP receive of `n` bytes in `buf` (`meta`: `gro_size` bytes per datagram,
+    /// the arrival interface) from `sender`: dropped whole when it did not arrive from the
+    /// underlay; otherwise the datagrams that pass are written to the TUN queue one by one, or
+    /// with offloads go into this batch's coalescer (flushed first when it may lack room).
+    pub fn udp_recv(&mut self, buf: &mut [u8], n: usize, meta: RecvMeta, sender: Ipv4Addr) {
+        let gro_size = meta.gro_size;
+        if self
+            .core
+            .arrival_refused(n, gro_size, meta.ifindex, &self.routes.arrival)
+        {
+            return;
+        }
         if self.offload.vnet_hdr {
             if self.co.room() < coalesce_room(n, gro_size) {
                 self.flush_rx();

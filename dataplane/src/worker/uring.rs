@@ -81,7 +81,7 @@ use crate::datapath::{send_chunks, Chunk, TunVerdict};
 use crate::send_batch::OpenBatch;
 use crate::sys;
 use crate::sys::buf_ring::{recv_layout, RecvBuf};
-use crate::sys::socket::{decode_udp_gro, CMSG_BUF};
+use crate::sys::socket::{decode_recv_cmsgs, CMSG_BUF};
 use crate::sys::uring::{Completion, NewRing, Ring, RingConfig, Sent, NAME_AREA, RING_ENTRIES};
 
 pub use crate::sys::uring::probe;
@@ -159,7 +159,7 @@ struct Uring {
     st: WorkerState,
     /// This round's completions (allocated once).
     cqes: Vec<Completion>,
-    /// Control room of a receive (UDP_GRO cmsg), as the ring was set up.
+    /// Control room of a receive (UDP_GRO and IP_PKTINFO cmsgs), as the ring was set up.
     control_area: usize,
     /// The TUN queue may hold packets: set by a poll completion, cleared by a read that finds
     /// it empty.
@@ -182,7 +182,8 @@ impl Uring {
         } else {
             (TUN_SLOTS, RECV_BUFS)
         };
-        let control_area = if st.offload.gro { CMSG_BUF } else { 0 };
+        // Always: the IP_PKTINFO cmsg (arrival interface), and UDP_GRO's with GRO.
+        let control_area = CMSG_BUF;
         let cfg = RingConfig {
             tun_slots,
             tun_buf: st.sizes.tun,
@@ -274,6 +275,9 @@ impl Uring {
                 }
                 at += l;
             }
+        } else if -m.res == libc::EMSGSIZE {
+            // DF is set: over the path MTU, dropped rather than fragmented.
+            local.add(Counter::UdpTxTooBig, m.segments as u64);
         } else {
             local.add(Counter::UdpTxErrors, m.segments as u64);
         }
@@ -300,15 +304,11 @@ impl Uring {
         match recv_layout(buf, NAME_AREA, self.control_area) {
             Some(l) if l.truncated => st.core.recv_truncated(),
             Some(l) => {
-                let gro_size = if st.offload.gro {
-                    decode_udp_gro(&buf[l.control.clone()])
-                } else {
-                    None
-                };
+                let meta = decode_recv_cmsgs(&buf[l.control.clone()]);
                 let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
                 let payload = &mut buf[l.payload.clone()];
                 let n = payload.len();
-                st.udp_recv(payload, n, gro_size, sender);
+                st.udp_recv(payload, n, meta, sender);
             }
             None => st.core.local.add(Counter::UdpRxErrors, 1),
         }

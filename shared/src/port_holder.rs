@@ -1,0 +1,184 @@
+//! Who holds a local UDP port: read from `/proc/net/udp` (address, uid, socket inode) and
+//! `/proc/<pid>/fd` (which process has that socket open) of the caller's network namespace.
+//!
+//! Used when the data plane's port is taken by someone else (a local user squatting 8285 while
+//! the data plane restarts): the refusal to start and flanneld's `/readyz` name the holder.
+//! Reading another user's `/proc/<pid>/fd` needs CAP_SYS_PTRACE (or the same uid): without it
+//! the pid stays unknown but the uid (from `/proc/net/udp`) is still reported.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+/// One socket bound to the port, and the process holding it when that could be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortHolder {
+    pub local: SocketAddrV4,
+    pub uid: u32,
+    pub inode: u64,
+    /// Pid and command (`/proc/<pid>/comm`) of a process with the socket open.
+    pub process: Option<(u32, String)>,
+}
+
+impl fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.process {
+            Some((pid, comm)) => write!(
+                f,
+                "UDP {} held by pid {pid} ({}), uid {}",
+                self.local,
+                comm.escape_debug(),
+                self.uid
+            ),
+            None => write!(
+                f,
+                "UDP {} held by uid {} (socket inode {}; its pid is not visible to us)",
+                self.local, self.uid, self.inode
+            ),
+        }
+    }
+}
+
+/// The sockets of `/proc/net/udp` text bound to local `port`: (address, uid, inode). Lines
+/// that do not parse are skipped.
+pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddrV4, u32, u64)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (ip_hex, port_hex) = f.get(1)?.split_once(':')?;
+            let p = u16::from_str_radix(port_hex, 16).ok()?;
+            // The kernel prints the network-order address as a host-order integer.
+            let raw = u32::from_str_radix(ip_hex, 16).ok()?;
+            let ip = Ipv4Addr::from(raw.to_ne_bytes());
+            let uid = f.get(7)?.parse().ok()?;
+            let inode = f.get(9)?.parse().ok()?;
+            (p == port).then_some((SocketAddrV4::new(ip, p), uid, inode))
+        })
+        .collect()
+}
+
+/// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
+/// `/proc` shows it. `procfs` is normally `/proc`.
+pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
+    let text = std::fs::read_to_string(procfs.join("net/udp"))?;
+    let mut holders: Vec<PortHolder> = parse_proc_net_udp(&text, port)
+        .into_iter()
+        .map(|(local, uid, inode)| PortHolder {
+            local,
+            uid,
+            inode,
+            process: None,
+        })
+        .collect();
+    if holders.is_empty() {
+        return Ok(holders);
+    }
+    for entry in std::fs::read_dir(procfs)?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue; // gone, or not ours to read
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = socket_inode(&target.to_string_lossy()) else {
+                continue;
+            };
+            for h in holders.iter_mut().filter(|h| h.inode == inode) {
+                if h.process.is_none() {
+                    let comm = std::fs::read_to_string(entry.path().join("comm"))
+                        .map(|c| c.trim_end().to_string())
+                        .unwrap_or_default();
+                    h.process = Some((pid, comm));
+                }
+            }
+        }
+        if holders.iter().all(|h| h.process.is_some()) {
+            break;
+        }
+    }
+    Ok(holders)
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// One line naming every holder of `port` other than process `except` (the data plane
+/// itself), or `None` when nobody else holds it or `/proc` cannot be read.
+pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -> Option<String> {
+    let holders = udp_port_holders(procfs, port).ok()?;
+    let foreign: Vec<String> = holders
+        .iter()
+        .filter(|h| except.is_none() || h.process.as_ref().map(|p| p.0) != except)
+        .map(ToString::to_string)
+        .collect();
+    (!foreign.is_empty()).then(|| foreign.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  123: 00000000:205D 00000000:0000 07 00000000:00000000 00:00000000 00000000 65534        0 424242 2 0000000000000000 0
+  124: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 777 2 0000000000000000 0
+  125: 0112A8C6:205D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 9 2 0000000000000000 0
+garbage line
+";
+
+    #[test]
+    fn parses_the_sockets_bound_to_the_port() {
+        let got = parse_proc_net_udp(SAMPLE, 8285);
+        let expect_ip = Ipv4Addr::from(u32::from_str_radix("0112A8C6", 16).unwrap().to_ne_bytes());
+        assert_eq!(
+            got,
+            vec![
+                (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285), 65534, 424242),
+                (SocketAddrV4::new(expect_ip, 8285), 0, 9),
+            ]
+        );
+        #[cfg(target_endian = "little")]
+        assert_eq!(expect_ip, Ipv4Addr::new(198, 168, 18, 1));
+        assert_eq!(
+            parse_proc_net_udp(SAMPLE, 53),
+            vec![(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53), 0, 777)]
+        );
+    }
+
+    #[test]
+    fn names_the_holder() {
+        let h = PortHolder {
+            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285),
+            uid: 65534,
+            inode: 1,
+            process: Some((4321, "nc\n".into())),
+        };
+        assert_eq!(h.to_string(), "UDP 0.0.0.0:8285 held by pid 4321 (nc\\n), uid 65534");
+        assert_eq!(socket_inode("socket:[99]"), Some(99));
+        assert_eq!(socket_inode("pipe:[99]"), None);
+    }
+
+    #[test]
+    fn finds_this_process_as_the_holder_of_its_own_socket() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        let h = udp_port_holders(Path::new("/proc"), port).unwrap();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].process.as_ref().map(|p| p.0), Some(std::process::id()));
+        assert_eq!(
+            describe_foreign_holders(Path::new("/proc"), port, Some(std::process::id())),
+            None
+        );
+        assert!(describe_foreign_holders(Path::new("/proc"), port, None)
+            .unwrap()
+            .contains(&format!("pid {}", std::process::id())));
+    }
+}
