@@ -78,6 +78,18 @@ pub struct Args {
           default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub iptables_forward_rules: bool,
+    /// Guard the data plane's UDP port (not in flannel): drop every forwarded packet to it
+    /// (FORWARD) and every local one whose socket lacks the data plane's mark (OUTPUT), with
+    /// iptables or, with EnableNFTables, nftables.
+    #[arg(long, env = "FLANNELD_DATAPLANE_GUARD", num_args = 0..=1, default_value_t = true,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub dataplane_guard: bool,
+    /// The SO_MARK bit flannel-dataplane puts on its sockets (its --mark): the OUTPUT guard lets
+    /// only datagrams carrying it reach the data-plane port. Decimal or 0x hex, not 0.
+    #[arg(long, env = "FLANNELD_DATAPLANE_MARK", default_value = "0x2000",
+          value_parser = parse_mark)]
+    pub dataplane_mark: u32,
     /// Seconds between checks that our iptables rules are still in place.
     #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -207,6 +219,19 @@ const UNSUPPORTED: &[(&str, &str, Refuse, &str)] = &[
 /// Go's `strconv.ParseBool` false values.
 fn go_false(v: &str) -> bool {
     matches!(v, "0" | "f" | "F" | "false" | "FALSE" | "False")
+}
+
+/// `-dataplane-mark`: decimal or `0x` hex, non-zero.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    match r {
+        Ok(0) => Err(format!("-dataplane-mark {s:?}: must not be 0")),
+        Ok(m) => Ok(m),
+        Err(e) => Err(format!("-dataplane-mark {s:?}: not a 32-bit number ({e})")),
+    }
 }
 
 /// The line refusing the first unsupported flag given, if any.

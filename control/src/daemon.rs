@@ -56,6 +56,9 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     let etcd = args.etcd.options();
     let mut client = connect_with_retry(&etcd).await?;
     let config = wait_for_config(&mut client, &args.etcd.prefix).await;
+    let _ = status
+        .dataplane_port
+        .set((config.backend.port, args.dataplane_stats.clone()));
     tracing::info!(
         network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
         subnet_max = %config.subnet_max, port = config.backend.port, "network config"
@@ -131,8 +134,11 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
             nftables: config.enable_nftables,
             masq: args.ip_masq,
             forward: args.iptables_forward_rules,
+            guard: args.dataplane_guard.then_some(nftables::Guard {
+                port: config.backend.port,
+                mark: args.dataplane_mark,
+            }),
             random_fully_disable: args.ip_masq_fully_random_disable,
-            port: config.backend.port,
             period: Duration::from_secs(args.iptables_resync),
         },
         own_tx.subscribe(),
@@ -173,9 +179,9 @@ struct RulesOpts {
     nftables: bool,
     masq: bool,
     forward: bool,
+    /// `-dataplane-guard`: the data plane's port and mark.
+    guard: Option<nftables::Guard>,
     random_fully_disable: bool,
-    /// The data plane's UDP port (the guard rule drops container traffic to it).
-    port: u16,
     period: Duration,
 }
 
@@ -184,7 +190,7 @@ struct RulesOpts {
 /// flannel does: our iptables chains in nftables mode; flannel's nftables tables in iptables
 /// mode when it installs rules. Without rules in iptables mode it touches nothing.
 async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>) {
-    if !o.nftables && !o.masq && !o.forward {
+    if !o.nftables && !o.masq && !o.forward && o.guard.is_none() {
         return;
     }
     let cleaned = tokio::task::spawn_blocking(move || {
@@ -192,7 +198,8 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
             [
                 ip_masq::masq_chain(o.network, o.network, false),
                 ip_masq::forward_chain(o.network),
-                ip_masq::guard_chain(o.network, o.port),
+                ip_masq::guard_chain(0),
+                ip_masq::output_guard_chain(0, 0),
             ]
             .iter()
             .filter_map(|spec| match ip_masq::remove(spec) {
@@ -201,7 +208,16 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
             })
             .collect()
         } else {
-            nftables::remove_tables()
+            let mut gone = nftables::remove_tables();
+            if o.guard.is_none() {
+                // -dataplane-guard=false: an earlier run's guards go.
+                for spec in [ip_masq::guard_chain(0), ip_masq::output_guard_chain(0, 0)] {
+                    if let Ok(true) = ip_masq::remove(&spec) {
+                        gone.push(format!("iptables {} {}", spec.table, spec.chain));
+                    }
+                }
+            }
+            gone
         }
     })
     .await
@@ -220,7 +236,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
                     masq: subnet.filter(|_| o.masq),
                     random_fully: !o.random_fully_disable && nftables::has_fully_random(),
                     forward: o.forward,
-                    port: o.port,
+                    guard: o.guard,
                 };
                 let r = nft.sync(&want).map_err(|e| e.to_string());
                 (
@@ -233,8 +249,11 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
                     let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
                     specs.push(ip_masq::masq_chain(o.network, s, random_fully));
                 }
+                if let Some(g) = o.guard {
+                    specs.push(ip_masq::guard_chain(g.port));
+                    specs.push(ip_masq::output_guard_chain(g.port, g.mark));
+                }
                 if o.forward {
-                    specs.push(ip_masq::guard_chain(o.network, o.port));
                     specs.push(ip_masq::forward_chain(o.network));
                 }
                 let r = specs

@@ -18,12 +18,20 @@
 //! `-s N -j ACCEPT`, `-d N -j ACCEPT`. Every rule carries the comment "flanneld masq" or
 //! "flanneld forward".
 //!
-//! Not in flannel: filter, chain `FLANNEL-DP-GUARD`, jumped from the *first* rule of `FORWARD`
-//! (with `-iptables-forward-rules`): `-s N -p udp -m udp --dport P -j DROP` (P = the backend
-//! port), comment "flanneld guard". A container must not reach another host's data plane:
-//! masqueraded (ip-masq, Docker) its datagrams would arrive with this host's address and pass
-//! as ours. First, so that no ACCEPT (Docker's, FLANNEL-FWD) comes before it; moved back to the
-//! top when something was inserted above it.
+//! Not in flannel (with `-dataplane-guard`, default on), comment "flanneld guard", P = the
+//! backend port, M = the data plane's mark (`-dataplane-mark`):
+//! - filter, chain `FLANNEL-DP-GUARD`, jumped from the *first* rule of `FORWARD`:
+//!   `-p udp -m udp --dport P -j DROP`. No forwarded packet reaches any host's data plane: a
+//!   container on any bridge (flannel's, a compose network, podman, libvirt), masqueraded to
+//!   this host's address or spoofing another host's with CAP_NET_RAW, would otherwise pass as
+//!   a member.
+//! - filter, chain `FLANNEL-DP-OUTPUT`, jumped from the first rule of `OUTPUT`:
+//!   `-p udp -m udp --dport P -m mark ! --mark M/M -j DROP`. Only a socket carrying the data
+//!   plane's mark (SO_MARK needs CAP_NET_ADMIN) sends to the port: an unprivileged local user
+//!   cannot send as this member.
+//!
+//! Both jumps are first, so that no ACCEPT (Docker's, FLANNEL-FWD) comes before them, and are
+//! moved back to the top when something was inserted above them.
 //!
 //! A sync is idempotent: the chain is rewritten only when its rules are not exactly the desired
 //! ones (count and each rule by `iptables -C`), and the jump is added only when missing. It runs
@@ -36,6 +44,7 @@ use flannel_shared::Ipv4Net;
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
 pub const GUARD_CHAIN: &str = "FLANNEL-DP-GUARD";
+pub const OUTPUT_GUARD_CHAIN: &str = "FLANNEL-DP-OUTPUT";
 const MASQ_COMMENT: &str = "flanneld masq";
 const FORWARD_COMMENT: &str = "flanneld forward";
 const GUARD_COMMENT: &str = "flanneld guard";
@@ -95,15 +104,27 @@ pub fn forward_chain(network: Ipv4Net) -> ChainSpec {
     }
 }
 
-/// The guard chain for `network` and the data plane's UDP `port`.
-pub fn guard_chain(network: Ipv4Net, port: u16) -> ChainSpec {
+/// The forward guard: no forwarded packet to the data plane's UDP `port`.
+pub fn guard_chain(port: u16) -> ChainSpec {
     ChainSpec {
         table: "filter",
         chain: GUARD_CHAIN,
         from: "FORWARD",
         comment: GUARD_COMMENT,
+        rules: vec![words(&format!("-p udp -m udp --dport {port} -j DROP"))],
+        jump_first: true,
+    }
+}
+
+/// The output guard: no local datagram to `port` unless its socket carries `mark`.
+pub fn output_guard_chain(port: u16, mark: u32) -> ChainSpec {
+    ChainSpec {
+        table: "filter",
+        chain: OUTPUT_GUARD_CHAIN,
+        from: "OUTPUT",
+        comment: GUARD_COMMENT,
         rules: vec![words(&format!(
-            "-s {network} -p udp -m udp --dport {port} -j DROP"
+            "-p udp -m udp --dport {port} -m mark ! --mark {mark:#x}/{mark:#x} -j DROP"
         ))],
         jump_first: true,
     }
@@ -334,12 +355,18 @@ mod tests {
                 .map(|i| spec.rule_args("-A", i).join(" "))
                 .collect::<Vec<_>>()[..]
         );
-        let guard = guard_chain("10.1.0.0/16".parse().unwrap(), 8285);
+        let guard = guard_chain(8285);
         assert_eq!(
             guard.rule_args("-A", 0).join(" "),
-            "-A FLANNEL-DP-GUARD -s 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment flanneld guard -j DROP"
+            "-A FLANNEL-DP-GUARD -p udp -m udp --dport 8285 -m comment --comment flanneld guard -j DROP"
         );
         assert!(guard.jump_first);
+        let out = output_guard_chain(8285, 0x2000);
+        assert_eq!(
+            out.rule_args("-A", 0).join(" "),
+            "-A FLANNEL-DP-OUTPUT -p udp -m udp --dport 8285 -m mark ! --mark 0x2000/0x2000 -m comment --comment flanneld guard -j DROP"
+        );
+        assert_eq!((out.from, out.jump_first), ("OUTPUT", true));
         let fwd = forward_chain("10.1.0.0/16".parse().unwrap());
         assert_eq!(
             fwd.rule_args("-A", 1).join(" "),

@@ -16,9 +16,13 @@
 //! ```
 //! `fully-random` is left out with `-ip-masq-fully-random-disable`.
 //!
-//! Not in flannel (with `-iptables-forward-rules`, as the iptables `FLANNEL-DP-GUARD`): chain
-//! `dp-guard` (filter, hook forward, priority filter - 5, before any accept):
-//! `ip saddr N udp dport P drop` — no container reaches another host's data plane.
+//! Not in flannel (with `-dataplane-guard`, default on; the twins of the iptables guards in
+//! [`crate::ip_masq`]): chain `dp-guard` (filter, hook forward, priority filter - 5):
+//! `udp dport P drop` — no forwarded packet (a container on any bridge, masqueraded or not,
+//! spoofing or not) reaches any host's data plane; chain `dp-output` (filter, hook output,
+//! priority filter - 5): `meta mark & M != M udp dport P drop` — only a socket carrying the
+//! data plane's mark M (SO_MARK needs CAP_NET_ADMIN) sends to the port. A drop in a base chain
+//! is final whatever other tables accept, so no rule inserted elsewhere can bypass them.
 //!
 //! Unlike flannel (which writes once): a chain turned off is deleted (`-ip-masq=false` removes
 //! `postrtg`; neither rule set removes the table), and the table is resynced every
@@ -40,6 +44,14 @@ pub const TABLE6: &str = "flannel-ipv6";
 pub const MASQ_CHAIN: &str = "postrtg";
 pub const FORWARD_CHAIN: &str = "forward";
 pub const GUARD_CHAIN: &str = "dp-guard";
+pub const OUTPUT_GUARD_CHAIN: &str = "dp-output";
+
+/// The data-plane guards: its UDP port and the mark its sockets carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    pub port: u16,
+    pub mark: u32,
+}
 
 /// What the table should hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +62,13 @@ pub struct Desired {
     pub random_fully: bool,
     /// `-iptables-forward-rules`.
     pub forward: bool,
-    /// The data plane's UDP port, for the guard chain.
-    pub port: u16,
+    /// `-dataplane-guard`: the guard chains.
+    pub guard: Option<Guard>,
 }
 
 impl Desired {
     fn is_empty(&self) -> bool {
-        self.masq.is_none() && !self.forward
+        self.masq.is_none() && !self.forward && self.guard.is_none()
     }
 }
 
@@ -90,19 +102,31 @@ pub fn script(want: &Desired, listing: &str) -> String {
                 "add rule ip {TABLE} {FORWARD_CHAIN} ip {dir} {n} accept"
             ));
         }
-        line(format!(
-            "add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook forward priority filter - 5 ; \
-             comment \"no container traffic to the data plane port\" ; }}"
-        ));
-        line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
-        line(format!(
-            "add rule ip {TABLE} {GUARD_CHAIN} ip saddr {n} udp dport {} drop",
-            want.port
-        ));
-    } else {
-        for chain in [FORWARD_CHAIN, GUARD_CHAIN] {
-            if has_chain(chain) {
-                line(format!("delete chain ip {TABLE} {chain}"));
+    } else if has_chain(FORWARD_CHAIN) {
+        line(format!("delete chain ip {TABLE} {FORWARD_CHAIN}"));
+    }
+    match want.guard {
+        Some(Guard { port, mark }) => {
+            line(format!(
+                "add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook forward priority filter - 5 ; \
+                 comment \"no forwarded traffic to the data plane port\" ; }}"
+            ));
+            line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
+            line(format!("add rule ip {TABLE} {GUARD_CHAIN} udp dport {port} drop"));
+            line(format!(
+                "add chain ip {TABLE} {OUTPUT_GUARD_CHAIN} {{ type filter hook output priority filter - 5 ; \
+                 comment \"only the data plane sends to the data plane port\" ; }}"
+            ));
+            line(format!("flush chain ip {TABLE} {OUTPUT_GUARD_CHAIN}"));
+            line(format!(
+                "add rule ip {TABLE} {OUTPUT_GUARD_CHAIN} meta mark & {mark:#x} != {mark:#x} udp dport {port} drop"
+            ));
+        }
+        None => {
+            for chain in [GUARD_CHAIN, OUTPUT_GUARD_CHAIN] {
+                if has_chain(chain) {
+                    line(format!("delete chain ip {TABLE} {chain}"));
+                }
             }
         }
     }
@@ -252,7 +276,10 @@ mod tests {
             masq: masq.then(|| "10.1.15.0/24".parse().unwrap()),
             random_fully,
             forward,
-            port: 8285,
+            guard: forward.then_some(Guard {
+                port: 8285,
+                mark: 0x2000,
+            }),
         }
     }
 
@@ -265,9 +292,12 @@ mod tests {
              flush chain ip flannel-ipv4 forward\n\
              add rule ip flannel-ipv4 forward ip saddr 10.1.0.0/16 accept\n\
              add rule ip flannel-ipv4 forward ip daddr 10.1.0.0/16 accept\n\
-             add chain ip flannel-ipv4 dp-guard { type filter hook forward priority filter - 5 ; comment \"no container traffic to the data plane port\" ; }\n\
+             add chain ip flannel-ipv4 dp-guard { type filter hook forward priority filter - 5 ; comment \"no forwarded traffic to the data plane port\" ; }\n\
              flush chain ip flannel-ipv4 dp-guard\n\
-             add rule ip flannel-ipv4 dp-guard ip saddr 10.1.0.0/16 udp dport 8285 drop\n\
+             add rule ip flannel-ipv4 dp-guard udp dport 8285 drop\n\
+             add chain ip flannel-ipv4 dp-output { type filter hook output priority filter - 5 ; comment \"only the data plane sends to the data plane port\" ; }\n\
+             flush chain ip flannel-ipv4 dp-output\n\
+             add rule ip flannel-ipv4 dp-output meta mark & 0x2000 != 0x2000 udp dport 8285 drop\n\
              add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }\n\
              flush chain ip flannel-ipv4 postrtg\n\
              add rule ip flannel-ipv4 postrtg meta mark 0x4000 return\n\
@@ -285,13 +315,14 @@ mod tests {
     #[test]
     fn chains_turned_off_are_deleted_only_when_present() {
         let listing =
-            "table ip flannel-ipv4 {\n\tchain forward {\n\t}\n\tchain dp-guard {\n\t}\n\tchain postrtg {\n\t}\n}\n";
+            "table ip flannel-ipv4 {\n\tchain forward {\n\t}\n\tchain dp-guard {\n\t}\n\tchain dp-output {\n\t}\n\tchain postrtg {\n\t}\n}\n";
         let s = script(&want(false, true, true), listing);
         assert!(s.ends_with("delete chain ip flannel-ipv4 postrtg\n"), "{s}");
         assert!(!script(&want(false, true, true), "").contains("delete"));
         let s = script(&want(true, false, true), listing);
         assert!(s.contains("delete chain ip flannel-ipv4 forward\n"), "{s}");
         assert!(s.contains("delete chain ip flannel-ipv4 dp-guard\n"), "{s}");
+        assert!(s.contains("delete chain ip flannel-ipv4 dp-output\n"), "{s}");
         assert_eq!(
             script(&want(false, false, true), listing),
             "delete table ip flannel-ipv4\n"

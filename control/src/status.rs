@@ -17,6 +17,9 @@ pub struct Status {
     /// Unix seconds at which our lease expires unless renewed.
     pub lease_expiry_unix: std::sync::atomic::AtomicU64,
     pub counters: Counters,
+    /// The data plane's UDP port and stats file (its pid): `/readyz` names any other process
+    /// holding the port (a local user squatting it keeps the data plane from starting).
+    pub dataplane_port: std::sync::OnceLock<(u16, std::path::PathBuf)>,
     /// What keeps flanneld from doing its job right now, by item (`subnet.env`, `config`),
     /// with the reason: shown by `/readyz` and in `STATUS=`.
     problems: Mutex<BTreeMap<&'static str, String>>,
@@ -41,12 +44,29 @@ impl Status {
         if !self.publisher.get().is_some_and(|p| p.is_published()) {
             m.push(with_cause("route table"));
         }
+        if let Some(who) = self.dataplane_port_squatter() {
+            m.push(format!("dataplane port: {who}"));
+        }
         for (item, why) in &problems {
             if !["lease", "subnet.env", "route table"].contains(item) {
                 m.push(format!("{item}: {why}"));
             }
         }
         m
+    }
+
+    /// Who else holds the data plane's port, if anyone (see [`Status::dataplane_port`]).
+    fn dataplane_port_squatter(&self) -> Option<String> {
+        let (port, stats) = self.dataplane_port.get()?;
+        let pid = flannel_shared::stats::StatsReader::open(stats)
+            .ok()
+            .map(|r| r.pid())
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        flannel_shared::port_holder::describe_foreign_holders(
+            std::path::Path::new("/proc"),
+            *port,
+            pid,
+        )
     }
 
     /// Records (or replaces) the problem of `item`. True when it is new or its text changed

@@ -77,33 +77,44 @@ pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHol
         return Ok(holders);
     }
     for entry in std::fs::read_dir(procfs)?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue; // gone, or not ours to read
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(&target.to_string_lossy()) else {
-                continue;
-            };
-            for h in holders.iter_mut().filter(|h| h.inode == inode) {
-                if h.process.is_none() {
-                    let comm = std::fs::read_to_string(entry.path().join("comm"))
-                        .map(|c| c.trim_end().to_string())
-                        .unwrap_or_default();
-                    h.process = Some((pid, comm));
-                }
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            claim_sockets_of(procfs, pid, &mut holders);
+            if holders.iter().all(|h| h.process.is_some()) {
+                break;
             }
-        }
-        if holders.iter().all(|h| h.process.is_some()) {
-            break;
         }
     }
     Ok(holders)
+}
+
+/// Marks the holders whose socket process `pid` has open as held by it.
+fn claim_sockets_of(procfs: &Path, pid: u32, holders: &mut [PortHolder]) {
+    let dir = procfs.join(pid.to_string());
+    let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+        return; // gone, or not ours to read
+    };
+    for fd in fds.flatten() {
+        let Some(inode) = std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|t| socket_inode(&t.to_string_lossy()))
+        else {
+            continue;
+        };
+        for h in holders.iter_mut().filter(|h| h.inode == inode && h.process.is_none()) {
+            let comm = std::fs::read_to_string(dir.join("comm"))
+                .map(|c| c.trim_end().to_string())
+                .unwrap_or_default();
+            h.process = Some((pid, comm));
+        }
+    }
+}
+
+/// The uid owning `/proc/<pid>` (the process's real uid), when it exists.
+fn uid_of(procfs: &Path, pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(procfs.join(pid.to_string()))
+        .ok()
+        .map(|m| m.uid())
 }
 
 /// `socket:[12345]` → 12345.
@@ -112,12 +123,36 @@ fn socket_inode(link: &str) -> Option<u64> {
 }
 
 /// One line naming every holder of `port` other than process `except` (the data plane
-/// itself), or `None` when nobody else holds it or `/proc` cannot be read.
+/// itself), or `None` when nobody else holds it or `/proc` cannot be read. When `except` holds
+/// every socket on the port, only its own `/proc/<pid>/fd` is read.
 pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -> Option<String> {
+    if let Some(pid) = except {
+        let text = std::fs::read_to_string(procfs.join("net/udp")).ok()?;
+        let mut own: Vec<PortHolder> = parse_proc_net_udp(&text, port)
+            .into_iter()
+            .map(|(local, uid, inode)| PortHolder {
+                local,
+                uid,
+                inode,
+                process: None,
+            })
+            .collect();
+        claim_sockets_of(procfs, pid, &mut own);
+        let uid = uid_of(procfs, pid);
+        if own.iter().all(|h| h.process.is_some() || Some(h.uid) == uid) {
+            return None;
+        }
+    }
+    // A socket whose process we may not see counts as `except`'s when it has its uid.
+    let except_uid = except.and_then(|pid| uid_of(procfs, pid));
     let holders = udp_port_holders(procfs, port).ok()?;
     let foreign: Vec<String> = holders
         .iter()
-        .filter(|h| except.is_none() || h.process.as_ref().map(|p| p.0) != except)
+        .filter(|h| match (&h.process, except) {
+            (_, None) => true,
+            (Some((pid, _)), Some(e)) => *pid != e,
+            (None, Some(_)) => Some(h.uid) != except_uid,
+        })
         .map(ToString::to_string)
         .collect();
     (!foreign.is_empty()).then(|| foreign.join("; "))
