@@ -112,7 +112,9 @@ pub fn script(want: &Desired, listing: &str) -> String {
                  comment \"no forwarded traffic to the data plane port\" ; }}"
             ));
             line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
-            line(format!("add rule ip {TABLE} {GUARD_CHAIN} udp dport {port} drop"));
+            line(format!(
+                "add rule ip {TABLE} {GUARD_CHAIN} udp dport {port} drop"
+            ));
             line(format!(
                 "add chain ip {TABLE} {OUTPUT_GUARD_CHAIN} {{ type filter hook output priority filter - 5 ; \
                  comment \"only the data plane sends to the data plane port\" ; }}"
@@ -322,7 +324,10 @@ mod tests {
         let s = script(&want(true, false, true), listing);
         assert!(s.contains("delete chain ip flannel-ipv4 forward\n"), "{s}");
         assert!(s.contains("delete chain ip flannel-ipv4 dp-guard\n"), "{s}");
-        assert!(s.contains("delete chain ip flannel-ipv4 dp-output\n"), "{s}");
+        assert!(
+            s.contains("delete chain ip flannel-ipv4 dp-output\n"),
+            "{s}"
+        );
         assert_eq!(
             script(&want(false, false, true), listing),
             "delete table ip flannel-ipv4\n"

@@ -335,10 +335,21 @@ mod tests {
         let mut icmp = [0u8; ICMP_UNREACH_MAX];
         let mut rl = false;
         let mut lim = RateLimiter::new(10, 10);
-        let a = tun_to_udp(&mut p, &looped, &ctx_a(true), &mut lim, 0, &mut icmp, &mut rl);
+        let a = tun_to_udp(
+            &mut p,
+            &looped,
+            &ctx_a(true),
+            &mut lim,
+            0,
+            &mut icmp,
+            &mut rl,
+        );
         assert_eq!(a, TunAction::Drop(DropReason::PeerInNetwork));
         assert_eq!(p, orig);
-        assert_eq!(DropReason::PeerInNetwork.counter().name(), "drop_peer_in_network");
+        assert_eq!(
+            DropReason::PeerInNetwork.counter().name(),
+            "drop_peer_in_network"
+        );
     }
 
     #[test]

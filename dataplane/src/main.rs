@@ -88,8 +88,8 @@ use flannel_shared::stats::{IoPath, StatsWriter};
 use flannel_shared::Ipv4Net;
 
 use flannel_dataplane::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
-use flannel_dataplane::worker::{Offload, WorkerSetup};
 use flannel_dataplane::underlay::{ArrivalCell, ArrivalKeeper};
+use flannel_dataplane::worker::{Offload, WorkerSetup};
 use std::os::fd::OwnedFd;
 
 /// flannel's default UDP port, used when the table carries none.
@@ -588,10 +588,18 @@ fn run(args: Args) -> Result<Exit> {
     }
 
     let tun = (args.tun_name.clone(), dev.ifindex);
-    let end = follow_table(&mut sd, &mut reader, &mut snap, &workers, &tun, &mut arrival, |snap| {
-        apply_table_change(&args.tun_name, &mut dev, snap);
-        forwarding(dev.network, snap)
-    });
+    let end = follow_table(
+        &mut sd,
+        &mut reader,
+        &mut snap,
+        &workers,
+        &tun,
+        &mut arrival,
+        |snap| {
+            apply_table_change(&args.tun_name, &mut dev, snap);
+            forwarding(dev.network, snap)
+        },
+    );
     match end {
         LoopEnd::Stop => stop_workers(workers, None).map(|()| Exit::Stopped),
         LoopEnd::WorkerEnded(i) => stop_workers(workers, Some(i)).map(|()| Exit::Stopped),

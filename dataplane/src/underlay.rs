@@ -25,7 +25,10 @@ pub enum Arrival {
     /// Any interface (`--underlay-iface any`, or our public IP is on no local interface).
     Any,
     /// Only these interface indexes (an empty set admits nothing).
-    Only { ifindexes: [u32; MAX_IFACES], len: usize },
+    Only {
+        ifindexes: [u32; MAX_IFACES],
+        len: usize,
+    },
 }
 
 impl Arrival {
@@ -106,7 +109,10 @@ mod tests {
         assert!(!Arrival::only(&[]).admits(Some(3)));
         assert!(Arrival::Any.admits(None));
         let many: Vec<u32> = (1..20).collect();
-        assert!(!Arrival::only(&many).admits(Some(19)), "capped at MAX_IFACES");
+        assert!(
+            !Arrival::only(&many).admits(Some(19)),
+            "capped at MAX_IFACES"
+        );
     }
 
     #[test]
@@ -190,7 +196,9 @@ impl ArrivalKeeper {
     /// Recomputes the set when `public_ip` (our lease's) changed or [`RECHECK`] passed.
     pub fn update(&mut self, public_ip: Option<std::net::Ipv4Addr>) {
         let now = std::time::Instant::now();
-        let due = self.checked.map_or(true, |t| now.duration_since(t) >= RECHECK);
+        let due = self
+            .checked
+            .map_or(true, |t| now.duration_since(t) >= RECHECK);
         if public_ip == self.public_ip && !due {
             return;
         }

@@ -262,8 +262,11 @@ fn garbage_flood(dataplane_args: &[&str]) {
     ];
     let t0 = Instant::now();
     for (from, kind, src, inner_dst, _) in floods {
+        // Marked as the data plane's sockets are: A's OUTPUT guard lets it through, so this
+        // is what a member (a buggy or hostile peer data plane) can send.
         let out =
             a.ns.command(loadgen())
+                .env("LOADGEN_SO_MARK", "0x2000")
                 .args([
                     "udp-garbage",
                     &from.to_string(),
@@ -345,6 +348,7 @@ fn garbage_flood(dataplane_args: &[&str]) {
     let kernel_before = KernelDrops::read(&c, 0, 1);
     let out =
         a.ns.command(loadgen())
+            .env("LOADGEN_SO_MARK", "0x2000")
             .args(["udp-garbage", &a_ip.to_string(), &dst, "empty", "500"])
             .args([ca.to_string(), cb.to_string()])
             .output()

@@ -51,13 +51,17 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
         "-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
         "-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".into(),
     ];
-    // Not in flannel: the guard chain, first in FORWARD (see containers_cannot_send_…).
+    // Not in flannel: the guard chains, first in FORWARD and OUTPUT (see
+    // containers_cannot_send_… and tests/security.rs).
     let want_filter = vec![
         "-N FLANNEL-DP-GUARD".to_string(),
+        "-N FLANNEL-DP-OUTPUT".into(),
         "-N FLANNEL-FWD".into(),
         "-A FORWARD -m comment --comment \"flanneld guard\" -j FLANNEL-DP-GUARD".into(),
         "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD".into(),
-        "-A FLANNEL-DP-GUARD -s 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment \"flanneld guard\" -j DROP".into(),
+        "-A OUTPUT -m comment --comment \"flanneld guard\" -j FLANNEL-DP-OUTPUT".into(),
+        "-A FLANNEL-DP-GUARD -p udp -m udp --dport 8285 -m comment --comment \"flanneld guard\" -j DROP".into(),
+        "-A FLANNEL-DP-OUTPUT -p udp -m udp --dport 8285 -m mark ! --mark 0x2000/0x2000 -m comment --comment \"flanneld guard\" -j DROP".into(),
         "-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
         "-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
     ];
@@ -155,9 +159,15 @@ fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
         \t\tip daddr 10.1.0.0/16 accept\n\
         \t}\n";
     let guard = "\tchain dp-guard {\n\
-        \t\tcomment \"no container traffic to the data plane port\"\n\
+        \t\tcomment \"no forwarded traffic to the data plane port\"\n\
         \t\ttype filter hook forward priority filter - 5; policy accept;\n\
-        \t\tip saddr 10.1.0.0/16 udp dport 8285 drop\n\
+        \t\tudp dport 8285 drop\n\
+        \t}\n\
+        \n\
+        \tchain dp-output {\n\
+        \t\tcomment \"only the data plane sends to the data plane port\"\n\
+        \t\ttype filter hook output priority filter - 5; policy accept;\n\
+        \t\tmeta mark & 0x00002000 != 0x00002000 udp dport 8285 drop\n\
         \t}\n";
     let want = format!(
         "table ip flannel-ipv4 {{\n\

@@ -63,7 +63,7 @@ pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddrV4, u32, u64)
 /// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
 /// `/proc` shows it. `procfs` is normally `/proc`.
 pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
-    let text = std::fs::read_to_string(procfs.join("net/udp"))?;
+    let text = std::fs::read_to_string(procfs.join("self/net/udp"))?;
     let mut holders: Vec<PortHolder> = parse_proc_net_udp(&text, port)
         .into_iter()
         .map(|(local, uid, inode)| PortHolder {
@@ -77,7 +77,11 @@ pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHol
         return Ok(holders);
     }
     for entry in std::fs::read_dir(procfs)?.flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             claim_sockets_of(procfs, pid, &mut holders);
             if holders.iter().all(|h| h.process.is_some()) {
                 break;
@@ -100,7 +104,10 @@ fn claim_sockets_of(procfs: &Path, pid: u32, holders: &mut [PortHolder]) {
         else {
             continue;
         };
-        for h in holders.iter_mut().filter(|h| h.inode == inode && h.process.is_none()) {
+        for h in holders
+            .iter_mut()
+            .filter(|h| h.inode == inode && h.process.is_none())
+        {
             let comm = std::fs::read_to_string(dir.join("comm"))
                 .map(|c| c.trim_end().to_string())
                 .unwrap_or_default();
@@ -119,7 +126,10 @@ fn uid_of(procfs: &Path, pid: u32) -> Option<u32> {
 
 /// `socket:[12345]` → 12345.
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// One line naming every holder of `port` other than process `except` (the data plane
@@ -127,7 +137,7 @@ fn socket_inode(link: &str) -> Option<u64> {
 /// every socket on the port, only its own `/proc/<pid>/fd` is read.
 pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -> Option<String> {
     if let Some(pid) = except {
-        let text = std::fs::read_to_string(procfs.join("net/udp")).ok()?;
+        let text = std::fs::read_to_string(procfs.join("self/net/udp")).ok()?;
         let mut own: Vec<PortHolder> = parse_proc_net_udp(&text, port)
             .into_iter()
             .map(|(local, uid, inode)| PortHolder {
@@ -139,7 +149,10 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -
             .collect();
         claim_sockets_of(procfs, pid, &mut own);
         let uid = uid_of(procfs, pid);
-        if own.iter().all(|h| h.process.is_some() || Some(h.uid) == uid) {
+        if own
+            .iter()
+            .all(|h| h.process.is_some() || Some(h.uid) == uid)
+        {
             return None;
         }
     }
@@ -176,7 +189,11 @@ garbage line
         assert_eq!(
             got,
             vec![
-                (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285), 65534, 424242),
+                (
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285),
+                    65534,
+                    424242
+                ),
                 (SocketAddrV4::new(expect_ip, 8285), 0, 9),
             ]
         );
@@ -196,7 +213,10 @@ garbage line
             inode: 1,
             process: Some((4321, "nc\n".into())),
         };
-        assert_eq!(h.to_string(), "UDP 0.0.0.0:8285 held by pid 4321 (nc\\n), uid 65534");
+        assert_eq!(
+            h.to_string(),
+            "UDP 0.0.0.0:8285 held by pid 4321 (nc\\n), uid 65534"
+        );
         assert_eq!(socket_inode("socket:[99]"), Some(99));
         assert_eq!(socket_inode("pipe:[99]"), None);
     }

@@ -650,8 +650,8 @@ fn create_table_file(path: &Path, capacity: u32, generation: u64) -> Result<(Pat
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
         file.set_permissions(Permissions::from_mode(0o644))?; // exactly 0644 despite the umask
-        // Zeros with their blocks allocated: a full tmpfs fails here (ENOSPC), not with
-        // SIGBUS at the first store through the mapping.
+                                                              // Zeros with their blocks allocated: a full tmpfs fails here (ENOSPC), not with
+                                                              // SIGBUS at the first store through the mapping.
         crate::shm_file::allocate(&file, table_file_size(capacity))?;
         MmapOptions::new().map_raw(&file)
     })()

@@ -198,7 +198,9 @@ pub fn decode_recv_cmsgs(ctl: &[u8]) -> RecvMeta {
         let d = off + cmsg_align(CMSG_HDR);
         let end = off + len;
         if level == libc::SOL_UDP && kind == libc::UDP_GRO && d + 4 <= end {
-            meta.gro_size = int_at(d).and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0);
+            meta.gro_size = int_at(d)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0);
         } else if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO && d + 4 <= end {
             // struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; }
             meta.ifindex = int_at(d).and_then(|v| u32::try_from(v).ok());
@@ -404,7 +406,10 @@ mod tests {
         );
         // PKTINFO alone (no GRO merge), and a length running past the buffer: nothing read.
         assert_eq!(decode_recv_cmsgs(&both[p..total]).ifindex, Some(7));
-        assert_eq!(decode_recv_cmsgs(&both[p..p + plen - 1]), RecvMeta::default());
+        assert_eq!(
+            decode_recv_cmsgs(&both[p..p + plen - 1]),
+            RecvMeta::default()
+        );
         assert_eq!(encode_udp_segment(&mut [0u8; 4], 1), 0);
     }
 }

@@ -241,7 +241,11 @@ impl Lookup for RouteSnapshot {
 }
 
 impl Routes {
-    pub fn new(reader: RouteTableReader, spoof_check: bool, arrival_cell: Arc<ArrivalCell>) -> Self {
+    pub fn new(
+        reader: RouteTableReader,
+        spoof_check: bool,
+        arrival_cell: Arc<ArrivalCell>,
+    ) -> Self {
         let mut r = Self {
             reader,
             snap: RouteSnapshot::empty(),

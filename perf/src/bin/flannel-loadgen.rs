@@ -6,13 +6,16 @@
 //!   against its sequence number, print `received=N intact=N`.
 //! - `udp-send ADDR:PORT COUNT SIZE`: send COUNT datagrams of SIZE bytes (sequence + pattern).
 //! - `http-get ADDR:PORT PATH`: print the body of a plain HTTP GET (for /metrics inside a
-//!   namespace); non-200 is an error.
+//!   namespace); non-200 is an error that quotes the body.
 //! - `udp-garbage BIND_IP DST:PORT KIND COUNT INNER_SRC INNER_DST`: send COUNT datagrams of one
 //!   kind of bad input to a data plane's UDP port from BIND_IP (paced: 1 ms pause every 32),
 //!   print `sent=N`. KIND: `empty` (0 bytes), `too-short` (1..19 bytes), `not-ipv4` (version 6),
 //!   `bad-ihl` (IHL 0..4), `bad-length` (total length ≠ datagram length), `ipv4` (a well-formed
 //!   IPv4/UDP packet INNER_SRC → INNER_DST, port 5999, which the receiver must refuse for the
-//!   sender, the destination or the source). Sizes vary per datagram.
+//!   sender, the destination or the source). Sizes vary per datagram. With
+//!   `LOADGEN_SO_MARK=M` the socket carries SO_MARK M (as the data plane's do; needs
+//!   CAP_NET_ADMIN); with `LOADGEN_TRANSPARENT=1` it binds BIND_IP even when that address is not
+//!   local (IP_TRANSPARENT, CAP_NET_RAW: a container spoofing another host's address).
 //!
 //! Content is a function of position, so corruption anywhere shows in the digest or check.
 
@@ -153,7 +156,7 @@ fn http_get(addr: &str, path: &str) -> Result<()> {
     let (head, body) = resp.split_once("\r\n\r\n").context("no HTTP header end")?;
     let status = head.lines().next().unwrap_or("");
     if !status.contains(" 200 ") {
-        bail!("GET {path}: {status}");
+        bail!("GET {path}: {status}: {}", body.trim_end());
     }
     print!("{body}");
     Ok(())
@@ -235,6 +238,35 @@ fn garbage(
     })
 }
 
+/// The sending socket of `udp-garbage`, bound to (`bind`, any port), with the options the
+/// environment asks for.
+fn garbage_socket(bind: std::net::Ipv4Addr) -> Result<UdpSocket> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket")?;
+    if let Ok(mark) = std::env::var("LOADGEN_SO_MARK") {
+        let m = match mark.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16)?,
+            None => mark.parse()?,
+        };
+        socket::setsockopt(&fd, sockopt::Mark, &m).context("SO_MARK")?;
+    }
+    if std::env::var_os("LOADGEN_TRANSPARENT").is_some() {
+        socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT")?;
+    }
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(bind, 0)),
+    )
+    .with_context(|| format!("bind {bind}"))?;
+    Ok(UdpSocket::from(fd))
+}
+
 fn udp_garbage(
     bind: std::net::Ipv4Addr,
     dst: &str,
@@ -243,7 +275,7 @@ fn udp_garbage(
     src: std::net::Ipv4Addr,
     inner_dst: std::net::Ipv4Addr,
 ) -> Result<()> {
-    let s = UdpSocket::bind((bind, 0)).with_context(|| format!("bind {bind}"))?;
+    let s = garbage_socket(bind)?;
     for seq in 0..count {
         s.send_to(&garbage(kind, seq, src, inner_dst)?, dst)
             .with_context(|| format!("send to {dst}"))?;
