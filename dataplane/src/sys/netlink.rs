@@ -292,7 +292,8 @@ pub enum Ipv6Off {
 /// included), so this first writes `/proc/sys/net/ipv6/conf/<name>/disable_ipv6` and, when
 /// that file is read-only (ProtectKernelTunables=, a read-only /proc/sys) or not writable by us,
 /// sets the address generation mode to `none` through rtnetlink (Linux 3.17), which must
-/// happen before the link goes up. `Ok(NoIpv6)` when the kernel has no IPv6.
+/// happen before the link goes up. `Ok(NoIpv6)` when the kernel has no IPv6 (rtnetlink
+/// answers EAFNOSUPPORT).
 pub fn disable_ipv6(index: u32, name: &str) -> io::Result<Ipv6Off> {
     if name.contains('/') || name.starts_with('.') {
         return Err(io::Error::new(
@@ -300,18 +301,20 @@ pub fn disable_ipv6(index: u32, name: &str) -> io::Result<Ipv6Off> {
             "bad interface name",
         ));
     }
-    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        return Ok(Ipv6Off::NoIpv6);
-    }
+    // NotFound: no IPv6, or /proc/sys hidden (ProcSubset=pid); the netlink request tells.
     match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1") {
         Ok(()) => return Ok(Ipv6Off::Disabled),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ipv6Off::NoIpv6),
         Err(e)
-            if e.kind() == io::ErrorKind::PermissionDenied
-                || e.raw_os_error() == Some(libc::EROFS) => {}
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(libc::EROFS) => {}
         Err(e) => return Err(e),
     }
-    request(set_inet6_addr_gen_mode_msg(index, IN6_ADDR_GEN_MODE_NONE))?;
+    match request(set_inet6_addr_gen_mode_msg(index, IN6_ADDR_GEN_MODE_NONE)) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => return Ok(Ipv6Off::NoIpv6),
+        r => r?,
+    }
     Ok(Ipv6Off::NoAddrGen)
 }
 
