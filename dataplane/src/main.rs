@@ -776,14 +776,19 @@ fn open_tun(
     let mtu = effective_mtu(meta.mtu);
     sys::netlink::set_mtu(&args.tun_name, mtu).context("setting TUN MTU")?;
     // Before the link is up, so not even the first router solicitation goes out.
-    if let Err(e) = sys::netlink::disable_ipv6(&args.tun_name) {
-        tracing::warn!(
+    match sys::netlink::disable_ipv6(ifindex, &args.tun_name) {
+        Ok(sys::netlink::Ipv6Off::NoAddrGen) => tracing::info!(
+            "/proc/sys is read-only: IPv6 on {} stays on, without addresses (addrgenmode none)",
+            args.tun_name
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
             "cannot turn IPv6 off on {} (the kernel's own IPv6 packets will be counted as drop_tun_malformed): {e}",
             args.tun_name
-        );
+        ),
     }
     sys::netlink::set_up(&args.tun_name).context("bringing the TUN device up")?;
-    if let Err(e) = sys::netlink::set_accept_local(&args.tun_name) {
+    if let Err(e) = sys::netlink::set_accept_local(ifindex) {
         tracing::warn!(
             "cannot set accept_local on {} (ICMP errors we send may be dropped as martians): {e}",
             args.tun_name

@@ -1,14 +1,21 @@
-//! The systemd units' `CapabilityBoundingSet=` are exactly enough: both daemons run under
-//! `setpriv --no-new-privs --bounding-set` with the set their unit names (read from
-//! `scripts/systemd/`), and a two-host cluster with `-ip-masq` and CPU-local steering (CAP_BPF)
-//! comes up, installs its rules and forwards. After setup the data plane keeps only
-//! CAP_NET_ADMIN, in every thread.
+//! The systemd units' confinement is enough for both daemons: each runs as its unit runs it,
+//! as far as that works without systemd: its own non-root user (a test uid standing in for
+//! the unit's `User=`), the unit's `AmbientCapabilities=` and `CapabilityBoundingSet=` (read
+//! from `scripts/systemd/`), no_new_privs, `/proc/sys` read-only in a mount namespace
+//! (`ProtectKernelTunables=`), and for the data plane a `/dev/net/tun` node as udev leaves it
+//! (0666; `DevicePolicy=closed`, `DeviceAllow=/dev/net/tun rw`), though not
+//! `LimitMEMLOCK=infinity` (a test runner may not raise the hard limit).
+//! A two-host cluster with `-ip-masq` and CPU-local steering (CAP_BPF) comes up, installs its
+//! rules and forwards; the data plane set `accept_local` on flannel0 through rtnetlink and kept
+//! the kernel's IPv6 out of it, and after setup keeps only CAP_NET_ADMIN, in every thread.
+//! Not covered: `SystemCallFilter=` and the other seccomp/namespace settings (no systemd here).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use flannel_perf::testbed::cluster::{Cluster, ClusterOpts};
 use flannel_perf::testbed::{have, require};
+use flannel_shared::stats::StatsReader;
 
 const SEC: Duration = Duration::from_secs(1);
 const CAP_NET_ADMIN: u64 = 1 << 12;
@@ -28,16 +35,63 @@ fn unit_caps(unit: &str) -> Vec<String> {
         .collect()
 }
 
-/// `setpriv` limiting the bounding set to `caps` (root keeps only those across exec).
-fn setpriv(caps: &[String]) -> Vec<String> {
+/// Test uids standing in for the units' `User=flanneld` and `User=flannel-dataplane`.
+const FLANNELD_UID: u32 = 64_101;
+const DATAPLANE_UID: u32 = 64_102;
+
+/// A unit's single `Key=` value.
+fn unit_value(unit: &str, key: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/systemd")
+        .join(unit);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{}: no {key}=", path.display()))
+        .to_string()
+}
+
+/// The daemon as its unit runs it: in a fresh mount namespace with /proc/sys read-only
+/// (ProtectKernelTunables=), for the data plane a private 0666 /dev/net/tun (the node udev
+/// makes; the host's here is 0600), then `setpriv` to `uid` with
+/// `caps` ambient, inheritable and bounding, and no_new_privs.
+fn as_unit_runs_it(uid: u32, caps: &[String], tun: bool) -> Vec<String> {
     let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
-    vec![
-        "setpriv".into(),
-        "--no-new-privs".into(),
-        "--bounding-set".into(),
-        format!("-all{set}"),
-        "--".into(),
+    let mut script =
+        String::from("mount --bind /proc/sys /proc/sys\nmount -o remount,ro,bind /proc/sys\n");
+    if tun {
+        script.push_str(
+            "mount -t tmpfs -o mode=0755 tmpfs /dev/net\nmknod -m 0666 /dev/net/tun c 10 200\n",
+        );
+    }
+    script.push_str(&format!(
+        "exec setpriv --reuid={uid} --regid={uid} \
+         --clear-groups --inh-caps=-all{set} --ambient-caps=-all{set} \
+         --bounding-set=-all{set} --no-new-privs -- \"$@\"\n"
+    ));
+    [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
     ]
+    .into_iter()
+    .map(String::from)
+    .chain([script, "sh".into()])
+    .collect()
+}
+
+/// A `/proc/<pid>/status` line's value (`Uid:`, `NoNewPrivs:` ...).
+fn status_line<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .trim()
 }
 
 /// A capability mask line (`CapEff:`, `CapBnd:` ...) of `/proc/<pid>/task/<tid>/status`.
@@ -63,13 +117,13 @@ fn mask(caps: &[String]) -> u64 {
 }
 
 #[test]
-fn units_capability_sets_are_enough_and_the_data_plane_drops_to_net_admin() {
+fn daemons_work_as_their_units_run_them_and_the_data_plane_drops_to_net_admin() {
     let Some(mut opts) = ClusterOpts::for_test() else {
         return;
     };
     if !require(
-        "setpriv and iptables installed",
-        have("setpriv") && have("iptables"),
+        "setpriv, unshare and iptables installed",
+        have("setpriv") && have("unshare") && have("iptables"),
     ) {
         return;
     }
@@ -79,8 +133,22 @@ fn units_capability_sets_are_enough_and_the_data_plane_drops_to_net_admin() {
     );
     assert_eq!(fl_caps, ["net_admin", "net_raw"]);
     assert_eq!(dp_caps, ["net_admin", "bpf"]);
-    opts.flanneld_wrapper = setpriv(&fl_caps);
-    opts.dataplane_wrapper = setpriv(&dp_caps);
+    for (unit, caps) in [
+        ("flanneld.service", &fl_caps),
+        ("flannel-dataplane.service", &dp_caps),
+    ] {
+        let ambient = unit_value(unit, "AmbientCapabilities");
+        assert_eq!(
+            ambient,
+            unit_value(unit, "CapabilityBoundingSet"),
+            "{unit}: {caps:?}"
+        );
+        assert_ne!(unit_value(unit, "User"), "root", "{unit}");
+        assert_eq!(unit_value(unit, "ProtectKernelTunables"), "yes", "{unit}");
+    }
+    opts.flanneld_wrapper = as_unit_runs_it(FLANNELD_UID, &fl_caps, false);
+    opts.dataplane_wrapper = as_unit_runs_it(DATAPLANE_UID, &dp_caps, true);
+    opts.run_as = Some((FLANNELD_UID, DATAPLANE_UID));
     opts.flanneld_args = vec!["-ip-masq".into()];
     let mut c = Cluster::new(opts).unwrap();
     c.add_host().unwrap();
@@ -96,6 +164,12 @@ fn units_capability_sets_are_enough_and_the_data_plane_drops_to_net_admin() {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", fl.pid().unwrap())).unwrap();
         assert_eq!(cap_line(&status, "CapBnd:"), mask(&fl_caps), "{status}");
+        assert_eq!(cap_line(&status, "CapAmb:"), mask(&fl_caps), "{status}");
+        assert!(
+            status_line(&status, "Uid:").starts_with(&FLANNELD_UID.to_string()),
+            "{status}"
+        );
+        assert_eq!(status_line(&status, "NoNewPrivs:"), "1", "{status}");
         // flanneld installed its rules with that set.
         fl.wait_log("masquerade/forward rules installed", SEC * 10);
         let nat = h.ns.exec("iptables", &["-w", "-t", "nat", "-S"]).unwrap();
@@ -121,8 +195,33 @@ fn units_capability_sets_are_enough_and_the_data_plane_drops_to_net_admin() {
             log.contains("capabilities: kept CAP_NET_ADMIN only"),
             "{log}"
         );
+        // /proc/sys is read-only, yet accept_local is set (rtnetlink) and the kernel sends no
+        // IPv6 into flannel0 (no address generated: its router solicitations and MLD reports
+        // would be counted as drop_tun_malformed).
+        assert!(!log.contains("cannot set accept_local"), "{log}");
+        assert!(!log.contains("cannot turn IPv6 off"), "{log}");
+        let accept_local =
+            h.ns.exec("cat", &["/proc/sys/net/ipv4/conf/flannel0/accept_local"])
+                .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&accept_local.stdout).trim(),
+            "1",
+            "{log}"
+        );
+        let link = h.ns.ip(&["-d", "link", "show", "dev", "flannel0"]).unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains("addrgenmode none"), "{link}");
+        let stats = h.stats_file();
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&stats).unwrap());
+        assert_eq!(owner, DATAPLANE_UID, "{}", stats.display());
         // Every thread of the data plane: effective and permitted = CAP_NET_ADMIN only.
         let pid = dp.pid().unwrap();
+        // Long enough after the link came up for the kernel's first router solicitation.
+        std::thread::sleep(SEC * 3);
+        let malformed = StatsReader::open(&stats)
+            .unwrap()
+            .total("drop_tun_malformed");
+        assert_eq!(malformed, 0, "the kernel sent IPv6 into flannel0");
         let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -143,6 +242,13 @@ fn units_capability_sets_are_enough_and_the_data_plane_drops_to_net_admin() {
                 "{}: {status}",
                 t.display()
             );
+            // Ambient, so its restart in place (re-exec) can recreate the device.
+            assert_eq!(cap_line(&status, "CapAmb:"), CAP_NET_ADMIN, "{status}");
+            assert!(
+                status_line(&status, "Uid:").starts_with(&DATAPLANE_UID.to_string()),
+                "{status}"
+            );
+            assert_eq!(status_line(&status, "NoNewPrivs:"), "1", "{status}");
         }
     }
 }

@@ -4,6 +4,10 @@
 //! 64-bit capabilities) and the ambient set is cleared. The bounding set is left alone: a
 //! restart in place (re-exec after the TUN device was deleted) gets the start-up set again,
 //! unless NoNewPrivileges forbids that (then steering falls back to flow hashing).
+//! Started as a non-root user with ambient capabilities (the unit's `User=` and
+//! `AmbientCapabilities=`), CAP_NET_ADMIN stays inheritable and ambient (Linux 4.3) when it
+//! was ambient: a non-root process keeps across `execve` only its ambient set, and the restart
+//! in place needs CAP_NET_ADMIN to recreate the device.
 //! Capabilities are per thread: call [`keep_only_net_admin`] before any other thread exists,
 //! so every worker inherits the reduced sets.
 //!
@@ -49,6 +53,16 @@ fn get() -> io::Result<[Data; 2]> {
 pub fn keep_only_net_admin() -> io::Result<u64> {
     let before = get()?;
     let before_mask = u64::from(before[0].effective) | (u64::from(before[1].effective) << 32);
+    // SAFETY: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap) takes plain integers.
+    let ambient = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+            CAP_NET_ADMIN as libc::c_ulong,
+            0,
+            0,
+        )
+    } == 1;
     // SAFETY: prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) takes plain integers.
     cvt(unsafe {
         libc::prctl(
@@ -68,7 +82,7 @@ pub fn keep_only_net_admin() -> io::Result<u64> {
         Data {
             effective: d.effective & bit,
             permitted: d.permitted & bit,
-            inheritable: 0,
+            inheritable: if ambient { d.inheritable & bit } else { 0 },
         }
     };
     let data = [keep(&before[0], 0), keep(&before[1], 1)];
@@ -78,5 +92,17 @@ pub fn keep_only_net_admin() -> io::Result<u64> {
     };
     // SAFETY: as in `get`; capset only reads `data`.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut Header, data.as_ptr()) })?;
+    if ambient {
+        // SAFETY: as above; CAP_NET_ADMIN is still permitted and inheritable, so this succeeds.
+        cvt(unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                CAP_NET_ADMIN as libc::c_ulong,
+                0,
+                0,
+            )
+        })?;
+    }
     Ok(before_mask)
 }

@@ -1,6 +1,15 @@
 //! Configuring the TUN device: address and route through rtnetlink (hand-built messages, one
 //! request and one ACK each), MTU and link state through the classic `SIOCSIF*` ioctls.
 //!
+//! Per-device sysctls go through rtnetlink too (RTM_SETLINK, `IFLA_AF_SPEC`), so the data plane
+//! needs no writable /proc/sys (its unit has ProtectKernelTunables=): `accept_local` as
+//! `AF_INET`/`IFLA_INET_CONF` (Linux 2.6.37). IPv6 has no such setter: the kernel refuses
+//! `AF_INET6`/`IFLA_INET6_CONF` in RTM_SETLINK with EINVAL (tried on 6.18; it accepts only the
+//! token and the address generation mode), so [`disable_ipv6`] still writes
+//! `/proc/sys/net/ipv6/conf/<dev>/disable_ipv6` where it can and otherwise sets the address
+//! generation mode to `none` (Linux 3.17), which keeps the kernel from sending IPv6 into the
+//! device as well.
+//!
 //! The address is set with its /32 prefix in one RTM_NEWADDR, so no transient classful route
 //! appears (which `SIOCSIFADDR` + `SIOCSIFNETMASK` would create).
 
@@ -26,6 +35,17 @@ const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RTN_UNICAST: u8 = 1;
+const RTM_SETLINK: u16 = 19;
+const IFLA_AF_SPEC: u16 = 26;
+const NLA_F_NESTED: u16 = 1 << 15;
+/// Inside `IFLA_AF_SPEC`/`AF_INET` (linux/if_link.h).
+const IFLA_INET_CONF: u16 = 1;
+/// `IPV4_DEVCONF_ACCEPT_LOCAL` (linux/ip.h; the enum starts at 1).
+const IPV4_DEVCONF_ACCEPT_LOCAL: u16 = 23;
+/// Inside `IFLA_AF_SPEC`/`AF_INET6` (linux/if_link.h).
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+/// `IN6_ADDR_GEN_MODE_NONE` (linux/if_link.h).
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 
 struct Msg(Vec<u8>);
 
@@ -198,31 +218,145 @@ pub fn set_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets `net.ipv4.conf.<name>.accept_local=1` (in our network namespace). Needed for the ICMP
-/// net-unreachable we write into the TUN device: its source is the TUN's own address, which
-/// the kernel otherwise drops as a martian source.
-pub fn set_accept_local(name: &str) -> io::Result<()> {
-    if name.contains('/') || name.starts_with('.') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "bad interface name",
-        ));
-    }
-    std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/accept_local"), b"1")
+/// `struct ifinfomsg` (linux/rtnetlink.h) for interface `index`: family AF_UNSPEC, no flag
+/// changes (`ifi_change` 0).
+fn ifinfomsg(index: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b
 }
 
-/// Sets `net.ipv6.conf.<name>.disable_ipv6=1`: the overlay carries IPv4 only (as flannel's udp
-/// backend), and without this the kernel sends its own IPv6 router solicitations and MLD reports
-/// into the device, which the data plane can only drop. `Ok` when the kernel has no IPv6.
-pub fn disable_ipv6(name: &str) -> io::Result<()> {
+/// One attribute (header, payload, padding to 4 bytes) as bytes, for nesting.
+fn nla(kind: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + data.len() + 3);
+    v.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+    v.extend_from_slice(&kind.to_ne_bytes());
+    v.extend_from_slice(data);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+/// The RTM_SETLINK request setting `net.ipv4.conf.<dev>.<conf>=value` on interface `index`:
+/// `IFLA_AF_SPEC { AF_INET { IFLA_INET_CONF { [conf] = u32 value } } }`. IPv4 devconf
+/// attribute types are the 1-based `IPV4_DEVCONF_*` numbers (linux/ip.h).
+fn set_inet_conf_msg(index: u32, conf: u16, value: u32) -> Vec<u8> {
+    let conf = nla(IFLA_INET_CONF, &nla(conf, &value.to_ne_bytes()));
+    let af = nla(libc::AF_INET as u16, &conf);
+    Msg::new(RTM_SETLINK, 0)
+        .bytes(&ifinfomsg(index))
+        .attr(IFLA_AF_SPEC | NLA_F_NESTED, &af)
+        .finish()
+}
+
+/// The RTM_SETLINK request setting interface `index`'s IPv6 address generation mode:
+/// `IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = u8 mode } }`.
+fn set_inet6_addr_gen_mode_msg(index: u32, mode: u8) -> Vec<u8> {
+    let af = nla(
+        libc::AF_INET6 as u16,
+        &nla(IFLA_INET6_ADDR_GEN_MODE, &[mode]),
+    );
+    Msg::new(RTM_SETLINK, 0)
+        .bytes(&ifinfomsg(index))
+        .attr(IFLA_AF_SPEC | NLA_F_NESTED, &af)
+        .finish()
+}
+
+/// Sets `net.ipv4.conf.<dev>.accept_local=1` on interface `index` (in our network namespace)
+/// through rtnetlink, not /proc/sys (which the unit mounts read-only: ProtectKernelTunables=).
+/// Needed for the ICMP net-unreachable we write into the TUN device: its source is the TUN's
+/// own address, which the kernel otherwise drops as a martian source.
+pub fn set_accept_local(index: u32) -> io::Result<()> {
+    request(set_inet_conf_msg(index, IPV4_DEVCONF_ACCEPT_LOCAL, 1))
+}
+
+/// What [`disable_ipv6`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Off {
+    /// `net.ipv6.conf.<dev>.disable_ipv6=1`: no IPv6 on the device at all.
+    Disabled,
+    /// /proc/sys was not writable; the device's IPv6 address generation mode is `none` instead
+    /// (no link-local address, so no router solicitation, DAD or MLD report for one).
+    NoAddrGen,
+    /// The kernel has no IPv6.
+    NoIpv6,
+}
+
+/// Keeps the kernel from sending IPv6 into the device (`index`, named `name`): the overlay
+/// carries IPv4 only (as flannel's udp backend), and without this the kernel sends its own IPv6
+/// router solicitations and MLD reports into the device, which the data plane can only drop.
+///
+/// The kernel offers no netlink way to set `disable_ipv6` (RTM_SETLINK's AF_INET6 part takes
+/// only the address generation mode and the token; `IFLA_INET6_CONF` is read-only, Linux 6.18
+/// included), so this first writes `/proc/sys/net/ipv6/conf/<name>/disable_ipv6` and, when
+/// that file is read-only (ProtectKernelTunables=, a read-only /proc/sys) or not writable by us,
+/// sets the address generation mode to `none` through rtnetlink (Linux 3.17), which must
+/// happen before the link goes up. `Ok(NoIpv6)` when the kernel has no IPv6 (rtnetlink
+/// answers EAFNOSUPPORT).
+pub fn disable_ipv6(index: u32, name: &str) -> io::Result<Ipv6Off> {
     if name.contains('/') || name.starts_with('.') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "bad interface name",
         ));
     }
+    // NotFound: no IPv6, or /proc/sys hidden (ProcSubset=pid); the netlink request tells.
     match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1") {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
+        Ok(()) => return Ok(Ipv6Off::Disabled),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) || e.raw_os_error() == Some(libc::EROFS) => {}
+        Err(e) => return Err(e),
+    }
+    match request(set_inet6_addr_gen_mode_msg(index, IN6_ADDR_GEN_MODE_NONE)) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => return Ok(Ipv6Off::NoIpv6),
+        r => r?,
+    }
+    Ok(Ipv6Off::NoAddrGen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ifinfomsg` for interface 7: family, pad, type, then the index.
+    const IFINFO_7: [u8; 16] = [0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn accept_local_is_one_rtm_setlink_with_a_nested_inet_conf() {
+        let mut want = vec![
+            52, 0, 0, 0, // nlmsg_len
+            19, 0, // RTM_SETLINK
+            5, 0, // NLM_F_REQUEST | NLM_F_ACK
+            1, 0, 0, 0, // seq
+            0, 0, 0, 0, // pid
+        ];
+        want.extend_from_slice(&IFINFO_7);
+        want.extend_from_slice(&[
+            20, 0, 26, 0x80, // IFLA_AF_SPEC | NLA_F_NESTED
+            16, 0, 2, 0, // AF_INET
+            12, 0, 1, 0, // IFLA_INET_CONF
+            8, 0, 23, 0, // IPV4_DEVCONF_ACCEPT_LOCAL
+            1, 0, 0, 0, // = 1
+        ]);
+        assert_eq!(set_inet_conf_msg(7, IPV4_DEVCONF_ACCEPT_LOCAL, 1), want);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn addr_gen_mode_none_is_one_rtm_setlink_with_a_padded_u8() {
+        let mut want = vec![48, 0, 0, 0, 19, 0, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        want.extend_from_slice(&IFINFO_7);
+        want.extend_from_slice(&[
+            16, 0, 26, 0x80, // IFLA_AF_SPEC | NLA_F_NESTED
+            12, 0, 10, 0, // AF_INET6
+            5, 0, 8, 0, // IFLA_INET6_ADDR_GEN_MODE, one byte
+            1, 0, 0, 0, // IN6_ADDR_GEN_MODE_NONE, padded to 4
+        ]);
+        assert_eq!(set_inet6_addr_gen_mode_msg(7, IN6_ADDR_GEN_MODE_NONE), want);
     }
 }

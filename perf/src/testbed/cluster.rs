@@ -32,6 +32,11 @@ pub struct ClusterOpts {
     pub flanneld_wrapper: Vec<String>,
     /// The same for `flannel-dataplane`.
     pub dataplane_wrapper: Vec<String>,
+    /// `Some((flanneld_uid, dataplane_uid))`: the daemons run as these users (the wrappers
+    /// switch to them), laid out as the systemd units are: each host's directory (subnet.env,
+    /// route table) owned by flanneld's uid, its `dataplane/` (stats) by the data plane's, the
+    /// cluster directory traversable by both.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl ClusterOpts {
@@ -44,6 +49,7 @@ impl ClusterOpts {
             bin_dir: bin_dir.to_owned(),
             flanneld_wrapper: Vec::new(),
             dataplane_wrapper: Vec::new(),
+            run_as: None,
         }
     }
 
@@ -86,8 +92,10 @@ impl SimHost {
     pub fn route_table(&self) -> PathBuf {
         self.dir.join("routes")
     }
+    /// In a directory of its own, as `/run/flannel-dataplane/` under systemd: the data plane
+    /// may run as another user than flanneld.
     pub fn stats_file(&self) -> PathBuf {
-        self.dir.join("dataplane.stats")
+        self.dir.join("dataplane/dataplane.stats")
     }
     /// The container's overlay address (FLANNEL_SUBNET + 1).
     pub fn container_ip(&self) -> Ipv4Addr {
@@ -172,7 +180,14 @@ impl Cluster {
         let (ns, underlay_ip) = self.underlay.add_host(self.opts.underlay_mtu)?;
         let index = self.hosts.len() + 1;
         let dir = self.dir.path().join(format!("host{index}"));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join("dataplane"))?;
+        if let Some((fl_uid, dp_uid)) = self.opts.run_as {
+            use std::os::unix::fs::PermissionsExt;
+            let perm = std::fs::Permissions::from_mode(0o711);
+            std::fs::set_permissions(self.dir.path(), perm)?;
+            std::os::unix::fs::chown(&dir, Some(fl_uid), Some(fl_uid))?;
+            std::os::unix::fs::chown(dir.join("dataplane"), Some(dp_uid), Some(dp_uid))?;
+        }
         self.hosts.push(SimHost {
             dataplane: None,
             flanneld: None,
