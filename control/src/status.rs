@@ -57,15 +57,20 @@ impl Status {
 
     /// Who else holds the data plane's port, if anyone (see [`Status::dataplane_port`]).
     fn dataplane_port_squatter(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
         let (port, stats) = self.dataplane_port.get()?;
-        let pid = flannel_shared::stats::StatsReader::open(stats)
+        // The data plane: the stats file's writer and owner (its pid may be invisible to us).
+        let owner = flannel_shared::stats::StatsReader::open(stats)
             .ok()
-            .map(|r| r.pid())
-            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            .zip(std::fs::metadata(stats).ok())
+            .map(|(r, m)| flannel_shared::port_holder::Owner {
+                pid: r.pid(),
+                uid: m.uid(),
+            });
         flannel_shared::port_holder::describe_foreign_holders(
             std::path::Path::new("/proc"),
             *port,
-            pid,
+            owner,
         )
     }
 

@@ -116,14 +116,6 @@ fn claim_sockets_of(procfs: &Path, pid: u32, holders: &mut [PortHolder]) {
     }
 }
 
-/// The uid owning `/proc/<pid>` (the process's real uid), when it exists.
-fn uid_of(procfs: &Path, pid: u32) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(procfs.join(pid.to_string()))
-        .ok()
-        .map(|m| m.uid())
-}
-
 /// `socket:[12345]` → 12345.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
@@ -132,11 +124,25 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// One line naming every holder of `port` other than process `except` (the data plane
-/// itself), or `None` when nobody else holds it or `/proc` cannot be read. When `except` holds
-/// every socket on the port, only its own `/proc/<pid>/fd` is read.
-pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -> Option<String> {
-    if let Some(pid) = except {
+/// The process allowed to hold the port (the data plane): its pid and uid. A socket whose
+/// process we may not see (another user's, under `ProtectProc=invisible`) counts as its when it
+/// has its uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// One line naming every holder of `port` other than `owner`, or `None` when nobody else
+/// holds it or `/proc` cannot be read. When `owner` holds every socket on the port, only its
+/// own `/proc/<pid>/fd` is read.
+pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) -> Option<String> {
+    let is_owners = |h: &PortHolder| match (&h.process, owner) {
+        (_, None) => false,
+        (Some((pid, _)), Some(o)) => *pid == o.pid,
+        (None, Some(o)) => h.uid == o.uid,
+    };
+    if let Some(o) = owner {
         let text = std::fs::read_to_string(procfs.join("self/net/udp")).ok()?;
         let mut own: Vec<PortHolder> = parse_proc_net_udp(&text, port)
             .into_iter()
@@ -147,25 +153,15 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, except: Option<u32>) -
                 process: None,
             })
             .collect();
-        claim_sockets_of(procfs, pid, &mut own);
-        let uid = uid_of(procfs, pid);
-        if own
-            .iter()
-            .all(|h| h.process.is_some() || Some(h.uid) == uid)
-        {
+        claim_sockets_of(procfs, o.pid, &mut own);
+        if own.iter().all(|h| h.process.is_some()) {
             return None;
         }
     }
-    // A socket whose process we may not see counts as `except`'s when it has its uid.
-    let except_uid = except.and_then(|pid| uid_of(procfs, pid));
     let holders = udp_port_holders(procfs, port).ok()?;
     let foreign: Vec<String> = holders
         .iter()
-        .filter(|h| match (&h.process, except) {
-            (_, None) => true,
-            (Some((pid, _)), Some(e)) => *pid != e,
-            (None, Some(_)) => Some(h.uid) != except_uid,
-        })
+        .filter(|h| !is_owners(h))
         .map(ToString::to_string)
         .collect();
     (!foreign.is_empty()).then(|| foreign.join("; "))
@@ -228,10 +224,21 @@ garbage line
         let h = udp_port_holders(Path::new("/proc"), port).unwrap();
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h[0].process.as_ref().map(|p| p.0), Some(std::process::id()));
+        let me = Owner {
+            pid: std::process::id(),
+            uid: h[0].uid,
+        };
         assert_eq!(
-            describe_foreign_holders(Path::new("/proc"), port, Some(std::process::id())),
+            describe_foreign_holders(Path::new("/proc"), port, Some(me)),
             None
         );
+        // Another pid of the same uid whose fds are not visible: a socket we cannot attribute
+        // counts as the owner's only through its uid.
+        let invisible = Owner {
+            pid: u32::MAX,
+            uid: h[0].uid,
+        };
+        assert!(describe_foreign_holders(Path::new("/proc"), port, Some(invisible)).is_some());
         assert!(describe_foreign_holders(Path::new("/proc"), port, None)
             .unwrap()
             .contains(&format!("pid {}", std::process::id())));
