@@ -246,7 +246,7 @@ impl LeaseSet {
         let key = match kv.key.strip_prefix(&self.dir) {
             Some(rest) => LeaseKey::parse(rest),
             None => Err(LeaseKeyError::NotUnderPrefix {
-                key: kv.key.to_owned(),
+                key: flannel_shared::untrusted::clip(kv.key),
                 dir: self.dir.clone(),
             }),
         };
@@ -597,6 +597,12 @@ mod tests {
                 "wrong_subnet_len",
             ),
             ("junk", r#"{"PublicIP":"198.18.0.11"}"#, "bad_key"),
+            // Inside Network 10.1.0.0/16: the overlay would send it into itself.
+            (
+                "10.1.99.0-24",
+                r#"{"PublicIP":"10.1.99.1"}"#,
+                "public_ip_in_network",
+            ),
         ];
         let keys: Vec<String> = cases.iter().map(|(k, _, _)| key(k)).collect();
         for (i, (k, (_, v, _))) in keys.iter().zip(&cases).enumerate() {

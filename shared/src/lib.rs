@@ -8,6 +8,7 @@
 //! - [`stats`]: the data plane's shared-memory counters.
 //! - [`sd_notify`]: systemd's readiness and watchdog protocol, for both daemons.
 //! - [`ci`]: for tests: CI or not, and skip-or-fail.
+//! - [`untrusted`]: other machines' text made safe for logs and messages.
 
 pub mod ci;
 pub mod config;
@@ -17,5 +18,6 @@ pub mod route_table;
 pub mod sd_notify;
 pub mod stats;
 pub mod subnet_env;
+pub mod untrusted;
 
 pub use net::Ipv4Net;
