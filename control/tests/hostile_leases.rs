@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_perf::testbed::{free_port, wait_for};
+use flannel_shared::Ipv4Net;
 
 mod common;
 use common::LoopbackFlanneld;
@@ -156,4 +157,44 @@ fn public_ip_inside_network_is_rejected_and_untrusted_text_cannot_forge_lines() 
             "forged line {l:?} in:\n{table}"
         );
     }
+}
+
+/// C: `subnets/0.0.0.0-0` (and a /16 over the whole Network, and a /23), without a TTL, used to
+/// block every candidate: each new host failed "out of subnets". Now they block nothing.
+#[test]
+fn bogus_wide_keys_do_not_block_allocation() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
+    let bogus = [key("0.0.0.0-0"), key("10.1.0.0-16"), key("10.1.4.0-23")];
+    for k in &bogus {
+        etcd.ctl(&["put", k, r#"{"PublicIP":"198.18.0.66"}"#])
+            .unwrap();
+    }
+    let a = LoopbackFlanneld::start(&etcd.endpoint(), "198.18.0.1", &[]);
+    let b = LoopbackFlanneld::start(&etcd.endpoint(), "198.18.0.2", &[]);
+    let (sa, sb) = (a.wait_subnet(SEC * 20), b.wait_subnet(SEC * 20));
+    assert_ne!(sa, sb);
+    for (h, s) in [(&a, sa), (&b, sb)] {
+        assert_eq!(s.prefix(), 24);
+        let value = etcd.get(&key(&s.to_key())).unwrap();
+        assert_eq!(
+            value.as_deref(),
+            Some(format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, h.public_ip).as_str()),
+            "{s} in etcd"
+        );
+        assert!(!h.daemon.log().contains("out of subnets"));
+    }
+    // The bogus keys are left alone, and nothing routes through them.
+    for k in &bogus {
+        assert!(etcd.get(k).unwrap().is_some(), "{k} deleted");
+    }
+    let in_b: Ipv4Net = sb;
+    wait_route(
+        &a,
+        &Ipv4Addr::from(in_b.addr_u32() + 9).to_string(),
+        Some("198.18.0.2"),
+    );
 }
