@@ -872,6 +872,22 @@ mod tests {
         assert_eq!(v.free_count(), 3, "one reserved");
     }
 
+    /// A key too long to be a lease key is held under a short name (issue 27); a listing
+    /// without it still finds and deletes it, and it blocks nothing.
+    #[test]
+    fn a_huge_key_is_held_short_and_a_listing_without_it_deletes_it() {
+        let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
+        let huge = key(&"9".repeat(1 << 20));
+        let mut ev = Vec::new();
+        v.replace_all([kv(&huge, THEIRS, 1, 0)], 1, &mut ev);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v.free_count(), 255);
+        assert!(v.set().shared_key(&huge).unwrap().len() < 300);
+        v.replace_all([], 2, &mut ev);
+        assert!(v.is_empty());
+        assert!(v.set().rejected_by_reason().is_empty());
+    }
+
     /// flannel's policy: a random one among the lowest 100 free; reservations keep local
     /// acquirers apart; the preferred subnet wins when free.
     #[test]
