@@ -380,14 +380,30 @@ pub struct EtcdArgs {
     /// etcd user name (authentication).
     #[arg(long = "etcd-username", global = true, env = "FLANNELD_ETCD_USERNAME")]
     pub username: Option<String>,
-    /// etcd password (authentication).
+    /// etcd password (authentication). Over http:// to a host other than loopback it is
+    /// refused unless -etcd-allow-insecure-password is given.
     #[arg(
         long = "etcd-password",
         global = true,
         env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "password_file"
     )]
-    pub password: Option<String>,
+    pub password: Option<crate::etcd::Secret>,
+    /// File holding the etcd password (its first line; a trailing newline is dropped). Keeps the
+    /// password out of the command line and the environment. Not with -etcd-password.
+    #[arg(
+        long = "etcd-password-file",
+        global = true,
+        env = "FLANNELD_ETCD_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Send the etcd password over http:// to hosts other than loopback (clear text).
+    #[arg(long = "etcd-allow-insecure-password", global = true,
+          env = "FLANNELD_ETCD_ALLOW_INSECURE_PASSWORD", num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true", require_equals = true,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure_password: bool,
 }
 
 impl EtcdArgs {
@@ -410,6 +426,8 @@ impl EtcdArgs {
             keyfile: self.keyfile.clone(),
             username: self.username.clone(),
             password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            allow_insecure_password: self.allow_insecure_password,
         }
     }
 }
@@ -568,6 +586,39 @@ mod tests {
         let help = Args::command().render_long_help().to_string();
         assert!(!help.contains("kube"), "{help}");
         assert!(help.contains("--iface-can-reach"));
+    }
+
+    /// Issue 27: no Debug print of the flags or of the etcd options shows the password, from
+    /// the command line or the environment; -etcd-password-file and -etcd-password exclude each
+    /// other.
+    #[test]
+    fn the_password_is_never_in_a_debug_print() {
+        let a = parse(&[
+            "-etcd-username=flannel",
+            "-etcd-password=pw-on-the-command-line",
+            "-etcd-allow-insecure-password",
+        ]);
+        assert_eq!(
+            a.etcd.password.as_ref().map(|p| p.expose()),
+            Some("pw-on-the-command-line")
+        );
+        assert!(a.etcd.allow_insecure_password);
+        let debug = format!("{a:?} {:?} {:#?}", a.etcd.options(), a.etcd.options());
+        assert!(!debug.contains("pw-on-the-command-line"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let f = parse(&["-etcd-password-file=/etc/flannel/etcd-pw"]);
+        assert_eq!(
+            f.etcd.options().password_file.as_deref(),
+            Some(std::path::Path::new("/etc/flannel/etcd-pw"))
+        );
+        assert!(!f.etcd.allow_insecure_password);
+        let e = try_parse(&["-etcd-password=x", "-etcd-password-file=/p"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--etcd-password-file") && e.contains("--etcd-password"),
+            "{e}"
+        );
     }
 
     #[test]

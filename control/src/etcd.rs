@@ -10,6 +10,14 @@
 //! rejected or missing client certificate names `-etcd-certfile/-etcd-keyfile`, an untrusted
 //! server certificate names `-etcd-cafile`.
 //!
+//! Passwords (issue 27): `-etcd-password` or `-etcd-password-file` (the file's first line; one
+//! of the two). A password is never in a Debug print ([`Secret`]). Sent over `http://` to a
+//! host other than loopback it would cross the network in clear text (etcd's Authenticate RPC
+//! carries it as is), so that is refused unless `-etcd-allow-insecure-password` is given
+//! (refusing rather than warning: a warning in a log nobody reads does not keep the password
+//! off the wire; the flag keeps an existing plain-text setup one explicit word away). Over
+//! `http://` to loopback it never leaves the host: allowed, with a warning.
+//!
 //! Several endpoints: the client library balances requests over them but keeps routing to a
 //! member that died (each such request fails at once). So with more than one endpoint a task
 //! probes every endpoint on its own (a `Status` request each second, 2 s timeout) and takes dead
@@ -23,6 +31,34 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+/// A password: its Debug print is `<redacted>`, so no `{:?}` of a config or of the flags can
+/// show it; [`Secret::expose`] is the one way to the text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The password itself (for the etcd client only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
 pub struct EtcdOptions {
@@ -31,7 +67,11 @@ pub struct EtcdOptions {
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// `-etcd-password-file`: the password is this file's first line (read at each connect).
+    pub password_file: Option<PathBuf>,
+    /// `-etcd-allow-insecure-password`: send the password over `http://` to other hosts too.
+    pub allow_insecure_password: bool,
 }
 
 /// Problems with the options themselves (not with reaching etcd).
@@ -47,8 +87,17 @@ pub enum EtcdOptionsError {
     },
     #[error("-etcd-certfile and -etcd-keyfile must be given together")]
     HalfIdentity,
-    #[error("-etcd-username and -etcd-password must be given together")]
+    #[error("-etcd-username and -etcd-password (or -etcd-password-file) must be given together")]
     HalfAuth,
+    #[error("-etcd-password and -etcd-password-file are mutually exclusive; give one")]
+    TwoPasswords,
+    #[error("-etcd-password-file {0}: the file is empty")]
+    EmptyPasswordFile(PathBuf),
+    #[error(
+        "-etcd-endpoints {0}: a password would cross the network in clear text over http://; \
+         use https:// endpoints, or pass -etcd-allow-insecure-password to accept that"
+    )]
+    InsecurePassword(String),
     #[error("-etcd-endpoints mixes http:// and https:// endpoints ({0}); use one scheme")]
     MixedSchemes(String),
 }
@@ -141,14 +190,94 @@ impl EtcdOptions {
                 opts = opts.with_tls(tls);
             }
         }
-        match (&self.username, &self.password) {
-            (Some(u), Some(p)) if with_user => opts = opts.with_user(u.clone(), p.clone()),
-            (Some(_), Some(_)) => {}
-            (None, None) => {}
-            _ => return Err(EtcdOptionsError::HalfAuth),
+        if let Some((user, password)) = self.credentials(with_user)? {
+            opts = opts.with_user(user, password.expose());
         }
         Ok(opts)
     }
+
+    /// The user name and password, when given and `with_user`; checks them (both or neither,
+    /// one password source, no clear text to other hosts) either way.
+    fn credentials(&self, with_user: bool) -> Result<Option<(String, Secret)>, EtcdOptionsError> {
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(EtcdOptionsError::TwoPasswords);
+        }
+        let Some(user) = &self.username else {
+            return match has_password {
+                true => Err(EtcdOptionsError::HalfAuth),
+                false => Ok(None),
+            };
+        };
+        if !has_password {
+            return Err(EtcdOptionsError::HalfAuth);
+        }
+        self.check_password_transport(with_user)?;
+        if !with_user {
+            return Ok(None);
+        }
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(path)) => read_password_file(path)?,
+            (None, None) => unreachable!("checked above"),
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
+    /// Refuses a password over `http://` to a host other than loopback unless allowed; warns
+    /// (when `warn`) where it is allowed (see the module docs).
+    fn check_password_transport(&self, warn: bool) -> Result<(), EtcdOptionsError> {
+        if self.uses_tls() {
+            return Ok(());
+        }
+        let urls = self.endpoint_urls();
+        let remote: Vec<&str> = urls
+            .iter()
+            .filter(|u| !is_loopback_url(u))
+            .map(String::as_str)
+            .collect();
+        if !remote.is_empty() && !self.allow_insecure_password {
+            return Err(EtcdOptionsError::InsecurePassword(remote.join(",")));
+        }
+        if !warn {
+            return Ok(());
+        }
+        tracing::warn!(
+            endpoints = ?self.endpoints,
+            "the etcd password is sent over http:// in clear text{}; use https:// endpoints",
+            if remote.is_empty() { " (loopback only)" } else { " (-etcd-allow-insecure-password)" }
+        );
+        Ok(())
+    }
+}
+
+/// The first line of a password file, without its line end.
+fn read_password_file(path: &PathBuf) -> Result<Secret, EtcdOptionsError> {
+    let bytes = EtcdOptions::read("-etcd-password-file", path)?;
+    let text = String::from_utf8(bytes).map_err(|_| EtcdOptionsError::Read {
+        flag: "-etcd-password-file",
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+    })?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(EtcdOptionsError::EmptyPasswordFile(path.clone()));
+    }
+    Ok(Secret::new(line))
+}
+
+/// True for an `http://` URL whose host is a loopback address or `localhost`.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Connects, retrying forever with backoff (1 s doubling to 10 s) until etcd answers a request.
@@ -602,8 +731,86 @@ mod tests {
             certfile: cert.then(|| PathBuf::from("/etc/flannel/client.pem")),
             keyfile: cert.then(|| PathBuf::from("/etc/flannel/client-key.pem")),
             username: None,
-            password: None,
+            ..Default::default()
         }
+    }
+
+    fn with_password(endpoints: &[&str], password: &str) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            username: Some("flannel".into()),
+            password: Some(Secret::new(password)),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 27: a password over http:// to another host is refused unless allowed; loopback
+    /// and https:// are fine; a Debug print never shows it.
+    #[test]
+    fn password_over_http_to_another_host_is_refused_unless_allowed() {
+        let remote = with_password(&["http://198.18.0.10:2379"], "pw-0123");
+        let e = remote.connect_options().unwrap_err();
+        assert!(matches!(e, EtcdOptionsError::InsecurePassword(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "-etcd-endpoints http://198.18.0.10:2379: a password would cross the network in clear \
+             text over http://; use https:// endpoints, or pass -etcd-allow-insecure-password to \
+             accept that"
+        );
+        // Schemeless without TLS files is http:// too.
+        assert!(with_password(&["198.18.0.10:2379"], "pw")
+            .connect_options()
+            .is_err());
+        let allowed = EtcdOptions {
+            allow_insecure_password: true,
+            ..remote.clone()
+        };
+        assert!(allowed.connect_options().is_ok());
+        for ok in [
+            &["http://127.0.0.1:2379", "http://localhost:4001"][..],
+            &["http://[::1]:2379"],
+            &["https://198.18.0.10:2379"],
+        ] {
+            assert!(with_password(ok, "pw").connect_options().is_ok(), "{ok:?}");
+        }
+        // The probes (no credentials) are refused alike: no way around the check.
+        assert!(remote.build_options(false).is_err());
+        let debug = format!("{remote:?} {allowed:?}");
+        assert!(
+            !debug.contains("pw-0123") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn password_file_first_line_and_exclusive_with_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret pw\r\n").unwrap();
+        assert_eq!(read_password_file(&file).unwrap().expose(), "s3cret pw");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(matches!(
+            read_password_file(&file),
+            Err(EtcdOptionsError::EmptyPasswordFile(_))
+        ));
+        let both = EtcdOptions {
+            password_file: Some(file.clone()),
+            ..with_password(&["http://127.0.0.1:2379"], "pw")
+        };
+        assert!(matches!(
+            both.connect_options(),
+            Err(EtcdOptionsError::TwoPasswords)
+        ));
+        let missing = EtcdOptions {
+            password: None,
+            password_file: Some(dir.path().join("absent")),
+            ..both
+        };
+        let e = missing.connect_options().unwrap_err().to_string();
+        assert!(
+            e.contains("-etcd-password-file") && e.contains("absent"),
+            "{e}"
+        );
     }
 
     #[test]

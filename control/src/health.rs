@@ -1,7 +1,11 @@
 //! `/metrics` (Prometheus text, see [`crate::metrics`]), `/healthz` (the process is alive: 200) and `/readyz` (200 once the lease is held, subnet.env is
 //! written and the route table is published; 503 with the missing items otherwise) on
 //! `-healthz-ip:-healthz-port`. A deliberately small HTTP/1.x responder: GET only, one request
-//! per connection, 8 KiB request limit, 5 s read timeout.
+//! per connection, 8 KiB request limit, [`READ_TIMEOUT`] to send the request and 5 s for the
+//! whole exchange. At most [`MAX_CONNECTIONS`] connections are served at once; one beyond that
+//! is closed as soon as it is accepted (issue 27: a thousand idle connections used to exhaust
+//! the process's file descriptors, breaking etcd reconnects and iptables calls). A client that
+//! finds the endpoint full retries; the idle connections in its way time out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use prometheus_client::registry::Registry;
 
@@ -21,16 +26,29 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("-healthz-ip/-healthz-port {addr}: cannot listen: {e}"))
 }
 
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Registry>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
-            Ok((conn, _)) => {
+            Ok((conn, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Full: closed now (dropped), no log line per connection.
+                    tracing::debug!(%peer, "health endpoint full: connection closed");
+                    drop(conn);
+                    continue;
+                };
                 let status = status.clone();
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     let reply = handle(conn, &status, &registry);
                     let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -45,7 +63,9 @@ async fn handle(mut conn: TcpStream, status: &Status, registry: &Registry) -> st
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = conn.read(&mut chunk).await?;
+        let n = tokio::time::timeout(READ_TIMEOUT, conn.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if n == 0 || buf.len() + n > 8192 {
             break;
         }

@@ -14,12 +14,20 @@
 //! - Each key is held once, with what both the routes and acquisition need ([`LeaseInfo`]: the
 //!   subnet the key names, its PublicIP, its etcd lease): [`crate::lease_view::LeaseView`] is
 //!   built on this set rather than keeping a second copy of every lease.
+//! - Memory per key is bounded whatever etcd holds (issue 27): a key too long to be a lease
+//!   key (more than [`MAX_LEASE_KEY`] bytes after `subnets/`, always rejected as `bad_key`) is
+//!   held under a fixed-size name: its first 64 bytes and a 128-bit keyed hash of the whole
+//!   ([`LeaseSet::held_name`]); rejections keep values and keys only cut to 64 characters. So a
+//!   rejected key costs about what a valid one does, and the count of keys is etcd's to bound
+//!   (its quota), as it is for valid keys.
 //! - A listing can be applied page by page ([`LeaseSet::begin_listing`],
 //!   [`LeaseSet::put_listed`], [`LeaseSet::end_listing`]): no need to hold a whole listing.
 //!
 //! Pure: no I/O and no logging; the watcher logs the events and publishes [`LeaseSet::routes`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -84,6 +92,36 @@ pub struct LeaseInfo {
     /// For a plain key (no IPv6 part) whose value parses: the PublicIP it names, checked or
     /// not (who may reuse the lease).
     pub owner: Option<Ipv4Addr>,
+}
+
+/// The longest key text after `subnets/` held as it is: a lease key is at most
+/// `255.255.255.255-32&` plus an IPv6 subnet (under 70 bytes).
+pub const MAX_LEASE_KEY: usize = 128;
+
+/// The fixed-size name of a key longer than `limit` bytes (see the module docs): at most
+/// 64 bytes of it, `…#` and 32 hex digits of two hashes keyed at random once per process.
+fn long_key_name(key: &str, limit: usize) -> Cow<'_, str> {
+    if key.len() <= limit {
+        return Cow::Borrowed(key);
+    }
+    static KEYS: std::sync::OnceLock<[std::collections::hash_map::RandomState; 2]> =
+        std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    let hash = |k: &std::collections::hash_map::RandomState| {
+        let mut h = k.build_hasher();
+        h.write(key.as_bytes());
+        h.finish()
+    };
+    let mut end = 64;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}…#{:016x}{:016x}",
+        &key[..end],
+        hash(&keys[0]),
+        hash(&keys[1])
+    ))
 }
 
 /// The lowest key text, for range bounds (shared: no allocation per lookup).
@@ -178,12 +216,14 @@ impl LeaseSet {
     /// The PublicIP written under `key`, if the key exists and its value names one (whether or
     /// not the lease is routed).
     pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
-        self.entries.get(key).and_then(|e| e.public_ip)
+        self.entries
+            .get(&*self.held_name(key))
+            .and_then(|e| e.public_ip)
     }
 
     /// What acquisition needs of `key`; `None` for unknown keys.
     pub fn info(&self, key: &str) -> Option<LeaseInfo> {
-        self.entries.get(key).map(|e| LeaseInfo {
+        self.entries.get(&*self.held_name(key)).map(|e| LeaseInfo {
             mod_revision: e.mod_revision,
             lease_id: e.lease_id,
             subnet: e.key_subnet,
@@ -193,16 +233,19 @@ impl LeaseSet {
 
     /// The set's copy of `key`'s text, to share in an index.
     pub fn shared_key(&self, key: &str) -> Option<Arc<str>> {
-        self.entries.get_key_value(key).map(|(k, _)| k.clone())
+        self.entries
+            .get_key_value(&*self.held_name(key))
+            .map(|(k, _)| k.clone())
     }
 
     /// Whether `key` is routed (its subnet and public IP) or why not; `None` for unknown keys.
     pub fn status(&self, key: &str) -> Option<Result<(Ipv4Net, Ipv4Addr), LeaseRejection>> {
-        let e = self.entries.get(key)?;
+        let key = self.held_name(key);
+        let e = self.entries.get(&*key)?;
         Some(match &e.state {
             Err(r) => Err((**r).clone()),
             Ok((subnet, ip)) => match self.holder(subnet) {
-                Some(holder) if holder != key => Err(LeaseRejection::Duplicate {
+                Some(holder) if holder != &*key => Err(LeaseRejection::Duplicate {
                     subnet: *subnet,
                     holder: holder.to_owned(),
                 }),
@@ -227,9 +270,16 @@ impl LeaseSet {
         m
     }
 
+    /// The name `key` is held under: itself, or for a key too long to be a lease key a
+    /// fixed-size name (see the module docs). Every method taking a key maps it through this.
+    pub fn held_name<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        long_key_name(key, self.dir.len() + MAX_LEASE_KEY)
+    }
+
     /// A key was created or changed. A key already seen at `mod_revision` is ignored.
     pub fn put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
-        if let Some(e) = self.entries.get_mut(kv.key) {
+        let name = self.held_name(kv.key);
+        if let Some(e) = self.entries.get_mut(&*name) {
             if e.mod_revision == kv.mod_revision {
                 e.listing = self.listing;
                 return;
@@ -237,16 +287,16 @@ impl LeaseSet {
         }
         let mut touched = Vec::with_capacity(2);
         // Reuse the key's shared text when the key is known (no new allocation).
-        let (shared, old_subnet) = match self.remove_entry(kv.key) {
+        let (shared, old_subnet) = match self.remove_entry(&name) {
             Some((k, subnet)) => (k, subnet),
-            None => (Arc::from(kv.key), None),
+            None => (Arc::from(&*name), None),
         };
         touched.extend(old_subnet);
         // The key and the value are each parsed once; the verdict is made from those.
         let key = match kv.key.strip_prefix(&self.dir) {
             Some(rest) => LeaseKey::parse(rest),
             None => Err(LeaseKeyError::NotUnderPrefix {
-                key: kv.key.to_owned(),
+                key: flannel_shared::untrusted::clip(kv.key),
                 dir: self.dir.clone(),
             }),
         };
@@ -286,9 +336,9 @@ impl LeaseSet {
         for subnet in touched {
             self.refresh_route(subnet, events);
         }
-        if let Some(Err(reason)) = self.status(kv.key) {
+        if let Some(Err(reason)) = self.status(&name) {
             events.push(LeaseEvent::Rejected {
-                key: kv.key.to_owned(),
+                key: name.into_owned(),
                 revision: kv.mod_revision,
                 reason,
             });
@@ -297,7 +347,8 @@ impl LeaseSet {
 
     /// A key was deleted (by hand or by lease expiry).
     pub fn delete(&mut self, key: &str, events: &mut Vec<LeaseEvent>) {
-        if let Some((_, Some(subnet))) = self.remove_entry(key) {
+        let name = self.held_name(key);
+        if let Some((_, Some(subnet))) = self.remove_entry(&name) {
             self.refresh_route(subnet, events);
         }
     }
@@ -597,6 +648,12 @@ mod tests {
                 "wrong_subnet_len",
             ),
             ("junk", r#"{"PublicIP":"198.18.0.11"}"#, "bad_key"),
+            // Inside Network 10.1.0.0/16: the overlay would send it into itself.
+            (
+                "10.1.99.0-24",
+                r#"{"PublicIP":"10.1.99.1"}"#,
+                "public_ip_in_network",
+            ),
         ];
         let keys: Vec<String> = cases.iter().map(|(k, _, _)| key(k)).collect();
         for (i, (k, (_, v, _))) in keys.iter().zip(&cases).enumerate() {
@@ -666,6 +723,46 @@ mod tests {
                 subnet: net("10.1.20.0/24")
             }]
         );
+    }
+
+    /// Issue 27: keys far too long to be lease keys (here 100 of 64 KiB each, 6.4 MiB in all)
+    /// are held and reported under fixed-size names: counted, deletable, shown by `status`,
+    /// and the set keeps a few KiB of key text, not the keys. Two long keys that share a prefix
+    /// stay two keys; values are kept only as cut messages.
+    #[test]
+    fn huge_rejected_keys_are_held_in_bounded_memory() {
+        let mut s = set();
+        let mut ev = Vec::new();
+        let huge_value = format!(r#"{{"PublicIP":"{}"}}"#, "9".repeat(1 << 16));
+        let keys: Vec<String> = (0..100)
+            .map(|i| key(&format!("{}{i}", "x".repeat(1 << 16))))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            s.put(kv(k, &huge_value, i as i64 + 1), &mut ev);
+        }
+        let bad = key("10.1.9.0-24");
+        s.put(kv(&bad, &huge_value, 200), &mut ev);
+        assert_eq!(
+            s.rejected_by_reason(),
+            [("bad_key", 100), ("public_ip_not_ipv4", 1)].into()
+        );
+        let held: usize = s.entries.keys().map(|k| k.len()).sum();
+        assert!(held < 101 * 200, "{held} bytes of key text held");
+        let event_bytes: usize = ev
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Rejected { key, reason, .. } => key.len() + reason.to_string().len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(event_bytes < 101 * 400, "{event_bytes} bytes in events");
+        assert_eq!(s.status(&keys[7]).unwrap().unwrap_err().reason(), "bad_key");
+        for k in &keys {
+            s.delete(k, &mut ev);
+        }
+        s.delete(&bad, &mut ev);
+        assert!(s.is_empty());
+        assert!(s.rejected_by_reason().is_empty());
     }
 
     /// Without a config (flannelctl when the config is unreadable) only keys and values count.

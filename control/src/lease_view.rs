@@ -18,15 +18,19 @@
 //!   watermark is old news (the set has it or something newer, maybe its delete) and is
 //!   ignored, so an acquirer that takes the lock after the watch applied a put and its delete
 //!   cannot bring the deleted key back.
-//! - "Taken" is flannel's `Overlaps`: every key's IPv4 subnet, plain or dual-stack, whatever its
-//!   length and whether its value parses, blocks each candidate subnet it overlaps (a key with
-//!   host bits set blocks the subnet around it). Subnets being created by a local acquirer are
-//!   reserved too, so acquirers sharing a view never race each other.
+//! - "Taken" (issue 27; narrower than flannel's `Overlaps`): a key blocks the one candidate it
+//!   names when its IPv4 subnet lies inside Network and is exactly SubnetLen long, plain or
+//!   dual-stack, whether its value parses or not (a key with host bits set blocks the subnet
+//!   around it). Keys of any other shape (`0.0.0.0-0`, `10.1.0.0-16`, a /23 in a network of
+//!   /24s, a subnet outside Network) block nothing: they are rejected for routing anyway, and
+//!   flannel's rule let one such key (no TTL needed) make every new host fail "out of
+//!   subnets". So no key, bogus or not, blocks more than the one subnet a valid lease would.
+//!   Subnets being created by a local acquirer are reserved too, so acquirers sharing a view
+//!   never race each other.
 //! - A stale view can only make a free subnet look taken or a taken one look free; the create
 //!   itself is `Txn If(Version == 0)`, so it can never give one subnet to two hosts.
 //! - Candidates are the subnets between SubnetMin and SubnetMax; the free ones are kept as
-//!   ranges, so finding the first free ones is O(log n) whatever the number of leases. A foreign
-//!   key covering k candidates (say a /16 in a network of /24s) costs O(k) to add or remove.
+//!   ranges, so finding the first free ones is O(log n) whatever the number of leases.
 //!
 //! Pure (no I/O) apart from [`SharedLeaseView`]'s lock and "listed" signal.
 
@@ -301,6 +305,12 @@ impl LeaseView {
         let after = self.info(key);
         let (b_subnet, b_owner) = (before.and_then(|i| i.subnet), before.and_then(|i| i.owner));
         let (a_subnet, a_owner) = (after.and_then(|i| i.subnet), after.and_then(|i| i.owner));
+        // Only keys of a candidate's shape block (see the module docs).
+        let cfg = &self.config;
+        let shaped = |s: Option<Ipv4Net>| {
+            s.filter(|s| s.prefix() == cfg.subnet_len && cfg.network.contains_net(s))
+        };
+        let (b_subnet, a_subnet) = (shaped(b_subnet), shaped(a_subnet));
         if b_subnet != a_subnet {
             if let Some(s) = b_subnet {
                 self.candidates.for_range(&s, Candidates::unblock);
@@ -683,20 +693,21 @@ mod tests {
     const OURS: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#;
     const THEIRS: &str = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#;
 
-    /// flannel's Overlaps, whatever the key's form: exact keys and values as a mixed cluster
-    /// writes them; which candidates stay free, which leases are ours to reuse or release.
+    /// Keys and values as a mixed cluster writes them: which candidates stay free (only keys of a
+    /// candidate's shape block, issue 27), which leases are ours to reuse or release.
     #[test]
-    fn keys_of_every_form_block_what_they_overlap_and_own_leases_are_found() {
+    fn keys_of_a_candidates_shape_block_and_own_leases_are_found() {
         let mut v =
             view(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.0","SubnetMax":"10.1.40.0"}"#);
         let keys: Vec<(String, &str, i64)> = [
             ("10.1.15.0-24", OURS, 101),
-            // Ours, but SubnetLen changed: release; blocks 10.1.16.0/24.
+            // Ours, but SubnetLen changed: release; blocks nothing (not a /24).
             ("10.1.16.0-25", OURS, 102),
             // Ours, below SubnetMin: release; blocks nothing.
             ("10.1.2.0-24", OURS, 103),
             // A dual-stack key naming our IP: never ours; taken.
             ("10.1.17.0-24&fc00:0:0:f00::-64", OURS, 105),
+            // Not a /24: rejected for routing, blocks nothing (flannel: 10.1.20-21).
             ("10.1.20.0-23", THEIRS, 107),
             ("10.1.30.0-24", "not json", 108),
             ("10.1.31.7-24", THEIRS, 109),
@@ -730,7 +741,7 @@ mod tests {
             [net("10.1.16.0/25"), net("10.1.2.0/24")],
             "key order"
         );
-        let taken = [15, 16, 17, 20, 21, 30, 31];
+        let taken = [15, 17, 30, 31];
         let want: Vec<Ipv4Net> = (10..=40u8)
             .filter(|o| !taken.contains(o))
             .map(|o| Ipv4Net::new(Ipv4Addr::new(10, 1, o, 0), 24).unwrap())
@@ -814,26 +825,39 @@ mod tests {
         assert!(v.is_free(&net("10.1.5.0/24")));
     }
 
+    /// Issue 27: only keys of a candidate's shape block. A /23, a /8, `0.0.0.0-0` and a /24
+    /// outside Network (flannel's Overlaps: each blocked all it covers, so one key without a TTL
+    /// could make every new host fail "out of subnets") block nothing; two keys naming one
+    /// subnet block it until the last one goes.
     #[test]
-    fn overlapping_keys_block_until_the_last_one_goes() {
+    fn only_keys_of_a_candidates_shape_block_and_until_the_last_one_goes() {
         let mut v =
             view(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.4.0","SubnetMax":"10.1.7.0"}"#);
-        let (wide, narrow, huge) = (key("10.1.4.0-23"), key("10.1.5.0-24"), key("10.0.0.0-8"));
+        let bogus = [
+            key("10.1.4.0-23"),
+            key("10.0.0.0-8"),
+            key("0.0.0.0-0"),
+            key("10.2.5.0-24"),
+        ];
+        let (narrow, dual) = (key("10.1.5.0-24"), key("10.1.5.0-24&fc00::-64"));
         let mut ev = Vec::new();
-        v.watched_put(kv(&wide, THEIRS, 1, 0), &mut ev);
-        v.watched_put(kv(&narrow, THEIRS, 2, 0), &mut ev);
-        assert_eq!(free_list(&v), [net("10.1.6.0/24"), net("10.1.7.0/24")]);
-        v.watched_delete(&wide, 3, &mut ev);
+        for (i, k) in bogus.iter().enumerate() {
+            v.watched_put(kv(k, THEIRS, i as i64 + 1, 0), &mut ev);
+        }
+        assert_eq!(v.len(), 4, "held (and rejected)");
+        assert_eq!(v.free_count(), 4, "{:?}", v.candidates.free);
+        v.watched_put(kv(&narrow, THEIRS, 10, 0), &mut ev);
+        v.watched_put(kv(&dual, THEIRS, 11, 0), &mut ev);
         assert_eq!(
             free_list(&v),
             [net("10.1.4.0/24"), net("10.1.6.0/24"), net("10.1.7.0/24")]
         );
-        // A key covering every candidate and beyond.
-        v.watched_put(kv(&huge, THEIRS, 4, 0), &mut ev);
-        assert_eq!(v.free_count(), 0);
-        assert_eq!(v.reserve(None), None);
-        v.watched_delete(&huge, 5, &mut ev);
-        v.watched_delete(&narrow, 6, &mut ev);
+        v.watched_delete(&narrow, 12, &mut ev);
+        assert!(
+            !v.is_free(&net("10.1.5.0/24")),
+            "the dual-stack key still holds it"
+        );
+        v.watched_delete(&dual, 13, &mut ev);
         assert_eq!(v.free_count(), 4);
         assert_eq!(
             v.candidates.free.len(),
@@ -841,6 +865,27 @@ mod tests {
             "ranges merge back: {:?}",
             v.candidates.free
         );
+        assert!(v.reserve(None).is_some());
+        for (i, k) in bogus.iter().enumerate() {
+            v.watched_delete(k, 20 + i as i64, &mut ev);
+        }
+        assert_eq!(v.free_count(), 3, "one reserved");
+    }
+
+    /// A key too long to be a lease key is held under a short name (issue 27); a listing
+    /// without it still finds and deletes it, and it blocks nothing.
+    #[test]
+    fn a_huge_key_is_held_short_and_a_listing_without_it_deletes_it() {
+        let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
+        let huge = key(&"9".repeat(1 << 20));
+        let mut ev = Vec::new();
+        v.replace_all([kv(&huge, THEIRS, 1, 0)], 1, &mut ev);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v.free_count(), 255);
+        assert!(v.set().shared_key(&huge).unwrap().len() < 300);
+        v.replace_all([], 2, &mut ev);
+        assert!(v.is_empty());
+        assert!(v.set().rejected_by_reason().is_empty());
     }
 
     /// flannel's policy: a random one among the lowest 100 free; reservations keep local

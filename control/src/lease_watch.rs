@@ -264,8 +264,9 @@ fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool 
                 reason,
             } => {
                 status.counters.lease_rejections.count(reason.reason());
+                // The key is another machine's text: cut and escaped (the reason is already).
                 tracing::warn!(
-                    key,
+                    key = %flannel_shared::untrusted::escape(key),
                     revision,
                     reason = reason.reason(),
                     "skipping an unusable lease (not routed; the others are): {reason}"

@@ -12,10 +12,12 @@
 //! rewrites or deletes them (flannel deletes one naming its PublicIP when IPv6 is off; a
 //! dual-stack flanneld on the same address would lose its lease).
 //!
-//! "Free" is flannel's `Overlaps`, judged on the host's [`LeaseView`] (see there): a candidate is
-//! taken when any existing key's IPv4 subnet overlaps it, whatever that subnet's length, whether
-//! the key is plain or dual-stack and whether its value parses. The random pick is flannel's: one
-//! at random among the lowest [`crate::lease_view::PICK_AMONG`] free subnets.
+//! "Free" is judged on the host's [`LeaseView`] (see there): a candidate is taken when a key
+//! names it, plain or dual-stack, whether its value parses or not. Unlike flannel's `Overlaps`,
+//! keys that are not a SubnetLen subnet inside Network (`0.0.0.0-0`, a /16, a /23 among /24s)
+//! block nothing (issue 27: one such key made every new host fail "out of subnets"). The random
+//! pick is flannel's: one at random among the lowest [`crate::lease_view::PICK_AMONG`] free
+//! subnets.
 //!
 //! The view comes from one full listing (a host without one: [`acquire`]; flanneld's comes from
 //! its lease watch: [`acquire_in`]) and is kept current by the watch. No attempt lists: creation

@@ -5,8 +5,11 @@
 //!   `https://`; no client certificate, a client certificate from another CA, or a CA file that
 //!   does not sign the server's certificate each keep flanneld retrying with a log line that says
 //!   what to check, and it never writes subnet.env.
-//! - Username/password (`auth enable`, etcd 3.4 semantics): the right password works; a wrong
-//!   one keeps flanneld retrying with "authentication failed" in its log.
+//! - Username/password (`auth enable`, etcd 3.4 semantics): the right password works, given
+//!   with `-etcd-password` or `-etcd-password-file` (also as `FLANNELD_ETCD_PASSWORD_FILE`); a
+//!   wrong one keeps flanneld retrying with "authentication failed" in its log.
+//! - A password over `http://` to a host other than loopback is refused (exit 1, one line)
+//!   unless `-etcd-allow-insecure-password` is given (issue 27).
 //!
 //! No root needed: loopback only, `-iface 127.0.0.1`, `-public-ip 198.18.0.x`.
 
@@ -252,5 +255,77 @@ fn username_and_password() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    password_file_works(&etcd, sa);
+}
+
+/// Issue 27: `-etcd-password-file` (first line, newline dropped) gives a lease, and
+/// `FLANNELD_ETCD_PASSWORD_FILE` works for flannelctl; the password is never logged.
+fn password_file_works(etcd: &Etcd, taken: Ipv4Net) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcd-password");
+    std::fs::write(&file, "fl4nnel-pw\n").unwrap();
+    let c = Host::start(
+        &etcd.endpoint(),
+        "198.18.0.4",
+        &[
+            "-etcd-username=flannel".into(),
+            format!("-etcd-password-file={}", file.display()),
+        ],
+    );
+    let sc = c.wait_subnet(SEC * 20);
+    assert_ne!(sc, taken);
+    let key = format!("{PREFIX}/subnets/{}", sc.to_key());
+    assert_eq!(
+        etcd.get(&key).unwrap().as_deref(),
+        Some(r#"{"PublicIP":"198.18.0.4","PublicIPv6":null}"#)
+    );
+    assert!(!c.daemon.log().contains("fl4nnel-pw"), "{}", c.daemon.log());
+    let out = Command::new(env!("CARGO_BIN_EXE_flannelctl"))
+        .arg(format!("--etcd-endpoints={}", etcd.endpoint()))
+        .args(["-etcd-username=flannel", "leases", "--json"])
+        .env("FLANNELD_ETCD_PASSWORD_FILE", &file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("198.18.0.4"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 27: a password over http:// to another host is refused before anything is sent:
+/// flanneld exits 1 with one line naming the endpoint and the way out; with
+/// -etcd-allow-insecure-password it goes on (and keeps retrying the unreachable endpoint).
+#[test]
+fn password_over_http_to_another_host_is_refused_unless_allowed() {
+    let remote = "http://198.18.0.10:2379";
+    let creds = [
+        "-etcd-username=flannel".to_string(),
+        "-etcd-password=pw-9f8e".into(),
+    ];
+    let mut refused = Host::start(remote, "198.18.0.1", &creds);
+    let status = refused
+        .daemon
+        .wait_timeout(SEC * 10)
+        .unwrap_or_else(|| panic!("still running; log:\n{}", refused.daemon.log()));
+    let log = refused.daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("-etcd-endpoints http://198.18.0.10:2379: a password would cross the network in clear text over http://")
+            && log.contains("-etcd-allow-insecure-password"),
+        "{log}"
+    );
+    assert!(!log.contains("pw-9f8e"), "{log}");
+    let mut flags = creds.to_vec();
+    flags.push("-etcd-allow-insecure-password".into());
+    let mut allowed = Host::start(remote, "198.18.0.2", &flags);
+    allowed.daemon.wait_log("etcd unreachable", SEC * 15);
+    assert!(allowed.daemon.is_running());
+    assert!(
+        allowed.daemon.log().contains("clear text"),
+        "{}",
+        allowed.daemon.log()
     );
 }

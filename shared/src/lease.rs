@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::config::NetworkConfig;
 use crate::net::{Ipv4Net, NetParseError};
+use crate::untrusted::{clip, escape};
 
 /// The key of `subnet` under `prefix`: `/coreos.com/network/subnets/10.1.15.0-24`.
 pub fn subnet_key(prefix: &str, subnet: &Ipv4Net) -> String {
@@ -51,7 +52,7 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<LeaseKey, LeaseKeyError> {
     let rest = key
         .strip_prefix(&dir)
         .ok_or_else(|| LeaseKeyError::NotUnderPrefix {
-            key: key.to_owned(),
+            key: clip(key),
             dir,
         })?;
     LeaseKey::parse(rest)
@@ -78,7 +79,8 @@ pub struct LeaseKey {
     pub ipv6: Option<Ipv6Subnet>,
 }
 
-/// Why a key under `subnets/` is not a lease key. Each message names the key.
+/// Why a key under `subnets/` is not a lease key. Each message names the key, [`clip`]ped (and
+/// escaped by `{:?}`): keys come from other machines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseKeyError {
     #[error("key {key:?} is not under {dir:?}")]
@@ -113,14 +115,14 @@ impl LeaseKey {
         };
         let ipv4 = Ipv4Net::from_key(v4).map_err(|e| match e {
             NetParseError::HostBits(_, network) => LeaseKeyError::HostBits {
-                key: s.to_owned(),
+                key: clip(s),
                 network,
             },
-            _ => LeaseKeyError::Syntax(s.to_owned()),
+            _ => LeaseKeyError::Syntax(clip(s)),
         })?;
         let ipv6 = match v6 {
             None => None,
-            Some(v6) => Some(parse_ipv6_part(v6).ok_or_else(|| LeaseKeyError::Ipv6(s.to_owned()))?),
+            Some(v6) => Some(parse_ipv6_part(v6).ok_or_else(|| LeaseKeyError::Ipv6(clip(s)))?),
         };
         Ok(Self { ipv4, ipv6 })
     }
@@ -165,7 +167,8 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<Value>,
 }
 
-/// Why a lease value cannot be read. Each message names the field and the value.
+/// Why a lease value cannot be read. Each message names the field and the value, as
+/// [`escape`] shows it (cut and escaped: values come from other machines).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseParseError {
     #[error("lease value is not a JSON object: {0}")]
@@ -223,12 +226,12 @@ impl LeaseAttrs {
     /// [`LeaseAttrs::parse`] through a JSON tree: names in any case, any key order and extra.
     fn parse_lenient(bytes: &[u8]) -> Result<Self, LeaseParseError> {
         let v: Value = serde_json::from_slice(bytes).map_err(|_| {
-            LeaseParseError::NotObject(
-                String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into(),
-            )
+            LeaseParseError::NotObject(escape(&String::from_utf8_lossy(
+                &bytes[..bytes.len().min(4 * crate::untrusted::MAX_CHARS + 4)],
+            )))
         })?;
         let Value::Object(o) = v else {
-            return Err(LeaseParseError::NotObject(v.to_string()));
+            return Err(LeaseParseError::NotObject(escape(&v.to_string())));
         };
         let get = |k: &str| {
             o.get(k).or_else(|| {
@@ -240,7 +243,7 @@ impl LeaseAttrs {
         let public_ip = match get("PublicIP") {
             None | Some(Value::Null) => return Err(LeaseParseError::NoPublicIp),
             Some(Value::String(s)) => public_ip_from_str(s)?,
-            Some(other) => return Err(LeaseParseError::BadPublicIp(other.to_string())),
+            Some(other) => return Err(LeaseParseError::BadPublicIp(escape(&other.to_string()))),
         };
         let public_ipv6 = match get("PublicIPv6") {
             Some(Value::String(s)) => s.parse().ok(),
@@ -319,8 +322,8 @@ fn public_ip_from_str(s: &str) -> Result<Ipv4Addr, LeaseParseError> {
     }
     match s.parse::<Ipv4Addr>() {
         Ok(ip) => Ok(ip),
-        Err(_) if s.parse::<Ipv6Addr>().is_ok() => Err(LeaseParseError::Ipv6PublicIp(s.into())),
-        Err(_) => Err(LeaseParseError::BadPublicIp(s.into())),
+        Err(_) if s.parse::<Ipv6Addr>().is_ok() => Err(LeaseParseError::Ipv6PublicIp(escape(s))),
+        Err(_) => Err(LeaseParseError::BadPublicIp(escape(s))),
     }
 }
 
@@ -392,6 +395,13 @@ pub enum LeaseRejection {
     Value(#[from] LeaseParseError),
     #[error("lease PublicIP {public_ip}: {why}")]
     PublicIpNotHost { public_ip: Ipv4Addr, why: NotHost },
+    /// A PublicIP inside the overlay's own Network: packets for the lease would be sent into the
+    /// overlay again (a loop through every host's TUN device).
+    #[error("lease PublicIP {public_ip}: inside Network {network} (the underlay address of a host cannot be an overlay address)")]
+    PublicIpInNetwork {
+        public_ip: Ipv4Addr,
+        network: Ipv4Net,
+    },
     #[error("subnet {subnet}: outside Network {network}")]
     OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net },
     #[error("subnet {subnet}: prefix /{} but SubnetLen is {subnet_len}", subnet.prefix())]
@@ -415,6 +425,7 @@ impl LeaseRejection {
         "public_ip_loopback",
         "public_ip_multicast",
         "public_ip_broadcast",
+        "public_ip_in_network",
         "outside_network",
         "wrong_subnet_len",
         "duplicate_subnet",
@@ -434,6 +445,7 @@ impl LeaseRejection {
                 NotHost::Multicast => "public_ip_multicast",
                 NotHost::Broadcast => "public_ip_broadcast",
             },
+            LeaseRejection::PublicIpInNetwork { .. } => "public_ip_in_network",
             LeaseRejection::OutsideNetwork { .. } => "outside_network",
             LeaseRejection::SubnetLen { .. } => "wrong_subnet_len",
             LeaseRejection::Duplicate { .. } => "duplicate_subnet",
@@ -460,7 +472,29 @@ pub fn validate_parsed(
     if let Some(cfg) = cfg {
         check_fit(cfg, &key)?;
     }
-    let attrs = attrs?;
+    let lease = check_attrs(key, attrs?)?;
+    match cfg {
+        Some(cfg) => check_public_ip_outside(cfg, lease),
+        None => Ok(lease),
+    }
+}
+
+/// Checks that a lease's PublicIP is not inside `cfg`'s Network (see
+/// [`LeaseRejection::PublicIpInNetwork`]).
+pub fn check_public_ip_outside(
+    cfg: &NetworkConfig,
+    lease: ValidLease,
+) -> Result<ValidLease, LeaseRejection> {
+    if cfg.network.contains(lease.attrs.public_ip) {
+        return Err(LeaseRejection::PublicIpInNetwork {
+            public_ip: lease.attrs.public_ip,
+            network: cfg.network,
+        });
+    }
+    Ok(lease)
+}
+
+fn check_attrs(key: LeaseKey, attrs: LeaseAttrs) -> Result<ValidLease, LeaseRejection> {
     check_public_ip(attrs.public_ip).map_err(|why| LeaseRejection::PublicIpNotHost {
         public_ip: attrs.public_ip,
         why,
@@ -469,12 +503,7 @@ pub fn validate_parsed(
 }
 
 fn check_value(key: LeaseKey, value: &[u8]) -> Result<ValidLease, LeaseRejection> {
-    let attrs = LeaseAttrs::parse(value)?;
-    check_public_ip(attrs.public_ip).map_err(|why| LeaseRejection::PublicIpNotHost {
-        public_ip: attrs.public_ip,
-        why,
-    })?;
-    Ok(ValidLease { key, attrs })
+    check_attrs(key, LeaseAttrs::parse(value)?)
 }
 
 /// Checks that a lease's IPv4 subnet belongs to `cfg`: inside `Network`, `SubnetLen` long (the
@@ -499,8 +528,8 @@ pub fn check_fit(cfg: &NetworkConfig, key: &LeaseKey) -> Result<(), LeaseRejecti
 
 /// The one check between etcd and the route table: a lease is routed only if its key is a
 /// flannel subnet key under `prefix`, its subnet fits `cfg` ([`check_fit`]), its value parses
-/// and its PublicIP is a host ([`check_public_ip`]). Checked in that order; the first failure
-/// is returned. Whatever passes is accepted by
+/// its PublicIP is a host ([`check_public_ip`]) outside `Network`
+/// ([`check_public_ip_outside`]). Checked in that order; the first failure is returned. Whatever passes is accepted by
 /// [`RouteTableWriter::publish`](crate::route_table::RouteTableWriter::publish) for a table
 /// of `cfg`'s network and subnet length.
 pub fn validate_lease(
@@ -511,7 +540,7 @@ pub fn validate_lease(
 ) -> Result<ValidLease, LeaseRejection> {
     let key = parse_key(prefix, key)?;
     check_fit(cfg, &key)?;
-    check_value(key, value)
+    check_public_ip_outside(cfg, check_value(key, value)?)
 }
 
 #[cfg(test)]
@@ -742,7 +771,13 @@ mod tests {
         let cfg = cfg();
         let key = |k: &str| format!("{P}/subnets/{k}");
         let good = br#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#;
-        let cases: [(&str, &[u8], &str, &str); 14] = [
+        let cases: [(&str, &[u8], &str, &str); 15] = [
+            (
+                "10.1.99.0-24",
+                br#"{"PublicIP":"10.1.99.1"}"#,
+                "public_ip_in_network",
+                "lease PublicIP 10.1.99.1: inside Network 10.1.0.0/16 (the underlay address of a host cannot be an overlay address)",
+            ),
             (
                 "10.1.250.0-24",
                 br#"{"PublicIP":"0.0.0.0","PublicIPv6":null}"#,
@@ -923,6 +958,64 @@ mod tests {
             br#"{"PublicIP":"198.18.0.4"}"#
         )
         .is_ok());
+    }
+
+    /// Untrusted text reaches messages cut and escaped: no newline or terminal escape from a
+    /// value or a key can forge a log line, and a huge one is cut (golden strings).
+    #[test]
+    fn rejection_messages_escape_and_cut_untrusted_text() {
+        let cfg = cfg();
+        let msg = |k: &str, v: &[u8]| {
+            validate_lease(&cfg, P, &format!("{P}/subnets/{k}"), v)
+                .unwrap_err()
+                .to_string()
+        };
+        let long = "9".repeat(200);
+        let long_key = format!("{long}-24");
+        let cases: [(&str, Vec<u8>, String); 6] = [
+            (
+                "10.1.5.0-24",
+                br#"{"PublicIP":"1.2.3.4\nWARN forged: lease added"}"#.to_vec(),
+                r"lease PublicIP 1.2.3.4\nWARN forged: lease added: not an IPv4 address".into(),
+            ),
+            (
+                "10.1.5.0-24",
+                b"{\"PublicIP\":\"\\u001b[31mred\"}".to_vec(),
+                r"lease PublicIP \u{1b}[31mred: not an IPv4 address".into(),
+            ),
+            (
+                "10.1.5.0-24",
+                format!(r#"{{"PublicIP":"{long}"}}"#).into_bytes(),
+                format!("lease PublicIP {}…: not an IPv4 address", "9".repeat(64)),
+            ),
+            (
+                "10.1.5.0-24",
+                b"{\"PublicIP\"\n:ERROR".to_vec(),
+                r#"lease value is not a JSON object: {"PublicIP"\n:ERROR"#.into(),
+            ),
+            (
+                "10.1.5.0-24\nERROR forged",
+                b"{}".to_vec(),
+                r#"key "10.1.5.0-24\nERROR forged": not a subnet key (flannel writes 10.1.15.0-24 or 10.1.15.0-24&fc00::-64)"#.into(),
+            ),
+            (
+                &long_key,
+                b"{}".to_vec(),
+                format!(
+                    "key \"{}…\": not a subnet key (flannel writes 10.1.15.0-24 or 10.1.15.0-24&fc00::-64)",
+                    "9".repeat(64)
+                ),
+            ),
+        ];
+        for (k, v, want) in cases {
+            let got = msg(k, &v);
+            assert_eq!(got, want);
+            assert!(!got.chars().any(char::is_control), "{got:?}");
+        }
+        let e = parse_key(P, &format!("/other/{long}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && !e.contains('\n'), "{e}");
     }
 
     #[test]

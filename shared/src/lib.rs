@@ -9,6 +9,7 @@
 //! - [`sd_notify`]: systemd's readiness and watchdog protocol, for both daemons.
 //! - [`port_holder`]: who holds a UDP port (from /proc), for the data plane's refusal to start.
 //! - [`ci`]: for tests: CI or not, and skip-or-fail.
+//! - [`untrusted`]: other machines' text made safe for logs and messages.
 
 pub mod ci;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod sd_notify;
 mod shm_file;
 pub mod stats;
 pub mod subnet_env;
+pub mod untrusted;
 
 pub use net::Ipv4Net;
 

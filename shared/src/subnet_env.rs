@@ -10,11 +10,17 @@
 //!
 //! `FLANNEL_SUBNET` is the subnet's first address plus one, with the subnet's length. Writes
 //! are atomic (temp file in the same directory, fsync, rename), so a reader never sees half a
-//! file. Reading is lenient: it is only used to prefer the previous subnet on restart.
+//! file. The temp file gets a fresh unguessable name (pid, counter, random) and is created with
+//! `O_CREAT|O_EXCL|O_NOFOLLOW` (issue 27): a file or symlink planted at a temp name is never
+//! opened or written through. Reading is lenient: it is only used to prefer the previous subnet
+//! on restart.
 
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::net::Ipv4Net;
 
@@ -50,7 +56,8 @@ impl SubnetEnv {
         )
     }
 
-    /// Writes atomically: `<path>.tmp-<pid>` then rename. Creates the directory.
+    /// Writes atomically: a new temp file `<path>.tmp-<pid>-<n>-<random>` (see the module
+    /// docs), then rename. Creates the directory.
     pub fn write_atomic(&self, path: &Path) -> Result<(), SubnetEnvError> {
         let err = |source| SubnetEnvError {
             path: path.to_owned(),
@@ -59,20 +66,53 @@ impl SubnetEnv {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        // A name taken (by a leftover or by someone else) is never reused: try another.
+        let mut attempt = 0;
+        loop {
+            match self.write_via(&temp_name(path), path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1
+                }
+                other => return other.map_err(err),
+            }
+        }
+    }
+
+    /// Creates `tmp` (it must not exist; a symlink there is not followed), writes, fsyncs and
+    /// renames it to `path`. A temp file this call created is removed on failure.
+    fn write_via(&self, tmp: &Path, path: &Path) -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(tmp)?;
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
             f.write_all(self.render().as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::rename(tmp, path)
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(tmp);
         }
-        result.map_err(err)
+        result
     }
+}
+
+/// A fresh temp name next to `path`: pid, a per-process counter and 64 random bits.
+fn temp_name(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // RandomState is seeded from the OS's randomness: enough to make the name unguessable.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp-{}-{n}-{:016x}",
+        std::process::id(),
+        h.finish()
+    ));
+    PathBuf::from(tmp)
 }
 
 /// The subnet recorded in an existing subnet.env (`FLANNEL_SUBNET=10.1.15.1/24` → 10.1.15.0/24).
@@ -109,6 +149,38 @@ mod tests {
             sample().render(),
             "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.15.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n"
         );
+    }
+
+    /// Issue 27: a symlink planted at the temp name the old code used (`<path>.tmp-<pid>`) made
+    /// flanneld write subnet.env through it into any file. Now the victim is untouched and
+    /// subnet.env is right; and even a symlink at the exact temp name is never followed.
+    #[test]
+    fn a_symlink_planted_at_a_temp_name_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let old_tmp = dir
+            .path()
+            .join(format!("subnet.env.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &old_tmp).unwrap();
+        sample().write_atomic(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), sample().render());
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+
+        // The exact temp name taken by a symlink (or a dangling one): refused, nothing written.
+        let planted = dir.path().join("planted.tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let e = sample().write_via(&planted, &path).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(
+            std::fs::symlink_metadata(&planted).unwrap().is_symlink(),
+            "left alone"
+        );
+        let names = [temp_name(&path), temp_name(&path)];
+        assert_ne!(names[0], names[1]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
 use flannel_shared::route_table::{format_table, RouteTableReader};
 use flannel_shared::stats::StatsReader;
+use flannel_shared::untrusted;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -148,6 +149,9 @@ fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
     s
 }
 
+/// At most this many "rejected KEY: why" notes under the `leases` table; the rest are counted.
+const MAX_REJECTED_NOTES: usize = 20;
+
 async fn from_etcd(args: &Args) -> Result<Output> {
     let opts = args.etcd.options();
     let mut client = tokio::time::timeout(
@@ -242,6 +246,7 @@ async fn from_etcd(args: &Args) -> Result<Output> {
             let dir = subnets_prefix(prefix);
             let mut json_rows = Vec::new();
             let mut rows = Vec::new();
+            let mut rejected = 0usize;
             for (kv, key) in kvs.iter().zip(&keys) {
                 let parsed = parse_key(prefix, key).ok();
                 let attrs = LeaseAttrs::parse(kv.value()).ok();
@@ -263,15 +268,19 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                         a.backend_type.clone()
                     }
                 });
+                // Another machine's text: cut and escaped for the terminal (JSON escapes itself).
                 let subnet = parsed.map_or_else(
-                    || key.strip_prefix(&dir).unwrap_or(key).to_string(),
+                    || untrusted::escape(key.strip_prefix(&dir).unwrap_or(key)),
                     |k| k.ipv4.to_string(),
                 );
                 let public_ip = attrs.as_ref().map(|a| a.public_ip.to_string());
                 let (state, reason, error) = match &status {
                     Ok(_) => ("routed".to_string(), None, None),
                     Err(r) => {
-                        notes.push(format!("rejected {key}: {r}"));
+                        rejected += 1;
+                        if rejected <= MAX_REJECTED_NOTES {
+                            notes.push(format!("rejected {}: {r}", untrusted::escape(key)));
+                        }
                         (
                             format!("rejected: {}", r.reason()),
                             Some(r.reason()),
@@ -294,6 +303,12 @@ async fn from_etcd(args: &Args) -> Result<Output> {
                     "backend": backend, "ttl_seconds": ttl, "value": String::from_utf8_lossy(kv.value()),
                     "routed": status.is_ok(), "reason": reason, "error": error,
                 }));
+            }
+            if rejected > MAX_REJECTED_NOTES {
+                notes.push(format!(
+                    "... and {} more rejected keys (every one is in --json)",
+                    rejected - MAX_REJECTED_NOTES
+                ));
             }
             Ok(Output {
                 json: Value::Array(json_rows),
