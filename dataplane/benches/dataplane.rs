@@ -5,6 +5,8 @@
 //! - `gso_split`: a 64 KiB TCP super-packet cut into 1420-byte-payload segments (copy, IP and
 //!   TCP checksums per segment).
 //! - `gro_coalesce`: 46 in-order TCP segments merged into one super-packet.
+//! - `arrival_check`: what the underlay check adds to one UDP receive (one GRO batch): reading
+//!   the UDP_GRO and IP_PKTINFO cmsgs as the kernel writes them, and the interface-set test.
 //!
 //! `cargo bench -p flannel-dataplane --bench dataplane`
 
@@ -16,6 +18,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flannel_dataplane::forward::{self, Context, RateLimiter, SenderIndex};
 use flannel_dataplane::gro::Coalescer;
 use flannel_dataplane::gso::{self, GSO_TCPV4};
+use flannel_dataplane::sys::socket::decode_recv_cmsgs;
+use flannel_dataplane::underlay::Arrival;
 use flannel_dataplane::packet::{checksum_add, fold_checksum, pseudo_header_sum, TCP_ACK};
 use flannel_shared::route_table::{Route, RouteTableReader, RouteTableWriter, TableMeta};
 use flannel_shared::Ipv4Net;
@@ -144,6 +148,31 @@ fn benches(c: &mut Criterion) {
                 c.push(black_box(p)).unwrap();
             }
             black_box(c.finish())
+        })
+    });
+    g.finish();
+
+    // The control area of a GRO receive: UDP_GRO (1420) then IP_PKTINFO (ifindex 2), laid out
+    // as the kernel writes them on 64-bit Linux.
+    let mut ctl = [0u8; 56];
+    ctl[..8].copy_from_slice(&20u64.to_ne_bytes());
+    ctl[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    ctl[12..16].copy_from_slice(&libc::UDP_GRO.to_ne_bytes());
+    ctl[16..20].copy_from_slice(&1420i32.to_ne_bytes());
+    ctl[24..32].copy_from_slice(&28u64.to_ne_bytes());
+    ctl[32..36].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+    ctl[36..40].copy_from_slice(&libc::IP_PKTINFO.to_ne_bytes());
+    ctl[40..44].copy_from_slice(&2i32.to_ne_bytes());
+    let underlay = Arrival::only(&[2, 7]);
+    let mut g = c.benchmark_group("arrival_check");
+    g.bench_function("gro_only_cmsg_before", |b| {
+        // What a receive read before: the same walk finding only the GRO size.
+        b.iter(|| black_box(decode_recv_cmsgs(black_box(&ctl[..24]))).gro_size)
+    });
+    g.bench_function("gro_and_pktinfo_and_check", |b| {
+        b.iter(|| {
+            let m = decode_recv_cmsgs(black_box(&ctl));
+            black_box(underlay.admits(m.ifindex)) && m.gro_size.is_some()
         })
     });
     g.finish();
