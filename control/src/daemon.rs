@@ -63,6 +63,15 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
         subnet_max = %config.subnet_max, port = config.backend.port, "network config"
     );
+    // Every host (this one included) rejects a lease whose PublicIP is inside Network.
+    if config.network.contains(ext.public_ip) {
+        anyhow::bail!(
+            "public IP {} (-public-ip or the interface's address) is inside Network {}: every \
+             host would reject its lease (public_ip_in_network); advertise an underlay address",
+            ext.public_ip,
+            config.network
+        );
+    }
 
     let writer = RouteTableWriter::open(&args.route_table)
         .with_context(|| format!("-route-table {}", args.route_table.display()))?;

@@ -159,6 +159,32 @@ fn public_ip_inside_network_is_rejected_and_untrusted_text_cannot_forge_lines() 
     }
 }
 
+/// A, our side: a flanneld told to advertise an address inside Network stops at once with one
+/// line saying so, and writes no lease.
+#[test]
+fn own_public_ip_inside_network_is_refused_at_start() {
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
+    etcd.put_config(PREFIX, r#"{"Network":"10.1.0.0/16"}"#)
+        .unwrap();
+    let mut a = LoopbackFlanneld::start(&etcd.endpoint(), "10.1.0.5", &[]);
+    let status = a
+        .daemon
+        .wait_timeout(SEC * 10)
+        .unwrap_or_else(|| panic!("still running; log:\n{}", a.daemon.log()));
+    let log = a.daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("public IP 10.1.0.5 (-public-ip or the interface's address) is inside Network 10.1.0.0/16"),
+        "{log}"
+    );
+    assert!(etcd
+        .get_prefix(&format!("{PREFIX}/subnets/"))
+        .unwrap()
+        .is_empty());
+}
+
 /// C: `subnets/0.0.0.0-0` (and a /16 over the whole Network, and a /23), without a TTL, used to
 /// block every candidate: each new host failed "out of subnets". Now they block nothing.
 #[test]

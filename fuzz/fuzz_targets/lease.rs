@@ -1,10 +1,11 @@
 //! Lease keys and values as other hosts (or an attacker with etcd write access) may write
 //! them: `LeaseAttrs::parse` never panics and what it accepts survives `to_json` → `parse`;
-//! `Ipv4Net::from_key` / `FromStr` / `subnet_from_key` never panic and round-trip.
+//! `Ipv4Net::from_key` / `FromStr` / `subnet_from_key` never panic and round-trip; no rejection
+//! message carries a control character (issue 27: forged log lines).
 
 #![no_main]
 
-use flannel_shared::lease::{subnet_from_key, subnet_key, LeaseAttrs};
+use flannel_shared::lease::{subnet_from_key, subnet_key, LeaseAttrs, LeaseKey};
 use flannel_shared::Ipv4Net;
 use libfuzzer_sys::fuzz_target;
 
@@ -19,7 +20,14 @@ fn check_net(n: Ipv4Net) {
     assert_eq!(subnet_from_key(PREFIX, &subnet_key(PREFIX, &n)), Some(n));
 }
 
+fn check_message(m: String) {
+    assert!(!m.chars().any(char::is_control), "{m:?}");
+}
+
 fuzz_target!(|data: &[u8]| {
+    if let Err(e) = LeaseAttrs::parse(data) {
+        check_message(e.to_string());
+    }
     if let Ok(a) = LeaseAttrs::parse(data) {
         let json = a.to_json();
         let again = LeaseAttrs::parse(json.as_bytes())
@@ -30,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Err(e) = LeaseKey::parse(text) {
+        check_message(e.to_string());
+    }
     if let Ok(n) = Ipv4Net::from_key(text) {
         check_net(n);
     }

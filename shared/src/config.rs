@@ -27,6 +27,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde_json::{Map, Value};
 
 use crate::net::Ipv4Net;
+use crate::untrusted::{clip, escape};
 
 /// flannel's default UDP port.
 pub const DEFAULT_UDP_PORT: u16 = 8285;
@@ -250,7 +251,7 @@ fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Ne
         }
         Err(_) => {
             return Err(ConfigError::Network {
-                value: s.clone(),
+                value: escape(s),
                 reason: "not an IPv4 network of the form A.B.C.D/N".into(),
             })
         }
@@ -299,7 +300,7 @@ fn parse_bound(
             .parse::<Ipv4Addr>()
             .map_err(|_| ConfigError::BoundSyntax {
                 field,
-                value: s.clone(),
+                value: escape(s),
             })?,
         Some(other) => {
             return Err(ConfigError::BoundSyntax {
@@ -341,7 +342,7 @@ fn parse_backend(entry: Option<(&String, &Value)>) -> Result<Backend, ConfigErro
         None | Some(Value::Null) => return Err(ConfigError::BackendTypeMissing),
         Some(Value::String(t)) if t.is_empty() => return Err(ConfigError::BackendTypeMissing),
         Some(Value::String(t)) if t.eq_ignore_ascii_case("udp") => {}
-        Some(Value::String(t)) => return Err(ConfigError::BackendType(t.clone())),
+        Some(Value::String(t)) => return Err(ConfigError::BackendType(clip(t))),
         Some(other) => return Err(ConfigError::BackendType(short(other))),
     }
     let port = match get_ci(obj, "Port") {
@@ -402,7 +403,7 @@ fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
     let bad_net = || {
         err(
             "IPv6Network",
-            text.clone(),
+            escape(&text),
             "not an IPv6 network of the form X::/N",
         )
     };
@@ -713,6 +714,40 @@ mod tests {
                 .unwrap()
                 .enable_nftables
         );
+    }
+
+    /// Issue 27: config values are another machine's text too: cut and escaped in errors.
+    #[test]
+    fn errors_escape_and_cut_untrusted_text() {
+        let long = "1".repeat(100);
+        let cases = [
+            (
+                "{\"Network\":\"10.1.0.0/16\\nERROR forged\"}".to_string(),
+                r"Network 10.1.0.0/16\nERROR forged: not an IPv4 network of the form A.B.C.D/N"
+                    .to_string(),
+            ),
+            (
+                r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.1.0\u001b[2J"}"#.to_string(),
+                r"SubnetMin 10.1.1.0\u{1b}[2J: must be an IPv4 address".to_string(),
+            ),
+            (
+                format!(r#"{{"Network":"{long}"}}"#),
+                format!(
+                    "Network {}…: not an IPv4 network of the form A.B.C.D/N",
+                    "1".repeat(64)
+                ),
+            ),
+            (
+                r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vx\nlan"}}"#.to_string(),
+                r#"Backend.Type "vx\nlan": unsupported backend, flannel-rs implements only "udp""#
+                    .to_string(),
+            ),
+        ];
+        for (json, want) in cases {
+            let got = NetworkConfig::parse(&json).unwrap_err().to_string();
+            assert_eq!(got, want, "{json}");
+            assert!(!got.chars().any(char::is_control), "{got:?}");
+        }
     }
 
     #[test]
