@@ -18,9 +18,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flannel_dataplane::forward::{self, Context, RateLimiter, SenderIndex};
 use flannel_dataplane::gro::Coalescer;
 use flannel_dataplane::gso::{self, GSO_TCPV4};
+use flannel_dataplane::packet::{checksum_add, fold_checksum, pseudo_header_sum, TCP_ACK};
 use flannel_dataplane::sys::socket::decode_recv_cmsgs;
 use flannel_dataplane::underlay::Arrival;
-use flannel_dataplane::packet::{checksum_add, fold_checksum, pseudo_header_sum, TCP_ACK};
 use flannel_shared::route_table::{Route, RouteTableReader, RouteTableWriter, TableMeta};
 use flannel_shared::Ipv4Net;
 
