@@ -405,3 +405,66 @@ fn a_squatter_on_the_data_plane_port_is_named() {
     );
     assert!(err.contains(&named), "{err}");
 }
+
+/// Item 2's constraint: a real flannel host in the cluster (no guards, unmarked datagrams sent
+/// from its bound port 8285, a lease written as flannel writes it) still reaches our hosts and
+/// is reached by them. The flannel host is a namespace on the underlay with its lease in etcd.
+#[test]
+fn a_flannel_peer_without_guards_is_accepted_and_reached() {
+    let Some(mut c) = cluster(false) else {
+        return;
+    };
+    let (peer, peer_ip) = c.underlay.add_host(1500).unwrap();
+    let key = "/coreos.com/network/subnets/10.1.250.0-24";
+    let value = format!(r#"{{"PublicIP":"{peer_ip}","PublicIPv6":null}}"#);
+    c.etcd.ctl(&["put", key, &value]).unwrap();
+    let h2 = &c.hosts[1];
+    let table = h2.route_table();
+    let routed = wait_for(SEC * 10, || {
+        let mut r = flannel_shared::route_table::RouteTableReader::open(&table).ok()?;
+        let snap = r.snapshot().ok()?;
+        (snap.lookup(Ipv4Addr::new(10, 1, 250, 5)) == Some(peer_ip)).then_some(())
+    });
+    assert!(routed.is_some(), "host 2 never routed the flannel peer's lease");
+
+    // flannel → ours: root, no mark, from port 8285, inner source in the peer's subnet.
+    let sink = Sink::start(&c);
+    let out = inject(
+        &peer,
+        &[],
+        &[("LOADGEN_SRC_PORT", "8285")],
+        peer_ip,
+        h2.underlay_ip,
+        (Ipv4Addr::new(10, 1, 250, 5), h2.container_ip()),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verdict = sink.finish(&c);
+    assert!(
+        verdict.starts_with("received=1 intact=0"),
+        "the flannel peer's datagram was not delivered: {verdict}\n{}",
+        h2.logs()
+    );
+
+    // ours → flannel: a ping from host 2's container arrives at the peer's port 8285 as a raw
+    // IPv4 packet in a UDP datagram (flannel's wire format).
+    let mut rx = peer
+        .command(loadgen())
+        .args(["udp-recv", "8285", "1", "5000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(rx.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "listening");
+    let _ = h2.container().ping(Ipv4Addr::new(10, 1, 250, 5), 2);
+    let out = rx.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "received=1 intact=0",
+        "host 2 did not send to the flannel peer"
+    );
+}

@@ -15,7 +15,8 @@
 //!   sender, the destination or the source). Sizes vary per datagram. With
 //!   `LOADGEN_SO_MARK=M` the socket carries SO_MARK M (as the data plane's do; needs
 //!   CAP_NET_ADMIN); with `LOADGEN_TRANSPARENT=1` it binds BIND_IP even when that address is not
-//!   local (IP_TRANSPARENT, CAP_NET_RAW: a container spoofing another host's address).
+//!   local (IP_TRANSPARENT, CAP_NET_RAW: a container spoofing another host's address); with
+//!   `LOADGEN_SRC_PORT=P` it sends from port P (flannel's UDP backend sends from 8285).
 //!
 //! Content is a function of position, so corruption anywhere shows in the digest or check.
 
@@ -259,9 +260,13 @@ fn garbage_socket(bind: std::net::Ipv4Addr) -> Result<UdpSocket> {
     if std::env::var_os("LOADGEN_TRANSPARENT").is_some() {
         socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT")?;
     }
+    let port = match std::env::var("LOADGEN_SRC_PORT") {
+        Ok(p) => p.parse().context("LOADGEN_SRC_PORT")?,
+        Err(_) => 0,
+    };
     socket::bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(bind, 0)),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(bind, port)),
     )
     .with_context(|| format!("bind {bind}"))?;
     Ok(UdpSocket::from(fd))
