@@ -10,7 +10,7 @@
 //! - Forwarding interruptions: `ping -i 0.01` container A → container B across each fault
 //!   (flanneld kill -9 and restart on either host, etcd restart, data plane kill -9 and restart,
 //!   B's lease deleted by hand); the longest run of lost replies × 10 ms is the interruption.
-//!   Printed for the README's fault table; leases and routes are checked after every fault.
+//!   Printed for the fault table in docs/faults.md; leases and routes are checked after every fault.
 //! - Lease churn among other hosts (≥ 1,000 etcd changes per minute) during a TCP transfer
 //!   between two unaffected hosts: no drop counted, throughput within the noise of runs
 //!   without churn (`lease_churn_1000_per_minute…`).
@@ -416,9 +416,9 @@ struct Pinger {
 }
 
 const PING_INTERVAL_MS: u64 = 10;
-/// "No interruption" in the README's fault table, as asserted: at most two pings lost in a row.
+/// "No interruption" in the fault table in docs/faults.md, as asserted: at most two pings lost in a row.
 const NO_INTERRUPTION_BOUND_MS: u64 = 2 * PING_INTERVAL_MS;
-/// A data-plane restart or a lease re-acquisition, as asserted (README's fault table).
+/// A data-plane restart or a lease re-acquisition, as asserted (the fault table in docs/faults.md).
 const RESTART_BOUND_MS: u64 = 250;
 
 impl Pinger {
@@ -611,7 +611,7 @@ fn forwarding_interruptions_under_faults() {
     for m in &results {
         eprintln!("| {} | {} ms | {}/{} |", m.fault, m.gap_ms, m.lost, m.sent);
     }
-    // The README's fault table quotes these bounds ("asserted"): no interruption where the
+    // The fault table in docs/faults.md quotes these bounds ("asserted"): no interruption where the
     // design promises none (two lost pings in a row allowed for a loaded CI machine); a
     // restart or re-acquisition within a quarter second (measured here: 10-40 ms).
     for m in &results {
@@ -749,8 +749,8 @@ fn underlay_address_change_updates_the_leases_public_ip() {
 /// B's daemons (ignored), and B's underlay address renumbered (the lease follows; the gap is
 /// the time until A's table has B's new address: B's 5 s check plus A's watch). The first two
 /// must not interrupt forwarding at all (NO_INTERRUPTION_BOUND_MS); the renumbering within
-/// RENUMBER_BOUND_MS (the 5 s check, a reconnect to etcd, A's watch; README's fault table).
-/// An underlay renumbering, as asserted (README's fault table).
+/// RENUMBER_BOUND_MS (the 5 s check, a reconnect to etcd, A's watch; the fault table in docs/faults.md).
+/// An underlay renumbering, as asserted (the fault table in docs/faults.md).
 const RENUMBER_BOUND_MS: u64 = 10_000;
 
 #[test]
@@ -1034,7 +1034,7 @@ fn median(v: &[f64]) -> f64 {
 /// by at least half the changes written (each change reached the table; a watch response may
 /// carry more than one event), and after each churn run both tables hold exactly the fake
 /// leases etcd holds (then deleted, and gone from both tables); and "within the noise": the
-/// median churn throughput is ≥ 0.7 × the median baseline throughput (the README's measured
+/// median churn throughput is ≥ 0.7 × the median baseline throughput (docs/faults.md's measured
 /// run-to-run noise on this 2-vCPU VM is ±30 %).
 #[test]
 fn lease_churn_1000_per_minute_leaves_a_tcp_transfer_alone() {

@@ -1,4 +1,4 @@
-//! The threat model's tests (README "Security"): each attack of issue 27 tried on the testbed
+//! The threat model's tests (README "Security"): each attack tried on the testbed
 //! (namespaces, real etcd, both daemons), with a real datagram that must not arrive.
 //!
 //! Every injection carries a well-formed inner IPv4/UDP packet to port 5999 of host 2's
@@ -425,7 +425,10 @@ fn a_flannel_peer_without_guards_is_accepted_and_reached() {
         let snap = r.snapshot().ok()?;
         (snap.lookup(Ipv4Addr::new(10, 1, 250, 5)) == Some(peer_ip)).then_some(())
     });
-    assert!(routed.is_some(), "host 2 never routed the flannel peer's lease");
+    assert!(
+        routed.is_some(),
+        "host 2 never routed the flannel peer's lease"
+    );
 
     // flannel → ours: root, no mark, from port 8285, inner source in the peer's subnet.
     let sink = Sink::start(&c);
@@ -437,7 +440,11 @@ fn a_flannel_peer_without_guards_is_accepted_and_reached() {
         h2.underlay_ip,
         (Ipv4Addr::new(10, 1, 250, 5), h2.container_ip()),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let verdict = sink.finish(&c);
     assert!(
         verdict.starts_with("received=1 intact=0"),
