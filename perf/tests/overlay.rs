@@ -31,8 +31,9 @@ fn finish(child: std::process::Child) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Parses a pcap (Ethernet) and returns the UDP payloads sent to `port`, with the outer IPs.
-fn udp_payloads(pcap: &[u8], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, Vec<u8>)> {
+/// Parses a pcap (Ethernet) and returns the UDP payloads sent to `port`, with the outer IPs and
+/// whether the outer header has DF set.
+fn udp_payloads(pcap: &[u8], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, bool, Vec<u8>)> {
     let mut out = Vec::new();
     let mut off = 24;
     while off + 16 <= pcap.len() {
@@ -55,7 +56,8 @@ fn udp_payloads(pcap: &[u8], port: u16) -> Vec<(Ipv4Addr, Ipv4Addr, Vec<u8>)> {
         }
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-        out.push((src, dst, udp[8..ulen].to_vec()));
+        let df = ip[6] & 0x40 != 0;
+        out.push((src, dst, df, udp[8..ulen].to_vec()));
     }
     out
 }
@@ -105,10 +107,13 @@ fn two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(
     let frames = udp_payloads(&std::fs::read(&pcap).unwrap(), 8285);
     let inner: Vec<_> = frames
         .iter()
-        .filter(|(src, dst, _)| *src == a.underlay_ip && *dst == b.underlay_ip)
+        .filter(|(src, dst, _, _)| *src == a.underlay_ip && *dst == b.underlay_ip)
         .collect();
     assert!(!inner.is_empty(), "no UDP 8285 datagrams A→B captured");
-    for (_, _, p) in &inner {
+    for (_, _, df, p) in &inner {
+        // Outer packets are never fragmented (IP_PMTUDISC_DO): a larger one is refused and
+        // counted (udp_tx_too_big), never split into fragments the peer must reassemble.
+        assert!(*df, "outer datagram without DF");
         assert_eq!(p[0] >> 4, 4, "payload starts with an IPv4 header");
         assert_eq!(
             usize::from(u16::from_be_bytes([p[2], p[3]])),
