@@ -80,7 +80,7 @@ impl Drop for Sink {
 }
 
 /// `udp-garbage BIND DST ipv4 INJECTED INNER_SRC INNER_DST` run in `ns` through `wrapper`
-/// (e.g. `setpriv …`) with `env`; returns its output.
+/// (e.g. `setpriv …`) with `env`; it must have sent them all.
 fn inject(
     ns: &Netns,
     wrapper: &[&str],
@@ -88,7 +88,7 @@ fn inject(
     bind: Ipv4Addr,
     dst: Ipv4Addr,
     inner: (Ipv4Addr, Ipv4Addr),
-) -> std::process::Output {
+) {
     let lg = loadgen();
     let mut argv: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
     argv.push(lg.to_string_lossy().into_owned());
@@ -110,7 +110,25 @@ fn inject(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap()
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Spawns `cmd` (a flannel-loadgen receiver) with stdout piped and waits for its `listening`.
+fn spawn_listening(cmd: &mut std::process::Command) -> Child {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
 }
 
 /// Packets counted by the first rule of iptables chain `chain` in `ns` (0 without the chain).
@@ -173,18 +191,13 @@ fn masqueraded_container_injects(nft: bool) {
 
     let sink = Sink::start(&c);
     let spoofed = Ipv4Addr::from(u32::from(h1.container_ip()) + 76); // .77: in host 1's subnet
-    let out = inject(
+    inject(
         &compose,
         &[],
         &[],
         compose_ip,
         c.hosts[1].underlay_ip,
         (spoofed, c.hosts[1].container_ip()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let verdict = sink.finish(&c);
     assert_eq!(
@@ -234,18 +247,13 @@ fn a_container_spoofing_a_peers_address_is_refused_by_the_arrival_check() {
     let stats = StatsReader::open(&h2.stats_file()).unwrap();
     let refused_before = stats.total("drop_not_underlay");
     let sink = Sink::start(&c);
-    let out = inject(
+    inject(
         h2.container(),
         &[],
         &[("LOADGEN_TRANSPARENT", "1")],
         h1.underlay_ip,
         h2.underlay_ip,
         (h1.container_ip(), h2.container_ip()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let verdict = sink.finish(&c);
     assert_eq!(
@@ -323,18 +331,13 @@ fn an_unprivileged_local_user_cannot_send_as_a_member() {
 
     // What a member's data plane does (root, marked) still passes: the guard is not a wall.
     let sink = Sink::start(&c);
-    let out = inject(
+    inject(
         &h1.ns,
         &[],
         &[("LOADGEN_SO_MARK", "0x2000")],
         h1.underlay_ip,
         h2.underlay_ip,
         (h1.container_ip(), h2.container_ip()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let verdict = sink.finish(&c);
     assert!(
@@ -360,21 +363,12 @@ fn a_squatter_on_the_data_plane_port_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let lg = loadgen_for_nobody(dir.path());
     let ns = &c.hosts[i].ns;
-    let mut squatter = ns
-        .command("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&lg)
-        .args(["udp-recv", "8285", "1", "60000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(squatter.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "listening");
+    let mut squatter = spawn_listening(
+        ns.command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&lg)
+            .args(["udp-recv", "8285", "1", "60000"]),
+    );
     let pid = squatter.id();
     // setpriv execs the loadgen: the pid is the squatter's.
     let named = format!("UDP 0.0.0.0:8285 held by pid {pid} (flannel-loadgen), uid 65534");
@@ -432,18 +426,13 @@ fn a_flannel_peer_without_guards_is_accepted_and_reached() {
 
     // flannel → ours: root, no mark, from port 8285, inner source in the peer's subnet.
     let sink = Sink::start(&c);
-    let out = inject(
+    inject(
         &peer,
         &[],
         &[("LOADGEN_SRC_PORT", "8285")],
         peer_ip,
         h2.underlay_ip,
         (Ipv4Addr::new(10, 1, 250, 5), h2.container_ip()),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let verdict = sink.finish(&c);
     assert!(
@@ -454,19 +443,10 @@ fn a_flannel_peer_without_guards_is_accepted_and_reached() {
 
     // ours → flannel: a ping from host 2's container arrives at the peer's port 8285 as a raw
     // IPv4 packet in a UDP datagram (flannel's wire format).
-    let mut rx = peer
-        .command(loadgen())
-        .args(["udp-recv", "8285", "1", "5000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(rx.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "listening");
+    let rx = spawn_listening(
+        peer.command(loadgen())
+            .args(["udp-recv", "8285", "1", "5000"]),
+    );
     let _ = h2.container().ping(Ipv4Addr::new(10, 1, 250, 5), 2);
     let out = rx.wait_with_output().unwrap();
     assert_eq!(

@@ -60,11 +60,10 @@ pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddrV4, u32, u64)
         .collect()
 }
 
-/// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
-/// `/proc` shows it. `procfs` is normally `/proc`.
-pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
+/// The sockets bound to `port` in this network namespace, their processes not yet known.
+fn sockets_on(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
     let text = std::fs::read_to_string(procfs.join("self/net/udp"))?;
-    let mut holders: Vec<PortHolder> = parse_proc_net_udp(&text, port)
+    Ok(parse_proc_net_udp(&text, port)
         .into_iter()
         .map(|(local, uid, inode)| PortHolder {
             local,
@@ -72,7 +71,13 @@ pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHol
             inode,
             process: None,
         })
-        .collect();
+        .collect())
+}
+
+/// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
+/// `/proc` shows it. `procfs` is normally `/proc`.
+pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
+    let mut holders = sockets_on(procfs, port)?;
     if holders.is_empty() {
         return Ok(holders);
     }
@@ -143,16 +148,7 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) 
         (None, Some(o)) => h.uid == o.uid,
     };
     if let Some(o) = owner {
-        let text = std::fs::read_to_string(procfs.join("self/net/udp")).ok()?;
-        let mut own: Vec<PortHolder> = parse_proc_net_udp(&text, port)
-            .into_iter()
-            .map(|(local, uid, inode)| PortHolder {
-                local,
-                uid,
-                inode,
-                process: None,
-            })
-            .collect();
+        let mut own = sockets_on(procfs, port).ok()?;
         claim_sockets_of(procfs, o.pid, &mut own);
         if own.iter().all(|h| h.process.is_some()) {
             return None;
