@@ -8,5 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod harness;
+pub mod report;
 pub mod scale;
 pub mod testbed;

@@ -68,7 +68,9 @@ use super::model::{
 use super::placement::{Placement, Sampler, Watch};
 use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
 use super::udpsearch::{self, UdpSearch};
-use super::{cpu, iperf, markdown, ping, summary, svg};
+use super::{cpu, iperf, markdown, ping, svg};
+use crate::report::markdown::num;
+use crate::report::summary;
 use crate::testbed::cluster::{Cluster, ClusterOpts};
 use crate::testbed::netns::Netns;
 use crate::testbed::{have, is_root, wait_for};
@@ -609,8 +611,8 @@ impl Bench {
                 let median = p.median_ms();
                 eprintln!(
                     "median {} ms, avg {} ms, {}/{} replies",
-                    median.map_or("-".into(), markdown::num),
-                    p.avg_ms.map_or("-".into(), markdown::num),
+                    median.map_or("-".into(), num),
+                    p.avg_ms.map_or("-".into(), num),
                     p.received,
                     p.transmitted
                 );
@@ -930,7 +932,7 @@ impl Bench {
                 eprintln!(
                     "{:.2} Gbit/s, busy {} CPU-s/GB",
                     t.gbit_per_s,
-                    t.busy_s_per_gb().map_or("-".into(), markdown::num)
+                    t.busy_s_per_gb().map_or("-".into(), num)
                 );
                 p.tcp1 = Some(t);
             }

@@ -15,40 +15,10 @@ use std::fmt::Write as _;
 use super::model::{metric, Run, Sample, TcpSample, VariantResult, HEADLINE, METRICS};
 use super::placement::{Placement, ThreadPlacement, WORKER_PREFIX};
 use super::profile::{Category, PingProfile, Profile, TcpProfile};
-use super::summary::Summary;
 use super::targets::{self, Goal, Stat};
 use super::udpsearch::CLEAN_LOSS_PCT;
-
-/// Formats a number with about three significant digits; infinity as `∞`.
-pub fn num(v: f64) -> String {
-    if v.is_infinite() {
-        return "∞".into();
-    }
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    let a = v.abs();
-    if a >= 100.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else if a >= 0.1 {
-        format!("{v:.3}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
-/// `median (min–max)`, or just the value for a single sample.
-pub fn cell(s: &Summary) -> String {
-    if s.n <= 1 || s.min == s.max {
-        num(s.median)
-    } else {
-        format!("{} ({}–{})", num(s.median), num(s.min), num(s.max))
-    }
-}
+use crate::report::markdown::{cell, header, num, row};
+use crate::report::summary::Summary;
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
@@ -93,15 +63,7 @@ pub fn render(run: &Run, chart: &str) -> String {
     s.push_str("Cells: median (min–max) over the repeats. One testbed, all variants measured side by side in each repeat.\n\n");
 
     // The table.
-    s.push_str("| metric |");
-    for v in &run.variants {
-        let _ = write!(s, " {} |", v.label);
-    }
-    s.push_str("\n|---|");
-    for _ in &run.variants {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    s += &header(std::iter::once("metric").chain(run.variants.iter().map(|v| v.label.as_str())));
     for metric in METRICS {
         if run
             .variants
@@ -110,11 +72,10 @@ pub fn render(run: &Run, chart: &str) -> String {
         {
             continue;
         }
-        let _ = write!(s, "| {} ({}) |", metric.label, metric.unit);
-        for v in &run.variants {
-            let _ = write!(s, " {} |", column(v, metric.key));
-        }
-        s.push('\n');
+        s += &row(
+            std::iter::once(format!("{} ({})", metric.label, metric.unit))
+                .chain(run.variants.iter().map(|v| column(v, metric.key))),
+        );
     }
 
     // Ratios of medians.
@@ -666,7 +627,7 @@ fn workers_cell(counts: &[u64]) -> String {
         .map(|(i, c)| format!("w{i} {c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    match super::summary::spread(counts) {
+    match crate::report::summary::spread(counts) {
         Some(r) => format!("{list} ({}×)", num(r)),
         None => list,
     }
@@ -910,17 +871,6 @@ pub(crate) mod tests {
             md.contains("| ours | 1 | 1400 B | 5.00 → 4.00 (20.0 %) | none (< 5.00) |"),
             "{md}"
         );
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(num(123.456), "123");
-        assert_eq!(num(12.345), "12.3");
-        assert_eq!(num(1.2345), "1.23");
-        assert_eq!(num(0.1234), "0.123");
-        assert_eq!(num(0.02954), "0.0295");
-        assert_eq!(num(0.0), "0");
-        assert_eq!(num(f64::INFINITY), "∞");
     }
 
     #[test]

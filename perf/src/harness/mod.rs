@@ -4,7 +4,7 @@
 //! with min/max, where the TCP tests' threads ran, a paced UDP search, issue 19's targets.
 //!
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
-//! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`summary`] (median/min/max, worker spread), [`cpu`] (`/proc` stat
+//! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`cpu`] (`/proc` stat
 //! parsing), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its sampler is a
 //! thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue 19's targets,
 //! ours vs kernel VXLAN), [`model`] (what a run produces, serialised to JSON), [`markdown`]
@@ -20,7 +20,6 @@ pub mod model;
 pub mod ping;
 pub mod placement;
 pub mod profile;
-pub mod summary;
 pub mod svg;
 pub mod targets;
 pub mod udpsearch;

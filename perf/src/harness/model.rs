@@ -10,8 +10,8 @@ use super::iperf::{TcpResult, UdpResult};
 use super::ping::PingResult;
 use super::placement::Placement;
 use super::profile::Profile;
-use super::summary::{summarize, Summary};
 use super::udpsearch::UdpSearch;
+use crate::report::summary::{summarize, Summary};
 
 /// One metric of the report table.
 #[derive(Debug, Clone, Copy)]

@@ -6,9 +6,10 @@
 
 use std::fmt::Write as _;
 
-use super::markdown::num;
 use super::model::Run;
-use super::summary::Summary;
+use crate::report::markdown::num;
+use crate::report::summary::Summary;
+use crate::report::svg::escape;
 
 const W: f64 = 760.0;
 const H: f64 = 400.0;
@@ -20,14 +21,6 @@ const SERIES: [(&str, &str, &str); 2] = [
     ("tcp1_gbps", "TCP 1 stream", "#4e79a7"),
     ("tcp4_gbps", "TCP 4 streams", "#f28e2b"),
 ];
-
-/// Escapes text for XML.
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// The smallest 1/2/5 × 10^k at or above `v` (axis maximum); 1 for nothing.
 pub fn nice_ceil(v: f64) -> f64 {
@@ -79,10 +72,10 @@ pub fn render(run: &Run) -> String {
         s,
         r##"<text x="{}" y="40" text-anchor="middle" fill="#555">{} · bars: median of {} repeat{}, whiskers min–max, dots: each repeat · {}</text>"##,
         W / 2.0,
-        esc(&run.started_utc),
+        escape(&run.started_utc),
         run.repeats,
         if run.repeats == 1 { "" } else { "s" },
-        esc(&format!(
+        escape(&format!(
             "kernel {}, {} CPUs",
             run.machine.kernel, run.machine.nproc
         )),
@@ -130,7 +123,7 @@ pub fn render(run: &Run) -> String {
                 r#"<rect x="{x:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}: {} {} Gbit/s</title></rect>"#,
                 bar_w - 2.0,
                 (base - top).max(0.0),
-                esc(&v.label),
+                escape(&v.label),
                 series,
                 num(st.median)
             );
@@ -163,7 +156,7 @@ pub fn render(run: &Run) -> String {
                     r##"<circle class="repeat" cx="{:.1}" cy="{:.1}" r="2.8" fill="white" stroke="#222" stroke-width="1.2"><title>{}: {} repeat {rep}: {} Gbit/s</title></circle>"##,
                     wx + dx,
                     y(*val),
-                    esc(&v.label),
+                    escape(&v.label),
                     series,
                     num(*val)
                 );
@@ -183,7 +176,7 @@ pub fn render(run: &Run) -> String {
             s,
             r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             TOP + plot_h + 18.0,
-            esc(&v.label)
+            escape(&v.label)
         );
         if !any {
             let why = if v.unavailable.is_some() {
@@ -236,11 +229,6 @@ mod tests {
         assert_eq!(nice_ceil(35.0), 50.0);
         assert_eq!(nice_ceil(51.0), 100.0);
         assert_eq!(nice_ceil(f64::INFINITY), 1.0);
-    }
-
-    #[test]
-    fn escaping() {
-        assert_eq!(esc("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
     }
 
     #[test]
