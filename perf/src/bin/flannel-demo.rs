@@ -231,8 +231,7 @@ fn iperf3(c: &Cluster) -> Result<f64> {
         }
     }
     let mut server = server;
-    let _ = server.kill();
-    let _ = server.wait();
+    flannel_perf::testbed::process::kill_and_reap(&mut server);
     let out = out.context("iperf3 client never connected")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "sum_received": {... "bits_per_second": N ...}

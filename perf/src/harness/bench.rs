@@ -73,6 +73,7 @@ use crate::report::markdown::num;
 use crate::report::summary;
 use crate::testbed::cluster::{Cluster, ClusterOpts};
 use crate::testbed::netns::Netns;
+use crate::testbed::process;
 use crate::testbed::{have, is_root, wait_for};
 
 /// Set by the binary's signal thread (Ctrl-C, SIGTERM): the run stops at the next check and
@@ -855,7 +856,7 @@ impl Bench {
             (up || matches!(server.try_wait(), Ok(Some(_)))).then_some(())
         });
         if ready.is_none() || matches!(server.try_wait(), Ok(Some(_))) {
-            stop_child(&mut server);
+            process::kill_and_reap(&mut server);
             bail!(
                 "iperf3 server did not start listening: {}",
                 std::fs::read_to_string(server_log.with_extension("stderr")).unwrap_or_default()
@@ -874,14 +875,14 @@ impl Bench {
             .context("starting iperf3 -c")?;
         let sampler = sample.then(|| Sampler::start(self.watch_list(client.id(), server_pid)));
         let limit = Duration::from_secs(u64::from(secs) + 20);
-        let status = wait_child(client, limit);
+        let status = process::wait_bounded(client, &INTERRUPTED, limit);
         let placement = sampler.map(Sampler::finish);
         // The server exits by itself after one test (-1); stop it by PID if it does not.
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end && matches!(server.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        stop_child(&mut server);
+        process::kill_and_reap(&mut server);
         let status = status?;
         let out = std::fs::read_to_string(&client_out).unwrap_or_default();
         if out.trim().is_empty() {
@@ -897,7 +898,7 @@ impl Bench {
 
     fn ping(&mut self, kind: Kind) -> Result<ping::PingResult> {
         let (child, out_path) = self.spawn_ping(kind, self.opts.ping_count, "ping")?;
-        wait_child(child, Duration::from_secs(30))?;
+        process::wait_bounded(child, &INTERRUPTED, Duration::from_secs(30))?;
         ping::parse(&std::fs::read_to_string(&out_path)?)
     }
 
@@ -986,8 +987,8 @@ impl Bench {
         let started = Instant::now();
         let json = self.iperf(kind, &[]);
         let wall = started.elapsed().as_secs_f64();
-        let stopped = interrupt_child(&mut rec);
-        let status = wait_child(rec, Duration::from_secs(60))?;
+        let stopped = process::sigint(&mut rec).context("SIGINT to perf");
+        let status = process::wait_bounded(rec, &INTERRUPTED, Duration::from_secs(60))?;
         stopped?;
         let r = iperf::parse_tcp(&json?)?;
         if !data.is_file() {
@@ -1044,7 +1045,7 @@ impl Bench {
         let (ping, out_path) = self.spawn_ping(kind, PROFILE_PINGS, "profile-ping")?;
         std::thread::sleep(PROFILE_PING_SETTLE);
         let during = self.trace_window();
-        let status = wait_child(ping, Duration::from_secs(30))?;
+        let status = process::wait_bounded(ping, &INTERRUPTED, Duration::from_secs(30))?;
         let during = during?;
         let p = ping::parse(&std::fs::read_to_string(&out_path)?)?;
         if p.received < u64::from(PROFILE_PINGS) / 2 || during.pings == 0 {
@@ -1077,7 +1078,7 @@ impl Bench {
             .stderr(File::create(&log)?)
             .spawn()
             .context("starting perf record")?;
-        let status = wait_child(rec, Duration::from_secs(30))?;
+        let status = process::wait_bounded(rec, &INTERRUPTED, Duration::from_secs(30))?;
         let script = Command::new("perf")
             .args(["script", "-F", "comm,event,trace", "-i"])
             .arg(&data)
@@ -1234,64 +1235,17 @@ impl Bench {
     }
 }
 
-/// Waits for `child` up to `limit`, polling [`INTERRUPTED`]; kills it (our own child, by PID)
-/// on timeout or interrupt.
-fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st);
-        }
-        if INTERRUPTED.load(Ordering::Relaxed) {
-            stop_child(&mut child);
-            bail!("interrupted");
-        }
-        if Instant::now() > end {
-            stop_child(&mut child);
-            bail!("timed out after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Asks our own child (by PID) to finish as after Ctrl-C: `perf record` then writes its file.
-fn interrupt_child(child: &mut Child) -> Result<()> {
-    if matches!(child.try_wait(), Ok(None)) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid")?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).context("SIGINT to perf")?;
-    }
-    Ok(())
-}
-
-fn stop_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn command_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Kernel, CPUs, git commit (read-only git commands), iperf3 version, load.
 pub fn machine_info() -> Machine {
-    let git_commit = command_line("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
-    let git_dirty = command_line(
+    let git_commit =
+        process::stdout_text("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    let git_dirty = process::stdout_text(
         "git",
         &[
             "--no-optional-locks",
@@ -1317,7 +1271,7 @@ pub fn machine_info() -> Machine {
             .unwrap_or_default(),
         git_commit,
         git_dirty,
-        iperf3: command_line("iperf3", &["--version"])
+        iperf3: process::stdout_text("iperf3", &["--version"])
             .and_then(|s| s.lines().next().map(str::to_string))
             .unwrap_or_default(),
         loadavg_start: loadavg(),

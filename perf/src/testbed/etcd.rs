@@ -382,8 +382,7 @@ impl Etcd {
     /// for [`Etcd::launch`].
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::process::kill_and_reap(&mut child);
         }
     }
 

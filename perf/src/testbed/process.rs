@@ -1,11 +1,13 @@
-//! Our binaries as child processes: log to a file, stop by PID (SIGTERM, then SIGKILL), never
-//! anything we did not start.
+//! Child processes: our binaries as [`Daemon`]s logging to a file, and helpers for any child
+//! (bounded waits, SIGINT, kill and reap, a command's output). Signals go by PID to our own
+//! children only, never to anything we did not start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::kill;
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -134,8 +136,7 @@ impl Daemon {
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 }
@@ -165,4 +166,60 @@ pub fn terminate(mut child: Child, grace: Duration) -> ExitStatus {
     }
     let _ = child.kill();
     child.wait().expect("wait for child")
+}
+
+/// Waits for our own `child` up to `limit`, polling `interrupted`; kills and reaps it on timeout
+/// or interrupt (an error then).
+pub fn wait_bounded(
+    mut child: Child,
+    interrupted: &AtomicBool,
+    limit: Duration,
+) -> Result<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            kill_and_reap(&mut child);
+            bail!("interrupted");
+        }
+        if Instant::now() > end {
+            kill_and_reap(&mut child);
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGINT by PID to our own `child` while it runs, as Ctrl-C would (`perf record` then
+/// writes its file).
+pub fn sigint(child: &mut Child) -> Result<()> {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+        kill(pid, Signal::SIGINT)?;
+    }
+    Ok(())
+}
+
+/// SIGKILL to our own `child` while it runs, then reaps it.
+pub fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Runs `program args` with no input and stderr discarded; its stdout, trimmed, when it exits
+/// with success (`None` when it cannot start or fails).
+pub fn stdout_text(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
