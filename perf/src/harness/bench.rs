@@ -62,6 +62,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use flannel_shared::stats::{StatsReader, WorkerCounters};
 
+use super::metric::{MetricKey, Payload, Streams};
 use super::model::{
     file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
 };
@@ -526,8 +527,8 @@ impl Bench {
     fn measure_all(&mut self, kind: Kind, s: &mut Sample) -> Result<()> {
         let ours = matches!(kind, Kind::Ours(_));
         let gb = |bytes: u64| bytes as f64 / 1e9;
-        for streams in [1u32, 4] {
-            let key = format!("tcp{streams}");
+        for tcp in Streams::ALL {
+            let streams = tcp.count();
             let what = format!(
                 "iperf3 TCP {streams} stream{}",
                 if streams == 1 { "" } else { "s" }
@@ -537,28 +538,33 @@ impl Bench {
                 Ok((t, workers)) => {
                     eprintln!("{:.2} Gbit/s", t.iperf.gbit_per_s());
                     s.metrics
-                        .insert(format!("{key}_gbps"), t.iperf.gbit_per_s());
+                        .insert(MetricKey::TcpGbps(tcp).into(), t.iperf.gbit_per_s());
                     if let Some(r) = t.iperf.retransmits {
-                        s.metrics.insert(format!("{key}_retransmits"), r as f64);
+                        s.metrics
+                            .insert(MetricKey::TcpRetransmits(tcp).into(), r as f64);
                     }
                     if let Some(c) = t.our_cpu_s.filter(|_| t.iperf.bytes > 0) {
                         s.metrics
-                            .insert(format!("our_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                            .insert(MetricKey::OurCpuPerGb(tcp).into(), c / gb(t.iperf.bytes));
                     }
                     if let Some(c) = t.machine_cpu_s.filter(|_| t.iperf.bytes > 0) {
-                        s.metrics
-                            .insert(format!("machine_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                        s.metrics.insert(
+                            MetricKey::MachineCpuPerGb(tcp).into(),
+                            c / gb(t.iperf.bytes),
+                        );
                     }
                     if let Some(c) = summary::summarize(&t.cpu_busy_pct) {
-                        s.metrics.insert(format!("{key}_busiest_cpu_pct"), c.max);
-                        s.metrics.insert(format!("{key}_least_busy_cpu_pct"), c.min);
+                        s.metrics
+                            .insert(MetricKey::BusiestCpuPct(tcp).into(), c.max);
+                        s.metrics
+                            .insert(MetricKey::LeastBusyCpuPct(tcp).into(), c.min);
                     }
-                    if streams == 4 && ours {
+                    if tcp == Streams::Four && ours {
                         for w in &workers {
                             let (counter, metric) = if w.role == "sender" {
-                                ("tun_rx_packets", "tx_worker_spread")
+                                ("tun_rx_packets", MetricKey::TxWorkerSpread)
                             } else {
-                                ("udp_rx_packets", "rx_worker_spread")
+                                ("udp_rx_packets", MetricKey::RxWorkerSpread)
                             };
                             if let Some(r) =
                                 w.counters.get(counter).and_then(|c| summary::spread(c))
@@ -577,7 +583,8 @@ impl Bench {
                 }
             }
         }
-        for payload in [64u32, 1400] {
+        for size in Payload::ALL {
+            let payload = size.bytes();
             let what = format!("iperf3 UDP {payload} B");
             eprint!("{}: {what} ... ", self.progress);
             let secs = self.opts.test_seconds;
@@ -585,16 +592,17 @@ impl Bench {
             match r {
                 Ok(u) => {
                     eprintln!("{:.0} kpps, {:.1}% loss", u.pps / 1e3, u.loss_percent);
-                    s.metrics.insert(format!("udp{payload}_kpps"), u.pps / 1e3);
                     s.metrics
-                        .insert(format!("udp{payload}_loss_pct"), u.loss_percent);
+                        .insert(MetricKey::UdpKpps(size).into(), u.pps / 1e3);
+                    s.metrics
+                        .insert(MetricKey::UdpLossPct(size).into(), u.loss_percent);
                     let unpaced = u.pps;
                     s.udp.push(u);
                     if s.repeat <= self.opts.udp_search_repeats {
                         let search = self.udp_search(kind, payload, unpaced, s)?;
                         if let Some(best) = search.max_clean_pps {
                             s.metrics
-                                .insert(format!("udp{payload}_max_clean_kpps"), best / 1e3);
+                                .insert(MetricKey::UdpMaxCleanKpps(size).into(), best / 1e3);
                         }
                         s.udp_search.push(search);
                     }
@@ -618,10 +626,10 @@ impl Bench {
                     p.transmitted
                 );
                 if let Some(m) = median {
-                    s.metrics.insert("rtt_median_ms".into(), m);
+                    s.metrics.insert(MetricKey::RttMedianMs.into(), m);
                 }
                 if let Some(a) = p.avg_ms {
-                    s.metrics.insert("rtt_avg_ms".into(), a);
+                    s.metrics.insert(MetricKey::RttAvgMs.into(), a);
                 }
                 s.ping = Some(p);
             }

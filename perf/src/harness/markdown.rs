@@ -12,7 +12,8 @@
 
 use std::fmt::Write as _;
 
-use super::model::{metric, Run, Sample, TcpSample, VariantResult, HEADLINE, METRICS};
+use super::metric::{metric, MetricKey, Streams, HEADLINE, METRICS};
+use super::model::{Run, Sample, TcpSample, VariantResult};
 use super::placement::{Placement, ThreadPlacement, WORKER_PREFIX};
 use super::profile::{Category, PingProfile, Profile, TcpProfile};
 use super::targets::{self, Goal, Stat};
@@ -29,11 +30,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn column(v: &VariantResult, key: &str) -> String {
+fn column(v: &VariantResult, key: MetricKey) -> String {
     if v.unavailable.is_some() {
         return "unavailable".into();
     }
-    v.summary.get(key).map(cell).unwrap_or_else(|| "—".into())
+    v.summary
+        .get(key.as_str())
+        .map(cell)
+        .unwrap_or_else(|| "—".into())
 }
 
 /// Renders the report; `chart` is the file name of the SVG next to it.
@@ -68,7 +72,7 @@ pub fn render(run: &Run, chart: &str) -> String {
         if run
             .variants
             .iter()
-            .all(|v| !v.summary.contains_key(metric.key))
+            .all(|v| !v.summary.contains_key(metric.key.as_str()))
         {
             continue;
         }
@@ -88,21 +92,29 @@ pub fn render(run: &Run, chart: &str) -> String {
         .collect();
     if !ours.is_empty() {
         s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better); issue 19's targets are checked below.\n\n");
-        s.push_str("| variant | TCP 1 ÷ VXLAN | TCP 1 ÷ bare | TCP 4 ÷ VXLAN | TCP 4 ÷ bare | RTT ÷ VXLAN | RTT ÷ bare |\n");
-        s.push_str("|---|---|---|---|---|---|---|\n");
-        let med = |v: Option<&VariantResult>, k: &str| v.and_then(|v| v.median(k));
+        s += &header([
+            "variant",
+            "TCP 1 ÷ VXLAN",
+            "TCP 1 ÷ bare",
+            "TCP 4 ÷ VXLAN",
+            "TCP 4 ÷ bare",
+            "RTT ÷ VXLAN",
+            "RTT ÷ bare",
+        ]);
+        let med = |v: Option<&VariantResult>, k: MetricKey| v.and_then(|v| v.median(k));
+        let keys = [
+            MetricKey::TcpGbps(Streams::One),
+            MetricKey::TcpGbps(Streams::Four),
+            MetricKey::RttMedianMs,
+        ];
         for v in ours {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                v.label,
-                ratio(v.median("tcp1_gbps"), med(vxlan, "tcp1_gbps")),
-                ratio(v.median("tcp1_gbps"), med(bare, "tcp1_gbps")),
-                ratio(v.median("tcp4_gbps"), med(vxlan, "tcp4_gbps")),
-                ratio(v.median("tcp4_gbps"), med(bare, "tcp4_gbps")),
-                ratio(v.median("rtt_median_ms"), med(vxlan, "rtt_median_ms")),
-                ratio(v.median("rtt_median_ms"), med(bare, "rtt_median_ms")),
-            );
+            let ratios = keys.iter().flat_map(|&k| {
+                [
+                    ratio(v.median(k), med(vxlan, k)),
+                    ratio(v.median(k), med(bare, k)),
+                ]
+            });
+            s += &row(std::iter::once(v.label.clone()).chain(ratios));
         }
     }
 
@@ -334,17 +346,15 @@ fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
 }
 
 /// One repeat's value of `key`, or why there is none.
-fn repeat_cell(x: &Sample, key: &str) -> Option<String> {
-    if let Some(v) = x.metrics.get(key) {
+fn repeat_cell(x: &Sample, key: MetricKey) -> Option<String> {
+    if let Some(v) = x.metrics.get(key.as_str()) {
         return Some(num(*v));
     }
     // A search that found no clean rate says what it is below.
-    let payload = key
-        .strip_prefix("udp")?
-        .strip_suffix("_max_clean_kpps")?
-        .parse::<u32>()
-        .ok()?;
-    let search = x.udp_search.iter().find(|u| u.payload == payload)?;
+    let MetricKey::UdpMaxCleanKpps(payload) = key else {
+        return None;
+    };
+    let search = x.udp_search.iter().find(|u| u.payload == payload.bytes())?;
     search
         .lowest_probe_pps()
         .map(|p| format!("none clean (< {})", num(p / 1e3)))
@@ -362,11 +372,11 @@ fn render_repeats(run: &Run) -> String {
         .unwrap_or(0);
     let mut any = false;
     for key in HEADLINE {
-        let Some(m) = metric(key) else { continue };
+        let Some(m) = metric(*key) else { continue };
         let cols: Vec<&VariantResult> = run
             .variants
             .iter()
-            .filter(|v| v.samples.iter().any(|x| repeat_cell(x, key).is_some()))
+            .filter(|v| v.samples.iter().any(|x| repeat_cell(x, *key).is_some()))
             .collect();
         if cols.is_empty() {
             continue;
@@ -395,7 +405,7 @@ fn render_repeats(run: &Run) -> String {
                     v.samples
                         .iter()
                         .find(|x| x.repeat == rep)
-                        .and_then(|x| repeat_cell(x, key))
+                        .and_then(|x| repeat_cell(x, *key))
                 })
                 .collect();
             if cells.iter().all(Option::is_none) {
@@ -421,7 +431,9 @@ fn render_repeats(run: &Run) -> String {
                 let _ = write!(
                     s,
                     " {} |",
-                    v.summary.get(*key).map_or("—".into(), |x| num(f(x)))
+                    v.summary
+                        .get(key.as_str())
+                        .map_or("—".into(), |x| num(f(x)))
                 );
             }
             s.push('\n');

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cpu;
 pub mod iperf;
 pub mod markdown;
+pub mod metric;
 pub mod model;
 pub mod ping;
 pub mod placement;

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use super::metric::{MetricKey, Streams};
 use super::model::Run;
 use crate::report::markdown::num;
 use crate::report::summary::Summary;
@@ -17,9 +18,13 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 64.0;
-const SERIES: [(&str, &str, &str); 2] = [
-    ("tcp1_gbps", "TCP 1 stream", "#4e79a7"),
-    ("tcp4_gbps", "TCP 4 streams", "#f28e2b"),
+const SERIES: [(MetricKey, &str, &str); 2] = [
+    (MetricKey::TcpGbps(Streams::One), "TCP 1 stream", "#4e79a7"),
+    (
+        MetricKey::TcpGbps(Streams::Four),
+        "TCP 4 streams",
+        "#f28e2b",
+    ),
 ];
 
 /// The smallest 1/2/5 × 10^k at or above `v` (axis maximum); 1 for nothing.
@@ -37,17 +42,17 @@ pub fn nice_ceil(v: f64) -> f64 {
 
 /// Renders the chart.
 pub fn render(run: &Run) -> String {
-    let stat = |vi: usize, key: &str| -> Option<Summary> {
+    let stat = |vi: usize, key: MetricKey| -> Option<Summary> {
         let v = &run.variants[vi];
         v.unavailable
             .is_none()
-            .then(|| v.summary.get(key).copied())
+            .then(|| v.summary.get(key.as_str()).copied())
             .flatten()
             .filter(|s| s.median.is_finite())
     };
     let n = run.variants.len().max(1);
     let top_value = (0..run.variants.len())
-        .flat_map(|i| SERIES.iter().filter_map(move |(k, _, _)| stat(i, k)))
+        .flat_map(|i| SERIES.iter().filter_map(move |(k, _, _)| stat(i, *k)))
         .map(|s| if s.max.is_finite() { s.max } else { s.median })
         .fold(0.0, f64::max);
     let ymax = nice_ceil(top_value);
@@ -115,7 +120,7 @@ pub fn render(run: &Run) -> String {
         let mut any = false;
         for (si, (key, series, color)) in SERIES.iter().enumerate() {
             let x = cx - bar_w + bar_w * si as f64;
-            let Some(st) = stat(vi, key) else { continue };
+            let Some(st) = stat(vi, *key) else { continue };
             any = true;
             let (top, base) = (y(st.median), y(0.0));
             let _ = writeln!(
@@ -141,7 +146,7 @@ pub fn render(run: &Run) -> String {
             let values: Vec<(usize, f64)> = v
                 .samples
                 .iter()
-                .filter_map(|x| x.metrics.get(*key).map(|m| (x.repeat, *m)))
+                .filter_map(|x| x.metrics.get(key.as_str()).map(|m| (x.repeat, *m)))
                 .filter(|(_, m)| m.is_finite())
                 .collect();
             let spread = (bar_w - 2.0) * 0.6;
@@ -272,7 +277,7 @@ mod tests {
             .map(|x| {
                 SERIES
                     .iter()
-                    .filter(|(k, _, _)| x.metrics.contains_key(*k))
+                    .filter(|(k, _, _)| x.metrics.contains_key(k.as_str()))
                     .count()
             })
             .sum();
