@@ -5,9 +5,9 @@
 //!
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
 //! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`cpu`]
-//! (`/proc` stat parsing), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its sampler is a
-//! thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue 19's targets,
-//! ours vs kernel VXLAN), [`metric`] (the figures a sample holds, as [`metric::MetricKey`]),
+//! (`/proc` stat parsing), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its
+//! sampler is a thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue
+//! 19's targets, ours vs kernel VXLAN), [`metric`] (the figures a sample holds, as [`metric::MetricKey`]),
 //! [`model`] (what a run produces, serialised to JSON), [`markdown`] (the tables) and [`svg`]
 //! (the chart); statistics and formatting shared with the scale run are in [`crate::report`].
 //! The I/O lives in [`mod@bench`]: the testbed, the variants, running iperf3 and ping in the
