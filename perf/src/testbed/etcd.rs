@@ -503,21 +503,14 @@ pub fn ctl_at(endpoint: &str, args: &[&str]) -> Result<String> {
 }
 
 fn ctl_with(mut cmd: Command, endpoint: &str, args: &[&str]) -> Result<String> {
-    let out = cmd
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=5s")
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
-        .output()
-        .context("running etcdctl (apt-get install etcd-client)")?;
-    if !out.status.success() {
-        bail!(
-            "etcdctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let out = super::process::output_ok(
+        cmd.arg(format!("--endpoints={endpoint}"))
+            .arg("--command-timeout=5s")
+            .args(args)
+            .env("ETCDCTL_API", "3"),
+        "running etcdctl (apt-get install etcd-client)",
+        &format!("etcdctl {}", args.join(" ")),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

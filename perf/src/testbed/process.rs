@@ -3,7 +3,7 @@
 //! children only, never to anything we did not start.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -222,4 +222,17 @@ pub fn stdout_text(program: &str, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs `cmd` to completion with no input. An error when it cannot start (with
+/// `start_context`) or exits with failure (`"{failed}: {stderr}"`, stderr trimmed).
+pub fn output_ok(cmd: &mut Command, start_context: &str, failed: &str) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| start_context.to_string())?;
+    if !out.status.success() {
+        bail!("{failed}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
 }
