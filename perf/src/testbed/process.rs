@@ -236,3 +236,40 @@ pub fn output_ok(cmd: &mut Command, start_context: &str, failed: &str) -> Result
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_returns_the_status_or_kills_on_timeout_and_interrupt() {
+        let not_interrupted = AtomicBool::new(false);
+        let child = Command::new("true").spawn().unwrap();
+        let st = wait_bounded(child, &not_interrupted, Duration::from_secs(10)).unwrap();
+        assert!(st.success());
+
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let err = wait_bounded(child, &not_interrupted, Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().starts_with("timed out after"), "{err}");
+
+        let interrupted = AtomicBool::new(true);
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let err = wait_bounded(child, &interrupted, Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.to_string(), "interrupted");
+    }
+
+    #[test]
+    fn command_output_and_failures() {
+        assert_eq!(stdout_text("echo", &[" hi "]).as_deref(), Some("hi"));
+        assert_eq!(stdout_text("false", &[]), None);
+        let out = output_ok(Command::new("echo").arg("ok"), "running echo", "echo").unwrap();
+        assert_eq!(out.stdout, b"ok\n");
+        let err = output_ok(
+            Command::new("sh").args(["-c", "echo bad >&2; exit 3"]),
+            "running sh",
+            "sh -c",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "sh -c: bad");
+    }
+}
