@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use flannel_perf::harness::model::{Machine, Run, Sample, Testbed, VariantResult, METRICS};
+use flannel_perf::harness::metric::METRICS;
+use flannel_perf::harness::model::{Machine, Run, Sample, Testbed, VariantResult};
 use flannel_perf::harness::{bench, iperf, markdown, ping, svg};
 
 fn perf() -> Command {

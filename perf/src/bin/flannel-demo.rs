@@ -231,19 +231,12 @@ fn iperf3(c: &Cluster) -> Result<f64> {
         }
     }
     let mut server = server;
-    let _ = server.kill();
-    let _ = server.wait();
+    flannel_perf::testbed::process::kill_and_reap(&mut server);
     let out = out.context("iperf3 client never connected")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "sum_received": {... "bits_per_second": N ...}
-    let bps: f64 = text
-        .split("\"sum_received\"")
-        .nth(1)
-        .and_then(|r| r.split("\"bits_per_second\":").nth(1))
-        .and_then(|r| r.split([',', '}']).next())
-        .and_then(|n| n.trim().parse().ok())
+    let tcp = flannel_perf::harness::iperf::parse_tcp(&text)
         .context("no sum_received in iperf3 output")?;
-    Ok(bps / 1e9)
+    Ok(tcp.gbit_per_s())
 }
 
 fn wait_for_ctrl_c() {

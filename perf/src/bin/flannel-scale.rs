@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use flannel_perf::scale::{self, stats, ScaleOpts};
+use flannel_perf::report::latency::histogram;
+use flannel_perf::scale::{self, charts, ScaleOpts};
 
 /// Cluster-size simulation: N simulated hosts lease subnets from a real etcd cluster through
 /// flanneld's lease code (one etcd member killed half-way), renew them, one flanneld builds its
@@ -98,7 +99,7 @@ fn main() -> Result<()> {
         report.to_markdown()
     );
     std::fs::write(base.with_extension("md"), &md)?;
-    let chart = stats::scaling_svg(
+    let chart = charts::scaling_svg(
         &format!(
             "acquisition vs cluster size ({}-member etcd, {} clients)",
             report.opts.members, report.opts.clients
@@ -107,12 +108,12 @@ fn main() -> Result<()> {
         100.0,
     );
     std::fs::write(base.with_extension("svg"), chart)?;
-    let svg = stats::histogram_svg(
+    let svg = charts::histogram_svg(
         &format!(
             "etcd change → table entry latency ({} events)",
             report.churn.count
         ),
-        &stats::histogram(&report.churn_samples),
+        &histogram(&report.churn_samples),
     );
     std::fs::write(out.join(format!("scale-{stamp}-churn.svg")), svg)?;
     println!("{md}");

@@ -62,15 +62,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use flannel_shared::stats::{StatsReader, WorkerCounters};
 
+use super::metric::{MetricKey, Payload, Streams};
 use super::model::{
     file_stamp, iso_utc, Machine, Run, Sample, TcpSample, Testbed, VariantResult, WorkerDeltas,
 };
 use super::placement::{Placement, Sampler, Watch};
 use super::profile::{self, PingProfile, Profile, TcpProfile, PING_EVENTS};
 use super::udpsearch::{self, UdpSearch};
-use super::{cpu, iperf, markdown, ping, summary, svg};
+use super::{cpu, iperf, markdown, ping, svg};
+use crate::report::markdown::num;
+use crate::report::summary;
 use crate::testbed::cluster::{Cluster, ClusterOpts};
 use crate::testbed::netns::Netns;
+use crate::testbed::process;
 use crate::testbed::{have, is_root, wait_for};
 
 /// Set by the binary's signal thread (Ctrl-C, SIGTERM): the run stops at the next check and
@@ -523,8 +527,8 @@ impl Bench {
     fn measure_all(&mut self, kind: Kind, s: &mut Sample) -> Result<()> {
         let ours = matches!(kind, Kind::Ours(_));
         let gb = |bytes: u64| bytes as f64 / 1e9;
-        for streams in [1u32, 4] {
-            let key = format!("tcp{streams}");
+        for tcp in Streams::ALL {
+            let streams = tcp.count();
             let what = format!(
                 "iperf3 TCP {streams} stream{}",
                 if streams == 1 { "" } else { "s" }
@@ -534,28 +538,33 @@ impl Bench {
                 Ok((t, workers)) => {
                     eprintln!("{:.2} Gbit/s", t.iperf.gbit_per_s());
                     s.metrics
-                        .insert(format!("{key}_gbps"), t.iperf.gbit_per_s());
+                        .insert(MetricKey::TcpGbps(tcp).into(), t.iperf.gbit_per_s());
                     if let Some(r) = t.iperf.retransmits {
-                        s.metrics.insert(format!("{key}_retransmits"), r as f64);
+                        s.metrics
+                            .insert(MetricKey::TcpRetransmits(tcp).into(), r as f64);
                     }
                     if let Some(c) = t.our_cpu_s.filter(|_| t.iperf.bytes > 0) {
                         s.metrics
-                            .insert(format!("our_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                            .insert(MetricKey::OurCpuPerGb(tcp).into(), c / gb(t.iperf.bytes));
                     }
                     if let Some(c) = t.machine_cpu_s.filter(|_| t.iperf.bytes > 0) {
-                        s.metrics
-                            .insert(format!("machine_cpu_s_per_gb_{key}"), c / gb(t.iperf.bytes));
+                        s.metrics.insert(
+                            MetricKey::MachineCpuPerGb(tcp).into(),
+                            c / gb(t.iperf.bytes),
+                        );
                     }
                     if let Some(c) = summary::summarize(&t.cpu_busy_pct) {
-                        s.metrics.insert(format!("{key}_busiest_cpu_pct"), c.max);
-                        s.metrics.insert(format!("{key}_least_busy_cpu_pct"), c.min);
+                        s.metrics
+                            .insert(MetricKey::BusiestCpuPct(tcp).into(), c.max);
+                        s.metrics
+                            .insert(MetricKey::LeastBusyCpuPct(tcp).into(), c.min);
                     }
-                    if streams == 4 && ours {
+                    if tcp == Streams::Four && ours {
                         for w in &workers {
                             let (counter, metric) = if w.role == "sender" {
-                                ("tun_rx_packets", "tx_worker_spread")
+                                ("tun_rx_packets", MetricKey::TxWorkerSpread)
                             } else {
-                                ("udp_rx_packets", "rx_worker_spread")
+                                ("udp_rx_packets", MetricKey::RxWorkerSpread)
                             };
                             if let Some(r) =
                                 w.counters.get(counter).and_then(|c| summary::spread(c))
@@ -574,7 +583,8 @@ impl Bench {
                 }
             }
         }
-        for payload in [64u32, 1400] {
+        for size in Payload::ALL {
+            let payload = size.bytes();
             let what = format!("iperf3 UDP {payload} B");
             eprint!("{}: {what} ... ", self.progress);
             let secs = self.opts.test_seconds;
@@ -582,16 +592,17 @@ impl Bench {
             match r {
                 Ok(u) => {
                     eprintln!("{:.0} kpps, {:.1}% loss", u.pps / 1e3, u.loss_percent);
-                    s.metrics.insert(format!("udp{payload}_kpps"), u.pps / 1e3);
                     s.metrics
-                        .insert(format!("udp{payload}_loss_pct"), u.loss_percent);
+                        .insert(MetricKey::UdpKpps(size).into(), u.pps / 1e3);
+                    s.metrics
+                        .insert(MetricKey::UdpLossPct(size).into(), u.loss_percent);
                     let unpaced = u.pps;
                     s.udp.push(u);
                     if s.repeat <= self.opts.udp_search_repeats {
                         let search = self.udp_search(kind, payload, unpaced, s)?;
                         if let Some(best) = search.max_clean_pps {
                             s.metrics
-                                .insert(format!("udp{payload}_max_clean_kpps"), best / 1e3);
+                                .insert(MetricKey::UdpMaxCleanKpps(size).into(), best / 1e3);
                         }
                         s.udp_search.push(search);
                     }
@@ -609,16 +620,16 @@ impl Bench {
                 let median = p.median_ms();
                 eprintln!(
                     "median {} ms, avg {} ms, {}/{} replies",
-                    median.map_or("-".into(), markdown::num),
-                    p.avg_ms.map_or("-".into(), markdown::num),
+                    median.map_or("-".into(), num),
+                    p.avg_ms.map_or("-".into(), num),
                     p.received,
                     p.transmitted
                 );
                 if let Some(m) = median {
-                    s.metrics.insert("rtt_median_ms".into(), m);
+                    s.metrics.insert(MetricKey::RttMedianMs.into(), m);
                 }
                 if let Some(a) = p.avg_ms {
-                    s.metrics.insert("rtt_avg_ms".into(), a);
+                    s.metrics.insert(MetricKey::RttAvgMs.into(), a);
                 }
                 s.ping = Some(p);
             }
@@ -853,7 +864,7 @@ impl Bench {
             (up || matches!(server.try_wait(), Ok(Some(_)))).then_some(())
         });
         if ready.is_none() || matches!(server.try_wait(), Ok(Some(_))) {
-            stop_child(&mut server);
+            process::kill_and_reap(&mut server);
             bail!(
                 "iperf3 server did not start listening: {}",
                 std::fs::read_to_string(server_log.with_extension("stderr")).unwrap_or_default()
@@ -872,14 +883,14 @@ impl Bench {
             .context("starting iperf3 -c")?;
         let sampler = sample.then(|| Sampler::start(self.watch_list(client.id(), server_pid)));
         let limit = Duration::from_secs(u64::from(secs) + 20);
-        let status = wait_child(client, limit);
+        let status = process::wait_bounded(client, &INTERRUPTED, limit);
         let placement = sampler.map(Sampler::finish);
         // The server exits by itself after one test (-1); stop it by PID if it does not.
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end && matches!(server.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        stop_child(&mut server);
+        process::kill_and_reap(&mut server);
         let status = status?;
         let out = std::fs::read_to_string(&client_out).unwrap_or_default();
         if out.trim().is_empty() {
@@ -895,7 +906,7 @@ impl Bench {
 
     fn ping(&mut self, kind: Kind) -> Result<ping::PingResult> {
         let (child, out_path) = self.spawn_ping(kind, self.opts.ping_count, "ping")?;
-        wait_child(child, Duration::from_secs(30))?;
+        process::wait_bounded(child, &INTERRUPTED, Duration::from_secs(30))?;
         ping::parse(&std::fs::read_to_string(&out_path)?)
     }
 
@@ -930,7 +941,7 @@ impl Bench {
                 eprintln!(
                     "{:.2} Gbit/s, busy {} CPU-s/GB",
                     t.gbit_per_s,
-                    t.busy_s_per_gb().map_or("-".into(), markdown::num)
+                    t.busy_s_per_gb().map_or("-".into(), num)
                 );
                 p.tcp1 = Some(t);
             }
@@ -984,8 +995,8 @@ impl Bench {
         let started = Instant::now();
         let json = self.iperf(kind, &[]);
         let wall = started.elapsed().as_secs_f64();
-        let stopped = interrupt_child(&mut rec);
-        let status = wait_child(rec, Duration::from_secs(60))?;
+        let stopped = process::sigint(&mut rec).context("SIGINT to perf");
+        let status = process::wait_bounded(rec, &INTERRUPTED, Duration::from_secs(60))?;
         stopped?;
         let r = iperf::parse_tcp(&json?)?;
         if !data.is_file() {
@@ -1042,7 +1053,7 @@ impl Bench {
         let (ping, out_path) = self.spawn_ping(kind, PROFILE_PINGS, "profile-ping")?;
         std::thread::sleep(PROFILE_PING_SETTLE);
         let during = self.trace_window();
-        let status = wait_child(ping, Duration::from_secs(30))?;
+        let status = process::wait_bounded(ping, &INTERRUPTED, Duration::from_secs(30))?;
         let during = during?;
         let p = ping::parse(&std::fs::read_to_string(&out_path)?)?;
         if p.received < u64::from(PROFILE_PINGS) / 2 || during.pings == 0 {
@@ -1075,7 +1086,7 @@ impl Bench {
             .stderr(File::create(&log)?)
             .spawn()
             .context("starting perf record")?;
-        let status = wait_child(rec, Duration::from_secs(30))?;
+        let status = process::wait_bounded(rec, &INTERRUPTED, Duration::from_secs(30))?;
         let script = Command::new("perf")
             .args(["script", "-F", "comm,event,trace", "-i"])
             .arg(&data)
@@ -1232,64 +1243,17 @@ impl Bench {
     }
 }
 
-/// Waits for `child` up to `limit`, polling [`INTERRUPTED`]; kills it (our own child, by PID)
-/// on timeout or interrupt.
-fn wait_child(mut child: Child, limit: Duration) -> Result<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(st);
-        }
-        if INTERRUPTED.load(Ordering::Relaxed) {
-            stop_child(&mut child);
-            bail!("interrupted");
-        }
-        if Instant::now() > end {
-            stop_child(&mut child);
-            bail!("timed out after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Asks our own child (by PID) to finish as after Ctrl-C: `perf record` then writes its file.
-fn interrupt_child(child: &mut Child) -> Result<()> {
-    if matches!(child.try_wait(), Ok(None)) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid")?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).context("SIGINT to perf")?;
-    }
-    Ok(())
-}
-
-fn stop_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn command_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Kernel, CPUs, git commit (read-only git commands), iperf3 version, load.
 pub fn machine_info() -> Machine {
-    let git_commit = command_line("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
-    let git_dirty = command_line(
+    let git_commit =
+        process::stdout_text("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_default();
+    let git_dirty = process::stdout_text(
         "git",
         &[
             "--no-optional-locks",
@@ -1315,7 +1279,7 @@ pub fn machine_info() -> Machine {
             .unwrap_or_default(),
         git_commit,
         git_dirty,
-        iperf3: command_line("iperf3", &["--version"])
+        iperf3: process::stdout_text("iperf3", &["--version"])
             .and_then(|s| s.lines().next().map(str::to_string))
             .unwrap_or_default(),
         loadavg_start: loadavg(),

@@ -12,43 +12,14 @@
 
 use std::fmt::Write as _;
 
-use super::model::{metric, Run, Sample, TcpSample, VariantResult, HEADLINE, METRICS};
+use super::metric::{metric, MetricKey, Streams, HEADLINE, METRICS};
+use super::model::{Run, Sample, TcpSample, VariantResult};
 use super::placement::{Placement, ThreadPlacement, WORKER_PREFIX};
 use super::profile::{Category, PingProfile, Profile, TcpProfile};
-use super::summary::Summary;
 use super::targets::{self, Goal, Stat};
 use super::udpsearch::CLEAN_LOSS_PCT;
-
-/// Formats a number with about three significant digits; infinity as `∞`.
-pub fn num(v: f64) -> String {
-    if v.is_infinite() {
-        return "∞".into();
-    }
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    let a = v.abs();
-    if a >= 100.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else if a >= 0.1 {
-        format!("{v:.3}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
-/// `median (min–max)`, or just the value for a single sample.
-pub fn cell(s: &Summary) -> String {
-    if s.n <= 1 || s.min == s.max {
-        num(s.median)
-    } else {
-        format!("{} ({}–{})", num(s.median), num(s.min), num(s.max))
-    }
-}
+use crate::report::markdown::{cell, header, num, row};
+use crate::report::summary::Summary;
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
@@ -59,11 +30,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn column(v: &VariantResult, key: &str) -> String {
+fn column(v: &VariantResult, key: MetricKey) -> String {
     if v.unavailable.is_some() {
         return "unavailable".into();
     }
-    v.summary.get(key).map(cell).unwrap_or_else(|| "—".into())
+    v.summary
+        .get(key.as_str())
+        .map(cell)
+        .unwrap_or_else(|| "—".into())
 }
 
 /// Renders the report; `chart` is the file name of the SVG next to it.
@@ -93,28 +67,19 @@ pub fn render(run: &Run, chart: &str) -> String {
     s.push_str("Cells: median (min–max) over the repeats. One testbed, all variants measured side by side in each repeat.\n\n");
 
     // The table.
-    s.push_str("| metric |");
-    for v in &run.variants {
-        let _ = write!(s, " {} |", v.label);
-    }
-    s.push_str("\n|---|");
-    for _ in &run.variants {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    s += &header(std::iter::once("metric").chain(run.variants.iter().map(|v| v.label.as_str())));
     for metric in METRICS {
         if run
             .variants
             .iter()
-            .all(|v| !v.summary.contains_key(metric.key))
+            .all(|v| !v.summary.contains_key(metric.key.as_str()))
         {
             continue;
         }
-        let _ = write!(s, "| {} ({}) |", metric.label, metric.unit);
-        for v in &run.variants {
-            let _ = write!(s, " {} |", column(v, metric.key));
-        }
-        s.push('\n');
+        s += &row(
+            std::iter::once(format!("{} ({})", metric.label, metric.unit))
+                .chain(run.variants.iter().map(|v| column(v, metric.key))),
+        );
     }
 
     // Ratios of medians.
@@ -127,21 +92,29 @@ pub fn render(run: &Run, chart: &str) -> String {
         .collect();
     if !ours.is_empty() {
         s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better); issue 19's targets are checked below.\n\n");
-        s.push_str("| variant | TCP 1 ÷ VXLAN | TCP 1 ÷ bare | TCP 4 ÷ VXLAN | TCP 4 ÷ bare | RTT ÷ VXLAN | RTT ÷ bare |\n");
-        s.push_str("|---|---|---|---|---|---|---|\n");
-        let med = |v: Option<&VariantResult>, k: &str| v.and_then(|v| v.median(k));
+        s += &header([
+            "variant",
+            "TCP 1 ÷ VXLAN",
+            "TCP 1 ÷ bare",
+            "TCP 4 ÷ VXLAN",
+            "TCP 4 ÷ bare",
+            "RTT ÷ VXLAN",
+            "RTT ÷ bare",
+        ]);
+        let med = |v: Option<&VariantResult>, k: MetricKey| v.and_then(|v| v.median(k));
+        let keys = [
+            MetricKey::TcpGbps(Streams::One),
+            MetricKey::TcpGbps(Streams::Four),
+            MetricKey::RttMedianMs,
+        ];
         for v in ours {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                v.label,
-                ratio(v.median("tcp1_gbps"), med(vxlan, "tcp1_gbps")),
-                ratio(v.median("tcp1_gbps"), med(bare, "tcp1_gbps")),
-                ratio(v.median("tcp4_gbps"), med(vxlan, "tcp4_gbps")),
-                ratio(v.median("tcp4_gbps"), med(bare, "tcp4_gbps")),
-                ratio(v.median("rtt_median_ms"), med(vxlan, "rtt_median_ms")),
-                ratio(v.median("rtt_median_ms"), med(bare, "rtt_median_ms")),
-            );
+            let ratios = keys.iter().flat_map(|&k| {
+                [
+                    ratio(v.median(k), med(vxlan, k)),
+                    ratio(v.median(k), med(bare, k)),
+                ]
+            });
+            s += &row(std::iter::once(v.label.clone()).chain(ratios));
         }
     }
 
@@ -170,7 +143,12 @@ pub fn render(run: &Run, chart: &str) -> String {
     if !with_workers.is_empty() {
         s.push_str("\n## Per-worker packets during TCP 4 streams\n\n");
         s.push_str("Deltas of the data plane's per-worker counters (sender: packets read from the TUN device; receiver: datagrams received). Target: busiest ≤ 2× idlest.\n\n");
-        s.push_str("| variant | repeat | sender tun_rx_packets per worker | receiver udp_rx_packets per worker |\n|---|---|---|---|\n");
+        s += &header([
+            "variant",
+            "repeat",
+            "sender tun_rx_packets per worker",
+            "receiver udp_rx_packets per worker",
+        ]);
         for v in with_workers {
             for x in &v.samples {
                 let find = |role: &str, counter: &str| {
@@ -181,14 +159,12 @@ pub fn render(run: &Run, chart: &str) -> String {
                         .map(|c| workers_cell(c))
                         .unwrap_or_else(|| "—".into())
                 };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} |",
-                    v.label,
-                    x.repeat,
+                s += &row([
+                    v.label.clone(),
+                    x.repeat.to_string(),
                     find("sender", "tun_rx_packets"),
-                    find("receiver", "udp_rx_packets")
-                );
+                    find("receiver", "udp_rx_packets"),
+                ]);
             }
         }
     }
@@ -254,45 +230,36 @@ fn render_profile(profiled: &[(&VariantResult, &Profile)]) -> String {
     let mut s = String::new();
     s.push_str("\n## Profile (`--profile`, first repeat)\n\n");
     s.push_str("TCP 1 stream under `perf record -a` (cpu-clock on every CPU): CPU seconds per GB moved, by where the samples fell (share of all samples × recorded time × CPUs ÷ GB). Ping (200 at 10 ms): `sched:sched_switch` and `raw_syscalls:sys_enter` recorded on every CPU for 1 s while pinging, counted for the threads a round trip runs in (ping, data-plane workers, idle, ksoftirqd), the rate of a quiet second before subtracted, divided by the echo requests ping sent in that second.\n\n");
-    s.push_str("| CPU-s per GB, TCP 1 stream |");
-    for (v, _) in profiled {
-        let _ = write!(s, " {} |", v.label);
-    }
-    s.push_str("\n|---|");
-    for _ in profiled {
-        s.push_str("---|");
-    }
-    s.push('\n');
+    s += &header(
+        std::iter::once("CPU-s per GB, TCP 1 stream")
+            .chain(profiled.iter().map(|(v, _)| v.label.as_str())),
+    );
     let tcp_cell = |p: &Profile, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
         p.tcp1.as_ref().and_then(f).map_or("—".to_string(), num)
     };
-    let mut row = |label: &str, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
-        let _ = write!(s, "| {label} |");
-        for (_, p) in profiled {
-            let _ = write!(s, " {} |", tcp_cell(p, f));
-        }
-        s.push('\n');
+    let mut tcp_row = |label: &str, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
+        s +=
+            &row(std::iter::once(label.to_string())
+                .chain(profiled.iter().map(|(_, p)| tcp_cell(p, f))));
     };
-    row("throughput while profiled (Gbit/s)", &|t| {
+    tcp_row("throughput while profiled (Gbit/s)", &|t| {
         Some(t.gbit_per_s)
     });
-    row("**busy, all CPUs**", &|t| t.busy_s_per_gb());
+    tcp_row("**busy, all CPUs**", &|t| t.busy_s_per_gb());
     for c in Category::ALL.iter().filter(|c| **c != Category::Idle) {
-        row(c.label(), &|t| t.s_per_gb.get(c.key()).copied());
+        tcp_row(c.label(), &|t| t.s_per_gb.get(c.key()).copied());
     }
-    row("idle share of all CPU time (%)", &|t| {
+    tcp_row("idle share of all CPU time (%)", &|t| {
         t.shares.get(Category::Idle.key()).map(|v| v * 100.0)
     });
     for (key, label, _, _) in PingProfile::ROWS {
-        let _ = write!(s, "| ping: {label} per round trip |");
-        for (_, p) in profiled {
-            let v = p
-                .ping
+        let per_round_trip = profiled.iter().map(|(_, p)| {
+            p.ping
                 .as_ref()
-                .and_then(|x| x.per_round_trip.get(key).copied());
-            let _ = write!(s, " {} |", v.map_or("—".to_string(), |v| format!("{v:.1}")));
-        }
-        s.push('\n');
+                .and_then(|x| x.per_round_trip.get(key).copied())
+                .map_or("—".to_string(), |v| format!("{v:.1}"))
+        });
+        s += &row(std::iter::once(format!("ping: {label} per round trip")).chain(per_round_trip));
     }
     if let Some((v, t)) = profiled
         .iter()
@@ -326,11 +293,14 @@ fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
         ours.label, vxlan.label
     );
     s.push_str("Computed from this run's repeats: ours' worst repeat (min) or median against VXLAN's median.\n\n");
-    let _ = writeln!(
-        s,
-        "| target | goal | {} | {} | ratio / difference | verdict |\n|---|---|---|---|---|---|",
-        ours.label, vxlan.label
-    );
+    s += &header([
+        "target",
+        "goal",
+        &ours.label,
+        &vxlan.label,
+        "ratio / difference",
+        "verdict",
+    ]);
     for c in targets::evaluate(ours, vxlan) {
         let unit = metric(c.key).map_or("", |m| m.unit);
         let figure = |v: Option<f64>, what: &str| {
@@ -355,35 +325,35 @@ fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
             (None, _) if c.value.is_none() => "no data".to_string(),
             (None, _) => "—".to_string(),
         };
-        let _ = writeln!(
-            s,
-            "| {} | {goal} | {} | {} | {value} | {verdict} |",
-            c.target,
-            figure(
-                c.ours,
-                match c.ours_stat {
-                    Stat::Min => "worst",
-                    Stat::Median => "median",
-                }
-            ),
-            figure(c.vxlan, "median"),
+        let ours_figure = figure(
+            c.ours,
+            match c.ours_stat {
+                Stat::Min => "worst",
+                Stat::Median => "median",
+            },
         );
+        s += &row([
+            c.target.to_string(),
+            goal,
+            ours_figure,
+            figure(c.vxlan, "median"),
+            value,
+            verdict,
+        ]);
     }
     s
 }
 
 /// One repeat's value of `key`, or why there is none.
-fn repeat_cell(x: &Sample, key: &str) -> Option<String> {
-    if let Some(v) = x.metrics.get(key) {
+fn repeat_cell(x: &Sample, key: MetricKey) -> Option<String> {
+    if let Some(v) = x.metrics.get(key.as_str()) {
         return Some(num(*v));
     }
     // A search that found no clean rate says what it is below.
-    let payload = key
-        .strip_prefix("udp")?
-        .strip_suffix("_max_clean_kpps")?
-        .parse::<u32>()
-        .ok()?;
-    let search = x.udp_search.iter().find(|u| u.payload == payload)?;
+    let MetricKey::UdpMaxCleanKpps(payload) = key else {
+        return None;
+    };
+    let search = x.udp_search.iter().find(|u| u.payload == payload.bytes())?;
     search
         .lowest_probe_pps()
         .map(|p| format!("none clean (< {})", num(p / 1e3)))
@@ -401,11 +371,11 @@ fn render_repeats(run: &Run) -> String {
         .unwrap_or(0);
     let mut any = false;
     for key in HEADLINE {
-        let Some(m) = metric(key) else { continue };
+        let Some(m) = metric(*key) else { continue };
         let cols: Vec<&VariantResult> = run
             .variants
             .iter()
-            .filter(|v| v.samples.iter().any(|x| repeat_cell(x, key).is_some()))
+            .filter(|v| v.samples.iter().any(|x| repeat_cell(x, *key).is_some()))
             .collect();
         if cols.is_empty() {
             continue;
@@ -420,13 +390,8 @@ fn render_repeats(run: &Run) -> String {
             });
             any = true;
         }
-        let _ = write!(s, "\n### {} ({})\n\n| repeat |", m.label, m.unit);
-        for v in &cols {
-            let _ = write!(s, " {} |", v.label);
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---|".repeat(cols.len()));
-        s.push('\n');
+        let _ = write!(s, "\n### {} ({})\n\n", m.label, m.unit);
+        s += &header(std::iter::once("repeat").chain(cols.iter().map(|v| v.label.as_str())));
         for rep in 1..=repeats {
             let cells: Vec<Option<String>> = cols
                 .iter()
@@ -434,17 +399,14 @@ fn render_repeats(run: &Run) -> String {
                     v.samples
                         .iter()
                         .find(|x| x.repeat == rep)
-                        .and_then(|x| repeat_cell(x, key))
+                        .and_then(|x| repeat_cell(x, *key))
                 })
                 .collect();
             if cells.iter().all(Option::is_none) {
                 continue;
             }
-            let _ = write!(s, "| {rep} |");
-            for c in cells {
-                let _ = write!(s, " {} |", c.as_deref().unwrap_or("—"));
-            }
-            s.push('\n');
+            s += &row(std::iter::once(rep.to_string())
+                .chain(cells.into_iter().map(|c| c.unwrap_or_else(|| "—".into()))));
         }
         // Min / median / max (only once there is more than one repeat).
         for (name, f) in [
@@ -455,15 +417,13 @@ fn render_repeats(run: &Run) -> String {
         .into_iter()
         .filter(|_| repeats > 1)
         {
-            let _ = write!(s, "| **{name}** |");
-            for v in &cols {
-                let _ = write!(
-                    s,
-                    " {} |",
-                    v.summary.get(*key).map_or("—".into(), |x| num(f(x)))
-                );
-            }
-            s.push('\n');
+            s += &row(
+                std::iter::once(format!("**{name}**")).chain(cols.iter().map(|v| {
+                    v.summary
+                        .get(key.as_str())
+                        .map_or("—".into(), |x| num(f(x)))
+                })),
+            );
         }
     }
     s
@@ -559,7 +519,7 @@ fn busy_cell(t: &TcpSample) -> String {
 /// Where the TCP tests ran, every repeat.
 fn render_placement(run: &Run) -> String {
     let mut s = String::new();
-    let mut header = false;
+    let mut titled = false;
     for streams in [1u64, 4] {
         let mut rows: Vec<(&VariantResult, &Sample, &TcpSample, &Placement)> = Vec::new();
         for v in &run.variants {
@@ -574,30 +534,38 @@ fn render_placement(run: &Run) -> String {
         if rows.is_empty() {
             continue;
         }
-        if !header {
-            header = true;
+        if !titled {
+            titled = true;
             let interval = rows[0].3.interval_ms;
             let _ = writeln!(s, "\n## Where the TCP tests ran (every repeat)\n");
             let _ = writeln!(s, "Sampled every {interval} ms while iperf3 ran: each thread's CPU time (`/proc/<pid>/task/<tid>/schedstat`) charged to the CPU it was last seen on (field 39 of `…/stat`). iperf3: share of the test's wall time on each CPU (100 % = one CPU the whole time); data plane: CPU seconds per worker thread (`w0` = `fdp-worker-0`) and per CPU, other threads only above 1 % of the test; a move is a change of CPU between two samples. CPU busy: each CPU's busy share during the test (`/proc/stat`). VXLAN and bare have no data plane.");
         }
         let _ = writeln!(
             s,
-            "\n### TCP {streams} stream{}\n\n| variant | repeat | Gbit/s | CPU busy | iperf3 client | iperf3 server | h1 data plane | h2 data plane |\n|---|---|---|---|---|---|---|---|",
+            "\n### TCP {streams} stream{}\n",
             if streams == 1 { "" } else { "s" }
         );
+        s += &header([
+            "variant",
+            "repeat",
+            "Gbit/s",
+            "CPU busy",
+            "iperf3 client",
+            "iperf3 server",
+            "h1 data plane",
+            "h2 data plane",
+        ]);
         for (v, x, t, p) in rows {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                v.label,
-                x.repeat,
+            s += &row([
+                v.label.clone(),
+                x.repeat.to_string(),
                 num(t.iperf.gbit_per_s()),
                 busy_cell(t),
                 app_cell(p, "iperf3 client"),
                 app_cell(p, "iperf3 server"),
                 dataplane_cell(p, "h1"),
                 dataplane_cell(p, "h2"),
-            );
+            ]);
         }
     }
     s
@@ -606,12 +574,12 @@ fn render_placement(run: &Run) -> String {
 /// The paced UDP searches, probe by probe.
 fn render_udp_search(run: &Run) -> String {
     let mut s = String::new();
-    let mut header = false;
+    let mut titled = false;
     for v in &run.variants {
         for x in &v.samples {
             for u in &x.udp_search {
-                if !header {
-                    header = true;
+                if !titled {
+                    titled = true;
                     let _ = writeln!(s, "\n## Paced UDP search (≤ {CLEAN_LOSS_PCT} % loss)\n");
                     let _ = writeln!(s, "One sender, `iperf3 -u -b <rate> -l <payload> -t {}`, {} probes bisecting between {:.0} % and {:.0} % of the unpaced test's received rate: a clean probe (loss ≤ {CLEAN_LOSS_PCT} %) raises the lower end, a lossy one lowers the upper end. Probes: offered → received kpps (loss), ✓ clean. Highest clean: the best received rate of a clean probe.\n",
                         super::udpsearch::PROBE_SECONDS,
@@ -619,7 +587,13 @@ fn render_udp_search(run: &Run) -> String {
                         100.0 * super::udpsearch::FLOOR_FRACTION,
                         100.0 * super::udpsearch::CEILING_FACTOR,
                     );
-                    s.push_str("| variant | repeat | payload | probes | highest clean (kpps) |\n|---|---|---|---|---|\n");
+                    s += &header([
+                        "variant",
+                        "repeat",
+                        "payload",
+                        "probes",
+                        "highest clean (kpps)",
+                    ]);
                 }
                 let probes: Vec<String> = u
                     .probes
@@ -641,18 +615,17 @@ fn render_udp_search(run: &Run) -> String {
                     },
                     |b| num(b / 1e3),
                 );
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} B | {} | {best} |",
-                    v.label,
-                    x.repeat,
-                    u.payload,
+                s += &row([
+                    v.label.clone(),
+                    x.repeat.to_string(),
+                    format!("{} B", u.payload),
                     if probes.is_empty() {
                         "—".into()
                     } else {
                         probes.join(", ")
-                    }
-                );
+                    },
+                    best,
+                ]);
             }
         }
     }
@@ -666,7 +639,7 @@ fn workers_cell(counts: &[u64]) -> String {
         .map(|(i, c)| format!("w{i} {c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    match super::summary::spread(counts) {
+    match crate::report::summary::spread(counts) {
         Some(r) => format!("{list} ({}×)", num(r)),
         None => list,
     }
@@ -910,17 +883,6 @@ pub(crate) mod tests {
             md.contains("| ours | 1 | 1400 B | 5.00 → 4.00 (20.0 %) | none (< 5.00) |"),
             "{md}"
         );
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(num(123.456), "123");
-        assert_eq!(num(12.345), "12.3");
-        assert_eq!(num(1.2345), "1.23");
-        assert_eq!(num(0.1234), "0.123");
-        assert_eq!(num(0.02954), "0.0295");
-        assert_eq!(num(0.0), "0");
-        assert_eq!(num(f64::INFINITY), "∞");
     }
 
     #[test]

@@ -10,140 +10,8 @@ use super::iperf::{TcpResult, UdpResult};
 use super::ping::PingResult;
 use super::placement::Placement;
 use super::profile::Profile;
-use super::summary::{summarize, Summary};
 use super::udpsearch::UdpSearch;
-
-/// One metric of the report table.
-#[derive(Debug, Clone, Copy)]
-pub struct Metric {
-    /// Key in `Sample::metrics` and `VariantResult::summary`.
-    pub key: &'static str,
-    /// Row label in the table.
-    pub label: &'static str,
-    pub unit: &'static str,
-}
-
-/// The table rows, in order.
-pub const METRICS: &[Metric] = &[
-    Metric {
-        key: "tcp1_gbps",
-        label: "TCP 1 stream",
-        unit: "Gbit/s",
-    },
-    Metric {
-        key: "tcp4_gbps",
-        label: "TCP 4 streams",
-        unit: "Gbit/s",
-    },
-    Metric {
-        key: "tcp1_retransmits",
-        label: "TCP 1 stream, sender's retransmits",
-        unit: "segments",
-    },
-    Metric {
-        key: "tcp4_retransmits",
-        label: "TCP 4 streams, sender's retransmits",
-        unit: "segments",
-    },
-    Metric {
-        key: "udp64_kpps",
-        label: "UDP 64 B received",
-        unit: "kpps",
-    },
-    Metric {
-        key: "udp64_loss_pct",
-        label: "UDP 64 B loss",
-        unit: "%",
-    },
-    Metric {
-        key: "udp1400_kpps",
-        label: "UDP 1400 B received",
-        unit: "kpps",
-    },
-    Metric {
-        key: "udp1400_loss_pct",
-        label: "UDP 1400 B loss",
-        unit: "%",
-    },
-    Metric {
-        key: "udp64_max_clean_kpps",
-        label: "UDP 64 B, highest paced rate with ≤ 0.1 % loss",
-        unit: "kpps received",
-    },
-    Metric {
-        key: "udp1400_max_clean_kpps",
-        label: "UDP 1400 B, highest paced rate with ≤ 0.1 % loss",
-        unit: "kpps received",
-    },
-    Metric {
-        key: "rtt_median_ms",
-        label: "ping RTT median",
-        unit: "ms",
-    },
-    Metric {
-        key: "rtt_avg_ms",
-        label: "ping RTT avg",
-        unit: "ms",
-    },
-    Metric {
-        key: "our_cpu_s_per_gb_tcp1",
-        label: "our CPU per GB, TCP 1 stream",
-        unit: "s/GB",
-    },
-    Metric {
-        key: "our_cpu_s_per_gb_tcp4",
-        label: "our CPU per GB, TCP 4 streams",
-        unit: "s/GB",
-    },
-    Metric {
-        key: "machine_cpu_s_per_gb_tcp1",
-        label: "machine CPU per GB, TCP 1 stream",
-        unit: "s/GB",
-    },
-    Metric {
-        key: "machine_cpu_s_per_gb_tcp4",
-        label: "machine CPU per GB, TCP 4 streams",
-        unit: "s/GB",
-    },
-    Metric {
-        key: "tcp1_busiest_cpu_pct",
-        label: "busiest CPU during TCP 1 stream",
-        unit: "% busy",
-    },
-    Metric {
-        key: "tcp1_least_busy_cpu_pct",
-        label: "least busy CPU during TCP 1 stream",
-        unit: "% busy",
-    },
-    Metric {
-        key: "tx_worker_spread",
-        label: "sender worker spread, TCP 4 (tun_rx max/min)",
-        unit: "×",
-    },
-    Metric {
-        key: "rx_worker_spread",
-        label: "receiver worker spread, TCP 4 (udp_rx max/min)",
-        unit: "×",
-    },
-];
-
-/// The metrics shown repeat by repeat (the headline figures).
-pub const HEADLINE: &[&str] = &[
-    "tcp1_gbps",
-    "tcp4_gbps",
-    "udp64_kpps",
-    "udp64_loss_pct",
-    "udp1400_kpps",
-    "udp1400_loss_pct",
-    "udp64_max_clean_kpps",
-    "udp1400_max_clean_kpps",
-    "rtt_median_ms",
-];
-
-/// The metric with this key.
-pub fn metric(key: &str) -> Option<&'static Metric> {
-    METRICS.iter().find(|m| m.key == key)
-}
+use crate::report::summary::{summarize, Summary};
 
 /// One whole run.
 #[derive(Debug, Clone, Serialize)]
@@ -257,8 +125,8 @@ impl VariantResult {
             .collect();
     }
 
-    pub fn median(&self, key: &str) -> Option<f64> {
-        self.summary.get(key).map(|s| s.median)
+    pub fn median(&self, key: impl AsRef<str>) -> Option<f64> {
+        self.summary.get(key.as_ref()).map(|s| s.median)
     }
 
     pub fn errors(&self) -> impl Iterator<Item = (usize, &str)> {
@@ -273,7 +141,7 @@ impl VariantResult {
 pub struct Sample {
     /// 1-based.
     pub repeat: usize,
-    /// Metric key → value (see [`METRICS`]).
+    /// Metric key → value (see [`MetricKey`](super::metric::MetricKey)).
     pub metrics: BTreeMap<String, f64>,
     pub tcp: Vec<TcpSample>,
     /// The unpaced UDP tests (`-b 0`).
@@ -368,15 +236,6 @@ mod tests {
         assert_eq!(file_stamp(1_795_805_980), "20261127T185940Z");
         assert_eq!(iso_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso_utc(1_709_251_199), "2024-02-29T23:59:59Z");
-    }
-
-    #[test]
-    fn metric_keys_are_unique() {
-        let mut keys: Vec<_> = METRICS.iter().map(|m| m.key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), METRICS.len());
-        assert!(HEADLINE.iter().all(|k| metric(k).is_some()));
     }
 
     #[test]

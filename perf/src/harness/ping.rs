@@ -8,7 +8,7 @@
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use super::summary::summarize;
+use crate::report::summary::summarize;
 
 /// One ping run.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -6,9 +6,11 @@
 
 use std::fmt::Write as _;
 
-use super::markdown::num;
+use super::metric::{MetricKey, Streams};
 use super::model::Run;
-use super::summary::Summary;
+use crate::report::markdown::num;
+use crate::report::summary::Summary;
+use crate::report::svg::escape;
 
 const W: f64 = 760.0;
 const H: f64 = 400.0;
@@ -16,18 +18,14 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 64.0;
-const SERIES: [(&str, &str, &str); 2] = [
-    ("tcp1_gbps", "TCP 1 stream", "#4e79a7"),
-    ("tcp4_gbps", "TCP 4 streams", "#f28e2b"),
+const SERIES: [(MetricKey, &str, &str); 2] = [
+    (MetricKey::TcpGbps(Streams::One), "TCP 1 stream", "#4e79a7"),
+    (
+        MetricKey::TcpGbps(Streams::Four),
+        "TCP 4 streams",
+        "#f28e2b",
+    ),
 ];
-
-/// Escapes text for XML.
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// The smallest 1/2/5 × 10^k at or above `v` (axis maximum); 1 for nothing.
 pub fn nice_ceil(v: f64) -> f64 {
@@ -44,17 +42,17 @@ pub fn nice_ceil(v: f64) -> f64 {
 
 /// Renders the chart.
 pub fn render(run: &Run) -> String {
-    let stat = |vi: usize, key: &str| -> Option<Summary> {
+    let stat = |vi: usize, key: MetricKey| -> Option<Summary> {
         let v = &run.variants[vi];
         v.unavailable
             .is_none()
-            .then(|| v.summary.get(key).copied())
+            .then(|| v.summary.get(key.as_str()).copied())
             .flatten()
             .filter(|s| s.median.is_finite())
     };
     let n = run.variants.len().max(1);
     let top_value = (0..run.variants.len())
-        .flat_map(|i| SERIES.iter().filter_map(move |(k, _, _)| stat(i, k)))
+        .flat_map(|i| SERIES.iter().filter_map(move |(k, _, _)| stat(i, *k)))
         .map(|s| if s.max.is_finite() { s.max } else { s.median })
         .fold(0.0, f64::max);
     let ymax = nice_ceil(top_value);
@@ -79,10 +77,10 @@ pub fn render(run: &Run) -> String {
         s,
         r##"<text x="{}" y="40" text-anchor="middle" fill="#555">{} · bars: median of {} repeat{}, whiskers min–max, dots: each repeat · {}</text>"##,
         W / 2.0,
-        esc(&run.started_utc),
+        escape(&run.started_utc),
         run.repeats,
         if run.repeats == 1 { "" } else { "s" },
-        esc(&format!(
+        escape(&format!(
             "kernel {}, {} CPUs",
             run.machine.kernel, run.machine.nproc
         )),
@@ -122,7 +120,7 @@ pub fn render(run: &Run) -> String {
         let mut any = false;
         for (si, (key, series, color)) in SERIES.iter().enumerate() {
             let x = cx - bar_w + bar_w * si as f64;
-            let Some(st) = stat(vi, key) else { continue };
+            let Some(st) = stat(vi, *key) else { continue };
             any = true;
             let (top, base) = (y(st.median), y(0.0));
             let _ = writeln!(
@@ -130,7 +128,7 @@ pub fn render(run: &Run) -> String {
                 r#"<rect x="{x:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}: {} {} Gbit/s</title></rect>"#,
                 bar_w - 2.0,
                 (base - top).max(0.0),
-                esc(&v.label),
+                escape(&v.label),
                 series,
                 num(st.median)
             );
@@ -148,7 +146,7 @@ pub fn render(run: &Run) -> String {
             let values: Vec<(usize, f64)> = v
                 .samples
                 .iter()
-                .filter_map(|x| x.metrics.get(*key).map(|m| (x.repeat, *m)))
+                .filter_map(|x| x.metrics.get(key.as_str()).map(|m| (x.repeat, *m)))
                 .filter(|(_, m)| m.is_finite())
                 .collect();
             let spread = (bar_w - 2.0) * 0.6;
@@ -163,7 +161,7 @@ pub fn render(run: &Run) -> String {
                     r##"<circle class="repeat" cx="{:.1}" cy="{:.1}" r="2.8" fill="white" stroke="#222" stroke-width="1.2"><title>{}: {} repeat {rep}: {} Gbit/s</title></circle>"##,
                     wx + dx,
                     y(*val),
-                    esc(&v.label),
+                    escape(&v.label),
                     series,
                     num(*val)
                 );
@@ -183,7 +181,7 @@ pub fn render(run: &Run) -> String {
             s,
             r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             TOP + plot_h + 18.0,
-            esc(&v.label)
+            escape(&v.label)
         );
         if !any {
             let why = if v.unavailable.is_some() {
@@ -239,11 +237,6 @@ mod tests {
     }
 
     #[test]
-    fn escaping() {
-        assert_eq!(esc("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
-    }
-
-    #[test]
     fn chart_has_bars_whiskers_labels_and_is_balanced() {
         let svg = render(&sample_run());
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -284,7 +277,7 @@ mod tests {
             .map(|x| {
                 SERIES
                     .iter()
-                    .filter(|(k, _, _)| x.metrics.contains_key(*k))
+                    .filter(|(k, _, _)| x.metrics.contains_key(k.as_str()))
                     .count()
             })
             .sum();

@@ -8,6 +8,7 @@
 //!   most VXLAN's + 10 points;
 //! - the highest paced rate with ≤ 0.1 % loss: reported (ratio of medians), no goal.
 
+use super::metric::{MetricKey, Payload, Streams};
 use super::model::VariantResult;
 
 /// How a check compares ours with VXLAN.
@@ -34,7 +35,7 @@ pub enum Stat {
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     pub label: &'static str,
-    pub key: &'static str,
+    pub key: MetricKey,
     pub ours: Stat,
     pub goal: Goal,
 }
@@ -43,55 +44,55 @@ pub struct Target {
 pub const TARGETS: &[Target] = &[
     Target {
         label: "TCP 1 stream: ours' worst repeat ÷ VXLAN's median",
-        key: "tcp1_gbps",
+        key: MetricKey::TcpGbps(Streams::One),
         ours: Stat::Min,
         goal: Goal::RatioAtLeast(0.7, None),
     },
     Target {
         label: "TCP 1 stream: median ÷ VXLAN's median",
-        key: "tcp1_gbps",
+        key: MetricKey::TcpGbps(Streams::One),
         ours: Stat::Median,
         goal: Goal::RatioAtLeast(0.9, Some(1.0)),
     },
     Target {
         label: "ping RTT: median ÷ VXLAN's median",
-        key: "rtt_median_ms",
+        key: MetricKey::RttMedianMs,
         ours: Stat::Median,
         goal: Goal::RatioAtMost(1.5),
     },
     Target {
         label: "UDP 64 B unpaced: received ÷ VXLAN's",
-        key: "udp64_kpps",
+        key: MetricKey::UdpKpps(Payload::B64),
         ours: Stat::Median,
         goal: Goal::RatioAtLeast(0.8, None),
     },
     Target {
         label: "UDP 64 B unpaced: loss − VXLAN's loss",
-        key: "udp64_loss_pct",
+        key: MetricKey::UdpLossPct(Payload::B64),
         ours: Stat::Median,
         goal: Goal::PointsAtMost(10.0),
     },
     Target {
         label: "UDP 1400 B unpaced: received ÷ VXLAN's",
-        key: "udp1400_kpps",
+        key: MetricKey::UdpKpps(Payload::B1400),
         ours: Stat::Median,
         goal: Goal::RatioAtLeast(0.8, None),
     },
     Target {
         label: "UDP 1400 B unpaced: loss − VXLAN's loss",
-        key: "udp1400_loss_pct",
+        key: MetricKey::UdpLossPct(Payload::B1400),
         ours: Stat::Median,
         goal: Goal::PointsAtMost(10.0),
     },
     Target {
         label: "UDP 64 B paced, ≤ 0.1 % loss: highest rate ÷ VXLAN's",
-        key: "udp64_max_clean_kpps",
+        key: MetricKey::UdpMaxCleanKpps(Payload::B64),
         ours: Stat::Median,
         goal: Goal::Report,
     },
     Target {
         label: "UDP 1400 B paced, ≤ 0.1 % loss: highest rate ÷ VXLAN's",
-        key: "udp1400_max_clean_kpps",
+        key: MetricKey::UdpMaxCleanKpps(Payload::B1400),
         ours: Stat::Median,
         goal: Goal::Report,
     },
@@ -101,7 +102,7 @@ pub const TARGETS: &[Target] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     pub target: &'static str,
-    pub key: &'static str,
+    pub key: MetricKey,
     pub ours_stat: Stat,
     /// Ours' figure (its min or median).
     pub ours: Option<f64>,
@@ -122,7 +123,7 @@ pub fn evaluate(ours: &VariantResult, vxlan: &VariantResult) -> Vec<Check> {
         .map(|t| {
             let o = ours
                 .summary
-                .get(t.key)
+                .get(t.key.as_str())
                 .map(|s| match t.ours {
                     Stat::Min => s.min,
                     Stat::Median => s.median,

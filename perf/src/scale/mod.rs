@@ -18,7 +18,9 @@
 //! etcd members are real processes on loopback ports with temp data dirs, stopped by PID when
 //! dropped (also on failure). No root needed.
 
-pub mod stats;
+pub mod charts;
+pub mod progress;
+mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -42,11 +44,12 @@ use flannel_shared::lease::subnets_prefix;
 use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::Ipv4Net;
 use rand::seq::SliceRandom;
-use serde_json::{json, Value};
 
+use crate::report::latency::{ms, summarize, LatencySummary};
 use crate::testbed::etcd::EtcdCluster;
 use crate::testbed::process::Daemon;
-use stats::{progress_line, summarize, ScalePoint, Summary};
+use charts::ScalePoint;
+use progress::progress_line;
 
 pub const PREFIX: &str = "/coreos.com/network";
 pub const NETWORK_CONFIG: &str =
@@ -114,7 +117,7 @@ impl ScaleOpts {
 pub struct Acquisition {
     pub hosts: usize,
     pub total: Duration,
-    pub latency: Summary,
+    pub latency: LatencySummary,
     /// Acquire p99 of the hosts in each tenth of the run, by start order (the cluster's size
     /// grows from 0 to N over the run).
     pub p99_by_tenth: Vec<Duration>,
@@ -134,7 +137,7 @@ pub struct Acquisition {
 pub struct Renewals {
     pub count: usize,
     pub total: Duration,
-    pub latency: Summary,
+    pub latency: LatencySummary,
     /// Renewals that failed (after retries) or found the lease gone.
     pub missed: usize,
     /// Every host's key still in etcd afterwards.
@@ -153,12 +156,12 @@ pub struct ScaleReport {
     pub main: Acquisition,
     pub renewals: Option<Renewals>,
     pub cold_start_table: Duration,
-    pub churn: Summary,
+    pub churn: LatencySummary,
     /// The etcd write alone (until etcd acknowledged it), part of `churn`.
-    pub churn_write: Summary,
+    pub churn_write: LatencySummary,
     /// From etcd's acknowledgement of each write to the table entry (per event: `churn` minus
     /// `churn_write`): flanneld's part without the etcd commit.
-    pub churn_from_ack: Summary,
+    pub churn_from_ack: LatencySummary,
     pub churn_samples: Vec<Duration>,
     pub consistent: bool,
     pub table_routes: usize,
@@ -853,198 +856,4 @@ fn small_table(dir: &Path) -> Result<RouteSnapshot> {
         .collect();
     w.publish(&meta, &routes)?;
     Ok(RouteTableReader::open(&path)?.snapshot()?)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn summary_json(s: &Summary) -> Value {
-    json!({
-        "count": s.count, "min_ms": ms(s.min), "p50_ms": ms(s.p50), "p90_ms": ms(s.p90),
-        "p99_ms": ms(s.p99), "max_ms": ms(s.max), "mean_ms": ms(s.mean),
-    })
-}
-
-impl Acquisition {
-    fn to_json(&self) -> Value {
-        json!({
-            "hosts": self.hosts,
-            "total_s": self.total.as_secs_f64(),
-            "latency": summary_json(&self.latency),
-            "p99_ms_by_tenth_of_the_run": self.p99_by_tenth.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-            "all_distinct": self.distinct,
-            "etcd_holds_exactly_one_key_per_host": self.complete,
-            "retried_after_etcd_errors": self.retries,
-            "member_killed": self.member_killed,
-            "full_network_refuses_one_more": self.full_refused,
-        })
-    }
-}
-
-impl ScaleReport {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "hosts": self.opts.hosts,
-            "clients": self.opts.clients,
-            "etcd_members": self.opts.members,
-            "churn_events": self.opts.churn,
-            "network": NETWORK_CONFIG,
-            "acquisition": self.main.to_json(),
-            "scaling": self.scaling.iter().chain([&self.main]).map(Acquisition::to_json).collect::<Vec<_>>(),
-            "renewals": self.renewals.as_ref().map(|r| json!({
-                "count": r.count,
-                "total_s": r.total.as_secs_f64(),
-                "per_s": r.count as f64 / r.total.as_secs_f64(),
-                "latency": summary_json(&r.latency),
-                "missed": r.missed,
-                "keys_kept": r.keys_kept,
-                "etcd_requests": r.etcd_requests,
-                "etcd_requests_per_s": r.etcd_requests as f64 / r.total.as_secs_f64(),
-                "steady_state_renewals_per_s_at_defaults": r.steady_state_per_s,
-            })),
-            "cold_start_full_table_s": self.cold_start_table.as_secs_f64(),
-            "churn_event_to_table": summary_json(&self.churn),
-            "churn_etcd_write_ack": summary_json(&self.churn_write),
-            "churn_ack_to_table": summary_json(&self.churn_from_ack),
-            "churn_samples_us": self.churn_samples.iter().map(|d| d.as_micros() as u64).collect::<Vec<_>>(),
-            "table_consistent_with_etcd": self.consistent,
-            "table_routes": self.table_routes,
-            "table_file_bytes": self.table_file_bytes,
-            "flanneld_cpu_s": self.flanneld_cpu_secs,
-            "flanneld_rss_kib": self.flanneld_rss_kib,
-            "flanneld_peak_rss_kib": self.flanneld_peak_rss_kib,
-            "lookup_ns_10.0.0.0/8_65536_entries": self.lookup_ns_full,
-            "lookup_ns_10.1.0.0/16_10_routes": self.lookup_ns_small,
-        })
-    }
-
-    pub fn to_markdown(&self) -> String {
-        let yes = |b: bool| if b { "yes" } else { "**NO**" };
-        let lat =
-            |s: &Summary| format!("{:.2} / {:.2} / {:.2} ms", ms(s.p50), ms(s.p99), ms(s.max));
-        let mut s = String::from(
-            "Acquisition (each row a fresh etcd cluster):\n\n\
-             | hosts | total | per host | acquire p50 / p99 / max | worst p99 of a tenth | distinct / one key per host in etcd | retries | etcd member killed |\n\
-             |---|---|---|---|---|---|---|---|\n",
-        );
-        let mut runs: Vec<&Acquisition> = self.scaling.iter().chain([&self.main]).collect();
-        runs.sort_by_key(|a| a.hosts);
-        for a in runs {
-            s += &format!(
-                "| {} | {:.2} s | {:.2} ms | {} | {:.2} ms | {} / {} | {} | {} |\n",
-                a.hosts,
-                a.total.as_secs_f64(),
-                ms(a.total) / a.hosts as f64,
-                lat(&a.latency),
-                a.p99_by_tenth.iter().map(|d| ms(*d)).fold(0.0, f64::max),
-                yes(a.distinct),
-                yes(a.complete),
-                a.retries,
-                a.member_killed.as_deref().unwrap_or("none"),
-            );
-        }
-        let mut rows: Vec<(String, String)> = vec![(
-            "hosts (simulated) / etcd clients (views) / etcd members".into(),
-            format!(
-                "{} / {} / {}",
-                self.opts.hosts, self.opts.clients, self.opts.members
-            ),
-        )];
-        if let Some(r) = self.main.full_refused {
-            rows.push((
-                "full /8: one more host gets \"out of subnets\"".into(),
-                yes(r).into(),
-            ));
-        }
-        if let Some(r) = &self.renewals {
-            let secs = r.total.as_secs_f64();
-            rows.extend([
-                (
-                    format!(
-                        "renewals: {} hosts renew once (keep-alive)",
-                        r.count + r.missed
-                    ),
-                    format!(
-                        "{:.2} s, {:.0} renewals/s; latency p50 / p99 / max {}",
-                        secs,
-                        r.count as f64 / secs,
-                        lat(&r.latency)
-                    ),
-                ),
-                (
-                    "  etcd load during the renewals (requests received, all members)".into(),
-                    format!(
-                        "{} requests, {:.0}/s",
-                        r.etcd_requests,
-                        r.etcd_requests as f64 / secs
-                    ),
-                ),
-                (
-                    "  renewals missed / every key still in etcd".into(),
-                    format!("{} / {}", r.missed, yes(r.keys_kept)),
-                ),
-                (
-                    "  steady-state renewal load at flanneld's defaults (TTL 24 h, margin 60 min)"
-                        .into(),
-                    format!("{:.2} renewals/s", r.steady_state_per_s),
-                ),
-            ]);
-        }
-        rows.extend([
-            (
-                "flanneld cold start → full table".into(),
-                format!(
-                    "{:.3} s ({} routes)",
-                    self.cold_start_table.as_secs_f64(),
-                    self.table_routes
-                ),
-            ),
-            (
-                format!(
-                    "etcd change → table entry, {} churn events, p50 / p99 / max",
-                    self.opts.churn
-                ),
-                lat(&self.churn),
-            ),
-            (
-                "  of which the etcd write itself (until acknowledged)".into(),
-                lat(&self.churn_write),
-            ),
-            (
-                "  etcd's acknowledgement of the write → table entry (per event)".into(),
-                lat(&self.churn_from_ack),
-            ),
-            (
-                "table equals etcd after churn".into(),
-                yes(self.consistent).to_string(),
-            ),
-            (
-                "route table file (10.0.0.0/8, /24: 65,536 entries × 2 buffers)".into(),
-                format!("{} KiB", self.table_file_bytes / 1024),
-            ),
-            (
-                "lookup, /8 table with all routes".into(),
-                format!("{:.1} ns", self.lookup_ns_full),
-            ),
-            (
-                "lookup, /16 table with 10 routes".into(),
-                format!("{:.1} ns", self.lookup_ns_small),
-            ),
-            (
-                "flanneld CPU (whole run) / RSS / peak RSS".into(),
-                format!(
-                    "{:.2} s / {} MiB / {} MiB",
-                    self.flanneld_cpu_secs,
-                    self.flanneld_rss_kib / 1024,
-                    self.flanneld_peak_rss_kib / 1024
-                ),
-            ),
-        ]);
-        s += "\n| metric | value |\n|---|---|\n";
-        for (k, v) in rows {
-            s += &format!("| {k} | {v} |\n");
-        }
-        s
-    }
 }

@@ -5,9 +5,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 /// PEM files in one directory.
 #[derive(Debug, Clone)]
@@ -26,19 +26,11 @@ pub fn available() -> bool {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl (apt-get install openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    super::process::output_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        "running openssl (apt-get install openssl)",
+        &format!("openssl {}", args.join(" ")),
+    )?;
     Ok(())
 }
 

@@ -303,8 +303,7 @@ impl Cluster {
         let stdout = child.stdout.as_mut().context("piped stdout")?;
         std::io::BufReader::new(stdout).read_line(&mut line)?;
         if line.trim() != "listening" {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::process::kill_and_reap(&mut child);
             bail!(
                 "{} {args:?} did not start listening: {line:?}",
                 program.display()

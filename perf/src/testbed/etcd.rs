@@ -382,8 +382,7 @@ impl Etcd {
     /// for [`Etcd::launch`].
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::process::kill_and_reap(&mut child);
         }
     }
 
@@ -427,8 +426,7 @@ impl Etcd {
     /// The etcd lease id (decimal) a key is attached to, 0 for none.
     pub fn lease_of(&self, key: &str) -> Result<i64> {
         let out = self.ctl(&["get", key, "-w", "json"])?;
-        let v: serde_like::Json = serde_like::parse_lease(&out);
-        Ok(v.0)
+        Ok(etcdctl_json::lease_of_first_key(&out))
     }
 
     /// Remaining TTL of a lease in seconds (`etcdctl lease timetolive`), None when expired/absent.
@@ -445,7 +443,7 @@ impl Etcd {
     /// Current store revision.
     pub fn revision(&self) -> Result<i64> {
         let out = self.ctl(&["get", "/", "-w", "json"])?;
-        Ok(serde_like::field_i64(&out, "\"revision\":").unwrap_or(0))
+        Ok(etcdctl_json::revision(&out))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -505,21 +503,14 @@ pub fn ctl_at(endpoint: &str, args: &[&str]) -> Result<String> {
 }
 
 fn ctl_with(mut cmd: Command, endpoint: &str, args: &[&str]) -> Result<String> {
-    let out = cmd
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=5s")
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
-        .output()
-        .context("running etcdctl (apt-get install etcd-client)")?;
-    if !out.status.success() {
-        bail!(
-            "etcdctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let out = super::process::output_ok(
+        cmd.arg(format!("--endpoints={endpoint}"))
+            .arg("--command-timeout=5s")
+            .args(args)
+            .env("ETCDCTL_API", "3"),
+        "running etcdctl (apt-get install etcd-client)",
+        &format!("etcdctl {}", args.join(" ")),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -612,11 +603,7 @@ impl EtcdCluster {
             m.is_running()
                 && m.ctl(&["endpoint", "status", "-w", "json"])
                     .ok()
-                    .and_then(|out| {
-                        let id = serde_like::field_digits(&out, "\"member_id\":")?;
-                        let leader = serde_like::field_digits(&out, "\"leader\":")?;
-                        Some(id == leader)
-                    })
+                    .and_then(|out| etcdctl_json::is_leader(&out))
                     .unwrap_or(false)
         })
     }
@@ -639,32 +626,54 @@ mod tests {
     }
 }
 
-/// Tiny field extraction from etcdctl's JSON output (no JSON dependency in the harness).
-mod serde_like {
-    pub struct Json(pub i64);
+/// Fields of etcdctl's `-w json` output (pure); output that is not JSON or lacks the field
+/// reads as 0 / `None`.
+mod etcdctl_json {
+    use serde_json::Value;
 
-    /// The digits of a numeric field (u64 member ids do not fit an i64).
-    pub fn field_digits(text: &str, field: &str) -> Option<String> {
-        let rest = text.split(field).nth(1)?;
-        let num: String = rest
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        (!num.is_empty()).then_some(num)
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or(Value::Null)
     }
 
-    pub fn field_i64(text: &str, field: &str) -> Option<i64> {
-        let rest = text.split(field).nth(1)?;
-        let num: String = rest
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '-')
-            .collect();
-        num.parse().ok()
+    /// `get KEY -w json`: the lease id the (first) key is attached to, 0 for none.
+    pub fn lease_of_first_key(text: &str) -> i64 {
+        parse(text)["kvs"][0]["lease"].as_i64().unwrap_or(0)
     }
 
-    pub fn parse_lease(text: &str) -> Json {
-        Json(field_i64(text, "\"lease\":").unwrap_or(0))
+    /// `get KEY -w json`: the store revision in the response header.
+    pub fn revision(text: &str) -> i64 {
+        parse(text)["header"]["revision"].as_i64().unwrap_or(0)
+    }
+
+    /// `endpoint status -w json` of one endpoint: whether that member is the leader.
+    pub fn is_leader(text: &str) -> Option<bool> {
+        let v = parse(text);
+        let status = &v[0]["Status"];
+        let id = status["header"]["member_id"].as_u64()?;
+        let leader = status["leader"].as_u64()?;
+        Some(id == leader)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn fields_of_captured_outputs() {
+            let get = r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":2,"raft_term":2},"kvs":[{"key":"L2s=","create_revision":2,"mod_revision":2,"version":1,"value":"dg==","lease":7587899388515727365}],"count":1}"#;
+            assert_eq!(lease_of_first_key(get), 7587899388515727365);
+            assert_eq!(revision(get), 2);
+            let empty = r#"{"header":{"cluster_id":1,"member_id":2,"revision":7,"raft_term":2}}"#;
+            assert_eq!(lease_of_first_key(empty), 0);
+            assert_eq!(revision(empty), 7);
+            let status = r#"[{"Endpoint":"127.0.0.1:23790","Status":{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,"revision":2,"raft_term":2},"version":"3.4.23","dbSize":20480,"leader":10276657743932975437,"raftIndex":6,"raftTerm":2,"raftAppliedIndex":6,"dbSizeInUse":16384}}]"#;
+            assert_eq!(is_leader(status), Some(true));
+            assert_eq!(
+                is_leader(&status.replace("\"leader\":10276657743932975437", "\"leader\":1")),
+                Some(false)
+            );
+            assert_eq!(is_leader("not json"), None);
+            assert_eq!(revision("not json"), 0);
+        }
     }
 }

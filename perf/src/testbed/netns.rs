@@ -22,21 +22,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::sched::CloneFlags;
 
 use crate::harness::ping::PingResult;
 
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(out)
+    let shown = format!("{cmd:?}");
+    super::process::output_ok(cmd, &format!("running {shown}"), &shown)
 }
 
 /// `ip ARGS`.

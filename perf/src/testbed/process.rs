@@ -1,11 +1,13 @@
-//! Our binaries as child processes: log to a file, stop by PID (SIGTERM, then SIGKILL), never
-//! anything we did not start.
+//! Child processes: our binaries as [`Daemon`]s logging to a file, and helpers for any child
+//! (bounded waits, SIGINT, kill and reap, a command's output). Signals go by PID to our own
+//! children only, never to anything we did not start.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::kill;
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -134,8 +136,7 @@ impl Daemon {
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 }
@@ -165,4 +166,110 @@ pub fn terminate(mut child: Child, grace: Duration) -> ExitStatus {
     }
     let _ = child.kill();
     child.wait().expect("wait for child")
+}
+
+/// Waits for our own `child` up to `limit`, polling `interrupted`; kills and reaps it on timeout
+/// or interrupt (an error then).
+pub fn wait_bounded(
+    mut child: Child,
+    interrupted: &AtomicBool,
+    limit: Duration,
+) -> Result<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            kill_and_reap(&mut child);
+            bail!("interrupted");
+        }
+        if Instant::now() > end {
+            kill_and_reap(&mut child);
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGINT by PID to our own `child` while it runs, as Ctrl-C would (`perf record` then
+/// writes its file).
+pub fn sigint(child: &mut Child) -> Result<()> {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = Pid::from_raw(i32::try_from(child.id()).context("pid")?);
+        kill(pid, Signal::SIGINT)?;
+    }
+    Ok(())
+}
+
+/// SIGKILL to our own `child` while it runs, then reaps it.
+pub fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Runs `program args` with no input and stderr discarded; its stdout, trimmed, when it exits
+/// with success (`None` when it cannot start or fails).
+pub fn stdout_text(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs `cmd` to completion with no input. An error when it cannot start (with
+/// `start_context`) or exits with failure (`"{failed}: {stderr}"`, stderr trimmed).
+pub fn output_ok(cmd: &mut Command, start_context: &str, failed: &str) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| start_context.to_string())?;
+    if !out.status.success() {
+        bail!("{failed}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_returns_the_status_or_kills_on_timeout_and_interrupt() {
+        let not_interrupted = AtomicBool::new(false);
+        let child = Command::new("true").spawn().unwrap();
+        let st = wait_bounded(child, &not_interrupted, Duration::from_secs(10)).unwrap();
+        assert!(st.success());
+
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let err = wait_bounded(child, &not_interrupted, Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().starts_with("timed out after"), "{err}");
+
+        let interrupted = AtomicBool::new(true);
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let err = wait_bounded(child, &interrupted, Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.to_string(), "interrupted");
+    }
+
+    #[test]
+    fn command_output_and_failures() {
+        assert_eq!(stdout_text("echo", &[" hi "]).as_deref(), Some("hi"));
+        assert_eq!(stdout_text("false", &[]), None);
+        let out = output_ok(Command::new("echo").arg("ok"), "running echo", "echo").unwrap();
+        assert_eq!(out.stdout, b"ok\n");
+        let err = output_ok(
+            Command::new("sh").args(["-c", "echo bad >&2; exit 3"]),
+            "running sh",
+            "sh -c",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "sh -c: bad");
+    }
 }

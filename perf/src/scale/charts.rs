@@ -1,74 +1,8 @@
-//! Latency summaries for the scale run: percentiles and a histogram rendered as SVG. Pure.
+//! The scale run's charts as standalone SVG documents (pure): the latency histogram of
+//! [`crate::report::latency::histogram`] as bars, and total acquisition time and acquire p99
+//! against the cluster size.
 
-use std::time::Duration;
-
-/// p50/p99/max and friends of a set of samples.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    pub count: usize,
-    pub min: Duration,
-    pub p50: Duration,
-    pub p90: Duration,
-    pub p99: Duration,
-    pub max: Duration,
-    pub mean: Duration,
-}
-
-/// Nearest-rank percentile (`p` in 0..=100) of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-pub fn summarize(samples: &[Duration]) -> Summary {
-    let mut s = samples.to_vec();
-    s.sort();
-    let total: Duration = s.iter().sum();
-    Summary {
-        count: s.len(),
-        min: s.first().copied().unwrap_or_default(),
-        p50: percentile(&s, 50.0),
-        p90: percentile(&s, 90.0),
-        p99: percentile(&s, 99.0),
-        max: s.last().copied().unwrap_or_default(),
-        mean: if s.is_empty() {
-            Duration::ZERO
-        } else {
-            total / s.len() as u32
-        },
-    }
-}
-
-/// Log-spaced buckets (powers of two of microseconds): (upper bound in µs, count).
-pub fn histogram(samples: &[Duration]) -> Vec<(u64, usize)> {
-    let mut buckets: Vec<(u64, usize)> = Vec::new();
-    let max_us = samples
-        .iter()
-        .map(|d| d.as_micros() as u64)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut bound = 8u64;
-    while bound < max_us * 2 {
-        buckets.push((bound, 0));
-        bound *= 2;
-    }
-    if buckets.is_empty() {
-        buckets.push((bound, 0));
-    }
-    for d in samples {
-        let us = d.as_micros() as u64;
-        let i = buckets
-            .iter()
-            .position(|(b, _)| us < *b)
-            .unwrap_or(buckets.len() - 1);
-        buckets[i].1 += 1;
-    }
-    buckets
-}
+use crate::report::svg::escape;
 
 /// A bar chart of the histogram as a standalone SVG document.
 pub fn histogram_svg(title: &str, buckets: &[(u64, usize)]) -> String {
@@ -111,23 +45,6 @@ pub fn histogram_svg(title: &str, buckets: &[(u64, usize)]) -> String {
         h / 2.0
     );
     s
-}
-
-/// A progress line for a long phase: `label: done/total (pct), rate/s, ~time left`.
-pub fn progress_line(label: &str, done: usize, total: usize, elapsed: Duration) -> String {
-    let secs = elapsed.as_secs_f64();
-    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let pct = if total > 0 {
-        100.0 * done as f64 / total as f64
-    } else {
-        100.0
-    };
-    let left = if rate > 0.0 {
-        format!("~{:.0} s left", total.saturating_sub(done) as f64 / rate)
-    } else {
-        "time left unknown".to_string()
-    };
-    format!("  {label}: {done}/{total} ({pct:.1}%), {rate:.0}/s, {left}")
 }
 
 /// One point of the scaling chart: cluster size, total acquisition time, acquire p99.
@@ -243,7 +160,7 @@ fn svg_start(w: f64, h: f64, title: &str) -> String {
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
         w / 2.0,
-        xml_escape(title)
+        escape(title)
     )
 }
 
@@ -257,53 +174,13 @@ fn fmt_us(us: u64) -> String {
     }
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
     #[test]
-    fn nearest_rank_percentiles() {
-        let samples: Vec<Duration> = (1..=100).map(ms).collect();
-        let s = summarize(&samples);
-        assert_eq!(
-            (s.min, s.p50, s.p90, s.p99, s.max),
-            (ms(1), ms(50), ms(90), ms(99), ms(100))
-        );
-        assert_eq!(s.mean, Duration::from_micros(50_500));
-        assert_eq!(summarize(&[]).p99, Duration::ZERO);
-        assert_eq!(percentile(&[ms(7)], 99.0), ms(7));
-    }
-
-    #[test]
-    fn progress_lines_name_done_total_rate_and_time_left() {
-        assert_eq!(
-            progress_line("acquire", 2500, 10000, Duration::from_secs(5)),
-            "  acquire: 2500/10000 (25.0%), 500/s, ~15 s left"
-        );
-        assert!(progress_line("x", 0, 10, Duration::ZERO).ends_with("time left unknown"));
-    }
-
-    #[test]
-    fn histogram_buckets_and_svg() {
-        let h = histogram(&[
-            Duration::from_micros(5),
-            Duration::from_micros(100),
-            Duration::from_micros(130),
-        ]);
-        assert_eq!(h.iter().map(|b| b.1).sum::<usize>(), 3);
-        assert_eq!(h[0], (8, 1));
-        assert!(h.contains(&(128, 1)) && h.contains(&(256, 1)));
-        let svg = histogram_svg("a < b", &h);
+    fn histogram_and_scaling_charts() {
+        let svg = histogram_svg("a < b", &[(8, 1), (16, 0), (128, 2)]);
         let chart = scaling_svg(
             "n & p",
             &[
