@@ -207,7 +207,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
             [
                 ip_masq::masq_chain(o.network, o.network, false),
                 ip_masq::forward_chain(o.network),
-                ip_masq::guard_chain(0),
+                ip_masq::guard_chain(o.network, 0),
                 ip_masq::output_guard_chain(0, 0),
             ]
             .iter()
@@ -220,7 +220,10 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
             let mut gone = nftables::remove_tables();
             if o.guard.is_none() {
                 // -dataplane-guard=false: an earlier run's guards go.
-                for spec in [ip_masq::guard_chain(0), ip_masq::output_guard_chain(0, 0)] {
+                for spec in [
+                    ip_masq::guard_chain(o.network, 0),
+                    ip_masq::output_guard_chain(0, 0),
+                ] {
                     if let Ok(true) = ip_masq::remove(&spec) {
                         gone.push(format!("iptables {} {}", spec.table, spec.chain));
                     }
@@ -259,7 +262,7 @@ async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr
                     specs.push(ip_masq::masq_chain(o.network, s, random_fully));
                 }
                 if let Some(g) = o.guard {
-                    specs.push(ip_masq::guard_chain(g.port));
+                    specs.push(ip_masq::guard_chain(o.network, g.port));
                     specs.push(ip_masq::output_guard_chain(g.port, g.mark));
                 }
                 if o.forward {

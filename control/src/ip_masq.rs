@@ -21,10 +21,12 @@
 //! Not in flannel (with `-dataplane-guard`, default on), comment "flanneld guard", P = the
 //! backend port, M = the data plane's mark (`-dataplane-mark`):
 //! - filter, chain `FLANNEL-DP-GUARD`, jumped from the *first* rule of `FORWARD`:
-//!   `-p udp -m udp --dport P -j DROP`. No forwarded packet reaches any host's data plane: a
-//!   container on any bridge (flannel's, a compose network, podman, libvirt), masqueraded to
-//!   this host's address or spoofing another host's with CAP_NET_RAW, would otherwise pass as
-//!   a member.
+//!   `! -d N -p udp -m udp --dport P -j DROP`. No forwarded packet reaches any host's data
+//!   plane: a container on any bridge (flannel's, a compose network, podman, libvirt),
+//!   masqueraded to this host's address or spoofing another host's with CAP_NET_RAW, would
+//!   otherwise pass as a member. Traffic to the overlay network itself (container to container
+//!   on port P) is not touched: a data plane that receives a datagram addressed to an overlay
+//!   address got it through the TUN device, which its arrival check refuses.
 //! - filter, chain `FLANNEL-DP-OUTPUT`, jumped from the first rule of `OUTPUT`:
 //!   `-p udp -m udp --dport P -m mark ! --mark M/M -j DROP`. Only a socket carrying the data
 //!   plane's mark (SO_MARK needs CAP_NET_ADMIN) sends to the port: an unprivileged local user
@@ -104,14 +106,17 @@ pub fn forward_chain(network: Ipv4Net) -> ChainSpec {
     }
 }
 
-/// The forward guard: no forwarded packet to the data plane's UDP `port`.
-pub fn guard_chain(port: u16) -> ChainSpec {
+/// The forward guard: no forwarded packet to the data plane's UDP `port`, unless it goes to
+/// the overlay `network` (containers talking to each other on that port).
+pub fn guard_chain(network: Ipv4Net, port: u16) -> ChainSpec {
     ChainSpec {
         table: "filter",
         chain: GUARD_CHAIN,
         from: "FORWARD",
         comment: GUARD_COMMENT,
-        rules: vec![words(&format!("-p udp -m udp --dport {port} -j DROP"))],
+        rules: vec![words(&format!(
+            "! -d {network} -p udp -m udp --dport {port} -j DROP"
+        ))],
         jump_first: true,
     }
 }
@@ -355,10 +360,10 @@ mod tests {
                 .map(|i| spec.rule_args("-A", i).join(" "))
                 .collect::<Vec<_>>()[..]
         );
-        let guard = guard_chain(8285);
+        let guard = guard_chain("10.1.0.0/16".parse().unwrap(), 8285);
         assert_eq!(
             guard.rule_args("-A", 0).join(" "),
-            "-A FLANNEL-DP-GUARD -p udp -m udp --dport 8285 -m comment --comment flanneld guard -j DROP"
+            "-A FLANNEL-DP-GUARD ! -d 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment flanneld guard -j DROP"
         );
         assert!(guard.jump_first);
         let out = output_guard_chain(8285, 0x2000);

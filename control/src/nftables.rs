@@ -18,8 +18,9 @@
 //!
 //! Not in flannel (with `-dataplane-guard`, default on; the twins of the iptables guards in
 //! [`crate::ip_masq`]): chain `dp-guard` (filter, hook forward, priority filter - 5):
-//! `udp dport P drop` — no forwarded packet (a container on any bridge, masqueraded or not,
-//! spoofing or not) reaches any host's data plane; chain `dp-output` (filter, hook output,
+//! `ip daddr != N udp dport P drop` — no forwarded packet (a container on any bridge,
+//! masqueraded or not, spoofing or not) reaches any host's data plane, while containers still
+//! talk to each other on port P; chain `dp-output` (filter, hook output,
 //! priority filter - 5): `meta mark & M != M udp dport P drop` — only a socket carrying the
 //! data plane's mark M (SO_MARK needs CAP_NET_ADMIN) sends to the port. A drop in a base chain
 //! is final whatever other tables accept, so no rule inserted elsewhere can bypass them.
@@ -296,7 +297,7 @@ mod tests {
              add rule ip flannel-ipv4 forward ip daddr 10.1.0.0/16 accept\n\
              add chain ip flannel-ipv4 dp-guard { type filter hook forward priority filter - 5 ; comment \"no forwarded traffic to the data plane port\" ; }\n\
              flush chain ip flannel-ipv4 dp-guard\n\
-             add rule ip flannel-ipv4 dp-guard udp dport 8285 drop\n\
+             add rule ip flannel-ipv4 dp-guard ip daddr != 10.1.0.0/16 udp dport 8285 drop\n\
              add chain ip flannel-ipv4 dp-output { type filter hook output priority filter - 5 ; comment \"only the data plane sends to the data plane port\" ; }\n\
              flush chain ip flannel-ipv4 dp-output\n\
              add rule ip flannel-ipv4 dp-output meta mark & 0x2000 != 0x2000 udp dport 8285 drop\n\

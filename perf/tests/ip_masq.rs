@@ -60,7 +60,7 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
         "-A FORWARD -m comment --comment \"flanneld guard\" -j FLANNEL-DP-GUARD".into(),
         "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD".into(),
         "-A OUTPUT -m comment --comment \"flanneld guard\" -j FLANNEL-DP-OUTPUT".into(),
-        "-A FLANNEL-DP-GUARD -p udp -m udp --dport 8285 -m comment --comment \"flanneld guard\" -j DROP".into(),
+        "-A FLANNEL-DP-GUARD ! -d 10.1.0.0/16 -p udp -m udp --dport 8285 -m comment --comment \"flanneld guard\" -j DROP".into(),
         "-A FLANNEL-DP-OUTPUT -p udp -m udp --dport 8285 -m mark ! --mark 0x2000/0x2000 -m comment --comment \"flanneld guard\" -j DROP".into(),
         "-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
         "-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT".into(),
@@ -161,7 +161,7 @@ fn nftables_rules_are_flannels_masquerade_and_follow_ip_masq() {
     let guard = "\tchain dp-guard {\n\
         \t\tcomment \"no forwarded traffic to the data plane port\"\n\
         \t\ttype filter hook forward priority filter - 5; policy accept;\n\
-        \t\tudp dport 8285 drop\n\
+        \t\tip daddr != 10.1.0.0/16 udp dport 8285 drop\n\
         \t}\n\
         \n\
         \tchain dp-output {\n\

@@ -503,3 +503,29 @@ fn outer_datagrams_are_never_fragmented() {
     // Ordinary packets still pass the narrower path.
     c.ping(0, 1, 2).unwrap();
 }
+
+/// The forward guard leaves the overlay alone: a container still reaches another host's
+/// container on the data-plane port (UDP 8285 to an overlay address is application traffic).
+#[test]
+fn containers_still_reach_each_other_on_the_data_plane_port() {
+    let Some(c) = cluster(false) else {
+        return;
+    };
+    let sink = spawn_listening(
+        c.hosts[1]
+            .container()
+            .command(loadgen())
+            .args(["udp-recv", "8285", "3", "5000"]),
+    );
+    let to = format!("{}:8285", c.hosts[1].container_ip());
+    c.hosts[0]
+        .container()
+        .exec(loadgen().to_str().unwrap(), &["udp-send", &to, "3", "64"])
+        .unwrap();
+    let out = sink.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "received=3 intact=3",
+        "container to container on UDP 8285 was dropped"
+    );
+}
