@@ -18,20 +18,21 @@ use flannel_shared::subnet_env::{self, SubnetEnv};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::cli::Args;
 use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
 use crate::ip_masq;
-use crate::lease_view::SharedLeaseView;
-use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
+use crate::lease::acquire::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
+use crate::lease::view::SharedLeaseView;
+use crate::lease::watch::{LeaseWatcher, OwnLeaseEvent};
 use crate::nftables;
 use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
 use crate::status::Counters;
 use crate::status::Status;
-use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
 pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
@@ -376,7 +377,7 @@ impl LeaseKeeper {
         let mut backoff = Backoff::default();
         notify::status("acquiring a subnet lease");
         let lease = loop {
-            match subnet_lease::acquire_in(&mut self.client, &self.request, &self.view).await {
+            match acquire::acquire_in(&mut self.client, &self.request, &self.view).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
                     notify::status(&format!("no subnet lease: {e}"));
@@ -450,7 +451,7 @@ impl LeaseKeeper {
     ) -> anyhow::Result<()> {
         // A deadline, not a fresh sleep per turn: the heartbeat turns the loop often.
         let after = |d: Duration| tokio::time::Instant::now() + d;
-        let mut renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+        let mut renew_at = after(acquire::renew_delay(lease.ttl, self.margin));
         // READY=1 once the table is published, then WATCHDOG=1 from this loop (see `notify`).
         let mut heartbeat = Heartbeat::new(self.status.clone());
         let mut addr_check = tokio::time::interval(ADDR_CHECK);
@@ -458,18 +459,18 @@ impl LeaseKeeper {
         loop {
             let lost = tokio::select! {
                 _ = tokio::time::sleep_until(renew_at) => {
-                    match subnet_lease::renew(&mut self.client, &mut lease).await {
+                    match acquire::renew(&mut self.client, &mut lease).await {
                         Ok(Renewal::Renewed(ttl)) => {
                             Counters::inc(&self.status.counters.lease_renewals);
                             self.note_expiry(ttl);
                             tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
-                            renew_at = after(subnet_lease::renew_delay(ttl, self.margin));
+                            renew_at = after(acquire::renew_delay(ttl, self.margin));
                             false
                         }
                         Ok(Renewal::Lost) => true,
                         Err(e) => {
                             Counters::inc(&self.status.counters.etcd_errors);
-                            let wait = subnet_lease::renew_retry_delay(lease.ttl);
+                            let wait = acquire::renew_retry_delay(lease.ttl);
                             renew_at = after(wait);
                             tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                             false
@@ -519,7 +520,7 @@ impl LeaseKeeper {
             if old != lease.lease_id {
                 let _ = self.client.lease_revoke(old).await;
             }
-            renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+            renew_at = after(acquire::renew_delay(lease.ttl, self.margin));
         }
     }
 
@@ -645,8 +646,8 @@ fn write_subnet_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease_set::KeyValue;
-    use crate::subnet_lease::LeaseSource;
+    use crate::lease::acquire::LeaseSource;
+    use crate::lease::set::KeyValue;
 
     /// The check after an acquisition (the first and every re-acquisition): our key gone from
     /// the view means lost; present and ours means kept. Both tell the watch which key is ours.

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use flannel_control::etcd::{connect_with_retry, EtcdOptions};
-use flannel_control::subnet_lease::{acquire, LeaseError, LeaseRequest};
+use flannel_control::lease::acquire::{acquire, LeaseError, LeaseRequest};
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_shared::config::NetworkConfig;
 
@@ -77,7 +77,7 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
     let lease = acquire(&mut client, &cfg, &again).await.unwrap();
     assert_eq!(
         lease.source,
-        flannel_control::subnet_lease::LeaseSource::Existing
+        flannel_control::lease::acquire::LeaseSource::Existing
     );
     assert_eq!(
         etcd.get_prefix(&format!("{PREFIX}/subnets/"))

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use flannel_control::cli::normalize_args;
 use flannel_control::cli::EtcdArgs;
 use flannel_control::etcd::{connect_with_retry, get_prefix};
-use flannel_control::lease_set::{KeyValue, LeaseSet};
+use flannel_control::lease::set::{KeyValue, LeaseSet};
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
 use flannel_shared::route_table::{format_table, RouteTableReader};

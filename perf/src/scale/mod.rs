@@ -1,6 +1,6 @@
 //! Cluster-size simulation. N simulated hosts lease subnets of 10.0.0.0/8 (65,536 /24s, SubnetMin
 //! 10.0.0.0 so every one can be leased) from a real etcd cluster on loopback (three members by
-//! default), through flanneld's own lease code: [`flannel_control::subnet_lease::acquire_in`]
+//! default), through flanneld's own lease code: [`flannel_control::lease::acquire::acquire_in`]
 //! on a [`SharedLeaseView`] fed by flanneld's own lease watch ([`LeaseWatcher`] without a route
 //! table). What is simulated: a real host runs one flanneld with one etcd connection and one
 //! view; here the hosts are spread over K etcd clients, each with its own view and watch, and
@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use etcd_client::Client;
 use flannel_control::etcd::{connect_with_retry, get_prefix, EtcdOptions};
-use flannel_control::lease_view::SharedLeaseView;
-use flannel_control::lease_watch::LeaseWatcher;
-use flannel_control::status::Status;
-use flannel_control::subnet_lease::{
+use flannel_control::lease::acquire::{
     acquire, acquire_in, renew, renew_delay, HeldLease, LeaseError, LeaseRequest, Renewal,
 };
+use flannel_control::lease::view::SharedLeaseView;
+use flannel_control::lease::watch::LeaseWatcher;
+use flannel_control::status::Status;
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::subnets_prefix;
 use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};

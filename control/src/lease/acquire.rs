@@ -16,7 +16,7 @@
 //! names it, plain or dual-stack, whether its value parses or not. Unlike flannel's `Overlaps`,
 //! keys that are not a SubnetLen subnet inside Network (`0.0.0.0-0`, a /16, a /23 among /24s)
 //! block nothing (issue 27: one such key made every new host fail "out of subnets"). The random
-//! pick is flannel's: one at random among the lowest [`crate::lease_view::PICK_AMONG`] free
+//! pick is flannel's: one at random among the lowest [`crate::lease::view::PICK_AMONG`] free
 //! subnets.
 //!
 //! The view comes from one full listing (a host without one: [`acquire`]; flanneld's comes from
@@ -34,8 +34,8 @@ use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, LeaseAttrs};
 use flannel_shared::Ipv4Net;
 
-use crate::lease_set::KeyValue;
-use crate::lease_view::{LeaseView, SharedLeaseView};
+use crate::lease::set::KeyValue;
+use crate::lease::view::{LeaseView, SharedLeaseView};
 
 /// What to ask for.
 #[derive(Debug, Clone)]

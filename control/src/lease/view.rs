@@ -43,7 +43,7 @@ use flannel_shared::lease::{subnets_prefix, LeaseAttrs, LeaseKey, LeaseKeyError}
 use flannel_shared::Ipv4Net;
 use rand::Rng;
 
-use crate::lease_set::{KeyValue, LeaseEvent, LeaseInfo, LeaseSet};
+use crate::lease::set::{KeyValue, LeaseEvent, LeaseInfo, LeaseSet};
 
 /// flannel picks at random among at most this many of the lowest free subnets.
 pub const PICK_AMONG: usize = 100;

@@ -4,7 +4,7 @@
 //! network) resumes from the last revision seen, so no event is missed; if that revision was
 //! compacted away, the watcher lists again and diffs. A DELETE (including lease expiry) removes
 //! the route. Listings are applied page by page. Every key goes, once, into the view's
-//! [`crate::lease_set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
+//! [`crate::lease::set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
 //! which both the route table and acquisition read: an unusable lease (bad key or value, a PublicIP
 //! that is not a host, a subnet outside the network config) is skipped, logged once per key and
 //! revision and counted in /metrics by reason; the other leases are published as usual. Events
@@ -20,8 +20,9 @@ use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
-use crate::lease_set::{KeyValue, LeaseEvent};
-use crate::lease_view::SharedLeaseView;
+use crate::backoff::Backoff;
+use crate::lease::set::{KeyValue, LeaseEvent};
+use crate::lease::view::SharedLeaseView;
 use crate::publish::Publisher;
 use crate::status::Counters;
 
@@ -275,31 +276,4 @@ fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool 
         }
     }
     routes_changed
-}
-
-/// Capped exponential backoff: 200 ms doubling to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(200),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-    pub async fn sleep(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-    }
 }
