@@ -25,7 +25,7 @@ use crate::etcd::connect_with_retry;
 use crate::health;
 use crate::ip_masq;
 use crate::lease::acquire::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
-use crate::lease::view::SharedLeaseView;
+use crate::lease::view::{LeaseView, SharedLeaseView};
 use crate::lease::watch::{LeaseWatcher, OwnLeaseEvent};
 use crate::nftables;
 use crate::notify::{self, Heartbeat};
@@ -90,7 +90,10 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
 
     // The lease watch feeds both the route table and the view acquisition works from: the
     // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
-    let view = Arc::new(SharedLeaseView::new(&args.etcd.prefix, config.clone()));
+    let view = Arc::new(SharedLeaseView::new(LeaseView::new(
+        &args.etcd.prefix,
+        config.clone(),
+    )));
     let (own_tx, own_rx) = watch::channel(None);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(
@@ -377,7 +380,7 @@ impl LeaseKeeper {
         let mut backoff = Backoff::default();
         notify::status("acquiring a subnet lease");
         let lease = loop {
-            match acquire::acquire_in(&mut self.client, &self.request, &self.view).await {
+            match acquire::acquire(&mut self.client, &self.request, &self.view).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
                     notify::status(&format!("no subnet lease: {e}"));
@@ -655,7 +658,7 @@ mod tests {
     fn claiming_an_acquired_lease_reports_it_lost_when_the_view_no_longer_has_it() {
         let prefix = "/coreos.com/network";
         let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
-        let view = SharedLeaseView::new(prefix, cfg);
+        let view = SharedLeaseView::new(LeaseView::new(prefix, cfg));
         let ip = Ipv4Addr::new(198, 18, 0, 1);
         let subnet: Ipv4Net = "10.1.5.0/24".parse().unwrap();
         let lease = HeldLease {

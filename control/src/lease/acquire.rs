@@ -15,12 +15,13 @@
 //! "Free" is judged on the host's [`LeaseView`] (see there): a candidate is taken when a key
 //! names it, plain or dual-stack, whether its value parses or not. Unlike flannel's `Overlaps`,
 //! keys that are not a SubnetLen subnet inside Network (`0.0.0.0-0`, a /16, a /23 among /24s)
-//! block nothing (issue 27: one such key made every new host fail "out of subnets"). The random
+//! block nothing (one such key must not make every new host fail "out of subnets"). The random
 //! pick is flannel's: one at random among the lowest [`crate::lease::view::PICK_AMONG`] free
 //! subnets.
 //!
-//! The view comes from one full listing (a host without one: [`acquire`]; flanneld's comes from
-//! its lease watch: [`acquire_in`]) and is kept current by the watch. No attempt lists: creation
+//! [`acquire`] is the one entry point. Its view holds a full listing
+//! ([`crate::lease::watch::list_into`]) and is kept current by the lease watch (flanneld's view;
+//! a host without a watch lists once). No attempt lists: creation
 //! is `Txn If(Version(key) == 0) Then(Put(key, value, lease)) Else(Get(key))`, so two hosts can
 //! never hold one subnet, and a lost race (flannel exits there) puts the winner's key into the
 //! view and tries another subnet. No free subnet is [`LeaseError::OutOfSubnets`]. The key's TTL
@@ -30,12 +31,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
-use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::{subnet_key, LeaseAttrs};
 use flannel_shared::Ipv4Net;
 
 use crate::lease::set::KeyValue;
-use crate::lease::view::{LeaseView, SharedLeaseView};
+use crate::lease::view::{LeaseView, OwnLease, Reserved, SharedLeaseView};
 
 /// What to ask for.
 #[derive(Debug, Clone)]
@@ -101,39 +101,10 @@ pub enum Renewal {
     Lost,
 }
 
-/// Lists every key under `subnets/` once into `view` (a host without a view: the first start).
-/// Returns the listing's revision.
-pub async fn list_into(client: &mut Client, view: &SharedLeaseView) -> Result<i64, LeaseError> {
-    let dir = view.lock().dir().to_owned();
-    let mut events = Vec::new();
-    let mut listing = view.listing();
-    let rev =
-        crate::etcd::list_prefix_pages(client, &dir, crate::etcd::ListPaging::DEFAULT, |page| {
-            listing.page(&page.kvs, page.revision, &mut events);
-            // Routes are not published from here: the events are not needed.
-            events.clear();
-        })
-        .await?;
-    listing.end(rev, &mut events);
-    Ok(rev)
-}
-
-/// Acquires a subnet for `req.public_ip` under `cfg`, following flannel's order, for a host
-/// without a lease view: lists once, then [`acquire_in`].
+/// Acquires a subnet for `req.public_ip` from `view` (waiting until it holds a full listing),
+/// following flannel's order; the network config is the view's. No listing: a lost race
+/// teaches the view the key that won (read in the same txn) and another subnet is tried.
 pub async fn acquire(
-    client: &mut Client,
-    cfg: &NetworkConfig,
-    req: &LeaseRequest,
-) -> Result<HeldLease, LeaseError> {
-    let view = SharedLeaseView::without_routes(&req.prefix, cfg.clone());
-    list_into(client, &view).await?;
-    acquire_in(client, req, &view).await
-}
-
-/// Acquires a subnet from `view` (waiting until it holds a full listing), following flannel's
-/// order; the network config is the view's. No listing: a lost race teaches the view the key
-/// that won (read in the same txn) and another subnet is tried.
-pub async fn acquire_in(
     client: &mut Client,
     req: &LeaseRequest,
     view: &SharedLeaseView,
@@ -147,8 +118,16 @@ pub async fn acquire_in(
             ttl: granted,
         });
     }
-    let mut released = Vec::new();
-    let result = acquire_with(client, req, view, lease_id, &mut released).await;
+    let mut acquirer = Acquirer {
+        client,
+        req,
+        view,
+        lease_id,
+        value: LeaseAttrs::udp(req.public_ip).to_json(),
+        released: Vec::new(),
+    };
+    let result = acquirer.take_subnet().await;
+    let released = acquirer.released;
     if result.is_err() {
         // Never leave an unused etcd lease behind; best effort.
         let _ = client.lease_revoke(lease_id).await;
@@ -181,130 +160,164 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Runs `Txn If(cond) Then(then) Else(Get(key))` and tells `view` what it learned: on success
-/// `learned(revision)` (what `then` did), on failure the key as it is now.
-async fn guarded(
-    client: &mut Client,
-    view: &SharedLeaseView,
-    key: &str,
-    cond: Compare,
-    then: TxnOp,
-    learned: impl FnOnce(&mut LeaseView, i64),
-) -> Result<bool, LeaseError> {
-    let txn = Txn::new()
-        .when([cond])
-        .and_then([then])
-        .or_else([TxnOp::get(key, None)]);
-    let resp = client.txn(txn).await?;
-    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut v = view.lock();
-    if resp.succeeded() {
-        learned(&mut v, rev);
-        return Ok(true);
-    }
-    let current = resp.op_responses().into_iter().find_map(|r| match r {
-        TxnOpResponse::Get(g) => Some(g),
-        _ => None,
-    });
-    match current.as_ref().and_then(|g| g.kvs().first()) {
-        // Learned after an await: ignored if the watch already applied it (or newer).
-        Some(kv) => v.learned_put(KeyValue::from_etcd(key, kv)),
-        None => v.learned_delete(key, rev),
-    }
-    Ok(false)
+/// One acquisition under a granted etcd lease.
+struct Acquirer<'a> {
+    client: &'a mut Client,
+    req: &'a LeaseRequest,
+    view: &'a SharedLeaseView,
+    /// The etcd lease the key will hang on.
+    lease_id: i64,
+    /// The lease value we write (flannel's UDP backend value naming our PublicIP).
+    value: String,
+    /// Our own leases that no longer fitted the config and were deleted on the way.
+    released: Vec<Ipv4Net>,
 }
 
-async fn acquire_with(
-    client: &mut Client,
-    req: &LeaseRequest,
-    view: &SharedLeaseView,
-    lease_id: i64,
-    released: &mut Vec<Ipv4Net>,
-) -> Result<(Ipv4Net, LeaseSource), LeaseError> {
-    let value = LeaseAttrs::udp(req.public_ip).to_json();
-    let put = |key: &str| {
-        TxnOp::put(
+impl Acquirer<'_> {
+    /// Flannel's order (see the module docs), trying again after each lost race.
+    async fn take_subnet(&mut self) -> Result<(Ipv4Net, LeaseSource), LeaseError> {
+        for race in 0..MAX_RACES {
+            if race > 0 {
+                tracing::debug!(race, "lost a race for a subnet, trying another");
+            }
+            let own = self.view.lock().own_leases(self.req.public_ip);
+            // 0. Our own leases that no longer fit the config are released, as flannel does.
+            for misfit in own.misfits {
+                self.release(misfit).await?;
+            }
+            // 1. Our own existing lease.
+            if let Some(own) = own.fitting.first() {
+                if self.reuse(own).await? {
+                    return Ok((own.subnet, LeaseSource::Existing));
+                }
+                continue;
+            }
+            // 2. The subnet from the previous subnet.env, 3. a random one among the first free.
+            let Some(reserved) = self.view.lock().reserve(self.req.previous) else {
+                return Err(self.out_of_subnets());
+            };
+            let subnet = reserved.subnet();
+            let _reserved = Reservation {
+                view: self.view,
+                subnet,
+            };
+            if self.create(subnet).await? {
+                let source = match reserved {
+                    Reserved::Preferred(_) => LeaseSource::SubnetFile,
+                    Reserved::Picked(_) => LeaseSource::Random,
+                };
+                return Ok((subnet, source));
+            }
+        }
+        Err(LeaseError::TooManyRaces(MAX_RACES))
+    }
+
+    /// Deletes our lease `misfit` unless it changed meanwhile (then it is no longer ours to
+    /// judge; the view has it as it is).
+    async fn release(&mut self, misfit: OwnLease) -> Result<(), LeaseError> {
+        let key = subnet_key(&self.req.prefix, &misfit.subnet);
+        let cond = Compare::mod_revision(key.as_str(), CompareOp::Equal, misfit.mod_revision);
+        let delete = TxnOp::delete(key.as_str(), None);
+        let deleted = self
+            .guarded(&key, cond, delete, |v, rev| v.learned_delete(&key, rev))
+            .await?;
+        if deleted {
+            let cfg = self.view.lock().config().clone();
+            tracing::warn!(
+                subnet = %misfit.subnet, key, network = %cfg.network,
+                subnet_len = cfg.subnet_len, subnet_min = %cfg.subnet_min,
+                subnet_max = %cfg.subnet_max,
+                "released our lease: it does not fit the network config any more"
+            );
+            self.released.push(misfit.subnet);
+        }
+        Ok(())
+    }
+
+    /// Re-attaches our existing lease `own` to our etcd lease, unless it changed meanwhile.
+    /// Returns whether it is ours now.
+    async fn reuse(&mut self, own: &OwnLease) -> Result<bool, LeaseError> {
+        let key = subnet_key(&self.req.prefix, &own.subnet);
+        let cond = Compare::mod_revision(key.as_str(), CompareOp::Equal, own.mod_revision);
+        if !self.put_if(&key, cond).await? {
+            return Ok(false);
+        }
+        if own.lease_id != 0 && own.lease_id != self.lease_id {
+            // The key now hangs on our new lease; the old one holds nothing of ours.
+            let _ = self.client.lease_revoke(own.lease_id).await;
+        }
+        Ok(true)
+    }
+
+    /// Creates the key of `subnet` unless it exists. Returns whether it is ours now.
+    async fn create(&mut self, subnet: Ipv4Net) -> Result<bool, LeaseError> {
+        let key = subnet_key(&self.req.prefix, &subnet);
+        let cond = Compare::version(key.as_str(), CompareOp::Equal, 0);
+        self.put_if(&key, cond).await
+    }
+
+    /// Puts our value under `key` on our etcd lease if `cond` holds; the view learns the put.
+    async fn put_if(&mut self, key: &str, cond: Compare) -> Result<bool, LeaseError> {
+        let put = TxnOp::put(
             key,
-            value.clone(),
-            Some(PutOptions::new().with_lease(lease_id)),
-        )
-    };
-    // What our own successful put looks like in the view.
-    let ours = |key: String| {
-        let value = value.clone();
-        move |v: &mut LeaseView, rev: i64| {
+            self.value.clone(),
+            Some(PutOptions::new().with_lease(self.lease_id)),
+        );
+        let (value, lease_id) = (self.value.clone(), self.lease_id);
+        // What our own successful put looks like in the view.
+        let learn = |v: &mut LeaseView, rev: i64| {
             v.learned_put(KeyValue {
-                key: &key,
+                key,
                 value: value.as_bytes(),
                 create_revision: rev,
                 mod_revision: rev,
                 lease: lease_id,
             })
-        }
-    };
-    for race in 0..MAX_RACES {
-        if race > 0 {
-            tracing::debug!(race, "lost a race for a subnet, trying another");
-        }
-        let (own, misfits) = view.lock().own_leases(req.public_ip);
-        // 0. Our own leases that no longer fit the config are released, as flannel does.
-        for misfit in misfits {
-            let key = subnet_key(&req.prefix, &misfit.subnet);
-            let cond = Compare::mod_revision(key.as_str(), CompareOp::Equal, misfit.mod_revision);
-            let delete = TxnOp::delete(key.as_str(), None);
-            let k = key.clone();
-            if guarded(client, view, &key, cond, delete, |v, rev| {
-                v.learned_delete(&k, rev)
-            })
-            .await?
-            {
-                let cfg = view.lock().config().clone();
-                tracing::warn!(
-                    subnet = %misfit.subnet, key, network = %cfg.network,
-                    subnet_len = cfg.subnet_len, subnet_min = %cfg.subnet_min,
-                    subnet_max = %cfg.subnet_max,
-                    "released our lease: it does not fit the network config any more"
-                );
-                released.push(misfit.subnet);
-            }
-            // Else it changed meanwhile: no longer ours to judge; the view has it as it is.
-        }
-        // 1. Our own existing lease.
-        if let Some(own) = own.first() {
-            let key = subnet_key(&req.prefix, &own.subnet);
-            let cond = Compare::mod_revision(key.as_str(), CompareOp::Equal, own.mod_revision);
-            if guarded(client, view, &key, cond, put(&key), ours(key.clone())).await? {
-                if own.lease_id != 0 && own.lease_id != lease_id {
-                    // The key now hangs on our new lease; the old one holds nothing of ours.
-                    let _ = client.lease_revoke(own.lease_id).await;
-                }
-                return Ok((own.subnet, LeaseSource::Existing));
-            }
-            continue;
-        }
-        // 2. The subnet from the previous subnet.env, 3. a random one among the first free.
-        let Some((subnet, preferred)) = view.lock().reserve(req.previous) else {
-            let cfg = view.lock().config().clone();
-            return Err(LeaseError::OutOfSubnets {
-                network: cfg.network,
-                min: cfg.subnet_min,
-                max: cfg.subnet_max,
-                count: cfg.subnet_count(),
-            });
         };
-        let _reserved = Reservation { view, subnet };
-        let key = subnet_key(&req.prefix, &subnet);
-        let cond = Compare::version(key.as_str(), CompareOp::Equal, 0);
-        if guarded(client, view, &key, cond, put(&key), ours(key.clone())).await? {
-            let source = if preferred {
-                LeaseSource::SubnetFile
-            } else {
-                LeaseSource::Random
-            };
-            return Ok((subnet, source));
+        self.guarded(key, cond, put, learn).await
+    }
+
+    /// Runs `Txn If(cond) Then(then) Else(Get(key))` and tells the view what it learned: on
+    /// success `learned(revision)` (what `then` did), on failure the key as it is now.
+    async fn guarded(
+        &mut self,
+        key: &str,
+        cond: Compare,
+        then: TxnOp,
+        learned: impl FnOnce(&mut LeaseView, i64),
+    ) -> Result<bool, LeaseError> {
+        let txn = Txn::new()
+            .when([cond])
+            .and_then([then])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.txn(txn).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut v = self.view.lock();
+        if resp.succeeded() {
+            learned(&mut v, rev);
+            return Ok(true);
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        match current.as_ref().and_then(|g| g.kvs().first()) {
+            // Learned after an await: ignored if the watch already applied it (or newer).
+            Some(kv) => v.learned_put(KeyValue::from_etcd(key, kv)),
+            None => v.learned_delete(key, rev),
+        }
+        Ok(false)
+    }
+
+    fn out_of_subnets(&self) -> LeaseError {
+        let cfg = self.view.lock().config().clone();
+        LeaseError::OutOfSubnets {
+            network: cfg.network,
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+            count: cfg.subnet_count(),
         }
     }
-    Err(LeaseError::TooManyRaces(MAX_RACES))
 }
 
 /// Renews the lease with one keep-alive. `Lost` when etcd no longer has it.

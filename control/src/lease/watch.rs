@@ -87,40 +87,19 @@ impl LeaseWatcher {
         }
     }
 
-    /// Lists all leases into the view page by page (each page applied and dropped before the
-    /// next is read), logs the diff, publishes once the listing is complete. Returns the list
-    /// revision.
+    /// Lists all leases into the view ([`list_into`]), logs the diff, publishes once the
+    /// listing is complete. Returns the list revision.
     async fn list(&mut self) -> Result<i64, etcd_client::Error> {
-        let view = &self.view;
         let status = &self.status;
         let report = self.publisher.is_some();
-        let mut events = Vec::new();
-        let mut keys = 0usize;
-        let mut listing = view.listing();
-        let dir = subnets_prefix(&self.prefix);
         let started = std::time::Instant::now();
-        let mut applying = Duration::ZERO;
-        let rev = crate::etcd::list_prefix_pages(
-            &mut self.client,
-            &dir,
-            crate::etcd::ListPaging::DEFAULT,
-            |page| {
-                let t = std::time::Instant::now();
-                listing.page(&page.kvs, page.revision, &mut events);
-                applying += t.elapsed();
-                keys += page.kvs.len();
-                if report {
-                    report_events(status, &events);
-                }
-                events.clear();
-            },
-        )
+        let listed = list_into(&mut self.client, &self.view, |events| {
+            if report {
+                report_events(status, events);
+            }
+        })
         .await?;
         Counters::inc(&self.status.counters.lease_lists);
-        listing.end(rev, &mut events);
-        if report {
-            report_events(&self.status, &events);
-        }
         if let Some((s, ip)) = *self.own.borrow() {
             if self.view.lock().public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
@@ -128,13 +107,13 @@ impl LeaseWatcher {
         }
         self.publish();
         tracing::debug!(
-            revision = rev,
-            keys,
+            revision = listed.revision,
+            keys = listed.keys,
             took_ms = started.elapsed().as_secs_f64() * 1e3,
-            applying_ms = applying.as_secs_f64() * 1e3,
+            applying_ms = listed.applying.as_secs_f64() * 1e3,
             "listed leases"
         );
-        Ok(rev)
+        Ok(listed.revision)
     }
 
     /// Publishes the view's routes (when there is a publisher) and the rejection gauges.
@@ -239,6 +218,50 @@ impl LeaseWatcher {
             }
         }
     }
+}
+
+/// What [`list_into`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    /// The listing's etcd revision: the view holds every change up to it.
+    pub revision: i64,
+    /// Keys listed.
+    pub keys: usize,
+    /// Time spent applying pages to the view (the rest was etcd's).
+    pub applying: Duration,
+}
+
+/// Lists every key under the view's `subnets/` into `view`, page by page (each page applied and
+/// dropped before the next is read; the view is locked for one page at a time). `on_events`
+/// gets the route events of each page, then those of the listing's end (the keys it lacked,
+/// deleted). Afterwards the view counts as listed (see [`SharedLeaseView::listed`]).
+pub async fn list_into(
+    client: &mut Client,
+    view: &SharedLeaseView,
+    mut on_events: impl FnMut(&[LeaseEvent]),
+) -> Result<Listed, etcd_client::Error> {
+    let dir = view.lock().dir().to_owned();
+    let mut events = Vec::new();
+    let mut keys = 0usize;
+    let mut applying = Duration::ZERO;
+    let mut listing = view.listing();
+    let revision =
+        crate::etcd::list_prefix_pages(client, &dir, crate::etcd::ListPaging::DEFAULT, |page| {
+            let t = std::time::Instant::now();
+            listing.page(&page.kvs, page.revision, &mut events);
+            applying += t.elapsed();
+            keys += page.kvs.len();
+            on_events(&events);
+            events.clear();
+        })
+        .await?;
+    listing.end(revision, &mut events);
+    on_events(&events);
+    Ok(Listed {
+        revision,
+        keys,
+        applying,
+    })
 }
 
 /// Logs what changed (route changes as state changes; each rejection once per key and
