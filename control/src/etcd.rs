@@ -10,7 +10,7 @@
 //! rejected or missing client certificate names `-etcd-certfile/-etcd-keyfile`, an untrusted
 //! server certificate names `-etcd-cafile`.
 //!
-//! Passwords (issue 27): `-etcd-password` or `-etcd-password-file` (the file's first line; one
+//! Passwords: `-etcd-password` or `-etcd-password-file` (the file's first line; one
 //! of the two). A password is never in a Debug print ([`Secret`]). Sent over `http://` to a
 //! host other than loopback it would cross the network in clear text (etcd's Authenticate RPC
 //! carries it as is), so that is refused unless `-etcd-allow-insecure-password` is given
@@ -744,7 +744,7 @@ mod tests {
         }
     }
 
-    /// Issue 27: a password over http:// to another host is refused unless allowed; loopback
+    /// A password over http:// to another host is refused unless allowed; loopback
     /// and https:// are fine; a Debug print never shows it.
     #[test]
     fn password_over_http_to_another_host_is_refused_unless_allowed() {

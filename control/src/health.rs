@@ -3,8 +3,8 @@
 //! `-healthz-ip:-healthz-port`. A deliberately small HTTP/1.x responder: GET only, one request
 //! per connection, 8 KiB request limit, [`READ_TIMEOUT`] to send the request and 5 s for the
 //! whole exchange. At most [`MAX_CONNECTIONS`] connections are served at once; one beyond that
-//! is closed as soon as it is accepted (issue 27: a thousand idle connections used to exhaust
-//! the process's file descriptors, breaking etcd reconnects and iptables calls). A client that
+//! is closed as soon as it is accepted (a thousand idle connections would otherwise exhaust the
+//! process's file descriptors, breaking etcd reconnects and iptables calls). A client that
 //! finds the endpoint full retries; the idle connections in its way time out.
 
 use std::net::SocketAddr;

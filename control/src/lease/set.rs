@@ -14,7 +14,7 @@
 //! - Each key is held once, with what both the routes and acquisition need ([`LeaseInfo`]: the
 //!   subnet the key names, its PublicIP, its etcd lease): [`crate::lease::view::LeaseView`] is
 //!   built on this set rather than keeping a second copy of every lease.
-//! - Memory per key is bounded whatever etcd holds (issue 27): a key too long to be a lease
+//! - Memory per key is bounded whatever etcd holds: a key too long to be a lease
 //!   key (more than 128 bytes after `subnets/`, always rejected as `bad_key`) is held under a
 //!   fixed-size name: its first 64 bytes and a 128-bit keyed hash of the whole; rejections keep values and keys only cut to 64 characters. So a
 //!   rejected key costs about what a valid one does, and the count of keys is etcd's to bound
@@ -737,7 +737,7 @@ mod tests {
         );
     }
 
-    /// Issue 27: keys far too long to be lease keys (here 100 of 64 KiB each, 6.4 MiB in all)
+    /// Keys far too long to be lease keys (here 100 of 64 KiB each, 6.4 MiB in all)
     /// are held and reported under fixed-size names: counted, deletable, shown by `status`,
     /// and the set keeps a few KiB of key text, not the keys. Two long keys that share a prefix
     /// stay two keys; values are kept only as cut messages.

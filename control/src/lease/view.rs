@@ -695,7 +695,7 @@ mod tests {
     const THEIRS: &str = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#;
 
     /// Keys and values as a mixed cluster writes them: which candidates stay free (only keys of a
-    /// candidate's shape block, issue 27), which leases are ours to reuse or release.
+    /// candidate's shape block), which leases are ours to reuse or release.
     #[test]
     fn keys_of_a_candidates_shape_block_and_own_leases_are_found() {
         let mut v =
@@ -835,7 +835,7 @@ mod tests {
         assert!(v.is_free(&net("10.1.5.0/24")));
     }
 
-    /// Issue 27: only keys of a candidate's shape block. A /23, a /8, `0.0.0.0-0` and a /24
+    /// Only keys of a candidate's shape block. A /23, a /8, `0.0.0.0-0` and a /24
     /// outside Network (flannel's Overlaps: each blocked all it covers, so one key without a TTL
     /// could make every new host fail "out of subnets") block nothing; two keys naming one
     /// subnet block it until the last one goes.
@@ -882,7 +882,7 @@ mod tests {
         assert_eq!(v.free_count(), 3, "one reserved");
     }
 
-    /// A key too long to be a lease key is held under a short name (issue 27); a listing
+    /// A key too long to be a lease key is held under a short name; a listing
     /// without it still finds and deletes it, and it blocks nothing.
     #[test]
     fn a_huge_key_is_held_short_and_a_listing_without_it_deletes_it() {
