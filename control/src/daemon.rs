@@ -23,14 +23,13 @@ use crate::cli::Args;
 use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
-use crate::ip_masq;
 use crate::lease::acquire::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 use crate::lease::view::{LeaseView, SharedLeaseView};
 use crate::lease::watch::{LeaseWatcher, OwnLeaseEvent};
-use crate::nftables;
 use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
+use crate::rules::{self, RulesOpts};
 use crate::status::Counters;
 use crate::status::Status;
 
@@ -47,12 +46,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu = ext.overlay_mtu(), "using interface"
     );
     if args.healthz_port != 0 {
-        let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
-        let registry = Arc::new(crate::metrics::registry(
-            status.clone(),
-            args.dataplane_stats.clone(),
-        ));
-        tokio::spawn(health::serve(listener, status.clone(), registry));
+        serve_health(&args, &status).await?;
     }
     let etcd = args.etcd.options();
     let mut client = connect_with_retry(&etcd).await?;
@@ -64,28 +58,8 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
         subnet_max = %config.subnet_max, port = config.backend.port, "network config"
     );
-    // Every host (this one included) rejects a lease whose PublicIP is inside Network.
-    if config.network.contains(ext.public_ip) {
-        anyhow::bail!(
-            "public IP {} (-public-ip or the interface's address) is inside Network {}: every \
-             host would reject its lease (public_ip_in_network); advertise an underlay address",
-            ext.public_ip,
-            config.network
-        );
-    }
-
-    let writer = RouteTableWriter::open(&args.route_table)
-        .with_context(|| format!("-route-table {}", args.route_table.display()))?;
-    let publisher = Arc::new(Publisher::new(
-        writer,
-        TableMeta {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            our_subnet: None,
-            mtu: ext.overlay_mtu(),
-            port: config.backend.port,
-        },
-    ));
+    refuse_public_ip_in_network(&config, ext.public_ip)?;
+    let publisher = open_publisher(&args.route_table, &config, ext.overlay_mtu())?;
     let _ = status.publisher.set(publisher.clone());
 
     // The lease watch feeds both the route table and the view acquisition works from: the
@@ -141,19 +115,8 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         &own_tx,
         &events_tx,
     );
-    tokio::spawn(keep_rules(
-        RulesOpts {
-            network: config.network,
-            nftables: config.enable_nftables,
-            masq: args.ip_masq,
-            forward: args.iptables_forward_rules,
-            guard: args.dataplane_guard.then_some(nftables::Guard {
-                port: config.backend.port,
-                mark: args.dataplane_mark,
-            }),
-            random_fully_disable: args.ip_masq_fully_random_disable,
-            period: Duration::from_secs(args.iptables_resync),
-        },
+    tokio::spawn(rules::keep(
+        RulesOpts::new(&args, &config),
         own_tx.subscribe(),
     ));
     tokio::spawn(config_watch::run(
@@ -163,6 +126,47 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         status.clone(),
     ));
     keeper.keep(lease, own_tx, events_tx, events_rx).await
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `-healthz-ip`:`-healthz-port`.
+async fn serve_health(args: &Args, status: &Arc<Status>) -> anyhow::Result<()> {
+    let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
+    let registry = Arc::new(crate::metrics::registry(
+        status.clone(),
+        args.dataplane_stats.clone(),
+    ));
+    tokio::spawn(health::serve(listener, status.clone(), registry));
+    Ok(())
+}
+
+/// Refuses to advertise a PublicIP inside Network: every host (this one included) would reject
+/// the lease.
+fn refuse_public_ip_in_network(config: &NetworkConfig, public_ip: Ipv4Addr) -> anyhow::Result<()> {
+    if config.network.contains(public_ip) {
+        anyhow::bail!(
+            "public IP {} (-public-ip or the interface's address) is inside Network {}: every \
+             host would reject its lease (public_ip_in_network); advertise an underlay address",
+            public_ip,
+            config.network
+        );
+    }
+    Ok(())
+}
+
+/// Opens the route table at `path` for `config`'s network (our subnet not known yet).
+fn open_publisher(path: &Path, config: &NetworkConfig, mtu: u32) -> anyhow::Result<Arc<Publisher>> {
+    let writer =
+        RouteTableWriter::open(path).with_context(|| format!("-route-table {}", path.display()))?;
+    Ok(Arc::new(Publisher::new(
+        writer,
+        TableMeta {
+            network: config.network,
+            subnet_len: config.subnet_len,
+            our_subnet: None,
+            mtu,
+            port: config.backend.port,
+        },
+    )))
 }
 
 /// Right after an acquisition: tells the lease watch which key is ours, then checks the view.
@@ -182,129 +186,6 @@ fn claim_own_lease(
         let _ = events_tx.send(OwnLeaseEvent::Lost(lease.subnet));
     }
     lost
-}
-
-/// Which masquerade and forward rules to keep, and with what.
-#[derive(Debug, Clone, Copy)]
-struct RulesOpts {
-    network: Ipv4Net,
-    /// `EnableNFTables` in the network config.
-    nftables: bool,
-    masq: bool,
-    forward: bool,
-    /// `-dataplane-guard`: the data plane's port and mark.
-    guard: Option<nftables::Guard>,
-    random_fully_disable: bool,
-    period: Duration,
-}
-
-/// Installs and re-checks the masquerade and forward rules every `period`, following our subnet,
-/// with iptables or (`EnableNFTables`) nftables. First removes what the other mode left, as
-/// flannel does: our iptables chains in nftables mode; flannel's nftables tables in iptables
-/// mode when it installs rules. Without rules in iptables mode it touches nothing.
-async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>) {
-    if !o.nftables && !o.masq && !o.forward && o.guard.is_none() {
-        return;
-    }
-    let cleaned = tokio::task::spawn_blocking(move || {
-        if o.nftables {
-            [
-                ip_masq::masq_chain(o.network, o.network, false),
-                ip_masq::forward_chain(o.network),
-                ip_masq::guard_chain(0),
-                ip_masq::output_guard_chain(0, 0),
-            ]
-            .iter()
-            .filter_map(|spec| match ip_masq::remove(spec) {
-                Ok(true) => Some(format!("iptables {} {}", spec.table, spec.chain)),
-                _ => None,
-            })
-            .collect()
-        } else {
-            let mut gone = nftables::remove_tables();
-            if o.guard.is_none() {
-                // -dataplane-guard=false: an earlier run's guards go.
-                for spec in [ip_masq::guard_chain(0), ip_masq::output_guard_chain(0, 0)] {
-                    if let Ok(true) = ip_masq::remove(&spec) {
-                        gone.push(format!("iptables {} {}", spec.table, spec.chain));
-                    }
-                }
-            }
-            gone
-        }
-    })
-    .await
-    .unwrap_or_default();
-    if !cleaned.is_empty() {
-        tracing::info!(removed = ?cleaned, nftables = o.nftables, "removed the other mode's rules");
-    }
-    let mut nft = nftables::NftKeeper::default();
-    let mut last_err = String::new();
-    loop {
-        let subnet = own.borrow().map(|(s, _)| s);
-        let result = tokio::task::spawn_blocking(move || {
-            if o.nftables {
-                let want = nftables::Desired {
-                    network: o.network,
-                    masq: subnet.filter(|_| o.masq),
-                    random_fully: !o.random_fully_disable && nftables::has_fully_random(),
-                    forward: o.forward,
-                    guard: o.guard,
-                };
-                let r = nft.sync(&want).map_err(|e| e.to_string());
-                (
-                    nft,
-                    r.map(|changed| vec![("nftables ip flannel-ipv4", changed)]),
-                )
-            } else {
-                let mut specs = Vec::new();
-                if let (true, Some(s)) = (o.masq, subnet) {
-                    let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
-                    specs.push(ip_masq::masq_chain(o.network, s, random_fully));
-                }
-                if let Some(g) = o.guard {
-                    specs.push(ip_masq::guard_chain(g.port));
-                    specs.push(ip_masq::output_guard_chain(g.port, g.mark));
-                }
-                if o.forward {
-                    specs.push(ip_masq::forward_chain(o.network));
-                }
-                let r = specs
-                    .iter()
-                    .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string());
-                (nft, r)
-            }
-        })
-        .await;
-        match result {
-            Ok((keeper, r)) => {
-                nft = keeper;
-                match r {
-                    Ok(done) => {
-                        for (rules, changed) in done {
-                            if changed {
-                                tracing::info!(rules, "masquerade/forward rules installed");
-                            }
-                        }
-                        last_err.clear();
-                    }
-                    Err(e) => {
-                        if e != last_err {
-                            tracing::error!("{e}; retrying every {:?}", o.period);
-                            last_err = e;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("rules task failed: {e}");
-                nft = nftables::NftKeeper::default();
-            }
-        }
-        tokio::time::sleep(o.period).await;
-    }
 }
 
 /// Reads `<prefix>/config` until it parses and validates. Logs each new problem (and every 30 s

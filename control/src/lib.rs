@@ -3,7 +3,8 @@
 //! host's acquisition and renewal), [`publish`] (the shared-memory table writer), [`public_ip`],
 //! [`etcd`], [`backoff`], [`config_watch`], [`cli`]; what the daemon reports: [`status`]
 //! (readiness and counters), read by [`health`] and [`metrics`], and [`notify`] (sd_notify);
-//! the masquerade and forward rules: [`ip_masq`] (iptables) or [`nftables`].
+//! the masquerade and forward rules: [`rules`] keeps them with [`ip_masq`] (iptables) or
+//! [`nftables`].
 
 #![forbid(unsafe_code)]
 
@@ -20,4 +21,5 @@ pub mod nftables;
 pub mod notify;
 pub mod public_ip;
 pub mod publish;
+pub mod rules;
 pub mod status;
