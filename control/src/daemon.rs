@@ -54,22 +54,19 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     let _ = status
         .dataplane_port
         .set((config.backend.port, args.dataplane_stats.clone()));
-    tracing::info!(
-        network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
-        subnet_max = %config.subnet_max, port = config.backend.port, "network config"
-    );
+    log_config(&config);
     refuse_public_ip_in_network(&config, ext.public_ip)?;
     let publisher = open_publisher(&args.route_table, &config, ext.overlay_mtu())?;
     let _ = status.publisher.set(publisher.clone());
 
-    // The lease watch feeds both the route table and the view acquisition works from: the
-    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
+    let (own_tx, own_rx) = watch::channel(None);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let view = Arc::new(SharedLeaseView::new(LeaseView::new(
         &args.etcd.prefix,
         config.clone(),
     )));
-    let (own_tx, own_rx) = watch::channel(None);
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    // The lease watch feeds both the route table and the view acquisition works from: the
+    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
     tokio::spawn(
         LeaseWatcher {
             client: client.clone(),
@@ -86,12 +83,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     let mut keeper = LeaseKeeper {
         client: client.clone(),
         config: config.clone(),
-        request: LeaseRequest {
-            prefix: args.etcd.prefix.clone(),
-            public_ip: ext.public_ip,
-            ttl_secs: args.subnet_lease_ttl as i64,
-            previous: subnet_env::previous_subnet(&args.subnet_file),
-        },
+        request: lease_request(&args, ext.public_ip),
         margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
         subnet_file: args.subnet_file.clone(),
         ip_masq: args.ip_masq,
@@ -100,12 +92,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         publisher: publisher.clone(),
         view,
         etcd: etcd.clone(),
-        // -public-ip given: it is what we advertise, whatever the interface has.
-        follow_iface: args.public_ip.is_none().then(|| FollowIface {
-            iface: args.iface.clone(),
-            iface_regex: args.iface_regex.clone(),
-            iface_can_reach: args.iface_can_reach,
-        }),
+        follow_iface: FollowIface::from_args(&args),
     };
     let lease = keeper.acquire().await?;
     claim_own_lease(
@@ -126,6 +113,24 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         status.clone(),
     ));
     keeper.keep(lease, own_tx, events_tx, events_rx).await
+}
+
+fn log_config(config: &NetworkConfig) {
+    tracing::info!(
+        network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
+        subnet_max = %config.subnet_max, port = config.backend.port, "network config"
+    );
+}
+
+/// What to ask etcd for: a lease for `public_ip`, preferring the subnet of the previous
+/// subnet.env.
+fn lease_request(args: &Args, public_ip: Ipv4Addr) -> LeaseRequest {
+    LeaseRequest {
+        prefix: args.etcd.prefix.clone(),
+        public_ip,
+        ttl_secs: args.subnet_lease_ttl as i64,
+        previous: subnet_env::previous_subnet(&args.subnet_file),
+    }
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `-healthz-ip`:`-healthz-port`.
@@ -235,6 +240,18 @@ struct FollowIface {
     iface_can_reach: Option<Ipv4Addr>,
 }
 
+impl FollowIface {
+    /// The interface selection to follow; `None` with `-public-ip` (it is what we advertise,
+    /// whatever the interface has).
+    fn from_args(args: &Args) -> Option<Self> {
+        args.public_ip.is_none().then(|| Self {
+            iface: args.iface.clone(),
+            iface_regex: args.iface_regex.clone(),
+            iface_can_reach: args.iface_can_reach,
+        })
+    }
+}
+
 /// Holds this host's lease: acquires, writes subnet.env, renews, re-acquires when lost.
 struct LeaseKeeper {
     client: Client,
@@ -326,6 +343,28 @@ impl LeaseKeeper {
         }
     }
 
+    /// Renews `lease` once. Returns when to renew next (after a failure, sooner), or `None`
+    /// when etcd no longer has the lease.
+    async fn renew(&mut self, lease: &mut HeldLease) -> Option<Duration> {
+        match acquire::renew(&mut self.client, lease).await {
+            Ok(Renewal::Renewed(ttl)) => {
+                Counters::inc(&self.status.counters.lease_renewals);
+                self.note_expiry(ttl);
+                tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
+                Some(acquire::renew_delay(ttl, self.margin))
+            }
+            Ok(Renewal::Lost) => None,
+            Err(e) => {
+                Counters::inc(&self.status.counters.etcd_errors);
+                let wait = acquire::renew_retry_delay(lease.ttl);
+                tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
+                Some(wait)
+            }
+        }
+    }
+
+    /// Keeps `lease` until the process stops: renews it, follows our address, retries writing
+    /// subnet.env, beats the watchdog, and re-acquires when the lease is lost.
     async fn keep(
         mut self,
         mut lease: HeldLease,
@@ -343,22 +382,12 @@ impl LeaseKeeper {
         loop {
             let lost = tokio::select! {
                 _ = tokio::time::sleep_until(renew_at) => {
-                    match acquire::renew(&mut self.client, &mut lease).await {
-                        Ok(Renewal::Renewed(ttl)) => {
-                            Counters::inc(&self.status.counters.lease_renewals);
-                            self.note_expiry(ttl);
-                            tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
-                            renew_at = after(acquire::renew_delay(ttl, self.margin));
-                            false
-                        }
-                        Ok(Renewal::Lost) => true,
-                        Err(e) => {
-                            Counters::inc(&self.status.counters.etcd_errors);
-                            let wait = acquire::renew_retry_delay(lease.ttl);
+                    match self.renew(&mut lease).await {
+                        Some(wait) => {
                             renew_at = after(wait);
-                            tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                             false
                         }
+                        None => true,
                     }
                 }
                 Some(OwnLeaseEvent::Lost(subnet)) = events.recv() => {
