@@ -11,8 +11,8 @@
 //!   key order) is routed and the other is rejected as [`LeaseRejection::Duplicate`].
 //! - [`LeaseEvent::Rejected`] is returned once per key and etcd revision: seeing the same key at
 //!   the same revision again (a re-list after a broken watch or compaction) returns nothing.
-//! - Each key is held once, with what both the routes and acquisition need ([`LeaseInfo`]: the
-//!   subnet the key names, its PublicIP, its etcd lease): [`crate::lease::view::LeaseView`] is
+//! - Each key is held once, with what both the routes and acquisition need (the subnet the
+//!   key names, its PublicIP, its etcd lease): [`crate::lease::view::LeaseView`] is
 //!   built on this set rather than keeping a second copy of every lease.
 //! - Memory per key is bounded whatever etcd holds: a key too long to be a lease
 //!   key (more than 128 bytes after `subnets/`, always rejected as `bad_key`) is held under a

@@ -255,8 +255,11 @@ impl LeaseView {
         }
     }
 
-    /// [`LeaseView::new`] whose lease set keeps no routes ([`LeaseSet::without_routes`]): for
-    /// a view that only serves acquisitions.
+    /// [`LeaseView::new`] whose lease set keeps no routes, for a view that only serves
+    /// acquisitions (as the scale simulation's hosts): keys are checked and held as in
+    /// [`LeaseView::new`], but [`LeaseSet::routes`] stays empty, no [`LeaseEvent::Routed`] or
+    /// [`LeaseEvent::Unrouted`] is returned and a second valid key for a subnet is not judged
+    /// a duplicate.
     pub fn without_routes(prefix: &str, config: NetworkConfig) -> Self {
         Self {
             set: LeaseSet::without_routes(prefix, Some(config.clone())),
@@ -587,7 +590,7 @@ impl SharedLeaseView {
 
     /// Starts applying a listing that arrives page by page: [`Listing::page`] for each
     /// page, then [`Listing::end`].
-    pub fn listing(&self) -> Listing<'_> {
+    pub(super) fn listing(&self) -> Listing<'_> {
         Listing {
             view: self,
             begun: false,
@@ -605,7 +608,7 @@ impl SharedLeaseView {
 /// A listing being applied to a [`SharedLeaseView`] page by page (the view is locked for one
 /// page at a time, never across the reads between pages).
 #[derive(Debug)]
-pub struct Listing<'v> {
+pub(super) struct Listing<'v> {
     view: &'v SharedLeaseView,
     begun: bool,
 }
