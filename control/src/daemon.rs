@@ -30,7 +30,7 @@ use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
 use crate::rules::{self, RulesOpts};
-use crate::status::Counters;
+use crate::status::Event;
 use crate::status::Status;
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
@@ -286,7 +286,7 @@ impl LeaseKeeper {
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
                 Err(e) => {
-                    Counters::inc(&self.status.counters.etcd_errors);
+                    self.status.count(Event::EtcdError);
                     notify::status(&format!("acquiring a subnet lease failed: {e}"));
                     tracing::warn!(retry_in = ?backoff.peek(), "acquiring a subnet lease failed: {e}");
                     backoff.sleep().await;
@@ -348,14 +348,14 @@ impl LeaseKeeper {
     async fn renew(&mut self, lease: &mut HeldLease) -> Option<Duration> {
         match acquire::renew(&mut self.client, lease).await {
             Ok(Renewal::Renewed(ttl)) => {
-                Counters::inc(&self.status.counters.lease_renewals);
+                self.status.count(Event::LeaseRenewal);
                 self.note_expiry(ttl);
                 tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
                 Some(acquire::renew_delay(ttl, self.margin))
             }
             Ok(Renewal::Lost) => None,
             Err(e) => {
-                Counters::inc(&self.status.counters.etcd_errors);
+                self.status.count(Event::EtcdError);
                 let wait = acquire::renew_retry_delay(lease.ttl);
                 tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                 Some(wait)
@@ -416,7 +416,7 @@ impl LeaseKeeper {
                 "OUR SUBNET LEASE DISAPPEARED from etcd; re-acquiring (the same subnet if it is still free)"
             );
             self.status.lease_held.store(false, Ordering::Release);
-            Counters::inc(&self.status.counters.lease_reacquisitions);
+            self.status.count(Event::LeaseReacquisition);
             let old = lease.lease_id;
             notify::status(&format!("lease {} lost: re-acquiring", lease.subnet));
             lease = heartbeat
@@ -506,7 +506,7 @@ impl LeaseKeeper {
                 self.request.public_ip = new;
             }
             Err(e) => {
-                Counters::inc(&self.status.counters.etcd_errors);
+                self.status.count(Event::EtcdError);
                 tracing::warn!(%old, %new, "updating our lease's PublicIP failed: {e}; retrying");
                 // Keep the view on the old value so the next check tries again.
                 let _ = own_tx.send(Some((lease.subnet, old)));

@@ -24,7 +24,7 @@ use crate::backoff::Backoff;
 use crate::lease::set::{KeyValue, LeaseEvent};
 use crate::lease::view::SharedLeaseView;
 use crate::publish::Publisher;
-use crate::status::Counters;
+use crate::status::Event;
 
 /// What the watcher tells the lease keeper about our own key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl LeaseWatcher {
                         rev
                     }
                     Err(e) => {
-                        Counters::inc(&self.status.counters.etcd_errors);
+                        self.status.count(Event::EtcdError);
                         tracing::warn!(retry_in = ?backoff.peek(), "listing leases failed: {e}");
                         backoff.sleep().await;
                         continue;
@@ -79,8 +79,8 @@ impl LeaseWatcher {
             };
             next = self.watch_from(rev, &mut backoff).await;
             if let Outcome::Resume(_) = next {
-                Counters::inc(&self.status.counters.etcd_errors);
-                Counters::inc(&self.status.counters.watch_resumes);
+                self.status.count(Event::EtcdError);
+                self.status.count(Event::WatchResume);
                 tracing::warn!(retry_in = ?backoff.peek(), "lease watch interrupted; resuming");
                 backoff.sleep().await;
             }
@@ -99,7 +99,7 @@ impl LeaseWatcher {
             }
         })
         .await?;
-        Counters::inc(&self.status.counters.lease_lists);
+        self.status.count(Event::LeaseList);
         if let Some((s, ip)) = *self.own.borrow() {
             if self.view.lock().public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
@@ -129,7 +129,7 @@ impl LeaseWatcher {
                 )
             };
             publisher.set_routes(routes);
-            self.status.counters.lease_rejections.set_current(rejected);
+            self.status.set_rejected_leases(rejected);
         }
     }
 
@@ -210,10 +210,8 @@ impl LeaseWatcher {
                 if report_events(&self.status, &events) {
                     self.publish();
                 } else {
-                    self.status
-                        .counters
-                        .lease_rejections
-                        .set_current(self.view.lock().set().rejected_by_reason());
+                    let rejected = self.view.lock().set().rejected_by_reason();
+                    self.status.set_rejected_leases(rejected);
                 }
             }
         }
@@ -287,7 +285,7 @@ fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool 
                 revision,
                 reason,
             } => {
-                status.counters.lease_rejections.count(reason.reason());
+                status.count_rejection(reason.reason());
                 // The key is another machine's text: cut and escaped (the reason is already).
                 tracing::warn!(
                     key = %flannel_shared::untrusted::escape(key),
