@@ -14,7 +14,8 @@
 //! - **acquire** ([`acquire`]): takes a subnet from the view with guarded etcd transactions
 //!   (never two hosts on one subnet), then renews it.
 //!
-//! Everything but the watch and acquisition is pure: no I/O, no logging.
+//! The set and the view are pure (no I/O, no logging; the shared view adds only a lock and a
+//! "listed" signal); the watch and acquisition talk to etcd.
 
 pub mod acquire;
 pub mod set;

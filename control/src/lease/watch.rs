@@ -3,7 +3,8 @@
 //! Protocol: list the prefix at revision R, then watch from R+1. A broken stream (etcd restart,
 //! network) resumes from the last revision seen, so no event is missed; if that revision was
 //! compacted away, the watcher lists again and diffs. A DELETE (including lease expiry) removes
-//! the route. Listings are applied page by page. Every key goes, once, into the view's
+//! the route. Listings are applied page by page ([`list_into`], which is also the one listing of
+//! a host without a watch). Every key goes, once, into the view's
 //! [`crate::lease::set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
 //! which both the route table and acquisition read: an unusable lease (bad key or value, a PublicIP
 //! that is not a host, a subnet outside the network config) is skipped, logged once per key and
