@@ -200,6 +200,7 @@ impl Candidates {
         self.free.iter().flat_map(|(&s, &e)| s..=e).take(n)
     }
 
+    #[cfg(test)]
     fn free_count(&self) -> u64 {
         self.free.iter().map(|(&s, &e)| u64::from(e - s) + 1).sum()
     }
@@ -282,17 +283,20 @@ impl LeaseView {
     }
 
     /// True once a full listing was applied.
-    pub fn is_listed(&self) -> bool {
+    #[cfg(test)]
+    fn is_listed(&self) -> bool {
         self.listed_at > 0
     }
 
     /// The highest revision the watch or a listing applied (0: none yet).
-    pub fn watch_rev(&self) -> i64 {
+    #[cfg(test)]
+    fn watch_rev(&self) -> i64 {
         self.watch_rev
     }
 
     /// Keys known to exist (as the latest knowledge, the watch's or an acquirer's, has them).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let in_set = self.set.len()
             - self
                 .ahead
@@ -302,12 +306,14 @@ impl LeaseView {
         in_set + self.ahead.values().filter(|a| a.info.is_some()).count()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Candidate subnets neither leased nor reserved.
-    pub fn free_count(&self) -> u64 {
+    #[cfg(test)]
+    fn free_count(&self) -> u64 {
         self.candidates.free_count()
     }
 
