@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Reg
                 let status = status.clone();
                 let registry = registry.clone();
                 tokio::spawn(async move {
-                    let reply = handle(conn, &status, &registry);
+                    let reply = answer(conn, &status, &registry);
                     let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
                     drop(slot);
                 });
@@ -59,7 +59,8 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Reg
     }
 }
 
-async fn handle(mut conn: TcpStream, status: &Status, registry: &Registry) -> std::io::Result<()> {
+/// Reads one request from `conn` (bounded in size and time) and writes its answer.
+async fn answer(mut conn: TcpStream, status: &Status, registry: &Registry) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {

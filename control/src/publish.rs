@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use flannel_shared::route_table::{Route, RouteTableWriter, TableMeta};
 use flannel_shared::Ipv4Net;
 
+/// The writer and what it last published, behind the publisher's lock.
 #[derive(Debug)]
 struct State {
     writer: RouteTableWriter,

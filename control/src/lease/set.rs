@@ -23,6 +23,8 @@
 //!   [`LeaseSet::end_listing`]): no need to hold a whole listing.
 //!
 //! Pure: no I/O and no logging; the watcher logs the events and publishes [`LeaseSet::routes`].
+//! Changes append their [`LeaseEvent`]s to a buffer the caller passes and reuses (one for a
+//! whole listing or watch response, not one per key).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -254,7 +256,7 @@ impl LeaseSet {
     }
 
     /// What acquisition needs of `key`; `None` for unknown keys.
-    pub(super) fn info(&self, key: &str) -> Option<LeaseInfo> {
+    pub(super) fn lease_info(&self, key: &str) -> Option<LeaseInfo> {
         self.entries.get(&*self.held_name(key)).map(|e| LeaseInfo {
             mod_revision: e.mod_revision,
             lease_id: e.lease_id,
@@ -548,7 +550,7 @@ mod tests {
             s.status(&bad).unwrap().unwrap_err().to_string(),
             "lease PublicIP 0.0.0.0: the unspecified address is not a host"
         );
-        assert_eq!(s.info(&bad).unwrap().owner, Some(ip("0.0.0.0")));
+        assert_eq!(s.lease_info(&bad).unwrap().owner, Some(ip("0.0.0.0")));
 
         // A later valid lease reaches the routes.
         ev.clear();

@@ -301,7 +301,7 @@ impl LeaseView {
             - self
                 .ahead
                 .keys()
-                .filter(|k| self.set.info(k).is_some())
+                .filter(|k| self.set.lease_info(k).is_some())
                 .count();
         in_set + self.ahead.values().filter(|a| a.info.is_some()).count()
     }
@@ -318,29 +318,29 @@ impl LeaseView {
     }
 
     /// The latest known state of `key`.
-    fn info(&self, key: &str) -> Option<LeaseInfo> {
+    fn lease_info(&self, key: &str) -> Option<LeaseInfo> {
         match self.ahead.get(key) {
             Some(a) => a.info,
-            None => self.set.info(key),
+            None => self.set.lease_info(key),
         }
     }
 
     /// The PublicIP a plain key's value names (the own-lease checks need nothing else).
     pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
-        self.info(key).and_then(|i| i.owner)
+        self.lease_info(key).and_then(|i| i.owner)
     }
 
     /// Runs `change` on the view's state for `key`, then brings the candidates and the owner
     /// index in line with the key's latest known state.
     fn changing<R>(&mut self, key: &str, change: impl FnOnce(&mut Self) -> R) -> R {
-        let before = self.info(key);
+        let before = self.lease_info(key);
         let shared = self
             .ahead
             .get_key_value(key)
             .map(|(k, _)| k.clone())
             .or_else(|| self.set.shared_key(key));
         let r = change(self);
-        let after = self.info(key);
+        let after = self.lease_info(key);
         let (b_subnet, b_owner) = (before.and_then(|i| i.subnet), before.and_then(|i| i.owner));
         let (a_subnet, a_owner) = (after.and_then(|i| i.subnet), after.and_then(|i| i.owner));
         // Only keys of a candidate's shape block (see the module docs).
@@ -410,7 +410,7 @@ impl LeaseView {
     pub fn learned_put(&mut self, kv: KeyValue<'_>) {
         if kv.mod_revision <= self.watch_rev
             || self
-                .info(kv.key)
+                .lease_info(kv.key)
                 .is_some_and(|i| i.mod_revision >= kv.mod_revision)
             || self
                 .ahead
@@ -444,7 +444,7 @@ impl LeaseView {
     /// when the view does not know the key at all.
     pub fn learned_delete(&mut self, key: &str, revision: i64) {
         let learned_at = self.ahead.get(key).map(|a| a.revision);
-        let info = self.info(key);
+        let info = self.lease_info(key);
         if revision <= self.watch_rev
             || !key.starts_with(&self.dir)
             || learned_at.is_some_and(|r| r >= revision)
@@ -505,7 +505,7 @@ impl LeaseView {
                 lease_id,
                 subnet: Some(subnet),
                 ..
-            }) = self.info(key)
+            }) = self.lease_info(key)
             else {
                 continue;
             };

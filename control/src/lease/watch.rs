@@ -50,7 +50,8 @@ pub struct LeaseWatcher {
     pub status: Arc<crate::status::Status>,
 }
 
-enum Outcome {
+/// How a watch stream ended, and so what comes next.
+enum WatchEnd {
     /// Stream broke; resume from this revision.
     Resume(i64),
     /// History compacted (or first start): list again.
@@ -61,10 +62,10 @@ impl LeaseWatcher {
     /// Runs forever (until the task is dropped).
     pub async fn run(mut self) {
         let mut backoff = Backoff::default();
-        let mut next = Outcome::Relist;
+        let mut next = WatchEnd::Relist;
         loop {
             let rev = match next {
-                Outcome::Relist => match self.list().await {
+                WatchEnd::Relist => match self.list().await {
                     Ok(rev) => {
                         backoff.reset();
                         rev
@@ -76,10 +77,10 @@ impl LeaseWatcher {
                         continue;
                     }
                 },
-                Outcome::Resume(rev) => rev,
+                WatchEnd::Resume(rev) => rev,
             };
             next = self.watch_from(rev, &mut backoff).await;
-            if let Outcome::Resume(_) = next {
+            if let WatchEnd::Resume(_) = next {
                 self.status.count(Event::EtcdError);
                 self.status.count(Event::WatchResume);
                 tracing::warn!(retry_in = ?backoff.peek(), "lease watch interrupted; resuming");
@@ -140,7 +141,7 @@ impl LeaseWatcher {
         own.filter(|(s, _)| subnet_key(&self.prefix, s) == key)
     }
 
-    async fn watch_from(&mut self, rev: i64, backoff: &mut Backoff) -> Outcome {
+    async fn watch_from(&mut self, rev: i64, backoff: &mut Backoff) -> WatchEnd {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
@@ -152,7 +153,7 @@ impl LeaseWatcher {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(revision = rev, "starting the lease watch failed: {e}");
-                return Outcome::Resume(rev);
+                return WatchEnd::Resume(rev);
             }
         };
         let mut last = rev;
@@ -160,10 +161,10 @@ impl LeaseWatcher {
         loop {
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
-                Ok(None) => return Outcome::Resume(last),
+                Ok(None) => return WatchEnd::Resume(last),
                 Err(e) => {
                     tracing::warn!(revision = last, "lease watch stream failed: {e}");
-                    return Outcome::Resume(last);
+                    return WatchEnd::Resume(last);
                 }
             };
             if resp.compact_revision() > 0 {
@@ -172,14 +173,14 @@ impl LeaseWatcher {
                     compacted = resp.compact_revision(),
                     "lease history compacted past our revision; listing again"
                 );
-                return Outcome::Relist;
+                return WatchEnd::Relist;
             }
             if resp.canceled() {
                 tracing::warn!(
                     reason = resp.cancel_reason(),
                     "lease watch canceled by etcd"
                 );
-                return Outcome::Resume(last);
+                return WatchEnd::Resume(last);
             }
             backoff.reset();
             events.clear();
