@@ -6,7 +6,8 @@
 //!   [`flannel_shared::lease`], shared with the data plane and flannelctl.
 //! - **set** ([`set`]): every key under `subnets/` held once, each checked once; the valid ones
 //!   become routes, the others are kept out with their reason.
-//! - **view** ([`view`]): the set plus what acquisition needs: free candidate subnets, the keys
+//! - **view** ([`view`]): the set plus what acquisition needs: free candidate subnets (kept by
+//!   the private `candidates` module), the keys
 //!   naming our PublicIP, what an acquirer learned before the watch delivered it. Shared between
 //!   the watch and acquirers behind a lock.
 //! - **watch** ([`watch`]): lists `subnets/` once page by page into the view, then follows etcd's
@@ -18,6 +19,7 @@
 //! "listed" signal); the watch and acquisition talk to etcd.
 
 pub mod acquire;
+mod candidates;
 pub mod set;
 pub mod view;
 pub mod watch;

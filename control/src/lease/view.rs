@@ -34,7 +34,7 @@
 //!
 //! Pure (no I/O) apart from [`SharedLeaseView`]'s lock and "listed" signal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -43,6 +43,7 @@ use flannel_shared::lease::{subnets_prefix, LeaseAttrs};
 use flannel_shared::Ipv4Net;
 use rand::Rng;
 
+use crate::lease::candidates::Candidates;
 use crate::lease::set::{
     empty_key, parse_under, KeyShape, KeyValue, LeaseEvent, LeaseInfo, LeaseSet,
 };
@@ -83,126 +84,6 @@ impl Reserved {
         match self {
             Self::Preferred(s) | Self::Picked(s) => s,
         }
-    }
-}
-
-/// Candidate subnets (indices 0..count from SubnetMin) and which of them are free.
-#[derive(Debug)]
-struct Candidates {
-    min: u64,
-    /// log2 of the subnet size.
-    shift: u32,
-    count: u64,
-    /// How many keys (and reservations) block each blocked candidate.
-    blocked: HashMap<u32, u32>,
-    /// Free candidates as inclusive ranges, start → end; disjoint and not adjacent.
-    free: BTreeMap<u32, u32>,
-}
-
-impl Candidates {
-    fn new(cfg: &NetworkConfig) -> Self {
-        let count = cfg.subnet_count();
-        let mut free = BTreeMap::new();
-        if count > 0 {
-            free.insert(0, (count - 1) as u32);
-        }
-        Self {
-            min: u64::from(u32::from(cfg.subnet_min)),
-            shift: 32 - u32::from(cfg.subnet_len),
-            count,
-            blocked: HashMap::new(),
-            free,
-        }
-    }
-
-    /// The candidates `net` overlaps, as an inclusive index range.
-    fn overlapped(&self, net: &Ipv4Net) -> Option<(u32, u32)> {
-        let (a, b) = (u64::from(net.addr_u32()), u64::from(u32::from(net.last())));
-        let end = self.min + (self.count << self.shift);
-        if self.count == 0 || b < self.min || a >= end {
-            return None;
-        }
-        let first = a.saturating_sub(self.min) >> self.shift;
-        let last = ((b - self.min) >> self.shift).min(self.count - 1);
-        Some((first as u32, last as u32))
-    }
-
-    fn index_of(&self, net: &Ipv4Net) -> Option<u32> {
-        let a = u64::from(net.addr_u32());
-        (a >= self.min && (a - self.min) >> self.shift < self.count)
-            .then(|| ((a - self.min) >> self.shift) as u32)
-    }
-
-    fn subnet(&self, i: u32, len: u8) -> Ipv4Net {
-        let addr = self.min + (u64::from(i) << self.shift);
-        Ipv4Net::new(Ipv4Addr::from(addr as u32), len).expect("candidate is aligned")
-    }
-
-    fn is_free(&self, i: u32) -> bool {
-        !self.blocked.contains_key(&i)
-    }
-
-    fn block(&mut self, i: u32) {
-        let n = self.blocked.entry(i).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            return;
-        }
-        let (&s, &e) = self
-            .free
-            .range(..=i)
-            .next_back()
-            .expect("an unblocked candidate lies in a free range");
-        debug_assert!(e >= i);
-        self.free.remove(&s);
-        if s < i {
-            self.free.insert(s, i - 1);
-        }
-        if i < e {
-            self.free.insert(i + 1, e);
-        }
-    }
-
-    fn unblock(&mut self, i: u32) {
-        let Some(n) = self.blocked.get_mut(&i) else {
-            return;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return;
-        }
-        self.blocked.remove(&i);
-        let (mut s, mut e) = (i, i);
-        if let Some((&ps, &pe)) = self.free.range(..i).next_back() {
-            if pe.checked_add(1) == Some(i) {
-                s = ps;
-                self.free.remove(&ps);
-            }
-        }
-        if let Some(next) = i.checked_add(1) {
-            if let Some(ne) = self.free.remove(&next) {
-                e = ne;
-            }
-        }
-        self.free.insert(s, e);
-    }
-
-    fn for_range(&mut self, net: &Ipv4Net, f: fn(&mut Self, u32)) {
-        if let Some((a, b)) = self.overlapped(net) {
-            for i in a..=b {
-                f(self, i);
-            }
-        }
-    }
-
-    /// The lowest `n` free candidates.
-    fn first_free(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
-        self.free.iter().flat_map(|(&s, &e)| s..=e).take(n)
-    }
-
-    #[cfg(test)]
-    fn free_count(&self) -> u64 {
-        self.free.iter().map(|(&s, &e)| u64::from(e - s) + 1).sum()
     }
 }
 
