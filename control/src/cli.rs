@@ -588,7 +588,7 @@ mod tests {
         assert!(help.contains("--iface-can-reach"));
     }
 
-    /// Issue 27: no Debug print of the flags or of the etcd options shows the password, from
+    /// No Debug print of the flags or of the etcd options shows the password, from
     /// the command line or the environment; -etcd-password-file and -etcd-password exclude each
     /// other.
     #[test]

@@ -18,20 +18,20 @@ use flannel_shared::subnet_env::{self, SubnetEnv};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::cli::Args;
 use crate::config_watch;
 use crate::etcd::connect_with_retry;
 use crate::health;
-use crate::ip_masq;
-use crate::lease_view::SharedLeaseView;
-use crate::lease_watch::{Backoff, LeaseWatcher, OwnLeaseEvent};
-use crate::nftables;
+use crate::lease::acquire::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
+use crate::lease::view::{LeaseView, SharedLeaseView};
+use crate::lease::watch::{LeaseWatcher, OwnLeaseEvent};
 use crate::notify::{self, Heartbeat};
 use crate::public_ip;
 use crate::publish::Publisher;
-use crate::status::Counters;
+use crate::rules::{self, RulesOpts};
+use crate::status::Event;
 use crate::status::Status;
-use crate::subnet_lease::{self, HeldLease, LeaseError, LeaseRequest, Renewal};
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
 pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
@@ -46,12 +46,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         mtu = ext.overlay_mtu(), "using interface"
     );
     if args.healthz_port != 0 {
-        let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
-        let registry = Arc::new(crate::metrics::registry(
-            status.clone(),
-            args.dataplane_stats.clone(),
-        ));
-        tokio::spawn(health::serve(listener, status.clone(), registry));
+        serve_health(&args, &status).await?;
     }
     let etcd = args.etcd.options();
     let mut client = connect_with_retry(&etcd).await?;
@@ -59,39 +54,19 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     let _ = status
         .dataplane_port
         .set((config.backend.port, args.dataplane_stats.clone()));
-    tracing::info!(
-        network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
-        subnet_max = %config.subnet_max, port = config.backend.port, "network config"
-    );
-    // Every host (this one included) rejects a lease whose PublicIP is inside Network.
-    if config.network.contains(ext.public_ip) {
-        anyhow::bail!(
-            "public IP {} (-public-ip or the interface's address) is inside Network {}: every \
-             host would reject its lease (public_ip_in_network); advertise an underlay address",
-            ext.public_ip,
-            config.network
-        );
-    }
-
-    let writer = RouteTableWriter::open(&args.route_table)
-        .with_context(|| format!("-route-table {}", args.route_table.display()))?;
-    let publisher = Arc::new(Publisher::new(
-        writer,
-        TableMeta {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            our_subnet: None,
-            mtu: ext.overlay_mtu(),
-            port: config.backend.port,
-        },
-    ));
+    log_config(&config);
+    refuse_public_ip_in_network(&config, ext.public_ip)?;
+    let publisher = open_publisher(&args.route_table, &config, ext.overlay_mtu())?;
     let _ = status.publisher.set(publisher.clone());
 
-    // The lease watch feeds both the route table and the view acquisition works from: the
-    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
-    let view = Arc::new(SharedLeaseView::new(&args.etcd.prefix, config.clone()));
     let (own_tx, own_rx) = watch::channel(None);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let view = Arc::new(SharedLeaseView::new(LeaseView::new(
+        &args.etcd.prefix,
+        config.clone(),
+    )));
+    // The lease watch feeds both the route table and the view acquisition works from: the
+    // first acquisition waits for its listing (the only one), a re-acquisition uses it as is.
     tokio::spawn(
         LeaseWatcher {
             client: client.clone(),
@@ -108,12 +83,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
     let mut keeper = LeaseKeeper {
         client: client.clone(),
         config: config.clone(),
-        request: LeaseRequest {
-            prefix: args.etcd.prefix.clone(),
-            public_ip: ext.public_ip,
-            ttl_secs: args.subnet_lease_ttl as i64,
-            previous: subnet_env::previous_subnet(&args.subnet_file),
-        },
+        request: lease_request(&args, ext.public_ip),
         margin: Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60),
         subnet_file: args.subnet_file.clone(),
         ip_masq: args.ip_masq,
@@ -122,12 +92,7 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         publisher: publisher.clone(),
         view,
         etcd: etcd.clone(),
-        // -public-ip given: it is what we advertise, whatever the interface has.
-        follow_iface: args.public_ip.is_none().then(|| FollowIface {
-            iface: args.iface.clone(),
-            iface_regex: args.iface_regex.clone(),
-            iface_can_reach: args.iface_can_reach,
-        }),
+        follow_iface: FollowIface::from_args(&args),
     };
     let lease = keeper.acquire().await?;
     claim_own_lease(
@@ -137,19 +102,8 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         &own_tx,
         &events_tx,
     );
-    tokio::spawn(keep_rules(
-        RulesOpts {
-            network: config.network,
-            nftables: config.enable_nftables,
-            masq: args.ip_masq,
-            forward: args.iptables_forward_rules,
-            guard: args.dataplane_guard.then_some(nftables::Guard {
-                port: config.backend.port,
-                mark: args.dataplane_mark,
-            }),
-            random_fully_disable: args.ip_masq_fully_random_disable,
-            period: Duration::from_secs(args.iptables_resync),
-        },
+    tokio::spawn(rules::keep(
+        RulesOpts::new(&args, &config),
         own_tx.subscribe(),
     ));
     tokio::spawn(config_watch::run(
@@ -159,6 +113,65 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         status.clone(),
     ));
     keeper.keep(lease, own_tx, events_tx, events_rx).await
+}
+
+fn log_config(config: &NetworkConfig) {
+    tracing::info!(
+        network = %config.network, subnet_len = config.subnet_len, subnet_min = %config.subnet_min,
+        subnet_max = %config.subnet_max, port = config.backend.port, "network config"
+    );
+}
+
+/// What to ask etcd for: a lease for `public_ip`, preferring the subnet of the previous
+/// subnet.env.
+fn lease_request(args: &Args, public_ip: Ipv4Addr) -> LeaseRequest {
+    LeaseRequest {
+        prefix: args.etcd.prefix.clone(),
+        public_ip,
+        ttl_secs: args.subnet_lease_ttl as i64,
+        previous: subnet_env::previous_subnet(&args.subnet_file),
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `-healthz-ip`:`-healthz-port`.
+async fn serve_health(args: &Args, status: &Arc<Status>) -> anyhow::Result<()> {
+    let listener = health::bind(SocketAddr::new(args.healthz_ip, args.healthz_port)).await?;
+    let registry = Arc::new(crate::metrics::registry(
+        status.clone(),
+        args.dataplane_stats.clone(),
+    ));
+    tokio::spawn(health::serve(listener, status.clone(), registry));
+    Ok(())
+}
+
+/// Refuses to advertise a PublicIP inside Network: every host (this one included) would reject
+/// the lease.
+fn refuse_public_ip_in_network(config: &NetworkConfig, public_ip: Ipv4Addr) -> anyhow::Result<()> {
+    if config.network.contains(public_ip) {
+        anyhow::bail!(
+            "public IP {} (-public-ip or the interface's address) is inside Network {}: every \
+             host would reject its lease (public_ip_in_network); advertise an underlay address",
+            public_ip,
+            config.network
+        );
+    }
+    Ok(())
+}
+
+/// Opens the route table at `path` for `config`'s network (our subnet not known yet).
+fn open_publisher(path: &Path, config: &NetworkConfig, mtu: u32) -> anyhow::Result<Arc<Publisher>> {
+    let writer =
+        RouteTableWriter::open(path).with_context(|| format!("-route-table {}", path.display()))?;
+    Ok(Arc::new(Publisher::new(
+        writer,
+        TableMeta {
+            network: config.network,
+            subnet_len: config.subnet_len,
+            our_subnet: None,
+            mtu,
+            port: config.backend.port,
+        },
+    )))
 }
 
 /// Right after an acquisition: tells the lease watch which key is ours, then checks the view.
@@ -178,132 +191,6 @@ fn claim_own_lease(
         let _ = events_tx.send(OwnLeaseEvent::Lost(lease.subnet));
     }
     lost
-}
-
-/// Which masquerade and forward rules to keep, and with what.
-#[derive(Debug, Clone, Copy)]
-struct RulesOpts {
-    network: Ipv4Net,
-    /// `EnableNFTables` in the network config.
-    nftables: bool,
-    masq: bool,
-    forward: bool,
-    /// `-dataplane-guard`: the data plane's port and mark.
-    guard: Option<nftables::Guard>,
-    random_fully_disable: bool,
-    period: Duration,
-}
-
-/// Installs and re-checks the masquerade and forward rules every `period`, following our subnet,
-/// with iptables or (`EnableNFTables`) nftables. First removes what the other mode left, as
-/// flannel does: our iptables chains in nftables mode; flannel's nftables tables in iptables
-/// mode when it installs rules. Without rules in iptables mode it touches nothing.
-async fn keep_rules(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>) {
-    if !o.nftables && !o.masq && !o.forward && o.guard.is_none() {
-        return;
-    }
-    let cleaned = tokio::task::spawn_blocking(move || {
-        if o.nftables {
-            [
-                ip_masq::masq_chain(o.network, o.network, false),
-                ip_masq::forward_chain(o.network),
-                ip_masq::guard_chain(o.network, 0),
-                ip_masq::output_guard_chain(0, 0),
-            ]
-            .iter()
-            .filter_map(|spec| match ip_masq::remove(spec) {
-                Ok(true) => Some(format!("iptables {} {}", spec.table, spec.chain)),
-                _ => None,
-            })
-            .collect()
-        } else {
-            let mut gone = nftables::remove_tables();
-            if o.guard.is_none() {
-                // -dataplane-guard=false: an earlier run's guards go.
-                for spec in [
-                    ip_masq::guard_chain(o.network, 0),
-                    ip_masq::output_guard_chain(0, 0),
-                ] {
-                    if let Ok(true) = ip_masq::remove(&spec) {
-                        gone.push(format!("iptables {} {}", spec.table, spec.chain));
-                    }
-                }
-            }
-            gone
-        }
-    })
-    .await
-    .unwrap_or_default();
-    if !cleaned.is_empty() {
-        tracing::info!(removed = ?cleaned, nftables = o.nftables, "removed the other mode's rules");
-    }
-    let mut nft = nftables::NftKeeper::default();
-    let mut last_err = String::new();
-    loop {
-        let subnet = own.borrow().map(|(s, _)| s);
-        let result = tokio::task::spawn_blocking(move || {
-            if o.nftables {
-                let want = nftables::Desired {
-                    network: o.network,
-                    masq: subnet.filter(|_| o.masq),
-                    random_fully: !o.random_fully_disable && nftables::has_fully_random(),
-                    forward: o.forward,
-                    guard: o.guard,
-                };
-                let r = nft.sync(&want).map_err(|e| e.to_string());
-                (
-                    nft,
-                    r.map(|changed| vec![("nftables ip flannel-ipv4", changed)]),
-                )
-            } else {
-                let mut specs = Vec::new();
-                if let (true, Some(s)) = (o.masq, subnet) {
-                    let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
-                    specs.push(ip_masq::masq_chain(o.network, s, random_fully));
-                }
-                if let Some(g) = o.guard {
-                    specs.push(ip_masq::guard_chain(o.network, g.port));
-                    specs.push(ip_masq::output_guard_chain(g.port, g.mark));
-                }
-                if o.forward {
-                    specs.push(ip_masq::forward_chain(o.network));
-                }
-                let r = specs
-                    .iter()
-                    .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string());
-                (nft, r)
-            }
-        })
-        .await;
-        match result {
-            Ok((keeper, r)) => {
-                nft = keeper;
-                match r {
-                    Ok(done) => {
-                        for (rules, changed) in done {
-                            if changed {
-                                tracing::info!(rules, "masquerade/forward rules installed");
-                            }
-                        }
-                        last_err.clear();
-                    }
-                    Err(e) => {
-                        if e != last_err {
-                            tracing::error!("{e}; retrying every {:?}", o.period);
-                            last_err = e;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("rules task failed: {e}");
-                nft = nftables::NftKeeper::default();
-            }
-        }
-        tokio::time::sleep(o.period).await;
-    }
 }
 
 /// Reads `<prefix>/config` until it parses and validates. Logs each new problem (and every 30 s
@@ -353,6 +240,18 @@ struct FollowIface {
     iface_can_reach: Option<Ipv4Addr>,
 }
 
+impl FollowIface {
+    /// The interface selection to follow; `None` with `-public-ip` (it is what we advertise,
+    /// whatever the interface has).
+    fn from_args(args: &Args) -> Option<Self> {
+        args.public_ip.is_none().then(|| Self {
+            iface: args.iface.clone(),
+            iface_regex: args.iface_regex.clone(),
+            iface_can_reach: args.iface_can_reach,
+        })
+    }
+}
+
 /// Holds this host's lease: acquires, writes subnet.env, renews, re-acquires when lost.
 struct LeaseKeeper {
     client: Client,
@@ -379,7 +278,7 @@ impl LeaseKeeper {
         let mut backoff = Backoff::default();
         notify::status("acquiring a subnet lease");
         let lease = loop {
-            match subnet_lease::acquire_in(&mut self.client, &self.request, &self.view).await {
+            match acquire::acquire(&mut self.client, &self.request, &self.view).await {
                 Ok(l) => break l,
                 Err(e @ LeaseError::OutOfSubnets { .. }) => {
                     notify::status(&format!("no subnet lease: {e}"));
@@ -387,7 +286,7 @@ impl LeaseKeeper {
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
                 Err(e) => {
-                    Counters::inc(&self.status.counters.etcd_errors);
+                    self.status.count(Event::EtcdError);
                     notify::status(&format!("acquiring a subnet lease failed: {e}"));
                     tracing::warn!(retry_in = ?backoff.peek(), "acquiring a subnet lease failed: {e}");
                     backoff.sleep().await;
@@ -444,6 +343,28 @@ impl LeaseKeeper {
         }
     }
 
+    /// Renews `lease` once. Returns when to renew next (after a failure, sooner), or `None`
+    /// when etcd no longer has the lease.
+    async fn renew(&mut self, lease: &mut HeldLease) -> Option<Duration> {
+        match acquire::renew(&mut self.client, lease).await {
+            Ok(Renewal::Renewed(ttl)) => {
+                self.status.count(Event::LeaseRenewal);
+                self.note_expiry(ttl);
+                tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
+                Some(acquire::renew_delay(ttl, self.margin))
+            }
+            Ok(Renewal::Lost) => None,
+            Err(e) => {
+                self.status.count(Event::EtcdError);
+                let wait = acquire::renew_retry_delay(lease.ttl);
+                tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
+                Some(wait)
+            }
+        }
+    }
+
+    /// Keeps `lease` until the process stops: renews it, follows our address, retries writing
+    /// subnet.env, beats the watchdog, and re-acquires when the lease is lost.
     async fn keep(
         mut self,
         mut lease: HeldLease,
@@ -453,7 +374,7 @@ impl LeaseKeeper {
     ) -> anyhow::Result<()> {
         // A deadline, not a fresh sleep per turn: the heartbeat turns the loop often.
         let after = |d: Duration| tokio::time::Instant::now() + d;
-        let mut renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+        let mut renew_at = after(acquire::renew_delay(lease.ttl, self.margin));
         // READY=1 once the table is published, then WATCHDOG=1 from this loop (see `notify`).
         let mut heartbeat = Heartbeat::new(self.status.clone());
         let mut addr_check = tokio::time::interval(ADDR_CHECK);
@@ -461,22 +382,12 @@ impl LeaseKeeper {
         loop {
             let lost = tokio::select! {
                 _ = tokio::time::sleep_until(renew_at) => {
-                    match subnet_lease::renew(&mut self.client, &mut lease).await {
-                        Ok(Renewal::Renewed(ttl)) => {
-                            Counters::inc(&self.status.counters.lease_renewals);
-                            self.note_expiry(ttl);
-                            tracing::debug!(subnet = %lease.subnet, ?ttl, "lease renewed");
-                            renew_at = after(subnet_lease::renew_delay(ttl, self.margin));
-                            false
-                        }
-                        Ok(Renewal::Lost) => true,
-                        Err(e) => {
-                            Counters::inc(&self.status.counters.etcd_errors);
-                            let wait = subnet_lease::renew_retry_delay(lease.ttl);
+                    match self.renew(&mut lease).await {
+                        Some(wait) => {
                             renew_at = after(wait);
-                            tracing::warn!(subnet = %lease.subnet, retry_in = ?wait, "renewing the lease failed: {e}");
                             false
                         }
+                        None => true,
                     }
                 }
                 Some(OwnLeaseEvent::Lost(subnet)) = events.recv() => {
@@ -505,7 +416,7 @@ impl LeaseKeeper {
                 "OUR SUBNET LEASE DISAPPEARED from etcd; re-acquiring (the same subnet if it is still free)"
             );
             self.status.lease_held.store(false, Ordering::Release);
-            Counters::inc(&self.status.counters.lease_reacquisitions);
+            self.status.count(Event::LeaseReacquisition);
             let old = lease.lease_id;
             notify::status(&format!("lease {} lost: re-acquiring", lease.subnet));
             lease = heartbeat
@@ -522,7 +433,7 @@ impl LeaseKeeper {
             if old != lease.lease_id {
                 let _ = self.client.lease_revoke(old).await;
             }
-            renew_at = after(subnet_lease::renew_delay(lease.ttl, self.margin));
+            renew_at = after(acquire::renew_delay(lease.ttl, self.margin));
         }
     }
 
@@ -595,7 +506,7 @@ impl LeaseKeeper {
                 self.request.public_ip = new;
             }
             Err(e) => {
-                Counters::inc(&self.status.counters.etcd_errors);
+                self.status.count(Event::EtcdError);
                 tracing::warn!(%old, %new, "updating our lease's PublicIP failed: {e}; retrying");
                 // Keep the view on the old value so the next check tries again.
                 let _ = own_tx.send(Some((lease.subnet, old)));
@@ -648,8 +559,8 @@ fn write_subnet_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease_set::KeyValue;
-    use crate::subnet_lease::LeaseSource;
+    use crate::lease::acquire::LeaseSource;
+    use crate::lease::set::KeyValue;
 
     /// The check after an acquisition (the first and every re-acquisition): our key gone from
     /// the view means lost; present and ours means kept. Both tell the watch which key is ours.
@@ -657,7 +568,7 @@ mod tests {
     fn claiming_an_acquired_lease_reports_it_lost_when_the_view_no_longer_has_it() {
         let prefix = "/coreos.com/network";
         let cfg = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
-        let view = SharedLeaseView::new(prefix, cfg);
+        let view = SharedLeaseView::new(LeaseView::new(prefix, cfg));
         let ip = Ipv4Addr::new(198, 18, 0, 1);
         let subnet: Ipv4Net = "10.1.5.0/24".parse().unwrap();
         let lease = HeldLease {

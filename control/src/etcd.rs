@@ -10,7 +10,7 @@
 //! rejected or missing client certificate names `-etcd-certfile/-etcd-keyfile`, an untrusted
 //! server certificate names `-etcd-cafile`.
 //!
-//! Passwords (issue 27): `-etcd-password` or `-etcd-password-file` (the file's first line; one
+//! Passwords: `-etcd-password` or `-etcd-password-file` (the file's first line; one
 //! of the two). A password is never in a Debug print ([`Secret`]). Sent over `http://` to a
 //! host other than loopback it would cross the network in clear text (etcd's Authenticate RPC
 //! carries it as is), so that is refused unless `-etcd-allow-insecure-password` is given
@@ -613,103 +613,148 @@ pub async fn list_prefix_pages(
     paging: ListPaging,
     mut on_page: impl FnMut(ListPage),
 ) -> Result<i64, etcd_client::Error> {
-    let mut end = prefix.as_bytes().to_vec();
-    // The first key after every key starting with `prefix` (etcd's own prefix end).
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            break;
-        }
-    }
-    let kv_client = client
-        .kv_client()
-        .max_decoding_message_size(paging.message_limit);
-    // One page read, in a task of its own so that it proceeds while a page is applied.
-    let request = |from: Vec<u8>, limit: i64, revision: i64| {
-        let mut kv = kv_client.clone();
-        let mut opts = etcd_client::GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(limit);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        PageRead(tokio::spawn(async move { kv.get(from, Some(opts)).await }))
-    };
-    let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut count = 0usize;
-    let mut limit = paging.first_page.max(1);
-    let mut bytes_read = 0usize;
-    let mut keys_read = 0usize;
-    let mut pending = request(from.clone(), limit, revision);
+    let mut pager = Pager::new(client, prefix, paging);
+    let mut pending = pager.request();
     loop {
-        let answer = match (&mut pending.0).await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => {
-                return Err(etcd_client::Error::IoError(std::io::Error::other(format!(
-                    "listing {prefix}: the page read was cancelled: {e}"
-                ))))
-            }
-        };
-        let mut resp = match answer {
+        let mut resp = match pager.answer(&mut pending).await {
             Ok(r) => r,
-            Err(e) if limit > paging.min_page && is_too_large(&e) => {
-                limit = (limit / 2).max(paging.min_page).max(1);
+            Err(e) if pager.limit > paging.min_page && is_too_large(&e) => {
+                pager.limit = (pager.limit / 2).max(paging.min_page).max(1);
                 tracing::debug!(
                     prefix,
-                    limit,
+                    limit = pager.limit,
                     "listing page too large; reading it in halves"
                 );
-                pending = request(from.clone(), limit, revision);
+                pending = pager.request();
                 continue;
             }
             Err(e) => return Err(e),
         };
-        if revision == 0 {
-            // Without it the later pages would be read at the latest revision: no snapshot.
-            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if revision <= 0 {
-                return Err(etcd_client::Error::InvalidArgs(format!(
-                    "listing {prefix}: etcd's answer carries no revision (no response header), \
-                     so the listing's pages cannot be read at one revision"
-                )));
-            }
-            count = usize::try_from(resp.count()).unwrap_or(0);
+        if pager.revision == 0 {
+            pager.pin_revision(&resp)?;
         }
         let more = resp.more();
         let kvs = resp.take_kvs();
-        bytes_read += kvs
-            .iter()
-            .map(|kv| kv.key().len() + kv.value().len() + KV_OVERHEAD)
-            .sum::<usize>();
-        keys_read += kvs.len();
-        let next = match kvs.last() {
-            Some(last) if more => {
-                let mut next = last.key().to_vec();
-                next.push(0);
-                Some(next)
-            }
-            _ => None,
-        };
         // The next page is on its way before this one is handed over.
-        let ahead = next.map(|next| {
-            from = next;
-            let per_key = (bytes_read / keys_read.max(1)).max(1);
-            limit = i64::try_from(paging.page_bytes / per_key)
-                .unwrap_or(i64::MAX)
-                .clamp(paging.min_page.max(1), paging.max_page.max(1));
-            request(from.clone(), limit, revision)
-        });
+        let ahead = pager.request_after(&kvs, more);
         on_page(ListPage {
             kvs,
-            revision,
-            count,
+            revision: pager.revision,
+            count: pager.count,
         });
         match ahead {
             Some(p) => pending = p,
-            None => return Ok(revision),
+            None => return Ok(pager.revision),
         }
+    }
+}
+
+/// Where a paged listing stands: the next page's first key and size, the revision every page
+/// is read at.
+struct Pager<'p> {
+    kv: etcd_client::KvClient,
+    prefix: &'p str,
+    /// The first key after every key starting with `prefix` (etcd's own prefix end).
+    end: Vec<u8>,
+    paging: ListPaging,
+    /// The next page's first key.
+    from: Vec<u8>,
+    /// Keys to ask for in the next page.
+    limit: i64,
+    /// The first page's revision (0 until it came).
+    revision: i64,
+    /// Keys in the whole listing, as etcd counted them with the first page.
+    count: usize,
+    bytes_read: usize,
+    keys_read: usize,
+}
+
+impl<'p> Pager<'p> {
+    fn new(client: &Client, prefix: &'p str, paging: ListPaging) -> Self {
+        let mut end = prefix.as_bytes().to_vec();
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                break;
+            }
+        }
+        Self {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(paging.message_limit),
+            prefix,
+            end,
+            paging,
+            from: prefix.as_bytes().to_vec(),
+            limit: paging.first_page.max(1),
+            revision: 0,
+            count: 0,
+            bytes_read: 0,
+            keys_read: 0,
+        }
+    }
+
+    /// Starts reading the next page, in a task of its own so that it proceeds while a page is
+    /// applied.
+    fn request(&self) -> PageRead {
+        let mut kv = self.kv.clone();
+        let mut opts = etcd_client::GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(self.limit);
+        if self.revision > 0 {
+            opts = opts.with_revision(self.revision);
+        }
+        let from = self.from.clone();
+        PageRead(tokio::spawn(async move { kv.get(from, Some(opts)).await }))
+    }
+
+    /// The answer to `pending` (a panic in its task is resumed here).
+    async fn answer(
+        &self,
+        pending: &mut PageRead,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        match (&mut pending.0).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(etcd_client::Error::IoError(std::io::Error::other(format!(
+                "listing {}: the page read was cancelled: {e}",
+                self.prefix
+            )))),
+        }
+    }
+
+    /// Takes the first page's revision (every later page is read at it: one snapshot) and
+    /// count.
+    fn pin_revision(&mut self, first: &etcd_client::GetResponse) -> Result<(), etcd_client::Error> {
+        self.revision = first.header().map(|h| h.revision()).unwrap_or(0);
+        if self.revision <= 0 {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "listing {}: etcd's answer carries no revision (no response header), \
+                 so the listing's pages cannot be read at one revision",
+                self.prefix
+            )));
+        }
+        self.count = usize::try_from(first.count()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// After a page of `kvs` (`more`: etcd has keys after it): starts reading the next page,
+    /// sized to about `page_bytes` from the bytes per key read so far; `None` at the end.
+    fn request_after(&mut self, kvs: &[etcd_client::KeyValue], more: bool) -> Option<PageRead> {
+        self.bytes_read += kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len() + KV_OVERHEAD)
+            .sum::<usize>();
+        self.keys_read += kvs.len();
+        let last = kvs.last().filter(|_| more)?;
+        let mut next = last.key().to_vec();
+        next.push(0);
+        self.from = next;
+        let per_key = (self.bytes_read / self.keys_read.max(1)).max(1);
+        self.limit = i64::try_from(self.paging.page_bytes / per_key)
+            .unwrap_or(i64::MAX)
+            .clamp(self.paging.min_page.max(1), self.paging.max_page.max(1));
+        Some(self.request())
     }
 }
 
@@ -744,7 +789,7 @@ mod tests {
         }
     }
 
-    /// Issue 27: a password over http:// to another host is refused unless allowed; loopback
+    /// A password over http:// to another host is refused unless allowed; loopback
     /// and https:// are fine; a Debug print never shows it.
     #[test]
     fn password_over_http_to_another_host_is_refused_unless_allowed() {

@@ -3,8 +3,8 @@
 //! `-healthz-ip:-healthz-port`. A deliberately small HTTP/1.x responder: GET only, one request
 //! per connection, 8 KiB request limit, [`READ_TIMEOUT`] to send the request and 5 s for the
 //! whole exchange. At most [`MAX_CONNECTIONS`] connections are served at once; one beyond that
-//! is closed as soon as it is accepted (issue 27: a thousand idle connections used to exhaust
-//! the process's file descriptors, breaking etcd reconnects and iptables calls). A client that
+//! is closed as soon as it is accepted (a thousand idle connections would otherwise exhaust the
+//! process's file descriptors, breaking etcd reconnects and iptables calls). A client that
 //! finds the endpoint full retries; the idle connections in its way time out.
 
 use std::net::SocketAddr;
@@ -46,7 +46,7 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Reg
                 let status = status.clone();
                 let registry = registry.clone();
                 tokio::spawn(async move {
-                    let reply = handle(conn, &status, &registry);
+                    let reply = answer(conn, &status, &registry);
                     let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
                     drop(slot);
                 });
@@ -59,7 +59,8 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, registry: Arc<Reg
     }
 }
 
-async fn handle(mut conn: TcpStream, status: &Status, registry: &Registry) -> std::io::Result<()> {
+/// Reads one request from `conn` (bounded in size and time) and writes its answer.
+async fn answer(mut conn: TcpStream, status: &Status, registry: &Registry) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {

@@ -40,70 +40,85 @@ fn counter(
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_control(&mut e)?;
+        self.encode_lease_rejections(&mut e)?;
+        self.encode_dataplane(&mut e)
+    }
+}
+
+impl Collector {
+    /// Our lease, the route table, etcd: the control plane's own gauges and counters.
+    fn encode_control(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.status;
         let c = &s.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         gauge(
-            &mut e,
+            e,
             "flannel_lease_expiry_timestamp_seconds",
             "Unix time at which our subnet lease expires unless renewed",
             load(&s.lease_expiry_unix) as i64,
         )?;
         gauge(
-            &mut e,
+            e,
             "flannel_lease_held",
             "1 while this host holds its subnet lease",
             i64::from(s.lease_held.load(Ordering::Relaxed)),
         )?;
         let (generation, routes) = s.publisher.get().map(|p| p.table_stats()).unwrap_or((0, 0));
         gauge(
-            &mut e,
+            e,
             "flannel_route_table_generation",
             "Generation of the shared-memory route table last published",
             generation as i64,
         )?;
         gauge(
-            &mut e,
+            e,
             "flannel_route_table_routes",
             "Subnets in the published route table (ours included)",
             routes as i64,
         )?;
         gauge(
-            &mut e,
+            e,
             "flannel_peers",
             "Other hosts with a lease in the published route table",
             routes.saturating_sub(1) as i64,
         )?;
         counter(
-            &mut e,
+            e,
             "flannel_etcd_errors",
             "Failed etcd requests",
             load(&c.etcd_errors),
         )?;
         counter(
-            &mut e,
+            e,
             "flannel_etcd_watch_resumes",
             "Lease watch streams resumed after a break",
             load(&c.watch_resumes),
         )?;
         counter(
-            &mut e,
+            e,
             "flannel_etcd_lease_lists",
             "Full listings of all leases (start, compaction)",
             load(&c.lease_lists),
         )?;
         counter(
-            &mut e,
+            e,
             "flannel_lease_renewals",
             "Successful renewals of our subnet lease",
             load(&c.lease_renewals),
         )?;
         counter(
-            &mut e,
+            e,
             "flannel_lease_reacquisitions",
             "Times our lease vanished and was acquired again",
             load(&c.lease_reacquisitions),
-        )?;
+        )
+    }
+
+    /// The leases not routed, by reason, and the routes the table writer refused.
+    fn encode_lease_rejections(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.status;
+        let c = &s.counters;
         let rejections = c.lease_rejections.snapshot();
         let mut m = e.encode_descriptor(
             "flannel_leases_rejected",
@@ -128,28 +143,31 @@ impl prometheus_client::collector::Collector for Collector {
             ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
         }
         gauge(
-            &mut e,
+            e,
             "flannel_route_table_refused_routes",
             "Routes the route-table writer refused in the last publish (left out of the table)",
             s.publisher.get().map_or(0, |p| p.refused_routes()) as i64,
-        )?;
+        )
+    }
 
+    /// Whether the data plane's stats file is readable, and its per-worker counters.
+    fn encode_dataplane(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Ok(reader) = StatsReader::open(&self.dataplane_stats) else {
             return gauge(
-                &mut e,
+                e,
                 "flannel_dataplane_up",
                 "1 when the data plane's stats file is readable",
                 0,
             );
         };
         gauge(
-            &mut e,
+            e,
             "flannel_dataplane_up",
             "1 when the data plane's stats file is readable",
             1,
         )?;
         gauge(
-            &mut e,
+            e,
             "flannel_dataplane_workers",
             "Data-plane worker threads",
             reader.workers() as i64,

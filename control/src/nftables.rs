@@ -76,90 +76,121 @@ impl Desired {
 /// The `nft -f` transaction that makes the table exactly `want`, given which of our chains exist
 /// now (`listing` is `nft list table ip flannel-ipv4`, empty when the table is absent).
 pub fn script(want: &Desired, listing: &str) -> String {
-    let has_chain = |c: &str| listing.contains(&format!("chain {c} {{"));
-    let mut s = String::new();
-    let mut line = |l: String| {
-        s.push_str(&l);
-        s.push('\n');
+    let mut s = Script {
+        text: String::new(),
+        listing,
     };
     if want.is_empty() {
         if !listing.is_empty() {
-            line(format!("delete table ip {TABLE}"));
+            s.line(format!("delete table ip {TABLE}"));
         }
-        return s;
+        return s.text;
     }
-    line(format!(
+    s.line(format!(
         "add table ip {TABLE} {{ comment \"rules for {TABLE}\" ; }}"
     ));
-    let n = want.network;
-    if want.forward {
-        line(format!(
+    s.forward(want.forward.then_some(want.network));
+    s.guards(want.guard, want.network);
+    s.masq(want.masq, want.network, want.random_fully);
+    s.text
+}
+
+/// An `nft -f` script being written, one chain at a time: each chain wanted is added and
+/// filled afresh, each chain not wanted that exists now is deleted.
+struct Script<'l> {
+    text: String,
+    /// `nft list table ip flannel-ipv4` before the script (empty: no table).
+    listing: &'l str,
+}
+
+impl Script<'_> {
+    fn line(&mut self, l: String) {
+        self.text.push_str(&l);
+        self.text.push('\n');
+    }
+
+    fn has_chain(&self, chain: &str) -> bool {
+        self.listing.contains(&format!("chain {chain} {{"))
+    }
+
+    fn delete_chain_if_present(&mut self, chain: &str) {
+        if self.has_chain(chain) {
+            self.line(format!("delete chain ip {TABLE} {chain}"));
+        }
+    }
+
+    /// The forward chain accepting traffic from and to `network`, if wanted.
+    fn forward(&mut self, network: Option<Ipv4Net>) {
+        let Some(n) = network else {
+            self.delete_chain_if_present(FORWARD_CHAIN);
+            return;
+        };
+        self.line(format!(
             "add chain ip {TABLE} {FORWARD_CHAIN} {{ type filter hook forward priority filter ; \
              comment \"chain to accept flannel traffic\" ; }}"
         ));
-        line(format!("flush chain ip {TABLE} {FORWARD_CHAIN}"));
+        self.line(format!("flush chain ip {TABLE} {FORWARD_CHAIN}"));
         for dir in ["saddr", "daddr"] {
-            line(format!(
+            self.line(format!(
                 "add rule ip {TABLE} {FORWARD_CHAIN} ip {dir} {n} accept"
             ));
         }
-    } else if has_chain(FORWARD_CHAIN) {
-        line(format!("delete chain ip {TABLE} {FORWARD_CHAIN}"));
     }
-    match want.guard {
-        Some(Guard { port, mark }) => {
-            line(format!(
-                "add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook forward priority filter - 5 ; \
-                 comment \"no forwarded traffic to the data plane port\" ; }}"
-            ));
-            line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
-            line(format!(
-                "add rule ip {TABLE} {GUARD_CHAIN} udp dport {port} drop"
-            ));
-            line(format!(
-                "add chain ip {TABLE} {OUTPUT_GUARD_CHAIN} {{ type filter hook output priority filter - 5 ; \
-                 comment \"only the data plane sends to the data plane port\" ; }}"
-            ));
-            line(format!("flush chain ip {TABLE} {OUTPUT_GUARD_CHAIN}"));
-            line(format!(
-                "add rule ip {TABLE} {OUTPUT_GUARD_CHAIN} meta mark & {mark:#x} != {mark:#x} udp dport {port} drop"
-            ));
-        }
-        None => {
+
+    /// The data plane's guard chains, if wanted.
+    fn guards(&mut self, guard: Option<Guard>, network: Ipv4Net) {
+        let Some(Guard { port, mark }) = guard else {
             for chain in [GUARD_CHAIN, OUTPUT_GUARD_CHAIN] {
-                if has_chain(chain) {
-                    line(format!("delete chain ip {TABLE} {chain}"));
-                }
+                self.delete_chain_if_present(chain);
             }
+            return;
+        };
+        self.line(format!(
+            "add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook forward priority filter - 5 ; \
+             comment \"no forwarded traffic to the data plane port\" ; }}"
+        ));
+        self.line(format!("flush chain ip {TABLE} {GUARD_CHAIN}"));
+        self.line(format!(
+            "add rule ip {TABLE} {GUARD_CHAIN} ip daddr != {network} udp dport {port} drop"
+        ));
+        self.line(format!(
+            "add chain ip {TABLE} {OUTPUT_GUARD_CHAIN} {{ type filter hook output priority filter - 5 ; \
+             comment \"only the data plane sends to the data plane port\" ; }}"
+        ));
+        self.line(format!("flush chain ip {TABLE} {OUTPUT_GUARD_CHAIN}"));
+        self.line(format!(
+            "add rule ip {TABLE} {OUTPUT_GUARD_CHAIN} meta mark & {mark:#x} != {mark:#x} udp dport {port} drop"
+        ));
+    }
+
+    /// The masquerade chain for our subnet `masq` in `network`, if wanted.
+    fn masq(&mut self, masq: Option<Ipv4Net>, network: Ipv4Net, random_fully: bool) {
+        let Some(sub) = masq else {
+            self.delete_chain_if_present(MASQ_CHAIN);
+            return;
+        };
+        let n = network;
+        self.line(format!(
+            "add chain ip {TABLE} {MASQ_CHAIN} {{ type nat hook postrouting priority srcnat ; \
+             comment \"chain to manage traffic masquerading by flannel\" ; }}"
+        ));
+        self.line(format!("flush chain ip {TABLE} {MASQ_CHAIN}"));
+        let masquerade = if random_fully {
+            "masquerade fully-random"
+        } else {
+            "masquerade"
+        };
+        for rule in [
+            "meta mark 0x4000 return".to_string(),
+            format!("ip saddr {sub} ip daddr {n} return"),
+            format!("ip saddr {n} ip daddr {sub} return"),
+            format!("ip saddr != {sub} ip daddr {n} return"),
+            format!("ip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}"),
+            format!("ip saddr != {n} ip daddr {n} {masquerade}"),
+        ] {
+            self.line(format!("add rule ip {TABLE} {MASQ_CHAIN} {rule}"));
         }
     }
-    match want.masq {
-        Some(sub) => {
-            line(format!(
-                "add chain ip {TABLE} {MASQ_CHAIN} {{ type nat hook postrouting priority srcnat ; \
-                 comment \"chain to manage traffic masquerading by flannel\" ; }}"
-            ));
-            line(format!("flush chain ip {TABLE} {MASQ_CHAIN}"));
-            let masquerade = if want.random_fully {
-                "masquerade fully-random"
-            } else {
-                "masquerade"
-            };
-            for rule in [
-                "meta mark 0x4000 return".to_string(),
-                format!("ip saddr {sub} ip daddr {n} return"),
-                format!("ip saddr {n} ip daddr {sub} return"),
-                format!("ip saddr != {sub} ip daddr {n} return"),
-                format!("ip saddr {n} ip daddr != 224.0.0.0/4 {masquerade}"),
-                format!("ip saddr != {n} ip daddr {n} {masquerade}"),
-            ] {
-                line(format!("add rule ip {TABLE} {MASQ_CHAIN} {rule}"));
-            }
-        }
-        None if has_chain(MASQ_CHAIN) => line(format!("delete chain ip {TABLE} {MASQ_CHAIN}")),
-        None => {}
-    }
-    s
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! changes. Nothing is published before both are known (our lease, first full listing), so a
 //! restarting flanneld never hands the data plane an empty table.
 //!
-//! Leases are checked before they get here ([`crate::lease_set`]). Should the writer still refuse
+//! Leases are checked before they get here ([`crate::lease::set`]). Should the writer still refuse
 //! a route, that route alone is left out ([`RouteTableWriter::publish_skipping`]): it is logged
 //! when the set of refused routes changes and counted in /metrics, and the rest of the table is
 //! published. Only an invalid table meta or an I/O error fails a publish.
@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use flannel_shared::route_table::{Route, RouteTableWriter, TableMeta};
 use flannel_shared::Ipv4Net;
 
+/// The writer and what it last published, behind the publisher's lock.
 #[derive(Debug)]
 struct State {
     writer: RouteTableWriter,

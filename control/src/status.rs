@@ -85,6 +85,21 @@ impl Status {
         self.lock_problems().remove(item).is_some()
     }
 
+    /// Counts one `event`.
+    pub fn count(&self, event: Event) {
+        self.counters.of(event).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The leases not routed now, by reason label (see [`LeaseRejections::set_current`]).
+    pub fn set_rejected_leases(&self, by_reason: BTreeMap<&'static str, u64>) {
+        self.counters.lease_rejections.set_current(by_reason);
+    }
+
+    /// Counts one rejection of a lease key at a new revision.
+    pub fn count_rejection(&self, reason: &'static str) {
+        self.counters.lease_rejections.count(reason);
+    }
+
     fn lock_problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
         // Plain strings: a panic elsewhere cannot leave them inconsistent.
         self.problems.lock().unwrap_or_else(|e| e.into_inner())
@@ -107,9 +122,26 @@ pub struct Counters {
     pub lease_rejections: LeaseRejections,
 }
 
+/// A control-plane event counted in [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    EtcdError,
+    WatchResume,
+    LeaseList,
+    LeaseRenewal,
+    LeaseReacquisition,
+}
+
 impl Counters {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    /// The counter of `event`.
+    fn of(&self, event: Event) -> &AtomicU64 {
+        match event {
+            Event::EtcdError => &self.etcd_errors,
+            Event::WatchResume => &self.watch_resumes,
+            Event::LeaseList => &self.lease_lists,
+            Event::LeaseRenewal => &self.lease_renewals,
+            Event::LeaseReacquisition => &self.lease_reacquisitions,
+        }
     }
 }
 

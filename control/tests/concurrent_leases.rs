@@ -3,12 +3,27 @@
 
 use std::net::Ipv4Addr;
 
+use etcd_client::Client;
 use flannel_control::etcd::{connect_with_retry, EtcdOptions};
-use flannel_control::subnet_lease::{acquire, LeaseError, LeaseRequest};
+use flannel_control::lease::acquire::{acquire, HeldLease, LeaseError, LeaseRequest};
+use flannel_control::lease::view::{LeaseView, SharedLeaseView};
+use flannel_control::lease::watch::list_into;
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_shared::config::NetworkConfig;
 
 const PREFIX: &str = "/coreos.com/network";
+
+/// An acquisition by a host without a lease watch: one listing into a fresh view, then
+/// [`acquire`].
+async fn acquire_listing_once(
+    client: &mut Client,
+    cfg: &NetworkConfig,
+    req: &LeaseRequest,
+) -> Result<HeldLease, LeaseError> {
+    let view = SharedLeaseView::new(LeaseView::without_routes(&req.prefix, cfg.clone()));
+    list_into(client, &view, |_| {}).await?;
+    acquire(client, req, &view).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subnets() {
@@ -36,7 +51,7 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
                 ttl_secs: 600,
                 previous: None,
             };
-            acquire(&mut client, &cfg, &req).await
+            acquire_listing_once(&mut client, &cfg, &req).await
         }));
     }
     let mut subnets = Vec::new();
@@ -63,7 +78,9 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
         ttl_secs: 600,
         previous: None,
     };
-    let err = acquire(&mut client, &cfg, &req).await.unwrap_err();
+    let err = acquire_listing_once(&mut client, &cfg, &req)
+        .await
+        .unwrap_err();
     assert!(matches!(err, LeaseError::OutOfSubnets { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -74,10 +91,12 @@ async fn fifty_concurrent_acquisitions_are_distinct_and_the_51st_is_out_of_subne
         public_ip: Ipv4Addr::new(198, 18, 1, 7),
         ..req
     };
-    let lease = acquire(&mut client, &cfg, &again).await.unwrap();
+    let lease = acquire_listing_once(&mut client, &cfg, &again)
+        .await
+        .unwrap();
     assert_eq!(
         lease.source,
-        flannel_control::subnet_lease::LeaseSource::Existing
+        flannel_control::lease::acquire::LeaseSource::Existing
     );
     assert_eq!(
         etcd.get_prefix(&format!("{PREFIX}/subnets/"))

@@ -34,7 +34,7 @@ fn command(endpoint: &str, prefix: &str, dir: &Path, public_ip: Ipv4Addr) -> Com
         .arg(format!("-subnet-file={}", dir.join("subnet.env").display()))
         .arg(format!("--route-table={}", dir.join("routes").display()))
         // debug for the lease code: a lost create race is logged there.
-        .env("RUST_LOG", "info,flannel_control::subnet_lease=debug");
+        .env("RUST_LOG", "info,flannel_control::lease::acquire=debug");
     c
 }
 

@@ -96,14 +96,6 @@ pub enum LeaseKeyError {
 }
 
 impl LeaseKey {
-    /// A plain (IPv4-only) key.
-    pub fn ipv4(subnet: Ipv4Net) -> Self {
-        Self {
-            ipv4: subnet,
-            ipv6: None,
-        }
-    }
-
     /// Parses the part of a key after `subnets/`. The whole string must match flannel's regex
     /// (flannel's search is unanchored at the start; here the key is exactly the subnet part).
     /// IPv4 prefixes are 0..=32 with no host bits set; the IPv6 part is lower-case hex and
@@ -353,7 +345,7 @@ impl fmt::Display for NotHost {
 
 /// Checks that `ip` can be a peer's underlay address: not unspecified, loopback, multicast or
 /// the limited broadcast address.
-pub fn check_public_ip(ip: Ipv4Addr) -> Result<(), NotHost> {
+fn check_public_ip(ip: Ipv4Addr) -> Result<(), NotHost> {
     if ip.is_unspecified() {
         Err(NotHost::Unspecified)
     } else if ip.is_loopback() {
@@ -453,15 +445,10 @@ impl LeaseRejection {
     }
 }
 
-/// Checks a lease's key and value on their own (no config): the key is a flannel subnet key
-/// under `prefix`, the value parses and its PublicIP is a host ([`check_public_ip`]).
-pub fn check_lease(prefix: &str, key: &str, value: &[u8]) -> Result<ValidLease, LeaseRejection> {
-    check_value(parse_key(prefix, key)?, value)
-}
-
-/// The verdict of [`validate_lease`] (with `cfg`) or [`check_lease`] (without) for a key and a
-/// value the caller has parsed already, in the same order of checks: the key, its fit in `cfg`,
-/// the value, its PublicIP. For callers that keep what they parsed (a lease set reads each
+/// The verdict of [`validate_lease`] for a key and a value the caller has parsed already, in
+/// the same order of checks: the key, its fit in `cfg`, the value, its PublicIP. Without a
+/// `cfg`, only the key and the value count (the key is a flannel subnet key, the value parses
+/// and its PublicIP is a host). For callers that keep what they parsed (a lease set reads each
 /// value once and remembers its PublicIP even when the lease is rejected).
 pub fn validate_parsed(
     cfg: Option<&NetworkConfig>,
@@ -481,7 +468,7 @@ pub fn validate_parsed(
 
 /// Checks that a lease's PublicIP is not inside `cfg`'s Network (see
 /// [`LeaseRejection::PublicIpInNetwork`]).
-pub fn check_public_ip_outside(
+fn check_public_ip_outside(
     cfg: &NetworkConfig,
     lease: ValidLease,
 ) -> Result<ValidLease, LeaseRejection> {
@@ -509,7 +496,7 @@ fn check_value(key: LeaseKey, value: &[u8]) -> Result<ValidLease, LeaseRejection
 /// Checks that a lease's IPv4 subnet belongs to `cfg`: inside `Network`, `SubnetLen` long (the
 /// route table's shape). `SubnetMin`/`SubnetMax` are not checked: they bound what a host may
 /// acquire, not what others route.
-pub fn check_fit(cfg: &NetworkConfig, key: &LeaseKey) -> Result<(), LeaseRejection> {
+fn check_fit(cfg: &NetworkConfig, key: &LeaseKey) -> Result<(), LeaseRejection> {
     let subnet = key.ipv4;
     if !cfg.network.contains_net(&subnet) {
         return Err(LeaseRejection::OutsideNetwork {
@@ -527,9 +514,10 @@ pub fn check_fit(cfg: &NetworkConfig, key: &LeaseKey) -> Result<(), LeaseRejecti
 }
 
 /// The one check between etcd and the route table: a lease is routed only if its key is a
-/// flannel subnet key under `prefix`, its subnet fits `cfg` ([`check_fit`]), its value parses
-/// its PublicIP is a host ([`check_public_ip`]) outside `Network`
-/// ([`check_public_ip_outside`]). Checked in that order; the first failure is returned. Whatever passes is accepted by
+/// flannel subnet key under `prefix`, its subnet fits `cfg` (inside `Network`, `SubnetLen`
+/// long), its value parses and its PublicIP is a host (not unspecified, loopback, multicast or
+/// broadcast) outside `Network`. Checked in that order; the first failure is returned.
+/// Whatever passes is accepted by
 /// [`RouteTableWriter::publish`](crate::route_table::RouteTableWriter::publish) for a table
 /// of `cfg`'s network and subnet length.
 pub fn validate_lease(
@@ -668,7 +656,13 @@ mod tests {
         assert_eq!(k.to_key(), "10.1.252.0-24&fc00:0:0:f00::-64");
         assert_eq!(subnet_from_key(P, key), Some(k.ipv4));
         let plain = parse_key(P, "/coreos.com/network/subnets/10.1.15.0-24").unwrap();
-        assert_eq!(plain, LeaseKey::ipv4("10.1.15.0/24".parse().unwrap()));
+        assert_eq!(
+            plain,
+            LeaseKey {
+                ipv4: "10.1.15.0/24".parse().unwrap(),
+                ipv6: None
+            }
+        );
         assert_eq!(plain.to_key(), "10.1.15.0-24");
     }
 
@@ -880,7 +874,7 @@ mod tests {
 
     /// The one-parse entry point gives exactly the verdicts of the two checks it stands for.
     #[test]
-    fn validate_parsed_agrees_with_validate_lease_and_check_lease() {
+    fn validate_parsed_agrees_with_validate_lease_and_the_config_free_check() {
         let cfg = cfg();
         let keys = [
             "10.1.250.0-24",
@@ -910,9 +904,13 @@ mod tests {
                     "{k} {v:?}"
                 );
                 let (pk, pa) = parsed();
+                // Without a config: the key, then the value and its PublicIP.
+                let key_and_value_only = parse_key(P, &full)
+                    .map_err(LeaseRejection::from)
+                    .and_then(|key| check_value(key, v));
                 assert_eq!(
                     validate_parsed(None, pk, pa),
-                    check_lease(P, &full, v),
+                    key_and_value_only,
                     "{k} {v:?}"
                 );
             }

@@ -11,19 +11,22 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use etcd_client::Client;
 use flannel_control::cli::normalize_args;
 use flannel_control::cli::EtcdArgs;
 use flannel_control::etcd::{connect_with_retry, get_prefix};
-use flannel_control::lease_set::{KeyValue, LeaseSet};
+use flannel_control::lease::set::{KeyValue, LeaseSet};
 use flannel_shared::config::NetworkConfig;
-use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs};
+use flannel_shared::lease::{config_key, parse_key, subnets_prefix, LeaseAttrs, LeaseRejection};
 use flannel_shared::route_table::{format_table, RouteTableReader};
 use flannel_shared::stats::StatsReader;
 use flannel_shared::untrusted;
+use flannel_shared::Ipv4Net;
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -162,165 +165,211 @@ async fn from_etcd(args: &Args) -> Result<Output> {
     .context("etcd unreachable for 10 s")??;
     let prefix = &args.etcd.prefix;
     match args.command {
-        Cmd::Config => {
-            let key = config_key(prefix);
-            let resp = client.get(key.as_str(), None).await?;
-            let kv = resp
-                .kvs()
-                .first()
-                .with_context(|| format!("{key} not found in etcd"))?;
-            let text = String::from_utf8_lossy(kv.value()).into_owned();
-            let c = NetworkConfig::parse(&text).with_context(|| format!("{key} is invalid"))?;
-            let fields = [
-                ("Network", c.network.to_string()),
-                ("SubnetLen", c.subnet_len.to_string()),
-                ("SubnetMin", c.subnet_min.to_string()),
-                ("SubnetMax", c.subnet_max.to_string()),
-                ("Backend.Type", "udp".into()),
-                ("Backend.Port", c.backend.port.to_string()),
-                ("EnableNFTables", c.enable_nftables.to_string()),
-                ("Subnets", c.subnet_count().to_string()),
-            ];
-            let mut notes = vec![format!("(from {key})")];
-            notes.extend(c.warnings.iter().map(|w| format!("warning: {w}")));
-            Ok(Output {
-                json: json!({
-                    "key": key, "raw": text,
-                    "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
-                    "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
-                    "Backend": {"Type": "udp", "Port": c.backend.port},
-                    "EnableNFTables": c.enable_nftables,
-                    "subnets": c.subnet_count(),
-                    "warnings": c.warnings,
-                }),
-                header: vec!["FIELD".into(), "VALUE".into()],
-                rows: fields
-                    .iter()
-                    .map(|(k, v)| vec![k.to_string(), v.clone()])
-                    .collect(),
-                notes,
-                text: None,
-            })
-        }
-        Cmd::Leases => {
-            // The same check flanneld applies; without a readable config, subnets go unchecked.
-            let mut notes = Vec::new();
-            let key = config_key(prefix);
-            let config = match client.get(key.as_str(), None).await {
-                Err(e) => {
-                    notes.push(format!(
-                        "reading {key} failed ({e}): subnets not checked against a config"
-                    ));
-                    None
-                }
-                Ok(resp) => match resp.kvs().first() {
-                    None => {
-                        notes.push(format!(
-                            "{key} not found: subnets not checked against a config"
-                        ));
-                        None
-                    }
-                    Some(kv) => match NetworkConfig::parse(&String::from_utf8_lossy(kv.value())) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            notes.push(format!(
-                                "{key} is invalid ({e}): subnets not checked against it"
-                            ));
-                            None
-                        }
-                    },
-                },
-            };
-            let (kvs, _) = get_prefix(&mut client, &subnets_prefix(prefix)).await?;
-            let keys: Vec<String> = kvs
-                .iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                .collect();
-            let mut set = LeaseSet::new(prefix, config);
-            set.replace_all(
-                kvs.iter()
-                    .zip(&keys)
-                    .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
-                &mut Vec::new(),
-            );
-            let dir = subnets_prefix(prefix);
-            let mut json_rows = Vec::new();
-            let mut rows = Vec::new();
-            let mut rejected = 0usize;
-            for (kv, key) in kvs.iter().zip(&keys) {
-                let parsed = parse_key(prefix, key).ok();
-                let attrs = LeaseAttrs::parse(kv.value()).ok();
-                let status = set.status(key).expect("every listed key is in the set");
-                let ttl = if kv.lease() == 0 {
-                    None
-                } else {
-                    client
-                        .lease_time_to_live(kv.lease(), None)
-                        .await
-                        .ok()
-                        .map(|r| r.ttl())
-                        .filter(|t| *t >= 0)
-                };
-                let backend = attrs.as_ref().map(|a| {
-                    if a.backend_type.is_empty() {
-                        "udp".to_string()
-                    } else {
-                        a.backend_type.clone()
-                    }
-                });
-                // Another machine's text: cut and escaped for the terminal (JSON escapes itself).
-                let subnet = parsed.map_or_else(
-                    || untrusted::escape(key.strip_prefix(&dir).unwrap_or(key)),
-                    |k| k.ipv4.to_string(),
-                );
-                let public_ip = attrs.as_ref().map(|a| a.public_ip.to_string());
-                let (state, reason, error) = match &status {
-                    Ok(_) => ("routed".to_string(), None, None),
-                    Err(r) => {
-                        rejected += 1;
-                        if rejected <= MAX_REJECTED_NOTES {
-                            notes.push(format!("rejected {}: {r}", untrusted::escape(key)));
-                        }
-                        (
-                            format!("rejected: {}", r.reason()),
-                            Some(r.reason()),
-                            Some(r.to_string()),
-                        )
-                    }
-                };
-                rows.push(vec![
-                    subnet.clone(),
-                    public_ip.clone().unwrap_or_else(|| "-".into()),
-                    backend.clone().unwrap_or_else(|| "-".into()),
-                    ttl.map_or("-".into(), |t| format!("{t}s")),
-                    state,
-                ]);
-                json_rows.push(json!({
-                    "key": key, "subnet": subnet,
-                    "ipv6_subnet": parsed.and_then(|k| k.ipv6).map(|s| s.to_string()),
-                    "PublicIP": public_ip,
-                    "PublicIPv6": attrs.as_ref().and_then(|a| a.public_ipv6).map(|ip| ip.to_string()),
-                    "backend": backend, "ttl_seconds": ttl, "value": String::from_utf8_lossy(kv.value()),
-                    "routed": status.is_ok(), "reason": reason, "error": error,
-                }));
-            }
-            if rejected > MAX_REJECTED_NOTES {
-                notes.push(format!(
-                    "... and {} more rejected keys (every one is in --json)",
-                    rejected - MAX_REJECTED_NOTES
-                ));
-            }
-            Ok(Output {
-                json: Value::Array(json_rows),
-                header: ["SUBNET", "PUBLIC_IP", "BACKEND", "TTL", "STATUS"]
-                    .map(String::from)
-                    .to_vec(),
-                rows,
-                notes,
-                text: None,
-            })
-        }
+        Cmd::Config => config(&mut client, prefix).await,
+        Cmd::Leases => leases(&mut client, prefix).await,
         _ => unreachable!("only etcd commands here"),
+    }
+}
+
+/// `flannelctl config`: the network config in etcd, parsed.
+async fn config(client: &mut Client, prefix: &str) -> Result<Output> {
+    let key = config_key(prefix);
+    let resp = client.get(key.as_str(), None).await?;
+    let kv = resp
+        .kvs()
+        .first()
+        .with_context(|| format!("{key} not found in etcd"))?;
+    let text = String::from_utf8_lossy(kv.value()).into_owned();
+    let c = NetworkConfig::parse(&text).with_context(|| format!("{key} is invalid"))?;
+    let fields = [
+        ("Network", c.network.to_string()),
+        ("SubnetLen", c.subnet_len.to_string()),
+        ("SubnetMin", c.subnet_min.to_string()),
+        ("SubnetMax", c.subnet_max.to_string()),
+        ("Backend.Type", "udp".into()),
+        ("Backend.Port", c.backend.port.to_string()),
+        ("EnableNFTables", c.enable_nftables.to_string()),
+        ("Subnets", c.subnet_count().to_string()),
+    ];
+    let mut notes = vec![format!("(from {key})")];
+    notes.extend(c.warnings.iter().map(|w| format!("warning: {w}")));
+    Ok(Output {
+        json: json!({
+            "key": key, "raw": text,
+            "Network": c.network.to_string(), "SubnetLen": c.subnet_len,
+            "SubnetMin": c.subnet_min.to_string(), "SubnetMax": c.subnet_max.to_string(),
+            "Backend": {"Type": "udp", "Port": c.backend.port},
+            "EnableNFTables": c.enable_nftables,
+            "subnets": c.subnet_count(),
+            "warnings": c.warnings,
+        }),
+        header: vec!["FIELD".into(), "VALUE".into()],
+        rows: fields
+            .iter()
+            .map(|(k, v)| vec![k.to_string(), v.clone()])
+            .collect(),
+        notes,
+        text: None,
+    })
+}
+
+/// The config leases are checked against, or the note saying why there is none (subnets then
+/// go unchecked, keys and values are still checked).
+async fn config_to_check_against(
+    client: &mut Client,
+    prefix: &str,
+) -> std::result::Result<NetworkConfig, String> {
+    let key = config_key(prefix);
+    let resp = client
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| format!("reading {key} failed ({e}): subnets not checked against a config"))?;
+    let kv = resp
+        .kvs()
+        .first()
+        .ok_or_else(|| format!("{key} not found: subnets not checked against a config"))?;
+    NetworkConfig::parse(&String::from_utf8_lossy(kv.value()))
+        .map_err(|e| format!("{key} is invalid ({e}): subnets not checked against it"))
+}
+
+/// `flannelctl leases`: every key under `subnets/`, with the verdict flanneld's check gives it.
+async fn leases(client: &mut Client, prefix: &str) -> Result<Output> {
+    // The same check flanneld applies; without a readable config, subnets go unchecked.
+    let mut notes = Vec::new();
+    let config = match config_to_check_against(client, prefix).await {
+        Ok(config) => Some(config),
+        Err(note) => {
+            notes.push(note);
+            None
+        }
+    };
+    let (kvs, _) = get_prefix(client, &subnets_prefix(prefix)).await?;
+    let keys: Vec<String> = kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    let mut set = LeaseSet::new(prefix, config);
+    set.replace_all(
+        kvs.iter()
+            .zip(&keys)
+            .map(|(kv, key)| KeyValue::from_etcd(key, kv)),
+        &mut Vec::new(),
+    );
+    let mut json_rows = Vec::new();
+    let mut rows = Vec::new();
+    let mut rejected = 0usize;
+    for (kv, key) in kvs.iter().zip(&keys) {
+        let status = set.status(key).expect("every listed key is in the set");
+        if let Err(r) = &status {
+            rejected += 1;
+            if rejected <= MAX_REJECTED_NOTES {
+                notes.push(format!("rejected {}: {r}", untrusted::escape(key)));
+            }
+        }
+        let ttl = remaining_ttl(client, kv.lease()).await;
+        let row = LeaseRow::new(prefix, key, kv.value(), ttl, status);
+        rows.push(row.columns());
+        json_rows.push(row.json);
+    }
+    if rejected > MAX_REJECTED_NOTES {
+        notes.push(format!(
+            "... and {} more rejected keys (every one is in --json)",
+            rejected - MAX_REJECTED_NOTES
+        ));
+    }
+    Ok(Output {
+        json: Value::Array(json_rows),
+        header: ["SUBNET", "PUBLIC_IP", "BACKEND", "TTL", "STATUS"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        notes,
+        text: None,
+    })
+}
+
+/// The seconds etcd lease `id` has left; `None` for no lease (0) or one etcd no longer knows.
+async fn remaining_ttl(client: &mut Client, id: i64) -> Option<i64> {
+    if id == 0 {
+        return None;
+    }
+    client
+        .lease_time_to_live(id, None)
+        .await
+        .ok()
+        .map(|r| r.ttl())
+        .filter(|t| *t >= 0)
+}
+
+/// One key of `flannelctl leases`: its table cells and its JSON object.
+struct LeaseRow {
+    subnet: String,
+    public_ip: Option<String>,
+    backend: Option<String>,
+    ttl: Option<i64>,
+    state: String,
+    json: Value,
+}
+
+impl LeaseRow {
+    fn new(
+        prefix: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<i64>,
+        status: std::result::Result<(Ipv4Net, Ipv4Addr), LeaseRejection>,
+    ) -> Self {
+        let parsed = parse_key(prefix, key).ok();
+        let attrs = LeaseAttrs::parse(value).ok();
+        let backend = attrs.as_ref().map(|a| {
+            if a.backend_type.is_empty() {
+                "udp".to_string()
+            } else {
+                a.backend_type.clone()
+            }
+        });
+        // Another machine's text: cut and escaped for the terminal (JSON escapes itself).
+        let dir = subnets_prefix(prefix);
+        let subnet = parsed.map_or_else(
+            || untrusted::escape(key.strip_prefix(&dir).unwrap_or(key)),
+            |k| k.ipv4.to_string(),
+        );
+        let public_ip = attrs.as_ref().map(|a| a.public_ip.to_string());
+        let (state, reason, error) = match &status {
+            Ok(_) => ("routed".to_string(), None, None),
+            Err(r) => (
+                format!("rejected: {}", r.reason()),
+                Some(r.reason()),
+                Some(r.to_string()),
+            ),
+        };
+        let json = json!({
+            "key": key, "subnet": subnet,
+            "ipv6_subnet": parsed.and_then(|k| k.ipv6).map(|s| s.to_string()),
+            "PublicIP": public_ip,
+            "PublicIPv6": attrs.as_ref().and_then(|a| a.public_ipv6).map(|ip| ip.to_string()),
+            "backend": backend, "ttl_seconds": ttl, "value": String::from_utf8_lossy(value),
+            "routed": status.is_ok(), "reason": reason, "error": error,
+        });
+        Self {
+            subnet,
+            public_ip,
+            backend,
+            ttl,
+            state,
+            json,
+        }
+    }
+
+    /// The table cells: SUBNET, PUBLIC_IP, BACKEND, TTL, STATUS.
+    fn columns(&self) -> Vec<String> {
+        vec![
+            self.subnet.clone(),
+            self.public_ip.clone().unwrap_or_else(|| "-".into()),
+            self.backend.clone().unwrap_or_else(|| "-".into()),
+            self.ttl.map_or("-".into(), |t| format!("{t}s")),
+            self.state.clone(),
+        ]
     }
 }
 

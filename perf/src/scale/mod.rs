@@ -1,6 +1,6 @@
 //! Cluster-size simulation. N simulated hosts lease subnets of 10.0.0.0/8 (65,536 /24s, SubnetMin
 //! 10.0.0.0 so every one can be leased) from a real etcd cluster on loopback (three members by
-//! default), through flanneld's own lease code: [`flannel_control::subnet_lease::acquire_in`]
+//! default), through flanneld's own lease code: [`flannel_control::lease::acquire::acquire`]
 //! on a [`SharedLeaseView`] fed by flanneld's own lease watch ([`LeaseWatcher`] without a route
 //! table). What is simulated: a real host runs one flanneld with one etcd connection and one
 //! view; here the hosts are spread over K etcd clients, each with its own view and watch, and
@@ -33,12 +33,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use etcd_client::Client;
 use flannel_control::etcd::{connect_with_retry, get_prefix, EtcdOptions};
-use flannel_control::lease_view::SharedLeaseView;
-use flannel_control::lease_watch::LeaseWatcher;
-use flannel_control::status::Status;
-use flannel_control::subnet_lease::{
-    acquire, acquire_in, renew, renew_delay, HeldLease, LeaseError, LeaseRequest, Renewal,
+use flannel_control::lease::acquire::{
+    acquire, renew, renew_delay, HeldLease, LeaseError, LeaseRequest, Renewal,
 };
+use flannel_control::lease::view::{LeaseView, SharedLeaseView};
+use flannel_control::lease::watch::LeaseWatcher;
+use flannel_control::status::Status;
 use flannel_shared::config::NetworkConfig;
 use flannel_shared::lease::subnets_prefix;
 use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
@@ -511,7 +511,12 @@ fn acquisition(
         };
         let r = rt.block_on(async {
             let mut c = connect_with_retry(endpoint).await?;
-            anyhow::Ok(acquire(&mut c, &cfg, &req).await)
+            let view = SharedLeaseView::new(LeaseView::without_routes(PREFIX, cfg.clone()));
+            let listed = flannel_control::lease::watch::list_into(&mut c, &view, |_| {}).await;
+            anyhow::Ok(match listed {
+                Ok(_) => acquire(&mut c, &req, &view).await,
+                Err(e) => Err(LeaseError::from(e)),
+            })
         })?;
         Some(matches!(r, Err(LeaseError::OutOfSubnets { .. })))
     } else {
@@ -577,7 +582,10 @@ async fn acquire_all(
     for _ in 0..clients {
         let client = connect_with_retry(&endpoint).await?;
         // Like flanneld's view, without the route bookkeeping no simulated host publishes.
-        let view = Arc::new(SharedLeaseView::without_routes(PREFIX, cfg.clone()));
+        let view = Arc::new(SharedLeaseView::new(LeaseView::without_routes(
+            PREFIX,
+            cfg.clone(),
+        )));
         watchers.push(tokio::spawn(watch_into(client.clone(), view.clone()).run()));
         let (next, done, retries) = (next.clone(), done.clone(), retries.clone());
         tasks.push(tokio::spawn(async move {
@@ -596,7 +604,7 @@ async fn acquire_all(
                 };
                 let t = Instant::now();
                 let lease = loop {
-                    match acquire_in(&mut client, &req, &view).await {
+                    match acquire(&mut client, &req, &view).await {
                         Ok(l) => break l,
                         // etcd lost a member under us: retry as flanneld does.
                         Err(LeaseError::Etcd(_)) if t.elapsed() < HOST_RETRY_FOR => {

@@ -11,19 +11,20 @@
 //!   key order) is routed and the other is rejected as [`LeaseRejection::Duplicate`].
 //! - [`LeaseEvent::Rejected`] is returned once per key and etcd revision: seeing the same key at
 //!   the same revision again (a re-list after a broken watch or compaction) returns nothing.
-//! - Each key is held once, with what both the routes and acquisition need ([`LeaseInfo`]: the
-//!   subnet the key names, its PublicIP, its etcd lease): [`crate::lease_view::LeaseView`] is
+//! - Each key is held once, with what both the routes and acquisition need (the subnet the
+//!   key names, its PublicIP, its etcd lease): [`crate::lease::view::LeaseView`] is
 //!   built on this set rather than keeping a second copy of every lease.
-//! - Memory per key is bounded whatever etcd holds (issue 27): a key too long to be a lease
-//!   key (more than [`MAX_LEASE_KEY`] bytes after `subnets/`, always rejected as `bad_key`) is
-//!   held under a fixed-size name: its first 64 bytes and a 128-bit keyed hash of the whole
-//!   ([`LeaseSet::held_name`]); rejections keep values and keys only cut to 64 characters. So a
+//! - Memory per key is bounded whatever etcd holds: a key too long to be a lease
+//!   key (more than 128 bytes after `subnets/`, always rejected as `bad_key`) is held under a
+//!   fixed-size name: its first 64 bytes and a 128-bit keyed hash of the whole; rejections keep values and keys only cut to 64 characters. So a
 //!   rejected key costs about what a valid one does, and the count of keys is etcd's to bound
 //!   (its quota), as it is for valid keys.
-//! - A listing can be applied page by page ([`LeaseSet::begin_listing`],
-//!   [`LeaseSet::put_listed`], [`LeaseSet::end_listing`]): no need to hold a whole listing.
+//! - A listing can be applied page by page ([`LeaseSet::begin_listing`], [`LeaseSet::put`],
+//!   [`LeaseSet::end_listing`]): no need to hold a whole listing.
 //!
 //! Pure: no I/O and no logging; the watcher logs the events and publishes [`LeaseSet::routes`].
+//! Changes append their [`LeaseEvent`]s to a buffer the caller passes and reuses (one for a
+//! whole listing or watch response, not one per key).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -82,7 +83,7 @@ impl<'a> KeyValue<'a> {
 
 /// What acquisition needs to know of one key, read once from its key and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseInfo {
+pub(super) struct LeaseInfo {
     pub mod_revision: i64,
     /// The etcd lease the key hangs on (0 = none).
     pub lease_id: i64,
@@ -96,7 +97,47 @@ pub struct LeaseInfo {
 
 /// The longest key text after `subnets/` held as it is: a lease key is at most
 /// `255.255.255.255-32&` plus an IPv6 subnet (under 70 bytes).
-pub const MAX_LEASE_KEY: usize = 128;
+const MAX_LEASE_KEY: usize = 128;
+
+/// What a key names, whatever its value: the IPv4 subnet (see [`LeaseInfo::subnet`]) and whether
+/// it is a plain key (parsed, no IPv6 part: the only kind that can be a host's own lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct KeyShape {
+    pub subnet: Option<Ipv4Net>,
+    pub plain: bool,
+}
+
+impl KeyShape {
+    /// The shape of a parsed key.
+    pub fn of(key: &Result<LeaseKey, LeaseKeyError>) -> Self {
+        match key {
+            Ok(k) => Self {
+                subnet: Some(k.ipv4),
+                plain: k.ipv6.is_none(),
+            },
+            // flannel reads `10.1.15.7-24` as a subnet: acquisition keeps clear of it.
+            Err(LeaseKeyError::HostBits { network, .. }) => Self {
+                subnet: Some(*network),
+                plain: false,
+            },
+            Err(_) => Self {
+                subnet: None,
+                plain: false,
+            },
+        }
+    }
+}
+
+/// Parses `key` as a lease key under `dir` (`<prefix>/subnets/`).
+pub(super) fn parse_under(dir: &str, key: &str) -> Result<LeaseKey, LeaseKeyError> {
+    match key.strip_prefix(dir) {
+        Some(rest) => LeaseKey::parse(rest),
+        None => Err(LeaseKeyError::NotUnderPrefix {
+            key: flannel_shared::untrusted::clip(key),
+            dir: dir.to_owned(),
+        }),
+    }
+}
 
 /// The fixed-size name of a key longer than `limit` bytes (see the module docs): at most
 /// 64 bytes of it, `…#` and 32 hex digits of two hashes keyed at random once per process.
@@ -124,8 +165,9 @@ fn long_key_name(key: &str, limit: usize) -> Cow<'_, str> {
     ))
 }
 
-/// The lowest key text, for range bounds (shared: no allocation per lookup).
-fn empty_key() -> Arc<str> {
+/// The lowest key text, for range bounds over indexes keyed by shared key text (shared: no
+/// allocation per lookup).
+pub(super) fn empty_key() -> Arc<str> {
     static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| Arc::from("")).clone()
 }
@@ -138,12 +180,10 @@ struct Entry {
     mod_revision: i64,
     create_revision: i64,
     lease_id: i64,
-    /// See [`LeaseInfo::subnet`].
-    key_subnet: Option<Ipv4Net>,
+    /// What the key names.
+    shape: KeyShape,
     /// PublicIP as parsed, before any check (the own-lease check needs it even when rejected).
     public_ip: Option<Ipv4Addr>,
-    /// The key parsed and has no IPv6 part.
-    plain: bool,
     /// The listing that last put this key (see [`LeaseSet::begin_listing`]).
     listing: u32,
     state: Result<(Ipv4Net, Ipv4Addr), Box<LeaseRejection>>,
@@ -192,7 +232,7 @@ impl LeaseSet {
     /// stays empty, no [`LeaseEvent::Routed`] or [`LeaseEvent::Unrouted`] is returned and a
     /// second valid key for a subnet is not judged a duplicate (a lease view that only serves
     /// acquisitions, as in the scale simulation's hosts).
-    pub fn without_routes(prefix: &str, config: Option<NetworkConfig>) -> Self {
+    pub(super) fn without_routes(prefix: &str, config: Option<NetworkConfig>) -> Self {
         Self {
             routing: false,
             ..Self::new(prefix, config)
@@ -205,34 +245,28 @@ impl LeaseSet {
     }
 
     /// Keys currently known (routed or not).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// The PublicIP written under `key`, if the key exists and its value names one (whether or
-    /// not the lease is routed).
-    pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
-        self.entries
-            .get(&*self.held_name(key))
-            .and_then(|e| e.public_ip)
-    }
-
     /// What acquisition needs of `key`; `None` for unknown keys.
-    pub fn info(&self, key: &str) -> Option<LeaseInfo> {
+    pub(super) fn lease_info(&self, key: &str) -> Option<LeaseInfo> {
         self.entries.get(&*self.held_name(key)).map(|e| LeaseInfo {
             mod_revision: e.mod_revision,
             lease_id: e.lease_id,
-            subnet: e.key_subnet,
-            owner: e.public_ip.filter(|_| e.plain),
+            subnet: e.shape.subnet,
+            owner: e.public_ip.filter(|_| e.shape.plain),
         })
     }
 
     /// The set's copy of `key`'s text, to share in an index.
-    pub fn shared_key(&self, key: &str) -> Option<Arc<str>> {
+    pub(super) fn shared_key(&self, key: &str) -> Option<Arc<str>> {
         self.entries
             .get_key_value(&*self.held_name(key))
             .map(|(k, _)| k.clone())
@@ -272,7 +306,7 @@ impl LeaseSet {
 
     /// The name `key` is held under: itself, or for a key too long to be a lease key a
     /// fixed-size name (see the module docs). Every method taking a key maps it through this.
-    pub fn held_name<'k>(&self, key: &'k str) -> Cow<'k, str> {
+    fn held_name<'k>(&self, key: &'k str) -> Cow<'k, str> {
         long_key_name(key, self.dir.len() + MAX_LEASE_KEY)
     }
 
@@ -293,21 +327,9 @@ impl LeaseSet {
         };
         touched.extend(old_subnet);
         // The key and the value are each parsed once; the verdict is made from those.
-        let key = match kv.key.strip_prefix(&self.dir) {
-            Some(rest) => LeaseKey::parse(rest),
-            None => Err(LeaseKeyError::NotUnderPrefix {
-                key: flannel_shared::untrusted::clip(kv.key),
-                dir: self.dir.clone(),
-            }),
-        };
+        let key = parse_under(&self.dir, kv.key);
         let attrs = LeaseAttrs::parse(kv.value);
-        let key_subnet = match &key {
-            Ok(k) => Some(k.ipv4),
-            // flannel reads `10.1.15.7-24` as a subnet: acquisition keeps clear of it.
-            Err(LeaseKeyError::HostBits { network, .. }) => Some(*network),
-            Err(_) => None,
-        };
-        let plain = matches!(&key, Ok(k) if k.ipv6.is_none());
+        let shape = KeyShape::of(&key);
         let public_ip = attrs.as_ref().ok().map(|a| a.public_ip);
         let state = validate_parsed(self.config.as_ref(), key, attrs)
             .map(|v| (v.subnet(), v.public_ip()))
@@ -316,9 +338,8 @@ impl LeaseSet {
             mod_revision: kv.mod_revision,
             create_revision: kv.create_revision,
             lease_id: kv.lease,
-            key_subnet,
+            shape,
             public_ip,
-            plain,
             listing: self.listing,
             state,
         };
@@ -353,20 +374,15 @@ impl LeaseSet {
         }
     }
 
-    /// Starts applying a full listing: put its key-values with [`LeaseSet::put_listed`] (in as
-    /// many pages as it comes in), then [`LeaseSet::end_listing`] deletes the keys it lacked.
+    /// Starts applying a full listing: put its key-values with [`LeaseSet::put`] (in as many
+    /// pages as it comes in), then [`LeaseSet::end_listing`] deletes the keys it lacked.
     /// Starting another listing abandons an unfinished one.
     pub fn begin_listing(&mut self) {
         self.listing = self.listing.wrapping_add(1);
     }
 
-    /// [`LeaseSet::put`] for a key of the listing being applied.
-    pub fn put_listed(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
-        self.put(kv, events);
-    }
-
     /// The keys the listing being applied has not put (so far), in no particular order.
-    pub fn unlisted(&self) -> Vec<Arc<str>> {
+    pub(super) fn unlisted(&self) -> Vec<Arc<str>> {
         self.entries
             .iter()
             .filter(|(_, e)| e.listing != self.listing)
@@ -389,7 +405,7 @@ impl LeaseSet {
     ) {
         self.begin_listing();
         for kv in listing {
-            self.put_listed(kv, events);
+            self.put(kv, events);
         }
         self.end_listing(events);
     }
@@ -534,7 +550,7 @@ mod tests {
             s.status(&bad).unwrap().unwrap_err().to_string(),
             "lease PublicIP 0.0.0.0: the unspecified address is not a host"
         );
-        assert_eq!(s.public_ip_of(&bad), Some(ip("0.0.0.0")));
+        assert_eq!(s.lease_info(&bad).unwrap().owner, Some(ip("0.0.0.0")));
 
         // A later valid lease reaches the routes.
         ev.clear();
@@ -725,7 +741,7 @@ mod tests {
         );
     }
 
-    /// Issue 27: keys far too long to be lease keys (here 100 of 64 KiB each, 6.4 MiB in all)
+    /// Keys far too long to be lease keys (here 100 of 64 KiB each, 6.4 MiB in all)
     /// are held and reported under fixed-size names: counted, deletable, shown by `status`,
     /// and the set keeps a few KiB of key text, not the keys. Two long keys that share a prefix
     /// stay two keys; values are kept only as cut messages.

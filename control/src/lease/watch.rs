@@ -3,8 +3,9 @@
 //! Protocol: list the prefix at revision R, then watch from R+1. A broken stream (etcd restart,
 //! network) resumes from the last revision seen, so no event is missed; if that revision was
 //! compacted away, the watcher lists again and diffs. A DELETE (including lease expiry) removes
-//! the route. Listings are applied page by page. Every key goes, once, into the view's
-//! [`crate::lease_set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
+//! the route. Listings are applied page by page ([`list_into`], which is also the one listing of
+//! a host without a watch). Every key goes, once, into the view's
+//! [`crate::lease::set::LeaseSet`] (and so through [`flannel_shared::lease::validate_parsed`]),
 //! which both the route table and acquisition read: an unusable lease (bad key or value, a PublicIP
 //! that is not a host, a subnet outside the network config) is skipped, logged once per key and
 //! revision and counted in /metrics by reason; the other leases are published as usual. Events
@@ -20,10 +21,11 @@ use flannel_shared::lease::{subnet_key, subnets_prefix};
 use flannel_shared::Ipv4Net;
 use tokio::sync::{mpsc, watch};
 
-use crate::lease_set::{KeyValue, LeaseEvent};
-use crate::lease_view::SharedLeaseView;
+use crate::backoff::Backoff;
+use crate::lease::set::{KeyValue, LeaseEvent};
+use crate::lease::view::SharedLeaseView;
 use crate::publish::Publisher;
-use crate::status::Counters;
+use crate::status::Event;
 
 /// What the watcher tells the lease keeper about our own key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +50,8 @@ pub struct LeaseWatcher {
     pub status: Arc<crate::status::Status>,
 }
 
-enum Outcome {
+/// How a watch stream ended, and so what comes next.
+enum WatchEnd {
     /// Stream broke; resume from this revision.
     Resume(i64),
     /// History compacted (or first start): list again.
@@ -59,67 +62,46 @@ impl LeaseWatcher {
     /// Runs forever (until the task is dropped).
     pub async fn run(mut self) {
         let mut backoff = Backoff::default();
-        let mut next = Outcome::Relist;
+        let mut next = WatchEnd::Relist;
         loop {
             let rev = match next {
-                Outcome::Relist => match self.list().await {
+                WatchEnd::Relist => match self.list().await {
                     Ok(rev) => {
                         backoff.reset();
                         rev
                     }
                     Err(e) => {
-                        Counters::inc(&self.status.counters.etcd_errors);
+                        self.status.count(Event::EtcdError);
                         tracing::warn!(retry_in = ?backoff.peek(), "listing leases failed: {e}");
                         backoff.sleep().await;
                         continue;
                     }
                 },
-                Outcome::Resume(rev) => rev,
+                WatchEnd::Resume(rev) => rev,
             };
             next = self.watch_from(rev, &mut backoff).await;
-            if let Outcome::Resume(_) = next {
-                Counters::inc(&self.status.counters.etcd_errors);
-                Counters::inc(&self.status.counters.watch_resumes);
+            if let WatchEnd::Resume(_) = next {
+                self.status.count(Event::EtcdError);
+                self.status.count(Event::WatchResume);
                 tracing::warn!(retry_in = ?backoff.peek(), "lease watch interrupted; resuming");
                 backoff.sleep().await;
             }
         }
     }
 
-    /// Lists all leases into the view page by page (each page applied and dropped before the
-    /// next is read), logs the diff, publishes once the listing is complete. Returns the list
-    /// revision.
+    /// Lists all leases into the view ([`list_into`]), logs the diff, publishes once the
+    /// listing is complete. Returns the list revision.
     async fn list(&mut self) -> Result<i64, etcd_client::Error> {
-        let view = &self.view;
         let status = &self.status;
         let report = self.publisher.is_some();
-        let mut events = Vec::new();
-        let mut keys = 0usize;
-        let mut listing = view.listing();
-        let dir = subnets_prefix(&self.prefix);
         let started = std::time::Instant::now();
-        let mut applying = Duration::ZERO;
-        let rev = crate::etcd::list_prefix_pages(
-            &mut self.client,
-            &dir,
-            crate::etcd::ListPaging::DEFAULT,
-            |page| {
-                let t = std::time::Instant::now();
-                listing.page(&page.kvs, page.revision, &mut events);
-                applying += t.elapsed();
-                keys += page.kvs.len();
-                if report {
-                    report_events(status, &events);
-                }
-                events.clear();
-            },
-        )
+        let listed = list_into(&mut self.client, &self.view, |events| {
+            if report {
+                report_events(status, events);
+            }
+        })
         .await?;
-        Counters::inc(&self.status.counters.lease_lists);
-        listing.end(rev, &mut events);
-        if report {
-            report_events(&self.status, &events);
-        }
+        self.status.count(Event::LeaseList);
         if let Some((s, ip)) = *self.own.borrow() {
             if self.view.lock().public_ip_of(&subnet_key(&self.prefix, &s)) != Some(ip) {
                 let _ = self.own_events.send(OwnLeaseEvent::Lost(s));
@@ -127,13 +109,13 @@ impl LeaseWatcher {
         }
         self.publish();
         tracing::debug!(
-            revision = rev,
-            keys,
+            revision = listed.revision,
+            keys = listed.keys,
             took_ms = started.elapsed().as_secs_f64() * 1e3,
-            applying_ms = applying.as_secs_f64() * 1e3,
+            applying_ms = listed.applying.as_secs_f64() * 1e3,
             "listed leases"
         );
-        Ok(rev)
+        Ok(listed.revision)
     }
 
     /// Publishes the view's routes (when there is a publisher) and the rejection gauges.
@@ -149,7 +131,7 @@ impl LeaseWatcher {
                 )
             };
             publisher.set_routes(routes);
-            self.status.counters.lease_rejections.set_current(rejected);
+            self.status.set_rejected_leases(rejected);
         }
     }
 
@@ -159,7 +141,7 @@ impl LeaseWatcher {
         own.filter(|(s, _)| subnet_key(&self.prefix, s) == key)
     }
 
-    async fn watch_from(&mut self, rev: i64, backoff: &mut Backoff) -> Outcome {
+    async fn watch_from(&mut self, rev: i64, backoff: &mut Backoff) -> WatchEnd {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
@@ -171,7 +153,7 @@ impl LeaseWatcher {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(revision = rev, "starting the lease watch failed: {e}");
-                return Outcome::Resume(rev);
+                return WatchEnd::Resume(rev);
             }
         };
         let mut last = rev;
@@ -179,10 +161,10 @@ impl LeaseWatcher {
         loop {
             let resp = match stream.message().await {
                 Ok(Some(r)) => r,
-                Ok(None) => return Outcome::Resume(last),
+                Ok(None) => return WatchEnd::Resume(last),
                 Err(e) => {
                     tracing::warn!(revision = last, "lease watch stream failed: {e}");
-                    return Outcome::Resume(last);
+                    return WatchEnd::Resume(last);
                 }
             };
             if resp.compact_revision() > 0 {
@@ -191,14 +173,14 @@ impl LeaseWatcher {
                     compacted = resp.compact_revision(),
                     "lease history compacted past our revision; listing again"
                 );
-                return Outcome::Relist;
+                return WatchEnd::Relist;
             }
             if resp.canceled() {
                 tracing::warn!(
                     reason = resp.cancel_reason(),
                     "lease watch canceled by etcd"
                 );
-                return Outcome::Resume(last);
+                return WatchEnd::Resume(last);
             }
             backoff.reset();
             events.clear();
@@ -230,14 +212,56 @@ impl LeaseWatcher {
                 if report_events(&self.status, &events) {
                     self.publish();
                 } else {
-                    self.status
-                        .counters
-                        .lease_rejections
-                        .set_current(self.view.lock().set().rejected_by_reason());
+                    let rejected = self.view.lock().set().rejected_by_reason();
+                    self.status.set_rejected_leases(rejected);
                 }
             }
         }
     }
+}
+
+/// What [`list_into`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    /// The listing's etcd revision: the view holds every change up to it.
+    pub revision: i64,
+    /// Keys listed.
+    pub keys: usize,
+    /// Time spent applying pages to the view (the rest was etcd's).
+    pub applying: Duration,
+}
+
+/// Lists every key under the view's `subnets/` into `view`, page by page (each page applied and
+/// dropped before the next is read; the view is locked for one page at a time). `on_events`
+/// gets the route events of each page, then those of the listing's end (the keys it lacked,
+/// deleted). Afterwards the view counts as listed (see [`SharedLeaseView::listed`]).
+pub async fn list_into(
+    client: &mut Client,
+    view: &SharedLeaseView,
+    mut on_events: impl FnMut(&[LeaseEvent]),
+) -> Result<Listed, etcd_client::Error> {
+    let dir = view.lock().dir().to_owned();
+    let mut events = Vec::new();
+    let mut keys = 0usize;
+    let mut applying = Duration::ZERO;
+    let mut listing = view.listing();
+    let revision =
+        crate::etcd::list_prefix_pages(client, &dir, crate::etcd::ListPaging::DEFAULT, |page| {
+            let t = std::time::Instant::now();
+            listing.page(&page.kvs, page.revision, &mut events);
+            applying += t.elapsed();
+            keys += page.kvs.len();
+            on_events(&events);
+            events.clear();
+        })
+        .await?;
+    listing.end(revision, &mut events);
+    on_events(&events);
+    Ok(Listed {
+        revision,
+        keys,
+        applying,
+    })
 }
 
 /// Logs what changed (route changes as state changes; each rejection once per key and
@@ -263,7 +287,7 @@ fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool 
                 revision,
                 reason,
             } => {
-                status.counters.lease_rejections.count(reason.reason());
+                status.count_rejection(reason.reason());
                 // The key is another machine's text: cut and escaped (the reason is already).
                 tracing::warn!(
                     key = %flannel_shared::untrusted::escape(key),
@@ -275,31 +299,4 @@ fn report_events(status: &crate::status::Status, events: &[LeaseEvent]) -> bool 
         }
     }
     routes_changed
-}
-
-/// Capped exponential backoff: 200 ms doubling to 5 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(200),
-        }
-    }
-}
-
-impl Backoff {
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-    pub async fn sleep(&mut self) {
-        tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-    }
 }

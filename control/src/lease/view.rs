@@ -1,11 +1,11 @@
 //! The local view of every key under `<prefix>/subnets/` that acquisition works from, so that
-//! acquiring a subnet needs no full listing per attempt (issue 20: N hosts listing N leases each
-//! made a cold start O(N²) reads).
+//! acquiring a subnet needs no full listing per attempt (N hosts listing N leases each would
+//! make a cold start O(N²) reads).
 //!
 //! Contract:
 //! - Built on the watcher's [`LeaseSet`]: each lease is parsed once and held once, and the
 //!   routes and acquisition read the same entries. Fed by full listings, page by page
-//!   ([`LeaseView::begin_listing`], [`LeaseView::listed_put`], [`LeaseView::end_listing`]; the
+//!   ([`LeaseView::begin_listing`], [`LeaseView::put_listed`], [`LeaseView::end_listing`]; the
 //!   first start and each re-list) and then by the lease watch ([`LeaseView::watched_put`],
 //!   [`LeaseView::watched_delete`]), which also return the route events.
 //! - Acquirers add what their own etcd answers show them ([`LeaseView::learned_put`]: their own
@@ -18,7 +18,7 @@
 //!   watermark is old news (the set has it or something newer, maybe its delete) and is
 //!   ignored, so an acquirer that takes the lock after the watch applied a put and its delete
 //!   cannot bring the deleted key back.
-//! - "Taken" (issue 27; narrower than flannel's `Overlaps`): a key blocks the one candidate it
+//! - "Taken" (narrower than flannel's `Overlaps`): a key blocks the one candidate it
 //!   names when its IPv4 subnet lies inside Network and is exactly SubnetLen long, plain or
 //!   dual-stack, whether its value parses or not (a key with host bits set blocks the subnet
 //!   around it). Keys of any other shape (`0.0.0.0-0`, `10.1.0.0-16`, a /23 in a network of
@@ -34,16 +34,19 @@
 //!
 //! Pure (no I/O) apart from [`SharedLeaseView`]'s lock and "listed" signal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use flannel_shared::config::NetworkConfig;
-use flannel_shared::lease::{subnets_prefix, LeaseAttrs, LeaseKey, LeaseKeyError};
+use flannel_shared::lease::{subnets_prefix, LeaseAttrs};
 use flannel_shared::Ipv4Net;
 use rand::Rng;
 
-use crate::lease_set::{KeyValue, LeaseEvent, LeaseInfo, LeaseSet};
+use crate::lease::candidates::Candidates;
+use crate::lease::set::{
+    empty_key, parse_under, KeyShape, KeyValue, LeaseEvent, LeaseInfo, LeaseSet,
+};
 
 /// flannel picks at random among at most this many of the lowest free subnets.
 pub const PICK_AMONG: usize = 100;
@@ -57,122 +60,30 @@ pub struct OwnLease {
     pub lease_id: i64,
 }
 
-/// Candidate subnets (indices 0..count from SubnetMin) and which of them are free.
-#[derive(Debug)]
-struct Candidates {
-    min: u64,
-    /// log2 of the subnet size.
-    shift: u32,
-    count: u64,
-    /// How many keys (and reservations) block each blocked candidate.
-    blocked: HashMap<u32, u32>,
-    /// Free candidates as inclusive ranges, start → end; disjoint and not adjacent.
-    free: BTreeMap<u32, u32>,
+/// This host's leases in a view, in key order (see [`LeaseView::own_leases`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnLeases {
+    /// Those that fit the network config: to reuse.
+    pub fitting: Vec<OwnLease>,
+    /// Those that no longer fit it: to release.
+    pub misfits: Vec<OwnLease>,
 }
 
-impl Candidates {
-    fn new(cfg: &NetworkConfig) -> Self {
-        let count = cfg.subnet_count();
-        let mut free = BTreeMap::new();
-        if count > 0 {
-            free.insert(0, (count - 1) as u32);
-        }
-        Self {
-            min: u64::from(u32::from(cfg.subnet_min)),
-            shift: 32 - u32::from(cfg.subnet_len),
-            count,
-            blocked: HashMap::new(),
-            free,
-        }
-    }
+/// A subnet set aside by [`LeaseView::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// The preferred subnet, which was free.
+    Preferred(Ipv4Net),
+    /// One picked at random among the lowest free subnets.
+    Picked(Ipv4Net),
+}
 
-    /// The candidates `net` overlaps, as an inclusive index range.
-    fn overlapped(&self, net: &Ipv4Net) -> Option<(u32, u32)> {
-        let (a, b) = (u64::from(net.addr_u32()), u64::from(u32::from(net.last())));
-        let end = self.min + (self.count << self.shift);
-        if self.count == 0 || b < self.min || a >= end {
-            return None;
+impl Reserved {
+    /// The subnet reserved.
+    pub fn subnet(self) -> Ipv4Net {
+        match self {
+            Self::Preferred(s) | Self::Picked(s) => s,
         }
-        let first = a.saturating_sub(self.min) >> self.shift;
-        let last = ((b - self.min) >> self.shift).min(self.count - 1);
-        Some((first as u32, last as u32))
-    }
-
-    fn index_of(&self, net: &Ipv4Net) -> Option<u32> {
-        let a = u64::from(net.addr_u32());
-        (a >= self.min && (a - self.min) >> self.shift < self.count)
-            .then(|| ((a - self.min) >> self.shift) as u32)
-    }
-
-    fn subnet(&self, i: u32, len: u8) -> Ipv4Net {
-        let addr = self.min + (u64::from(i) << self.shift);
-        Ipv4Net::new(Ipv4Addr::from(addr as u32), len).expect("candidate is aligned")
-    }
-
-    fn is_free(&self, i: u32) -> bool {
-        !self.blocked.contains_key(&i)
-    }
-
-    fn block(&mut self, i: u32) {
-        let n = self.blocked.entry(i).or_insert(0);
-        *n += 1;
-        if *n > 1 {
-            return;
-        }
-        let (&s, &e) = self
-            .free
-            .range(..=i)
-            .next_back()
-            .expect("an unblocked candidate lies in a free range");
-        debug_assert!(e >= i);
-        self.free.remove(&s);
-        if s < i {
-            self.free.insert(s, i - 1);
-        }
-        if i < e {
-            self.free.insert(i + 1, e);
-        }
-    }
-
-    fn unblock(&mut self, i: u32) {
-        let Some(n) = self.blocked.get_mut(&i) else {
-            return;
-        };
-        *n -= 1;
-        if *n > 0 {
-            return;
-        }
-        self.blocked.remove(&i);
-        let (mut s, mut e) = (i, i);
-        if let Some((&ps, &pe)) = self.free.range(..i).next_back() {
-            if pe.checked_add(1) == Some(i) {
-                s = ps;
-                self.free.remove(&ps);
-            }
-        }
-        if let Some(next) = i.checked_add(1) {
-            if let Some(ne) = self.free.remove(&next) {
-                e = ne;
-            }
-        }
-        self.free.insert(s, e);
-    }
-
-    fn for_range(&mut self, net: &Ipv4Net, f: fn(&mut Self, u32)) {
-        if let Some((a, b)) = self.overlapped(net) {
-            for i in a..=b {
-                f(self, i);
-            }
-        }
-    }
-
-    /// The lowest `n` free candidates.
-    fn first_free(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
-        self.free.iter().flat_map(|(&s, &e)| s..=e).take(n)
-    }
-
-    fn free_count(&self) -> u64 {
-        self.free.iter().map(|(&s, &e)| u64::from(e - s) + 1).sum()
     }
 }
 
@@ -226,8 +137,11 @@ impl LeaseView {
         }
     }
 
-    /// [`LeaseView::new`] whose lease set keeps no routes ([`LeaseSet::without_routes`]): for
-    /// a view that only serves acquisitions.
+    /// [`LeaseView::new`] whose lease set keeps no routes, for a view that only serves
+    /// acquisitions (as the scale simulation's hosts): keys are checked and held as in
+    /// [`LeaseView::new`], but [`LeaseSet::routes`] stays empty, no [`LeaseEvent::Routed`] or
+    /// [`LeaseEvent::Unrouted`] is returned and a second valid key for a subnet is not judged
+    /// a duplicate.
     pub fn without_routes(prefix: &str, config: NetworkConfig) -> Self {
         Self {
             set: LeaseSet::without_routes(prefix, Some(config.clone())),
@@ -250,59 +164,64 @@ impl LeaseView {
     }
 
     /// True once a full listing was applied.
-    pub fn is_listed(&self) -> bool {
+    #[cfg(test)]
+    fn is_listed(&self) -> bool {
         self.listed_at > 0
     }
 
     /// The highest revision the watch or a listing applied (0: none yet).
-    pub fn watch_rev(&self) -> i64 {
+    #[cfg(test)]
+    fn watch_rev(&self) -> i64 {
         self.watch_rev
     }
 
     /// Keys known to exist (as the latest knowledge, the watch's or an acquirer's, has them).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let in_set = self.set.len()
             - self
                 .ahead
                 .keys()
-                .filter(|k| self.set.info(k).is_some())
+                .filter(|k| self.set.lease_info(k).is_some())
                 .count();
         in_set + self.ahead.values().filter(|a| a.info.is_some()).count()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Candidate subnets neither leased nor reserved.
-    pub fn free_count(&self) -> u64 {
+    #[cfg(test)]
+    fn free_count(&self) -> u64 {
         self.candidates.free_count()
     }
 
     /// The latest known state of `key`.
-    fn info(&self, key: &str) -> Option<LeaseInfo> {
+    fn lease_info(&self, key: &str) -> Option<LeaseInfo> {
         match self.ahead.get(key) {
             Some(a) => a.info,
-            None => self.set.info(key),
+            None => self.set.lease_info(key),
         }
     }
 
     /// The PublicIP a plain key's value names (the own-lease checks need nothing else).
     pub fn public_ip_of(&self, key: &str) -> Option<Ipv4Addr> {
-        self.info(key).and_then(|i| i.owner)
+        self.lease_info(key).and_then(|i| i.owner)
     }
 
     /// Runs `change` on the view's state for `key`, then brings the candidates and the owner
     /// index in line with the key's latest known state.
     fn changing<R>(&mut self, key: &str, change: impl FnOnce(&mut Self) -> R) -> R {
-        let before = self.info(key);
+        let before = self.lease_info(key);
         let shared = self
             .ahead
             .get_key_value(key)
             .map(|(k, _)| k.clone())
             .or_else(|| self.set.shared_key(key));
         let r = change(self);
-        let after = self.info(key);
+        let after = self.lease_info(key);
         let (b_subnet, b_owner) = (before.and_then(|i| i.subnet), before.and_then(|i| i.owner));
         let (a_subnet, a_owner) = (after.and_then(|i| i.subnet), after.and_then(|i| i.owner));
         // Only keys of a candidate's shape block (see the module docs).
@@ -372,7 +291,7 @@ impl LeaseView {
     pub fn learned_put(&mut self, kv: KeyValue<'_>) {
         if kv.mod_revision <= self.watch_rev
             || self
-                .info(kv.key)
+                .lease_info(kv.key)
                 .is_some_and(|i| i.mod_revision >= kv.mod_revision)
             || self
                 .ahead
@@ -381,16 +300,12 @@ impl LeaseView {
         {
             return;
         }
-        let Some(rest) = kv.key.strip_prefix(&self.dir) else {
+        let shape = KeyShape::of(&parse_under(&self.dir, kv.key));
+        let Some(subnet) = shape.subnet else {
             return;
         };
-        let (subnet, plain) = match LeaseKey::parse(rest) {
-            Ok(k) => (k.ipv4, k.ipv6.is_none()),
-            // flannel reads `10.1.15.7-24` as a subnet: keep clear of it.
-            Err(LeaseKeyError::HostBits { network, .. }) => (network, false),
-            Err(_) => return,
-        };
-        let owner = plain
+        let owner = shape
+            .plain
             .then(|| LeaseAttrs::parse(kv.value).ok().map(|a| a.public_ip))
             .flatten();
         let ahead = Ahead {
@@ -410,7 +325,7 @@ impl LeaseView {
     /// when the view does not know the key at all.
     pub fn learned_delete(&mut self, key: &str, revision: i64) {
         let learned_at = self.ahead.get(key).map(|a| a.revision);
-        let info = self.info(key);
+        let info = self.lease_info(key);
         if revision <= self.watch_rev
             || !key.starts_with(&self.dir)
             || learned_at.is_some_and(|r| r >= revision)
@@ -429,7 +344,7 @@ impl LeaseView {
     }
 
     /// Starts applying a full listing taken at `revision`, page by page: each key-value goes
-    /// through [`LeaseView::listed_put`], then [`LeaseView::end_listing`] deletes the keys the
+    /// through [`LeaseView::put_listed`], then [`LeaseView::end_listing`] deletes the keys the
     /// listing lacked. Starting another listing abandons an unfinished one.
     pub fn begin_listing(&mut self, revision: i64) {
         self.set.begin_listing();
@@ -437,8 +352,8 @@ impl LeaseView {
     }
 
     /// A key-value of the listing being applied (route `events` out).
-    pub fn listed_put(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
-        self.changing(kv.key, |v| v.set.put_listed(kv, events));
+    pub fn put_listed(&mut self, kv: KeyValue<'_>, events: &mut Vec<LeaseEvent>) {
+        self.changing(kv.key, |v| v.set.put(kv, events));
     }
 
     /// Ends the listing: the keys it lacked are deleted, the watermark is raised to its
@@ -457,25 +372,10 @@ impl LeaseView {
         self.settle_ahead();
     }
 
-    /// A whole listing taken at `revision` at once (see [`LeaseView::begin_listing`]).
-    pub fn replace_all<'a>(
-        &mut self,
-        listing: impl IntoIterator<Item = KeyValue<'a>>,
-        revision: i64,
-        events: &mut Vec<LeaseEvent>,
-    ) {
-        self.begin_listing(revision);
-        for kv in listing {
-            self.listed_put(kv, events);
-        }
-        self.end_listing(events);
-    }
-
     /// Our own leases (plain keys naming `public_ip`), in key order: those that fit the config
     /// (to reuse) and those that do not (to release).
-    pub fn own_leases(&self, public_ip: Ipv4Addr) -> (Vec<OwnLease>, Vec<OwnLease>) {
-        let mut fits = Vec::new();
-        let mut misfits = Vec::new();
+    pub fn own_leases(&self, public_ip: Ipv4Addr) -> OwnLeases {
+        let mut own = OwnLeases::default();
         for (_, key) in self
             .owners
             .range((public_ip, empty_key())..)
@@ -486,22 +386,22 @@ impl LeaseView {
                 lease_id,
                 subnet: Some(subnet),
                 ..
-            }) = self.info(key)
+            }) = self.lease_info(key)
             else {
                 continue;
             };
-            let own = OwnLease {
+            let lease = OwnLease {
                 subnet,
                 mod_revision,
                 lease_id,
             };
             if self.config.fits(&subnet) {
-                fits.push(own);
+                own.fitting.push(lease);
             } else {
-                misfits.push(own);
+                own.misfits.push(lease);
             }
         }
-        (fits, misfits)
+        own
     }
 
     /// True when `subnet` is a candidate that no key overlaps and nobody here reserved.
@@ -515,8 +415,8 @@ impl LeaseView {
 
     /// Picks `preferred` when it is free, else one at random among the lowest [`PICK_AMONG`]
     /// free subnets (flannel's policy), and reserves it until [`LeaseView::unreserve`].
-    /// Returns the subnet and whether it is `preferred`; `None` when no subnet is free.
-    pub fn reserve(&mut self, preferred: Option<Ipv4Net>) -> Option<(Ipv4Net, bool)> {
+    /// `None` when no subnet is free.
+    pub fn reserve(&mut self, preferred: Option<Ipv4Net>) -> Option<Reserved> {
         let (i, is_preferred) = match preferred
             .filter(|p| self.is_free(p))
             .and_then(|p| self.candidates.index_of(&p))
@@ -531,10 +431,12 @@ impl LeaseView {
             }
         };
         self.candidates.block(i);
-        Some((
-            self.candidates.subnet(i, self.config.subnet_len),
-            is_preferred,
-        ))
+        let subnet = self.candidates.subnet(i, self.config.subnet_len);
+        Some(if is_preferred {
+            Reserved::Preferred(subnet)
+        } else {
+            Reserved::Picked(subnet)
+        })
     }
 
     /// Ends a reservation made by [`LeaseView::reserve`].
@@ -543,12 +445,6 @@ impl LeaseView {
             self.candidates.unblock(i);
         }
     }
-}
-
-/// The lowest key text, for range bounds.
-fn empty_key() -> Arc<str> {
-    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
 /// A [`LeaseView`] shared by the lease watch (which feeds it) and acquirers, with a signal
@@ -560,16 +456,8 @@ pub struct SharedLeaseView {
 }
 
 impl SharedLeaseView {
-    pub fn new(prefix: &str, config: NetworkConfig) -> Self {
-        Self::from_view(LeaseView::new(prefix, config))
-    }
-
-    /// A shared [`LeaseView::without_routes`].
-    pub fn without_routes(prefix: &str, config: NetworkConfig) -> Self {
-        Self::from_view(LeaseView::without_routes(prefix, config))
-    }
-
-    fn from_view(view: LeaseView) -> Self {
+    /// Shares `view` (not yet listed, as a fresh [`LeaseView`] is).
+    pub fn new(view: LeaseView) -> Self {
         Self {
             view: Mutex::new(view),
             listed: tokio::sync::watch::Sender::new(false),
@@ -582,29 +470,18 @@ impl SharedLeaseView {
     }
 
     /// [`LeaseView::end_listing`], then wakes whoever waits in [`SharedLeaseView::listed`].
-    pub fn end_listing(&self, events: &mut Vec<LeaseEvent>) {
+    fn end_listing(&self, events: &mut Vec<LeaseEvent>) {
         self.lock().end_listing(events);
         self.listed.send_replace(true);
     }
 
-    /// Starts applying a listing that arrives page by page: [`ListingInto::page`] for each
-    /// page, then [`ListingInto::end`].
-    pub fn listing(&self) -> ListingInto<'_> {
-        ListingInto {
+    /// Starts applying a listing that arrives page by page: [`Listing::page`] for each
+    /// page, then [`Listing::end`].
+    pub(super) fn listing(&self) -> Listing<'_> {
+        Listing {
             view: self,
             begun: false,
         }
-    }
-
-    /// [`LeaseView::replace_all`], then wakes whoever waits in [`SharedLeaseView::listed`].
-    pub fn replace_all<'a>(
-        &self,
-        listing: impl IntoIterator<Item = KeyValue<'a>>,
-        revision: i64,
-        events: &mut Vec<LeaseEvent>,
-    ) {
-        self.lock().replace_all(listing, revision, events);
-        self.listed.send_replace(true);
     }
 
     /// Returns once a full listing was applied.
@@ -618,14 +495,14 @@ impl SharedLeaseView {
 /// A listing being applied to a [`SharedLeaseView`] page by page (the view is locked for one
 /// page at a time, never across the reads between pages).
 #[derive(Debug)]
-pub struct ListingInto<'v> {
+pub(super) struct Listing<'v> {
     view: &'v SharedLeaseView,
     begun: bool,
 }
 
-impl ListingInto<'_> {
+impl Listing<'_> {
     /// Applies one page read at `revision` (the first page begins the listing): every key
-    /// goes through [`LeaseView::listed_put`], route events into `events`.
+    /// goes through [`LeaseView::put_listed`], route events into `events`.
     pub fn page(
         &mut self,
         kvs: &[etcd_client::KeyValue],
@@ -639,7 +516,7 @@ impl ListingInto<'_> {
         }
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key());
-            v.listed_put(KeyValue::from_etcd(&key, kv), events);
+            v.put_listed(KeyValue::from_etcd(&key, kv), events);
         }
     }
 
@@ -678,6 +555,20 @@ mod tests {
         format!("{PREFIX}/subnets/{k}")
     }
 
+    /// A whole listing taken at `revision` at once.
+    fn replace_all<'a>(
+        view: &mut LeaseView,
+        listing: impl IntoIterator<Item = KeyValue<'a>>,
+        revision: i64,
+        events: &mut Vec<LeaseEvent>,
+    ) {
+        view.begin_listing(revision);
+        for kv in listing {
+            view.put_listed(kv, events);
+        }
+        view.end_listing(events);
+    }
+
     fn free_list(v: &LeaseView) -> Vec<Ipv4Net> {
         let len = v.config.subnet_len;
         v.candidates
@@ -694,7 +585,7 @@ mod tests {
     const THEIRS: &str = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null}"#;
 
     /// Keys and values as a mixed cluster writes them: which candidates stay free (only keys of a
-    /// candidate's shape block, issue 27), which leases are ours to reuse or release.
+    /// candidate's shape block), which leases are ours to reuse or release.
     #[test]
     fn keys_of_a_candidates_shape_block_and_own_leases_are_found() {
         let mut v =
@@ -720,14 +611,17 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (k, val, l))| kv(k, val, i as i64 + 1, *l));
-        v.replace_all(listing, 20, &mut Vec::new());
+        replace_all(&mut v, listing, 20, &mut Vec::new());
         assert!(v.is_listed());
         assert_eq!(
             v.len(),
             8,
             "the junk key is held (rejected) but blocks nothing"
         );
-        let (fits, misfits) = v.own_leases(Ipv4Addr::new(198, 18, 0, 1));
+        let OwnLeases {
+            fitting: fits,
+            misfits,
+        } = v.own_leases(Ipv4Addr::new(198, 18, 0, 1));
         assert_eq!(
             fits,
             [OwnLease {
@@ -767,12 +661,18 @@ mod tests {
         // Learned ahead of the watch: the newer state wins.
         v.learned_put(kv(&k, THEIRS, 11, 2));
         assert_eq!(v.public_ip_of(&k), Some(Ipv4Addr::new(198, 18, 0, 2)));
-        assert!(v.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0.is_empty());
-        assert_eq!(v.own_leases(Ipv4Addr::new(198, 18, 0, 2)).0.len(), 1);
+        assert!(v
+            .own_leases(Ipv4Addr::new(198, 18, 0, 1))
+            .fitting
+            .is_empty());
+        assert_eq!(v.own_leases(Ipv4Addr::new(198, 18, 0, 2)).fitting.len(), 1);
         v.learned_delete(&k, 12);
         assert!(v.is_free(&net("10.1.5.0/24")));
         assert!(v.is_empty());
-        assert!(v.own_leases(Ipv4Addr::new(198, 18, 0, 2)).0.is_empty());
+        assert!(v
+            .own_leases(Ipv4Addr::new(198, 18, 0, 2))
+            .fitting
+            .is_empty());
         // The watch catches up (put@11, delete@12): same state, nothing learned is left.
         v.watched_put(kv(&k, THEIRS, 11, 2), &mut ev);
         assert!(v.is_empty(), "a put older than the learned delete showed");
@@ -785,7 +685,7 @@ mod tests {
         let (newer, older) = (key("10.1.6.0-24"), key("10.1.7.0-24"));
         v.learned_put(kv(&newer, THEIRS, 25, 3));
         v.watched_put(kv(&older, THEIRS, 15, 4), &mut ev);
-        v.replace_all([], 20, &mut ev);
+        replace_all(&mut v, [], 20, &mut ev);
         assert!(!v.is_free(&net("10.1.6.0/24")));
         assert!(v.is_free(&net("10.1.7.0/24")));
         assert_eq!(v.free_count(), 254);
@@ -819,13 +719,13 @@ mod tests {
         assert!(!v.is_free(&net("10.1.7.0/24")));
         assert_eq!(v.watch_rev(), 31, "learned puts do not raise the watermark");
         // A listing raises the watermark too.
-        v.replace_all([kv(&newer, OURS, 32, 3)], 40, &mut ev);
+        replace_all(&mut v, [kv(&newer, OURS, 32, 3)], 40, &mut ev);
         assert_eq!(v.watch_rev(), 40);
         v.learned_put(kv(&k, OURS, 35, 1));
         assert!(v.is_free(&net("10.1.5.0/24")));
     }
 
-    /// Issue 27: only keys of a candidate's shape block. A /23, a /8, `0.0.0.0-0` and a /24
+    /// Only keys of a candidate's shape block. A /23, a /8, `0.0.0.0-0` and a /24
     /// outside Network (flannel's Overlaps: each blocked all it covers, so one key without a TTL
     /// could make every new host fail "out of subnets") block nothing; two keys naming one
     /// subnet block it until the last one goes.
@@ -872,18 +772,18 @@ mod tests {
         assert_eq!(v.free_count(), 3, "one reserved");
     }
 
-    /// A key too long to be a lease key is held under a short name (issue 27); a listing
+    /// A key too long to be a lease key is held under a short name; a listing
     /// without it still finds and deletes it, and it blocks nothing.
     #[test]
     fn a_huge_key_is_held_short_and_a_listing_without_it_deletes_it() {
         let mut v = view(r#"{"Network":"10.1.0.0/16"}"#);
         let huge = key(&"9".repeat(1 << 20));
         let mut ev = Vec::new();
-        v.replace_all([kv(&huge, THEIRS, 1, 0)], 1, &mut ev);
+        replace_all(&mut v, [kv(&huge, THEIRS, 1, 0)], 1, &mut ev);
         assert_eq!(v.len(), 1);
         assert_eq!(v.free_count(), 255);
         assert!(v.set().shared_key(&huge).unwrap().len() < 300);
-        v.replace_all([], 2, &mut ev);
+        replace_all(&mut v, [], 2, &mut ev);
         assert!(v.is_empty());
         assert!(v.set().rejected_by_reason().is_empty());
     }
@@ -897,8 +797,9 @@ mod tests {
         let mut v = LeaseView::new(PREFIX, cfg);
         let mut got = BTreeSet::new();
         for _ in 0..150 {
-            let (s, preferred) = v.reserve(None).unwrap();
-            assert!(!preferred);
+            let Some(Reserved::Picked(s)) = v.reserve(None) else {
+                panic!("not picked among the free");
+            };
             assert!(got.insert(s), "{s} reserved twice");
         }
         // Each pick came from the lowest 100 free at the time, so nothing above index 249.
@@ -906,9 +807,9 @@ mod tests {
             .iter()
             .all(|s| s.addr_u32() < u32::from(Ipv4Addr::new(10, 0, 250, 0))));
         let want = net("10.200.0.0/24");
-        assert_eq!(v.reserve(Some(want)), Some((want, true)));
+        assert_eq!(v.reserve(Some(want)), Some(Reserved::Preferred(want)));
         assert_ne!(
-            v.reserve(Some(want)).unwrap().0,
+            v.reserve(Some(want)).unwrap().subnet(),
             want,
             "reserved: not free any more"
         );
@@ -922,8 +823,13 @@ mod tests {
             .filter(|s| *s != net("10.1.2.32/28"))
             .map(|s| key(&s.to_key()))
             .collect();
-        v.replace_all(keys.iter().map(|k| kv(k, THEIRS, 1, 0)), 1, &mut Vec::new());
-        assert_eq!(v.reserve(None), Some((net("10.1.2.32/28"), false)));
+        replace_all(
+            &mut v,
+            keys.iter().map(|k| kv(k, THEIRS, 1, 0)),
+            1,
+            &mut Vec::new(),
+        );
+        assert_eq!(v.reserve(None), Some(Reserved::Picked(net("10.1.2.32/28"))));
         assert_eq!(v.reserve(None), None);
     }
 
@@ -946,7 +852,7 @@ mod tests {
         };
         let mut whole = view(cfg);
         let mut ev_whole = Vec::new();
-        whole.replace_all(listing(), 50, &mut ev_whole);
+        replace_all(&mut whole, listing(), 50, &mut ev_whole);
 
         let mut paged = view(cfg);
         // Known before the listing and absent from it: deleted at its end.
@@ -960,14 +866,14 @@ mod tests {
         paged.begin_listing(40);
         let all: Vec<KeyValue<'_>> = listing().collect();
         for kv in &all[..3] {
-            paged.listed_put(*kv, &mut ev);
+            paged.put_listed(*kv, &mut ev);
         }
         ev.clear();
         paged.begin_listing(50);
         let mut ev_paged = Vec::new();
         for page in all.chunks(5) {
             for kv in page {
-                paged.listed_put(*kv, &mut ev_paged);
+                paged.put_listed(*kv, &mut ev_paged);
             }
             assert!(!paged.is_listed(), "listed before the last page");
         }
@@ -1013,7 +919,7 @@ mod tests {
         );
         assert!(!paged.is_free(&net("10.1.14.0/24")));
         assert_eq!(
-            paged.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0,
+            paged.own_leases(Ipv4Addr::new(198, 18, 0, 1)).fitting,
             [OwnLease {
                 subnet: net("10.1.14.0/24"),
                 mod_revision: 51,
@@ -1029,7 +935,10 @@ mod tests {
             }]
         );
         assert!(paged.is_free(&net("10.1.14.0/24")));
-        assert!(paged.own_leases(Ipv4Addr::new(198, 18, 0, 1)).0.is_empty());
+        assert!(paged
+            .own_leases(Ipv4Addr::new(198, 18, 0, 1))
+            .fitting
+            .is_empty());
     }
 
     /// A view that only serves acquisitions keeps no routes but blocks, finds owners and
@@ -1050,8 +959,8 @@ mod tests {
             kv(&bad, r#"{"PublicIP":"0.0.0.0"}"#, 3, 3),
         ];
         let (mut ev_full, mut ev_bare) = (Vec::new(), Vec::new());
-        full.replace_all(listing, 3, &mut ev_full);
-        bare.replace_all(listing, 3, &mut ev_bare);
+        replace_all(&mut full, listing, 3, &mut ev_full);
+        replace_all(&mut bare, listing, 3, &mut ev_bare);
         assert!(bare.set().routes().is_empty());
         assert_eq!(full.set().routes().len(), 1);
         let rejected = |ev: &[LeaseEvent]| {
