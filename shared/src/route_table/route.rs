@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::error::{Result, RouteTableError};
+use super::MAX_CAPACITY;
 use crate::Ipv4Net;
 
 /// What the control plane publishes besides the routes.
@@ -51,4 +52,38 @@ pub fn check_route(meta: &TableMeta, r: &Route) -> Result<()> {
         return Err(RouteTableError::UnspecifiedPublicIp { subnet: r.subnet });
     }
     Ok(())
+}
+
+/// Validates `meta` and returns the number of entries its table has:
+/// `2^(subnet_len - prefix)`, at most [`MAX_CAPACITY`].
+pub(crate) fn entries_needed(meta: &TableMeta) -> Result<u32> {
+    let prefix = meta.network.prefix();
+    if meta.subnet_len < prefix || meta.subnet_len > 32 {
+        return Err(RouteTableError::InvalidMeta {
+            what: format!(
+                "subnet length /{} must be between the network's prefix ({}) and 32",
+                meta.subnet_len, meta.network
+            ),
+        });
+    }
+    if let Some(our) = meta.our_subnet {
+        if !meta.network.contains_net(&our) {
+            return Err(RouteTableError::InvalidMeta {
+                what: format!(
+                    "our subnet {our} is not inside the network {}",
+                    meta.network
+                ),
+            });
+        }
+    }
+    let bits = u32::from(meta.subnet_len - prefix);
+    let entries = 1u64 << bits;
+    if entries > u64::from(MAX_CAPACITY) {
+        return Err(RouteTableError::TooManyEntries {
+            network: meta.network,
+            subnet_len: meta.subnet_len,
+            entries,
+        });
+    }
+    Ok(entries as u32)
 }

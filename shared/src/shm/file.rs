@@ -68,13 +68,13 @@ pub(crate) fn map_for_read(path: &Path) -> Result<(Mapping, FileId)> {
             needed: HEADER_SIZE as u64,
         });
     }
-    let raw = if writable {
+    let mmap = if writable {
         MmapOptions::new().map_raw(&file)
     } else {
         MmapOptions::new().map_raw_read_only(&file)
     }
     .map_err(io_err(path))?;
-    Ok((Mapping::validate(path, raw)?, FileId::of(&meta)))
+    Ok((Mapping::validate(path, mmap)?, FileId::of(&meta)))
 }
 
 /// `<path>.lock`, the file the writer holds an exclusive `flock` on.
@@ -87,7 +87,7 @@ fn lock_path(path: &Path) -> PathBuf {
 /// Creates/opens `<path>.lock` and takes an exclusive, non-blocking `flock` on it.
 ///
 /// The lock file is ours alone: opened without following a symlink, refused when another user
-/// owns it, and made mode 0600 (also when an older run left it 0644). Anyone who can open it can
+/// owns it, and made mode 0600 (also when it exists with another mode). Anyone who can open it can
 /// `flock` it and so keep flanneld from starting; with 0600 in a directory only root can write,
 /// nobody else can.
 pub(crate) fn lock_writer(path: &Path) -> Result<File> {
@@ -176,9 +176,9 @@ pub(crate) fn create_table_file(
         MmapOptions::new().map_raw(&file)
     })()
     .map_err(io_err(&tmp))
-    .and_then(|raw| {
-        init_header(&tmp, &raw, capacity, generation)?;
-        Mapping::validate(&tmp, raw)
+    .and_then(|mmap| {
+        init_header(&tmp, &mmap, capacity, generation)?;
+        Mapping::validate(&tmp, mmap)
     });
     match result {
         Ok(map) => Ok((tmp, map)),
@@ -208,8 +208,8 @@ pub(crate) fn reuse_existing(path: &Path) -> Result<Option<Mapping>> {
     if !meta.is_file() || meta.len() < HEADER_SIZE as u64 {
         return Ok(None);
     }
-    let raw = MmapOptions::new().map_raw(&file).map_err(io_err(path))?;
-    let Ok(map) = Mapping::validate(path, raw) else {
+    let mmap = MmapOptions::new().map_raw(&file).map_err(io_err(path))?;
+    let Ok(map) = Mapping::validate(path, mmap) else {
         return Ok(None);
     };
     let h = map.header();

@@ -69,8 +69,8 @@ const _: () = {
 
 /// Bytes of one buffer (header + `capacity` entries), rounded up to a 4096-byte page.
 pub(crate) fn buffer_stride(capacity: u32) -> usize {
-    let raw = BUF_HEADER_SIZE + 4 * capacity as usize;
-    raw.div_ceil(PAGE) * PAGE
+    let unpadded = BUF_HEADER_SIZE + 4 * capacity as usize;
+    unpadded.div_ceil(PAGE) * PAGE
 }
 
 /// Size in bytes of a route-table file with the given capacity (entries per buffer).
@@ -93,15 +93,15 @@ pub(crate) fn load_acquire_u64(a: &AtomicU64) -> u64 {
 /// `table_file_size(capacity)` bytes long, its base is 64-byte aligned, the header says
 /// `MAGIC`, `LAYOUT_VERSION` and `capacity`, and `1 <= capacity <= MAX_CAPACITY`.
 pub(crate) struct Mapping {
-    raw: MmapRaw,
+    mmap: MmapRaw,
     capacity: u32,
     stride: usize,
 }
 
 impl Mapping {
-    /// Checks the size, alignment and header of `raw` (from the file at `path`).
-    pub(crate) fn validate(path: &Path, raw: MmapRaw) -> Result<Self> {
-        let len = raw.len();
+    /// Checks the size, alignment and header of `mmap` (from the file at `path`).
+    pub(crate) fn validate(path: &Path, mmap: MmapRaw) -> Result<Self> {
+        let len = mmap.len();
         if len < HEADER_SIZE {
             return Err(RouteTableError::TooSmall {
                 path: path.to_owned(),
@@ -109,19 +109,19 @@ impl Mapping {
                 needed: HEADER_SIZE as u64,
             });
         }
-        if (raw.as_ptr() as usize) % 64 != 0 {
+        if (mmap.as_ptr() as usize) % 64 != 0 {
             return Err(corrupt(
                 path,
-                format!("mapping at {:p} is not aligned", raw.as_ptr()),
+                format!("mapping at {:p} is not aligned", mmap.as_ptr()),
             ));
         }
         // SAFETY: the mapping is at least HEADER_SIZE (>= size_of::<Header>()) bytes and
         // 64-byte aligned (checked just above); `Header` is repr(C) and made only of atomics,
         // which are valid for every bit pattern and have the size and alignment of the
         // plain integers. All processes access this memory only through atomics, so there
-        // is no data race. The reference lives no longer than `raw`, which is moved into
+        // is no data race. The reference lives no longer than `mmap`, which is moved into
         // the returned `Mapping` (a move does not move the mapped memory).
-        let header = unsafe { &*raw.as_ptr().cast::<Header>() };
+        let header = unsafe { &*mmap.as_ptr().cast::<Header>() };
         let magic = header.magic.load(Ordering::Relaxed);
         if magic != MAGIC {
             return Err(RouteTableError::BadMagic {
@@ -152,7 +152,7 @@ impl Mapping {
             });
         }
         Ok(Self {
-            raw,
+            mmap,
             capacity,
             stride: buffer_stride(capacity),
         })
@@ -167,7 +167,7 @@ impl Mapping {
         // SAFETY: see the type's invariant: the mapping holds a whole, aligned header;
         // atomics are valid for any bits and all sharers use atomics only; the returned
         // reference borrows `self`, which owns the mapping.
-        unsafe { &*self.raw.as_ptr().cast::<Header>() }
+        unsafe { &*self.mmap.as_ptr().cast::<Header>() }
     }
 
     /// Buffer `which & 1`: its header and its `capacity` entries.
@@ -183,7 +183,7 @@ impl Mapping {
         // through atomics, so there is no data race. The references borrow `self`, which
         // owns the mapping.
         unsafe {
-            let base = self.raw.as_ptr().add(offset);
+            let base = self.mmap.as_ptr().add(offset);
             let header = &*base.cast::<BufHeader>();
             let entries = std::slice::from_raw_parts(
                 base.add(BUF_HEADER_SIZE).cast::<AtomicU32>(),
@@ -197,11 +197,11 @@ impl Mapping {
 /// Writes the header of a freshly created (zeroed, not yet visible) table file.
 pub(crate) fn init_header(
     path: &Path,
-    raw: &MmapRaw,
+    mmap: &MmapRaw,
     capacity: u32,
     generation: u64,
 ) -> Result<()> {
-    if raw.len() < HEADER_SIZE || (raw.as_ptr() as usize) % 64 != 0 {
+    if mmap.len() < HEADER_SIZE || (mmap.as_ptr() as usize) % 64 != 0 {
         return Err(corrupt(
             path,
             "new mapping is too short or unaligned".into(),
@@ -210,8 +210,8 @@ pub(crate) fn init_header(
     // SAFETY: checked just above that the mapping holds a whole header (HEADER_SIZE >=
     // size_of::<Header>()) at a 64-byte aligned address; `Header` is repr(C) of atomics, valid
     // for every bit pattern, and the file is only accessed through atomics. The reference does
-    // not outlive this function, during which `raw` is borrowed.
-    let h = unsafe { &*raw.as_ptr().cast::<Header>() };
+    // not outlive this function, during which `mmap` is borrowed.
+    let h = unsafe { &*mmap.as_ptr().cast::<Header>() };
     h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
     h.capacity.store(capacity, Ordering::Relaxed);
     h.active.store(0, Ordering::Relaxed);

@@ -23,7 +23,7 @@ const MAX_REOPENS: u32 = 8;
 pub const IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The meta fields of a buffer as loaded (possibly torn until the seqlock validates them).
-struct RawMeta {
+struct StoredMeta {
     generation: u64,
     network: u32,
     prefix: u32,
@@ -35,7 +35,7 @@ struct RawMeta {
     count: u32,
 }
 
-impl RawMeta {
+impl StoredMeta {
     fn load(b: &BufHeader) -> Self {
         let r = Ordering::Relaxed;
         Self {
@@ -115,9 +115,10 @@ pub struct RouteTableReader {
     /// The mapped file's identity, and when the path was last checked against it.
     file: FileId,
     checked: std::time::Instant,
-    /// Receives each copy; swapped with the snapshot's entries once the copy is validated, so
-    /// a failed refresh leaves the snapshot untouched and steady state does not allocate.
-    scratch: Vec<u32>,
+    /// Receives each copy of the entries; swapped with the snapshot's once the copy is
+    /// validated, so a failed refresh leaves the snapshot untouched and steady state does not
+    /// allocate.
+    copied_entries: Vec<u32>,
 }
 
 impl fmt::Debug for RouteTableReader {
@@ -130,9 +131,23 @@ impl fmt::Debug for RouteTableReader {
     }
 }
 
+/// What one attempt to copy the mapped file's active buffer found.
 enum CopyOutcome {
-    Done,
+    /// A consistent copy of one publish: its entries are in `copied_entries`, `leased` of them
+    /// non-zero.
+    Copied {
+        generation: u64,
+        meta: TableMeta,
+        leased: usize,
+    },
+    /// The writer replaced this file: reopen the path.
     Retired,
+}
+
+/// One seqlock read of a buffer that was not being written during it.
+struct BufferCopy {
+    meta: StoredMeta,
+    leased: usize,
 }
 
 impl RouteTableReader {
@@ -145,7 +160,7 @@ impl RouteTableReader {
             map,
             file,
             checked: std::time::Instant::now(),
-            scratch: Vec::new(),
+            copied_entries: Vec::new(),
         })
     }
 
@@ -170,7 +185,7 @@ impl RouteTableReader {
     /// publish.
     pub fn snapshot(&mut self) -> Result<RouteSnapshot> {
         let mut snap = RouteSnapshot::empty();
-        self.load_into(&mut snap)?;
+        self.update(&mut snap)?;
         Ok(snap)
     }
 
@@ -189,7 +204,7 @@ impl RouteTableReader {
             }
             return self.follow_replaced(snap);
         }
-        self.load_into(snap)?;
+        self.update(snap)?;
         Ok(true)
     }
 
@@ -209,29 +224,42 @@ impl RouteTableReader {
         let (map, file) = map_for_read(&self.path)?;
         self.map = map;
         self.file = file;
-        self.load_into(snap)?;
+        self.update(snap)?;
         Ok(true)
     }
 
+    /// Copies the current table into `snap`, following retired files; on error `snap` is
+    /// left as it was.
     #[inline(never)]
-    fn load_into(&mut self, snap: &mut RouteSnapshot) -> Result<()> {
+    fn update(&mut self, snap: &mut RouteSnapshot) -> Result<()> {
         let mut reopens = 0;
-        while let CopyOutcome::Retired = self.try_copy(snap)? {
-            reopens += 1;
-            if reopens > MAX_REOPENS {
-                return Err(RouteTableError::Contended {
-                    path: self.path.clone(),
-                    attempts: reopens,
-                });
+        loop {
+            match self.copy_active()? {
+                CopyOutcome::Copied {
+                    generation,
+                    meta,
+                    leased,
+                } => {
+                    snap.install(generation, meta, &mut self.copied_entries, leased);
+                    return Ok(());
+                }
+                CopyOutcome::Retired => {
+                    reopens += 1;
+                    if reopens > MAX_REOPENS {
+                        return Err(RouteTableError::Contended {
+                            path: self.path.clone(),
+                            attempts: reopens,
+                        });
+                    }
+                    (self.map, self.file) = map_for_read(&self.path)?;
+                }
             }
-            (self.map, self.file) = map_for_read(&self.path)?;
         }
-        Ok(())
     }
 
-    /// The seqlock read; see the module docs.
-    fn try_copy(&mut self, snap: &mut RouteSnapshot) -> Result<CopyOutcome> {
-        let capacity = self.map.capacity();
+    /// The seqlock read of the active buffer (the protocol in [`crate::route_table`]),
+    /// retried while the writer rewrites it, at most [`MAX_COPY_ATTEMPTS`] times.
+    fn copy_active(&mut self) -> Result<CopyOutcome> {
         for attempt in 0..MAX_COPY_ATTEMPTS {
             if attempt > 0 {
                 if attempt < SPIN_ATTEMPTS {
@@ -257,34 +285,42 @@ impl RouteTableReader {
             // Makes the buffer write that preceded the `active` store visible, so the copy is
             // not older than `generation`.
             fence(Ordering::Acquire);
-            let (buf, slots) = self.map.buffer(active);
-            let seq1 = load_acquire_u64(&buf.seq);
-            if seq1 % 2 == 1 {
+            let Some(copy) = self.copy_buffer(active) else {
                 continue;
-            }
-            let raw = RawMeta::load(buf);
-            let count = raw.count as usize;
-            let mut leased = 0;
-            if raw.count <= capacity {
-                self.scratch.clear();
-                self.scratch.extend(slots[..count].iter().map(|slot| {
-                    let v = slot.load(Ordering::Relaxed);
-                    leased += usize::from(v != 0);
-                    v
-                }));
-            }
-            fence(Ordering::Acquire);
-            if buf.seq.load(Ordering::Relaxed) != seq1 {
-                continue;
-            }
-            // A consistent copy of one publish.
-            let meta = raw.validate(&self.path, capacity)?;
-            snap.install(raw.generation, meta, &mut self.scratch, leased);
-            return Ok(CopyOutcome::Done);
+            };
+            let meta = copy.meta.validate(&self.path, self.map.capacity())?;
+            return Ok(CopyOutcome::Copied {
+                generation: copy.meta.generation,
+                meta,
+                leased: copy.leased,
+            });
         }
         Err(RouteTableError::Contended {
             path: self.path.clone(),
             attempts: MAX_COPY_ATTEMPTS,
         })
+    }
+
+    /// Copies buffer `which`'s meta and entries (into `copied_entries`) under its seqlock;
+    /// `None` when the writer was writing it meanwhile.
+    fn copy_buffer(&mut self, which: u32) -> Option<BufferCopy> {
+        let (buf, slots) = self.map.buffer(which);
+        let seq = load_acquire_u64(&buf.seq);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let meta = StoredMeta::load(buf);
+        let mut leased = 0;
+        if meta.count <= self.map.capacity() {
+            self.copied_entries.clear();
+            self.copied_entries
+                .extend(slots[..meta.count as usize].iter().map(|slot| {
+                    let v = slot.load(Ordering::Relaxed);
+                    leased += usize::from(v != 0);
+                    v
+                }));
+        }
+        fence(Ordering::Acquire);
+        (buf.seq.load(Ordering::Relaxed) == seq).then_some(BufferCopy { meta, leased })
     }
 }

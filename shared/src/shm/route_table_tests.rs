@@ -448,8 +448,8 @@ fn corrupted_published_table_is_an_error() {
     assert_eq!(r.snapshot().unwrap().generation(), 100);
 }
 
-/// Regression: one lease with PublicIP 0.0.0.0 made every publish fail, so no
-/// later lease reached the data plane. `publish_skipping` leaves it out and reports it.
+/// One lease with PublicIP 0.0.0.0 (or any refused route) must not keep the others from the
+/// data plane: `publish_skipping` leaves it out and reports it.
 #[test]
 fn publish_skipping_leaves_bad_routes_out_and_publishes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -633,7 +633,7 @@ fn a_reader_follows_a_replaced_file_that_was_never_retired() {
     drop((w, w2, w3));
 }
 
-/// The lock file is the writer's alone: mode 0600 (an older 0644 one is tightened), never
+/// The lock file is the writer's alone: mode 0600 (an existing 0644 one is tightened), never
 /// opened through a symlink, refused when another user owns it (as root: chowned here).
 #[test]
 fn lock_file_is_private_to_the_writer() {

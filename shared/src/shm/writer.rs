@@ -12,44 +12,12 @@ use super::file::{
 };
 use super::layout::{load_acquire_u64, Mapping, DEFAULT_CAPACITY, MAX_CAPACITY, NO_SUBNET};
 use crate::route_table::error::Result;
+use crate::route_table::route::entries_needed;
 use crate::route_table::{check_route, Route, RouteTableError, TableMeta};
-
-/// Validates `meta` and returns the number of entries it needs.
-fn entries_needed(meta: &TableMeta) -> Result<u32> {
-    let prefix = meta.network.prefix();
-    if meta.subnet_len < prefix || meta.subnet_len > 32 {
-        return Err(RouteTableError::InvalidMeta {
-            what: format!(
-                "subnet length /{} must be between the network's prefix ({}) and 32",
-                meta.subnet_len, meta.network
-            ),
-        });
-    }
-    if let Some(our) = meta.our_subnet {
-        if !meta.network.contains_net(&our) {
-            return Err(RouteTableError::InvalidMeta {
-                what: format!(
-                    "our subnet {our} is not inside the network {}",
-                    meta.network
-                ),
-            });
-        }
-    }
-    let bits = u32::from(meta.subnet_len - prefix);
-    let entries = 1u64 << bits;
-    if entries > u64::from(MAX_CAPACITY) {
-        return Err(RouteTableError::TooManyEntries {
-            network: meta.network,
-            subnet_len: meta.subnet_len,
-            entries,
-        });
-    }
-    Ok(entries as u32)
-}
 
 /// Publishes `entries` (exactly `2^(subnet_len - prefix)` of them, `<= capacity`) as
 /// generation `generation` into the inactive buffer of `map`, then flips `active` and the
-/// header generation. See the module docs for the ordering argument.
+/// header generation. The ordering argument is in [`crate::route_table`]'s protocol section.
 fn write_table(map: &Mapping, generation: u64, meta: &TableMeta, entries: &[u32]) {
     let header = map.header();
     let target = 1 - (header.active.load(Ordering::Relaxed) & 1);
@@ -92,6 +60,15 @@ pub struct Published {
     pub refused: Vec<(Route, RouteTableError)>,
 }
 
+/// What publishing does with a route [`check_route`] refuses.
+#[derive(Debug, Clone, Copy)]
+enum OnRefusedRoute {
+    /// Fail the whole publish with the refusal.
+    Fail,
+    /// Leave the route out and report it.
+    Skip,
+}
+
 /// The writer's side, owned by the control plane. At most one per path (see [`Self::open`]).
 pub struct RouteTableWriter {
     path: PathBuf,
@@ -99,8 +76,8 @@ pub struct RouteTableWriter {
     _lock: File,
     map: Mapping,
     generation: u64,
-    /// The next table, built and validated here before shared memory is touched.
-    scratch: Vec<u32>,
+    /// The next table's entries, built and validated here before shared memory is touched.
+    next_entries: Vec<u32>,
 }
 
 impl fmt::Debug for RouteTableWriter {
@@ -147,7 +124,7 @@ impl RouteTableWriter {
             _lock: lock,
             map,
             generation,
-            scratch: Vec::new(),
+            next_entries: Vec::new(),
         })
     }
 
@@ -156,11 +133,11 @@ impl RouteTableWriter {
     /// Routes that [`check_route`] refuses (subnet not inside `meta.network`, prefix not
     /// `meta.subnet_len`, public IP 0.0.0.0) are rejected, as is an inconsistent `meta`; then
     /// nothing is published. If several routes name one subnet the last wins.
-    /// When the table needs more entries than the file holds, the file is replaced (see the
-    /// module docs); if that fails, the previous table stays published.
+    /// When the table needs more entries than the file holds, the file is replaced (see
+    /// [`crate::route_table`]); if that fails, the previous table stays published.
     pub fn publish(&mut self, meta: &TableMeta, routes: &[Route]) -> Result<u64> {
-        let mut refused = Vec::new();
-        self.publish_inner(meta, routes, &mut refused, false)
+        self.build_entries(meta, routes, OnRefusedRoute::Fail)?;
+        self.publish_entries(meta)
     }
 
     /// Like [`Self::publish`], but a route that [`check_route`] refuses is left out of the
@@ -168,8 +145,8 @@ impl RouteTableWriter {
     /// bad route never keeps the others from the data plane. An inconsistent `meta` and I/O
     /// errors still fail (nothing is published then).
     pub fn publish_skipping(&mut self, meta: &TableMeta, routes: &[Route]) -> Result<Published> {
-        let mut refused = Vec::new();
-        let generation = self.publish_inner(meta, routes, &mut refused, true)?;
+        let refused = self.build_entries(meta, routes, OnRefusedRoute::Skip)?;
+        let generation = self.publish_entries(meta)?;
         Ok(Published {
             generation,
             routes: routes.len() - refused.len(),
@@ -177,34 +154,44 @@ impl RouteTableWriter {
         })
     }
 
-    fn publish_inner(
+    /// Fills `next_entries` with the table `meta` and `routes` describe. Returns the routes
+    /// [`check_route`] refused (always none with [`OnRefusedRoute::Fail`], which returns the
+    /// first refusal as the error instead).
+    fn build_entries(
         &mut self,
         meta: &TableMeta,
         routes: &[Route],
-        refused: &mut Vec<(Route, RouteTableError)>,
-        skip: bool,
-    ) -> Result<u64> {
+        on_refused: OnRefusedRoute,
+    ) -> Result<Vec<(Route, RouteTableError)>> {
         let count = entries_needed(meta)?;
         let network = meta.network.addr_u32();
         let shift = 32 - u32::from(meta.subnet_len);
-        self.scratch.clear();
-        self.scratch.resize(count as usize, 0);
+        self.next_entries.clear();
+        self.next_entries.resize(count as usize, 0);
+        let mut refused = Vec::new();
         for r in routes {
             if let Err(e) = check_route(meta, r) {
-                if !skip {
-                    return Err(e);
+                match on_refused {
+                    OnRefusedRoute::Fail => return Err(e),
+                    OnRefusedRoute::Skip => refused.push((*r, e)),
                 }
-                refused.push((*r, e));
                 continue;
             }
             // In bounds: the subnet lies inside the network and has subnet_len bits.
             let index = u64::from(r.subnet.addr_u32() - network) >> shift;
-            self.scratch[index as usize] = u32::from(r.public_ip);
+            self.next_entries[index as usize] = u32::from(r.public_ip);
         }
+        Ok(refused)
+    }
+
+    /// Publishes `next_entries` with `meta` as the next generation, into a new, larger file
+    /// when the current one cannot hold them. Returns the new generation.
+    fn publish_entries(&mut self, meta: &TableMeta) -> Result<u64> {
         let generation = self.generation + 1;
+        let count = self.next_entries.len() as u32;
         if count > self.map.capacity() {
             let (tmp, map) = create_table_file(&self.path, count, self.generation)?;
-            write_table(&map, generation, meta, &self.scratch);
+            write_table(&map, generation, meta, &self.next_entries);
             rename_into_place(&tmp, &self.path)?;
             let old = std::mem::replace(&mut self.map, map);
             let h = old.header();
@@ -212,7 +199,7 @@ impl RouteTableWriter {
             // Readers poll only the generation: bump it so they look at `retired`.
             h.generation.store(generation, Ordering::Release);
         } else {
-            write_table(&self.map, generation, meta, &self.scratch);
+            write_table(&self.map, generation, meta, &self.next_entries);
         }
         self.generation = generation;
         Ok(generation)
