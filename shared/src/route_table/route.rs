@@ -28,7 +28,7 @@ pub struct Route {
     pub public_ip: Ipv4Addr,
 }
 
-/// Checks one route against the table `meta` describes, as [`RouteTableWriter::publish`] does:
+/// Checks one route against the table `meta` describes, as [`RouteTableWriter::publish`](super::RouteTableWriter::publish) does:
 /// the subnet must be `meta.subnet_len` long and inside `meta.network`, and the public IP not
 /// 0.0.0.0 (the table's "no lease" marker). Anything
 /// [`lease::validate_lease`](crate::lease::validate_lease) accepts for the same network and

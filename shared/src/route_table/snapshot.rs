@@ -41,7 +41,7 @@ impl Default for RouteSnapshot {
 
 impl RouteSnapshot {
     /// Generation 0 with no routes (every lookup is `None`), for a data plane started before
-    /// the first publish: [`RouteTableReader::refresh`] fills it once a table is published.
+    /// the first publish: [`RouteTableReader::refresh`](super::RouteTableReader::refresh) fills it once a table is published.
     /// Its meta is a placeholder (`0.0.0.0/0`, subnet length 0, MTU 0, port 0).
     pub fn empty() -> Self {
         Self {
