@@ -131,7 +131,8 @@ impl NetworkConfig {
                 ConfigError::NoStack
             });
         }
-        let network = parse_network(get_ci(obj, "Network"), &mut warnings)?;
+        let (network, network_warning) = parse_network(get_ci(obj, "Network"))?;
+        warnings.extend(network_warning);
         let subnet_len = parse_subnet_len(get_ci(obj, "SubnetLen"), network)?;
         let step = 1u32 << (32 - u32::from(subnet_len));
         let default_min = Ipv4Addr::from(network.addr_u32() + step);
@@ -229,7 +230,9 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Net, ConfigError> {
+/// `Network`: required, an IPv4 network of at most /28. Host bits are cleared as flannel does,
+/// with a warning (the second value).
+fn parse_network(v: Option<&Value>) -> Result<(Ipv4Net, Option<String>), ConfigError> {
     let s = match v {
         None | Some(Value::Null) => return Err(ConfigError::NetworkMissing),
         Some(Value::String(s)) if s.is_empty() => return Err(ConfigError::NetworkMissing),
@@ -241,14 +244,14 @@ fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Ne
             })
         }
     };
-    let net: Ipv4Net = match s.parse() {
-        Ok(n) => n,
-        Err(crate::net::NetParseError::HostBits(_, n)) => {
-            warnings.push(format!(
+    let (net, warning) = match s.parse::<Ipv4Net>() {
+        Ok(n) => (n, None),
+        Err(crate::net::NetParseError::HostBits(_, n)) => (
+            n,
+            Some(format!(
                 "Network {s}: host bits are set; using {n}, as flannel does"
-            ));
-            n
-        }
+            )),
+        ),
         Err(_) => {
             return Err(ConfigError::Network {
                 value: escape(s),
@@ -259,7 +262,7 @@ fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Ne
     if net.prefix() > 28 {
         return Err(ConfigError::NetworkTooSmall(net));
     }
-    Ok(net)
+    Ok((net, warning))
 }
 
 fn parse_subnet_len(v: Option<&Value>, network: Ipv4Net) -> Result<u8, ConfigError> {

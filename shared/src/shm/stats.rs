@@ -15,6 +15,7 @@ use crate::stats::{Counter, IoPath, StatsError, WorkerCounters};
 
 /// `b"FDPSTAT1"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FDPSTAT1");
+/// The stats layout version this module reads and writes.
 pub const VERSION: u32 = 1;
 const HEADER_SIZE: usize = 64;
 const NAME_SIZE: usize = 32;
@@ -293,20 +294,20 @@ impl StatsReader {
         let map = MmapOptions::new()
             .map_raw_read_only(&file)
             .map_err(io_err)?;
-        let probe = StatsMapping {
+        let unchecked = StatsMapping {
             map,
             layout: Layout::new(0, 0),
         };
-        if probe.u64_at(0).load(Ordering::Acquire) != MAGIC {
+        if unchecked.u64_at(0).load(Ordering::Acquire) != MAGIC {
             return Err(StatsError::BadMagic(path.to_owned()));
         }
-        let version = probe.u32_at(8).load(Ordering::Relaxed);
+        let version = unchecked.u32_at(8).load(Ordering::Relaxed);
         if version != VERSION {
             return Err(StatsError::Version(path.to_owned(), version));
         }
-        let layout = probe.recorded_layout(len).ok_or_else(corrupt)?;
+        let layout = unchecked.recorded_layout(len).ok_or_else(corrupt)?;
         let mapping = StatsMapping {
-            map: probe.map,
+            map: unchecked.map,
             layout,
         };
         let names = mapping.read_names();

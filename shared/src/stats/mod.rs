@@ -22,13 +22,13 @@
 //! (counters are monotonic, no cross-counter consistency is promised). A reader checks magic,
 //! version and sizes against the file length before touching anything.
 
+use std::io;
+use std::path::PathBuf;
+
 mod counter;
 
 pub use self::counter::{Counter, IoPath};
 pub use crate::shm::stats::{StatsReader, StatsWriter, WorkerStats, MAGIC, VERSION};
-
-use std::io;
-use std::path::PathBuf;
 
 /// Errors opening or creating a stats file.
 #[derive(Debug, thiserror::Error)]
