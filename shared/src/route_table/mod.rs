@@ -112,8 +112,8 @@ pub use self::error::RouteTableError;
 pub use self::format::format_table;
 pub use self::route::{check_route, Route, TableMeta};
 pub use self::snapshot::RouteSnapshot;
-pub use crate::shm::layout::{
+pub use crate::shm::route_table::layout::{
     table_file_size, DEFAULT_CAPACITY, LAYOUT_VERSION, MAGIC, MAX_CAPACITY,
 };
-pub use crate::shm::reader::{RouteTableReader, IDENTITY_CHECK, MAX_COPY_ATTEMPTS};
-pub use crate::shm::writer::{Published, RouteTableWriter};
+pub use crate::shm::route_table::reader::{RouteTableReader, IDENTITY_CHECK, MAX_COPY_ATTEMPTS};
+pub use crate::shm::route_table::writer::{Published, RouteTableWriter};

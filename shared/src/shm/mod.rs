@@ -18,10 +18,5 @@
 //! layout in [`crate::stats`].
 
 pub(crate) mod file;
-pub(crate) mod layout;
-pub(crate) mod reader;
+pub(crate) mod route_table;
 pub(crate) mod stats;
-pub(crate) mod writer;
-
-#[cfg(test)]
-mod route_table_tests;

@@ -18,12 +18,16 @@ pub const MAX_CAPACITY: u32 = 1 << 24;
 /// Capacity of a file the writer creates before it knows the network: a /8 of /24s.
 pub const DEFAULT_CAPACITY: u32 = 1 << 16;
 
+/// Bytes of the file header: one page, so the buffers start page aligned.
 pub(crate) const HEADER_SIZE: usize = 4096;
+/// Bytes of a buffer's header; its entries follow.
 pub(crate) const BUF_HEADER_SIZE: usize = 64;
+/// Buffers are padded to a multiple of this.
 pub(crate) const PAGE: usize = 4096;
+/// `our_prefix` when the writer host has no subnet.
 pub(crate) const NO_SUBNET: u32 = u32::MAX;
 
-/// The file header. `repr(C)`, all atomics: see the module docs for the layout.
+/// The file header. `repr(C)`, all atomics: the layout is in [`crate::route_table`].
 #[repr(C)]
 pub(crate) struct Header {
     pub(crate) magic: AtomicU64,
@@ -79,7 +83,7 @@ pub fn table_file_size(capacity: u32) -> u64 {
 }
 
 /// A Relaxed load followed by an Acquire fence: an Acquire load that is also valid on
-/// read-only memory (see the module docs).
+/// read-only memory (see the protocol in [`crate::route_table`]).
 #[inline]
 pub(crate) fn load_acquire_u64(a: &AtomicU64) -> u64 {
     let v = a.load(Ordering::Relaxed);
