@@ -45,9 +45,9 @@
 //! ```
 //!
 //! Sizes: C = 256 → 12 KiB; C = 65,536 (the default capacity, a /8 of /24s) → 524 KiB
-//! (536,576 bytes); C = 2^24 (the maximum) → 128 MiB. Every block of the file is allocated when it is
-//! created (`posix_fallocate`), so a full tmpfs fails the creation with ENOSPC instead of
-//! raising SIGBUS at a later store through the mapping.
+//! (536,576 bytes); C = 2^24 (the maximum) → 128 MiB. Every block of the file is allocated
+//! when it is created (`posix_fallocate`), so a full tmpfs fails the creation with ENOSPC
+//! instead of raising SIGBUS at a later store through the mapping.
 //!
 //! ## Protocol and memory ordering
 //!

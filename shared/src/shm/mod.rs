@@ -15,7 +15,11 @@
 //! - Each `unsafe` block states why it is sound in a `// SAFETY:` comment.
 //!
 //! The route table's layout and protocol are specified in [`crate::route_table`], the counters'
-//! layout in [`crate::stats`].
+//! layout in [`crate::stats`]; those public modules re-export the handles made here.
+//!
+//! - [`file`](mod@file): sizing a shared file with every block allocated.
+//! - [`route_table`]: the route table's layout, files, writer and readers.
+//! - [`stats`]: the counters file's layout, writer and readers.
 
 pub(crate) mod file;
 pub(crate) mod route_table;
