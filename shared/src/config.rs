@@ -131,7 +131,8 @@ impl NetworkConfig {
                 ConfigError::NoStack
             });
         }
-        let network = parse_network(get_ci(obj, "Network"), &mut warnings)?;
+        let (network, network_warning) = parse_network(get_ci(obj, "Network"))?;
+        warnings.extend(network_warning);
         let subnet_len = parse_subnet_len(get_ci(obj, "SubnetLen"), network)?;
         let step = 1u32 << (32 - u32::from(subnet_len));
         let default_min = Ipv4Addr::from(network.addr_u32() + step);
@@ -229,7 +230,9 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Net, ConfigError> {
+/// `Network`: required, an IPv4 network of at most /28. Host bits are cleared as flannel does,
+/// with a warning (the second value).
+fn parse_network(v: Option<&Value>) -> Result<(Ipv4Net, Option<String>), ConfigError> {
     let s = match v {
         None | Some(Value::Null) => return Err(ConfigError::NetworkMissing),
         Some(Value::String(s)) if s.is_empty() => return Err(ConfigError::NetworkMissing),
@@ -241,14 +244,14 @@ fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Ne
             })
         }
     };
-    let net: Ipv4Net = match s.parse() {
-        Ok(n) => n,
-        Err(crate::net::NetParseError::HostBits(_, n)) => {
-            warnings.push(format!(
+    let (net, warning) = match s.parse::<Ipv4Net>() {
+        Ok(n) => (n, None),
+        Err(crate::net::NetParseError::HostBits(_, n)) => (
+            n,
+            Some(format!(
                 "Network {s}: host bits are set; using {n}, as flannel does"
-            ));
-            n
-        }
+            )),
+        ),
         Err(_) => {
             return Err(ConfigError::Network {
                 value: escape(s),
@@ -259,7 +262,7 @@ fn parse_network(v: Option<&Value>, warnings: &mut Vec<String>) -> Result<Ipv4Ne
     if net.prefix() > 28 {
         return Err(ConfigError::NetworkTooSmall(net));
     }
-    Ok(net)
+    Ok((net, warning))
 }
 
 fn parse_subnet_len(v: Option<&Value>, network: Ipv4Net) -> Result<u8, ConfigError> {
@@ -377,11 +380,32 @@ fn parse_bool(
 /// masked, at most /124; `IPv6SubnetLen` at most 126 and at least prefix+2 (default 64, or
 /// prefix+2 past /62); `IPv6SubnetMin`/`Max` inside the network on a subnet boundary.
 fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
-    let err = |field: &'static str, value: String, reason: &str| ConfigError::Ipv6 {
+    let (net, prefix) = ipv6_network(obj)?;
+    let subnet_len = ipv6_subnet_len(obj, prefix)?;
+    check_ipv6_subnet_bounds(obj, net, prefix, subnet_len)
+}
+
+/// An [`ConfigError::Ipv6`] about `field`.
+fn ipv6_error(field: &'static str, value: String, reason: &str) -> ConfigError {
+    ConfigError::Ipv6 {
         field,
         value,
         reason: reason.into(),
-    };
+    }
+}
+
+/// The mask of an IPv6 prefix of `len` bits (`len <= 128`).
+fn ipv6_mask(len: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    }
+}
+
+/// `IPv6Network`: required, `X::/N` with N at most 124. Returns the masked network and N.
+fn ipv6_network(obj: &Map<String, Value>) -> Result<(u128, u32), ConfigError> {
+    let err = ipv6_error;
     let text = match get_ci(obj, "IPv6Network") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -420,14 +444,13 @@ fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
             "network is too small, the longest usable prefix is /124",
         ));
     }
-    let mask6 = |len: u32| {
-        if len == 0 {
-            0
-        } else {
-            u128::MAX << (128 - len)
-        }
-    };
-    let net = u128::from(addr) & mask6(prefix);
+    Ok((u128::from(addr) & ipv6_mask(prefix), prefix))
+}
+
+/// `IPv6SubnetLen` for a network of `prefix` bits: at most 126 and at least `prefix + 2`;
+/// absent or 0 means 64, or `prefix + 2` past /62.
+fn ipv6_subnet_len(obj: &Map<String, Value>, prefix: u32) -> Result<u32, ConfigError> {
+    let err = ipv6_error;
     let len = match get_ci(obj, "IPv6SubnetLen") {
         None | Some(Value::Null) => 0,
         Some(Value::Number(n)) => match n.as_i64() {
@@ -436,7 +459,7 @@ fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
         },
         Some(other) => return Err(err("IPv6SubnetLen", short(other), "must be a number")),
     };
-    let len = match len {
+    Ok(match len {
         0 if prefix <= 62 => 64,
         0 => prefix + 2,
         l if l > 126 => return Err(err("IPv6SubnetLen", l.to_string(), "must be 126 or less")),
@@ -448,7 +471,18 @@ fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
             ))
         }
         l => l as u32,
-    };
+    })
+}
+
+/// `IPv6SubnetMin` and `IPv6SubnetMax`, when set: inside the network (`net`/`prefix`) and on a
+/// `subnet_len` boundary.
+fn check_ipv6_subnet_bounds(
+    obj: &Map<String, Value>,
+    net: u128,
+    prefix: u32,
+    subnet_len: u32,
+) -> Result<(), ConfigError> {
+    let err = ipv6_error;
     for field in ["IPv6SubnetMin", "IPv6SubnetMax"] {
         let s = match get_ci(obj, field) {
             None | Some(Value::Null) => continue,
@@ -460,10 +494,10 @@ fn check_ipv6(obj: &Map<String, Value>) -> Result<(), ConfigError> {
             s.parse::<Ipv6Addr>()
                 .map_err(|_| err(field, s.clone(), "must be an IPv6 address"))?,
         );
-        if ip & mask6(prefix) != net {
+        if ip & ipv6_mask(prefix) != net {
             return Err(err(field, s, "not inside IPv6Network"));
         }
-        if ip & !mask6(len) != 0 {
+        if ip & !ipv6_mask(subnet_len) != 0 {
             return Err(err(field, s, "not on an IPv6SubnetLen boundary"));
         }
     }
@@ -716,7 +750,7 @@ mod tests {
         );
     }
 
-    /// Issue 27: config values are another machine's text too: cut and escaped in errors.
+    /// Config values are another machine's text too: cut and escaped in errors.
     #[test]
     fn errors_escape_and_cut_untrusted_text() {
         let long = "1".repeat(100);

@@ -10,6 +10,11 @@
 //! - [`port_holder`]: who holds a UDP port (from /proc), for the data plane's refusal to start.
 //! - [`ci`]: for tests: CI or not, and skip-or-fail.
 //! - [`untrusted`]: other machines' text made safe for logs and messages.
+//!
+//! `unsafe` is denied everywhere except in the private `shm` module, the mapped files'
+//! only door to raw memory.
+
+#![deny(unsafe_code)]
 
 pub mod ci;
 pub mod config;
@@ -18,7 +23,8 @@ pub mod net;
 pub mod port_holder;
 pub mod route_table;
 pub mod sd_notify;
-mod shm_file;
+#[allow(unsafe_code)]
+mod shm;
 pub mod stats;
 pub mod subnet_env;
 pub mod untrusted;

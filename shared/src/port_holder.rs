@@ -60,10 +60,11 @@ pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddrV4, u32, u64)
         .collect()
 }
 
-/// The sockets bound to `port` in this network namespace, their processes not yet known.
-fn sockets_on(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
+/// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
+/// `/proc` shows it. `procfs` is normally `/proc`.
+pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
     let text = std::fs::read_to_string(procfs.join("self/net/udp"))?;
-    Ok(parse_proc_net_udp(&text, port)
+    let mut holders: Vec<PortHolder> = parse_proc_net_udp(&text, port)
         .into_iter()
         .map(|(local, uid, inode)| PortHolder {
             local,
@@ -71,13 +72,7 @@ fn sockets_on(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
             inode,
             process: None,
         })
-        .collect())
-}
-
-/// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
-/// `/proc` shows it. `procfs` is normally `/proc`.
-pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
-    let mut holders = sockets_on(procfs, port)?;
+        .collect();
     if holders.is_empty() {
         return Ok(holders);
     }
@@ -87,7 +82,15 @@ pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHol
             .to_str()
             .and_then(|s| s.parse::<u32>().ok())
         {
-            claim_sockets_of(procfs, pid, &mut holders);
+            let inodes = socket_inodes_of(procfs, pid);
+            let mut comm = None;
+            for h in holders
+                .iter_mut()
+                .filter(|h| h.process.is_none() && inodes.contains(&h.inode))
+            {
+                let comm = comm.get_or_insert_with(|| process_comm(procfs, pid));
+                h.process = Some((pid, comm.clone()));
+            }
             if holders.iter().all(|h| h.process.is_some()) {
                 break;
             }
@@ -96,29 +99,26 @@ pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHol
     Ok(holders)
 }
 
-/// Marks the holders whose socket process `pid` has open as held by it.
-fn claim_sockets_of(procfs: &Path, pid: u32, holders: &mut [PortHolder]) {
-    let dir = procfs.join(pid.to_string());
-    let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
-        return; // gone, or not ours to read
+/// The inodes of the sockets process `pid` has open; none when the process is gone or not
+/// ours to inspect.
+fn socket_inodes_of(procfs: &Path, pid: u32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(procfs.join(pid.to_string()).join("fd")) else {
+        return Vec::new();
     };
-    for fd in fds.flatten() {
-        let Some(inode) = std::fs::read_link(fd.path())
-            .ok()
-            .and_then(|t| socket_inode(&t.to_string_lossy()))
-        else {
-            continue;
-        };
-        for h in holders
-            .iter_mut()
-            .filter(|h| h.inode == inode && h.process.is_none())
-        {
-            let comm = std::fs::read_to_string(dir.join("comm"))
-                .map(|c| c.trim_end().to_string())
-                .unwrap_or_default();
-            h.process = Some((pid, comm));
-        }
-    }
+    fds.flatten()
+        .filter_map(|fd| {
+            std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|t| socket_inode(&t.to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Process `pid`'s command name (`/proc/<pid>/comm`), empty when unreadable.
+fn process_comm(procfs: &Path, pid: u32) -> String {
+    std::fs::read_to_string(procfs.join(pid.to_string()).join("comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
 }
 
 /// `socket:[12345]` → 12345.
@@ -148,9 +148,12 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) 
         (None, Some(o)) => h.uid == o.uid,
     };
     if let Some(o) = owner {
-        let mut own = sockets_on(procfs, port).ok()?;
-        claim_sockets_of(procfs, o.pid, &mut own);
-        if own.iter().all(|h| h.process.is_some()) {
+        let text = std::fs::read_to_string(procfs.join("self/net/udp")).ok()?;
+        let owner_sockets = socket_inodes_of(procfs, o.pid);
+        if parse_proc_net_udp(&text, port)
+            .iter()
+            .all(|(_, _, inode)| owner_sockets.contains(inode))
+        {
             return None;
         }
     }

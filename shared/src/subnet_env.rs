@@ -11,7 +11,7 @@
 //! `FLANNEL_SUBNET` is the subnet's first address plus one, with the subnet's length. Writes
 //! are atomic (temp file in the same directory, fsync, rename), so a reader never sees half a
 //! file. The temp file gets a fresh unguessable name (pid, counter, random) and is created with
-//! `O_CREAT|O_EXCL|O_NOFOLLOW` (issue 27): a file or symlink planted at a temp name is never
+//! `O_CREAT|O_EXCL|O_NOFOLLOW`: a file or symlink planted at a temp name is never
 //! opened or written through. Reading is lenient: it is only used to prefer the previous subnet
 //! on restart.
 
@@ -151,9 +151,9 @@ mod tests {
         );
     }
 
-    /// Issue 27: a symlink planted at the temp name the old code used (`<path>.tmp-<pid>`) made
-    /// flanneld write subnet.env through it into any file. Now the victim is untouched and
-    /// subnet.env is right; and even a symlink at the exact temp name is never followed.
+    /// A symlink planted at a predictable temp name (`<path>.tmp-<pid>`) is never written
+    /// through: its target stays untouched and subnet.env is right; and even a symlink at the
+    /// exact temp name is never followed.
     #[test]
     fn a_symlink_planted_at_a_temp_name_is_never_written_through() {
         let dir = tempfile::tempdir().unwrap();

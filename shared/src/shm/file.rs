@@ -1,4 +1,4 @@
-//! Sizing the files that are shared through `mmap` (route table, stats).
+//! Sizing a shared file with every block allocated.
 //!
 //! `ftruncate` makes a sparse file: on a full tmpfs the first store through the mapping then
 //! raises SIGBUS and kills the process (a crash loop under systemd). `posix_fallocate(3)`
@@ -17,7 +17,7 @@ pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
     let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
     match r {
         0 => Ok(()),
-        // Filesystems without fallocate (rare for tmpfs-backed /run): sparse, as before.
+        // A file system without fallocate (rare for a tmpfs-backed /run): the file is sparse.
         libc::EOPNOTSUPP => file.set_len(len as u64),
         e => Err(io::Error::from_raw_os_error(e)),
     }
