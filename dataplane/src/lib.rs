@@ -21,6 +21,12 @@
 //! 7. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, BPF maps and programs,
 //!    threads, signals, and each worker's io_uring with the memory it shares with the kernel.
 //!
+//! Startup and supervision, in the order the binary runs them: [`worker_cpus`] (how many
+//! workers, pinned where), [`udp_sockets`] (the port check, the socket pairs, the UDP offload
+//! probe), [`tun_device`] (the device, its queues and its configuration from the table),
+//! [`steering_attach`], and [`supervise`] (the workers' threads and the table loop). Their
+//! errors are [`setup_error::SetupError`].
+//!
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
 //! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
 //! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
@@ -35,8 +41,14 @@ pub mod gro;
 pub mod gso;
 pub mod packet;
 pub mod send_batch;
+pub mod setup_error;
 pub mod steering;
+pub mod steering_attach;
+pub mod supervise;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tun_device;
+pub mod udp_sockets;
 pub mod underlay;
 pub mod worker;
+pub mod worker_cpus;
