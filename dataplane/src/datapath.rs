@@ -5,7 +5,7 @@
 //! - [`Core::tun_read`]: a TUN read (behind a vnet header with offloads) → send the packet
 //!   (whole, or split into segments in the split buffer), answer with an ICMP error (framed
 //!   for the TUN device in [`Core::icmp_packet`]), or drop it.
-//! - [`send_chunks`]: how a read's segments leave: UDP_SEGMENT groups, or one by one.
+//! - [`transmits`]: how a read's segments leave: UDP_SEGMENT groups, or one by one.
 //! - [`Core::plain_udp_recv`]: a UDP receive without offloads → the byte ranges to write to
 //!   the TUN device as they are.
 //! - [`Core::coalesce_udp_recv`]: a UDP receive with offloads → its datagrams pushed into a
@@ -21,7 +21,6 @@
 #![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
-use std::ops::Range;
 
 use flannel_shared::stats::{Counter, WorkerStats};
 
@@ -29,6 +28,7 @@ use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, TunAction};
 use crate::gro::{self, Coalescer};
 use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
 use crate::packet::ICMP_UNREACH_MAX;
+use crate::transmit::{Transmit, TxBuffer};
 use crate::underlay::Arrival;
 
 /// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
@@ -279,18 +279,16 @@ impl Core {
     }
 }
 
-/// One datagram send: a byte range of the segment buffer and, when it holds several
-/// segments, the UDP_SEGMENT size (0: a plain datagram).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub range: Range<usize>,
-    pub gso_size: u16,
-    pub segments: usize,
-}
-
-/// The sends for `segs`: with `gso`, groups of up to [`gso::segments_per_send`] segments in
-/// one UDP_SEGMENT send each; without, one send per segment.
-pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
+/// The sends for `segs`, laid out from `offset` of `buffer`, to `peer`: with `gso`, groups of
+/// up to [`gso::segments_per_send`] segments in one UDP_SEGMENT send each; without, one send
+/// per segment.
+pub fn transmits(
+    segs: Segments,
+    gso: bool,
+    peer: Ipv4Addr,
+    buffer: TxBuffer,
+    offset: usize,
+) -> impl Iterator<Item = Transmit> {
     let per = if gso && segs.count > 1 {
         gso::segments_per_send(segs.seg_len, GSO_MAX_SEGMENTS)
     } else {
@@ -300,12 +298,14 @@ pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
     (0..nchunks).map(move |k| {
         let first = k * per;
         let last = ((k + 1) * per).min(segs.count);
-        let range = segs.range(first).start..segs.range(last - 1).end;
+        let range = offset + segs.range(first).start..offset + segs.range(last - 1).end;
         let segments = last - first;
-        Chunk {
+        Transmit {
+            buffer,
             range,
-            gso_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
+            segment_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
             segments,
+            peer,
         }
     })
 }
@@ -636,34 +636,37 @@ mod tests {
     }
 
     #[test]
-    fn chunks_cover_segments() {
+    fn transmits_cover_segments() {
+        const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
         let segs = Segments {
             count: 47,
             seg_len: 1472,
             total: 46 * 1472 + 900,
         };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
+        let c: Vec<Transmit> = transmits(segs, true, PEER, TxBuffer::Split, 0).collect();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].range, 0..44 * 1472);
-        assert_eq!((c[0].gso_size, c[0].segments), (1472, 44));
+        assert_eq!((c[0].segment_size, c[0].segments), (1472, 44));
         assert_eq!(c[1].range, 44 * 1472..segs.total);
-        assert_eq!((c[1].gso_size, c[1].segments), (1472, 3));
-        let c: Vec<Chunk> = send_chunks(segs, false).collect();
+        assert_eq!((c[1].segment_size, c[1].segments), (1472, 3));
+        let c: Vec<Transmit> = transmits(segs, false, PEER, TxBuffer::Split, 0).collect();
         assert_eq!(c.len(), 47);
-        assert!(c.iter().all(|x| x.gso_size == 0 && x.segments == 1));
+        assert!(c.iter().all(|x| x.segment_size == 0 && x.segments == 1));
         assert_eq!(c[46].range, 46 * 1472..segs.total);
         let one = Segments {
             count: 1,
             seg_len: 60,
             total: 60,
         };
-        let c: Vec<Chunk> = send_chunks(one, true).collect();
+        let c: Vec<Transmit> = transmits(one, true, PEER, TxBuffer::Read, 12).collect();
         assert_eq!(
             c,
-            vec![Chunk {
-                range: 0..60,
-                gso_size: 0,
-                segments: 1
+            vec![Transmit {
+                buffer: TxBuffer::Read,
+                range: 12..72,
+                segment_size: 0,
+                segments: 1,
+                peer: PEER,
             }]
         );
         // A chunk whose last segment is alone still gets no GSO size.
@@ -672,7 +675,7 @@ mod tests {
             seg_len: 1472,
             total: 45 * 1472,
         };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
-        assert_eq!((c[1].segments, c[1].gso_size), (1, 0));
+        let c: Vec<Transmit> = transmits(segs, true, PEER, TxBuffer::Split, 0).collect();
+        assert_eq!((c[1].segments, c[1].segment_size), (1, 0));
     }
 }

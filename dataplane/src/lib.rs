@@ -9,6 +9,7 @@
 //!    super-packet into MTU-sized inner packets (sent with one UDP_SEGMENT sendmsg), and
 //!    coalescing UDP_GRO-received TCP segments back into one super-packet for the TUN device.
 //!    [`send_batch`]: single packets for one peer gathered into one UDP_SEGMENT send.
+//!    [`transmit`]: one UDP send as both worker loops and the io_uring ring describe it.
 //! 4. [`datapath`]: the I/O-free core of a worker: what one TUN read or one UDP receive means
 //!    (what to send, which bytes to write to the TUN device, or why it was dropped), decided
 //!    and counted without a syscall.
@@ -30,7 +31,7 @@
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
 //! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
 //! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
-//! `send_batch`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory
+//! `send_batch`, `transmit`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory
 //! block in [`flannel_shared::stats`]; nothing logs per packet.
 
 #![deny(unsafe_code)]
@@ -47,6 +48,7 @@ pub mod steering_attach;
 pub mod supervise;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod transmit;
 pub mod tun_device;
 pub mod udp_sockets;
 pub mod underlay;
