@@ -112,7 +112,6 @@ fn benches(c: &mut Criterion) {
     g.bench_function("tun_to_udp_1460B", |b| {
         b.iter(|| {
             pkt[8..12].copy_from_slice(&orig[8..12]);
-            let mut rl = false;
             black_box(forward::tun_to_udp(
                 black_box(&mut pkt),
                 &snap,
@@ -120,7 +119,6 @@ fn benches(c: &mut Criterion) {
                 &mut limiter,
                 0,
                 &mut icmp,
-                &mut rl,
             ))
         })
     });

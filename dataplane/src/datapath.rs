@@ -146,10 +146,8 @@ impl Core {
         {
             return drop(local, DropReason::TunMalformed);
         }
-        let mut limited = false;
         let icmp = &mut self.icmp[off..];
-        let action =
-            forward::tun_to_udp(pkt, routes, ctx, &mut self.limiter, now, icmp, &mut limited);
+        let action = forward::tun_to_udp(pkt, routes, ctx, &mut self.limiter, now, icmp);
         match action {
             TunAction::Send(peer) => {
                 let len = pkt.len();
@@ -180,12 +178,11 @@ impl Core {
                 local.add(Counter::DropNoRoute, 1);
                 TunVerdict::Icmp(len)
             }
-            TunAction::Drop(reason) => {
-                if limited {
-                    local.add(Counter::IcmpRateLimited, 1);
-                }
-                drop(local, reason)
+            TunAction::NoRouteRateLimited => {
+                local.add(Counter::IcmpRateLimited, 1);
+                drop(local, DropReason::NoRoute)
             }
+            TunAction::Drop(reason) => drop(local, reason),
         }
     }
 

@@ -219,73 +219,16 @@ fn run(args: Args) -> Result<Exit> {
         return Ok(Exit::Stopped);
     };
     sd.status("route table found: setting up the TUN device and the workers");
-    let meta = snap.meta().clone();
-    tracing::info!(
-        generation = snap.generation(),
-        network = %meta.network,
-        our_subnet = ?meta.our_subnet,
-        mtu = meta.mtu,
-        routes = snap.len(),
-        "route table found"
-    );
-    let port = args
-        .port
-        .or((meta.port != 0).then_some(meta.port))
-        .unwrap_or(DEFAULT_PORT);
-    let layout = WorkerLayout::from_flags(args.workers, args.cpus.as_ref())?;
-    let io_path = supervise::choose_io_path(args.no_io_uring);
-    udp_sockets::ensure_port_free(args.bind, port)?;
-
-    let (mut tun, queues) =
-        TunDevice::create(&args.tun_name, layout.count, args.no_offload, &meta)?;
-    let stats =
-        StatsWriter::create(&args.stats, layout.count).context("creating the stats file")?;
-    stats.set_io_path(io_path);
-    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
-    // always non-blocking: both paths read and write them directly, by readiness.
-    let nonblocking = io_path == IoPath::Fallback;
-    let pairs = udp_sockets::open_pairs(args.bind, port, layout.count, nonblocking, args.mark)?;
-    let offload = udp_sockets::probe_offloads(&pairs, queues.vnet_hdr, args.no_offload);
-    let cpu_local = args.steering == Steering::Cpu;
-    let drain = steering_attach::attach(
-        cpu_local,
-        &layout.cpus,
-        layout.count,
-        &queues.queues[0],
-        &pairs[0].recv,
-    );
-    // Setup is done: before the workers exist (capabilities are per thread), keep only what the
-    // table loop still needs (CAP_NET_ADMIN for the TUN address).
-    match sys::caps::keep_only_net_admin() {
-        Ok(before) => tracing::info!(
-            before = format!("{before:#x}"),
-            "capabilities: kept CAP_NET_ADMIN only"
-        ),
-        Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
-    }
-    let mut arrival = ArrivalKeeper::new(args.underlay_iface.clone());
-    arrival.update(supervise::our_public_ip(&snap));
-    let plan = WorkerPlan {
-        layout: &layout,
-        route_table: &args.route_table,
-        port,
-        spoof_check: !args.no_spoof_check,
+    let Forwarding {
+        mut tun,
+        workers,
+        mut arrival,
+        nworkers,
         io_path,
-        offload: Arc::new(offload),
-        drain: drain.map(Arc::new),
-        arrival: Arc::clone(&arrival.cell),
-        stats: &stats,
-    };
-    tracing::info!(
-        bind = %args.bind, port, rcvbuf = sys::socket::recv_buffer_size(&pairs[0].recv),
-        "UDP sockets ready (SO_REUSEPORT group, per-worker source ports)"
-    );
-    let workers = Workers::spawn(&plan, queues.queues, pairs)?;
-    tracing::info!(workers = layout.count, stats = %args.stats.display(), "forwarding");
+    } = start_forwarding(&args, &snap)?;
     let forwarding = |tun: &TunDevice, snap: &RouteSnapshot| {
         format!(
-            "forwarding: {} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
-            layout.count,
+            "forwarding: {nworkers} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
             tun.network(),
             tun.name(),
             snap.generation(),
@@ -320,4 +263,92 @@ fn run(args: Args) -> Result<Exit> {
         }
     }
     Ok(Exit::Stopped)
+}
+
+/// What runs once setup is done.
+struct Forwarding {
+    tun: TunDevice,
+    workers: Workers,
+    arrival: ArrivalKeeper,
+    nworkers: usize,
+    io_path: IoPath,
+}
+
+/// Everything between the table's appearance and the running workers: the port check, the
+/// TUN device, the stats file, the sockets, the offload probe, steering, dropping
+/// capabilities and the workers' start.
+fn start_forwarding(args: &Args, snap: &RouteSnapshot) -> Result<Forwarding> {
+    let meta = snap.meta().clone();
+    tracing::info!(
+        generation = snap.generation(),
+        network = %meta.network,
+        our_subnet = ?meta.our_subnet,
+        mtu = meta.mtu,
+        routes = snap.len(),
+        "route table found"
+    );
+    let port = args
+        .port
+        .or((meta.port != 0).then_some(meta.port))
+        .unwrap_or(DEFAULT_PORT);
+    let layout = WorkerLayout::from_flags(args.workers, args.cpus.as_ref())?;
+    let io_path = supervise::choose_io_path(args.no_io_uring);
+    udp_sockets::ensure_port_free(args.bind, port)?;
+
+    let (tun, queues) = TunDevice::create(&args.tun_name, layout.count, args.no_offload, &meta)?;
+    let stats =
+        StatsWriter::create(&args.stats, layout.count).context("creating the stats file")?;
+    stats.set_io_path(io_path);
+    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
+    // always non-blocking: both paths read and write them directly, by readiness.
+    let nonblocking = io_path == IoPath::Fallback;
+    let pairs = udp_sockets::open_pairs(args.bind, port, layout.count, nonblocking, args.mark)?;
+    let offload = udp_sockets::probe_offloads(&pairs, queues.vnet_hdr, args.no_offload);
+    let cpu_local = args.steering == Steering::Cpu;
+    let drain = steering_attach::attach(
+        cpu_local,
+        &layout.cpus,
+        layout.count,
+        &queues.queues[0],
+        &pairs[0].recv,
+    );
+    keep_only_net_admin();
+    let mut arrival = ArrivalKeeper::new(args.underlay_iface.clone());
+    arrival.update(supervise::our_public_ip(snap));
+    let plan = WorkerPlan {
+        layout: &layout,
+        route_table: &args.route_table,
+        port,
+        spoof_check: !args.no_spoof_check,
+        io_path,
+        offload: Arc::new(offload),
+        drain: drain.map(Arc::new),
+        arrival: Arc::clone(&arrival.cell),
+        stats: &stats,
+    };
+    tracing::info!(
+        bind = %args.bind, port, rcvbuf = sys::socket::recv_buffer_size(&pairs[0].recv),
+        "UDP sockets ready (SO_REUSEPORT group, per-worker source ports)"
+    );
+    let workers = Workers::spawn(&plan, queues.queues, pairs)?;
+    tracing::info!(workers = layout.count, stats = %args.stats.display(), "forwarding");
+    Ok(Forwarding {
+        tun,
+        workers,
+        arrival,
+        nworkers: layout.count,
+        io_path,
+    })
+}
+
+/// Setup is done: before the workers exist (capabilities are per thread), keep only what the
+/// table loop still needs (CAP_NET_ADMIN for the TUN address).
+fn keep_only_net_admin() {
+    match sys::caps::keep_only_net_admin() {
+        Ok(before) => tracing::info!(
+            before = format!("{before:#x}"),
+            "capabilities: kept CAP_NET_ADMIN only"
+        ),
+        Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
+    }
 }

@@ -1,6 +1,8 @@
 //! The per-core workers. Each worker owns one TUN queue, one receive socket (in the
-//! SO_REUSEPORT group), one send socket, its own route-table reader and its own counter block;
-//! workers share nothing with each other.
+//! SO_REUSEPORT group), one send socket, its own route-table reader and its own counter block.
+//! What workers do share is read-mostly and set up by the main thread: the offload choices
+//! ([`Offload`], whose per-destination GSO refusals any worker may record), the steering drain
+//! board, and the arrival-interface set the table loop keeps current.
 //!
 //! - [`uring`]: the io_uring path (default).
 //! - [`fallback`]: poll(2) + recvmmsg/sendmmsg + read/write, when io_uring is unavailable.
