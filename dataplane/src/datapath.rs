@@ -2,15 +2,15 @@
 //! counted without a syscall. The loops (`worker::uring`, `worker::fallback`) read, send and
 //! write; this module tells them what to send or write and where the bytes are.
 //!
-//! - [`Core::tun_read`]: a TUN read (behind a vnet header with offloads) → send the packet
+//! - [`PacketDecider::tun_read`]: a TUN read (behind a vnet header with offloads) → send the packet
 //!   (whole, or split into segments in the split buffer), answer with an ICMP error (framed
-//!   for the TUN device in [`Core::icmp_packet`]), or drop it.
+//!   for the TUN device in [`PacketDecider::icmp_packet`]), or drop it.
 //! - [`transmits`]: how a read's segments leave: UDP_SEGMENT groups, or one by one.
-//! - [`Core::plain_udp_recv`]: a UDP receive without offloads → the byte ranges to write to
+//! - [`PacketDecider::plain_udp_recv`]: a UDP receive without offloads → the byte ranges to write to
 //!   the TUN device as they are.
-//! - [`Core::coalesce_udp_recv`]: a UDP receive with offloads → its datagrams pushed into a
+//! - [`PacketDecider::coalesce_udp_recv`]: a UDP receive with offloads → its datagrams pushed into a
 //!   [`Coalescer`], whose writes the loop makes.
-//! - [`Local`]: the counters of one batch; every decision is counted here.
+//! - [`BatchCounters`]: the counters of one batch; every decision is counted here.
 //!
 //! # Counters with offloads
 //!
@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 
 use flannel_shared::stats::{Counter, WorkerStats};
 
-use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, TunAction};
+use crate::forward::{self, DropReason, Lookup, RateLimiter, TableState, TunAction};
 use crate::gro::{self, Coalescer};
 use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
 use crate::packet::ICMP_UNREACH_MAX;
@@ -38,9 +38,9 @@ pub const ICMP_PER_SEC: u64 = 100;
 pub const ICMP_BURST: u64 = 20;
 
 /// Counters accumulated during one batch, flushed with one atomic add per non-zero counter.
-pub struct Local(pub [u64; Counter::COUNT]);
+pub struct BatchCounters(pub [u64; Counter::COUNT]);
 
-impl Local {
+impl BatchCounters {
     pub fn new() -> Self {
         Self([0; Counter::COUNT])
     }
@@ -54,7 +54,7 @@ impl Local {
     }
 }
 
-impl Default for Local {
+impl Default for BatchCounters {
     fn default() -> Self {
         Self::new()
     }
@@ -71,7 +71,7 @@ pub enum TunVerdict {
         pkt_offset: usize,
         segs: Segments,
     },
-    /// Write the ICMP error [`Core::icmp_packet`] of this length into the TUN device.
+    /// Write the ICMP error [`PacketDecider::icmp_packet`] of this length into the TUN device.
     Icmp(usize),
     /// Dropped (counted).
     Drop,
@@ -79,9 +79,9 @@ pub enum TunVerdict {
 
 /// The per-worker state the decisions need: the batch's counters, the ICMP rate limiter and
 /// the ICMP error being answered.
-pub struct Core {
+pub struct PacketDecider {
     /// Counters of the current batch.
-    pub local: Local,
+    pub local: BatchCounters,
     limiter: RateLimiter,
     /// TUN packets carry a virtio_net_hdr.
     vnet: bool,
@@ -89,11 +89,11 @@ pub struct Core {
     icmp: [u8; VNET_HDR_LEN + ICMP_UNREACH_MAX],
 }
 
-impl Core {
+impl PacketDecider {
     /// A core for TUN packets with (`vnet`) or without a virtio_net_hdr.
     pub fn new(vnet: bool) -> Self {
         Self {
-            local: Local::new(),
+            local: BatchCounters::new(),
             limiter: RateLimiter::new(ICMP_PER_SEC, ICMP_BURST),
             vnet,
             icmp: [0; VNET_HDR_LEN + ICMP_UNREACH_MAX],
@@ -118,13 +118,13 @@ impl Core {
         n: usize,
         split_out: &mut [u8],
         routes: &impl Lookup,
-        ctx: &Context,
+        ctx: &TableState,
         now: u64,
     ) -> TunVerdict {
         let local = &mut self.local;
         local.add(Counter::TunRxPackets, 1);
         local.add(Counter::TunRxBytes, n as u64);
-        let drop = |local: &mut Local, r: DropReason| {
+        let drop = |local: &mut BatchCounters, r: DropReason| {
             local.add(r.counter(), 1);
             TunVerdict::Drop
         };
@@ -188,7 +188,7 @@ impl Core {
 
     /// The ICMP error of a [`TunVerdict::Icmp`] of `len` bytes as the TUN device takes it
     /// (behind a zero vnet header with offloads), and the counters to count its write in.
-    pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut Local) {
+    pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut BatchCounters) {
         let end = (self.vnet_len() + len).min(self.icmp.len());
         (&self.icmp[..end], &mut self.local)
     }
@@ -229,7 +229,7 @@ impl Core {
         n: usize,
         gro_size: Option<usize>,
         sender: Ipv4Addr,
-        ctx: &Context,
+        ctx: &TableState,
         writes: &mut Vec<gro::Write>,
     ) {
         writes.clear();
@@ -256,7 +256,7 @@ impl Core {
         n: usize,
         gro_size: Option<usize>,
         sender: Ipv4Addr,
-        ctx: &Context,
+        ctx: &TableState,
         co: &mut Coalescer<'_, '_>,
     ) {
         for_each_datagram(
@@ -314,8 +314,8 @@ fn for_each_datagram(
     buf: &mut [u8],
     n: usize,
     gro_size: Option<usize>,
-    local: &mut Local,
-    mut each: impl FnMut(usize, &mut [u8], &mut Local),
+    local: &mut BatchCounters,
+    mut each: impl FnMut(usize, &mut [u8], &mut BatchCounters),
 ) {
     local.add(Counter::UdpRxBytes, n as u64);
     if n == 0 {
@@ -395,7 +395,7 @@ mod tests {
     }
 
     /// Host A (10.1.15.0/24) with B's lease (10.1.16.0/24 at HOST_B); or host B the other way.
-    fn host(b: bool) -> (Table, Context) {
+    fn host(b: bool) -> (Table, TableState) {
         let (ours, theirs, peer) = if b {
             ("10.1.16.0/24", "10.1.15.0/24", HOST_A)
         } else {
@@ -405,7 +405,7 @@ mod tests {
             (net(ours), if b { HOST_B } else { HOST_A }),
             (net(theirs), peer),
         ];
-        let ctx = Context {
+        let ctx = TableState {
             network: None,
             our_subnet: Some(net(ours)),
             tun_addr: Some(net(ours).addr()),
@@ -415,13 +415,13 @@ mod tests {
         (Table(vec![(net(theirs), peer)]), ctx)
     }
 
-    fn count(core: &Core, c: Counter) -> u64 {
+    fn count(core: &PacketDecider, c: Counter) -> u64 {
         core.local.0[c as usize]
     }
 
     #[test]
     fn a_receive_from_outside_the_underlay_is_dropped_whole_and_counted() {
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         let underlay = Arrival::only(&[2]);
         // 3 GRO-merged datagrams from a bridge (ifindex 5): all three counted, none checked.
         assert!(core.arrival_refused(3000, Some(1200), Some(5), &underlay));
@@ -447,7 +447,7 @@ mod tests {
     #[test]
     fn tun_read_sends_the_packet_with_its_ttl_decremented() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         let mut buf = [0u8; 64];
         buf[..24].copy_from_slice(&TO_B);
         let v = core.tun_read(&mut buf, 24, &mut [], &table, &ctx, 0);
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(count(&core, Counter::TunRxBytes), 24);
 
         // Behind a plain vnet header: the packet starts after it.
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let mut buf = [0u8; 64];
         buf[VNET_HDR_LEN..VNET_HDR_LEN + 24].copy_from_slice(&TO_B);
         let v = core.tun_read(&mut buf, VNET_HDR_LEN + 24, &mut [], &table, &ctx, 0);
@@ -490,7 +490,7 @@ mod tests {
     fn tun_read_answers_no_route_with_a_framed_icmp() {
         let (table, ctx) = host(false);
         for vnet in [false, true] {
-            let mut core = Core::new(vnet);
+            let mut core = PacketDecider::new(vnet);
             let off = if vnet { VNET_HDR_LEN } else { 0 };
             let mut buf = [0xeeu8; 64];
             buf[..off].fill(0);
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn tun_read_drops_what_it_cannot_parse() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let mut buf = [0u8; 64];
         // Shorter than a vnet header.
         assert_eq!(
@@ -528,7 +528,7 @@ mod tests {
     #[test]
     fn tun_read_splits_a_tso_super_packet() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let payload: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
         let sup = testutil::tcp(1000, TCP_ACK, &payload);
         let hdr = VnetHdr {
@@ -569,7 +569,7 @@ mod tests {
     #[test]
     fn plain_receive_writes_each_good_datagram() {
         let (_, ctx) = host(false);
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         // Two GRO datagrams from B: the first is good, the second's source is not B's.
         let mut buf = [0u8; 48];
         buf[..24].copy_from_slice(&FROM_B);
@@ -600,7 +600,7 @@ mod tests {
     fn offload_receive_coalesces_in_order_segments() {
         // Host B receives A's TCP segments (10.1.15.2 → 10.1.16.2).
         let (_, ctx) = host(true);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let data: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
         let a = testutil::tcp(0, TCP_ACK, &data[..1000]);
         let b = testutil::tcp(1000, TCP_ACK, &data[1000..]);

@@ -87,7 +87,7 @@ pub trait Lookup {
 
 /// The state that changes with the route-table generation, not per packet.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct TableState {
     /// The overlay network; a peer address inside it is never sent to.
     pub network: Option<Ipv4Net>,
     /// Our lease; `None` until the control plane has one (then every datagram is dropped).
@@ -195,7 +195,7 @@ pub enum TunAction {
 pub fn tun_to_udp(
     pkt: &mut [u8],
     routes: &impl Lookup,
-    ctx: &Context,
+    ctx: &TableState,
     limiter: &mut RateLimiter,
     now_ns: u64,
     icmp_out: &mut [u8],
@@ -237,7 +237,7 @@ pub fn tun_to_udp(
 
 /// Checks one datagram received from `sender` (outer source IP) and decrements its inner TTL
 /// in place. `Ok(())` means: write `pkt` into the TUN device.
-pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &Context) -> Result<(), DropReason> {
+pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &TableState) -> Result<(), DropReason> {
     let view = Ipv4View::parse(&*pkt)?;
     let subnets = ctx.senders.subnets_of(sender);
     if subnets.is_empty() {
@@ -291,8 +291,8 @@ mod tests {
     }
 
     /// Host A's view.
-    fn ctx_a(spoof_check: bool) -> Context {
-        Context {
+    fn ctx_a(spoof_check: bool) -> TableState {
+        TableState {
             network: Some(net("10.1.0.0/16")),
             our_subnet: Some(net("10.1.15.0/24")),
             tun_addr: Some(Ipv4Addr::new(10, 1, 15, 0)),

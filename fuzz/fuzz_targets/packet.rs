@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use arbitrary::Arbitrary;
 use flannel_dataplane::forward::{
-    tun_to_udp, udp_to_tun, Context, DropReason, Lookup, RateLimiter, SenderIndex, TunAction,
+    tun_to_udp, udp_to_tun, TableState, DropReason, Lookup, RateLimiter, SenderIndex, TunAction,
 };
 use flannel_dataplane::packet::{
     checksum_add, checksum_adjust, decrement_ttl, fold_checksum, internet_checksum,
@@ -120,7 +120,7 @@ fuzz_target!(|input: Input| {
         Ok(i) => Ipv4Addr::from(u32::from(i)),
         Err(ip) => Ipv4Addr::from(ip),
     };
-    let ctx = Context {
+    let ctx = TableState {
         network: None,
         our_subnet: our,
         tun_addr: input.tun_addr.map(Ipv4Addr::from),

@@ -26,8 +26,8 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::stats::{Counter, WorkerStats};
 use flannel_shared::Ipv4Net;
 
-use crate::datapath::{coalesce_room, Core, Local, TunVerdict};
-use crate::forward::{Context, Lookup, SenderIndex};
+use crate::datapath::{coalesce_room, BatchCounters, PacketDecider, TunVerdict};
+use crate::forward::{Lookup, SenderIndex, TableState};
 use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
 use crate::sys::socket::RecvMeta;
@@ -228,7 +228,7 @@ impl DrainReporter {
 pub struct Routes {
     reader: RouteTableReader,
     pub snap: RouteSnapshot,
-    pub ctx: Context,
+    pub ctx: TableState,
     /// The underlay interfaces, as the table loop last computed them.
     arrival_cell: Arc<ArrivalCell>,
     arrival_version: u64,
@@ -254,7 +254,7 @@ impl Routes {
             arrival_version: arrival_cell.version(),
             arrival: arrival_cell.get(),
             arrival_cell,
-            ctx: Context {
+            ctx: TableState {
                 network: None,
                 our_subnet: None,
                 tun_addr: None,
@@ -304,7 +304,7 @@ fn now_ns(start: Instant) -> u64 {
 /// write(2) of one packet into the TUN queue, counted as `ok` (with its bytes when `ok` is
 /// `tun_tx_packets`) or as a TUN error. Both paths write TUN queues directly (see
 /// `sys::tun::open_queue`).
-pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut Local) {
+pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut BatchCounters) {
     match crate::sys::io::write(tun, pkt) {
         Ok(n) => {
             local.add(ok, 1);
@@ -324,12 +324,12 @@ pub struct Sockets {
     pub wake: Arc<OwnedFd>,
 }
 
-/// What both loops share: the decisions' state ([`Core`]: counters, ICMP rate limiter and
+/// What both loops share: the decisions' state ([`PacketDecider`]: counters, ICMP rate limiter and
 /// buffer), the routes, the drain reports, the offload choices, and the TUN queue with the
 /// receive side's output. A loop is its own I/O around this.
 pub struct WorkerState {
     pub id: usize,
-    pub core: Core,
+    pub core: PacketDecider,
     pub routes: Routes,
     pub drain: DrainReporter,
     pub offload: Arc<Offload>,
@@ -372,7 +372,7 @@ impl WorkerState {
         let co_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
         let state = Self {
             id,
-            core: Core::new(vnet),
+            core: PacketDecider::new(vnet),
             routes: Routes::new(reader, spoof_check, arrival),
             drain: DrainReporter::new(drain, id),
             offload,
@@ -401,7 +401,7 @@ impl WorkerState {
         self.core.local.flush(&self.stats);
     }
 
-    /// Decides one TUN read of `n` bytes in `buf` ([`Core::tun_read`]) with this batch's
+    /// Decides one TUN read of `n` bytes in `buf` ([`PacketDecider::tun_read`]) with this batch's
     /// routes; a super-packet is split into `split_out`.
     #[inline]
     pub fn tun_read(
