@@ -18,7 +18,7 @@ use crate::worker;
 /// MTU when the table carries none (1500 - 28).
 pub const DEFAULT_MTU: u32 = 1472;
 /// How long a starting data plane waits for a leftover TUN device of its name to disappear.
-const STALE_TUN_WAIT: Duration = Duration::from_secs(3);
+pub const STALE_TUN_WAIT: Duration = Duration::from_secs(3);
 
 /// The configured TUN device: its name and index, and the table values last applied to it.
 #[derive(Debug)]

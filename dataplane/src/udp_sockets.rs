@@ -11,7 +11,7 @@ use crate::sys;
 use crate::worker::Offload;
 
 /// How long a start waits for the UDP port held by an exiting previous instance.
-const PORT_WAIT: Duration = Duration::from_secs(3);
+pub const PORT_WAIT: Duration = Duration::from_secs(3);
 
 /// One worker's sockets: `recv` in the reuseport group on the flannel port, `send` on its own
 /// ephemeral port.

@@ -94,39 +94,6 @@ impl ArrivalCell {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_listed_interfaces_pass() {
-        let a = Arrival::only(&[3, 5, 3]);
-        assert_eq!(a, Arrival::only(&[3, 5]));
-        assert!(a.admits(Some(3)) && a.admits(Some(5)));
-        assert!(!a.admits(Some(4)), "a bridge");
-        assert!(!a.admits(Some(1)), "loopback");
-        assert!(!a.admits(None), "no IP_PKTINFO: refused");
-        assert!(!Arrival::only(&[]).admits(Some(3)));
-        assert!(Arrival::Any.admits(None));
-        let many: Vec<u32> = (1..20).collect();
-        assert!(
-            !Arrival::only(&many).admits(Some(19)),
-            "capped at MAX_IFACES"
-        );
-    }
-
-    #[test]
-    fn the_cell_bumps_its_version_on_change_only() {
-        let c = ArrivalCell::new(Arrival::only(&[]));
-        let v0 = c.version();
-        assert!(!c.set(Arrival::only(&[])));
-        assert_eq!(c.version(), v0);
-        assert!(c.set(Arrival::only(&[2])));
-        assert!(c.version() > v0);
-        assert_eq!(c.get(), Arrival::only(&[2]));
-    }
-}
-
 /// `--underlay-iface` as given: `any` turns the check off.
 pub fn check_disabled(names: &[String]) -> bool {
     names.iter().any(|n| n == "any")
@@ -208,5 +175,38 @@ impl ArrivalKeeper {
         if self.cell.set(arrival) {
             tracing::info!(public_ip = ?public_ip, "peers' datagrams accepted from: {desc}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listed_interfaces_pass() {
+        let a = Arrival::only(&[3, 5, 3]);
+        assert_eq!(a, Arrival::only(&[3, 5]));
+        assert!(a.admits(Some(3)) && a.admits(Some(5)));
+        assert!(!a.admits(Some(4)), "a bridge");
+        assert!(!a.admits(Some(1)), "loopback");
+        assert!(!a.admits(None), "no IP_PKTINFO: refused");
+        assert!(!Arrival::only(&[]).admits(Some(3)));
+        assert!(Arrival::Any.admits(None));
+        let many: Vec<u32> = (1..20).collect();
+        assert!(
+            !Arrival::only(&many).admits(Some(19)),
+            "capped at MAX_IFACES"
+        );
+    }
+
+    #[test]
+    fn the_cell_bumps_its_version_on_change_only() {
+        let c = ArrivalCell::new(Arrival::only(&[]));
+        let v0 = c.version();
+        assert!(!c.set(Arrival::only(&[])));
+        assert_eq!(c.version(), v0);
+        assert!(c.set(Arrival::only(&[2])));
+        assert!(c.version() > v0);
+        assert_eq!(c.get(), Arrival::only(&[2]));
     }
 }
