@@ -81,7 +81,7 @@ pub enum TunVerdict {
 /// the ICMP error being answered.
 pub struct PacketDecider {
     /// Counters of the current batch.
-    pub local: BatchCounters,
+    pub counters: BatchCounters,
     limiter: RateLimiter,
     /// TUN packets carry a virtio_net_hdr.
     vnet: bool,
@@ -93,7 +93,7 @@ impl PacketDecider {
     /// A core for TUN packets with (`vnet`) or without a virtio_net_hdr.
     pub fn new(vnet: bool) -> Self {
         Self {
-            local: BatchCounters::new(),
+            counters: BatchCounters::new(),
             limiter: RateLimiter::new(ICMP_PER_SEC, ICMP_BURST),
             vnet,
             icmp: [0; VNET_HDR_LEN + ICMP_UNREACH_MAX],
@@ -121,7 +121,7 @@ impl PacketDecider {
         ctx: &TableState,
         now: u64,
     ) -> TunVerdict {
-        let local = &mut self.local;
+        let local = &mut self.counters;
         local.add(Counter::TunRxPackets, 1);
         local.add(Counter::TunRxBytes, n as u64);
         let drop = |local: &mut BatchCounters, r: DropReason| {
@@ -190,7 +190,7 @@ impl PacketDecider {
     /// (behind a zero vnet header with offloads), and the counters to count its write in.
     pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut BatchCounters) {
         let end = (self.vnet_len() + len).min(self.icmp.len());
-        (&self.icmp[..end], &mut self.local)
+        (&self.icmp[..end], &mut self.counters)
     }
 
     /// Whether a receive of `n` bytes (`gro_size` each) that arrived on `ifindex` must be
@@ -208,16 +208,16 @@ impl PacketDecider {
             return false;
         }
         let datagrams = n.div_ceil(gro_size.unwrap_or(n).max(1)).max(1) as u64;
-        self.local.add(Counter::UdpRxBytes, n as u64);
-        self.local.add(Counter::UdpRxPackets, datagrams);
-        self.local.add(Counter::DropNotUnderlay, datagrams);
+        self.counters.add(Counter::UdpRxBytes, n as u64);
+        self.counters.add(Counter::UdpRxPackets, datagrams);
+        self.counters.add(Counter::DropNotUnderlay, datagrams);
         true
     }
 
     /// A receive that did not fit its buffer: one datagram, dropped for its length.
     pub fn recv_truncated(&mut self) {
-        self.local.add(Counter::UdpRxPackets, 1);
-        self.local.add(Counter::DropBadLength, 1);
+        self.counters.add(Counter::UdpRxPackets, 1);
+        self.counters.add(Counter::DropBadLength, 1);
     }
 
     /// Handles one UDP receive of `n` bytes in `buf` without offloads: checks each datagram
@@ -233,7 +233,7 @@ impl PacketDecider {
         writes: &mut Vec<gro::Write>,
     ) {
         writes.clear();
-        for_each_datagram(buf, n, gro_size, &mut self.local, |at, d, local| {
+        for_each_datagram(buf, n, gro_size, &mut self.counters, |at, d, local| {
             match forward::udp_to_tun(d, sender, ctx) {
                 Ok(()) => writes.push(gro::Write {
                     offset: at,
@@ -259,20 +259,16 @@ impl PacketDecider {
         ctx: &TableState,
         co: &mut Coalescer<'_, '_>,
     ) {
-        for_each_datagram(
-            buf,
-            n,
-            gro_size,
-            &mut self.local,
-            |_, d, local| match forward::udp_to_tun(d, sender, ctx) {
+        for_each_datagram(buf, n, gro_size, &mut self.counters, |_, d, local| {
+            match forward::udp_to_tun(d, sender, ctx) {
                 Ok(()) => {
                     if co.push(d).is_err() {
                         local.add(Counter::TunTxErrors, 1);
                     }
                 }
                 Err(r) => local.add(r.counter(), 1),
-            },
-        );
+            }
+        });
     }
 }
 
@@ -416,7 +412,7 @@ mod tests {
     }
 
     fn count(core: &PacketDecider, c: Counter) -> u64 {
-        core.local.0[c as usize]
+        core.counters.0[c as usize]
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Fallback {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    self.st.core.local.add(Counter::TunRxErrors, 1);
+                    self.st.decider.counters.add(Counter::TunRxErrors, 1);
                     break;
                 }
             };
@@ -154,7 +154,7 @@ impl Fallback {
             ..
         } = self;
         let port = st.port;
-        let local = &mut st.core.local;
+        let local = &mut st.decider.counters;
         let mut sends = batch.load_sends(queued.iter().map(|q| {
             let dst = SocketAddrV4::new(q.tx.peer, port);
             (queued_bytes(q, tx_bufs, split_bufs), dst, q.tx.segment_size)
@@ -220,13 +220,13 @@ impl Fallback {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(_) => {
-                self.st.core.local.add(Counter::UdpRxErrors, 1);
+                self.st.decider.counters.add(Counter::UdpRxErrors, 1);
                 0
             }
         };
         for (i, buf) in self.rx_bufs.iter_mut().enumerate().take(got) {
             if self.batch.truncated(i) {
-                self.st.core.recv_truncated();
+                self.st.decider.recv_truncated();
                 continue;
             }
             let meta = decode_recv_cmsgs(self.batch.control(i));

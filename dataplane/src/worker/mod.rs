@@ -329,7 +329,7 @@ pub struct Sockets {
 /// receive side's output. A loop is its own I/O around this.
 pub struct WorkerState {
     pub id: usize,
-    pub core: PacketDecider,
+    pub decider: PacketDecider,
     pub routes: Routes,
     pub drain: DrainReporter,
     pub offload: Arc<Offload>,
@@ -372,7 +372,7 @@ impl WorkerState {
         let co_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
         let state = Self {
             id,
-            core: PacketDecider::new(vnet),
+            decider: PacketDecider::new(vnet),
             routes: Routes::new(reader, spoof_check, arrival),
             drain: DrainReporter::new(drain, id),
             offload,
@@ -397,8 +397,8 @@ impl WorkerState {
 
     /// Ends a batch: counts it and flushes the counters.
     pub fn end_batch(&mut self) {
-        self.core.local.add(Counter::Batches, 1);
-        self.core.local.flush(&self.stats);
+        self.decider.counters.add(Counter::Batches, 1);
+        self.decider.counters.flush(&self.stats);
     }
 
     /// Decides one TUN read of `n` bytes in `buf` ([`PacketDecider::tun_read`]) with this batch's
@@ -412,13 +412,13 @@ impl WorkerState {
         now: u64,
     ) -> TunVerdict {
         let routes = &self.routes;
-        self.core
+        self.decider
             .tun_read(buf, n, split_out, &routes.snap, &routes.ctx, now)
     }
 
     /// Writes the ICMP error of a [`TunVerdict::Icmp`] into the TUN queue.
     pub fn write_icmp(&mut self, len: usize) {
-        let (pkt, local) = self.core.icmp_packet(len);
+        let (pkt, local) = self.decider.icmp_packet(len);
         write_tun(&self.tun, pkt, Counter::IcmpUnreachableSent, local);
     }
 
@@ -429,7 +429,7 @@ impl WorkerState {
     pub fn udp_recv(&mut self, buf: &mut [u8], n: usize, meta: RecvMeta, sender: Ipv4Addr) {
         let gro_size = meta.gro_size;
         if self
-            .core
+            .decider
             .arrival_refused(n, gro_size, meta.ifindex, &self.routes.arrival)
         {
             return;
@@ -439,15 +439,20 @@ impl WorkerState {
                 self.flush_rx();
             }
             let ctx = &self.routes.ctx;
-            self.core
+            self.decider
                 .coalesce_udp_recv(buf, n, gro_size, sender, ctx, &mut self.co);
         } else {
             let ctx = &self.routes.ctx;
-            self.core
+            self.decider
                 .plain_udp_recv(buf, n, gro_size, sender, ctx, &mut self.writes);
             for w in &self.writes {
                 let pkt = &buf[w.offset..w.offset + w.len];
-                write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+                write_tun(
+                    &self.tun,
+                    pkt,
+                    Counter::TunTxPackets,
+                    &mut self.decider.counters,
+                );
             }
         }
     }
@@ -460,7 +465,12 @@ impl WorkerState {
         let (out, writes) = self.co.finished();
         for w in writes {
             let pkt = &out[w.offset..w.offset + w.len];
-            write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+            write_tun(
+                &self.tun,
+                pkt,
+                Counter::TunTxPackets,
+                &mut self.decider.counters,
+            );
         }
         self.co.clear();
     }

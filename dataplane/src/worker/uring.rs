@@ -241,7 +241,7 @@ impl Uring {
         if res >= 0 {
             self.tun_readable = true;
         } else if !is_transient(res) && res != -libc::ECANCELED {
-            self.st.core.local.add(Counter::TunRxErrors, 1);
+            self.st.decider.counters.add(Counter::TunRxErrors, 1);
         }
         if !more {
             // The kernel ended the multishot poll (overflow, error): re-arm it, and look at
@@ -255,7 +255,7 @@ impl Uring {
         let Some(m) = self.ring.send_done(sent) else {
             return;
         };
-        let local = &mut self.st.core.local;
+        let local = &mut self.st.decider.counters;
         let tx = &m.tx;
         if m.res >= 0 {
             local.add(Counter::UdpTxPackets, tx.segments as u64);
@@ -290,17 +290,17 @@ impl Uring {
         }
         let Some(token) = buf else {
             if res < 0 && !is_transient(res) && res != -libc::ENOBUFS {
-                self.st.core.local.add(Counter::UdpRxErrors, 1);
+                self.st.decider.counters.add(Counter::UdpRxErrors, 1);
             }
             return;
         };
         let st = &mut self.st;
         let Some(buf) = self.ring.recv_buf(&token) else {
-            st.core.local.add(Counter::UdpRxErrors, 1);
+            st.decider.counters.add(Counter::UdpRxErrors, 1);
             return;
         };
         match recv_layout(buf, NAME_AREA, self.control_area) {
-            Some(l) if l.truncated => st.core.recv_truncated(),
+            Some(l) if l.truncated => st.decider.recv_truncated(),
             Some(l) => {
                 let meta = decode_recv_cmsgs(&buf[l.control.clone()]);
                 let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
@@ -308,7 +308,7 @@ impl Uring {
                 let n = payload.len();
                 st.udp_recv(payload, n, meta, sender);
             }
-            None => st.core.local.add(Counter::UdpRxErrors, 1),
+            None => st.decider.counters.add(Counter::UdpRxErrors, 1),
         }
         self.ring.provide(token);
     }
@@ -337,7 +337,7 @@ impl Uring {
                         }
                         io::ErrorKind::Interrupted => continue,
                         _ => {
-                            self.st.core.local.add(Counter::TunRxErrors, 1);
+                            self.st.decider.counters.add(Counter::TunRxErrors, 1);
                             self.tun_readable = false;
                         }
                     }
@@ -418,8 +418,8 @@ impl Uring {
     fn post(&mut self, slot: usize, tx: &Transmit) {
         if !self.ring.post_send(slot, tx) {
             self.st
-                .core
-                .local
+                .decider
+                .counters
                 .add(Counter::UdpTxErrors, tx.segments as u64);
         }
     }
