@@ -15,12 +15,22 @@ pub enum SetupError {
         /// The kernel's answer (part of the text, so not a separate `source`).
         cause: io::Error,
     },
-    /// The route table could not be opened.
-    #[error("route table: {0}")]
-    RouteTable(flannel_shared::route_table::RouteTableError),
     /// Refused by policy or configuration; the text says why.
     #[error("{0}")]
     Refused(String),
+}
+
+impl SetupError {
+    /// `context: err: its source: ...`, the whole chain as one text.
+    pub fn with_chain(context: &str, err: &dyn std::error::Error) -> Self {
+        let mut text = format!("{context}: {err}");
+        let mut source = err.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        Self::Refused(text)
+    }
 }
 
 /// Attaches a description of the step to an `io::Result`.
@@ -62,5 +72,11 @@ mod tests {
             "{e}"
         );
         assert_eq!(SetupError::Refused("no".into()).to_string(), "no");
+        let inner = io::Error::other("disk full");
+        let outer = io::Error::other(inner);
+        assert_eq!(
+            SetupError::with_chain("creating the stats file", &outer).to_string(),
+            "creating the stats file: disk full"
+        );
     }
 }

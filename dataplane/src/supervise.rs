@@ -131,7 +131,8 @@ impl Workers {
                 recv: pair.recv,
                 send: pair.send,
                 wake,
-                reader: RouteTableReader::open(plan.route_table).map_err(SetupError::RouteTable)?,
+                reader: RouteTableReader::open(plan.route_table)
+                    .map_err(|e| SetupError::with_chain("route table", &e))?,
                 stats: plan.stats.worker(i),
                 port: plan.port,
                 spoof_check: plan.spoof_check,
