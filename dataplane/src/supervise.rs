@@ -261,3 +261,39 @@ pub fn reexec() -> std::io::Error {
         .args(argv)
         .exec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(results: Vec<std::io::Result<()>>) -> Workers {
+        Workers {
+            wakes: Vec::new(),
+            handles: results
+                .into_iter()
+                .map(|r| std::thread::spawn(move || r))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn stopping_reports_a_worker_error_or_an_early_end() {
+        assert!(workers(vec![Ok(()), Ok(())]).stop(None).is_ok());
+        let e = workers(vec![Ok(()), Err(std::io::Error::other("ring gone"))])
+            .stop(None)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "worker 1: ring gone");
+        let e = workers(vec![Ok(())]).stop(Some(0)).unwrap_err();
+        assert_eq!(e.to_string(), "worker 0 stopped unexpectedly");
+    }
+
+    #[test]
+    fn an_ended_worker_is_found() {
+        let w = workers(vec![Ok(())]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while w.first_ended().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(w.first_ended(), Some(0));
+    }
+}
