@@ -13,11 +13,10 @@
 //! Without `$NOTIFY_SOCKET` every call here does nothing. A failed send is logged once.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use flannel_shared::sd_notify::{Field, Notifier};
+use flannel_shared::sd_notify::{Field, Reporter};
 use flannel_shared::Ipv4Net;
 
 use crate::status::Status;
@@ -25,48 +24,25 @@ use crate::status::Status;
 /// How often readiness is checked before `READY=1` went out.
 const READY_POLL: Duration = Duration::from_millis(50);
 
-static NOTIFIER: OnceLock<Option<Notifier>> = OnceLock::new();
-static SEND_FAILED: AtomicBool = AtomicBool::new(false);
-
-fn notifier() -> Option<&'static Notifier> {
-    NOTIFIER
-        .get_or_init(|| match Notifier::from_env() {
-            Ok(n) => {
-                if let Some(n) = &n {
-                    tracing::debug!(target_socket = ?n.target(), watchdog = ?n.watchdog_interval(), "notifying systemd");
-                }
-                n
-            }
-            Err(e) => {
-                tracing::warn!("not notifying systemd: {e}");
-                None
-            }
-        })
-        .as_ref()
-}
-
-fn send(fields: &[Field<'_>]) {
-    let Some(n) = notifier() else { return };
-    if let Err(e) = n.send(fields) {
-        if !SEND_FAILED.swap(true, Ordering::Relaxed) {
-            tracing::warn!("sd_notify to {:?} failed (logged once): {e}", n.target());
-        }
-    }
+/// flanneld's one reporter, read from the environment on first use.
+fn systemd() -> &'static Reporter {
+    static SYSTEMD: OnceLock<Reporter> = OnceLock::new();
+    SYSTEMD.get_or_init(Reporter::from_env)
 }
 
 /// `STATUS=<text>`.
 pub fn status(text: &str) {
-    send(&[Field::Status(text)]);
+    systemd().status(text);
 }
 
 /// `STOPPING=1`.
 pub fn stopping(text: &str) {
-    send(&[Field::Stopping, Field::Status(text)]);
+    systemd().stopping(text);
 }
 
 /// Half of `$WATCHDOG_USEC`, when systemd watches flanneld.
 pub fn watchdog_interval() -> Option<Duration> {
-    notifier().and_then(Notifier::watchdog_interval)
+    systemd().watchdog_interval()
 }
 
 /// `READY=1` once flanneld is ready, then `WATCHDOG=1` at the watchdog interval: driven by
@@ -86,7 +62,7 @@ fn interval(period: Duration) -> tokio::time::Interval {
 
 impl Heartbeat {
     pub fn new(status: Arc<Status>) -> Self {
-        let on = notifier().is_some();
+        let on = systemd().is_active();
         Self {
             status,
             ready_sent: false,
@@ -142,7 +118,7 @@ impl Heartbeat {
             fields.push(Field::Watchdog);
         }
         if !fields.is_empty() {
-            send(&fields);
+            systemd().send(&fields);
         }
     }
 

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use flannel_dataplane::forward::{self, Context, RateLimiter, SenderIndex};
+use flannel_dataplane::forward::{self, RateLimiter, SenderIndex, TableState};
 use flannel_dataplane::gro::Coalescer;
 use flannel_dataplane::gso::{self, GSO_TCPV4};
 use flannel_dataplane::packet::{checksum_add, fold_checksum, pseudo_header_sum, TCP_ACK};
@@ -92,7 +92,7 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    let ctx = Context {
+    let ctx = TableState {
         network: Some("10.0.0.0/16".parse().unwrap()),
         our_subnet: Some("10.0.1.0/24".parse().unwrap()),
         tun_addr: Some(Ipv4Addr::new(10, 0, 1, 0)),
@@ -112,7 +112,6 @@ fn benches(c: &mut Criterion) {
     g.bench_function("tun_to_udp_1460B", |b| {
         b.iter(|| {
             pkt[8..12].copy_from_slice(&orig[8..12]);
-            let mut rl = false;
             black_box(forward::tun_to_udp(
                 black_box(&mut pkt),
                 &snap,
@@ -120,7 +119,6 @@ fn benches(c: &mut Criterion) {
                 &mut limiter,
                 0,
                 &mut icmp,
-                &mut rl,
             ))
         })
     });

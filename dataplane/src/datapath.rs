@@ -2,15 +2,15 @@
 //! counted without a syscall. The loops (`worker::uring`, `worker::fallback`) read, send and
 //! write; this module tells them what to send or write and where the bytes are.
 //!
-//! - [`Core::tun_read`]: a TUN read (behind a vnet header with offloads) → send the packet
+//! - [`PacketDecider::tun_read`]: a TUN read (behind a vnet header with offloads) → send the packet
 //!   (whole, or split into segments in the split buffer), answer with an ICMP error (framed
-//!   for the TUN device in [`Core::icmp_packet`]), or drop it.
-//! - [`send_chunks`]: how a read's segments leave: UDP_SEGMENT groups, or one by one.
-//! - [`Core::plain_udp_recv`]: a UDP receive without offloads → the byte ranges to write to
+//!   for the TUN device in [`PacketDecider::icmp_packet`]), or drop it.
+//! - [`transmits`]: how a read's segments leave: UDP_SEGMENT groups, or one by one.
+//! - [`PacketDecider::plain_udp_recv`]: a UDP receive without offloads → the byte ranges to write to
 //!   the TUN device as they are.
-//! - [`Core::coalesce_udp_recv`]: a UDP receive with offloads → its datagrams pushed into a
+//! - [`PacketDecider::coalesce_udp_recv`]: a UDP receive with offloads → its datagrams pushed into a
 //!   [`Coalescer`], whose writes the loop makes.
-//! - [`Local`]: the counters of one batch; every decision is counted here.
+//! - [`BatchCounters`]: the counters of one batch; every decision is counted here.
 //!
 //! # Counters with offloads
 //!
@@ -21,14 +21,14 @@
 #![forbid(unsafe_code)]
 
 use std::net::Ipv4Addr;
-use std::ops::Range;
 
 use flannel_shared::stats::{Counter, WorkerStats};
 
-use crate::forward::{self, Context, DropReason, Lookup, RateLimiter, TunAction};
+use crate::forward::{self, DropReason, Lookup, RateLimiter, TableState, TunAction};
 use crate::gro::{self, Coalescer};
 use crate::gso::{self, Segments, VnetHdr, F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
 use crate::packet::ICMP_UNREACH_MAX;
+use crate::transmit::{Transmit, TxBuffer};
 use crate::underlay::Arrival;
 
 /// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones allow 128).
@@ -38,9 +38,9 @@ pub const ICMP_PER_SEC: u64 = 100;
 pub const ICMP_BURST: u64 = 20;
 
 /// Counters accumulated during one batch, flushed with one atomic add per non-zero counter.
-pub struct Local(pub [u64; Counter::COUNT]);
+pub struct BatchCounters(pub [u64; Counter::COUNT]);
 
-impl Local {
+impl BatchCounters {
     pub fn new() -> Self {
         Self([0; Counter::COUNT])
     }
@@ -54,7 +54,7 @@ impl Local {
     }
 }
 
-impl Default for Local {
+impl Default for BatchCounters {
     fn default() -> Self {
         Self::new()
     }
@@ -71,7 +71,7 @@ pub enum TunVerdict {
         pkt_offset: usize,
         segs: Segments,
     },
-    /// Write the ICMP error [`Core::icmp_packet`] of this length into the TUN device.
+    /// Write the ICMP error [`PacketDecider::icmp_packet`] of this length into the TUN device.
     Icmp(usize),
     /// Dropped (counted).
     Drop,
@@ -79,9 +79,9 @@ pub enum TunVerdict {
 
 /// The per-worker state the decisions need: the batch's counters, the ICMP rate limiter and
 /// the ICMP error being answered.
-pub struct Core {
+pub struct PacketDecider {
     /// Counters of the current batch.
-    pub local: Local,
+    pub counters: BatchCounters,
     limiter: RateLimiter,
     /// TUN packets carry a virtio_net_hdr.
     vnet: bool,
@@ -89,11 +89,11 @@ pub struct Core {
     icmp: [u8; VNET_HDR_LEN + ICMP_UNREACH_MAX],
 }
 
-impl Core {
+impl PacketDecider {
     /// A core for TUN packets with (`vnet`) or without a virtio_net_hdr.
     pub fn new(vnet: bool) -> Self {
         Self {
-            local: Local::new(),
+            counters: BatchCounters::new(),
             limiter: RateLimiter::new(ICMP_PER_SEC, ICMP_BURST),
             vnet,
             icmp: [0; VNET_HDR_LEN + ICMP_UNREACH_MAX],
@@ -118,13 +118,13 @@ impl Core {
         n: usize,
         split_out: &mut [u8],
         routes: &impl Lookup,
-        ctx: &Context,
+        ctx: &TableState,
         now: u64,
     ) -> TunVerdict {
-        let local = &mut self.local;
+        let local = &mut self.counters;
         local.add(Counter::TunRxPackets, 1);
         local.add(Counter::TunRxBytes, n as u64);
-        let drop = |local: &mut Local, r: DropReason| {
+        let drop = |local: &mut BatchCounters, r: DropReason| {
             local.add(r.counter(), 1);
             TunVerdict::Drop
         };
@@ -146,10 +146,8 @@ impl Core {
         {
             return drop(local, DropReason::TunMalformed);
         }
-        let mut limited = false;
         let icmp = &mut self.icmp[off..];
-        let action =
-            forward::tun_to_udp(pkt, routes, ctx, &mut self.limiter, now, icmp, &mut limited);
+        let action = forward::tun_to_udp(pkt, routes, ctx, &mut self.limiter, now, icmp);
         match action {
             TunAction::Send(peer) => {
                 let len = pkt.len();
@@ -180,20 +178,19 @@ impl Core {
                 local.add(Counter::DropNoRoute, 1);
                 TunVerdict::Icmp(len)
             }
-            TunAction::Drop(reason) => {
-                if limited {
-                    local.add(Counter::IcmpRateLimited, 1);
-                }
-                drop(local, reason)
+            TunAction::NoRouteRateLimited => {
+                local.add(Counter::IcmpRateLimited, 1);
+                drop(local, DropReason::NoRoute)
             }
+            TunAction::Drop(reason) => drop(local, reason),
         }
     }
 
     /// The ICMP error of a [`TunVerdict::Icmp`] of `len` bytes as the TUN device takes it
     /// (behind a zero vnet header with offloads), and the counters to count its write in.
-    pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut Local) {
+    pub fn icmp_packet(&mut self, len: usize) -> (&[u8], &mut BatchCounters) {
         let end = (self.vnet_len() + len).min(self.icmp.len());
-        (&self.icmp[..end], &mut self.local)
+        (&self.icmp[..end], &mut self.counters)
     }
 
     /// Whether a receive of `n` bytes (`gro_size` each) that arrived on `ifindex` must be
@@ -211,16 +208,16 @@ impl Core {
             return false;
         }
         let datagrams = n.div_ceil(gro_size.unwrap_or(n).max(1)).max(1) as u64;
-        self.local.add(Counter::UdpRxBytes, n as u64);
-        self.local.add(Counter::UdpRxPackets, datagrams);
-        self.local.add(Counter::DropNotUnderlay, datagrams);
+        self.counters.add(Counter::UdpRxBytes, n as u64);
+        self.counters.add(Counter::UdpRxPackets, datagrams);
+        self.counters.add(Counter::DropNotUnderlay, datagrams);
         true
     }
 
     /// A receive that did not fit its buffer: one datagram, dropped for its length.
     pub fn recv_truncated(&mut self) {
-        self.local.add(Counter::UdpRxPackets, 1);
-        self.local.add(Counter::DropBadLength, 1);
+        self.counters.add(Counter::UdpRxPackets, 1);
+        self.counters.add(Counter::DropBadLength, 1);
     }
 
     /// Handles one UDP receive of `n` bytes in `buf` without offloads: checks each datagram
@@ -232,11 +229,11 @@ impl Core {
         n: usize,
         gro_size: Option<usize>,
         sender: Ipv4Addr,
-        ctx: &Context,
+        ctx: &TableState,
         writes: &mut Vec<gro::Write>,
     ) {
         writes.clear();
-        for_each_datagram(buf, n, gro_size, &mut self.local, |at, d, local| {
+        for_each_datagram(buf, n, gro_size, &mut self.counters, |at, d, local| {
             match forward::udp_to_tun(d, sender, ctx) {
                 Ok(()) => writes.push(gro::Write {
                     offset: at,
@@ -259,38 +256,32 @@ impl Core {
         n: usize,
         gro_size: Option<usize>,
         sender: Ipv4Addr,
-        ctx: &Context,
+        ctx: &TableState,
         co: &mut Coalescer<'_, '_>,
     ) {
-        for_each_datagram(
-            buf,
-            n,
-            gro_size,
-            &mut self.local,
-            |_, d, local| match forward::udp_to_tun(d, sender, ctx) {
+        for_each_datagram(buf, n, gro_size, &mut self.counters, |_, d, local| {
+            match forward::udp_to_tun(d, sender, ctx) {
                 Ok(()) => {
                     if co.push(d).is_err() {
                         local.add(Counter::TunTxErrors, 1);
                     }
                 }
                 Err(r) => local.add(r.counter(), 1),
-            },
-        );
+            }
+        });
     }
 }
 
-/// One datagram send: a byte range of the segment buffer and, when it holds several
-/// segments, the UDP_SEGMENT size (0: a plain datagram).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub range: Range<usize>,
-    pub gso_size: u16,
-    pub segments: usize,
-}
-
-/// The sends for `segs`: with `gso`, groups of up to [`gso::segments_per_send`] segments in
-/// one UDP_SEGMENT send each; without, one send per segment.
-pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
+/// The sends for `segs`, laid out from `offset` of `buffer`, to `peer`: with `gso`, groups of
+/// up to [`gso::segments_per_send`] segments in one UDP_SEGMENT send each; without, one send
+/// per segment.
+pub fn transmits(
+    segs: Segments,
+    gso: bool,
+    peer: Ipv4Addr,
+    buffer: TxBuffer,
+    offset: usize,
+) -> impl Iterator<Item = Transmit> {
     let per = if gso && segs.count > 1 {
         gso::segments_per_send(segs.seg_len, GSO_MAX_SEGMENTS)
     } else {
@@ -300,12 +291,14 @@ pub fn send_chunks(segs: Segments, gso: bool) -> impl Iterator<Item = Chunk> {
     (0..nchunks).map(move |k| {
         let first = k * per;
         let last = ((k + 1) * per).min(segs.count);
-        let range = segs.range(first).start..segs.range(last - 1).end;
+        let range = offset + segs.range(first).start..offset + segs.range(last - 1).end;
         let segments = last - first;
-        Chunk {
+        Transmit {
+            buffer,
             range,
-            gso_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
+            segment_size: if segments > 1 { segs.seg_len as u16 } else { 0 },
             segments,
+            peer,
         }
     })
 }
@@ -317,8 +310,8 @@ fn for_each_datagram(
     buf: &mut [u8],
     n: usize,
     gro_size: Option<usize>,
-    local: &mut Local,
-    mut each: impl FnMut(usize, &mut [u8], &mut Local),
+    local: &mut BatchCounters,
+    mut each: impl FnMut(usize, &mut [u8], &mut BatchCounters),
 ) {
     local.add(Counter::UdpRxBytes, n as u64);
     if n == 0 {
@@ -398,7 +391,7 @@ mod tests {
     }
 
     /// Host A (10.1.15.0/24) with B's lease (10.1.16.0/24 at HOST_B); or host B the other way.
-    fn host(b: bool) -> (Table, Context) {
+    fn host(b: bool) -> (Table, TableState) {
         let (ours, theirs, peer) = if b {
             ("10.1.16.0/24", "10.1.15.0/24", HOST_A)
         } else {
@@ -408,7 +401,7 @@ mod tests {
             (net(ours), if b { HOST_B } else { HOST_A }),
             (net(theirs), peer),
         ];
-        let ctx = Context {
+        let ctx = TableState {
             network: None,
             our_subnet: Some(net(ours)),
             tun_addr: Some(net(ours).addr()),
@@ -418,13 +411,13 @@ mod tests {
         (Table(vec![(net(theirs), peer)]), ctx)
     }
 
-    fn count(core: &Core, c: Counter) -> u64 {
-        core.local.0[c as usize]
+    fn count(core: &PacketDecider, c: Counter) -> u64 {
+        core.counters.0[c as usize]
     }
 
     #[test]
     fn a_receive_from_outside_the_underlay_is_dropped_whole_and_counted() {
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         let underlay = Arrival::only(&[2]);
         // 3 GRO-merged datagrams from a bridge (ifindex 5): all three counted, none checked.
         assert!(core.arrival_refused(3000, Some(1200), Some(5), &underlay));
@@ -450,7 +443,7 @@ mod tests {
     #[test]
     fn tun_read_sends_the_packet_with_its_ttl_decremented() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         let mut buf = [0u8; 64];
         buf[..24].copy_from_slice(&TO_B);
         let v = core.tun_read(&mut buf, 24, &mut [], &table, &ctx, 0);
@@ -473,7 +466,7 @@ mod tests {
         assert_eq!(count(&core, Counter::TunRxBytes), 24);
 
         // Behind a plain vnet header: the packet starts after it.
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let mut buf = [0u8; 64];
         buf[VNET_HDR_LEN..VNET_HDR_LEN + 24].copy_from_slice(&TO_B);
         let v = core.tun_read(&mut buf, VNET_HDR_LEN + 24, &mut [], &table, &ctx, 0);
@@ -493,7 +486,7 @@ mod tests {
     fn tun_read_answers_no_route_with_a_framed_icmp() {
         let (table, ctx) = host(false);
         for vnet in [false, true] {
-            let mut core = Core::new(vnet);
+            let mut core = PacketDecider::new(vnet);
             let off = if vnet { VNET_HDR_LEN } else { 0 };
             let mut buf = [0xeeu8; 64];
             buf[..off].fill(0);
@@ -511,7 +504,7 @@ mod tests {
     #[test]
     fn tun_read_drops_what_it_cannot_parse() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let mut buf = [0u8; 64];
         // Shorter than a vnet header.
         assert_eq!(
@@ -531,7 +524,7 @@ mod tests {
     #[test]
     fn tun_read_splits_a_tso_super_packet() {
         let (table, ctx) = host(false);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let payload: Vec<u8> = (0..2500u32).map(|i| (i * 7) as u8).collect();
         let sup = testutil::tcp(1000, TCP_ACK, &payload);
         let hdr = VnetHdr {
@@ -572,7 +565,7 @@ mod tests {
     #[test]
     fn plain_receive_writes_each_good_datagram() {
         let (_, ctx) = host(false);
-        let mut core = Core::new(false);
+        let mut core = PacketDecider::new(false);
         // Two GRO datagrams from B: the first is good, the second's source is not B's.
         let mut buf = [0u8; 48];
         buf[..24].copy_from_slice(&FROM_B);
@@ -603,7 +596,7 @@ mod tests {
     fn offload_receive_coalesces_in_order_segments() {
         // Host B receives A's TCP segments (10.1.15.2 → 10.1.16.2).
         let (_, ctx) = host(true);
-        let mut core = Core::new(true);
+        let mut core = PacketDecider::new(true);
         let data: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
         let a = testutil::tcp(0, TCP_ACK, &data[..1000]);
         let b = testutil::tcp(1000, TCP_ACK, &data[1000..]);
@@ -636,34 +629,37 @@ mod tests {
     }
 
     #[test]
-    fn chunks_cover_segments() {
+    fn transmits_cover_segments() {
+        const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
         let segs = Segments {
             count: 47,
             seg_len: 1472,
             total: 46 * 1472 + 900,
         };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
+        let c: Vec<Transmit> = transmits(segs, true, PEER, TxBuffer::Split, 0).collect();
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].range, 0..44 * 1472);
-        assert_eq!((c[0].gso_size, c[0].segments), (1472, 44));
+        assert_eq!((c[0].segment_size, c[0].segments), (1472, 44));
         assert_eq!(c[1].range, 44 * 1472..segs.total);
-        assert_eq!((c[1].gso_size, c[1].segments), (1472, 3));
-        let c: Vec<Chunk> = send_chunks(segs, false).collect();
+        assert_eq!((c[1].segment_size, c[1].segments), (1472, 3));
+        let c: Vec<Transmit> = transmits(segs, false, PEER, TxBuffer::Split, 0).collect();
         assert_eq!(c.len(), 47);
-        assert!(c.iter().all(|x| x.gso_size == 0 && x.segments == 1));
+        assert!(c.iter().all(|x| x.segment_size == 0 && x.segments == 1));
         assert_eq!(c[46].range, 46 * 1472..segs.total);
         let one = Segments {
             count: 1,
             seg_len: 60,
             total: 60,
         };
-        let c: Vec<Chunk> = send_chunks(one, true).collect();
+        let c: Vec<Transmit> = transmits(one, true, PEER, TxBuffer::Read, 12).collect();
         assert_eq!(
             c,
-            vec![Chunk {
-                range: 0..60,
-                gso_size: 0,
-                segments: 1
+            vec![Transmit {
+                buffer: TxBuffer::Read,
+                range: 12..72,
+                segment_size: 0,
+                segments: 1,
+                peer: PEER,
             }]
         );
         // A chunk whose last segment is alone still gets no GSO size.
@@ -672,7 +668,7 @@ mod tests {
             seg_len: 1472,
             total: 45 * 1472,
         };
-        let c: Vec<Chunk> = send_chunks(segs, true).collect();
-        assert_eq!((c[1].segments, c[1].gso_size), (1, 0));
+        let c: Vec<Transmit> = transmits(segs, true, PEER, TxBuffer::Split, 0).collect();
+        assert_eq!((c[1].segments, c[1].segment_size), (1, 0));
     }
 }

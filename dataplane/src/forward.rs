@@ -87,7 +87,7 @@ pub trait Lookup {
 
 /// The state that changes with the route-table generation, not per packet.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct TableState {
     /// The overlay network; a peer address inside it is never sent to.
     pub network: Option<Ipv4Net>,
     /// Our lease; `None` until the control plane has one (then every datagram is dropped).
@@ -181,22 +181,24 @@ pub enum TunAction {
     /// No route: an ICMP net-unreachable of this length was written into the ICMP buffer;
     /// write it into the TUN device. The packet itself is dropped (count `NoRoute`).
     Unreachable(usize),
-    /// Drop; for `NoRoute` the ICMP answer was suppressed (policy or rate limit).
+    /// Drop; for `NoRoute` the ICMP answer was suppressed by policy (nothing to answer, or
+    /// no TUN address to answer from).
     Drop(DropReason),
+    /// No route, and the ICMP answer that was due is held back by the rate limit: dropped as
+    /// `NoRoute`, and counted as rate-limited.
+    NoRouteRateLimited,
 }
 
 /// Decides the fate of one packet read from the TUN device; decrements its TTL in place when it
 /// is to be sent. flannel's order: the route first, then the TTL; so a packet with TTL 1 to a
 /// subnet without a lease gets the ICMP net-unreachable, which quotes the header as it was read.
-/// `rate_limited` is set when an ICMP answer was due but the bucket was empty.
 pub fn tun_to_udp(
     pkt: &mut [u8],
     routes: &impl Lookup,
-    ctx: &Context,
+    ctx: &TableState,
     limiter: &mut RateLimiter,
     now_ns: u64,
     icmp_out: &mut [u8],
-    rate_limited: &mut bool,
 ) -> TunAction {
     let dst = match Ipv4View::parse(&*pkt) {
         Ok(v) => v.dst(),
@@ -225,8 +227,7 @@ pub fn tun_to_udp(
         return TunAction::Drop(DropReason::NoRoute);
     }
     if !limiter.allow(now_ns) {
-        *rate_limited = true;
-        return TunAction::Drop(DropReason::NoRoute);
+        return TunAction::NoRouteRateLimited;
     }
     match packet::build_net_unreachable(&view, src, icmp_out) {
         Some(n) => TunAction::Unreachable(n),
@@ -236,7 +237,7 @@ pub fn tun_to_udp(
 
 /// Checks one datagram received from `sender` (outer source IP) and decrements its inner TTL
 /// in place. `Ok(())` means: write `pkt` into the TUN device.
-pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &Context) -> Result<(), DropReason> {
+pub fn udp_to_tun(pkt: &mut [u8], sender: Ipv4Addr, ctx: &TableState) -> Result<(), DropReason> {
     let view = Ipv4View::parse(&*pkt)?;
     let subnets = ctx.senders.subnets_of(sender);
     if subnets.is_empty() {
@@ -290,8 +291,8 @@ mod tests {
     }
 
     /// Host A's view.
-    fn ctx_a(spoof_check: bool) -> Context {
-        Context {
+    fn ctx_a(spoof_check: bool) -> TableState {
+        TableState {
             network: Some(net("10.1.0.0/16")),
             our_subnet: Some(net("10.1.15.0/24")),
             tun_addr: Some(Ipv4Addr::new(10, 1, 15, 0)),
@@ -300,23 +301,22 @@ mod tests {
         }
     }
 
-    fn send(pkt: &mut [u8], lim: &mut RateLimiter) -> (TunAction, Vec<u8>, bool) {
+    fn send(pkt: &mut [u8], lim: &mut RateLimiter) -> (TunAction, Vec<u8>) {
         let mut icmp = [0u8; ICMP_UNREACH_MAX];
-        let mut rl = false;
-        let a = tun_to_udp(pkt, &table(), &ctx_a(true), lim, 0, &mut icmp, &mut rl);
+        let a = tun_to_udp(pkt, &table(), &ctx_a(true), lim, 0, &mut icmp);
         let n = if let TunAction::Unreachable(n) = a {
             n
         } else {
             0
         };
-        (a, icmp[..n].to_vec(), rl)
+        (a, icmp[..n].to_vec())
     }
 
     #[test]
     fn encap_to_peer_decrements_ttl() {
         let mut p = ipv4(CA, CB, 6, 63, 100);
         let orig = p.clone();
-        let (a, _, _) = send(&mut p, &mut RateLimiter::new(10, 10));
+        let (a, _) = send(&mut p, &mut RateLimiter::new(10, 10));
         assert_eq!(a, TunAction::Send(HOST_B));
         assert_eq!(p[8], 62);
         assert_eq!(internet_checksum(&p[..20]), 0);
@@ -333,17 +333,8 @@ mod tests {
         let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 5), 1, 64, 56);
         let orig = p.clone();
         let mut icmp = [0u8; ICMP_UNREACH_MAX];
-        let mut rl = false;
         let mut lim = RateLimiter::new(10, 10);
-        let a = tun_to_udp(
-            &mut p,
-            &looped,
-            &ctx_a(true),
-            &mut lim,
-            0,
-            &mut icmp,
-            &mut rl,
-        );
+        let a = tun_to_udp(&mut p, &looped, &ctx_a(true), &mut lim, 0, &mut icmp);
         assert_eq!(a, TunAction::Drop(DropReason::PeerInNetwork));
         assert_eq!(p, orig);
         assert_eq!(
@@ -376,7 +367,7 @@ mod tests {
     fn no_route_answers_icmp_unreachable() {
         let mut lim = RateLimiter::new(10, 10);
         let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 2), 17, 64, 30);
-        let (a, icmp, _) = send(&mut p, &mut lim);
+        let (a, icmp) = send(&mut p, &mut lim);
         assert!(matches!(a, TunAction::Unreachable(56)), "{a:?}");
         let v = Ipv4View::parse(&icmp).unwrap();
         assert_eq!((v.src(), v.dst()), (Ipv4Addr::new(10, 1, 15, 0), CA));
@@ -411,7 +402,7 @@ mod tests {
         let mut lim = RateLimiter::new(10, 10);
         let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 2), 17, 1, 30);
         let orig = p.clone();
-        let (a, icmp, _) = send(&mut p, &mut lim);
+        let (a, icmp) = send(&mut p, &mut lim);
         assert!(matches!(a, TunAction::Unreachable(56)), "{a:?}");
         assert_eq!(p, orig, "the offending packet is not modified");
         let v = Ipv4View::parse(&icmp).unwrap();
@@ -437,8 +428,8 @@ mod tests {
         for _ in 0..5 {
             let mut p = ipv4(CA, Ipv4Addr::new(10, 1, 99, 2), 6, 64, 8);
             match send(&mut p, &mut lim) {
-                (TunAction::Unreachable(_), _, false) => sent += 1,
-                (TunAction::Drop(DropReason::NoRoute), _, true) => limited += 1,
+                (TunAction::Unreachable(_), _) => sent += 1,
+                (TunAction::NoRouteRateLimited, _) => limited += 1,
                 other => panic!("{other:?}"),
             }
         }

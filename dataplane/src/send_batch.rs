@@ -19,7 +19,8 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-use crate::datapath::{Chunk, GSO_MAX_SEGMENTS};
+use crate::datapath::GSO_MAX_SEGMENTS;
+use crate::transmit::{Transmit, TxBuffer};
 
 /// The largest UDP payload one send may carry (IPv4: 65,535 − 20 − 8).
 pub const MAX_UDP_PAYLOAD: usize = 65_535 - 20 - 8;
@@ -87,16 +88,19 @@ impl OpenBatch {
         self.start..self.start + self.len
     }
 
-    /// The one send that carries it: a plain datagram for a batch of one.
-    pub fn chunk(&self) -> Chunk {
-        Chunk {
+    /// The one send that carries it, from the slot's read buffer: a plain datagram for a
+    /// batch of one.
+    pub fn transmit(&self) -> Transmit {
+        Transmit {
+            buffer: TxBuffer::Read,
             range: self.range(),
-            gso_size: if self.count > 1 {
+            segment_size: if self.count > 1 {
                 self.seg_len as u16
             } else {
                 0
             },
             segments: self.count,
+            peer: self.peer,
         }
     }
 }
@@ -113,11 +117,13 @@ mod tests {
     fn one_packet_is_a_plain_datagram() {
         let b = OpenBatch::new(3, A, 12, 92);
         assert_eq!(
-            b.chunk(),
-            Chunk {
+            b.transmit(),
+            Transmit {
+                buffer: TxBuffer::Read,
                 range: 12..104,
-                gso_size: 0,
-                segments: 1
+                segment_size: 0,
+                segments: 1,
+                peer: A,
             }
         );
     }
@@ -130,11 +136,13 @@ mod tests {
         assert_eq!(b.place_for(A, 92, BUF), Some(196));
         b.push(92);
         assert_eq!(
-            b.chunk(),
-            Chunk {
+            b.transmit(),
+            Transmit {
+                buffer: TxBuffer::Read,
                 range: 12..288,
-                gso_size: 92,
-                segments: 3
+                segment_size: 92,
+                segments: 3,
+                peer: A,
             }
         );
     }
@@ -156,11 +164,13 @@ mod tests {
         assert_eq!(b.place_for(A, 60, BUF), None, "closed");
         assert_eq!(b.place_for(A, 1428, BUF), None, "closed");
         assert_eq!(
-            b.chunk(),
-            Chunk {
+            b.transmit(),
+            Transmit {
+                buffer: TxBuffer::Read,
                 range: 12..1500,
-                gso_size: 1428,
-                segments: 2
+                segment_size: 1428,
+                segments: 2,
+                peer: A,
             }
         );
     }
@@ -194,6 +204,6 @@ mod tests {
     fn an_empty_packet_starts_a_closed_batch() {
         let b = OpenBatch::new(0, A, 12, 0);
         assert_eq!(b.place_for(A, 0, BUF), None);
-        assert_eq!(b.chunk().segments, 1);
+        assert_eq!(b.transmit().segments, 1);
     }
 }

@@ -1073,9 +1073,9 @@ fn e2e_fallback_no_offload() {
     scenario("g", &["--no-io-uring", "--no-offload"]);
 }
 
-/// UDP GSO refused at run time: `FLANNEL_DATAPLANE_TEST_REFUSE_GSO` makes A's send sockets
-/// SO_NO_CHECK, on which the kernel answers every UDP_SEGMENT send with EINVAL (as kernels
-/// or devices without GSO support answer EIO/EINVAL). A's data plane must log that once, turn
+/// UDP GSO refused at run time: the test makes A's UDP sockets SO_NO_CHECK from outside
+/// ([`refuse_udp_gso`]), on which the kernel answers every UDP_SEGMENT send with EINVAL (as
+/// kernels or devices without GSO support answer EIO/EINVAL). A's data plane must log that once, turn
 /// GSO off and keep forwarding (segments one by one); the transfer still arrives intact and
 /// the wire format holds.
 #[test]
@@ -1084,7 +1084,9 @@ fn e2e_gso_refused_falls_back() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (t, _tables) = Topo::forwarding(&[("FLANNEL_DATAPLANE_TEST_REFUSE_GSO", "1".to_string())]);
+    let (t, _tables) = Topo::forwarding(&[]);
+    let pid = t.dp("a").pid().expect("A's data plane runs");
+    assert!(refuse_udp_gso(pid) >= 4, "A's UDP sockets not found");
 
     let watcher = t.watch_wire_at_b();
     t.tcp_transfer_a_to_b();
@@ -1099,6 +1101,75 @@ fn e2e_gso_refused_falls_back() {
     );
     assert_eq!(t.stats("a").total("udp_tx_errors"), 0, "{log}");
     eprintln!("[e] A log:\n{log}");
+}
+
+/// Sets SO_NO_CHECK on every IPv4 UDP socket of process `pid` (the data plane, or the child of
+/// the `ip netns exec` that started it), taking each through `pidfd_getfd` (a socket option
+/// belongs to the socket, not to the descriptor). Returns how many sockets it changed. The
+/// kernel then refuses UDP_SEGMENT sends from them with EINVAL; plain datagrams still leave.
+fn refuse_udp_gso(pid: u32) -> usize {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if !comm.starts_with("flannel-datapl") {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        return children
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .map(refuse_udp_gso)
+            .sum();
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `pidfd` was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut changed = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        let Ok(remote_fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: pidfd_getfd takes a pidfd, the target's descriptor number and flags, and
+        // returns a new descriptor of ours (or -1).
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), remote_fd, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: `fd` was just returned by pidfd_getfd and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let sock = socket2::SockRef::from(&fd);
+        let is_udp4 = sock.domain().is_ok_and(|d| d == socket2::Domain::IPV4)
+            && sock.r#type().is_ok_and(|t| t == socket2::Type::DGRAM);
+        if !is_udp4 {
+            continue;
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live int and the length is its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+        changed += 1;
+    }
+    changed
 }
 
 /// A second data plane on a host whose port is taken (its own TUN name, table and stats, so only

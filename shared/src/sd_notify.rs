@@ -10,8 +10,10 @@
 //! half of that, or systemd kills and restarts it.
 //!
 //! [`message`], [`parse_socket`] and [`watchdog_interval`] are pure; [`Notifier`] is the thin
-//! send. Sends never block (a full socket queue drops the datagram and returns the error) and
-//! nothing is sent when `$NOTIFY_SOCKET` is unset, so both daemons run unchanged outside systemd.
+//! send. [`Reporter`] is what both daemons hold: a notifier when started as `Type=notify`,
+//! nothing otherwise, logging a failed send once and pacing watchdog pings for a loop. Sends
+//! never block (a full socket queue drops the datagram and returns the error) and nothing is
+//! sent when `$NOTIFY_SOCKET` is unset, so both daemons run unchanged outside systemd.
 //! Not supported: `vsock:` addresses (systemd 254+ for VMs).
 
 #![forbid(unsafe_code)]
@@ -22,7 +24,9 @@ use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// One field of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +181,106 @@ impl Notifier {
         self.watchdog
     }
 
+    /// Where the notifications go.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+}
+
+/// A daemon's reports to systemd: every call sends through the [`Notifier`] when the process
+/// was started as `Type=notify` and does nothing otherwise. A failed send is logged once.
+///
+/// It also paces `WATCHDOG=1` for a loop that vouches for the process by turning: the loop
+/// blocks at most [`Reporter::loop_timeout`] and calls [`Reporter::ping_if_due`] every turn,
+/// so pings are never further apart than the watchdog interval.
+#[derive(Debug)]
+pub struct Reporter {
+    notifier: Option<Notifier>,
+    send_failed: AtomicBool,
+    last_ping: Mutex<Instant>,
+}
+
+impl Reporter {
+    /// From the environment (see [`Notifier::from_env`]); an unusable `$NOTIFY_SOCKET` is
+    /// logged and reported to nobody.
+    pub fn from_env() -> Self {
+        let notifier = Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!("not notifying systemd: {e}");
+            None
+        });
+        if let Some(n) = &notifier {
+            tracing::debug!(target_socket = ?n.target(), watchdog = ?n.watchdog_interval(), "notifying systemd");
+        }
+        Self::new(notifier)
+    }
+
+    /// Reports through `notifier`; `None`: to nobody.
+    pub fn new(notifier: Option<Notifier>) -> Self {
+        Self {
+            notifier,
+            send_failed: AtomicBool::new(false),
+            last_ping: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Whether systemd listens (`$NOTIFY_SOCKET` was usable).
+    pub fn is_active(&self) -> bool {
+        self.notifier.is_some()
+    }
+
+    /// How often `WATCHDOG=1` must go out (half of `$WATCHDOG_USEC`); `None` without a watchdog.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.notifier.as_ref().and_then(Notifier::watchdog_interval)
+    }
+
+    /// Sends one datagram with `fields`; a failure is logged the first time only.
+    pub fn send(&self, fields: &[Field<'_>]) {
+        let Some(n) = &self.notifier else { return };
+        if let Err(e) = n.send(fields) {
+            if !self.send_failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!("sd_notify to {:?} failed (logged once): {e}", n.target());
+            }
+        }
+    }
+
+    /// `STATUS=<text>`.
+    pub fn status(&self, text: &str) {
+        self.send(&[Field::Status(text)]);
+    }
+
+    /// `READY=1` with `STATUS=<text>`; the watchdog pacing starts from here.
+    pub fn ready(&self, text: &str) {
+        self.send(&[Field::Ready, Field::Status(text)]);
+        self.mark_pinged();
+    }
+
+    /// `STOPPING=1` with `STATUS=<text>`.
+    pub fn stopping(&self, text: &str) {
+        self.send(&[Field::Stopping, Field::Status(text)]);
+    }
+
+    /// How long a pinging loop may block between turns: at most half the watchdog interval,
+    /// so that pings (due after half of it) leave within the interval; `normal` without one.
+    pub fn loop_timeout(&self, normal: Duration) -> Duration {
+        self.watchdog_interval()
+            .map_or(normal, |w| (w / 2).min(normal))
+    }
+
+    /// `WATCHDOG=1` when half the interval has passed since the last one (or `READY=1`); the
+    /// caller's loop turning is what it vouches for.
+    pub fn ping_if_due(&self) {
+        let Some(w) = self.watchdog_interval() else {
+            return;
+        };
+        let mut last = self.last_ping.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= w / 2 {
+            self.send(&[Field::Watchdog]);
+            *last = Instant::now();
+        }
+    }
+
+    fn mark_pinged(&self) {
+        *self.last_ping.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 }
 
@@ -285,5 +387,54 @@ mod tests {
         // Nobody listening: an error, not a hang.
         let gone = Notifier::new(Target::Path(dir.path().join("nobody")), None).unwrap();
         assert!(gone.send(&[Field::Ready]).is_err());
+    }
+
+    /// A pinging loop's cadence: it blocks at most half the ping interval and pings once that
+    /// much has passed, so pings are never further apart than the interval (half of
+    /// `$WATCHDOG_USEC`).
+    #[test]
+    fn a_loop_pings_within_the_watchdog_interval_and_only_while_it_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let every = Duration::from_millis(100);
+        let sd = Reporter::new(Some(
+            Notifier::new(Target::Path(path), Some(every)).unwrap(),
+        ));
+        assert_eq!(
+            sd.loop_timeout(Duration::from_millis(200)),
+            Duration::from_millis(50)
+        );
+        sd.ready("forwarding");
+        let mut times = Vec::new();
+        let mut buf = [0u8; 256];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(600) {
+            std::thread::sleep(sd.loop_timeout(Duration::from_millis(200)));
+            sd.ping_if_due();
+            while let Ok(n) = rx.recv(&mut buf) {
+                times.push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+        assert_eq!(times[0].1, "READY=1\nSTATUS=forwarding");
+        let pings: Vec<Instant> = times
+            .iter()
+            .filter(|(_, m)| m == "WATCHDOG=1")
+            .map(|(t, _)| *t)
+            .collect();
+        assert!(pings.len() >= 5, "{times:?}");
+        let widest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        // About 50 ms apart; the margin is for a busy test machine's late wake-ups.
+        assert!(widest < every * 2, "{widest:?}");
+        // Without a watchdog: the loop keeps its own pace and never pings.
+        let quiet = Reporter::new(None);
+        assert_eq!(
+            quiet.loop_timeout(Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
     }
 }

@@ -120,13 +120,6 @@ pub fn probe_udp_segment(fd: &OwnedFd) -> io::Result<()> {
     super::cvt(r).map(|_| ())
 }
 
-/// Sets SO_NO_CHECK (no UDP checksum on send, legal for IPv4). The kernel refuses UDP_SEGMENT
-/// sends on such a socket with EINVAL, which is how the tests provoke the run-time GSO
-/// fallback (`FLANNEL_DATAPLANE_TEST_REFUSE_GSO`).
-pub fn set_no_check(fd: &OwnedFd) -> io::Result<()> {
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1)
-}
-
 /// Turns on IP_PKTINFO: every receive carries an `IPPROTO_IP`/`IP_PKTINFO` cmsg naming the
 /// interface the datagram arrived on (one per receive, so one per GRO batch).
 pub fn set_pktinfo(fd: &OwnedFd) -> io::Result<()> {

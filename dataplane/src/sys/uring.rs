@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::buf_ring::{recv_layout, BufRing, RecvBuf, RECVMSG_OUT_LEN};
-use super::socket::{encode_udp_segment, sockaddr_in, sockaddr_ip, CMSG_BUF};
+use super::socket::{encode_udp_segment, sockaddr_in, CMSG_BUF};
+use crate::transmit::{Transmit, TxBuffer};
 
 /// Submission queue entries (the completion queue is twice that).
 pub const RING_ENTRIES: u32 = 1024;
@@ -228,12 +229,8 @@ struct SendMsg {
     iov: libc::iovec,
     msg: libc::msghdr,
     ctl: [u8; CMSG_BUF],
-    /// Byte range in the slot's buffer (read buffer or split buffer).
-    start: usize,
-    len: usize,
-    gso_size: u16,
-    segments: usize,
-    split: bool,
+    /// What it carries (its range is in the slot's read or split buffer).
+    tx: Transmit,
 }
 
 /// A TUN read buffer, its split output and its sends, at a stable address (leaked).
@@ -260,11 +257,7 @@ fn leak_tun_slots(n: usize, buf: usize, out: usize) -> &'static mut [TunSlot] {
                     iov: empty_iov(),
                     msg: zeroed_msghdr(),
                     ctl: [0; CMSG_BUF],
-                    start: 0,
-                    len: 0,
-                    gso_size: 0,
-                    segments: 0,
-                    split: false,
+                    tx: Transmit::EMPTY,
                 })
                 .collect(),
             busy: false,
@@ -311,21 +304,13 @@ pub struct Sent {
     res: i32,
 }
 
-/// What a finished send carried, and how it went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendInfo {
+/// A finished send: its slot, what it carried, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendDone {
     /// The send's result: bytes sent, or a negative errno.
     pub res: i32,
     pub slot: usize,
-    /// Byte range in the slot's read buffer, or in its split buffer when `split`.
-    pub start: usize,
-    pub len: usize,
-    /// UDP_SEGMENT size (0: a plain datagram) and the datagrams it stood for.
-    pub gso_size: u16,
-    pub segments: usize,
-    pub split: bool,
-    /// Where it went.
-    pub peer: Ipv4Addr,
+    pub tx: Transmit,
 }
 
 /// A free TUN slot's memory, lent out while none of its sends is in flight.
@@ -564,47 +549,32 @@ impl Ring {
         self.slots.first().map_or(0, |s| s.buf.len())
     }
 
-    /// Posts one send of `len` bytes at `start` of taken slot `i`'s read (`split` false) or
-    /// split buffer, to the slot's peer, as a UDP_SEGMENT send of `gso_size` when non-zero
-    /// (standing for `segments` datagrams). False: no send room left in the slot, or the
-    /// range is outside the buffer.
-    pub fn post_send(
-        &mut self,
-        i: usize,
-        split: bool,
-        start: usize,
-        len: usize,
-        gso_size: u16,
-        segments: usize,
-    ) -> bool {
+    /// Posts `tx` from taken slot `i` (its range in the slot's read or split buffer) to the
+    /// slot's peer, as a UDP_SEGMENT send when it has a segment size. False: no send room left
+    /// in the slot, or the range is outside the buffer.
+    pub fn post_send(&mut self, i: usize, tx: &Transmit) -> bool {
         let Some(s) = self.slots.get_mut(i).filter(|s| s.busy) else {
             return false;
         };
         let k = s.used;
-        let buf = if split { &mut s.out } else { &mut s.buf };
-        let (Some(m), Some(bytes)) = (
-            s.sends.get_mut(k),
-            start
-                .checked_add(len)
-                .and_then(|end| buf.get_mut(start..end)),
-        ) else {
+        let buf = match tx.buffer {
+            TxBuffer::Read => &mut s.buf,
+            TxBuffer::Split => &mut s.out,
+        };
+        let (Some(m), Some(bytes)) = (s.sends.get_mut(k), buf.get_mut(tx.range.clone())) else {
             return false;
         };
         s.used += 1;
         s.pending += 1;
-        m.start = start;
-        m.len = len;
-        m.gso_size = gso_size;
-        m.segments = segments;
-        m.split = split;
+        m.tx = tx.clone();
         m.iov.iov_base = bytes.as_mut_ptr().cast();
-        m.iov.iov_len = len;
+        m.iov.iov_len = bytes.len();
         m.msg.msg_iov = &mut m.iov;
         m.msg.msg_iovlen = 1;
         m.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_in).cast();
         m.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if gso_size > 0 {
-            let n = encode_udp_segment(&mut m.ctl, gso_size);
+        if tx.is_gso() {
+            let n = encode_udp_segment(&mut m.ctl, tx.segment_size);
             m.msg.msg_control = m.ctl.as_mut_ptr().cast();
             m.msg.msg_controllen = n as _;
         } else {
@@ -620,19 +590,14 @@ impl Ring {
 
     /// Accounts a finished send and says what it carried. The slot stays taken: release it
     /// ([`Ring::release_slot`]) once nothing of it is in flight.
-    pub fn send_done(&mut self, sent: Sent) -> Option<SendInfo> {
+    pub fn send_done(&mut self, sent: Sent) -> Option<SendDone> {
         let s = self.slots.get_mut(sent.slot)?;
         let m = s.sends.get(sent.sub)?;
         s.pending = s.pending.saturating_sub(1);
-        Some(SendInfo {
+        Some(SendDone {
             res: sent.res,
             slot: sent.slot,
-            start: m.start,
-            len: m.len,
-            gso_size: m.gso_size,
-            segments: m.segments,
-            split: m.split,
-            peer: sockaddr_ip(&s.addr),
+            tx: m.tx.clone(),
         })
     }
 

@@ -18,38 +18,30 @@ use std::net::SocketAddrV4;
 use flannel_shared::stats::Counter;
 
 use super::{pin, Sockets, WorkerSetup, WorkerState};
-use crate::datapath::{send_chunks, TunVerdict};
+use crate::datapath::{transmits, TunVerdict};
 use crate::sys;
 use crate::sys::io::MsgBatch;
 use crate::sys::socket::{decode_recv_cmsgs, sockaddr_in};
+use crate::transmit::{Transmit, TxBuffer};
 
 /// Packets per direction per batch.
 pub const BATCH: usize = 32;
 /// Datagram sends per sendmmsg (a super-packet may need several; flushed early when full).
 const MAX_MSGS: usize = 128;
 
-/// One prepared send: which TUN read it comes from, where its bytes are, its destination and
-/// its UDP_SEGMENT size.
-struct Out {
-    /// Index of the read (and split) buffer.
-    buf: usize,
-    /// In the split buffer (else the read buffer).
-    split: bool,
-    start: usize,
-    len: usize,
-    dst: SocketAddrV4,
-    gso: u16,
-    segments: usize,
+/// One prepared send and the TUN read (index of its read and split buffers) it comes from.
+struct QueuedSend {
+    read: usize,
+    tx: Transmit,
 }
 
-/// The bytes of `o`.
-fn out_bytes<'a>(o: &Out, tx_bufs: &'a [Vec<u8>], split_bufs: &'a [Vec<u8>]) -> &'a [u8] {
-    let b = if o.split {
-        &split_bufs[o.buf]
-    } else {
-        &tx_bufs[o.buf]
+/// The bytes of `q`.
+fn queued_bytes<'a>(q: &QueuedSend, tx_bufs: &'a [Vec<u8>], split_bufs: &'a [Vec<u8>]) -> &'a [u8] {
+    let b = match q.tx.buffer {
+        TxBuffer::Split => &split_bufs[q.read],
+        TxBuffer::Read => &tx_bufs[q.read],
     };
-    &b[o.start..o.start + o.len]
+    &b[q.tx.range.clone()]
 }
 
 /// Runs the worker until its wake fd fires.
@@ -87,7 +79,7 @@ struct Fallback {
     rx_bufs: Vec<Vec<u8>>,
     batch: MsgBatch,
     /// Sends prepared for the next sendmmsg.
-    outs: Vec<Out>,
+    queued: Vec<QueuedSend>,
 }
 
 impl Fallback {
@@ -100,7 +92,7 @@ impl Fallback {
             split_bufs: vec![vec![0u8; sizes.split]; BATCH],
             rx_bufs: vec![vec![0u8; sizes.udp]; BATCH],
             batch: MsgBatch::new(MAX_MSGS),
-            outs: Vec::with_capacity(MAX_MSGS),
+            queued: Vec::with_capacity(MAX_MSGS),
         }
     }
 
@@ -116,7 +108,7 @@ impl Fallback {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    self.st.core.local.add(Counter::TunRxErrors, 1);
+                    self.st.decider.counters.add(Counter::TunRxErrors, 1);
                     break;
                 }
             };
@@ -128,20 +120,17 @@ impl Fallback {
                     pkt_offset,
                     segs,
                 } => {
-                    let dst = SocketAddrV4::new(peer, self.st.port);
-                    for c in send_chunks(segs, self.st.offload.gso_for(peer)) {
-                        if self.outs.len() == MAX_MSGS {
+                    let buffer = if split {
+                        TxBuffer::Split
+                    } else {
+                        TxBuffer::Read
+                    };
+                    let gso = self.st.offload.gso_for(peer);
+                    for tx in transmits(segs, gso, peer, buffer, pkt_offset) {
+                        if self.queued.len() == MAX_MSGS {
                             self.flush_sends();
                         }
-                        self.outs.push(Out {
-                            buf: i,
-                            split,
-                            start: pkt_offset + c.range.start,
-                            len: c.range.len(),
-                            dst,
-                            gso: c.gso_size,
-                            segments: c.segments,
-                        });
+                        self.queued.push(QueuedSend { read: i, tx });
                     }
                 }
                 TunVerdict::Icmp(len) => self.st.write_icmp(len),
@@ -161,35 +150,37 @@ impl Fallback {
             tx_bufs,
             split_bufs,
             batch,
-            outs,
+            queued,
             ..
         } = self;
-        let local = &mut st.core.local;
-        let mut sends = batch.load_sends(
-            outs.iter()
-                .map(|o| (out_bytes(o, tx_bufs, split_bufs), o.dst, o.gso)),
-        );
+        let port = st.port;
+        let local = &mut st.decider.counters;
+        let mut sends = batch.load_sends(queued.iter().map(|q| {
+            let dst = SocketAddrV4::new(q.tx.peer, port);
+            (queued_bytes(q, tx_bufs, split_bufs), dst, q.tx.segment_size)
+        }));
         let n = sends.count();
         let mut at = 0;
         while at < n {
             match sends.send(&socks.send, at) {
                 Ok(k) if k > 0 => {
-                    for (j, o) in outs[at..at + k].iter().enumerate() {
-                        local.add(Counter::UdpTxPackets, o.segments as u64);
+                    for (j, q) in queued[at..at + k].iter().enumerate() {
+                        local.add(Counter::UdpTxPackets, q.tx.segments as u64);
                         local.add(Counter::UdpTxBytes, sends.sent_len(at + j) as u64);
                     }
                     at += k;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
-                    if outs[at].gso > 0
+                    if queued[at].tx.is_gso()
                         && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
                 {
+                    let q = &queued[at];
                     st.offload
-                        .gso_failed(*outs[at].dst.ip(), e.raw_os_error().unwrap_or(libc::EIO));
-                    let o = &outs[at];
-                    let dst = sockaddr_in(o.dst);
-                    for seg in out_bytes(o, tx_bufs, split_bufs).chunks(usize::from(o.gso)) {
+                        .gso_failed(q.tx.peer, e.raw_os_error().unwrap_or(libc::EIO));
+                    let dst = sockaddr_in(SocketAddrV4::new(q.tx.peer, port));
+                    let bytes = queued_bytes(q, tx_bufs, split_bufs);
+                    for seg in bytes.chunks(usize::from(q.tx.segment_size)) {
                         match sys::io::send_to(&socks.send, seg, &dst) {
                             Ok(w) => {
                                 local.add(Counter::UdpTxPackets, 1);
@@ -202,7 +193,7 @@ impl Fallback {
                 }
                 Ok(_) => {
                     // Nothing sent and no error: count the first as lost, go on.
-                    local.add(Counter::UdpTxErrors, outs[at].segments as u64);
+                    local.add(Counter::UdpTxErrors, queued[at].tx.segments as u64);
                     at += 1;
                 }
                 Err(e) => {
@@ -213,12 +204,12 @@ impl Fallback {
                     } else {
                         Counter::UdpTxErrors
                     };
-                    local.add(counter, outs[at].segments as u64);
+                    local.add(counter, queued[at].tx.segments as u64);
                     at += 1;
                 }
             }
         }
-        outs.clear();
+        queued.clear();
     }
 
     /// UDP → TUN: one recvmmsg of up to [`BATCH`] receives, their checks, and the TUN writes
@@ -229,13 +220,13 @@ impl Fallback {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(_) => {
-                self.st.core.local.add(Counter::UdpRxErrors, 1);
+                self.st.decider.counters.add(Counter::UdpRxErrors, 1);
                 0
             }
         };
         for (i, buf) in self.rx_bufs.iter_mut().enumerate().take(got) {
             if self.batch.truncated(i) {
-                self.st.core.recv_truncated();
+                self.st.decider.recv_truncated();
                 continue;
             }
             let meta = decode_recv_cmsgs(self.batch.control(i));

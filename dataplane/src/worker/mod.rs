@@ -1,6 +1,8 @@
 //! The per-core workers. Each worker owns one TUN queue, one receive socket (in the
-//! SO_REUSEPORT group), one send socket, its own route-table reader and its own counter block;
-//! workers share nothing with each other.
+//! SO_REUSEPORT group), one send socket, its own route-table reader and its own counter block.
+//! What workers do share is read-mostly and set up by the main thread: the offload choices
+//! ([`Offload`], whose per-destination GSO refusals any worker may record), the steering drain
+//! board, and the arrival-interface set the table loop keeps current.
 //!
 //! - [`uring`]: the io_uring path (default).
 //! - [`fallback`]: poll(2) + recvmmsg/sendmmsg + read/write, when io_uring is unavailable.
@@ -24,8 +26,8 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::stats::{Counter, WorkerStats};
 use flannel_shared::Ipv4Net;
 
-use crate::datapath::{coalesce_room, Core, Local, TunVerdict};
-use crate::forward::{Context, Lookup, SenderIndex};
+use crate::datapath::{coalesce_room, BatchCounters, PacketDecider, TunVerdict};
+use crate::forward::{Lookup, SenderIndex, TableState};
 use crate::gro::{self, Coalescer};
 use crate::gso::VNET_HDR_LEN;
 use crate::sys::socket::RecvMeta;
@@ -226,7 +228,7 @@ impl DrainReporter {
 pub struct Routes {
     reader: RouteTableReader,
     pub snap: RouteSnapshot,
-    pub ctx: Context,
+    pub ctx: TableState,
     /// The underlay interfaces, as the table loop last computed them.
     arrival_cell: Arc<ArrivalCell>,
     arrival_version: u64,
@@ -252,7 +254,7 @@ impl Routes {
             arrival_version: arrival_cell.version(),
             arrival: arrival_cell.get(),
             arrival_cell,
-            ctx: Context {
+            ctx: TableState {
                 network: None,
                 our_subnet: None,
                 tun_addr: None,
@@ -302,7 +304,7 @@ fn now_ns(start: Instant) -> u64 {
 /// write(2) of one packet into the TUN queue, counted as `ok` (with its bytes when `ok` is
 /// `tun_tx_packets`) or as a TUN error. Both paths write TUN queues directly (see
 /// `sys::tun::open_queue`).
-pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut Local) {
+pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut BatchCounters) {
     match crate::sys::io::write(tun, pkt) {
         Ok(n) => {
             local.add(ok, 1);
@@ -322,12 +324,12 @@ pub struct Sockets {
     pub wake: Arc<OwnedFd>,
 }
 
-/// What both loops share: the decisions' state ([`Core`]: counters, ICMP rate limiter and
+/// What both loops share: the decisions' state ([`PacketDecider`]: counters, ICMP rate limiter and
 /// buffer), the routes, the drain reports, the offload choices, and the TUN queue with the
 /// receive side's output. A loop is its own I/O around this.
 pub struct WorkerState {
     pub id: usize,
-    pub core: Core,
+    pub decider: PacketDecider,
     pub routes: Routes,
     pub drain: DrainReporter,
     pub offload: Arc<Offload>,
@@ -370,7 +372,7 @@ impl WorkerState {
         let co_writes: &'static mut Vec<gro::Write> = Box::leak(Box::new(Vec::with_capacity(256)));
         let state = Self {
             id,
-            core: Core::new(vnet),
+            decider: PacketDecider::new(vnet),
             routes: Routes::new(reader, spoof_check, arrival),
             drain: DrainReporter::new(drain, id),
             offload,
@@ -395,11 +397,11 @@ impl WorkerState {
 
     /// Ends a batch: counts it and flushes the counters.
     pub fn end_batch(&mut self) {
-        self.core.local.add(Counter::Batches, 1);
-        self.core.local.flush(&self.stats);
+        self.decider.counters.add(Counter::Batches, 1);
+        self.decider.counters.flush(&self.stats);
     }
 
-    /// Decides one TUN read of `n` bytes in `buf` ([`Core::tun_read`]) with this batch's
+    /// Decides one TUN read of `n` bytes in `buf` ([`PacketDecider::tun_read`]) with this batch's
     /// routes; a super-packet is split into `split_out`.
     #[inline]
     pub fn tun_read(
@@ -410,13 +412,13 @@ impl WorkerState {
         now: u64,
     ) -> TunVerdict {
         let routes = &self.routes;
-        self.core
+        self.decider
             .tun_read(buf, n, split_out, &routes.snap, &routes.ctx, now)
     }
 
     /// Writes the ICMP error of a [`TunVerdict::Icmp`] into the TUN queue.
     pub fn write_icmp(&mut self, len: usize) {
-        let (pkt, local) = self.core.icmp_packet(len);
+        let (pkt, local) = self.decider.icmp_packet(len);
         write_tun(&self.tun, pkt, Counter::IcmpUnreachableSent, local);
     }
 
@@ -427,7 +429,7 @@ impl WorkerState {
     pub fn udp_recv(&mut self, buf: &mut [u8], n: usize, meta: RecvMeta, sender: Ipv4Addr) {
         let gro_size = meta.gro_size;
         if self
-            .core
+            .decider
             .arrival_refused(n, gro_size, meta.ifindex, &self.routes.arrival)
         {
             return;
@@ -437,15 +439,20 @@ impl WorkerState {
                 self.flush_rx();
             }
             let ctx = &self.routes.ctx;
-            self.core
+            self.decider
                 .coalesce_udp_recv(buf, n, gro_size, sender, ctx, &mut self.co);
         } else {
             let ctx = &self.routes.ctx;
-            self.core
+            self.decider
                 .plain_udp_recv(buf, n, gro_size, sender, ctx, &mut self.writes);
             for w in &self.writes {
                 let pkt = &buf[w.offset..w.offset + w.len];
-                write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+                write_tun(
+                    &self.tun,
+                    pkt,
+                    Counter::TunTxPackets,
+                    &mut self.decider.counters,
+                );
             }
         }
     }
@@ -458,7 +465,12 @@ impl WorkerState {
         let (out, writes) = self.co.finished();
         for w in writes {
             let pkt = &out[w.offset..w.offset + w.len];
-            write_tun(&self.tun, pkt, Counter::TunTxPackets, &mut self.core.local);
+            write_tun(
+                &self.tun,
+                pkt,
+                Counter::TunTxPackets,
+                &mut self.decider.counters,
+            );
         }
         self.co.clear();
     }

@@ -77,12 +77,13 @@ use std::time::Duration;
 use flannel_shared::stats::Counter;
 
 use super::{pin, Sockets, WorkerSetup, WorkerState};
-use crate::datapath::{send_chunks, Chunk, TunVerdict};
+use crate::datapath::{transmits, TunVerdict};
 use crate::send_batch::OpenBatch;
 use crate::sys;
 use crate::sys::buf_ring::{recv_layout, RecvBuf};
 use crate::sys::socket::{decode_recv_cmsgs, CMSG_BUF};
 use crate::sys::uring::{Completion, NewRing, Ring, RingConfig, Sent, NAME_AREA, RING_ENTRIES};
+use crate::transmit::{Transmit, TxBuffer};
 
 pub use crate::sys::uring::probe;
 
@@ -240,7 +241,7 @@ impl Uring {
         if res >= 0 {
             self.tun_readable = true;
         } else if !is_transient(res) && res != -libc::ECANCELED {
-            self.st.core.local.add(Counter::TunRxErrors, 1);
+            self.st.decider.counters.add(Counter::TunRxErrors, 1);
         }
         if !more {
             // The kernel ended the multishot poll (overflow, error): re-arm it, and look at
@@ -254,32 +255,29 @@ impl Uring {
         let Some(m) = self.ring.send_done(sent) else {
             return;
         };
-        let local = &mut self.st.core.local;
+        let local = &mut self.st.decider.counters;
+        let tx = &m.tx;
         if m.res >= 0 {
-            local.add(Counter::UdpTxPackets, m.segments as u64);
+            local.add(Counter::UdpTxPackets, tx.segments as u64);
             local.add(Counter::UdpTxBytes, m.res as u64);
-            if !m.split && m.segments > 1 {
+            if tx.buffer == TxBuffer::Read && tx.segments > 1 {
                 // Only a gathered batch sends several datagrams from the read buffer.
-                local.add(Counter::UdpTxGathered, m.segments as u64);
+                local.add(Counter::UdpTxGathered, tx.segments as u64);
             }
-        } else if m.gso_size > 0 && matches!(-m.res, libc::EIO | libc::EINVAL) {
+        } else if tx.is_gso() && matches!(-m.res, libc::EIO | libc::EINVAL) {
             // The kernel or device refuses UDP GSO to this destination: off for it for a
-            // while, and this chunk goes out segment by segment.
-            self.st.offload.gso_failed(m.peer, -m.res);
-            let seg = usize::from(m.gso_size);
-            let mut at = m.start;
-            while at < m.start + m.len {
-                let l = seg.min(m.start + m.len - at);
-                if !self.ring.post_send(m.slot, m.split, at, l, 0, 1) {
+            // while, and this send goes out segment by segment.
+            self.st.offload.gso_failed(tx.peer, -m.res);
+            for one in tx.one_by_one() {
+                if !self.ring.post_send(m.slot, &one) {
                     local.add(Counter::UdpTxErrors, 1);
                 }
-                at += l;
             }
         } else if -m.res == libc::EMSGSIZE {
             // DF is set: over the path MTU, dropped rather than fragmented.
-            local.add(Counter::UdpTxTooBig, m.segments as u64);
+            local.add(Counter::UdpTxTooBig, tx.segments as u64);
         } else {
-            local.add(Counter::UdpTxErrors, m.segments as u64);
+            local.add(Counter::UdpTxErrors, tx.segments as u64);
         }
         self.ring.release_slot(m.slot);
     }
@@ -292,17 +290,17 @@ impl Uring {
         }
         let Some(token) = buf else {
             if res < 0 && !is_transient(res) && res != -libc::ENOBUFS {
-                self.st.core.local.add(Counter::UdpRxErrors, 1);
+                self.st.decider.counters.add(Counter::UdpRxErrors, 1);
             }
             return;
         };
         let st = &mut self.st;
         let Some(buf) = self.ring.recv_buf(&token) else {
-            st.core.local.add(Counter::UdpRxErrors, 1);
+            st.decider.counters.add(Counter::UdpRxErrors, 1);
             return;
         };
         match recv_layout(buf, NAME_AREA, self.control_area) {
-            Some(l) if l.truncated => st.core.recv_truncated(),
+            Some(l) if l.truncated => st.decider.recv_truncated(),
             Some(l) => {
                 let meta = decode_recv_cmsgs(&buf[l.control.clone()]);
                 let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
@@ -310,7 +308,7 @@ impl Uring {
                 let n = payload.len();
                 st.udp_recv(payload, n, meta, sender);
             }
-            None => st.core.local.add(Counter::UdpRxErrors, 1),
+            None => st.decider.counters.add(Counter::UdpRxErrors, 1),
         }
         self.ring.provide(token);
     }
@@ -339,7 +337,7 @@ impl Uring {
                         }
                         io::ErrorKind::Interrupted => continue,
                         _ => {
-                            self.st.core.local.add(Counter::TunRxErrors, 1);
+                            self.st.decider.counters.add(Counter::TunRxErrors, 1);
                             self.tun_readable = false;
                         }
                     }
@@ -371,8 +369,14 @@ impl Uring {
                     s.set_peer(SocketAddrV4::new(peer, self.st.port));
                     // Sent after the batch gathered so far, in the order read.
                     self.send_batch();
-                    for c in send_chunks(segs, self.st.offload.gso_for(peer)) {
-                        self.post(slot, split, pkt_offset, &c);
+                    let buffer = if split {
+                        TxBuffer::Split
+                    } else {
+                        TxBuffer::Read
+                    };
+                    let gso = self.st.offload.gso_for(peer);
+                    for tx in transmits(segs, gso, peer, buffer, pkt_offset) {
+                        self.post(slot, &tx);
                     }
                 }
                 TunVerdict::Icmp(len) => self.st.write_icmp(len),
@@ -405,23 +409,18 @@ impl Uring {
     /// Sends the open batch, if any, as one send from its slot.
     fn send_batch(&mut self) {
         if let Some(b) = self.batch.take() {
-            self.post(b.slot, false, 0, &b.chunk());
+            self.post(b.slot, &b.transmit());
             self.ring.release_slot(b.slot);
         }
     }
 
-    /// Posts one send of taken slot `slot` (`chunk`'s range from `offset` of its read or split
-    /// buffer); a send that cannot be posted is counted as failed.
-    fn post(&mut self, slot: usize, split: bool, offset: usize, c: &Chunk) {
-        let start = offset + c.range.start;
-        if !self
-            .ring
-            .post_send(slot, split, start, c.range.len(), c.gso_size, c.segments)
-        {
+    /// Posts `tx` from taken slot `slot`; a send that cannot be posted is counted as failed.
+    fn post(&mut self, slot: usize, tx: &Transmit) {
+        if !self.ring.post_send(slot, tx) {
             self.st
-                .core
-                .local
-                .add(Counter::UdpTxErrors, c.segments as u64);
+                .decider
+                .counters
+                .add(Counter::UdpTxErrors, tx.segments as u64);
         }
     }
 

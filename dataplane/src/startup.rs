@@ -1,0 +1,131 @@
+//! Startup between the route table's appearance and the running workers, in order: the
+//! worker layout, the I/O path, the port check, the TUN device, the stats file, the sockets,
+//! the UDP offload probe, steering, dropping capabilities, and the workers' start.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use flannel_shared::route_table::RouteSnapshot;
+use flannel_shared::stats::{IoPath, StatsWriter};
+
+use crate::setup_error::SetupError;
+use crate::steering_attach;
+use crate::supervise::{self, WorkerPlan, Workers};
+use crate::sys;
+use crate::tun_device::TunDevice;
+use crate::udp_sockets;
+use crate::underlay::ArrivalKeeper;
+use crate::worker_cpus::{CpuList, WorkerLayout};
+
+/// flannel's default UDP port, used when the table carries none.
+pub const DEFAULT_PORT: u16 = 8285;
+
+/// The command line's part in startup.
+#[derive(Debug, Clone)]
+pub struct StartOptions<'a> {
+    pub route_table: &'a Path,
+    pub workers: Option<usize>,
+    pub tun_name: &'a str,
+    pub bind: Ipv4Addr,
+    /// `None`: the table's port, else [`DEFAULT_PORT`].
+    pub port: Option<u16>,
+    pub cpus: Option<&'a CpuList>,
+    /// `--steering cpu` (else flow).
+    pub cpu_local_steering: bool,
+    pub no_io_uring: bool,
+    pub no_offload: bool,
+    pub stats: &'a Path,
+    pub spoof_check: bool,
+    pub underlay_iface: &'a [String],
+    /// SO_MARK of the sockets (0: none).
+    pub mark: u32,
+}
+
+/// What runs once setup is done.
+pub struct Forwarding {
+    pub tun: TunDevice,
+    pub workers: Workers,
+    pub arrival: ArrivalKeeper,
+    pub nworkers: usize,
+    pub io_path: IoPath,
+}
+
+/// Sets everything up for the table in `snap` and starts the workers.
+pub fn start_forwarding(
+    opts: &StartOptions<'_>,
+    snap: &RouteSnapshot,
+) -> Result<Forwarding, SetupError> {
+    let meta = snap.meta().clone();
+    tracing::info!(
+        generation = snap.generation(),
+        network = %meta.network,
+        our_subnet = ?meta.our_subnet,
+        mtu = meta.mtu,
+        routes = snap.len(),
+        "route table found"
+    );
+    let port = opts
+        .port
+        .or((meta.port != 0).then_some(meta.port))
+        .unwrap_or(DEFAULT_PORT);
+    let layout = WorkerLayout::from_flags(opts.workers, opts.cpus)?;
+    let io_path = supervise::choose_io_path(opts.no_io_uring);
+    udp_sockets::ensure_port_free(opts.bind, port)?;
+
+    let (tun, queues) = TunDevice::create(opts.tun_name, layout.count, opts.no_offload, &meta)?;
+    let stats = StatsWriter::create(opts.stats, layout.count)
+        .map_err(|e| SetupError::with_chain("creating the stats file", &e))?;
+    stats.set_io_path(io_path);
+    // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
+    // always non-blocking: both paths read and write them directly, by readiness.
+    let nonblocking = io_path == IoPath::Fallback;
+    let pairs = udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?;
+    let offload = udp_sockets::probe_offloads(&pairs, queues.vnet_hdr, opts.no_offload);
+    let drain = steering_attach::attach(
+        opts.cpu_local_steering,
+        &layout.cpus,
+        layout.count,
+        &queues.queues[0],
+        &pairs[0].recv,
+    );
+    keep_only_net_admin();
+    let mut arrival = ArrivalKeeper::new(opts.underlay_iface.to_vec());
+    arrival.update(supervise::our_public_ip(snap));
+    let plan = WorkerPlan {
+        layout: &layout,
+        route_table: opts.route_table,
+        port,
+        spoof_check: opts.spoof_check,
+        io_path,
+        offload: Arc::new(offload),
+        drain: drain.map(Arc::new),
+        arrival: Arc::clone(&arrival.cell),
+        stats: &stats,
+    };
+    tracing::info!(
+        bind = %opts.bind, port, rcvbuf = sys::socket::recv_buffer_size(&pairs[0].recv),
+        "UDP sockets ready (SO_REUSEPORT group, per-worker source ports)"
+    );
+    let workers = Workers::spawn(&plan, queues.queues, pairs)?;
+    tracing::info!(workers = layout.count, stats = %opts.stats.display(), "forwarding");
+    Ok(Forwarding {
+        tun,
+        workers,
+        arrival,
+        nworkers: layout.count,
+        io_path,
+    })
+}
+
+/// Setup is done: before the workers exist (capabilities are per thread), keep only what the
+/// table loop still needs (CAP_NET_ADMIN for the TUN address).
+fn keep_only_net_admin() {
+    match sys::caps::keep_only_net_admin() {
+        Ok(before) => tracing::info!(
+            before = format!("{before:#x}"),
+            "capabilities: kept CAP_NET_ADMIN only"
+        ),
+        Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
+    }
+}

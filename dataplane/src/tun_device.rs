@@ -1,0 +1,254 @@
+//! The TUN device the data plane owns: created with one queue per worker (the first probes the
+//! offloads), given the MTU, state, address and route from the route table, kept in step with
+//! later table generations, and watched for deletion.
+//!
+//! The device is not persistent: it goes away with the last queue, i.e. with this process.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use flannel_shared::route_table::{RouteSnapshot, TableMeta};
+use flannel_shared::Ipv4Net;
+
+use crate::setup_error::{IoContext as _, SetupError};
+use crate::sys;
+use crate::sys::tun::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
+use crate::worker;
+
+/// MTU when the table carries none (1500 - 28).
+pub const DEFAULT_MTU: u32 = 1472;
+/// How long a starting data plane waits for a leftover TUN device of its name to disappear.
+pub const STALE_TUN_WAIT: Duration = Duration::from_secs(3);
+
+/// The configured TUN device: its name and index, and the table values last applied to it.
+#[derive(Debug)]
+pub struct TunDevice {
+    name: String,
+    ifindex: u32,
+    mtu: u32,
+    our_subnet: Option<Ipv4Net>,
+    network: Ipv4Net,
+}
+
+/// The device's queues, one per worker, and whether they carry a virtio-net header.
+#[derive(Debug)]
+pub struct TunQueues {
+    pub queues: Vec<OwnedFd>,
+    pub vnet_hdr: bool,
+}
+
+impl TunDevice {
+    /// Creates (or attaches to) the device `name` with `nqueues` queues (the first with the
+    /// offloads unless `no_offload`), then sets its MTU, state, address and route from `meta`.
+    pub fn create(
+        name: &str,
+        nqueues: usize,
+        no_offload: bool,
+        meta: &TableMeta,
+    ) -> Result<(Self, TunQueues), SetupError> {
+        // A device of that name left by a data plane that just exited may still be going away
+        // (its queues close when the kernel finishes tearing down that process's io_uring
+        // rings, or after a crash). Attaching to it would inherit its state; give it a moment.
+        wait_for_stale_device(name);
+        let queues = open_queues(name, nqueues, no_offload)?;
+        let ifindex = sys::tun::if_index(name).context("TUN interface index")?;
+        let dev = Self {
+            name: name.to_string(),
+            ifindex,
+            mtu: effective_mtu(meta.mtu),
+            our_subnet: meta.our_subnet,
+            network: meta.network,
+        };
+        dev.configure()?;
+        tracing::info!(
+            tun = %dev.name, queues = nqueues, mtu = dev.mtu,
+            address = ?dev.our_subnet.map(|s| s.addr()), route = %dev.network,
+            "TUN device configured"
+        );
+        Ok((dev, queues))
+    }
+
+    /// The device's name (`--tun-name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The network routed into the device.
+    pub fn network(&self) -> Ipv4Net {
+        self.network
+    }
+
+    /// MTU, IPv6 off, link up, accept_local, address and route: the first configuration.
+    fn configure(&self) -> Result<(), SetupError> {
+        let name = &self.name;
+        sys::netlink::set_mtu(name, self.mtu).context("setting TUN MTU")?;
+        // Before the link is up, so not even the first router solicitation goes out.
+        match sys::netlink::disable_ipv6(self.ifindex, name) {
+            Ok(sys::netlink::Ipv6Off::NoAddrGen) => tracing::info!(
+                "/proc/sys is read-only: IPv6 on {name} stays on, without addresses (addrgenmode none)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "cannot turn IPv6 off on {name} (the kernel's own IPv6 packets will be counted as drop_tun_malformed): {e}"
+            ),
+        }
+        sys::netlink::set_up(name).context("bringing the TUN device up")?;
+        if let Err(e) = sys::netlink::set_accept_local(self.ifindex) {
+            tracing::warn!(
+                "cannot set accept_local on {name} (ICMP errors we send may be dropped as martians): {e}"
+            );
+        }
+        set_address(self.ifindex, self.our_subnet, None)?;
+        sys::netlink::add_route(self.ifindex, self.network)
+            .with_context(|| format!("adding route {} dev {name}", self.network))
+    }
+
+    /// Applies a new table generation: the address (our subnet), the MTU and the network's
+    /// route. Errors are logged; forwarding goes on.
+    pub fn apply_table(&mut self, snap: &RouteSnapshot) {
+        let m = snap.meta();
+        tracing::info!(
+            generation = snap.generation(),
+            routes = snap.len(),
+            "route table changed"
+        );
+        if m.our_subnet != self.our_subnet {
+            tracing::info!(old = ?self.our_subnet, new = ?m.our_subnet, "our subnet changed: moving the TUN address");
+            if let Err(e) = set_address(self.ifindex, m.our_subnet, self.our_subnet) {
+                tracing::error!("{e}");
+            }
+            self.our_subnet = m.our_subnet;
+        }
+        let new_mtu = effective_mtu(m.mtu);
+        if new_mtu != self.mtu {
+            tracing::info!(old = self.mtu, new = new_mtu, "MTU changed");
+            if let Err(e) = sys::netlink::set_mtu(&self.name, new_mtu) {
+                tracing::error!("setting TUN MTU {new_mtu}: {e}");
+            }
+            self.mtu = new_mtu;
+        }
+        if m.network != self.network {
+            tracing::warn!(old = %self.network, new = %m.network, "network changed: adding its route");
+            if let Err(e) = sys::netlink::add_route(self.ifindex, m.network) {
+                tracing::error!("adding route {}: {e}", m.network);
+            }
+            self.network = m.network;
+        }
+    }
+
+    /// Whether the device is gone: deleted, or replaced by another device of its name.
+    pub fn is_gone(&self) -> bool {
+        sys::tun::if_index(&self.name).map_or(true, |i| i != self.ifindex)
+    }
+}
+
+/// The MTU to give the device for the table's `table_mtu` (0: [`DEFAULT_MTU`]), capped at
+/// what the workers' buffers hold.
+pub fn effective_mtu(table_mtu: u32) -> u32 {
+    let mtu = if table_mtu == 0 {
+        DEFAULT_MTU
+    } else {
+        table_mtu
+    };
+    if mtu > worker::MAX_MTU {
+        tracing::warn!(
+            "table MTU {mtu} exceeds this build's buffer; using {}",
+            worker::MAX_MTU
+        );
+    }
+    mtu.min(worker::MAX_MTU)
+}
+
+/// One queue per worker; the first probes the offloads (unless `no_offload`), and the rest
+/// follow its choice of vnet header.
+fn open_queues(name: &str, nqueues: usize, no_offload: bool) -> Result<TunQueues, SetupError> {
+    let mut queues = Vec::with_capacity(nqueues);
+    let vnet_hdr = if no_offload {
+        false
+    } else {
+        match open_offload_queue(name) {
+            Ok((q, what)) => {
+                tracing::info!("TUN offloads: IFF_VNET_HDR with {what}");
+                queues.push(q);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("TUN offloads: off ({e}); one packet per read");
+                false
+            }
+        }
+    };
+    for i in queues.len()..nqueues {
+        queues.push(sys::tun::open_queue(name, vnet_hdr).with_context(|| {
+            format!(
+                "opening TUN queue {i} of {name} (IFF_MULTI_QUEUE; an existing single-queue device of that name must be removed first)"
+            )
+        })?);
+    }
+    Ok(TunQueues { queues, vnet_hdr })
+}
+
+/// Sets the TUN address to our subnet's network address /32 (removing `old` if it differs).
+fn set_address(ifindex: u32, new: Option<Ipv4Net>, old: Option<Ipv4Net>) -> Result<(), SetupError> {
+    if let Some(o) = old.filter(|o| Some(*o) != new) {
+        if let Err(e) = sys::netlink::del_address(ifindex, o.addr(), 32) {
+            tracing::warn!("removing old TUN address {}/32: {e}", o.addr());
+        }
+    }
+    if let Some(n) = new {
+        sys::netlink::add_address(ifindex, n.addr(), 32)
+            .with_context(|| format!("setting TUN address {}/32", n.addr()))?;
+    }
+    Ok(())
+}
+
+/// Waits up to [`STALE_TUN_WAIT`] for an existing device `name` to disappear; if it stays (a
+/// persistent device someone created, or one in use), the queues attach to it, as flannel does.
+fn wait_for_stale_device(name: &str) {
+    if !sys::tun::device_exists(name) {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < STALE_TUN_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+        if !sys::tun::device_exists(name) {
+            tracing::info!(
+                tun = name,
+                waited_ms = start.elapsed().as_millis() as u64,
+                "the previous TUN device went away"
+            );
+            return;
+        }
+    }
+    tracing::warn!(
+        tun = name,
+        "a device of this name already exists and stayed for {STALE_TUN_WAIT:?}: attaching to it (it must be a multi-queue TUN device; another running flannel-dataplane would share it)"
+    );
+}
+
+/// Opens the first TUN queue with IFF_VNET_HDR and enables the offloads this kernel has.
+/// On error the queue is closed again (the non-persistent device disappears with it).
+fn open_offload_queue(name: &str) -> Result<(OwnedFd, &'static str), SetupError> {
+    let q = sys::tun::open_queue(name, true).context("IFF_VNET_HDR refused")?;
+    let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    match sys::tun::set_offload(&q, base | TUN_F_USO4 | TUN_F_USO6) {
+        Ok(()) => Ok((q, "CSUM|TSO4|TSO6|USO4|USO6")),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::tun::set_offload(&q, base).context("TUNSETOFFLOAD CSUM|TSO4|TSO6")?;
+            Ok((q, "CSUM|TSO4|TSO6 (no USO: kernel < 6.2)"))
+        }
+        Err(e) => Err(e).context("TUNSETOFFLOAD"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtu_defaults_and_is_capped_by_the_buffers() {
+        assert_eq!(effective_mtu(0), DEFAULT_MTU);
+        assert_eq!(effective_mtu(1400), 1400);
+        assert_eq!(effective_mtu(u32::MAX), worker::MAX_MTU);
+    }
+}

@@ -1,0 +1,144 @@
+//! The workers' UDP sockets: a check that the port is not taken, one (receive, send) pair per
+//! worker (the receive sockets form one SO_REUSEPORT group; each sender has its own ephemeral
+//! port), and the UDP offload probe.
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crate::setup_error::{IoContext as _, SetupError};
+use crate::sys;
+use crate::worker::Offload;
+
+/// How long a start waits for the UDP port held by an exiting previous instance.
+pub const PORT_WAIT: Duration = Duration::from_secs(3);
+
+/// One worker's sockets: `recv` in the reuseport group on the flannel port, `send` on its own
+/// ephemeral port.
+#[derive(Debug)]
+pub struct SocketPair {
+    pub recv: OwnedFd,
+    pub send: OwnedFd,
+}
+
+/// Refuses to start when (bind, port) is taken: SO_REUSEPORT would let a second data plane on
+/// this port silently share the traffic. A previous instance that is still exiting gets
+/// [`PORT_WAIT`]. Checked before anything is set up (the TUN device above all).
+pub fn ensure_port_free(bind: Ipv4Addr, port: u16) -> Result<(), SetupError> {
+    let deadline = Instant::now() + PORT_WAIT;
+    let mut logged = false;
+    while !sys::socket::udp_port_is_free(bind, port)
+        .with_context(|| format!("probing UDP {bind}:{port}"))?
+    {
+        if Instant::now() >= deadline {
+            let holder = flannel_shared::port_holder::describe_foreign_holders(
+                std::path::Path::new("/proc"),
+                port,
+                None,
+            )
+            .unwrap_or_else(|| "holder not found in /proc".into());
+            return Err(SetupError::Refused(format!(
+                "UDP {bind}:{port} is in use by another process ({holder}): refusing to start, since \
+                 SO_REUSEPORT would let both take a share of the traffic (and a squatter reads \
+                 the overlay's datagrams)"
+            )));
+        }
+        if !logged {
+            tracing::info!(bind = %bind, port, "UDP port in use; waiting up to {PORT_WAIT:?} for it");
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Opens `n` socket pairs on (bind, port): IP_PKTINFO on the receivers, DF on the senders,
+/// and SO_MARK `mark` on both (0: none). Blocking unless `nonblocking`.
+pub fn open_pairs(
+    bind: Ipv4Addr,
+    port: u16,
+    n: usize,
+    nonblocking: bool,
+    mark: u32,
+) -> Result<Vec<SocketPair>, SetupError> {
+    let mut pairs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let recv = sys::socket::recv_socket(bind, port, nonblocking)
+            .with_context(|| format!("binding UDP {bind}:{port}"))?;
+        sys::socket::set_pktinfo(&recv).context("IP_PKTINFO")?;
+        let send = sys::socket::send_socket(bind, nonblocking).context("UDP send socket")?;
+        sys::socket::set_dont_fragment(&send).context("IP_MTU_DISCOVER (DF)")?;
+        if mark != 0 {
+            for s in [&recv, &send] {
+                sys::socket::set_mark(s, mark)
+                    .with_context(|| format!("SO_MARK {mark:#x} (needs CAP_NET_ADMIN)"))?;
+            }
+        }
+        pairs.push(SocketPair { recv, send });
+    }
+    Ok(pairs)
+}
+
+/// Probes UDP_SEGMENT and enables UDP_GRO on every receive socket (all or none); logs the
+/// result once. `forced_off` (`--no-offload`): everything off, nothing probed.
+pub fn probe_offloads(pairs: &[SocketPair], vnet_hdr: bool, forced_off: bool) -> Offload {
+    if forced_off {
+        tracing::info!("offloads: off (--no-offload): no TUN vnet header, UDP GSO or UDP GRO");
+        return Offload::none();
+    }
+    let gso = match pairs
+        .first()
+        .map(|p| sys::socket::probe_udp_segment(&p.send))
+    {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!("UDP GSO: off (UDP_SEGMENT unknown to this kernel: {e})");
+            false
+        }
+        None => false,
+    };
+    let mut gro = true;
+    for p in pairs {
+        if let Err(e) = sys::socket::set_udp_gro(&p.recv, true) {
+            tracing::warn!("UDP GRO: off (setsockopt UDP_GRO: {e})");
+            gro = false;
+            break;
+        }
+    }
+    if !gro {
+        // All or none: a socket merging datagrams must be read with a control buffer.
+        for p in pairs {
+            let _ = sys::socket::set_udp_gro(&p.recv, false);
+        }
+    }
+    tracing::info!(
+        tun_vnet_hdr = vnet_hdr,
+        udp_gso = gso,
+        udp_gro = gro,
+        "offloads probed"
+    );
+    Offload::new(vnet_hdr, gro, gso)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unprivileged parts: a pair per worker on a free loopback port, the receivers in one
+    /// reuseport group, and an offload probe that agrees on GRO for all of them.
+    #[test]
+    fn pairs_share_the_port_and_the_probe_covers_them_all() {
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let lo = Ipv4Addr::LOCALHOST;
+        ensure_port_free(lo, port).unwrap();
+        let pairs = open_pairs(lo, port, 2, true, 0).unwrap();
+        assert_eq!(pairs.len(), 2);
+        let off = probe_offloads(&pairs, false, false);
+        assert!(!off.vnet_hdr);
+        let none = probe_offloads(&pairs, true, true);
+        assert!(!none.vnet_hdr && !none.gro);
+    }
+}
