@@ -94,6 +94,12 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         etcd: etcd.clone(),
         follow_iface: FollowIface::from_args(&args),
     };
+    // The data plane's guards do not wait for a lease (masquerading does: it needs our subnet).
+    tokio::spawn(rules::keep(
+        RulesOpts::new(&args, &config),
+        own_tx.subscribe(),
+        status.clone(),
+    ));
     let lease = keeper.acquire().await?;
     claim_own_lease(
         &keeper.view,
@@ -102,10 +108,6 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         &own_tx,
         &events_tx,
     );
-    tokio::spawn(rules::keep(
-        RulesOpts::new(&args, &config),
-        own_tx.subscribe(),
-    ));
     tokio::spawn(config_watch::run(
         client,
         args.etcd.prefix.clone(),

@@ -270,6 +270,8 @@ fn read_password_file(path: &PathBuf) -> Result<Secret, EtcdOptionsError> {
 fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
+    // `user:pass@host`: the host is what follows the last `@`.
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
@@ -802,6 +804,16 @@ mod tests {
              text over http://; use https:// endpoints, or pass -etcd-allow-insecure-password to \
              accept that"
         );
+        // A loopback-looking user part does not make the host loopback.
+        for tricky in [
+            "http://[::1]@etcd.example.com:2379",
+            "http://127.0.0.1:x@198.18.0.10:2379",
+        ] {
+            assert!(
+                with_password(&[tricky], "pw").connect_options().is_err(),
+                "{tricky}"
+            );
+        }
         // Schemeless without TLS files is http:// too.
         assert!(with_password(&["198.18.0.10:2379"], "pw")
             .connect_options()

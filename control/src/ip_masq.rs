@@ -29,7 +29,7 @@
 //!   address got it through the TUN device, which its arrival check refuses.
 //! - filter, chain `FLANNEL-DP-OUTPUT`, jumped from the first rule of `OUTPUT`:
 //!   `-p udp -m udp --dport P -m mark ! --mark M/M -j DROP`. Only a socket carrying the data
-//!   plane's mark (SO_MARK needs CAP_NET_ADMIN) sends to the port: an unprivileged local user
+//!   plane's mark (SO_MARK needs CAP_NET_ADMIN, or CAP_NET_RAW since Linux 5.17) sends to the port: an unprivileged local user
 //!   cannot send as this member.
 //!
 //! Both jumps are first, so that no ACCEPT (Docker's, FLANNEL-FWD) comes before them, and are

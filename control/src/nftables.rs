@@ -22,7 +22,7 @@
 //! masqueraded or not, spoofing or not) reaches any host's data plane, while containers still
 //! talk to each other on port P; chain `dp-output` (filter, hook output,
 //! priority filter - 5): `meta mark & M != M udp dport P drop` — only a socket carrying the
-//! data plane's mark M (SO_MARK needs CAP_NET_ADMIN) sends to the port. A drop in a base chain
+//! data plane's mark M (SO_MARK needs CAP_NET_ADMIN, or CAP_NET_RAW since Linux 5.17) sends to the port. A drop in a base chain
 //! is final whatever other tables accept, so no rule inserted elsewhere can bypass them.
 //!
 //! Unlike flannel (which writes once): a chain turned off is deleted (`-ip-masq=false` removes

@@ -10,9 +10,12 @@ use flannel_shared::config::NetworkConfig;
 use flannel_shared::Ipv4Net;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::cli::Args;
 use crate::ip_masq;
 use crate::nftables;
+use crate::status::Status;
 
 /// Which masquerade and forward rules to keep, and with what.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +61,12 @@ type Checked = Result<Vec<(&'static str, bool)>, String>;
 /// removes what the other mode left, as flannel does: our iptables chains in nftables mode;
 /// flannel's nftables tables in iptables mode when it installs rules. Without rules in iptables
 /// mode it touches nothing.
-pub async fn keep(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>) {
+/// A failing check is a problem `/readyz` names (item `rules`) until a check succeeds.
+pub async fn keep(
+    o: RulesOpts,
+    own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>>,
+    status: Arc<Status>,
+) {
     if !o.any() {
         return;
     }
@@ -72,6 +80,7 @@ pub async fn keep(o: RulesOpts, own: watch::Receiver<Option<(Ipv4Net, Ipv4Addr)>
     let mut log = CheckLog {
         last_err: String::new(),
         period: o.period,
+        status,
     };
     loop {
         let subnet = own.borrow().map(|(s, _)| s);
@@ -141,23 +150,31 @@ fn check(o: &RulesOpts, subnet: Option<Ipv4Net>, nft: &mut nftables::NftKeeper) 
             .map(|changed| vec![("nftables ip flannel-ipv4", changed)])
             .map_err(|e| e.to_string());
     }
+    // The guards first, and each chain on its own: one failing chain keeps no other out.
     let mut specs = Vec::new();
-    if let (true, Some(s)) = (o.masq, subnet) {
-        let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
-        specs.push(ip_masq::masq_chain(o.network, s, random_fully));
-    }
     if let Some(g) = o.guard {
         specs.push(ip_masq::guard_chain(o.network, g.port));
         specs.push(ip_masq::output_guard_chain(g.port, g.mark));
     }
+    if let (true, Some(s)) = (o.masq, subnet) {
+        let random_fully = !o.random_fully_disable && ip_masq::has_random_fully();
+        specs.push(ip_masq::masq_chain(o.network, s, random_fully));
+    }
     if o.forward {
         specs.push(ip_masq::forward_chain(o.network));
     }
-    specs
-        .iter()
-        .map(|spec| ip_masq::sync(spec).map(|changed| (spec.chain, changed)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for spec in &specs {
+        match ip_masq::sync(spec) {
+            Ok(changed) => done.push((spec.chain, changed)),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if failed.is_empty() {
+        Ok(done)
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Logs what checks installed, and each failure once while it lasts.
@@ -166,6 +183,8 @@ struct CheckLog {
     last_err: String,
     /// How often checks run (named in the log).
     period: Duration,
+    /// Where `/readyz` reads the failure.
+    status: Arc<Status>,
 }
 
 impl CheckLog {
@@ -178,8 +197,10 @@ impl CheckLog {
                     }
                 }
                 self.last_err.clear();
+                self.status.clear_problem("rules");
             }
             Err(e) => {
+                self.status.set_problem("rules", e.clone());
                 if e != self.last_err {
                     tracing::error!("{e}; retrying every {:?}", self.period);
                     self.last_err = e;

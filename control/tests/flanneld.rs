@@ -67,6 +67,7 @@ impl Host {
             .arg("-iface=127.0.0.1")
             // These hosts share the root namespace: leave its firewall alone.
             .arg("-iptables-forward-rules=false")
+            .arg("-dataplane-guard=false")
             .arg(format!("-public-ip={}", self.public_ip))
             .arg(format!("-subnet-file={}", self.subnet_file().display()))
             .arg(format!("--route-table={}", self.route_table().display()))

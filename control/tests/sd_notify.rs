@@ -82,6 +82,7 @@ fn flanneld(
     c.arg(format!("-etcd-endpoints={}", etcd.endpoint()))
         .arg("-iface=127.0.0.1")
         .arg("-iptables-forward-rules=false")
+        .arg("-dataplane-guard=false")
         .arg(format!("-public-ip={public_ip}"))
         .arg(format!("-subnet-file={}", dir.join("subnet.env").display()))
         .arg(format!("--route-table={}", dir.join("routes").display()))

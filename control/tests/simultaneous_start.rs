@@ -30,6 +30,7 @@ fn command(endpoint: &str, prefix: &str, dir: &Path, public_ip: Ipv4Addr) -> Com
         .arg(format!("-etcd-prefix={prefix}"))
         .arg("-iface=127.0.0.1")
         .arg("-iptables-forward-rules=false")
+        .arg("-dataplane-guard=false")
         .arg(format!("-public-ip={public_ip}"))
         .arg(format!("-subnet-file={}", dir.join("subnet.env").display()))
         .arg(format!("--route-table={}", dir.join("routes").display()))

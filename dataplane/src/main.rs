@@ -79,7 +79,7 @@ struct Args {
     /// Interfaces peers' datagrams may arrive on, besides the one holding our lease's public IP
     /// (repeatable or comma-separated; a multi-homed host where peers' datagrams come in on
     /// another link). `any` turns the arrival check off. Datagrams from anywhere else (a
-    /// container bridge, loopback) are dropped as `drop_not_underlay`.
+    /// container bridge, the TUN device) are dropped as `drop_not_underlay`.
     #[arg(long, env = "FLANNEL_DATAPLANE_UNDERLAY_IFACE", value_delimiter = ',')]
     underlay_iface: Vec<String>,
     /// SO_MARK of the data plane's sockets; flanneld's OUTPUT guard drops every other

@@ -8,8 +8,10 @@
 //! syscall. The set is the interfaces holding our lease's public IP plus
 //! `--underlay-iface` names (multi-homed hosts, where a peer's datagram may arrive on another
 //! interface); the table loop recomputes it and hands it over through an [`ArrivalCell`].
-//! Datagrams arriving elsewhere (a container bridge, the TUN device, loopback) are dropped and
-//! counted `drop_not_underlay`.
+//! Datagrams arriving elsewhere (a container bridge, the TUN device) are dropped and
+//! counted `drop_not_underlay`. A datagram sent by a process of this host to one of its own
+//! addresses is reported on the interface holding that address, so this check does not sort out
+//! local senders: the OUTPUT guard does (only the data plane's marked sockets send to the port).
 
 #![forbid(unsafe_code)]
 

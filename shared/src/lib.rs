@@ -33,6 +33,7 @@ pub use net::Ipv4Net;
 
 /// The SO_MARK bit the data plane puts on its sockets, and that flanneld's OUTPUT guard
 /// requires of every datagram to the data-plane port (`-dataplane-mark` / `--mark`): setting a
-/// mark needs CAP_NET_ADMIN, so no unprivileged local process can send as a member. 0x2000
+/// mark needs CAP_NET_ADMIN (or CAP_NET_RAW, Linux 5.17), so no unprivileged local process can send as
+/// a member. 0x2000
 /// stays clear of kube-proxy's 0x4000/0x8000 and Calico's upper 16 bits.
 pub const DATAPLANE_MARK: u32 = 0x2000;

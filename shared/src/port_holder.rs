@@ -1,5 +1,6 @@
-//! Who holds a local UDP port: read from `/proc/net/udp` (address, uid, socket inode) and
-//! `/proc/<pid>/fd` (which process has that socket open) of the caller's network namespace.
+//! Who holds a local UDP port: read from `/proc/net/udp` and `/proc/net/udp6` (address, uid,
+//! socket inode; a dual-stack `[::]` socket blocks the IPv4 port too) and `/proc/<pid>/fd`
+//! (which process has that socket open) of the caller's network namespace.
 //!
 //! Used when the data plane's port is taken by someone else (a local user squatting 8285 while
 //! the data plane restarts): the refusal to start and flanneld's `/readyz` name the holder.
@@ -9,13 +10,13 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 /// One socket bound to the port, and the process holding it when that could be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortHolder {
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
     pub uid: u32,
     pub inode: u64,
     /// Pid and command (`/proc/<pid>/comm`) of a process with the socket open.
@@ -41,30 +42,56 @@ impl fmt::Display for PortHolder {
     }
 }
 
-/// The sockets of `/proc/net/udp` text bound to local `port`: (address, uid, inode). Lines
-/// that do not parse are skipped.
-pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddrV4, u32, u64)> {
+/// The sockets of `/proc/net/udp` or `/proc/net/udp6` text bound to local `port`: (address,
+/// uid, inode). Lines that do not parse are skipped.
+pub fn parse_proc_net_udp(text: &str, port: u16) -> Vec<(SocketAddr, u32, u64)> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (ip_hex, port_hex) = f.get(1)?.split_once(':')?;
             let p = u16::from_str_radix(port_hex, 16).ok()?;
-            // The kernel prints the network-order address as a host-order integer.
-            let raw = u32::from_str_radix(ip_hex, 16).ok()?;
-            let ip = Ipv4Addr::from(raw.to_ne_bytes());
+            let ip = proc_address(ip_hex)?;
             let uid = f.get(7)?.parse().ok()?;
             let inode = f.get(9)?.parse().ok()?;
-            (p == port).then_some((SocketAddrV4::new(ip, p), uid, inode))
+            (p == port).then_some((SocketAddr::new(ip, p), uid, inode))
         })
         .collect()
+}
+
+/// An address as `/proc/net/udp{,6}` prints it: the network-order bytes as host-order 32-bit
+/// words in hex (one word for IPv4, four for IPv6).
+fn proc_address(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// The IPv4 and IPv6 sockets bound to `port` (an absent `udp6`, IPv6 off, counts as none).
+fn bound_sockets(procfs: &Path, port: u16) -> std::io::Result<Vec<(SocketAddr, u32, u64)>> {
+    let mut all = parse_proc_net_udp(&std::fs::read_to_string(procfs.join("self/net/udp"))?, port);
+    if let Ok(v6) = std::fs::read_to_string(procfs.join("self/net/udp6")) {
+        all.extend(parse_proc_net_udp(&v6, port));
+    }
+    Ok(all)
 }
 
 /// Every IPv4 UDP socket bound to `port` in this network namespace, with its process when
 /// `/proc` shows it. `procfs` is normally `/proc`.
 pub fn udp_port_holders(procfs: &Path, port: u16) -> std::io::Result<Vec<PortHolder>> {
-    let text = std::fs::read_to_string(procfs.join("self/net/udp"))?;
-    let mut holders: Vec<PortHolder> = parse_proc_net_udp(&text, port)
+    let mut holders: Vec<PortHolder> = bound_sockets(procfs, port)?
         .into_iter()
         .map(|(local, uid, inode)| PortHolder {
             local,
@@ -148,9 +175,9 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) 
         (None, Some(o)) => h.uid == o.uid,
     };
     if let Some(o) = owner {
-        let text = std::fs::read_to_string(procfs.join("self/net/udp")).ok()?;
         let owner_sockets = socket_inodes_of(procfs, o.pid);
-        if parse_proc_net_udp(&text, port)
+        if bound_sockets(procfs, port)
+            .ok()?
             .iter()
             .all(|(_, _, inode)| owner_sockets.contains(inode))
         {
@@ -185,25 +212,55 @@ garbage line
             got,
             vec![
                 (
-                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285),
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8285)),
                     65534,
                     424242
                 ),
-                (SocketAddrV4::new(expect_ip, 8285), 0, 9),
+                (SocketAddr::from((expect_ip, 8285)), 0, 9),
             ]
         );
         #[cfg(target_endian = "little")]
         assert_eq!(expect_ip, Ipv4Addr::new(198, 168, 18, 1));
         assert_eq!(
             parse_proc_net_udp(SAMPLE, 53),
-            vec![(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53), 0, 777)]
+            vec![(SocketAddr::from((Ipv4Addr::LOCALHOST, 53)), 0, 777)]
+        );
+    }
+
+    #[test]
+    fn parses_ipv6_sockets_too() {
+        // `[::]:8285` (dual stack: it blocks 0.0.0.0:8285 too) and `[::1]:8285`.
+        let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  5: 00000000000000000000000000000000:205D 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 65534        0 99 2 0000000000000000 0
+  6: 00000000000000000000000001000000:205D 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 98 2 0000000000000000 0
+";
+        let got = parse_proc_net_udp(udp6, 8285);
+        assert_eq!(
+            got[0],
+            (SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8285)), 65534, 99)
+        );
+        #[cfg(target_endian = "little")]
+        assert_eq!(
+            got[1],
+            (SocketAddr::from((Ipv6Addr::LOCALHOST, 8285)), 0, 98)
+        );
+        assert_eq!(got.len(), 2);
+        let h = PortHolder {
+            local: got[0].0,
+            uid: 65534,
+            inode: 99,
+            process: None,
+        };
+        assert_eq!(
+            h.to_string(),
+            "UDP [::]:8285 held by uid 65534 (socket inode 99; its pid is not visible to us)"
         );
     }
 
     #[test]
     fn names_the_holder() {
         let h = PortHolder {
-            local: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8285),
+            local: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8285)),
             uid: 65534,
             inode: 1,
             process: Some((4321, "nc\n".into())),

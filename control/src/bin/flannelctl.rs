@@ -325,7 +325,8 @@ impl LeaseRow {
             if a.backend_type.is_empty() {
                 "udp".to_string()
             } else {
-                a.backend_type.clone()
+                // Another machine's text, as everything below.
+                untrusted::escape(&a.backend_type)
             }
         });
         // Another machine's text: cut and escaped for the terminal (JSON escapes itself).

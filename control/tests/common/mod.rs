@@ -34,6 +34,7 @@ impl LoopbackFlanneld {
             .arg("-iface=127.0.0.1")
             // The root namespace's firewall is not ours to touch.
             .arg("-iptables-forward-rules=false")
+            .arg("-dataplane-guard=false")
             .arg(format!("-public-ip={public_ip}"))
             .arg(format!(
                 "-subnet-file={}",
