@@ -35,16 +35,7 @@ use crate::status::Status;
 
 /// Runs until the future is dropped (the caller races it against the shutdown signal).
 pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
-    let ext = public_ip::choose(public_ip::Selection {
-        iface: &args.iface,
-        iface_regex: &args.iface_regex,
-        iface_can_reach: args.iface_can_reach,
-        public_ip: args.public_ip,
-    })?;
-    tracing::info!(
-        iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.public_ip,
-        mtu = ext.overlay_mtu(), "using interface"
-    );
+    let ext = choose_interface(&args)?;
     if args.healthz_port != 0 {
         serve_health(&args, &status).await?;
     }
@@ -115,6 +106,21 @@ pub async fn run(args: Args, status: Arc<Status>) -> anyhow::Result<()> {
         status.clone(),
     ));
     keeper.keep(lease, own_tx, events_tx, events_rx).await
+}
+
+/// The interface and public IP flannel's flags select (logged).
+fn choose_interface(args: &Args) -> anyhow::Result<public_ip::ExtIface> {
+    let ext = public_ip::choose(public_ip::Selection {
+        iface: &args.iface,
+        iface_regex: &args.iface_regex,
+        iface_can_reach: args.iface_can_reach,
+        public_ip: args.public_ip,
+    })?;
+    tracing::info!(
+        iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.public_ip,
+        mtu = ext.overlay_mtu(), "using interface"
+    );
+    Ok(ext)
 }
 
 fn log_config(config: &NetworkConfig) {

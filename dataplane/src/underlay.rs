@@ -1,4 +1,4 @@
-//! Where peers' datagrams may come from: the interfaces of the underlay (issue: a local
+//! Where peers' datagrams may come from: the interfaces of the underlay (a local
 //! container with CAP_NET_RAW, or any local process, spoofing a peer's underlay address must
 //! not pass as that peer).
 //!
