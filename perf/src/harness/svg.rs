@@ -62,16 +62,11 @@ pub fn render(run: &Run) -> String {
     let group_w = plot_w / n as f64;
     let bar_w = (group_w * 0.32).min(60.0);
 
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">TCP throughput (iperf3, container to container; bare: host to host), Gbit/s</text>"#,
-        W / 2.0
+    let mut s = crate::report::svg::begin(
+        W,
+        H,
+        12,
+        "TCP throughput (iperf3, container to container; bare: host to host), Gbit/s",
     );
     let _ = writeln!(
         s,
@@ -215,7 +210,7 @@ pub fn render(run: &Run) -> String {
         ly - 4.0,
         lx + 18.0
     );
-    s.push_str("</svg>\n");
+    s.push_str(crate::report::svg::END);
     s
 }
 

@@ -2,8 +2,6 @@
 //! [`crate::report::latency::histogram`] as bars, and total acquisition time and acquire p99
 //! against the cluster size.
 
-use crate::report::svg::escape;
-
 /// A bar chart of the histogram as a standalone SVG document.
 pub fn histogram_svg(title: &str, buckets: &[(u64, usize)]) -> String {
     let (w, h, left, bottom) = (720.0, 320.0, 60.0, 60.0);
@@ -150,18 +148,12 @@ pub fn scaling_svg(title: &str, points: &[ScalePoint], p99_target_ms: f64) -> St
             );
         }
     }
-    s + "</svg>\n"
+    s + crate::report::svg::END
 }
 
 /// An SVG document's opening: size, white background, centred title.
 fn svg_start(w: f64, h: f64, title: &str) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
-        w / 2.0,
-        escape(title)
-    )
+    crate::report::svg::begin(w, h, 11, title)
 }
 
 fn fmt_us(us: u64) -> String {
