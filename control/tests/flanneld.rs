@@ -673,6 +673,7 @@ fn bad_config_is_reported_by_field_and_a_fix_is_picked_up_from_the_environment_f
         .env("FLANNELD_ETCD_PREFIX", prefix)
         .env("FLANNELD_IFACE", "127.0.0.1")
         .env("FLANNELD_IPTABLES_FORWARD_RULES", "false")
+        .env("FLANNELD_DATAPLANE_GUARD", "false")
         .env("FLANNELD_PUBLIC_IP", "198.18.0.9")
         .env("FLANNELD_SUBNET_FILE", dir.path().join("subnet.env"))
         .env("FLANNELD_ROUTE_TABLE", dir.path().join("routes"));
