@@ -71,9 +71,12 @@ fn idle_connections_are_capped_and_healthz_still_answers() {
     // /healthz answers again while the idle connections are still open (theirs time out).
     let ok = wait_for(SEC * 10, || healthz(port));
     assert!(ok.is_some(), "no /healthz answer; log:\n{}", h.daemon.log());
+    // Each idle connection is closed 2 s after its accept; /healthz may answer as soon as the
+    // first slot frees, the others follow within the same read timeout.
+    let settled = wait_for(SEC * 5, || (fd_count(pid) <= baseline + 4).then_some(()));
     assert!(
-        fd_count(pid) <= baseline + 4,
-        "idle connections not timed out: {} fds",
+        settled.is_some(),
+        "idle connections not timed out: {} fds (baseline {baseline})",
         fd_count(pid)
     );
     assert!(h.daemon.is_running());
