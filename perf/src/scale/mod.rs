@@ -279,7 +279,9 @@ pub fn run(opts: &ScaleOpts, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepo
     cmd.arg(format!("-etcd-endpoints={}", endpoint.endpoints.join(",")))
         .arg("-iface=127.0.0.1")
         .arg("-public-ip=198.19.255.254")
+        // The machine's own firewall is not the simulation's to touch.
         .arg("-iptables-forward-rules=false")
+        .arg("-dataplane-guard=false")
         .arg(format!(
             "-subnet-file={}",
             dir.path().join("subnet.env").display()
