@@ -26,6 +26,8 @@
 //! workers, pinned where), [`udp_sockets`] (the port check, the socket pairs, the UDP offload
 //! probe), [`tun_device`] (the device, its queues and its configuration from the table),
 //! [`steering_attach`], and [`supervise`] (the workers' threads and the table loop);
+//! [`handover`] passes the TUN queues and receive sockets to the next data plane (restarts,
+//! upgrades);
 //! [`startup`] runs them in that order. Their errors are [`setup_error::SetupError`].
 //!
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
@@ -105,6 +107,7 @@ pub mod datapath;
 pub mod forward;
 pub mod gro;
 pub mod gso;
+pub mod handover;
 pub mod packet;
 pub mod send_batch;
 pub mod setup_error;

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 
+use flannel_dataplane::handover::{Inherited, Keep, OwnBinary};
 use flannel_dataplane::startup::{self, Forwarding, StartOptions};
 use flannel_dataplane::supervise::{self, LoopEnd, TableFollower};
 use flannel_dataplane::sys;
@@ -120,11 +121,23 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(args) {
+    // First, before any thread exists or any other fd is opened: what systemd or the previous
+    // data plane handed over, and where this binary lives (an upgrade may replace it).
+    let own_binary = OwnBinary::at_start();
+    let inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    match run(args, inherited) {
         Ok(Exit::Stopped) => std::process::exit(0),
-        Ok(Exit::Reexec) => {
-            let err = supervise::reexec();
-            tracing::error!("restarting in place failed: {err}");
+        Ok(Exit::Handover { keep, with_tun }) => {
+            let exe = own_binary.path();
+            tracing::info!(exe = %exe.display(), with_tun, "exec");
+            let err = keep.reexec(&exe, with_tun);
+            tracing::error!("restarting in place ({}) failed: {err}", exe.display());
             std::process::exit(1);
         }
         Err(e) => {
@@ -138,12 +151,13 @@ fn main() {
 enum Exit {
     /// Stopped by a signal: exit 0.
     Stopped,
-    /// The TUN device vanished: everything is closed; start over in this process with the same
-    /// arguments.
-    Reexec,
+    /// The workers have stopped: start over in this process (exec, same PID and arguments)
+    /// with these fds. SIGUSR2: all of them. The TUN device vanished: the sockets only, and
+    /// the device is recreated.
+    Handover { keep: Keep, with_tun: bool },
 }
 
-fn run(args: Args) -> Result<Exit> {
+fn run(args: Args, inherited: Inherited) -> Result<Exit> {
     // Before any thread exists: only the main thread will take SIGTERM/SIGINT/SIGHUP.
     sys::thread::block_term_signals().context("blocking SIGTERM/SIGINT/SIGHUP")?;
     let sd = Reporter::from_env();
@@ -160,7 +174,8 @@ fn run(args: Args) -> Result<Exit> {
         mut arrival,
         nworkers,
         io_path,
-    } = startup::start_forwarding(&start_options(&args), &snap)?;
+        keep,
+    } = startup::start_forwarding(&start_options(&args), &snap, inherited, &sd)?;
     let forwarding = |tun: &TunDevice, snap: &RouteSnapshot| {
         format!(
             "forwarding: {nworkers} workers ({io_path:?}), {} dev {}, route table generation {}, {} routes",
@@ -185,6 +200,16 @@ fn run(args: Args) -> Result<Exit> {
     match follower.run(&workers, forwarding) {
         LoopEnd::Stop => workers.stop(None)?,
         LoopEnd::WorkerEnded(i) => workers.stop(Some(i))?,
+        LoopEnd::Handover => {
+            // A worker that failed to stop cleanly still hands over: its fds are kept here.
+            if let Err(e) = workers.stop(None) {
+                tracing::warn!("stopping the workers for the hand-over: {e:#}");
+            }
+            return Ok(Exit::Handover {
+                keep,
+                with_tun: true,
+            });
+        }
         LoopEnd::TunGone => {
             tracing::error!(
                 tun = %args.tun_name,
@@ -194,7 +219,10 @@ fn run(args: Args) -> Result<Exit> {
             if let Err(e) = workers.stop(None) {
                 tracing::warn!("stopping the workers of the deleted device: {e:#}");
             }
-            return Ok(Exit::Reexec);
+            return Ok(Exit::Handover {
+                keep,
+                with_tun: false,
+            });
         }
     }
     Ok(Exit::Stopped)

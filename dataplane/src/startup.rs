@@ -1,5 +1,7 @@
 //! Startup between the route table's appearance and the running workers, in order: the
-//! worker layout, the I/O path, the port check, the TUN device, the stats file, the sockets,
+//! worker layout (one per handed-over socket, if any), the I/O path, the port check (unless
+//! the sockets were handed over), the TUN device (kept, if its queues were handed over), the
+//! stats file, the sockets and the fds kept for the next hand-over,
 //! the UDP offload probe, steering, dropping capabilities, and the workers' start.
 
 use std::net::Ipv4Addr;
@@ -9,11 +11,14 @@ use std::sync::Arc;
 use flannel_shared::route_table::RouteSnapshot;
 use flannel_shared::stats::{IoPath, StatsWriter};
 
+use flannel_shared::sd_notify::Reporter;
+
+use crate::handover::{self, Inherited, Keep};
 use crate::setup_error::SetupError;
 use crate::steering_attach;
 use crate::supervise::{self, WorkerPlan, Workers};
 use crate::sys;
-use crate::tun_device::TunDevice;
+use crate::tun_device::{self, TunDevice};
 use crate::udp_sockets;
 use crate::underlay::ArrivalKeeper;
 use crate::worker_cpus::{CpuList, WorkerLayout};
@@ -49,12 +54,35 @@ pub struct Forwarding {
     pub arrival: ArrivalKeeper,
     pub nworkers: usize,
     pub io_path: IoPath,
+    /// The fds to hand to the next data plane.
+    pub keep: Keep,
 }
 
-/// Sets everything up for the table in `snap` and starts the workers.
+/// The worker count: one per handed-over receive socket when there are any (a socket no
+/// worker read would swallow its share of the datagrams), which `--workers` must then agree
+/// with; otherwise `--workers` (`None`: one per CPU).
+pub fn worker_count(
+    flag: Option<usize>,
+    passed_sockets: usize,
+) -> Result<Option<usize>, SetupError> {
+    match (flag, passed_sockets) {
+        (flag, 0) => Ok(flag),
+        (Some(w), k) if w != k => Err(SetupError::Refused(format!(
+            "--workers {w}, but {k} receive sockets were handed over (flannel-dataplane.socket \
+             has one ListenDatagram= per worker, written by flannel-dataplane-generator from \
+             FLANNEL_DATAPLANE_WORKERS): make them agree, or stop the socket unit"
+        ))),
+        (_, k) => Ok(Some(k)),
+    }
+}
+
+/// Sets everything up for the table in `snap` and starts the workers, keeping what
+/// `inherited` holds (see [`handover`](crate::handover)).
 pub fn start_forwarding(
     opts: &StartOptions<'_>,
     snap: &RouteSnapshot,
+    inherited: Inherited,
+    sd: &Reporter,
 ) -> Result<Forwarding, SetupError> {
     let meta = snap.meta().clone();
     tracing::info!(
@@ -69,18 +97,44 @@ pub fn start_forwarding(
         .port
         .or((meta.port != 0).then_some(meta.port))
         .unwrap_or(DEFAULT_PORT);
-    let layout = WorkerLayout::from_flags(opts.workers, opts.cpus)?;
+    let Inherited {
+        tun: passed_tun,
+        udp: passed_udp,
+    } = inherited;
+    let udp_opened_here = passed_udp.is_empty();
+    let layout =
+        WorkerLayout::from_flags(worker_count(opts.workers, passed_udp.len())?, opts.cpus)?;
     let io_path = supervise::choose_io_path(opts.no_io_uring);
-    udp_sockets::ensure_port_free(opts.bind, port)?;
+    if udp_opened_here {
+        udp_sockets::ensure_port_free(opts.bind, port)?;
+    }
 
-    let (tun, queues) = TunDevice::create(opts.tun_name, layout.count, opts.no_offload, &meta)?;
+    let kept_queues = tun_device::usable_queues(opts.tun_name, passed_tun, opts.no_offload);
+    if kept_queues.is_none() {
+        // systemd may still hold the old device's queues: let it go, so a new one can be made.
+        handover::forget_in_systemd(sd, handover::TUN);
+    }
+    let (tun, queues) = TunDevice::create(
+        opts.tun_name,
+        layout.count,
+        opts.no_offload,
+        &meta,
+        kept_queues,
+    )?;
     let stats = StatsWriter::create(opts.stats, layout.count)
         .map_err(|e| SetupError::with_chain("creating the stats file", &e))?;
     stats.set_io_path(io_path);
     // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
     // always non-blocking: both paths read and write them directly, by readiness.
     let nonblocking = io_path == IoPath::Fallback;
-    let pairs = udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?;
+    let pairs = if udp_opened_here {
+        udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?
+    } else {
+        udp_sockets::adopt_pairs(passed_udp, opts.bind, port, nonblocking, opts.mark)?
+    };
+    let receivers: Vec<&std::os::fd::OwnedFd> = pairs.iter().map(|p| &p.recv).collect();
+    let keep = Keep::duplicate(&queues.queues, &receivers, udp_opened_here)?;
+    keep.store_in_systemd(sd);
     let offload = udp_sockets::probe_offloads(&pairs, queues.vnet_hdr, opts.no_offload);
     let drain = steering_attach::attach(
         opts.cpu_local_steering,
@@ -115,6 +169,7 @@ pub fn start_forwarding(
         arrival,
         nworkers: layout.count,
         io_path,
+        keep,
     })
 }
 
@@ -127,5 +182,23 @@ fn keep_only_net_admin() {
             "capabilities: kept CAP_NET_ADMIN only"
         ),
         Err(e) => tracing::warn!("dropping capabilities failed (continuing with them): {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_over_sockets_set_the_worker_count() {
+        assert_eq!(worker_count(None, 0).unwrap(), None);
+        assert_eq!(worker_count(Some(3), 0).unwrap(), Some(3));
+        assert_eq!(worker_count(None, 2).unwrap(), Some(2));
+        assert_eq!(worker_count(Some(2), 2).unwrap(), Some(2));
+        let e = worker_count(Some(4), 2).unwrap_err().to_string();
+        assert!(
+            e.contains("--workers 4") && e.contains("2 receive sockets"),
+            "{e}"
+        );
     }
 }

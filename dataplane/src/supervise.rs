@@ -1,13 +1,14 @@
 //! The main thread's part once the device and sockets exist: starting the workers, waiting for
 //! and following the route table, watching the workers and the TUN device, and stopping.
 //!
-//! The main thread takes the stop signals (SIGTERM/SIGINT; SIGHUP is ignored), pings the
+//! The main thread takes the stop signals (SIGTERM/SIGINT; SIGHUP is ignored; SIGUSR2 restarts
+//! in place, see [`handover`](crate::handover)), pings the
 //! systemd watchdog only while every worker thread runs and its own loop turns, and ends on a
 //! stop signal, a worker's end or the TUN device's deletion (see [`LoopEnd`]).
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -74,6 +75,9 @@ pub fn wait_for_table(path: &Path, sd: &Reporter) -> Option<(RouteTableReader, R
         }
         match sys::thread::wait_term_signal(TABLE_WAIT_POLL) {
             Some(libc::SIGHUP) => hup_ignored(),
+            Some(libc::SIGUSR2) => {
+                tracing::info!("SIGUSR2: nothing to hand over before the route table exists")
+            }
             Some(_) => return None,
             None => {}
         }
@@ -193,6 +197,8 @@ pub enum LoopEnd {
     WorkerEnded(usize),
     /// The TUN device was deleted or replaced.
     TunGone,
+    /// SIGUSR2: restart in place, handing everything over.
+    Handover,
 }
 
 /// What the table loop follows and keeps current.
@@ -217,6 +223,13 @@ impl TableFollower<'_> {
         loop {
             match sys::thread::wait_term_signal(self.sd.loop_timeout(TABLE_POLL)) {
                 Some(libc::SIGHUP) => hup_ignored(),
+                Some(libc::SIGUSR2) => {
+                    tracing::info!(
+                        "SIGUSR2: restarting in place, handing the TUN queues and sockets over"
+                    );
+                    self.sd.status("restarting in place (SIGUSR2)");
+                    return LoopEnd::Handover;
+                }
                 Some(sig) => {
                     tracing::info!(signal = sig, "stopping");
                     self.sd.stopping(&format!("stopping (signal {sig})"));
@@ -247,19 +260,6 @@ impl TableFollower<'_> {
             self.arrival.update(our_public_ip(&self.snap));
         }
     }
-}
-
-/// Replaces this process with a fresh start of the same binary and arguments (same PID, so
-/// systemd's supervision and the test harness see one process). Returns only on failure.
-pub fn reexec() -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    let mut argv = std::env::args_os();
-    let arg0 = argv.next().unwrap_or_else(|| "flannel-dataplane".into());
-    // /proc/self/exe: this very binary, even if the file was replaced meanwhile.
-    std::process::Command::new(PathBuf::from("/proc/self/exe"))
-        .arg0(arg0)
-        .args(argv)
-        .exec()
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! offloads), given the MTU, state, address and route from the route table, kept in step with
 //! later table generations, and watched for deletion.
 //!
-//! The device is not persistent: it goes away with the last queue, i.e. with this process.
+//! The device is not persistent: it goes away with the last queue, i.e. with this process,
+//! unless the queues are handed over ([`handover`](crate::handover): systemd's fd store, or
+//! the next data plane across an exec), in which case it stays with its address, routes and
+//! queued packets.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -40,17 +43,27 @@ pub struct TunQueues {
 impl TunDevice {
     /// Creates (or attaches to) the device `name` with `nqueues` queues (the first with the
     /// offloads unless `no_offload`), then sets its MTU, state, address and route from `meta`.
+    /// `inherited`: queues handed over by the previous data plane (see
+    /// [`handover`](crate::handover)), already checked by [`usable_queues`]: the device is
+    /// kept, with what it holds, and only missing queues are opened.
     pub fn create(
         name: &str,
         nqueues: usize,
         no_offload: bool,
         meta: &TableMeta,
+        inherited: Option<TunQueues>,
     ) -> Result<(Self, TunQueues), SetupError> {
-        // A device of that name left by a data plane that just exited may still be going away
-        // (its queues close when the kernel finishes tearing down that process's io_uring
-        // rings, or after a crash). Attaching to it would inherit its state; give it a moment.
-        wait_for_stale_device(name);
-        let queues = open_queues(name, nqueues, no_offload)?;
+        let queues = match inherited {
+            Some(q) => adopt_queues(name, q, nqueues)?,
+            None => {
+                // A device of that name left by a data plane that just exited may still be
+                // going away (its queues close when the kernel finishes tearing down that
+                // process's io_uring rings, or after a crash). Attaching to it would inherit
+                // its state; give it a moment.
+                wait_for_stale_device(name);
+                open_queues(name, nqueues, no_offload)?
+            }
+        };
         let ifindex = sys::tun::if_index(name).context("TUN interface index")?;
         let dev = Self {
             name: name.to_string(),
@@ -159,6 +172,74 @@ pub fn effective_mtu(table_mtu: u32) -> u32 {
     mtu.min(worker::MAX_MTU)
 }
 
+/// The handed-over queues worth keeping: all of device `name`, alive, with one set of flags,
+/// and a vnet header only if offloads are wanted (`no_offload` false). `None` (logged) when
+/// none are, or they must not be kept (the caller then lets the old device go).
+pub fn usable_queues(name: &str, queues: Vec<OwnedFd>, no_offload: bool) -> Option<TunQueues> {
+    if queues.is_empty() {
+        return None;
+    }
+    let mut vnet = None;
+    for q in &queues {
+        let why = match sys::tun::queue_info(q) {
+            Err(e) => format!("its device is gone ({e})"),
+            Ok((dev, _)) if dev != name => format!("it belongs to device {dev:?}, not {name:?}"),
+            Ok((_, flags)) => {
+                let v = flags & libc::IFF_VNET_HDR != 0;
+                if vnet.is_some_and(|x| x != v) {
+                    "the queues disagree about IFF_VNET_HDR".to_string()
+                } else if v && no_offload {
+                    "it carries a vnet header and --no-offload is set".to_string()
+                } else {
+                    vnet = Some(v);
+                    continue;
+                }
+            }
+        };
+        tracing::warn!(
+            tun = name,
+            "not keeping the handed-over TUN queues ({why}): the device is recreated"
+        );
+        return None;
+    }
+    Some(TunQueues {
+        queues,
+        vnet_hdr: vnet.unwrap_or(false),
+    })
+}
+
+/// Keeps the handed-over queues of `name`: offloads set again (device-wide), extra queues
+/// closed, missing ones opened with the same flags.
+fn adopt_queues(name: &str, mut q: TunQueues, nqueues: usize) -> Result<TunQueues, SetupError> {
+    if q.vnet_hdr {
+        let what = enable_offloads(&q.queues[0])?;
+        tracing::info!("TUN offloads: IFF_VNET_HDR with {what} (kept device)");
+    }
+    if q.queues.len() > nqueues {
+        tracing::warn!(
+            tun = name,
+            had = q.queues.len(),
+            keep = nqueues,
+            "more TUN queues handed over than workers: closing the rest"
+        );
+        q.queues.truncate(nqueues);
+    }
+    let kept = q.queues.len();
+    for i in kept..nqueues {
+        q.queues.push(
+            sys::tun::open_queue(name, q.vnet_hdr)
+                .with_context(|| format!("opening TUN queue {i} of the kept device {name}"))?,
+        );
+    }
+    tracing::info!(
+        tun = name,
+        kept,
+        opened = nqueues - kept,
+        "TUN device kept across the restart"
+    );
+    Ok(q)
+}
+
 /// One queue per worker; the first probes the offloads (unless `no_offload`), and the rest
 /// follow its choice of vnet header.
 fn open_queues(name: &str, nqueues: usize, no_offload: bool) -> Result<TunQueues, SetupError> {
@@ -230,12 +311,18 @@ fn wait_for_stale_device(name: &str) {
 /// On error the queue is closed again (the non-persistent device disappears with it).
 fn open_offload_queue(name: &str) -> Result<(OwnedFd, &'static str), SetupError> {
     let q = sys::tun::open_queue(name, true).context("IFF_VNET_HDR refused")?;
+    let what = enable_offloads(&q)?;
+    Ok((q, what))
+}
+
+/// `TUNSETOFFLOAD` with every offload this kernel has, through queue `q` (device-wide).
+fn enable_offloads(q: &OwnedFd) -> Result<&'static str, SetupError> {
     let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-    match sys::tun::set_offload(&q, base | TUN_F_USO4 | TUN_F_USO6) {
-        Ok(()) => Ok((q, "CSUM|TSO4|TSO6|USO4|USO6")),
+    match sys::tun::set_offload(q, base | TUN_F_USO4 | TUN_F_USO6) {
+        Ok(()) => Ok("CSUM|TSO4|TSO6|USO4|USO6"),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            sys::tun::set_offload(&q, base).context("TUNSETOFFLOAD CSUM|TSO4|TSO6")?;
-            Ok((q, "CSUM|TSO4|TSO6 (no USO: kernel < 6.2)"))
+            sys::tun::set_offload(q, base).context("TUNSETOFFLOAD CSUM|TSO4|TSO6")?;
+            Ok("CSUM|TSO4|TSO6 (no USO: kernel < 6.2)")
         }
         Err(e) => Err(e).context("TUNSETOFFLOAD"),
     }

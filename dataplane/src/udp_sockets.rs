@@ -61,10 +61,56 @@ pub fn open_pairs(
     nonblocking: bool,
     mark: u32,
 ) -> Result<Vec<SocketPair>, SetupError> {
-    let mut pairs = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
     for _ in 0..n {
-        let recv = sys::socket::recv_socket(bind, port, nonblocking)
-            .with_context(|| format!("binding UDP {bind}:{port}"))?;
+        receivers.push(
+            sys::socket::recv_socket(bind, port, nonblocking)
+                .with_context(|| format!("binding UDP {bind}:{port}"))?,
+        );
+    }
+    pair_up(receivers, bind, nonblocking, mark)
+}
+
+/// The pairs around receive sockets handed over (systemd's `flannel-dataplane.socket`, or the
+/// previous data plane: [`handover`](crate::handover)), one worker each, in the order given
+/// (the reuseport group's). Each must be a UDP/IPv4 socket bound to exactly (bind, port):
+/// otherwise the error names the socket, what it is bound to and the flags to change.
+pub fn adopt_pairs(
+    inherited: Vec<OwnedFd>,
+    bind: Ipv4Addr,
+    port: u16,
+    nonblocking: bool,
+    mark: u32,
+) -> Result<Vec<SocketPair>, SetupError> {
+    for (i, fd) in inherited.iter().enumerate() {
+        let want = std::net::SocketAddrV4::new(bind, port);
+        match sys::socket::udp_v4_local_addr(fd) {
+            Some(a) if a == want => {}
+            got => {
+                let got = got.map_or("not a UDP/IPv4 socket".to_string(), |a| {
+                    format!("bound to {a}")
+                });
+                return Err(SetupError::Refused(format!(
+                    "receive socket {i} handed over (LISTEN_FDS, name udp) is {got}, but the data plane                      listens on {want} (--bind, --port or the network's port): make                      flannel-dataplane.socket's ListenDatagram= and the data plane agree"
+                )));
+            }
+        }
+        sys::socket::set_nonblocking(fd, nonblocking)
+            .context("O_NONBLOCK on a handed-over socket")?;
+        sys::socket::enlarge_buffers(fd);
+    }
+    pair_up(inherited, bind, nonblocking, mark)
+}
+
+/// IP_PKTINFO and the mark on each receiver, and a DF sender for each.
+fn pair_up(
+    receivers: Vec<OwnedFd>,
+    bind: Ipv4Addr,
+    nonblocking: bool,
+    mark: u32,
+) -> Result<Vec<SocketPair>, SetupError> {
+    let mut pairs = Vec::with_capacity(receivers.len());
+    for recv in receivers {
         sys::socket::set_pktinfo(&recv).context("IP_PKTINFO")?;
         let send = sys::socket::send_socket(bind, nonblocking).context("UDP send socket")?;
         sys::socket::set_dont_fragment(&send).context("IP_MTU_DISCOVER (DF)")?;

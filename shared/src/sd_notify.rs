@@ -233,6 +233,12 @@ impl Reporter {
         self.notifier.as_ref().and_then(Notifier::watchdog_interval)
     }
 
+    /// Where the notifications go (`None`: not started by systemd as `Type=notify`); for a
+    /// sender that attaches fds (`FDSTORE=1`), which this module does not do.
+    pub fn target(&self) -> Option<&Target> {
+        self.notifier.as_ref().map(Notifier::target)
+    }
+
     /// Sends one datagram with `fields`; a failure is logged the first time only.
     pub fn send(&self, fields: &[Field<'_>]) {
         let Some(n) = &self.notifier else { return };

@@ -6,6 +6,7 @@
 //! - [`netlink`]: address and route on the TUN device (rtnetlink), MTU and link up (ioctls).
 //! - [`socket`]: the per-worker UDP sockets (SO_REUSEPORT receive group, per-worker sender).
 //! - [`iface`]: which interfaces hold an IPv4 address (`getifaddrs`).
+//! - [`fds`]: fds that outlive the process: `$LISTEN_FDS`, systemd's fd store, exec.
 //! - [`caps`]: dropping every capability but CAP_NET_ADMIN after setup.
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
 //! - [`bpf`]: CPU-local steering: BPF maps, loading and attaching (`crate::steering` builds the programs).
@@ -16,6 +17,7 @@
 pub mod bpf;
 pub mod buf_ring;
 pub mod caps;
+pub mod fds;
 pub mod iface;
 pub mod io;
 pub mod netlink;

@@ -32,6 +32,32 @@ fn set_int(sock: &Socket, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     super::cvt(r).map(|_| ())
 }
 
+/// Large buffers on a socket opened elsewhere (a receive socket handed over).
+pub fn enlarge_buffers(fd: &OwnedFd) {
+    let s = socket2::SockRef::from(fd);
+    let size = SOCKET_BUFFER as libc::c_int;
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+/// The local address of a UDP/IPv4 socket; `None` for any other kind of fd (not a socket, TCP,
+/// IPv6, unix).
+pub fn udp_v4_local_addr(fd: &OwnedFd) -> Option<SocketAddrV4> {
+    let s = socket2::SockRef::from(fd);
+    if s.r#type().ok()? != Type::DGRAM {
+        return None;
+    }
+    let a = s.local_addr().ok()?.as_socket_ipv4()?;
+    let proto = s.protocol().ok().flatten();
+    (proto.is_none() || proto == Some(Protocol::UDP)).then_some(a)
+}
+
+/// Sets or clears O_NONBLOCK.
+pub fn set_nonblocking(fd: &OwnedFd, on: bool) -> io::Result<()> {
+    socket2::SockRef::from(fd).set_nonblocking(on)
+}
+
 fn big_buffers(sock: &Socket) {
     let size = SOCKET_BUFFER as libc::c_int;
     if set_int(sock, libc::SO_RCVBUFFORCE, size).is_err() {

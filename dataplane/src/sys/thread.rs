@@ -1,5 +1,5 @@
 //! Threads and wake-ups: CPU pinning, the CPUs we may run on, an eventfd to wake a worker,
-//! and blocking SIGTERM/SIGINT/SIGHUP so only the main thread receives them (via `sigtimedwait`).
+//! and blocking SIGTERM/SIGINT/SIGHUP/SIGUSR2 so only the main thread receives them (via `sigtimedwait`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -65,11 +65,12 @@ fn term_sigset() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
     }
     set
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread it spawns
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR2 in the calling thread (and every thread it spawns
 /// afterwards).
 pub fn block_term_signals() -> io::Result<()> {
     let set = term_sigset();
@@ -81,7 +82,7 @@ pub fn block_term_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for a blocked SIGTERM/SIGINT/SIGHUP; returns the signal number if one
+/// Waits up to `timeout` for a blocked SIGTERM/SIGINT/SIGHUP/SIGUSR2; returns the signal number if one
 /// came.
 pub fn wait_term_signal(timeout: Duration) -> Option<i32> {
     let set = term_sigset();

@@ -55,6 +55,24 @@ pub fn open_queue(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A queue's device name and its flags (`TUNGETIFF`: IFF_TUN, IFF_NO_PI, IFF_MULTI_QUEUE,
+/// IFF_VNET_HDR, …). Fails with EBADFD when the queue's device is gone (deleted under it).
+pub fn queue_info(fd: &impl std::os::fd::AsRawFd) -> io::Result<(String, i32)> {
+    // SAFETY: `ifreq` is a plain C struct/union of integers and arrays; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF fills one `struct ifreq`, which `ifr` is and outlives the call.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut ifr) })?;
+    let name: Vec<u8> = ifr
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    // SAFETY: TUNGETIFF wrote the flags member of the union.
+    let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags }) & 0xffff;
+    Ok((String::from_utf8_lossy(&name).into_owned(), flags))
+}
+
 /// `TUNSETOFFLOAD` feature bits (linux/if_tun.h).
 pub const TUN_F_CSUM: u32 = 0x01;
 pub const TUN_F_TSO4: u32 = 0x02;

@@ -50,6 +50,7 @@ const K_UDP_SEND: u64 = 2;
 const K_UDP_RECV: u64 = 3;
 const K_WAKE: u64 = 6;
 const K_CANCEL: u64 = 7;
+const K_RECV_CANCEL: u64 = 8;
 
 fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
     (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
@@ -292,6 +293,9 @@ pub enum Completion {
     },
     /// The wake-up eventfd fired: stop.
     Wake,
+    /// The cancel of the multishot receive ([`Ring::cancel_udp_recv`]) is done: `res` is the
+    /// number of operations cancelled, or -ENOENT when none was armed.
+    RecvCancelled { res: i32 },
     /// Anything else (the cancel at shutdown).
     Other,
 }
@@ -457,6 +461,16 @@ impl Ring {
         self.push(e);
     }
 
+    /// Asks the kernel to end the multishot receive (a stop that hands the socket over): what
+    /// it received before the cancel still completes, with a last completion without `more`,
+    /// and nothing after it is taken from the socket. Completes as [`Completion::RecvCancelled`].
+    pub fn cancel_udp_recv(&mut self) {
+        let e = opcode::AsyncCancel::new(ud(K_UDP_RECV, 0, 0))
+            .build()
+            .user_data(ud(K_RECV_CANCEL, 0, 0));
+        self.push(e);
+    }
+
     /// The receive buffer a completion handed over (`None`: an id this ring never gave out).
     pub fn recv_buf(&mut self, t: &RecvBuf) -> Option<&mut [u8]> {
         self.recv_bufs.buf_mut(t)
@@ -606,8 +620,9 @@ impl Ring {
     /// kernel runs asynchronously after the ring fd is closed, would keep the TUN queue open
     /// for a while after the process exits: a data plane restarted at once would then attach
     /// its queues to the old, dying `flannel0` (with the old vnet-header setting) instead of a
-    /// fresh device.
-    pub fn shutdown(&mut self, wait: Duration) {
+    /// fresh device. `recv_armed`: the multishot receive is still armed (its last completion is
+    /// awaited too).
+    pub fn shutdown(&mut self, wait: Duration, recv_armed: bool) {
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
             .build()
             .user_data(ud(K_CANCEL, 0, 0));
@@ -615,7 +630,7 @@ impl Ring {
         let deadline = Instant::now() + wait;
         let mut cancelled = false;
         let mut sends = self.slots.iter().map(|s| s.pending).sum::<usize>();
-        let (mut tun_poll, mut recv) = (true, true);
+        let (mut tun_poll, mut recv) = (true, recv_armed);
         while Instant::now() < deadline && (!cancelled || sends > 0 || tun_poll || recv) {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -662,6 +677,7 @@ fn decode((data, res, flags): RawCqe, group: u64) -> Completion {
             buf: cqueue::buffer_select(flags).map(|bid| RecvBuf::from_completion(bid, group)),
         },
         K_WAKE => Completion::Wake,
+        K_RECV_CANCEL => Completion::RecvCancelled { res },
         _ => Completion::Other,
     }
 }

@@ -47,7 +47,11 @@
 //! handled, the TUN queue is read, the route snapshot is refreshed once and counters are
 //! flushed once.
 //!
-//! A stopping worker cancels what is in flight, waits for the kernel to confirm and unregisters
+//! A stopping worker first ends its multishot receive and handles every datagram that receive
+//! took (it reads the TUN queue no more), so a hand-over to the next data plane (restart,
+//! upgrade: `handover`) loses nothing: what is still queued stays in the socket and the TUN
+//! queue the next process inherits. Then it cancels what is in flight, waits for the kernel to
+//! confirm and unregisters
 //! its files before closing the ring, so its TUN queue is closed when the process exits (the
 //! kernel tears rings down asynchronously, which would otherwise keep `flannel0` alive for a
 //! moment and let a restarted data plane attach to the dying device).
@@ -137,7 +141,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
     );
     let (st, socks) = WorkerState::new(setup);
     let mut w = Uring::setup(new_ring, st, &socks)?;
-    while !w.stop {
+    while !w.stopped() {
         w.wait()?;
         let now = w.st.begin_batch();
         w.handle_completions();
@@ -146,7 +150,8 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         w.end_round();
     }
     tracing::debug!(worker = w.st.id, "io_uring worker stopping");
-    w.ring.shutdown(SHUTDOWN_WAIT);
+    // The receive has ended already (`stopped`).
+    w.ring.shutdown(SHUTDOWN_WAIT, false);
     // The ring goes first, then the fds it used.
     drop(w);
     drop(socks);
@@ -170,7 +175,11 @@ struct Uring {
     /// Single packets to one peer, gathered in this round of TUN reads into one UDP_SEGMENT
     /// send ([`send_batch`](crate::send_batch)) where UDP GSO may be used.
     batch: Option<OpenBatch>,
+    /// The wake-up came: the receive is being cancelled, the TUN queue is no longer read.
     stop: bool,
+    /// After `stop`: the multishot receive has ended, so every datagram it took from the
+    /// socket has been handled; what is still queued stays for the next data plane.
+    recv_closed: bool,
 }
 
 impl Uring {
@@ -206,13 +215,19 @@ impl Uring {
             rearm_recv: false,
             batch: None,
             stop: false,
+            recv_closed: false,
         })
+    }
+
+    /// Whether the loop is done: stopping, and the receive has ended.
+    fn stopped(&self) -> bool {
+        self.stop && self.recv_closed
     }
 
     /// Submits every SQE queued since the last round and waits for one completion, unless
     /// the TUN queue may still hold packets or completions wait in the backlog.
     fn wait(&mut self) -> io::Result<()> {
-        let more_tun = self.tun_readable && self.ring.has_free_slot();
+        let more_tun = self.tun_readable && !self.stop && self.ring.has_free_slot();
         let want = usize::from(!self.ring.has_backlog() && !more_tun);
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
@@ -230,11 +245,34 @@ impl Uring {
                 Completion::TunPoll { res, more } => self.on_tun_poll(res, more),
                 Completion::Sent(sent) => self.on_sent(sent),
                 Completion::Recv { res, more, buf } => self.on_recv(res, more, buf),
-                Completion::Wake => self.stop = true,
+                Completion::Wake => self.begin_stop(),
+                Completion::RecvCancelled { res } => {
+                    // Nothing armed (it had ended and waited for its re-arm): done.
+                    if res < 0 && res != -libc::EALREADY {
+                        self.recv_closed = true;
+                    }
+                }
                 Completion::Other => {}
             }
         }
         self.cqes = cqes;
+    }
+
+    /// The wake-up: stop reading the TUN queue and end the receive, handling what it already
+    /// took (a hand-over to the next data plane loses no datagram and no packet: both stay
+    /// queued in the fds it inherits).
+    fn begin_stop(&mut self) {
+        if self.stop {
+            return;
+        }
+        self.stop = true;
+        if self.rearm_recv {
+            // Ended already and not re-armed: nothing in flight.
+            self.rearm_recv = false;
+            self.recv_closed = true;
+        } else {
+            self.ring.cancel_udp_recv();
+        }
     }
 
     fn on_tun_poll(&mut self, res: i32, more: bool) {
@@ -284,9 +322,13 @@ impl Uring {
 
     fn on_recv(&mut self, res: i32, more: bool, buf: Option<RecvBuf>) {
         if !more {
-            // Ended by the kernel (no buffer left: ENOBUFS, or an error): re-armed once this
-            // round's buffers are back in the ring.
-            self.rearm_recv = true;
+            if self.stop {
+                self.recv_closed = true;
+            } else {
+                // Ended by the kernel (no buffer left: ENOBUFS, or an error): re-armed once
+                // this round's buffers are back in the ring.
+                self.rearm_recv = true;
+            }
         }
         let Some(token) = buf else {
             if res < 0 && !is_transient(res) && res != -libc::ENOBUFS {
@@ -322,7 +364,7 @@ impl Uring {
         } else {
             0
         };
-        while self.tun_readable && burst < TUN_BURST {
+        while self.tun_readable && !self.stop && burst < TUN_BURST {
             let Some((slot, mut s)) = self.ring.take_slot() else {
                 break;
             };

@@ -247,6 +247,16 @@ impl Cluster {
     /// be the previous process's device going away, and the previous run's log lines are in
     /// the same file: only this run's "forwarding" line counts.)
     pub fn start_dataplane(&mut self, i: usize) -> Result<()> {
+        self.start_dataplane_with(i, |_| {})
+    }
+
+    /// [`Cluster::start_dataplane`] with `prepare` applied to the command last (environment,
+    /// fds passed as a service manager would).
+    pub fn start_dataplane_with(
+        &mut self,
+        i: usize,
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Result<()> {
         let bin = self.opts.bin_dir.join("flannel-dataplane");
         let extra = self.opts.dataplane_args.clone();
         let h = &mut self.hosts[i];
@@ -255,6 +265,7 @@ impl Cluster {
             .arg(format!("--stats={}", h.stats_file().display()))
             .args(extra)
             .env("RUST_LOG", "info");
+        prepare(&mut cmd);
         h.dataplane = Some(Daemon::spawn(
             "flannel-dataplane",
             cmd,
