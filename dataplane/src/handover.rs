@@ -19,7 +19,7 @@
 //! are closed; missing queues are opened on the device.
 //!
 //! [`parse_listen_env`] and [`fd_names`] are pure; the fds themselves go through
-//! [`sys::fds`](crate::sys::fds).
+//! [`crate::sys::fds`].
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

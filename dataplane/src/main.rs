@@ -24,6 +24,7 @@ use flannel_dataplane::startup::{self, Forwarding, StartOptions};
 use flannel_dataplane::supervise::{self, LoopEnd, TableFollower};
 use flannel_dataplane::sys;
 use flannel_dataplane::tun_device::TunDevice;
+use flannel_dataplane::worker::TunReads;
 use flannel_dataplane::worker_cpus::{self, CpuList};
 use flannel_shared::route_table::RouteSnapshot;
 use flannel_shared::sd_notify::Reporter;
@@ -64,6 +65,11 @@ struct Args {
     /// Use the poll + recvmmsg/sendmmsg path even where io_uring works.
     #[arg(long, env = "FLANNEL_DATAPLANE_NO_IO_URING")]
     no_io_uring: bool,
+    /// How the io_uring workers read the TUN queues: `ring` (a multishot READ into a
+    /// provided-buffer ring, Linux 6.7) or `readiness` (read(2) after a multishot poll).
+    /// Default: `ring` where the kernel has it.
+    #[arg(long, env = "FLANNEL_DATAPLANE_TUN_READS", value_enum)]
+    tun_reads: Option<TunReadsFlag>,
     /// Turn off TUN offloads (IFF_VNET_HDR/TSO), UDP GSO and UDP GRO: one packet per I/O.
     #[arg(long, env = "FLANNEL_DATAPLANE_NO_OFFLOAD")]
     no_offload: bool,
@@ -101,6 +107,13 @@ fn parse_mark(s: &str) -> Result<u32, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("--mark {s:?}: not a 32-bit number ({e})"))
+}
+
+/// `--tun-reads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TunReadsFlag {
+    Ring,
+    Readiness,
 }
 
 /// `--steering`.
@@ -239,6 +252,10 @@ fn start_options(args: &Args) -> StartOptions<'_> {
         cpus: args.cpus.as_ref(),
         cpu_local_steering: args.steering == Steering::Cpu,
         no_io_uring: args.no_io_uring,
+        tun_reads: args.tun_reads.map(|t| match t {
+            TunReadsFlag::Ring => TunReads::Ring,
+            TunReadsFlag::Readiness => TunReads::Readiness,
+        }),
         no_offload: args.no_offload,
         stats: &args.stats,
         spoof_check: !args.no_spoof_check,

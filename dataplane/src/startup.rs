@@ -39,6 +39,8 @@ pub struct StartOptions<'a> {
     /// `--steering cpu` (else flow).
     pub cpu_local_steering: bool,
     pub no_io_uring: bool,
+    /// `--tun-reads` (`None`: the best the kernel has).
+    pub tun_reads: Option<crate::worker::TunReads>,
     pub no_offload: bool,
     pub stats: &'a Path,
     pub spoof_check: bool,
@@ -77,7 +79,7 @@ pub fn worker_count(
 }
 
 /// Sets everything up for the table in `snap` and starts the workers, keeping what
-/// `inherited` holds (see [`handover`](crate::handover)).
+/// `inherited` holds (see [`handover`]).
 pub fn start_forwarding(
     opts: &StartOptions<'_>,
     snap: &RouteSnapshot,
@@ -105,6 +107,7 @@ pub fn start_forwarding(
     let layout =
         WorkerLayout::from_flags(worker_count(opts.workers, passed_udp.len())?, opts.cpus)?;
     let io_path = supervise::choose_io_path(opts.no_io_uring);
+    let tun_reads = supervise::choose_tun_reads(io_path, opts.tun_reads)?;
     if udp_opened_here {
         udp_sockets::ensure_port_free(opts.bind, port)?;
     }
@@ -156,6 +159,7 @@ pub fn start_forwarding(
         drain: drain.map(Arc::new),
         arrival: Arc::clone(&arrival.cell),
         stats: &stats,
+        tun_reads,
     };
     tracing::info!(
         bind = %opts.bind, port, rcvbuf = sys::socket::recv_buffer_size(&pairs[0].recv),

@@ -51,6 +51,37 @@ pub fn choose_io_path(forced_off: bool) -> IoPath {
     }
 }
 
+/// How the io_uring workers read the TUN queues: `wanted` (`--tun-reads`: `None` = the best
+/// this kernel has), logged once with why. Forcing `ring` where the kernel lacks it is an error.
+pub fn choose_tun_reads(
+    io_path: IoPath,
+    wanted: Option<worker::TunReads>,
+) -> Result<worker::TunReads, SetupError> {
+    use worker::TunReads;
+    if io_path != IoPath::IoUring {
+        return Ok(TunReads::Readiness);
+    }
+    match (wanted, sys::uring::probe_multishot_read()) {
+        (Some(TunReads::Readiness), _) => {
+            tracing::info!("TUN reads: read(2) after a multishot poll (--tun-reads readiness)");
+            Ok(TunReads::Readiness)
+        }
+        (_, Ok(())) => {
+            tracing::info!(
+                "TUN reads: one multishot READ per queue into a provided-buffer ring (no read(2) per packet)"
+            );
+            Ok(TunReads::Ring)
+        }
+        (Some(TunReads::Ring), Err(e)) => {
+            Err(SetupError::Refused(format!("--tun-reads ring: {e}")))
+        }
+        (None, Err(e)) => {
+            tracing::info!("TUN reads: read(2) after a multishot poll ({e})");
+            Ok(TunReads::Readiness)
+        }
+    }
+}
+
 /// Polls until the table at `path` exists and is published. `None` when a stop signal came
 /// first.
 pub fn wait_for_table(path: &Path, sd: &Reporter) -> Option<(RouteTableReader, RouteSnapshot)> {
@@ -105,6 +136,7 @@ pub struct WorkerPlan<'a> {
     pub drain: Option<Arc<sys::bpf::DrainBoard>>,
     pub arrival: Arc<ArrivalCell>,
     pub stats: &'a StatsWriter,
+    pub tun_reads: worker::TunReads,
 }
 
 /// The running workers: their threads and the eventfds that stop them.
@@ -143,6 +175,7 @@ impl Workers {
                 offload: Arc::clone(&plan.offload),
                 drain: plan.drain.clone(),
                 arrival: Arc::clone(&plan.arrival),
+                multishot_tun_read: plan.tun_reads == worker::TunReads::Ring,
             };
             let io_path = plan.io_path;
             let h = std::thread::Builder::new()

@@ -19,6 +19,18 @@ pub enum TxBuffer {
     Split,
 }
 
+impl TxBuffer {
+    /// Where a TUN read's packets are: the split buffer when it was a super-packet cut into
+    /// MTU-sized ones (`split`), else the read buffer.
+    pub fn holding(split: bool) -> Self {
+        if split {
+            Self::Split
+        } else {
+            Self::Read
+        }
+    }
+}
+
 /// One send: `range` of `buffer`, to `peer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {

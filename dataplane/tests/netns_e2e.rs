@@ -1014,17 +1014,25 @@ fn e2e_sd_notify() {
         let n = sock.recv(&mut buf).expect("sd_notify datagram");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    // Up to READY=1 only STATUS lines; at READY, flannel0 is configured.
+    // Up to READY=1 only STATUS lines and the TUN queues offered to the fd store (the
+    // hand-over across restarts: `handover`); at READY, flannel0 is configured.
+    let mut stored = false;
     let ready = loop {
         let m = recv();
         if m.lines().any(|l| l == "READY=1") {
             break m;
         }
+        stored |= m == "FDSTORE=1\nFDNAME=tun";
         assert!(
-            m.lines().all(|l| l.starts_with("STATUS=")),
+            m.lines().all(|l| l.starts_with("STATUS=")
+                || ["FDSTORE=1", "FDSTOREREMOVE=1", "FDNAME=tun", "FDNAME=udp"].contains(&l)),
             "before READY=1: {m:?}"
         );
     };
+    assert!(
+        stored,
+        "the TUN queues were not offered to the fd store before READY=1"
+    );
     eprintln!("[n] ready message: {ready:?}");
     let links = t.exec("a", &["ip", "-o", "addr", "show", "dev", "flannel0"]);
     assert!(

@@ -77,6 +77,19 @@ fn two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(
     for h in [a, b] {
         let got = StatsReader::open(&h.stats_file()).unwrap().io_path();
         assert_eq!(got.name(), io_path, "host {}\n{}", h.index, h.logs());
+        if io_path == "io_uring" {
+            let want = if dataplane_args.contains(&"--tun-reads=readiness") {
+                "TUN reads: read(2) after a multishot poll"
+            } else {
+                "TUN reads: one multishot READ per queue"
+            };
+            assert!(
+                h.logs().contains(want),
+                "host {}: {want:?}\n{}",
+                h.index,
+                h.logs()
+            );
+        }
     }
     // The hosts learn each other's lease through etcd.
     c.wait_reachable(0, 1, SEC * 10)
@@ -173,6 +186,14 @@ fn two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(
 #[test]
 fn io_uring_path_carries_ping_tcp_udp_in_wire_format() {
     two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(&[], "io_uring");
+}
+
+#[test]
+fn io_uring_path_with_readiness_tun_reads_carries_ping_tcp_udp_in_wire_format() {
+    two_hosts_carry_ping_tcp_and_udp_in_flannels_wire_format(
+        &["--tun-reads=readiness"],
+        "io_uring",
+    );
 }
 
 #[test]
@@ -407,4 +428,109 @@ fn cpu_local_steering_hands_a_ping_to_the_workers_on_the_pinged_cpu() {
             "ping on CPU {cpu}: receiver's datagrams per worker {rx:?}"
         );
     }
+}
+
+/// Threads of process `pid` named `iou-wrk-*` (io_uring's io-wq workers).
+fn io_wq_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("iou-wrk"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// read(2)-family syscalls process `pid` made (`syscr` in /proc/PID/io; io_uring reads do not
+/// count).
+fn read_syscalls(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A 64-byte UDP flood container A → B (unpaced); on A's data plane: (TUN packets read,
+/// read syscalls made, most io-wq threads seen in either data plane while it ran).
+fn flood_from_a(c: &Cluster) -> (u64, u64, usize) {
+    let pids: Vec<u32> = (0..2)
+        .map(|h| c.hosts[h].dataplane.as_ref().unwrap().pid().unwrap())
+        .collect();
+    let stats = StatsReader::open(&c.hosts[0].stats_file()).unwrap();
+    let (tun0, sys0) = (stats.total("tun_rx_packets"), read_syscalls(pids[0]));
+    let cb = c.hosts[1].container_ip();
+    let mut sender = c.hosts[0]
+        .container()
+        .command(loadgen())
+        .args(["udp-send", &format!("{cb}:5009"), "300000", "64"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut threads = 0;
+    while sender.try_wait().unwrap().is_none() {
+        threads = threads.max(pids.iter().map(|p| io_wq_threads(*p)).sum());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    threads = threads.max(pids.iter().map(|p| io_wq_threads(*p)).sum());
+    (
+        stats.total("tun_rx_packets") - tun0,
+        read_syscalls(pids[0]) - sys0,
+        threads,
+    )
+}
+
+/// TUN reads through the ring (Linux 6.7+): under a flood, no io-wq thread appears in either
+/// data plane and the sender's data plane makes no read(2) per packet. The same flood with
+/// `--tun-reads=readiness` shows what the measure catches: about one read(2) per packet.
+#[test]
+fn a_flood_is_read_from_tun_through_the_ring_without_io_wq_threads_or_read_syscalls() {
+    if sys_kernel_lacks_multishot_read() {
+        return;
+    }
+    for (args, per_packet) in [(&[][..], false), (&["--tun-reads=readiness"][..], true)] {
+        let Some(mut c) = cluster(args) else { return };
+        c.add_host().unwrap();
+        c.add_host().unwrap();
+        c.wait_reachable(0, 1, SEC * 10).unwrap();
+        let (packets, reads, threads) = flood_from_a(&c);
+        eprintln!(
+            "{args:?}: {packets} TUN packets read, {reads} read syscalls, {threads} io-wq threads at most"
+        );
+        assert!(
+            packets >= 10_000,
+            "{args:?}: only {packets} packets read from TUN"
+        );
+        assert_eq!(threads, 0, "{args:?}: io-wq threads appeared");
+        if per_packet {
+            assert!(
+                reads * 2 >= packets,
+                "readiness reads: {reads} read syscalls for {packets} packets"
+            );
+        } else {
+            assert!(
+                reads * 100 <= packets,
+                "ring reads: {reads} read syscalls for {packets} packets"
+            );
+        }
+    }
+}
+
+/// Kernels before 6.7 have no multishot READ (skipped with a message there).
+fn sys_kernel_lacks_multishot_read() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (6, 7) {
+        eprintln!("SKIPPED: kernel {release} has no io_uring multishot READ (6.7)");
+        return true;
+    }
+    false
 }

@@ -28,10 +28,10 @@ pub fn device_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
-/// Opens one queue of TUN device `name`, non-blocking (O_NONBLOCK). Both worker paths read and
-/// write TUN queues with plain syscalls when poll says they are ready: the TUN driver does not
-/// set FMODE_NOWAIT, so io_uring would hand every TUN read or write to an io-wq thread (a
-/// blocked kernel thread per posted read, and a cross-thread hop per packet).
+/// Opens one queue of TUN device `name`, non-blocking (O_NONBLOCK): the io_uring worker reads
+/// it with a multishot READ (TUN is FMODE_NOWAIT since Linux 6.4, so nothing blocks in the
+/// kernel) or, like the fallback worker, with read(2) when poll says it is readable; writes are
+/// write(2).
 pub fn open_queue(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let mut ifr = ifreq_for(name)?;
     let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK;

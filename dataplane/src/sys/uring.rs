@@ -33,6 +33,8 @@ use crate::transmit::{Transmit, TxBuffer};
 pub const RING_ENTRIES: u32 = 1024;
 /// Buffer group id of the receive ring.
 const RECV_BGID: u16 = 0;
+/// Buffer group id of the TUN slots' read buffers (multishot TUN reads).
+const TUN_BGID: u16 = 1;
 /// Receive buffer: recvmsg_out header, source address, control, then the payload.
 pub const NAME_AREA: usize = std::mem::size_of::<libc::sockaddr_in>();
 /// Sends one TUN slot may have (chunks of one super-packet, or its segments one by one when
@@ -51,6 +53,8 @@ const K_UDP_RECV: u64 = 3;
 const K_WAKE: u64 = 6;
 const K_CANCEL: u64 = 7;
 const K_RECV_CANCEL: u64 = 8;
+const K_TUN_READ: u64 = 9;
+const K_TUN_READ_CANCEL: u64 = 10;
 
 fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
     (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
@@ -78,6 +82,23 @@ pub fn probe() -> io::Result<()> {
     // of their own: try each once and see it answer.
     multishot_poll_works()?;
     multishot_recvmsg_works()
+}
+
+/// Whether this kernel's io_uring has the multishot READ (`IORING_OP_READ_MULTISHOT`, Linux
+/// 6.7, which is after TUN became FMODE_NOWAIT in 6.4: reads complete inline, no io-wq
+/// thread). `Err` says why not.
+pub fn probe_multishot_read() -> io::Result<()> {
+    let ring: IoUring = IoUring::new(8)?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut p)?;
+    if p.is_supported(opcode::ReadMulti::CODE) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks READ_MULTISHOT (Linux 6.7)",
+        ))
+    }
 }
 
 /// Registers a small buffer ring and receives one datagram over an AF_UNIX socket pair with a
@@ -269,6 +290,91 @@ fn leak_tun_slots(n: usize, buf: usize, out: usize) -> &'static mut [TunSlot] {
     Box::leak(v.into_boxed_slice())
 }
 
+/// The TUN slots' read buffers as a provided-buffer ring (Linux 5.19) for the multishot TUN
+/// read (Linux 6.7): buffer id = slot index. A slot is the kernel's from being provided until a
+/// read completion names it ([`ReadSlot`]), then taken until released, when it is provided
+/// again. Only the descriptor ring is allocated here (page aligned, leaked like the slots).
+struct SlotRing {
+    entries: *mut types::BufRingEntry,
+    mask: u16,
+    tail: u16,
+    /// Slots provided and not named by a completion yet.
+    in_kernel: usize,
+}
+
+impl SlotRing {
+    /// A descriptor ring for `count` slots (rounded up to a power of two), none provided.
+    fn new(count: usize) -> io::Result<Self> {
+        let n = count.next_power_of_two();
+        let n16 = u16::try_from(n)
+            .ok()
+            .filter(|n| *n <= 32768)
+            .ok_or_else(|| {
+                io::Error::other(format!("{count} TUN slots: too many for a buffer ring"))
+            })?;
+        let layout = std::alloc::Layout::from_size_align(
+            n * std::mem::size_of::<types::BufRingEntry>(),
+            page_size(),
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size (n ≥ 1 entries of 16 bytes); the memory is
+        // never freed (the kernel may read it until the ring is gone).
+        let entries = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        Ok(Self {
+            entries,
+            mask: n16 - 1,
+            tail: 0,
+            in_kernel: 0,
+        })
+    }
+
+    fn ring_addr(&self) -> u64 {
+        self.entries as u64
+    }
+
+    fn entries(&self) -> u16 {
+        self.mask + 1
+    }
+
+    /// Queues slot `bid`'s read buffer `buf` for the kernel; visible after [`SlotRing::publish`].
+    /// The caller gives up the buffer until a completion names `bid` again.
+    fn provide(&mut self, bid: u16, buf: &mut [u8]) {
+        let idx = usize::from(self.tail & self.mask);
+        // SAFETY: `idx <= mask`: inside the descriptor ring. The kernel reads only descriptors
+        // between its head and our published tail, and this one is past the tail; at most
+        // `count ≤ entries` slots are ever provided at once, so it is not one the kernel has yet
+        // to consume.
+        let e = unsafe { &mut *self.entries.add(idx) };
+        e.set_addr(buf.as_mut_ptr() as u64);
+        e.set_len(buf.len() as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.in_kernel += 1;
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the first descriptor of our live ring; it is a u16
+        // the kernel reads with acquire semantics, so an atomic release store is the protocol.
+        let tail = unsafe {
+            &*(types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16)
+        };
+        tail.store(self.tail, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The kernel's page size (4 KiB on x86-64; 4, 16 or 64 KiB on arm64).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|p| p.is_power_of_two() && *p >= 4096)
+        .unwrap_or(4096)
+}
+
 /// A completion as the kernel gave it: user data, result, flags.
 type RawCqe = (u64, i32, u32);
 
@@ -296,8 +402,26 @@ pub enum Completion {
     /// The cancel of the multishot receive ([`Ring::cancel_udp_recv`]) is done: `res` is the
     /// number of operations cancelled, or -ENOENT when none was armed.
     RecvCancelled { res: i32 },
+    /// The multishot TUN read: one packet of `res` bytes in the read buffer of `slot` (take
+    /// it with [`Ring::take_read_slot`]), or an error (ENOBUFS: every slot is busy); `more`:
+    /// still armed.
+    TunRead {
+        res: i32,
+        more: bool,
+        slot: Option<ReadSlot>,
+    },
+    /// The cancel of the multishot TUN read is done (see [`Completion::RecvCancelled`]).
+    TunReadCancelled { res: i32 },
     /// Anything else (the cancel at shutdown).
     Other,
+}
+
+/// Proof that the kernel filled TUN slot `slot`'s read buffer (a multishot read completion
+/// named it) and that it is ours until released. Neither `Copy` nor `Clone`; made only by
+/// the ring's completion decoding.
+#[derive(Debug)]
+pub struct ReadSlot {
+    slot: usize,
 }
 
 /// A finished send (see [`Ring::send_done`]).
@@ -351,8 +475,11 @@ pub struct RingConfig {
 pub struct Ring {
     ring: IoUring,
     slots: &'static mut [TunSlot],
-    /// TUN slots not taken (none of their sends in flight).
+    /// TUN slots not taken (none of their sends in flight), when the worker reads the TUN
+    /// queue itself; empty with `tun_reads`.
     free: Vec<usize>,
+    /// With multishot TUN reads: the slots not taken are the kernel's, in this ring.
+    tun_reads: Option<SlotRing>,
     recv_bufs: BufRing,
     /// The multishot receive's msghdr (name and control area sizes), at a stable address.
     recv_msg: &'static mut libc::msghdr,
@@ -362,13 +489,16 @@ pub struct Ring {
 
 impl Ring {
     /// Allocates the receive buffers and TUN slots of `cfg`, registers the buffer ring and the
-    /// three files (the TUN queue, the receive and the send socket).
+    /// three files (the TUN queue, the receive and the send socket). With `multishot_tun_read`
+    /// the slots' read buffers are registered as a second buffer ring for
+    /// [`Ring::arm_tun_read`]; otherwise slots are taken with [`Ring::take_slot`].
     pub fn setup(
         new: NewRing,
         cfg: &RingConfig,
         tun: &OwnedFd,
         recv: &OwnedFd,
         send: &OwnedFd,
+        multishot_tun_read: bool,
     ) -> io::Result<Self> {
         let ring = new.ring;
         let recv_bufs = BufRing::new(
@@ -390,13 +520,81 @@ impl Ring {
         let mut recv_msg = Box::new(zeroed_msghdr());
         recv_msg.msg_namelen = NAME_AREA as libc::socklen_t;
         recv_msg.msg_controllen = cfg.control_area as _;
+        let slots = leak_tun_slots(cfg.tun_slots, cfg.tun_buf, cfg.split_buf);
+        let (free, tun_reads) = if multishot_tun_read {
+            let mut sr = SlotRing::new(slots.len())?;
+            for (i, slot) in slots.iter_mut().enumerate() {
+                sr.provide(i as u16, &mut slot.buf);
+            }
+            sr.publish();
+            // SAFETY: the descriptor ring and every buffer it names (the slots) are leaked
+            // memory that outlives the io_uring instance.
+            unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    sr.ring_addr(),
+                    sr.entries(),
+                    TUN_BGID,
+                    0,
+                )
+            }?;
+            (Vec::new(), Some(sr))
+        } else {
+            ((0..cfg.tun_slots).rev().collect(), None)
+        };
         Ok(Self {
             ring,
-            slots: leak_tun_slots(cfg.tun_slots, cfg.tun_buf, cfg.split_buf),
-            free: (0..cfg.tun_slots).rev().collect(),
+            slots,
+            free,
+            tun_reads,
             recv_bufs,
             recv_msg: Box::leak(recv_msg),
             backlog: Vec::new(),
+        })
+    }
+
+    /// Arms the multishot TUN read (again, after the kernel ended it): one completion per
+    /// packet, each in the read buffer of a slot the kernel picks from those provided.
+    pub fn arm_tun_read(&mut self) {
+        let e = opcode::ReadMulti::new(FIXED_TUN, 0, TUN_BGID)
+            .build()
+            .user_data(ud(K_TUN_READ, 0, 0));
+        self.push(e);
+    }
+
+    /// Ends the multishot TUN read (a stop): reads completed before the cancel still
+    /// arrive, then a last completion without `more`. Completes as
+    /// [`Completion::TunReadCancelled`].
+    pub fn cancel_tun_read(&mut self) {
+        let e = opcode::AsyncCancel::new(ud(K_TUN_READ, 0, 0))
+            .build()
+            .user_data(ud(K_TUN_READ_CANCEL, 0, 0));
+        self.push(e);
+    }
+
+    /// Takes the slot a TUN read completion filled: its index and memory. `None` for a slot
+    /// this ring does not have or that is taken already (never, from a sane kernel).
+    pub fn take_read_slot(&mut self, r: ReadSlot) -> Option<(usize, SlotMut<'_>)> {
+        let sr = self.tun_reads.as_mut()?;
+        let s = self.slots.get_mut(r.slot).filter(|s| !s.busy)?;
+        sr.in_kernel = sr.in_kernel.saturating_sub(1);
+        s.busy = true;
+        Some((
+            r.slot,
+            SlotMut {
+                buf: &mut s.buf,
+                out: &mut s.out,
+                addr: &mut s.addr,
+            },
+        ))
+    }
+
+    /// A taken slot's memory again (`None` if slot `i` is not taken).
+    pub fn taken_slot(&mut self, i: usize) -> Option<SlotMut<'_>> {
+        let s = self.slots.get_mut(i).filter(|s| s.busy)?;
+        Some(SlotMut {
+            buf: &mut s.buf,
+            out: &mut s.out,
+            addr: &mut s.addr,
         })
     }
 
@@ -476,28 +674,40 @@ impl Ring {
         self.recv_bufs.buf_mut(t)
     }
 
-    /// Gives a receive buffer back to the kernel (visible after [`Ring::publish_recv_bufs`]).
+    /// Gives a receive buffer back to the kernel (visible after [`Ring::publish_bufs`]).
     pub fn provide(&mut self, t: RecvBuf) {
         self.recv_bufs.provide(t);
     }
 
-    /// Makes the buffers provided so far visible to the kernel (one release store).
-    pub fn publish_recv_bufs(&self) {
+    /// Makes the buffers provided so far visible to the kernel (one release store per ring):
+    /// receive buffers, and TUN slots' read buffers with multishot TUN reads.
+    pub fn publish_bufs(&self) {
         self.recv_bufs.publish();
+        if let Some(sr) = &self.tun_reads {
+            sr.publish();
+        }
     }
 
-    /// Whether a TUN slot is free.
+    /// Whether a TUN slot is free (on the free list, or provided to the kernel for reads).
     pub fn has_free_slot(&self) -> bool {
-        !self.free.is_empty()
+        match &self.tun_reads {
+            Some(sr) => sr.in_kernel > 0,
+            None => !self.free.is_empty(),
+        }
     }
 
     /// Whether every TUN slot is free (every packet read was handed to the kernel).
     pub fn all_slots_free(&self) -> bool {
-        self.free.len() == self.slots.len()
+        let free = match &self.tun_reads {
+            Some(sr) => sr.in_kernel,
+            None => self.free.len(),
+        };
+        free == self.slots.len()
     }
 
     /// Takes a free TUN slot: its index and its memory, lent until the next ring call.
     pub fn take_slot(&mut self) -> Option<(usize, SlotMut<'_>)> {
+        // With multishot TUN reads the free list stays empty: slots come from completions.
         let i = self.free.pop()?;
         let s = self.slots.get_mut(i)?;
         s.busy = true;
@@ -511,14 +721,17 @@ impl Ring {
         ))
     }
 
-    /// Puts taken slot `i` back on the free list unless sends of it are in flight; true when
-    /// it was.
+    /// Puts taken slot `i` back on the free list (or provides it to the kernel for TUN reads,
+    /// visible after [`Ring::publish_bufs`]) unless sends of it are in flight; true when it was.
     pub fn release_slot(&mut self, i: usize) -> bool {
         match self.slots.get_mut(i) {
             Some(s) if s.busy && s.pending == 0 => {
                 s.busy = false;
                 s.used = 0;
-                self.free.push(i);
+                match self.tun_reads.as_mut() {
+                    Some(sr) => sr.provide(i as u16, &mut s.buf),
+                    None => self.free.push(i),
+                }
                 true
             }
             _ => false,
@@ -622,7 +835,7 @@ impl Ring {
     /// its queues to the old, dying `flannel0` (with the old vnet-header setting) instead of a
     /// fresh device. `recv_armed`: the multishot receive is still armed (its last completion is
     /// awaited too).
-    pub fn shutdown(&mut self, wait: Duration, recv_armed: bool) {
+    pub fn shutdown(&mut self, wait: Duration, recv_armed: bool, tun_read_armed: bool) {
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
             .build()
             .user_data(ud(K_CANCEL, 0, 0));
@@ -630,7 +843,8 @@ impl Ring {
         let deadline = Instant::now() + wait;
         let mut cancelled = false;
         let mut sends = self.slots.iter().map(|s| s.pending).sum::<usize>();
-        let (mut tun_poll, mut recv) = (true, recv_armed);
+        // The TUN queue's poll (readiness reads) or multishot read.
+        let (mut tun_poll, mut recv) = (self.tun_reads.is_none() || tun_read_armed, recv_armed);
         while Instant::now() < deadline && (!cancelled || sends > 0 || tun_poll || recv) {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -648,7 +862,7 @@ impl Ring {
                 match data >> 56 {
                     K_CANCEL => cancelled = true,
                     K_UDP_SEND => sends = sends.saturating_sub(1),
-                    K_TUN_POLL if !cqueue::more(flags) => tun_poll = false,
+                    K_TUN_POLL | K_TUN_READ if !cqueue::more(flags) => tun_poll = false,
                     K_UDP_RECV if !cqueue::more(flags) => recv = false,
                     _ => {}
                 }
@@ -678,6 +892,14 @@ fn decode((data, res, flags): RawCqe, group: u64) -> Completion {
         },
         K_WAKE => Completion::Wake,
         K_RECV_CANCEL => Completion::RecvCancelled { res },
+        K_TUN_READ => Completion::TunRead {
+            res,
+            more,
+            slot: cqueue::buffer_select(flags).map(|bid| ReadSlot {
+                slot: usize::from(bid),
+            }),
+        },
+        K_TUN_READ_CANCEL => Completion::TunReadCancelled { res },
         _ => Completion::Other,
     }
 }

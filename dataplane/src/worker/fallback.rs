@@ -120,13 +120,8 @@ impl Fallback {
                     pkt_offset,
                     segs,
                 } => {
-                    let buffer = if split {
-                        TxBuffer::Split
-                    } else {
-                        TxBuffer::Read
-                    };
                     let gso = self.st.offload.gso_for(peer);
-                    for tx in transmits(segs, gso, peer, buffer, pkt_offset) {
+                    for tx in transmits(segs, gso, peer, TxBuffer::holding(split), pkt_offset) {
                         if self.queued.len() == MAX_MSGS {
                             self.flush_sends();
                         }

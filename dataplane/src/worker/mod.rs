@@ -182,6 +182,20 @@ pub struct WorkerSetup {
     pub drain: Option<Arc<crate::sys::bpf::DrainBoard>>,
     /// The interfaces peers' datagrams may arrive on (kept current by the table loop).
     pub arrival: Arc<ArrivalCell>,
+    /// The io_uring worker reads the TUN queue with a multishot READ (Linux 6.7) instead of
+    /// read(2) after a poll ([`TunReads`]).
+    pub multishot_tun_read: bool,
+}
+
+/// How the io_uring worker reads its TUN queue (`--tun-reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunReads {
+    /// One multishot READ per queue into the TUN slots, handed to the kernel as a
+    /// provided-buffer ring: a completion per packet, no read(2), no io-wq thread (TUN is
+    /// FMODE_NOWAIT since Linux 6.4; the opcode needs 6.7).
+    Ring,
+    /// A multishot POLL says "readable", then read(2) up to a burst.
+    Readiness,
 }
 
 /// Reports this worker's drain times to CPU-local TUN steering (`sys::bpf::DrainBoard`):
@@ -365,6 +379,7 @@ impl WorkerState {
             offload,
             drain,
             arrival,
+            multishot_tun_read: _,
         } = setup;
         let vnet = offload.vnet_hdr;
         let sizes = BufSizes::new(vnet, offload.gro);

@@ -12,11 +12,17 @@
 //!   ring ([`buf_ring`](crate::sys::buf_ring)); each completion is one receive (with UDP_GRO up to
 //!   64 KiB of datagrams) in one buffer, handed back to the ring as soon as it is handled.
 //! - UDP sends: SENDMSG, one per datagram or per UDP_SEGMENT chunk, many per `io_uring_enter`.
-//! - The TUN queue: one multishot POLL_ADD says "readable"; the worker then read(2)s it directly
-//!   (non-blocking, up to [`TUN_BURST`] packets per round) and write(2)s packets for the local
-//!   containers directly. The TUN driver lacks FMODE_NOWAIT, so a TUN READ or WRITE submitted
-//!   to io_uring is handed to an io-wq kernel thread: one blocked thread per posted read and a
-//!   thread hop per packet (measured: ~0.2 ms more ping RTT, 60 iou-wrk threads per process).
+//! - TUN reads (`--tun-reads ring`, the default where the kernel has it): one multishot READ
+//!   (Linux 6.7) per queue, whose buffers are the TUN slots' read buffers, handed to the kernel
+//!   as a second provided-buffer ring: one completion per packet, no read(2). TUN has been
+//!   FMODE_NOWAIT since Linux 6.4 (commit 438b406055cd), so the reads complete inline, and one
+//!   read per queue (not one per slot) wakes no herd: no io-wq thread appears (tested under a
+//!   flood). When every slot is busy the read ends (ENOBUFS) and is re-armed once one is free.
+//! - TUN reads, `--tun-reads readiness` (kernels before 6.7): one multishot POLL_ADD says
+//!   "readable"; the worker then read(2)s the queue directly, up to [`TUN_BURST`] packets per
+//!   round. (Many posted READs per queue, instead of one multishot READ, were a thundering herd:
+//!   every packet woke all of them, and io_uring's retry budget ran out into io-wq threads.)
+//! - TUN writes (packets for the local containers): write(2), directly.
 //!
 //! Buffers cycle through fixed states, so the operations in flight are bounded by the buffers
 //! (a TUN slot's sends, the receive buffers); should the completion queue still fill, the
@@ -86,7 +92,9 @@ use crate::send_batch::OpenBatch;
 use crate::sys;
 use crate::sys::buf_ring::{recv_layout, RecvBuf};
 use crate::sys::socket::{decode_recv_cmsgs, CMSG_BUF};
-use crate::sys::uring::{Completion, NewRing, Ring, RingConfig, Sent, NAME_AREA, RING_ENTRIES};
+use crate::sys::uring::{
+    Completion, NewRing, ReadSlot, Ring, RingConfig, Sent, NAME_AREA, RING_ENTRIES,
+};
 use crate::transmit::{Transmit, TxBuffer};
 
 pub use crate::sys::uring::probe;
@@ -139,19 +147,26 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         flags = new_ring.flags,
         "io_uring ring ready"
     );
+    let multishot_tun_read = setup.multishot_tun_read;
     let (st, socks) = WorkerState::new(setup);
-    let mut w = Uring::setup(new_ring, st, &socks)?;
+    let mut w = Uring::setup(new_ring, st, &socks, multishot_tun_read)?;
     while !w.stopped() {
         w.wait()?;
-        let now = w.st.begin_batch();
+        w.now = w.st.begin_batch();
+        w.read_this_round = false;
         w.handle_completions();
         w.st.flush_rx();
-        w.tun_burst(now);
+        if w.tun_ring {
+            w.send_batch();
+            w.report_drained();
+        } else {
+            w.tun_burst(w.now);
+        }
         w.end_round();
     }
     tracing::debug!(worker = w.st.id, "io_uring worker stopping");
-    // The receive has ended already (`stopped`).
-    w.ring.shutdown(SHUTDOWN_WAIT, false);
+    // The receive and the TUN read have ended already (`stopped`).
+    w.ring.shutdown(SHUTDOWN_WAIT, false, false);
     // The ring goes first, then the fds it used.
     drop(w);
     drop(socks);
@@ -172,6 +187,16 @@ struct Uring {
     tun_readable: bool,
     /// The multishot receive ended: re-arm it at the end of the round.
     rearm_recv: bool,
+    /// The TUN queue is read by a multishot READ into the slots (Linux 6.7), not by read(2)
+    /// after a poll.
+    tun_ring: bool,
+    /// The multishot TUN read ended (no free slot: ENOBUFS, or an error): re-arm it once a
+    /// slot is free.
+    rearm_tun_read: bool,
+    /// A TUN read completed in this round.
+    read_this_round: bool,
+    /// This round's clock (`WorkerState::begin_batch`).
+    now: u64,
     /// Single packets to one peer, gathered in this round of TUN reads into one UDP_SEGMENT
     /// send ([`send_batch`](crate::send_batch)) where UDP GSO may be used.
     batch: Option<OpenBatch>,
@@ -180,12 +205,19 @@ struct Uring {
     /// After `stop`: the multishot receive has ended, so every datagram it took from the
     /// socket has been handled; what is still queued stays for the next data plane.
     recv_closed: bool,
+    /// After `stop`: the multishot TUN read has ended (always, with readiness reads).
+    tun_read_closed: bool,
 }
 
 impl Uring {
     /// Sets up the ring for `st`'s TUN queue and `socks`, and arms the wake-up poll, the TUN
-    /// poll and the multishot receive.
-    fn setup(new_ring: NewRing, st: WorkerState, socks: &Sockets) -> io::Result<Self> {
+    /// multishot read (`multishot_tun_read`) or poll, and the multishot receive.
+    fn setup(
+        new_ring: NewRing,
+        st: WorkerState,
+        socks: &Sockets,
+        multishot_tun_read: bool,
+    ) -> io::Result<Self> {
         let vnet = st.offload.vnet_hdr;
         let (tun_slots, recv_bufs) = if vnet {
             (TUN_SLOTS_OFFLOAD, RECV_BUFS_OFFLOAD)
@@ -202,9 +234,20 @@ impl Uring {
             recv_payload: st.sizes.udp,
             control_area,
         };
-        let mut ring = Ring::setup(new_ring, &cfg, &st.tun, &socks.recv, &socks.send)?;
+        let mut ring = Ring::setup(
+            new_ring,
+            &cfg,
+            &st.tun,
+            &socks.recv,
+            &socks.send,
+            multishot_tun_read,
+        )?;
         ring.arm_wake(&socks.wake);
-        ring.arm_tun_poll();
+        if multishot_tun_read {
+            ring.arm_tun_read();
+        } else {
+            ring.arm_tun_poll();
+        }
         ring.arm_udp_recv();
         Ok(Self {
             ring,
@@ -213,21 +256,27 @@ impl Uring {
             control_area,
             tun_readable: true,
             rearm_recv: false,
+            tun_ring: multishot_tun_read,
+            rearm_tun_read: false,
+            read_this_round: false,
+            now: 0,
             batch: None,
             stop: false,
             recv_closed: false,
+            tun_read_closed: false,
         })
     }
 
-    /// Whether the loop is done: stopping, and the receive has ended.
+    /// Whether the loop is done: stopping, and the receive and the TUN read have ended.
     fn stopped(&self) -> bool {
-        self.stop && self.recv_closed
+        self.stop && self.recv_closed && self.tun_read_closed
     }
 
     /// Submits every SQE queued since the last round and waits for one completion, unless
     /// the TUN queue may still hold packets or completions wait in the backlog.
     fn wait(&mut self) -> io::Result<()> {
-        let more_tun = self.tun_readable && !self.stop && self.ring.has_free_slot();
+        let more_tun =
+            !self.tun_ring && self.tun_readable && !self.stop && self.ring.has_free_slot();
         let want = usize::from(!self.ring.has_backlog() && !more_tun);
         match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
@@ -252,6 +301,12 @@ impl Uring {
                         self.recv_closed = true;
                     }
                 }
+                Completion::TunRead { res, more, slot } => self.on_tun_read(res, more, slot),
+                Completion::TunReadCancelled { res } => {
+                    if res < 0 && res != -libc::EALREADY {
+                        self.tun_read_closed = true;
+                    }
+                }
                 Completion::Other => {}
             }
         }
@@ -273,6 +328,59 @@ impl Uring {
         } else {
             self.ring.cancel_udp_recv();
         }
+        if !self.tun_ring {
+            // read(2) after a poll: nothing is read once `stop` is set.
+            self.tun_read_closed = true;
+        } else if self.rearm_tun_read {
+            self.rearm_tun_read = false;
+            self.tun_read_closed = true;
+        } else {
+            self.ring.cancel_tun_read();
+        }
+    }
+
+    /// For CPU-local steering, after a round that read packets: whether the queue is empty
+    /// now (one poll(2), not one per packet). With DEFER_TASKRUN the kernel reads only inside
+    /// our io_uring_enter, so an empty queue now means nothing steered here before is unread.
+    fn report_drained(&mut self) {
+        if !self.read_this_round {
+            return;
+        }
+        let t = self.st.drain.read_start();
+        if t == 0 {
+            return;
+        }
+        let mut ready = [false];
+        if sys::io::poll_in(&[&self.st.tun], 0, &mut ready).is_ok() && !ready[0] {
+            self.st.drain.queue_empty(t);
+        }
+    }
+
+    /// One multishot TUN read completion: a packet in a slot the kernel picked.
+    fn on_tun_read(&mut self, res: i32, more: bool, slot: Option<ReadSlot>) {
+        if !more {
+            if self.stop {
+                self.tun_read_closed = true;
+            } else {
+                self.rearm_tun_read = true;
+            }
+        }
+        let Some(read) = slot else {
+            if res < 0 && !is_transient(res) && res != -libc::ECANCELED {
+                self.st.decider.counters.add(Counter::TunRxErrors, 1);
+            }
+            return;
+        };
+        let Some((slot, _)) = self.ring.take_read_slot(read) else {
+            self.st.decider.counters.add(Counter::TunRxErrors, 1);
+            return;
+        };
+        if res <= 0 {
+            self.ring.release_slot(slot);
+            return;
+        }
+        self.read_this_round = true;
+        self.tun_packet(slot, res as usize, self.now);
     }
 
     fn on_tun_poll(&mut self, res: i32, more: bool) {
@@ -365,7 +473,7 @@ impl Uring {
             0
         };
         while self.tun_readable && !self.stop && burst < TUN_BURST {
-            let Some((slot, mut s)) = self.ring.take_slot() else {
+            let Some((slot, s)) = self.ring.take_slot() else {
                 break;
             };
             let n = match sys::io::read(&self.st.tun, s.buf) {
@@ -387,47 +495,52 @@ impl Uring {
                 }
             };
             burst += 1;
-            match self.st.tun_read(s.buf, n, s.out, now) {
-                TunVerdict::Send {
-                    peer,
-                    split: false,
-                    pkt_offset,
-                    segs,
-                } if segs.count == 1 && self.st.offload.gso_for(peer) => {
-                    s.set_peer(SocketAddrV4::new(peer, self.st.port));
-                    let packet = pkt_offset..pkt_offset + segs.total;
-                    if self.gather(slot, peer, packet) {
-                        // Copied into the open batch: this slot is free again.
-                        self.ring.release_slot(slot);
-                    }
-                    continue;
-                }
-                TunVerdict::Send {
-                    peer,
-                    split,
-                    pkt_offset,
-                    segs,
-                } => {
-                    s.set_peer(SocketAddrV4::new(peer, self.st.port));
-                    // Sent after the batch gathered so far, in the order read.
-                    self.send_batch();
-                    let buffer = if split {
-                        TxBuffer::Split
-                    } else {
-                        TxBuffer::Read
-                    };
-                    let gso = self.st.offload.gso_for(peer);
-                    for tx in transmits(segs, gso, peer, buffer, pkt_offset) {
-                        self.post(slot, &tx);
-                    }
-                }
-                TunVerdict::Icmp(len) => self.st.write_icmp(len),
-                TunVerdict::Drop => {}
-            }
-            // Free again unless sends of it are in flight.
-            self.ring.release_slot(slot);
+            self.tun_packet(slot, n, now);
         }
         self.send_batch();
+    }
+
+    /// One packet of `n` bytes read into taken slot `slot`: decided, then gathered into the
+    /// open batch, sent, answered with an ICMP error or dropped. The slot is released unless
+    /// sends of it are in flight.
+    fn tun_packet(&mut self, slot: usize, n: usize, now: u64) {
+        let Some(mut s) = self.ring.taken_slot(slot) else {
+            return;
+        };
+        match self.st.tun_read(s.buf, n, s.out, now) {
+            TunVerdict::Send {
+                peer,
+                split: false,
+                pkt_offset,
+                segs,
+            } if segs.count == 1 && self.st.offload.gso_for(peer) => {
+                s.set_peer(SocketAddrV4::new(peer, self.st.port));
+                let packet = pkt_offset..pkt_offset + segs.total;
+                if self.gather(slot, peer, packet) {
+                    // Copied into the open batch: this slot is free again.
+                    self.ring.release_slot(slot);
+                }
+                return;
+            }
+            TunVerdict::Send {
+                peer,
+                split,
+                pkt_offset,
+                segs,
+            } => {
+                s.set_peer(SocketAddrV4::new(peer, self.st.port));
+                // Sent after the batch gathered so far, in the order read.
+                self.send_batch();
+                let gso = self.st.offload.gso_for(peer);
+                for tx in transmits(segs, gso, peer, TxBuffer::holding(split), pkt_offset) {
+                    self.post(slot, &tx);
+                }
+            }
+            TunVerdict::Icmp(len) => self.st.write_icmp(len),
+            TunVerdict::Drop => {}
+        }
+        // Free again unless sends of it are in flight.
+        self.ring.release_slot(slot);
     }
 
     /// Adds the single packet at `packet` of taken slot `slot` (addressed to `peer`) to the
@@ -472,10 +585,14 @@ impl Uring {
         if self.ring.all_slots_free() {
             self.st.drain.all_sent();
         }
-        self.ring.publish_recv_bufs();
+        self.ring.publish_bufs();
         if self.rearm_recv {
             self.rearm_recv = false;
             self.ring.arm_udp_recv();
+        }
+        if self.rearm_tun_read && self.ring.has_free_slot() {
+            self.rearm_tun_read = false;
+            self.ring.arm_tun_read();
         }
         self.st.end_batch();
     }
