@@ -138,7 +138,7 @@ fn arm64_bin_dir() -> PathBuf {
 /// (Debian's qemu-user) or `qemu-aarch64-static` on PATH.
 fn qemu() -> Option<PathBuf> {
     if let Some(q) = std::env::var_os("FLANNEL_ARM64_QEMU") {
-        return Some(PathBuf::from(q));
+        return Some(PathBuf::from(q)).filter(|q| q.is_file());
     }
     let path = std::env::var_os("PATH")?;
     ["qemu-aarch64", "qemu-aarch64-static"]
@@ -180,7 +180,10 @@ impl Arm64 {
         }
         let qemu = qemu();
         if !require(
-            "qemu-aarch64 (Debian package qemu-user) or $FLANNEL_ARM64_QEMU",
+            &format!(
+                "qemu-aarch64 (Debian package qemu-user; $FLANNEL_ARM64_QEMU is {:?})",
+                std::env::var_os("FLANNEL_ARM64_QEMU")
+            ),
             qemu.is_some(),
         ) {
             return None;
@@ -265,12 +268,12 @@ fn arm64_flanneld_under_qemu_leases_a_subnet_and_writes_subnet_env() {
     let Some(arm) = Arm64::find_or_skip() else {
         return;
     };
-    let Some(etcd) = Etcd::start_or_skip() else {
-        return;
-    };
     // Both binaries, checked before anything runs: arm64, not the host's.
     assert_aarch64(&arm.bin_dir.join("flanneld"));
     assert_aarch64(&arm.bin_dir.join("flannelctl"));
+    let Some(etcd) = Etcd::start_or_skip() else {
+        return;
+    };
 
     etcd.put_config(
         PREFIX,
