@@ -26,7 +26,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 /// Tries of `BPF_PROG_LOAD` while it answers EAGAIN.
 const PROG_LOAD_ATTEMPTS: usize = 5;
-/// `_IOR('T', 224, int)` from linux/if_tun.h.
+/// `_IOR('T', 224, int)` from linux/if_tun.h, in the asm-generic ioctl encoding (dir << 30 |
+/// size << 16 | type << 8 | nr) that x86-64 and arm64 share (powerpc, mips, sparc differ).
 const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 
 /// `union bpf_attr` for `BPF_MAP_CREATE` (leading fields; the kernel zero-fills the rest).

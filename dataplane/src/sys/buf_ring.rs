@@ -51,6 +51,17 @@ impl RecvBuf {
     }
 }
 
+/// The kernel's page size (`sysconf(_SC_PAGESIZE)`): 4 KiB on x86-64; 4, 16 or 64 KiB on arm64.
+/// 4096 if sysconf fails or answers something that is not a power of two.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|p| p.is_power_of_two() && *p >= 4096)
+        .unwrap_or(4096)
+}
+
 /// A provided-buffer ring and the buffers it hands out.
 pub struct BufRing {
     entries: *mut BufRingEntry,
@@ -73,9 +84,11 @@ impl BufRing {
                 format!("buffer ring of {count} entries: must be a power of two ≤ 32768"),
             ));
         }
+        // The kernel wants the descriptor ring page aligned (IORING_REGISTER_PBUF_RING: EINVAL
+        // otherwise), and a page is not always 4 KiB: arm64 kernels run with 16 or 64 KiB pages.
         let ring_layout = Layout::from_size_align(
             usize::from(count) * std::mem::size_of::<BufRingEntry>(),
-            4096,
+            page_size(),
         )
         .map_err(std::io::Error::other)?;
         let bufs_layout = Layout::from_size_align(usize::from(count) * buf_size, 64)
@@ -213,6 +226,24 @@ mod tests {
             .iter()
             .flat_map(|w| w.to_ne_bytes())
             .collect()
+    }
+
+    #[test]
+    fn descriptor_ring_is_aligned_to_the_kernels_page_size() {
+        let page = page_size();
+        assert!(page.is_power_of_two() && page >= 4096, "page size {page}");
+        // SAFETY: sysconf has no memory preconditions.
+        let sys = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        assert_eq!(page as libc::c_long, sys, "page_size() vs sysconf");
+        for count in [1u16, 8, 256] {
+            let r = BufRing::new(count, 256).unwrap();
+            assert_eq!(
+                r.ring_addr() % page as u64,
+                0,
+                "ring of {count}: ring_addr {:#x} not aligned to {page}",
+                r.ring_addr()
+            );
+        }
     }
 
     #[test]
