@@ -53,7 +53,7 @@ impl RecvBuf {
 
 /// The kernel's page size (`sysconf(_SC_PAGESIZE)`): 4 KiB on x86-64; 4, 16 or 64 KiB on arm64.
 /// 4096 if sysconf fails or answers something that is not a power of two.
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(page)

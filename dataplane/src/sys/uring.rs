@@ -314,7 +314,7 @@ impl SlotRing {
             })?;
         let layout = std::alloc::Layout::from_size_align(
             n * std::mem::size_of::<types::BufRingEntry>(),
-            page_size(),
+            super::buf_ring::page_size(),
         )
         .map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size (n ≥ 1 entries of 16 bytes); the memory is
@@ -363,16 +363,6 @@ impl SlotRing {
         };
         tail.store(self.tail, std::sync::atomic::Ordering::Release);
     }
-}
-
-/// The kernel's page size (4 KiB on x86-64; 4, 16 or 64 KiB on arm64).
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(page)
-        .ok()
-        .filter(|p| p.is_power_of_two() && *p >= 4096)
-        .unwrap_or(4096)
 }
 
 /// A completion as the kernel gave it: user data, result, flags.
