@@ -444,32 +444,49 @@ fn io_wq_threads(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// read(2)-family syscalls process `pid` made (`syscr` in /proc/PID/io; io_uring reads do not
-/// count).
-fn read_syscalls(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("syscr: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+/// read(2)- and write(2)-family syscalls process `pid` made (`syscr`, `syscw` in
+/// /proc/PID/io; io_uring reads and writes do not count).
+fn rw_syscalls(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let field = |k: &str| -> u64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (field("syscr: "), field("syscw: "))
 }
 
-/// A 64-byte UDP flood container A → B (unpaced); on A's data plane: (TUN packets read,
-/// read syscalls made, most io-wq threads seen in either data plane while it ran).
-fn flood_from_a(c: &Cluster) -> (u64, u64, usize) {
+/// What a flood did to the data planes.
+#[derive(Debug)]
+struct Flood {
+    /// Packets A's data plane read from its TUN queue, and the read syscalls it made.
+    a_tun_reads: u64,
+    a_read_syscalls: u64,
+    /// Packets B's data plane wrote to its TUN queue, and the write syscalls it made.
+    b_tun_writes: u64,
+    b_write_syscalls: u64,
+    /// The most io-wq threads seen in both data planes together while it ran.
+    io_wq_threads: usize,
+}
+
+/// A 64-byte UDP flood container A → B (unpaced).
+fn flood_from_a(c: &Cluster) -> Flood {
     let pids: Vec<u32> = (0..2)
         .map(|h| c.hosts[h].dataplane.as_ref().unwrap().pid().unwrap())
         .collect();
-    let stats = StatsReader::open(&c.hosts[0].stats_file()).unwrap();
-    let (tun0, sys0) = (stats.total("tun_rx_packets"), read_syscalls(pids[0]));
+    let sa = StatsReader::open(&c.hosts[0].stats_file()).unwrap();
+    let sb = StatsReader::open(&c.hosts[1].stats_file()).unwrap();
+    let (tun_a, tun_b) = (sa.total("tun_rx_packets"), sb.total("tun_tx_packets"));
+    let (ra, _) = rw_syscalls(pids[0]);
+    let (_, wb) = rw_syscalls(pids[1]);
     let cb = c.hosts[1].container_ip();
     let mut sender = c.hosts[0]
         .container()
         .command(loadgen())
-        .args(["udp-send", &format!("{cb}:5009"), "300000", "64"])
+        .args(["udp-send", &format!("{cb}:5009"), "100000", "64"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -478,45 +495,64 @@ fn flood_from_a(c: &Cluster) -> (u64, u64, usize) {
         threads = threads.max(pids.iter().map(|p| io_wq_threads(*p)).sum());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     threads = threads.max(pids.iter().map(|p| io_wq_threads(*p)).sum());
-    (
-        stats.total("tun_rx_packets") - tun0,
-        read_syscalls(pids[0]) - sys0,
-        threads,
-    )
+    Flood {
+        a_tun_reads: sa.total("tun_rx_packets") - tun_a,
+        a_read_syscalls: rw_syscalls(pids[0]).0 - ra,
+        b_tun_writes: sb.total("tun_tx_packets") - tun_b,
+        b_write_syscalls: rw_syscalls(pids[1]).1 - wb,
+        io_wq_threads: threads,
+    }
 }
 
-/// TUN reads through the ring (Linux 6.7+): under a flood, no io-wq thread appears in either
-/// data plane and the sender's data plane makes no read(2) per packet. The same flood with
-/// `--tun-reads=readiness` shows what the measure catches: about one read(2) per packet.
+/// TUN I/O through the ring (Linux 6.7+): under a flood, no io-wq thread appears in either
+/// data plane, the sender's data plane makes no read(2) per packet and the receiver's no
+/// write(2) per packet. `--tun-reads=readiness` (read(2) per packet) and `--no-io-uring`
+/// (read(2) and write(2) per packet) show what the measure catches.
 #[test]
-fn a_flood_is_read_from_tun_through_the_ring_without_io_wq_threads_or_read_syscalls() {
+fn a_flood_crosses_tun_through_the_ring_without_io_wq_threads_or_per_packet_syscalls() {
     if sys_kernel_lacks_multishot_read() {
         return;
     }
-    for (args, per_packet) in [(&[][..], false), (&["--tun-reads=readiness"][..], true)] {
+    // (flags, a read(2) per packet on A, a write(2) per packet on B)
+    let runs: [(&[&str], bool, bool); 3] = [
+        (&[], false, false),
+        (&["--tun-reads=readiness"], true, false),
+        (&["--no-io-uring"], true, true),
+    ];
+    for (args, reads_per_packet, writes_per_packet) in runs {
         let Some(mut c) = cluster(args) else { return };
         c.add_host().unwrap();
         c.add_host().unwrap();
         c.wait_reachable(0, 1, SEC * 10).unwrap();
-        let (packets, reads, threads) = flood_from_a(&c);
-        eprintln!(
-            "{args:?}: {packets} TUN packets read, {reads} read syscalls, {threads} io-wq threads at most"
+        let f = flood_from_a(&c);
+        eprintln!("{args:?}: {f:?}");
+        assert!(f.a_tun_reads >= 10_000, "{args:?}: {f:?}");
+        assert!(f.b_tun_writes >= 1_000, "{args:?}: {f:?}");
+        assert_eq!(
+            f.io_wq_threads, 0,
+            "{args:?}: io-wq threads appeared: {f:?}"
         );
-        assert!(
-            packets >= 10_000,
-            "{args:?}: only {packets} packets read from TUN"
-        );
-        assert_eq!(threads, 0, "{args:?}: io-wq threads appeared");
-        if per_packet {
+        let per_packet = |calls: u64, packets: u64| calls * 2 >= packets;
+        let batched = |calls: u64, packets: u64| calls * 100 <= packets;
+        if reads_per_packet {
             assert!(
-                reads * 2 >= packets,
-                "readiness reads: {reads} read syscalls for {packets} packets"
+                per_packet(f.a_read_syscalls, f.a_tun_reads),
+                "{args:?}: {f:?}"
+            );
+        } else {
+            assert!(batched(f.a_read_syscalls, f.a_tun_reads), "{args:?}: {f:?}");
+        }
+        if writes_per_packet {
+            assert!(
+                per_packet(f.b_write_syscalls, f.b_tun_writes),
+                "{args:?}: {f:?}"
             );
         } else {
             assert!(
-                reads * 100 <= packets,
-                "ring reads: {reads} read syscalls for {packets} packets"
+                batched(f.b_write_syscalls, f.b_tun_writes),
+                "{args:?}: {f:?}"
             );
         }
     }

@@ -55,6 +55,7 @@ const K_CANCEL: u64 = 7;
 const K_RECV_CANCEL: u64 = 8;
 const K_TUN_READ: u64 = 9;
 const K_TUN_READ_CANCEL: u64 = 10;
+const K_TUN_WRITE: u64 = 11;
 
 fn ud(kind: u64, slot: usize, sub: usize) -> u64 {
     (kind << 56) | ((slot as u64 & 0xff_ffff) << 24) | (sub as u64 & 0xff_ffff)
@@ -549,6 +550,77 @@ impl Ring {
             .build()
             .user_data(ud(K_TUN_READ, 0, 0));
         self.push(e);
+    }
+
+    /// Writes each `ranges` slice of `buf` to the TUN queue as one packet, one WRITE each
+    /// (submitted with everything else queued, in one io_uring_enter), and returns only once
+    /// every one of them completed, so the kernel reads `buf` only during this call. Other
+    /// completions reaped meanwhile wait in the backlog. `results` gets each write's result
+    /// (bytes, or -errno; -EINVAL for a range outside `buf`), in order. TUN is FMODE_NOWAIT
+    /// (Linux 6.4), so the writes complete inline.
+    pub fn write_tun_packets(
+        &mut self,
+        buf: &[u8],
+        ranges: &mut dyn Iterator<Item = Range<usize>>,
+        results: &mut Vec<i32>,
+    ) {
+        results.clear();
+        let mut pending = 0usize;
+        for r in ranges {
+            let i = results.len();
+            match buf.get(r) {
+                Some(pkt) if i < 0xff_ffff => {
+                    results.push(0);
+                    pending += 1;
+                    let e = opcode::Write::new(FIXED_TUN, pkt.as_ptr(), pkt.len() as u32)
+                        .offset(u64::MAX)
+                        .build()
+                        .user_data(ud(K_TUN_WRITE, 0, i));
+                    self.push(e);
+                }
+                _ => results.push(-libc::EINVAL),
+            }
+        }
+        // A full submission queue made `push` submit and park completions in the backlog:
+        // writes of this batch may be among them.
+        self.backlog.retain(|&(data, res, _)| {
+            if data >> 56 != K_TUN_WRITE {
+                return true;
+            }
+            if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
+                *slot = res;
+            }
+            pending = pending.saturating_sub(1);
+            false
+        });
+        let mut first = true;
+        while pending > 0 {
+            let r = if first {
+                self.ring.submit()
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            first = false;
+            if let Err(e) = r {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                    // The writes may still be in the kernel: they must complete before `buf`
+                    // may go. Retry after a moment rather than return.
+                    tracing::warn!("io_uring submit of TUN writes: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            for c in self.ring.completion().map(raw) {
+                let (data, res, _) = c;
+                if data >> 56 == K_TUN_WRITE {
+                    if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
+                        *slot = res;
+                    }
+                    pending = pending.saturating_sub(1);
+                } else {
+                    self.backlog.push(c);
+                }
+            }
+        }
     }
 
     /// Ends the multishot TUN read (a stop): reads completed before the cancel still

@@ -360,6 +360,8 @@ pub struct WorkerState {
     co: Coalescer<'static, 'static>,
     /// The TUN writes of one receive without offloads.
     writes: Vec<gro::Write>,
+    /// The results of one batch of TUN writes ([`WorkerState::flush_rx_batched`]).
+    write_results: Vec<i32>,
 }
 
 impl WorkerState {
@@ -398,6 +400,7 @@ impl WorkerState {
             start: Instant::now(),
             co: Coalescer::new(coalesce, co_writes),
             writes: Vec::with_capacity(128),
+            write_results: Vec::with_capacity(256),
         };
         (state, Sockets { recv, send, wake })
     }
@@ -472,7 +475,34 @@ impl WorkerState {
         }
     }
 
-    /// Writes out what this batch's receives coalesced, and empties the coalescer.
+    /// Hands what this batch's receives coalesced to `write_all` as one batch (the coalescer's
+    /// buffer and each packet's range in it; it fills the results, bytes written or -errno, in
+    /// order, and returns only when the kernel is done with the buffer), counts, and empties
+    /// the coalescer. The io_uring worker's TUN writes: all of a round in one io_uring_enter.
+    pub fn flush_rx_batched(
+        &mut self,
+        write_all: impl FnOnce(&[u8], &mut dyn Iterator<Item = std::ops::Range<usize>>, &mut Vec<i32>),
+    ) {
+        if self.co.is_empty() {
+            return;
+        }
+        let (out, writes) = self.co.finished();
+        let mut ranges = writes.iter().map(|w| w.offset..w.offset + w.len);
+        write_all(out, &mut ranges, &mut self.write_results);
+        let local = &mut self.decider.counters;
+        for &res in &self.write_results {
+            if res >= 0 {
+                local.add(Counter::TunTxPackets, 1);
+                local.add(Counter::TunTxBytes, res as u64);
+            } else {
+                local.add(Counter::TunTxErrors, 1);
+            }
+        }
+        self.co.clear();
+    }
+
+    /// Writes out what this batch's receives coalesced (write(2) per packet), and empties the
+    /// coalescer.
     pub fn flush_rx(&mut self) {
         if self.co.is_empty() {
             return;

@@ -22,7 +22,11 @@
 //!   "readable"; the worker then read(2)s the queue directly, up to [`TUN_BURST`] packets per
 //!   round. (Many posted READs per queue, instead of one multishot READ, were a thundering herd:
 //!   every packet woke all of them, and io_uring's retry budget ran out into io-wq threads.)
-//! - TUN writes (packets for the local containers): write(2), directly.
+//! - TUN writes (packets for the local containers): with offloads (the coalesced path), a
+//!   round's packets go out as one WRITE each, submitted together with the round's UDP sends
+//!   in one io_uring_enter ([`Ring::write_tun_packets`] waits for their completions before
+//!   the coalescer's buffer is reused; they complete inline: TUN is FMODE_NOWAIT). Without
+//!   offloads, and for ICMP errors, write(2).
 //!
 //! Buffers cycle through fixed states, so the operations in flight are bounded by the buffers
 //! (a TUN slot's sends, the receive buffers); should the completion queue still fill, the
@@ -155,7 +159,7 @@ pub fn run(setup: WorkerSetup) -> io::Result<()> {
         w.now = w.st.begin_batch();
         w.read_this_round = false;
         w.handle_completions();
-        w.st.flush_rx();
+        w.flush_tun_writes();
         if w.tun_ring {
             w.send_batch();
             w.report_drained();
@@ -354,6 +358,14 @@ impl Uring {
         if sys::io::poll_in(&[&self.st.tun], 0, &mut ready).is_ok() && !ready[0] {
             self.st.drain.queue_empty(t);
         }
+    }
+
+    /// This round's packets for the local containers, written to the TUN queue as ring
+    /// operations: submitted in one io_uring_enter with the round's UDP sends.
+    fn flush_tun_writes(&mut self) {
+        let ring = &mut self.ring;
+        self.st
+            .flush_rx_batched(|buf, ranges, results| ring.write_tun_packets(buf, ranges, results));
     }
 
     /// One multishot TUN read completion: a packet in a slot the kernel picked.
