@@ -77,6 +77,7 @@ fn captured_outputs_become_a_report() {
         test_seconds: 1,
         ping_count: 10,
         machine: Machine::default(),
+        copy_cost: None,
         testbed: Testbed {
             underlay_mtu: 1500,
             ours_mtu: 1472,

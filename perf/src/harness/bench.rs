@@ -325,6 +325,9 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
     preflight(&opts.bin_dir, opts.profile)?;
     let started = now_secs();
     let mut machine = machine_info();
+    // Before the testbed exists: the copies run on a quiet machine.
+    eprintln!("measuring the cost of a memcpy of 1 GB (the design's floor)...");
+    let copy_cost = super::floor::measure_copy(5);
     let defs: Vec<VariantDef> = VARIANTS
         .iter()
         .copied()
@@ -431,6 +434,7 @@ pub fn run(opts: Options) -> Result<(Run, Outputs)> {
         test_seconds: opts.test_seconds,
         ping_count: opts.ping_count,
         machine,
+        copy_cost: Some(copy_cost),
         testbed,
         variants: results,
     };

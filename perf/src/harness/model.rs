@@ -26,6 +26,8 @@ pub struct Run {
     pub test_seconds: u32,
     pub ping_count: u32,
     pub machine: Machine,
+    /// One memcpy of a GB on this machine, for the design's floor ([`super::floor`]).
+    pub copy_cost: Option<super::floor::CopyCost>,
     pub testbed: Testbed,
     pub variants: Vec<VariantResult>,
 }
