@@ -592,10 +592,17 @@ impl Bench {
             let what = format!("iperf3 UDP {payload} B");
             eprint!("{}: {what} ... ", self.progress);
             let secs = self.opts.test_seconds;
+            let before = self.loss_counters(kind);
             let r = self.udp(kind, payload, "0", secs);
             match r {
                 Ok(u) => {
                     eprintln!("{:.0} kpps, {:.1}% loss", u.pps / 1e3, u.loss_percent);
+                    if let (Some(b), Some(a)) = (before, self.loss_counters(kind)) {
+                        let sent = u.sent_packets.unwrap_or(u.packets).max(u.packets);
+                        s.udp_loss.push(super::udploss::attribute(
+                            u.payload, sent, u.received, &b, &a,
+                        ));
+                    }
                     s.metrics
                         .insert(MetricKey::UdpKpps(size).into(), u.pps / 1e3);
                     s.metrics
@@ -737,6 +744,51 @@ impl Bench {
             },
             workers,
         ))
+    }
+
+    /// The counters that say where UDP datagrams from container A to container B were lost
+    /// ([`super::udploss`]); `None` for the bare underlay or when one cannot be read.
+    fn loss_counters(&self, kind: Kind) -> Option<super::udploss::LossCounters> {
+        let dev = match kind {
+            Kind::Ours(_) => "flannel0",
+            Kind::Vxlan => "vxlan0",
+            Kind::Bare => return None,
+        };
+        let (a, b) = (&self.cluster.hosts[0], &self.cluster.hosts[1]);
+        let read = |ns: &Netns, path: &str| -> Option<String> {
+            let out = ns.exec("cat", &[path]).ok()?;
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let stat = |ns: &Netns, name: &str| -> Option<u64> {
+            read(ns, &format!("/sys/class/net/{dev}/statistics/{name}"))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let dataplane_drops = match kind {
+            Kind::Ours(_) => {
+                let r = flannel_shared::stats::StatsReader::open(&b.stats_file()).ok()?;
+                r.names()
+                    .iter()
+                    .filter(|n| n.starts_with("drop_"))
+                    .map(|n| r.total(n))
+                    .sum()
+            }
+            _ => 0,
+        };
+        Some(super::udploss::LossCounters {
+            sender_tunnel_tx_dropped: stat(&a.ns, "tx_dropped")?,
+            receiver_host_rcvbuf_errors: super::udploss::snmp_udp_rcvbuf_errors(&read(
+                &b.ns,
+                "/proc/net/snmp",
+            )?)?,
+            receiver_dataplane_drops: dataplane_drops,
+            receiver_tunnel_rx_dropped: stat(&b.ns, "rx_dropped")?,
+            receiver_app_rcvbuf_errors: super::udploss::snmp_udp_rcvbuf_errors(&read(
+                b.container(),
+                "/proc/net/snmp",
+            )?)?,
+        })
     }
 
     /// One UDP test of `payload`-byte datagrams at `bitrate` (`-b`; "0": unpaced) for `secs`.

@@ -134,6 +134,7 @@ pub fn render(run: &Run, chart: &str) -> String {
     s.push_str(&render_repeats(run));
     s.push_str(&render_placement(run));
     s.push_str(&render_udp_search(run));
+    s.push_str(&render_udp_loss(run));
 
     // Per-worker counts.
     let with_workers: Vec<&VariantResult> = run
@@ -632,6 +633,42 @@ fn render_placement(run: &Run) -> String {
 }
 
 /// The paced UDP searches, probe by probe.
+/// Where each unpaced UDP test's lost datagrams went ([`super::udploss`]), every repeat.
+fn render_udp_loss(run: &Run) -> String {
+    let rows: Vec<(&str, usize, &super::udploss::UdpLoss)> = run
+        .variants
+        .iter()
+        .flat_map(|v| {
+            v.samples.iter().flat_map(move |x| {
+                x.udp_loss
+                    .iter()
+                    .map(move |l| (v.label.as_str(), x.repeat, l))
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Where unpaced UDP datagrams were lost\n\n");
+    s.push_str("Deltas of counters on both hosts around each unpaced test (`super::udploss`): the sender's tunnel device (flannel0's TUN queue full, or vxlan0), the receiving host's UDP sockets (`RcvbufErrors`: the data plane's), the receiving data plane's `drop_*`, the receiver's tunnel device, the receiving container's socket (iperf3's `RcvbufErrors`); unexplained: lost but counted by none.\n\n");
+    let mut head = vec!["variant", "repeat", "payload (B)", "sent", "lost"];
+    let stages = super::udploss::UdpLoss::default().stages();
+    head.extend(stages.iter().map(|(name, _)| *name));
+    s += &header(head);
+    for (label, repeat, l) in rows {
+        let mut cells = vec![
+            label.to_string(),
+            repeat.to_string(),
+            l.payload.to_string(),
+            l.sent.to_string(),
+            l.lost.to_string(),
+        ];
+        cells.extend(l.stages().iter().map(|(_, n)| n.to_string()));
+        s += &row(cells);
+    }
+    s
+}
+
 fn render_udp_search(run: &Run) -> String {
     let mut s = String::new();
     let mut titled = false;
@@ -736,6 +773,19 @@ pub(crate) mod tests {
         ours.samples[0]
             .errors
             .push("UDP 64 B: iperf3: boom\nmore".into());
+        ours.samples[0]
+            .udp_loss
+            .push(crate::harness::udploss::attribute(
+                64,
+                1000,
+                400,
+                &Default::default(),
+                &crate::harness::udploss::LossCounters {
+                    sender_tunnel_tx_dropped: 500,
+                    receiver_app_rcvbuf_errors: 90,
+                    ..Default::default()
+                },
+            ));
         let mut off = VariantResult::new("ours-no-offload", "ours --no-offload", "x");
         off.unavailable = Some("flannel-dataplane does not accept --no-offload".into());
         let vxlan = mk(
@@ -1010,5 +1060,18 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("| 4 | — | — | — | — | — | no data |"), "{md}");
+    }
+
+    #[test]
+    fn udp_loss_is_shown_stage_by_stage() {
+        let md = render(&sample_run(), "chart.svg");
+        assert!(
+            md.contains("## Where unpaced UDP datagrams were lost"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ours | 1 | 64 | 1000 | 600 | 500 | 0 | 0 | 0 | 90 | 10 |"),
+            "{md}"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! Pure parts (unit-tested on captured outputs): [`iperf`] (iperf3 `-J` JSON), [`ping`]
 //! (iputils output), [`profile`] (`perf report` / `perf stat` into cost categories), [`cpu`]
 //! (`/proc` stat parsing), [`floor`] (the design's floor: VXLAN + four copies), [`placement`] (per-thread CPU snapshots into CPU time per CPU; its
-//! sampler is a thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`targets`] (issue
+//! sampler is a thin `/proc` reader), [`udpsearch`] (the paced UDP search), [`udploss`] (where unpaced UDP datagrams were lost), [`targets`] (issue
 //! 19's targets, ours vs kernel VXLAN), [`metric`] (the figures a sample holds, as [`metric::MetricKey`]),
 //! [`model`] (what a run produces, serialised to JSON), [`markdown`] (the tables) and [`svg`]
 //! (the chart); statistics and formatting shared with the scale run are in [`crate::report`].
@@ -26,4 +26,5 @@ pub mod placement;
 pub mod profile;
 pub mod svg;
 pub mod targets;
+pub mod udploss;
 pub mod udpsearch;

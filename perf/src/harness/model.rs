@@ -148,6 +148,8 @@ pub struct Sample {
     pub tcp: Vec<TcpSample>,
     /// The unpaced UDP tests (`-b 0`).
     pub udp: Vec<UdpResult>,
+    /// Where their lost datagrams went (ours and VXLAN).
+    pub udp_loss: Vec<super::udploss::UdpLoss>,
     /// The paced searches for the highest clean rate (first `--udp-search-repeats` repeats).
     pub udp_search: Vec<UdpSearch>,
     pub ping: Option<PingResult>,
