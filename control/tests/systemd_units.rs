@@ -366,6 +366,8 @@ fn both_daemons_restart_always_and_share_a_preserved_runtime_directory() {
     // the data plane must not declare it too); the data plane owns only its stats directory.
     let fl = Unit::load("flanneld.service");
     assert_eq!(fl.one("Service", "RuntimeDirectory"), "flannel");
+    // SIGTERM to flanneld only: the iptables/nft it runs to remove its rules must not get it.
+    assert_eq!(fl.one("Service", "KillMode"), "mixed");
     let dp = Unit::load("flannel-dataplane.service");
     assert_eq!(dp.one("Service", "RuntimeDirectory"), "flannel-dataplane");
     assert_eq!(dp.one("Service", "RestartSec"), "1", "back within 1 s");

@@ -15,7 +15,8 @@
 //!   p50/max) is printed; no ping may be lost and the TCP transfer must not break (issue 29's
 //!   target: the data plane's fd hand-over);
 //! - `systemctl stop flannel-dataplane.socket flannel-dataplane flanneld` leaves no flannel0
-//!   and no flannel iptables chain or nftables table behind.
+//!   and no flannel iptables chain or nftables table behind; `dpkg --purge` leaves no user,
+//!   file or enablement link.
 //!
 //! Test hosts as DESIGN.md asks: a switch namespace `fnsp<id>` created here holds the bridge and
 //! a real etcd on 198.18.0.254; the containers' `host0` get 198.18.0.1 and .2; nothing is
@@ -813,6 +814,23 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
         );
     }
     eprintln!("systemctl stop: no flannel0, no flannel iptables chains or nftables tables left");
+
+    // Purge removes what the package created: users, /etc/flannel, the runtime directories,
+    // the enablement links.
+    for h in &hosts {
+        h.sh("dpkg --purge flannel-rs >/dev/null 2>&1").unwrap();
+        let left = h
+            .sh("getent passwd flanneld flannel-dataplane; getent group flanneld flannel-dataplane; \
+                 ls -d /etc/flannel /run/flannel /run/flannel-dataplane /usr/bin/flanneld 2>/dev/null; \
+                 find /etc/systemd/system -name 'flannel*'; true")
+            .unwrap();
+        assert!(
+            left.trim().is_empty(),
+            "{}: left after purge:\n{left}",
+            h.name
+        );
+    }
+    eprintln!("dpkg --purge: no users, files or links left");
     eprintln!("total test time {:.1?}", t0.elapsed());
 
     // Issue 29's target: no ping lost, the TCP transfer unbroken, over every restart and upgrade.
