@@ -320,11 +320,10 @@ garbage line
     }
 
     /// A fake /proc with only `self/net/udp` (no processes): the sockets' uids decide.
-    fn fake_proc(udp: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("port-holder-{}-{}", std::process::id(), udp.len()));
-        std::fs::create_dir_all(dir.join("self/net")).unwrap();
-        std::fs::write(dir.join("self/net/udp"), udp).unwrap();
+    fn fake_proc(udp: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("self/net")).unwrap();
+        std::fs::write(dir.path().join("self/net/udp"), udp).unwrap();
         dir
     }
 
@@ -334,20 +333,19 @@ garbage line
         let root = SAMPLE.lines().nth(3).unwrap(); // uid 0 on 8285 (a socket unit's)
         let user = SAMPLE.lines().nth(1).unwrap(); // uid 65534 on 8285
         let both = fake_proc(&format!("{header}\n{root}\n{user}\n"));
-        let named = describe_squatters(&both, 8285, None).expect("the user's socket is named");
+        let both = both.path();
+        let named = describe_squatters(both, 8285, None).expect("the user's socket is named");
         assert!(named.contains("uid 65534"), "{named}");
         assert!(
             !named.contains("uid 0 "),
             "root's socket is not a squatter: {named}"
         );
-        let all = describe_foreign_holders(&both, 8285, None).unwrap();
+        let all = describe_foreign_holders(both, 8285, None).unwrap();
         assert!(all.contains("uid 0 ") && all.contains("uid 65534"), "{all}");
 
         let only_root = fake_proc(&format!("{header}\n{root}\n"));
-        assert_eq!(describe_squatters(&only_root, 8285, None), None);
+        assert_eq!(describe_squatters(only_root.path(), 8285, None), None);
         // The data plane's own refusal still names every holder, root included.
-        assert!(describe_foreign_holders(&only_root, 8285, None).is_some());
-        std::fs::remove_dir_all(both).unwrap();
-        std::fs::remove_dir_all(only_root).unwrap();
+        assert!(describe_foreign_holders(only_root.path(), 8285, None).is_some());
     }
 }
