@@ -298,8 +298,18 @@ pub fn remove(spec: &ChainSpec) -> Result<bool, IptablesError> {
     let listed = Command::new("iptables")
         .args(["-w", "5", "-t", spec.table, "-S", spec.chain])
         .output();
-    if !matches!(listed, Ok(ref o) if o.status.success()) {
-        return Ok(false);
+    match listed {
+        Ok(o) if o.status.success() => {}
+        // Killed (no exit code): we do not know whether the chain is there.
+        Ok(o) if o.status.code().is_none() => {
+            return Err(IptablesError {
+                table: spec.table.into(),
+                args: format!("-S {}", spec.chain),
+                message: format!("iptables ended by a signal ({})", o.status),
+            })
+        }
+        // No such chain (or no iptables at all): nothing of ours to remove.
+        _ => return Ok(false),
     }
     while iptables(spec.table, &spec.jump_args("-C"))? {
         iptables(spec.table, &spec.jump_args("-D"))?;

@@ -72,7 +72,7 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let signalled = rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -81,9 +81,9 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         tokio::pin!(run);
         loop {
             tokio::select! {
-                r = &mut run => break r,
-                _ = term.recv() => { stopping("SIGTERM"); break Ok(()) }
-                _ = int.recv() => { stopping("SIGINT"); break Ok(()) }
+                r = &mut run => break r.map(|()| None),
+                _ = term.recv() => { stopping("SIGTERM"); break Ok(Some("SIGTERM")) }
+                _ = int.recv() => { stopping("SIGINT"); break Ok(Some("SIGINT")) }
                 // flannel dies on SIGHUP (Go's default); flanneld has no file to reload (the
                 // network config is watched in etcd), so a stray HUP changes nothing.
                 _ = hup.recv() => tracing::info!(
@@ -92,8 +92,22 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
             }
         }
     })?;
+    if let Some(signal) = signalled {
+        remove_rules(signal);
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// A clean exit removes the firewall rules this process installed (the lease stays).
+fn remove_rules(signal: &str) {
+    let (removed, failed) = flannel_control::rules::remove_installed();
+    if !removed.is_empty() {
+        tracing::info!(?removed, "{signal}: removed the rules flanneld installed");
+    }
+    for e in failed {
+        tracing::error!("{signal}: removing a rule failed: {e}");
+    }
 }
 
 fn stopping(signal: &str) {

@@ -288,6 +288,23 @@ pub fn has_fully_random() -> bool {
     })
 }
 
+/// Deletes our table `ip flannel-ipv4` (flanneld's clean exit). True when it existed; an
+/// error when `nft` could not delete a table it lists.
+pub fn remove_table() -> Result<bool, NftError> {
+    let (listed, _, _) = nft(&["list", "table", "ip", TABLE], None)?;
+    if !listed {
+        return Ok(false);
+    }
+    let (deleted, _, err) = nft(&["delete", "table", "ip", TABLE], None)?;
+    if !deleted {
+        return Err(NftError::Failed {
+            args: format!("delete table ip {TABLE}"),
+            message: err,
+        });
+    }
+    Ok(true)
+}
+
 /// Deletes flannel's nftables tables (left by an earlier run in nftables mode), as flannel does
 /// when it starts in iptables mode. Returns the tables deleted; nothing when `nft` is absent.
 pub fn remove_tables() -> Vec<String> {

@@ -2,8 +2,15 @@
 //! subnet, with iptables ([`crate::ip_masq`]) or, with `EnableNFTables`, nftables
 //! ([`crate::nftables`]). Each check runs the tools on a blocking thread; a failure is logged
 //! when it starts or changes and retried at the next check.
+//!
+//! On a clean exit (SIGTERM, SIGINT) flanneld removes every chain and table it installed
+//! ([`remove_installed`]): `systemctl stop flanneld` leaves no rule behind. A crash leaves them
+//! (the next start takes them over); so does `-iptables-forward-rules=false`
+//! `-ip-masq=false` `-dataplane-guard=false`, which never touch iptables.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use flannel_shared::config::NetworkConfig;
@@ -57,6 +64,52 @@ impl RulesOpts {
 /// What one check changed (the rules' name, whether they were installed) or why it failed.
 type Checked = Result<Vec<(&'static str, bool)>, String>;
 
+/// What the checks of this process installed (or tried to), for [`remove_installed`]. Its lock
+/// is held through each check, so a removal never races a check, and none runs after it.
+struct Installed {
+    /// Set by [`remove_installed`]: no check installs anything from then on.
+    stopped: bool,
+    /// Our iptables chains by name, as last synced (the masquerade chain follows the subnet).
+    iptables: BTreeMap<&'static str, ip_masq::ChainSpec>,
+    /// Our nftables table `ip flannel-ipv4`.
+    nftables: bool,
+}
+
+static INSTALLED: Mutex<Installed> = Mutex::new(Installed {
+    stopped: false,
+    iptables: BTreeMap::new(),
+    nftables: false,
+});
+
+fn installed() -> std::sync::MutexGuard<'static, Installed> {
+    INSTALLED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes every iptables chain (with its jump) and the nftables table that this process's
+/// checks installed, and stops further checks. Called on SIGTERM/SIGINT, after the daemon's
+/// work stopped. Returns what was removed (`"iptables nat FLANNEL-POSTRTG"`,
+/// `"nftables ip flannel-ipv4"`) and the failures. Blocking.
+pub fn remove_installed() -> (Vec<String>, Vec<String>) {
+    let mut inst = installed();
+    inst.stopped = true;
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    for spec in std::mem::take(&mut inst.iptables).values() {
+        match ip_masq::remove(spec) {
+            Ok(true) => removed.push(format!("iptables {} {}", spec.table, spec.chain)),
+            Ok(false) => {}
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if std::mem::take(&mut inst.nftables) {
+        match nftables::remove_table() {
+            Ok(true) => removed.push(format!("nftables ip {}", nftables::TABLE)),
+            Ok(false) => {}
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    (removed, failed)
+}
+
 /// Installs and re-checks the rules every `o.period`, following our subnet in `own`. First
 /// removes what the other mode left, as flannel does: our iptables chains in nftables mode;
 /// flannel's nftables tables in iptables mode when it installs rules. Without rules in iptables
@@ -85,12 +138,17 @@ pub async fn keep(
     loop {
         let subnet = own.borrow().map(|(s, _)| s);
         let result = tokio::task::spawn_blocking(move || {
-            let checked = check(&o, subnet, &mut nft);
-            (nft, checked)
+            let mut inst = installed();
+            if inst.stopped {
+                return (nft, None);
+            }
+            let checked = check(&o, subnet, &mut nft, &mut inst);
+            (nft, Some(checked))
         })
         .await;
         match result {
-            Ok((keeper, checked)) => {
+            Ok((_, None)) => return,
+            Ok((keeper, Some(checked))) => {
                 nft = keeper;
                 log.report(checked);
             }
@@ -134,10 +192,16 @@ fn remove_other_mode(o: &RulesOpts) -> Vec<String> {
     gone
 }
 
-/// One check: brings the rules in line for our `subnet` (masquerade only once we have one).
-/// Blocking.
-fn check(o: &RulesOpts, subnet: Option<Ipv4Net>, nft: &mut nftables::NftKeeper) -> Checked {
+/// One check: brings the rules in line for our `subnet` (masquerade only once we have one),
+/// recording in `inst` what it installs. Blocking.
+fn check(
+    o: &RulesOpts,
+    subnet: Option<Ipv4Net>,
+    nft: &mut nftables::NftKeeper,
+    inst: &mut Installed,
+) -> Checked {
     if o.nftables {
+        inst.nftables = true;
         let want = nftables::Desired {
             network: o.network,
             masq: subnet.filter(|_| o.masq),
@@ -165,6 +229,7 @@ fn check(o: &RulesOpts, subnet: Option<Ipv4Net>, nft: &mut nftables::NftKeeper) 
     }
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     for spec in &specs {
+        inst.iptables.insert(spec.chain, spec.clone());
         match ip_masq::sync(spec) {
             Ok(changed) => done.push((spec.chain, changed)),
             Err(e) => failed.push(e.to_string()),

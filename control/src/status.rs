@@ -67,11 +67,7 @@ impl Status {
                 pid: r.pid(),
                 uid: m.uid(),
             });
-        flannel_shared::port_holder::describe_foreign_holders(
-            std::path::Path::new("/proc"),
-            *port,
-            owner,
-        )
+        flannel_shared::port_holder::describe_squatters(std::path::Path::new("/proc"), *port, owner)
     }
 
     /// Records (or replaces) the problem of `item`. True when it is new or its text changed

@@ -1,4 +1,5 @@
-//! `scripts/systemd/`: the unit pair and the drop-ins pass `systemd-analyze verify` (Debian 12's
+//! `scripts/systemd/`: the unit pair, the data plane's socket unit and its generator, and the
+//! drop-ins pass `systemd-analyze verify` (Debian 12's
 //! systemd 252) and say what the design needs: the data plane ordered after flanneld but not
 //! bound to it, both `Type=notify` with a watchdog and restarting always, the shared runtime
 //! directory preserved, the seed's config published with etcd v3, Docker fed from
@@ -15,10 +16,11 @@ use std::process::Command;
 
 use flannel_perf::testbed::{have, require};
 
-/// Our files, relative to scripts/systemd/ and to /etc/systemd/system/ alike.
-const FILES: [&str; 4] = [
+/// Our unit files, relative to scripts/systemd/ and to /etc/systemd/system/ alike.
+const FILES: [&str; 5] = [
     "flanneld.service",
     "flannel-dataplane.service",
+    "flannel-dataplane.socket",
     "flanneld.service.d/50-network-config.conf",
     "docker.service.d/40-flannel.conf",
 ];
@@ -128,7 +130,41 @@ impl Unit {
     }
 }
 
-/// A temp root for `systemd-analyze verify --root`, with `edit` applied to our files first.
+/// The generator (scripts/systemd/), installed in /lib/systemd/system-generators/.
+const GENERATOR: &str = "flannel-dataplane-generator";
+
+/// Runs the generator with `env` as its dataplane.env (None: no such file) into a new
+/// directory: (the directory, exit success, stderr).
+fn run_generator(env: Option<&str>) -> (tempfile::TempDir, bool, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("generator-")
+        .tempdir()
+        .unwrap();
+    let env_path = dir.path().join("dataplane.env");
+    if let Some(body) = env {
+        std::fs::write(&env_path, body).unwrap();
+    }
+    let out = dir.path().join("normal");
+    // POSIX sh: run it with dash, Debian's /bin/sh, not bash.
+    let o = Command::new("dash")
+        .arg(systemd_dir().join(GENERATOR))
+        .arg(&out)
+        .arg(dir.path().join("early"))
+        .arg(dir.path().join("late"))
+        .env("FLANNEL_DATAPLANE_ENV", &env_path)
+        .output()
+        .expect("run dash");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (dir, o.status.success(), err)
+}
+
+/// The drop-in the generator wrote in `dir` (None: none written).
+fn generated(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("normal/flannel-dataplane.socket.d/50-workers.conf")).ok()
+}
+
+/// A temp root for `systemd-analyze verify --root`, with `edit` applied to our files first and
+/// the generator's drop-in (for 3 workers) in place.
 fn verify_root(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
     let root = tempfile::Builder::new()
         .prefix("systemd-verify-")
@@ -150,6 +186,15 @@ fn verify_root(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
         .map(|f| (f.to_string(), edit(f, text(f))))
         .collect();
     files.push(("docker.service".into(), DOCKER_STUB.into()));
+    if have("dash") {
+        let (gen, ok, err) = run_generator(Some("FLANNEL_DATAPLANE_WORKERS=3\n"));
+        assert!(ok, "generator: {err}");
+        let conf = "flannel-dataplane.socket.d/50-workers.conf";
+        files.push((
+            conf.into(),
+            edit(conf, generated(gen.path()).expect("drop-in")),
+        ));
+    }
     for (rel, body) in &files {
         let dst = etc.join(rel);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
@@ -170,7 +215,8 @@ fn place_executable(root: &Path, exe: &str) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// Runs verify on our two services and docker.service (with its drop-in): (success, output).
+/// Runs verify on our two services, the socket unit (with the generator's drop-in) and
+/// docker.service (with its drop-in): (success, output).
 fn verify(root: &Path) -> (bool, String) {
     let o = Command::new("systemd-analyze")
         .arg("verify")
@@ -179,6 +225,7 @@ fn verify(root: &Path) -> (bool, String) {
         .args([
             "flanneld.service",
             "flannel-dataplane.service",
+            "flannel-dataplane.socket",
             "docker.service",
         ])
         .env("SYSTEMD_LOG_COLOR", "0")
@@ -221,13 +268,15 @@ fn verify_reports_mistakes_in_units_and_drop_ins() {
         "flanneld.service.d/50-network-config.conf" => body + "ExecStartPer=/bin/true\n",
         "flannel-dataplane.service" => body.replace("RestartSec=1", "RestartSec=one"),
         "flanneld.service" => body.replace("WatchdogSec=30s", "WatchdogSec=half-a-minute"),
+        "flannel-dataplane.socket" => body.replace("ReusePort=yes", "ReusePort=maybe"),
+        "flannel-dataplane.socket.d/50-workers.conf" => body + "ListenDatagrm=0.0.0.0:1\n",
         _ => body,
     });
-    std::fs::remove_file(root.path().join("usr/local/bin/flanneld")).unwrap();
+    std::fs::remove_file(root.path().join("usr/bin/flanneld")).unwrap();
     let (ok, out) = verify(root.path());
     assert!(!ok, "a missing ExecStart binary fails verify:\n{out}");
-    for needle in [
-        "/usr/local/bin/flanneld",
+    let mut needles = vec![
+        "/usr/bin/flanneld",
         "40-flannel.conf:",
         "'Restrat'",
         "50-network-config.conf:",
@@ -236,7 +285,13 @@ fn verify_reports_mistakes_in_units_and_drop_ins() {
         "ignoring: one",
         "flanneld.service:",
         "half-a-minute",
-    ] {
+        "flannel-dataplane.socket:",
+        "maybe",
+    ];
+    if have("dash") {
+        needles.extend(["50-workers.conf:", "'ListenDatagrm'"]);
+    }
+    for needle in needles {
         assert!(
             out.contains(needle),
             "verify should mention {needle}:\n{out}"
@@ -311,6 +366,8 @@ fn both_daemons_restart_always_and_share_a_preserved_runtime_directory() {
     // the data plane must not declare it too); the data plane owns only its stats directory.
     let fl = Unit::load("flanneld.service");
     assert_eq!(fl.one("Service", "RuntimeDirectory"), "flannel");
+    // SIGTERM to flanneld only: the iptables/nft it runs to remove its rules must not get it.
+    assert_eq!(fl.one("Service", "KillMode"), "mixed");
     let dp = Unit::load("flannel-dataplane.service");
     assert_eq!(dp.one("Service", "RuntimeDirectory"), "flannel-dataplane");
     assert_eq!(dp.one("Service", "RestartSec"), "1", "back within 1 s");
@@ -321,7 +378,7 @@ fn both_daemons_restart_always_and_share_a_preserved_runtime_directory() {
 /// runs both daemons under the same user, capabilities and read-only /proc/sys): own non-root
 /// user with ambient capabilities, no /proc/sys, /dev, kernel modules, logs, cgroups, a system
 /// call allow list; `systemd-analyze security --offline=true` rates each at most 2.0 (it rated
-/// both 6.6 before; the README next to the units explains each remaining point).
+/// both 6.6 before; docs/install.md explains each remaining point).
 #[test]
 fn units_confine_both_daemons() {
     let common = [
@@ -412,7 +469,7 @@ fn commands_and_paths_match_the_daemons() {
     let fl = Unit::load("flanneld.service");
     assert_eq!(
         fl.one("Service", "ExecStart"),
-        "/usr/local/bin/flanneld --dataplane-stats=/run/flannel-dataplane/stats"
+        "/usr/bin/flanneld --dataplane-stats=/run/flannel-dataplane/stats"
     );
     assert_eq!(
         fl.one("Service", "EnvironmentFile"),
@@ -421,7 +478,7 @@ fn commands_and_paths_match_the_daemons() {
     let dp = Unit::load("flannel-dataplane.service");
     assert_eq!(
         dp.one("Service", "ExecStart"),
-        "/usr/local/bin/flannel-dataplane --route-table=/run/flannel/routes \
+        "/usr/bin/flannel-dataplane --route-table=/run/flannel/routes \
          --stats=/run/flannel-dataplane/stats"
     );
     assert_eq!(
@@ -486,7 +543,7 @@ fn docker_drop_in_feeds_dockerd_from_mk_docker_opts() {
     assert_eq!(pre[0], format!("/bin/rm -f {opts_file}"));
     assert_eq!(
         pre[1],
-        format!("/usr/local/bin/mk-docker-opts.sh -k DOCKER_OPTS -d {opts_file}")
+        format!("/usr/bin/mk-docker-opts.sh -k DOCKER_OPTS -d {opts_file}")
     );
 
     // ExecStart= is reset first, then dockerd gets the combined options, split into words.
@@ -520,15 +577,21 @@ fn docker_waits_for_flanneld_readiness_not_for_a_file() {
     assert!(dp.words("Unit", "After").contains("flanneld.service"));
 }
 
-/// The install instructions name every file there is.
+/// docs/install.md names every file there is, and the package installs each one (the
+/// `[package.metadata.deb]` assets of control/Cargo.toml).
 #[test]
-fn readme_names_every_file() {
-    let readme = text("README.md");
-    for f in FILES {
-        assert!(readme.contains(f), "README.md does not mention {f}");
+fn install_doc_and_package_name_every_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("docs/install.md")).unwrap();
+    let cargo = std::fs::read_to_string(root.join("control/Cargo.toml")).unwrap();
+    for f in FILES.iter().chain([&GENERATOR]) {
+        assert!(doc.contains(f), "docs/install.md does not mention {f}");
+        assert!(
+            cargo.contains(&format!("\"../scripts/systemd/{f}\"")),
+            "control/Cargo.toml [package.metadata.deb] assets do not install scripts/systemd/{f}"
+        );
     }
-    assert!(readme.contains("systemctl enable --now flanneld flannel-dataplane"));
-    assert!(readme.contains("systemctl daemon-reload"));
+    assert!(doc.contains("systemctl enable --now flanneld flannel-dataplane"));
     let mut on_disk = Vec::new();
     for e in walk(&systemd_dir()) {
         let rel = e
@@ -537,16 +600,18 @@ fn readme_names_every_file() {
             .to_str()
             .unwrap()
             .to_string();
-        if rel != "README.md" {
-            on_disk.push(rel);
-        }
+        on_disk.push(rel);
     }
     on_disk.sort();
-    let mut listed: Vec<String> = FILES.iter().map(|s| s.to_string()).collect();
+    let mut listed: Vec<String> = FILES
+        .iter()
+        .chain([&GENERATOR])
+        .map(|s| s.to_string())
+        .collect();
     listed.sort();
     assert_eq!(
         on_disk, listed,
-        "FILES in this test lists every file in scripts/systemd"
+        "FILES and GENERATOR in this test list every file in scripts/systemd"
     );
 }
 
@@ -561,4 +626,116 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// systemd holds the data plane's port (issue 29): the socket unit binds UDP 8285 in a
+/// reuseport group and hands the sockets, named "udp", to flannel-dataplane.service, which wants
+/// it, starts after it and lets systemd keep its TUN queues across restarts.
+#[test]
+fn the_socket_unit_holds_the_port_for_the_data_plane() {
+    let s = Unit::load("flannel-dataplane.socket");
+    assert_eq!(s.one("Socket", "ListenDatagram"), "0.0.0.0:8285");
+    assert_eq!(s.one("Socket", "ReusePort"), "yes");
+    assert_eq!(s.one("Socket", "FileDescriptorName"), "udp");
+    assert_eq!(s.one("Socket", "Service"), "flannel-dataplane.service");
+    assert_eq!(
+        s.one("Socket", "Accept"),
+        "no",
+        "one service for every socket"
+    );
+    assert_eq!(s.one("Install", "WantedBy"), "sockets.target");
+    let dp = Unit::load("flannel-dataplane.service");
+    assert!(dp
+        .words("Unit", "Wants")
+        .contains("flannel-dataplane.socket"));
+    assert!(dp
+        .words("Unit", "After")
+        .contains("flannel-dataplane.socket"));
+    assert_eq!(dp.one("Service", "FileDescriptorStoreMax"), "256");
+    // The generator caps the worker count at the store's size (one TUN queue per worker).
+    let gen = text(GENERATOR);
+    assert!(gen.contains("-le 256 ]"), "generator caps workers at 256");
+}
+
+fn listen_lines(conf: &str) -> Vec<&str> {
+    conf.lines()
+        .filter_map(|l| l.strip_prefix("ListenDatagram="))
+        .collect()
+}
+
+/// The generator writes one socket per worker: the worker count, address and port from
+/// dataplane.env (quotes and blanks allowed), else the number of CPUs, 0.0.0.0 and 8285; the
+/// first line resets the unit's own ListenDatagram=. A bad value writes no drop-in and says so.
+#[test]
+fn the_generator_writes_one_socket_per_worker() {
+    if !require("dash (Debian package dash)", have("dash")) {
+        return;
+    }
+    let (dir, ok, err) = run_generator(Some(
+        "# comment\nFLANNEL_DATAPLANE_WORKERS=2\nFLANNEL_DATAPLANE_TUN_NAME=flannel0\n\
+         FLANNEL_DATAPLANE_BIND = \"198.18.0.1\"\nFLANNEL_DATAPLANE_PORT='9000'\n\
+         FLANNEL_DATAPLANE_WORKERS=5\n",
+    ));
+    assert!(ok, "{err}");
+    let conf = generated(dir.path()).expect("a drop-in");
+    let unit = Unit::parse("50-workers.conf", &conf);
+    let listen = unit.all("Socket", "ListenDatagram");
+    assert_eq!(
+        listen,
+        [
+            "",
+            "198.18.0.1:9000",
+            "198.18.0.1:9000",
+            "198.18.0.1:9000",
+            "198.18.0.1:9000",
+            "198.18.0.1:9000"
+        ],
+        "the last WORKERS= wins (as EnvironmentFile=): {conf}"
+    );
+
+    // No dataplane.env: one socket per CPU, as the data plane's default worker count.
+    let (dir, ok, err) = run_generator(None);
+    assert!(ok, "{err}");
+    let conf = generated(dir.path()).expect("a drop-in");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let nproc = Command::new("nproc").output().unwrap();
+    let nproc: usize = String::from_utf8_lossy(&nproc.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(cpus, nproc);
+    let mut want = vec![""];
+    want.extend(std::iter::repeat("0.0.0.0:8285").take(nproc));
+    assert_eq!(listen_lines(&conf), want, "{conf}");
+
+    for (bad, field) in [
+        (
+            "FLANNEL_DATAPLANE_WORKERS=0\n",
+            "FLANNEL_DATAPLANE_WORKERS=0",
+        ),
+        (
+            "FLANNEL_DATAPLANE_WORKERS=four\n",
+            "FLANNEL_DATAPLANE_WORKERS=four",
+        ),
+        (
+            "FLANNEL_DATAPLANE_WORKERS=257\n",
+            "FLANNEL_DATAPLANE_WORKERS=257",
+        ),
+        (
+            "FLANNEL_DATAPLANE_PORT=70000\n",
+            "FLANNEL_DATAPLANE_PORT=70000",
+        ),
+        (
+            "FLANNEL_DATAPLANE_BIND=eth0\n",
+            "FLANNEL_DATAPLANE_BIND=eth0",
+        ),
+    ] {
+        let (dir, ok, err) = run_generator(Some(bad));
+        assert!(ok, "a generator must not fail the boot: {bad}");
+        assert!(generated(dir.path()).is_none(), "{bad}: no drop-in");
+        assert!(
+            err.contains(field),
+            "{bad}: the message names {field}: {err}"
+        );
+    }
 }

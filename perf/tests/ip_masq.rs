@@ -113,12 +113,14 @@ fn masquerade_and_forward_rules_are_exact_idempotent_and_restored() {
     );
 }
 
+/// Empty while the table does not exist (a stopped flanneld removed it, the next one has not
+/// written it yet).
 fn nft_table(c: &Cluster) -> String {
-    let out = c.hosts[0]
+    c.hosts[0]
         .ns
         .exec("nft", &["list", "table", "ip", "flannel-ipv4"])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// `ping -c COUNT -W 1` from host 0's container to the underlay switch (198.18.0.254): the switch
@@ -392,4 +394,104 @@ fn containers_cannot_send_to_another_hosts_data_plane() {
     // Overlay traffic between the containers is not affected.
     c.ping(0, 1, 3).unwrap();
     c.ping(1, 0, 3).unwrap();
+}
+
+/// A clean stop (SIGTERM, as `systemctl stop flanneld`) removes every chain and jump (iptables
+/// mode) or the table (nftables mode) flanneld installed, and keeps the lease; the next start
+/// puts them back.
+#[test]
+fn sigterm_removes_every_rule_flanneld_installed_and_keeps_the_lease() {
+    if !require("root (network namespaces, iptables, nftables)", is_root())
+        || !require(
+            "etcd, iptables and nft installed",
+            Etcd::available() && have("iptables") && have("nft"),
+        )
+    {
+        return;
+    }
+    for nftables in [false, true] {
+        let mut opts = ClusterOpts::new(bins("flanneld").parent().unwrap());
+        if nftables {
+            opts.network_config = r#"{"Network":"10.1.0.0/16","EnableNFTables":true}"#.into();
+        }
+        opts.flanneld_args = vec!["-ip-masq".into(), "-iptables-resync=1".into()];
+        let mut c = Cluster::new(opts).unwrap();
+        c.add_control_host().unwrap();
+        let listing = |c: &Cluster| -> String {
+            let mut all = rules(c, "nat");
+            all.extend(rules(c, "filter"));
+            let nft = c.hosts[0]
+                .ns
+                .exec("nft", &["list", "ruleset"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            all.extend(
+                nft.lines()
+                    .filter(|l| l.contains("flannel"))
+                    .map(String::from),
+            );
+            all.join("\n")
+        };
+        // Installed: the masquerade, forward and both guard chains (or the table's chains).
+        let want = if nftables {
+            vec!["table ip flannel-ipv4"]
+        } else {
+            vec![
+                "-N FLANNEL-POSTRTG",
+                "-N FLANNEL-FWD",
+                "-N FLANNEL-DP-GUARD",
+                "-N FLANNEL-DP-OUTPUT",
+            ]
+        };
+        let up = wait_for(Duration::from_secs(10), || {
+            let l = listing(&c);
+            want.iter().all(|w| l.contains(w)).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "nftables={nftables}: rules not installed:\n{}\n{}",
+            listing(&c),
+            c.hosts[0].logs()
+        );
+        let key = c.etcd.get_prefix("/coreos.com/network/subnets/").unwrap();
+        assert_eq!(key.len(), 1, "{key:?}");
+
+        let st = c.hosts[0]
+            .flanneld
+            .as_mut()
+            .unwrap()
+            .stop(Duration::from_secs(15))
+            .expect("flanneld exited");
+        assert!(st.success(), "nftables={nftables}: SIGTERM exit {st}");
+        let left = listing(&c);
+        assert!(
+            left.is_empty(),
+            "nftables={nftables}: left behind after SIGTERM:\n{left}\n{}",
+            c.hosts[0].logs()
+        );
+        assert!(
+            c.hosts[0]
+                .logs()
+                .contains("SIGTERM: removed the rules flanneld installed"),
+            "{}",
+            c.hosts[0].logs()
+        );
+        assert_eq!(
+            c.etcd.get_prefix("/coreos.com/network/subnets/").unwrap(),
+            key,
+            "nftables={nftables}: the lease stays"
+        );
+
+        // The next start installs them again.
+        c.start_flanneld(0).unwrap();
+        let back = wait_for(Duration::from_secs(15), || {
+            let l = listing(&c);
+            want.iter().all(|w| l.contains(w)).then_some(())
+        });
+        assert!(
+            back.is_some(),
+            "nftables={nftables}: not reinstalled:\n{}",
+            listing(&c)
+        );
+    }
 }

@@ -169,6 +169,25 @@ pub struct Owner {
 /// holds it or `/proc` cannot be read. When `owner` holds every socket on the port, only its
 /// own `/proc/<pid>/fd` is read.
 pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) -> Option<String> {
+    describe_holders(procfs, port, owner, false)
+}
+
+/// Like [`describe_foreign_holders`], but sockets of uid 0 are not squatters: under systemd,
+/// `flannel-dataplane.socket` makes PID 1 (root) bind the port from boot and hold it through
+/// every restart of the data plane, on the data plane's behalf. A root process could take the
+/// port anyway; the squatting this guards against is an unprivileged local user's. flanneld's
+/// `/readyz` and its `READY=1` use this one.
+pub fn describe_squatters(procfs: &Path, port: u16, owner: Option<Owner>) -> Option<String> {
+    describe_holders(procfs, port, owner, true)
+}
+
+fn describe_holders(
+    procfs: &Path,
+    port: u16,
+    owner: Option<Owner>,
+    root_is_trusted: bool,
+) -> Option<String> {
+    let trusted = |uid: u32| root_is_trusted && uid == 0;
     let is_owners = |h: &PortHolder| match (&h.process, owner) {
         (_, None) => false,
         (Some((pid, _)), Some(o)) => *pid == o.pid,
@@ -179,7 +198,7 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) 
         if bound_sockets(procfs, port)
             .ok()?
             .iter()
-            .all(|(_, _, inode)| owner_sockets.contains(inode))
+            .all(|(_, uid, inode)| trusted(*uid) || owner_sockets.contains(inode))
         {
             return None;
         }
@@ -187,7 +206,7 @@ pub fn describe_foreign_holders(procfs: &Path, port: u16, owner: Option<Owner>) 
     let holders = udp_port_holders(procfs, port).ok()?;
     let foreign: Vec<String> = holders
         .iter()
-        .filter(|h| !is_owners(h))
+        .filter(|h| !is_owners(h) && !trusted(h.uid))
         .map(ToString::to_string)
         .collect();
     (!foreign.is_empty()).then(|| foreign.join("; "))
@@ -298,5 +317,35 @@ garbage line
         assert!(describe_foreign_holders(Path::new("/proc"), port, None)
             .unwrap()
             .contains(&format!("pid {}", std::process::id())));
+    }
+
+    /// A fake /proc with only `self/net/udp` (no processes): the sockets' uids decide.
+    fn fake_proc(udp: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("self/net")).unwrap();
+        std::fs::write(dir.path().join("self/net/udp"), udp).unwrap();
+        dir
+    }
+
+    #[test]
+    fn root_sockets_are_systemds_not_squatters_for_readiness() {
+        let header = SAMPLE.lines().next().unwrap();
+        let root = SAMPLE.lines().nth(3).unwrap(); // uid 0 on 8285 (a socket unit's)
+        let user = SAMPLE.lines().nth(1).unwrap(); // uid 65534 on 8285
+        let both = fake_proc(&format!("{header}\n{root}\n{user}\n"));
+        let both = both.path();
+        let named = describe_squatters(both, 8285, None).expect("the user's socket is named");
+        assert!(named.contains("uid 65534"), "{named}");
+        assert!(
+            !named.contains("uid 0 "),
+            "root's socket is not a squatter: {named}"
+        );
+        let all = describe_foreign_holders(both, 8285, None).unwrap();
+        assert!(all.contains("uid 0 ") && all.contains("uid 65534"), "{all}");
+
+        let only_root = fake_proc(&format!("{header}\n{root}\n"));
+        assert_eq!(describe_squatters(only_root.path(), 8285, None), None);
+        // The data plane's own refusal still names every holder, root included.
+        assert!(describe_foreign_holders(only_root.path(), 8285, None).is_some());
     }
 }
