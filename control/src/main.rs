@@ -68,6 +68,7 @@ fn print_routes(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run_daemon(args: Args) -> anyhow::Result<()> {
+    let route_table = args.route_table.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,10 +94,30 @@ fn run_daemon(args: Args) -> anyhow::Result<()> {
         }
     })?;
     if let Some(signal) = signalled {
-        remove_rules(signal);
+        match forwarding_device(&route_table) {
+            // flanneld restarting alone (an upgrade, `systemctl restart flanneld`): the data
+            // plane forwards on with the last table and needs the rules; the next start keeps
+            // them current.
+            Some(dev) => tracing::info!(
+                "{signal}: keeping the firewall rules: the data plane still forwards ({dev} holds this host's subnet address); they go with the last stop after the data plane's"
+            ),
+            None => remove_rules(signal),
+        }
     }
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// The interface that holds our subnet's network address (the data plane puts it on its TUN
+/// device, `flannel0`): the data plane still forwards. `None` when there is none, or no table
+/// or lease to tell our subnet.
+fn forwarding_device(route_table: &std::path::Path) -> Option<String> {
+    let snap = RouteTableReader::open(route_table).ok()?.snapshot().ok()?;
+    let addr = snap.meta().our_subnet?.addr();
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+        let held = i.address.as_ref()?.as_sockaddr_in()?.ip();
+        (held == addr).then_some(i.interface_name)
+    })
 }
 
 /// A clean exit removes the firewall rules this process installed (the lease stays).

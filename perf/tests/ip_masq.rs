@@ -495,3 +495,85 @@ fn sigterm_removes_every_rule_flanneld_installed_and_keeps_the_lease() {
         );
     }
 }
+
+/// flanneld stopping alone while the data plane forwards (a restart or upgrade of flanneld):
+/// the rules stay, since forwarding goes on with the last table and needs them. Once the data
+/// plane has stopped too (its device and our subnet's address are gone), flanneld's stop
+/// removes them: `systemctl stop` of both leaves nothing behind, in either order of the stops
+/// systemd uses (the data plane is ordered after flanneld, so it stops first).
+#[test]
+fn a_stop_of_flanneld_alone_keeps_the_rules_the_data_plane_forwards_with() {
+    let Some(mut opts) = ClusterOpts::for_test() else {
+        return;
+    };
+    if !require("iptables installed", have("iptables")) {
+        return;
+    }
+    opts.flanneld_args = vec!["-ip-masq".into(), "-iptables-resync=1".into()];
+    let mut c = Cluster::new(opts).unwrap();
+    c.add_host().unwrap();
+    let chains = |c: &Cluster| -> Vec<String> {
+        let mut all = rules(c, "nat");
+        all.extend(rules(c, "filter"));
+        all.into_iter()
+            .filter(|r| r.starts_with("-N FLANNEL"))
+            .collect()
+    };
+    let up = wait_for(Duration::from_secs(10), || {
+        (chains(&c).len() == 4).then_some(())
+    });
+    assert!(up.is_some(), "rules not installed: {:?}", chains(&c));
+    let installed = chains(&c);
+
+    // flanneld alone: the rules stay for the running data plane.
+    let st = c.hosts[0]
+        .flanneld
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert_eq!(chains(&c), installed, "{}", c.hosts[0].logs());
+    assert!(
+        c.hosts[0]
+            .logs()
+            .contains("keeping the firewall rules: the data plane still forwards (flannel0"),
+        "{}",
+        c.hosts[0].logs()
+    );
+
+    // The data plane stops, then a restarted flanneld's stop removes them (once its checks
+    // ran: every second with -iptables-resync=1).
+    c.start_flanneld(0).unwrap();
+    c.hosts[0]
+        .flanneld
+        .as_ref()
+        .unwrap()
+        .wait_log("route table published", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = c.hosts[0]
+        .dataplane
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    let gone = wait_for(Duration::from_secs(10), || {
+        c.hosts[0]
+            .ns
+            .ip(&["link", "show", "flannel0"])
+            .is_err()
+            .then_some(())
+    });
+    assert!(gone.is_some(), "flannel0 outlived its data plane");
+    let st = c.hosts[0]
+        .flanneld
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(15));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert!(
+        chains(&c).is_empty(),
+        "left behind: {:?}\n{}",
+        chains(&c),
+        c.hosts[0].logs()
+    );
+}

@@ -28,9 +28,6 @@
 //!
 //! Needs root, systemd-nspawn, etcd, the image and the .deb: `scripts/test` builds both before
 //! `cargo test`; otherwise this test skips with a message, and fails under CI.
-//!
-//! `FLANNEL_NSPAWN_WITHOUT_SOCKET=1` (refused under CI) masks `flannel-dataplane.socket`, for
-//! a data plane that does not take its sockets from `LISTEN_FDS` yet.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -41,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use flannel_perf::testbed::etcd::Etcd;
 use flannel_perf::testbed::netns::{unique_id, Netns};
-use flannel_perf::testbed::{have, in_ci, is_root, require, wait_for};
+use flannel_perf::testbed::{have, is_root, require, wait_for};
 
 const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 const NETWORK: &str = "10.1.0.0/16";
@@ -405,11 +402,6 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
     ) {
         return;
     }
-    let without_socket = std::env::var_os("FLANNEL_NSPAWN_WITHOUT_SOCKET").is_some();
-    assert!(
-        !(without_socket && in_ci()),
-        "FLANNEL_NSPAWN_WITHOUT_SOCKET is a development aid; CI runs with the socket unit"
-    );
     let t0 = Instant::now();
 
     // The shared directory: the .deb and the upgrades, bound read-only into both containers.
@@ -457,19 +449,7 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
             "printf 'FLANNELD_ETCD_ENDPOINTS=http://{SWITCH_IP}:2379\\nFLANNELD_IFACE=host0\\n' >> /etc/flannel/options.env"
         ))
         .unwrap();
-        if without_socket {
-            eprintln!(
-                "{}: FLANNEL_NSPAWN_WITHOUT_SOCKET: masking flannel-dataplane.socket",
-                h.name
-            );
-            h.sh("systemctl mask flannel-dataplane.socket").unwrap();
-        }
-        let units = if without_socket {
-            "flanneld flannel-dataplane"
-        } else {
-            "flannel-dataplane.socket flanneld flannel-dataplane"
-        };
-        h.sh(&format!("systemctl enable --now {units}"))
+        h.sh("systemctl enable --now flannel-dataplane.socket flanneld flannel-dataplane")
             .unwrap_or_else(|e| panic!("{e}\n{}", h.journal()));
     }
 
@@ -670,6 +650,10 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
         ))
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
+    // flannel0's interface index on each host: the same device after every restart and
+    // upgrade, since systemd's fd store keeps its queues (a recreated device gets a new index).
+    let flannel0 = |h: &Host| h.sh("cat /sys/class/net/flannel0/ifindex").unwrap();
+    let devices: Vec<String> = hosts.iter().map(flannel0).collect();
     let mut events: Vec<(String, f64, f64)> = Vec::new();
     for i in 0..RESTARTS {
         let h = &hosts[i % 2];
@@ -786,6 +770,15 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
         &lost_seqs[..lost_seqs.len().min(20)],
         tx_status.as_deref().map(str::trim),
     );
+    for (h, before) in hosts.iter().zip(&devices) {
+        assert_eq!(
+            &flannel0(h),
+            before,
+            "{}: flannel0 was recreated across the restarts instead of kept\n{}",
+            h.name,
+            h.journal()
+        );
+    }
     let measured = (
         lost_seqs.clone(),
         tx_status.clone(),
@@ -818,10 +811,6 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
     // Purge removes what the package created: users, /etc/flannel, the runtime directories,
     // the enablement links.
     for h in &hosts {
-        if without_socket {
-            // The mask is ours (the administrator's), not the package's.
-            h.sh("systemctl unmask flannel-dataplane.socket").unwrap();
-        }
         h.sh("dpkg --purge flannel-rs >/dev/null 2>&1").unwrap();
         let left = h
             .sh("getent passwd flanneld flannel-dataplane; getent group flanneld flannel-dataplane; \
