@@ -651,7 +651,16 @@ fn the_socket_unit_holds_the_port_for_the_data_plane() {
     assert!(dp
         .words("Unit", "After")
         .contains("flannel-dataplane.socket"));
-    assert_eq!(dp.one("Service", "FileDescriptorStoreMax"), "256");
+    assert_eq!(dp.one("Service", "FileDescriptorStoreMax"), "512");
+    // Restarting the socket unit alone must restart the service: new sockets in the group
+    // would otherwise go unread.
+    assert!(dp
+        .words("Unit", "PartOf")
+        .contains("flannel-dataplane.socket"));
+    // Enabling the service enables the socket: the port is held from boot.
+    assert!(dp
+        .words("Install", "Also")
+        .contains("flannel-dataplane.socket"));
     // The generator caps the worker count at the store's size (one TUN queue per worker).
     let gen = text(GENERATOR);
     assert!(gen.contains("-le 256 ]"), "generator caps workers at 256");

@@ -96,26 +96,96 @@ pub fn parse_listen_env(
     }
 }
 
-/// `$LISTEN_FDNAMES` for `tun` queues followed by `udp` sockets.
-pub fn fd_names(tun: usize, udp: usize) -> String {
-    std::iter::repeat(TUN)
-        .take(tun)
-        .chain(std::iter::repeat(UDP).take(udp))
-        .collect::<Vec<_>>()
-        .join(":")
+/// What a passed fd's name says: its kind and, for the fds a data plane stored or passed
+/// itself (`tun.3`, `udp.0`), its index. systemd's fd store does not keep the order fds were
+/// stored in, and worker i must get queue i and socket i back (the steering programs return
+/// indices); a socket unit's sockets (`udp`, no index) come in `ListenDatagram=` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdName {
+    Tun(Option<usize>),
+    Udp(Option<usize>),
+    Unknown,
 }
 
-/// The fds a previous data plane or systemd handed to this process, by kind, in order.
-#[derive(Debug, Default)]
+/// Parses one `$LISTEN_FDNAMES` entry.
+pub fn parse_fd_name(name: &str) -> FdName {
+    let (kind, index) = match name.split_once('.') {
+        Some((k, i)) => match i.parse::<usize>() {
+            Ok(i) => (k, Some(i)),
+            Err(_) => return FdName::Unknown,
+        },
+        None => (name, None),
+    };
+    match kind {
+        TUN => FdName::Tun(index),
+        UDP => FdName::Udp(index),
+        _ => FdName::Unknown,
+    }
+}
+
+/// The name of the `i`-th fd of `kind` as a data plane stores or passes it.
+pub fn indexed(kind: &str, i: usize) -> String {
+    format!("{kind}.{i}")
+}
+
+/// `$LISTEN_FDNAMES` for `tun` queues followed by `udp` sockets; the sockets keep a socket
+/// unit's plain name (`udp_from_socket_unit`), so that they are never stored as our own.
+pub fn fd_names(tun: usize, udp: usize, udp_from_socket_unit: bool) -> String {
+    let mut names: Vec<String> = (0..tun).map(|i| indexed(TUN, i)).collect();
+    names.extend((0..udp).map(|i| {
+        if udp_from_socket_unit {
+            UDP.to_string()
+        } else {
+            indexed(UDP, i)
+        }
+    }));
+    names.join(":")
+}
+
+/// Where the receive sockets came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpOrigin {
+    /// systemd's `flannel-dataplane.socket`: held by systemd, never stored by us.
+    SocketUnit,
+    /// A data plane (this one, or one before it through the fd store or an exec): stored in
+    /// systemd's fd store, and replaced when they no longer fit the flags.
+    Ours,
+}
+
+/// Sorts `(index, position, fd)` by index (a missing index: the position), dropping the keys.
+fn in_index_order(mut v: Vec<(Option<usize>, usize, OwnedFd)>) -> Vec<OwnedFd> {
+    v.sort_by_key(|(index, position, _)| index.unwrap_or(*position));
+    v.into_iter().map(|(_, _, fd)| fd).collect()
+}
+
+/// The fds a previous data plane or systemd handed to this process, by kind, in worker order.
+#[derive(Debug)]
 pub struct Inherited {
     pub tun: Vec<OwnedFd>,
     pub udp: Vec<OwnedFd>,
+    pub udp_origin: UdpOrigin,
+    /// How many indexed names of each kind came in (`tun.N`, `udp.N`): what systemd's store
+    /// may still hold under them.
+    pub stored_tun: usize,
+    pub stored_udp: usize,
+}
+
+impl Default for Inherited {
+    fn default() -> Self {
+        Self {
+            tun: Vec::new(),
+            udp: Vec::new(),
+            udp_origin: UdpOrigin::Ours,
+            stored_tun: 0,
+            stored_udp: 0,
+        }
+    }
 }
 
 impl Inherited {
     /// Takes the passed fds (once, before anything else opens fds or starts a thread) and
     /// clears `$LISTEN_*` so that nothing started later takes them for its own. Fds of
-    /// another name are closed with a warning.
+    /// another name are closed with a warning. A socket unit's sockets win over stored ones.
     pub fn from_env() -> Result<Self, SetupError> {
         let var = |k: &str| std::env::var(k).ok();
         let names = parse_listen_env(
@@ -132,22 +202,44 @@ impl Inherited {
         if !missing.is_empty() {
             tracing::warn!(?missing, "passed fds that are not open: ignored");
         }
+        let (mut tun, mut unit_udp, mut own_udp) = (Vec::new(), Vec::new(), Vec::new());
         let mut got = Self::default();
         for (i, fd) in fds {
-            match names[i].as_str() {
-                TUN => got.tun.push(fd),
-                UDP => got.udp.push(fd),
-                other => tracing::warn!(
+            match parse_fd_name(&names[i]) {
+                FdName::Tun(index) => {
+                    got.stored_tun += usize::from(index.is_some());
+                    tun.push((index, i, fd));
+                }
+                FdName::Udp(None) => unit_udp.push((None, i, fd)),
+                FdName::Udp(Some(index)) => {
+                    got.stored_udp += 1;
+                    own_udp.push((Some(index), i, fd));
+                }
+                FdName::Unknown => tracing::warn!(
                     fd = sys::fds::LISTEN_FDS_START + i as i32,
-                    name = %flannel_shared::untrusted::escape(other),
-                    "passed fd of unknown name: closed (expected {TUN} or {UDP})"
+                    name = %flannel_shared::untrusted::escape(&names[i]),
+                    "passed fd of unknown name: closed (expected {TUN}[.N] or {UDP}[.N])"
                 ),
             }
+        }
+        got.tun = in_index_order(tun);
+        if !unit_udp.is_empty() {
+            if !own_udp.is_empty() {
+                tracing::warn!(
+                    stored = own_udp.len(),
+                    "receive sockets both from the socket unit and from the fd store: using the socket unit's"
+                );
+            }
+            got.udp = in_index_order(unit_udp);
+            got.udp_origin = UdpOrigin::SocketUnit;
+        } else {
+            got.udp = in_index_order(own_udp);
         }
         if !got.tun.is_empty() || !got.udp.is_empty() {
             tracing::info!(
                 tun_queues = got.tun.len(),
                 udp_sockets = got.udp.len(),
+                origin = ?got.udp_origin,
                 "took over fds from systemd or the previous data plane"
             );
         }
@@ -161,9 +253,10 @@ impl Inherited {
 pub struct Keep {
     pub tun: Vec<OwnedFd>,
     pub udp: Vec<OwnedFd>,
-    /// The receive sockets were opened by this process (none were passed), so systemd's fd
-    /// store must keep them too.
-    pub udp_opened_here: bool,
+    pub udp_origin: UdpOrigin,
+    /// Indexed names systemd's store may hold from before, per kind (removed when storing).
+    pub stored_tun: usize,
+    pub stored_udp: usize,
 }
 
 impl Keep {
@@ -171,7 +264,8 @@ impl Keep {
     pub fn duplicate(
         tun: &[OwnedFd],
         udp: &[&OwnedFd],
-        udp_opened_here: bool,
+        udp_origin: UdpOrigin,
+        (stored_tun, stored_udp): (usize, usize),
     ) -> Result<Self, SetupError> {
         let dup = |f: &OwnedFd| {
             f.try_clone()
@@ -180,34 +274,39 @@ impl Keep {
         Ok(Self {
             tun: tun.iter().map(dup).collect::<Result<_, _>>()?,
             udp: udp.iter().map(|f| dup(f)).collect::<Result<_, _>>()?,
-            udp_opened_here,
+            udp_origin,
+            stored_tun,
+            stored_udp,
         })
     }
 
-    /// Hands the TUN queues (and receive sockets opened here) to systemd's fd store, replacing
-    /// what it held under those names (a deleted device's queues, a changed worker count).
-    /// Nothing is sent outside systemd. A failure is logged: the restart then recreates the
-    /// device (as without a store).
+    /// Hands the TUN queues (and receive sockets of our own) to systemd's fd store, one fd per
+    /// message under its own name (`tun.0`, …: the store does not keep order), after removing
+    /// what it held under those names before (a deleted device's queues, a changed worker
+    /// count). Nothing is sent outside systemd. A failure is logged: the restart then
+    /// recreates the device (as without a store).
     pub fn store_in_systemd(&self, sd: &Reporter) {
         let Some(target) = sd.target() else { return };
-        let mut sets: Vec<(&str, &[OwnedFd])> = vec![(TUN, &self.tun)];
-        if self.udp_opened_here {
-            sets.push((UDP, &self.udp));
+        let mut sets: Vec<(&str, &[OwnedFd], usize)> = vec![(TUN, &self.tun, self.stored_tun)];
+        if self.udp_origin == UdpOrigin::Ours {
+            sets.push((UDP, &self.udp, self.stored_udp));
+        } else {
+            forget_in_systemd(sd, UDP, self.stored_udp);
         }
-        for (name, fds) in sets {
-            let remove = format!("FDSTOREREMOVE=1\nFDNAME={name}");
-            let store = format!("FDSTORE=1\nFDNAME={name}");
-            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-            let r = sys::fds::notify_with_fds(target, &remove, &[])
-                .and_then(|()| sys::fds::notify_with_fds(target, &store, &borrowed));
+        for (kind, fds, before) in sets {
+            forget_in_systemd(sd, kind, before.max(fds.len()));
+            let r = fds.iter().enumerate().try_for_each(|(i, fd)| {
+                let store = format!("FDSTORE=1\nFDNAME={}", indexed(kind, i));
+                sys::fds::notify_with_fds(target, &store, &[fd.as_fd()])
+            });
             match r {
                 Ok(()) => tracing::info!(
-                    name,
+                    kind,
                     fds = fds.len(),
                     "stored in systemd's fd store (kept across restarts)"
                 ),
                 Err(e) => tracing::warn!(
-                    name,
+                    kind,
                     "storing fds in systemd's fd store failed (a restart recreates them): {e}"
                 ),
             }
@@ -228,18 +327,26 @@ impl Keep {
             &arg0,
             &args,
             &fds,
-            &fd_names(tun.len(), self.udp.len()),
+            &fd_names(
+                tun.len(),
+                self.udp.len(),
+                self.udp_origin == UdpOrigin::SocketUnit,
+            ),
         )
     }
 }
 
-/// Drops what systemd's fd store holds under `name` (nothing outside systemd).
-pub fn forget_in_systemd(sd: &Reporter, name: &str) {
+/// Drops what systemd's fd store holds of `kind`: its plain name and the indexed names
+/// `kind.0` … `kind.(upto - 1)` (nothing outside systemd).
+pub fn forget_in_systemd(sd: &Reporter, kind: &str, upto: usize) {
     let Some(target) = sd.target() else { return };
-    if let Err(e) =
-        sys::fds::notify_with_fds(target, &format!("FDSTOREREMOVE=1\nFDNAME={name}"), &[])
-    {
-        tracing::warn!(name, "removing fds from systemd's fd store failed: {e}");
+    let names = std::iter::once(kind.to_string()).chain((0..upto).map(|i| indexed(kind, i)));
+    for name in names {
+        let msg = format!("FDSTOREREMOVE=1\nFDNAME={name}");
+        if let Err(e) = sys::fds::notify_with_fds(target, &msg, &[]) {
+            tracing::warn!(name, "removing fds from systemd's fd store failed: {e}");
+            return;
+        }
     }
 }
 
@@ -303,9 +410,35 @@ mod tests {
     }
 
     #[test]
-    fn names_list_queues_then_sockets() {
-        assert_eq!(fd_names(2, 2), "tun:tun:udp:udp");
-        assert_eq!(fd_names(0, 1), "udp");
-        assert_eq!(fd_names(0, 0), "");
+    fn names_list_queues_then_sockets_with_their_indices() {
+        assert_eq!(fd_names(2, 2, false), "tun.0:tun.1:udp.0:udp.1");
+        assert_eq!(fd_names(1, 2, true), "tun.0:udp:udp");
+        assert_eq!(fd_names(0, 0, false), "");
+    }
+
+    #[test]
+    fn fd_names_parse_into_kind_and_index() {
+        assert_eq!(parse_fd_name("tun"), FdName::Tun(None));
+        assert_eq!(parse_fd_name("tun.12"), FdName::Tun(Some(12)));
+        assert_eq!(parse_fd_name("udp"), FdName::Udp(None));
+        assert_eq!(parse_fd_name("udp.0"), FdName::Udp(Some(0)));
+        for bad in ["tun.x", "udp.", "flannel-dataplane.socket", "unknown", ""] {
+            assert_eq!(parse_fd_name(bad), FdName::Unknown, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stored_fds_come_back_in_index_order() {
+        let fd = || std::fs::File::open("/dev/null").unwrap().into();
+        let v = vec![(Some(2), 0, fd()), (Some(0), 1, fd()), (Some(1), 2, fd())];
+        let raw: Vec<i32> = v
+            .iter()
+            .map(|(_, _, f): &(_, _, OwnedFd)| std::os::fd::AsRawFd::as_raw_fd(f))
+            .collect();
+        let sorted: Vec<i32> = in_index_order(v)
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
+        assert_eq!(sorted, vec![raw[1], raw[2], raw[0]]);
     }
 }

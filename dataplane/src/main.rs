@@ -144,8 +144,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Under systemd a restart is systemd's: it keeps the sockets and TUN queues in the socket
+    // unit and the fd store, and starts the data plane with its full capabilities (an exec
+    // here would run without the ones dropped after setup).
+    let under_systemd = std::env::var_os("NOTIFY_SOCKET").is_some();
     match run(args, inherited) {
         Ok(Exit::Stopped) => std::process::exit(0),
+        Ok(Exit::Handover { with_tun, .. }) if under_systemd => {
+            tracing::info!(
+                "restart under systemd: exiting; systemd starts the data plane again (Restart=always) with what its fd store and socket unit keep"
+            );
+            std::process::exit(if with_tun { 0 } else { 1 });
+        }
         Ok(Exit::Handover { keep, with_tun }) => {
             let exe = own_binary.path();
             tracing::info!(exe = %exe.display(), with_tun, "exec");

@@ -13,7 +13,7 @@ use flannel_shared::stats::{IoPath, StatsWriter};
 
 use flannel_shared::sd_notify::Reporter;
 
-use crate::handover::{self, Inherited, Keep};
+use crate::handover::{self, Inherited, Keep, UdpOrigin};
 use crate::setup_error::SetupError;
 use crate::steering_attach;
 use crate::supervise::{self, WorkerPlan, Workers};
@@ -101,21 +101,38 @@ pub fn start_forwarding(
         .unwrap_or(DEFAULT_PORT);
     let Inherited {
         tun: passed_tun,
-        udp: passed_udp,
+        udp: mut passed_udp,
+        udp_origin,
+        stored_tun,
+        stored_udp,
     } = inherited;
-    let udp_opened_here = passed_udp.is_empty();
+    // Sockets of our own from before (the fd store, an exec) that no longer fit the flags (a
+    // changed worker count, address or port) are let go and opened anew; a socket unit's are
+    // the administrator's to fix (adopt_pairs says so).
+    if udp_origin == UdpOrigin::Ours
+        && !passed_udp.is_empty()
+        && !udp_sockets::fit(&passed_udp, opts.workers, opts.bind, port)
+    {
+        tracing::warn!(
+            sockets = passed_udp.len(),
+            "the receive sockets handed over do not fit --workers/--bind/--port: opening new ones"
+        );
+        passed_udp.clear();
+        handover::forget_in_systemd(sd, handover::UDP, stored_udp);
+    }
+    let opening_udp = passed_udp.is_empty();
     let layout =
         WorkerLayout::from_flags(worker_count(opts.workers, passed_udp.len())?, opts.cpus)?;
     let io_path = supervise::choose_io_path(opts.no_io_uring);
     let tun_reads = supervise::choose_tun_reads(io_path, opts.tun_reads)?;
-    if udp_opened_here {
+    if opening_udp {
         udp_sockets::ensure_port_free(opts.bind, port)?;
     }
 
     let kept_queues = tun_device::usable_queues(opts.tun_name, passed_tun, opts.no_offload);
     if kept_queues.is_none() {
         // systemd may still hold the old device's queues: let it go, so a new one can be made.
-        handover::forget_in_systemd(sd, handover::TUN);
+        handover::forget_in_systemd(sd, handover::TUN, stored_tun);
     }
     let (tun, queues) = TunDevice::create(
         opts.tun_name,
@@ -130,13 +147,15 @@ pub fn start_forwarding(
     // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
     // always non-blocking: both paths read and write them directly, by readiness.
     let nonblocking = io_path == IoPath::Fallback;
-    let pairs = if udp_opened_here {
-        udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?
+    let (pairs, origin) = if opening_udp {
+        let pairs = udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?;
+        (pairs, UdpOrigin::Ours)
     } else {
-        udp_sockets::adopt_pairs(passed_udp, opts.bind, port, nonblocking, opts.mark)?
+        let pairs = udp_sockets::adopt_pairs(passed_udp, opts.bind, port, nonblocking, opts.mark)?;
+        (pairs, udp_origin)
     };
     let receivers: Vec<&std::os::fd::OwnedFd> = pairs.iter().map(|p| &p.recv).collect();
-    let keep = Keep::duplicate(&queues.queues, &receivers, udp_opened_here)?;
+    let keep = Keep::duplicate(&queues.queues, &receivers, origin, (stored_tun, stored_udp))?;
     keep.store_in_systemd(sd);
     let offload = udp_sockets::probe_offloads(&pairs, queues.vnet_hdr, opts.no_offload);
     let drain = steering_attach::attach(

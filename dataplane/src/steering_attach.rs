@@ -27,6 +27,7 @@ pub fn attach(
     recv: &OwnedFd,
 ) -> Option<sys::bpf::DrainBoard> {
     if nworkers < 2 {
+        clear_tun_program(tun);
         return None;
     }
     if cpu_local {
@@ -40,6 +41,7 @@ pub fn attach(
             }
         }
     }
+    clear_tun_program(tun);
     match sys::socket::attach_flow_steering(recv, nworkers as u32) {
         Ok(()) => tracing::info!("steering: inner-flow hash (reuseport CBPF), TUN flow hash"),
         Err(e) => tracing::warn!(
@@ -47,6 +49,14 @@ pub fn attach(
         ),
     }
     None
+}
+
+/// Without CPU-local steering the TUN device must not keep a program a previous data plane
+/// attached to a kept device (its drain board is no longer updated).
+fn clear_tun_program(tun: &OwnedFd) {
+    if let Err(e) = sys::bpf::clear_tun_steering(tun) {
+        tracing::debug!("clearing the TUN steering program: {e}");
+    }
 }
 
 /// The CPU of each worker (worker i → `cpus[i % len]`) when CPU-local steering can use them:

@@ -71,6 +71,16 @@ pub fn open_pairs(
     pair_up(receivers, bind, nonblocking, mark)
 }
 
+/// Whether sockets handed over fit the flags: one per worker (`--workers`, when given), each
+/// a UDP/IPv4 socket bound to exactly (bind, port).
+pub fn fit(sockets: &[OwnedFd], workers: Option<usize>, bind: Ipv4Addr, port: u16) -> bool {
+    let want = std::net::SocketAddrV4::new(bind, port);
+    workers.map_or(true, |w| w == sockets.len())
+        && sockets
+            .iter()
+            .all(|fd| sys::socket::udp_v4_local_addr(fd) == Some(want))
+}
+
 /// The pairs around receive sockets handed over (systemd's `flannel-dataplane.socket`, or the
 /// previous data plane: [`handover`](crate::handover)), one worker each, in the order given
 /// (the reuseport group's). Each must be a UDP/IPv4 socket bound to exactly (bind, port):
@@ -91,15 +101,42 @@ pub fn adopt_pairs(
                     format!("bound to {a}")
                 });
                 return Err(SetupError::Refused(format!(
-                    "receive socket {i} handed over (LISTEN_FDS, name udp) is {got}, but the data plane                      listens on {want} (--bind, --port or the network's port): make                      flannel-dataplane.socket's ListenDatagram= and the data plane agree"
+                    "receive socket {i} handed over (LISTEN_FDS, name udp) is {got}, but the data \
+                     plane listens on {want} (--bind, --port or the network's port): make \
+                     flannel-dataplane.socket's ListenDatagram= and the data plane agree"
                 )));
             }
         }
         sys::socket::set_nonblocking(fd, nonblocking)
             .context("O_NONBLOCK on a handed-over socket")?;
+        // systemd binds a socket unit's sockets with SO_REUSEADDR, which would let any local
+        // user bind the port too (to a more specific address, winning every datagram).
+        sys::socket::clear_reuse_addr(fd).context("clearing SO_REUSEADDR")?;
         sys::socket::enlarge_buffers(fd);
+        if mark == 0 {
+            // A mark set by an earlier run with one goes.
+            let _ = sys::socket::set_mark(fd, 0);
+        }
     }
+    refuse_squatters(port)?;
     pair_up(inherited, bind, nonblocking, mark)
+}
+
+/// Refuses to start when anyone but root (systemd, holding a socket unit's sockets) and this
+/// process holds a socket on `port`: one may have bound it before SO_REUSEADDR was cleared.
+fn refuse_squatters(port: u16) -> Result<(), SetupError> {
+    let me = flannel_shared::port_holder::Owner {
+        pid: std::process::id(),
+        uid: sys::caps::effective_uid(),
+    };
+    let proc = std::path::Path::new("/proc");
+    match flannel_shared::port_holder::describe_squatters(proc, port, Some(me)) {
+        None => Ok(()),
+        Some(holders) => Err(SetupError::Refused(format!(
+            "UDP port {port} is also held by {holders}: refusing to start (it could take the \
+             overlay's datagrams); stop it, then restart flannel-dataplane"
+        ))),
+    }
 }
 
 /// IP_PKTINFO and the mark on each receiver, and a DF sender for each.
@@ -130,6 +167,10 @@ fn pair_up(
 pub fn probe_offloads(pairs: &[SocketPair], vnet_hdr: bool, forced_off: bool) -> Offload {
     if forced_off {
         tracing::info!("offloads: off (--no-offload): no TUN vnet header, UDP GSO or UDP GRO");
+        // Sockets handed over by a run with offloads still merge datagrams: stop that.
+        for p in pairs {
+            let _ = sys::socket::set_udp_gro(&p.recv, false);
+        }
         return Offload::none();
     }
     let gso = match pairs

@@ -348,6 +348,8 @@ impl FakeSystemd {
                     )
                     .unwrap();
                     setsockopt(&s, sockopt::ReusePort, &true).unwrap();
+                    // systemd's socket_address_listen() sets it on every socket it binds.
+                    setsockopt(&s, sockopt::ReuseAddr, &true).unwrap();
                     bind(s.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 8285)).unwrap();
                     s
                 })
@@ -417,6 +419,9 @@ impl FakeSystemd {
     /// Starts host B's data plane as systemd would: the socket unit's fds, then the store's,
     /// from fd 3, with `$LISTEN_*` and `$NOTIFY_SOCKET`.
     fn start(&mut self, c: &mut Cluster) {
+        // systemd's fd store does not keep the order fds were stored in: hand them back
+        // reversed, so the data plane must sort them by name.
+        self.store.reverse();
         let mut names: Vec<&str> = vec!["udp"; self.sockets.len()];
         names.extend(self.store.iter().map(|(n, _)| n.as_str()));
         // Copies above the range they are moved into, so no move overwrites a source.
@@ -464,6 +469,26 @@ impl FakeSystemd {
     }
 }
 
+/// User nobody in host `host`'s namespace binds its underlay address on 8285 with
+/// SO_REUSEADDR (flannel-loadgen udp-bind-reuseaddr): what loadgen printed.
+fn squat_as_nobody(c: &Cluster, host: usize) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lg = dir.path().join("flannel-loadgen");
+    std::fs::copy(env!("CARGO_BIN_EXE_flannel-loadgen"), &lg).unwrap();
+    let out = c.hosts[host]
+        .ns
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&lg)
+        .arg("udp-bind-reuseaddr")
+        .arg(format!("{}:8285", c.hosts[host].underlay_ip))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// This run's log of host `host`'s data plane.
 fn dataplane_log(c: &Cluster, host: usize) -> String {
     c.hosts[host]
@@ -499,11 +524,15 @@ fn a_systemd_restart_keeps_the_device_and_the_port_through_the_fd_store() {
     let mut sd = FakeSystemd::new(&c, dir.path());
     sd.start(&mut c);
     let texts = sd.until_ready();
-    let stored = sd.store.iter().filter(|(n, _)| n == "tun").count();
-    assert_eq!(
-        stored, SOCKET_UNIT_SOCKETS,
-        "one TUN queue per worker in the fd store, got {texts:?}"
-    );
+    // One TUN queue per worker in the fd store, each under its own name.
+    let mut stored: Vec<&str> = sd
+        .store
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("tun"))
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["tun.0", "tun.1", "tun.2"], "{texts:?}");
     assert!(
         dataplane_log(&c, 1).contains(&format!("forwarding workers={SOCKET_UNIT_SOCKETS}")),
         "one worker per socket:\n{}",
@@ -511,6 +540,15 @@ fn a_systemd_restart_keeps_the_device_and_the_port_through_the_fd_store() {
     );
     c.wait_reachable(0, 1, SEC * 10).unwrap();
     let device = ifindex(&c, 1);
+
+    // systemd binds with SO_REUSEADDR, which would let any user bind the port too, to a more
+    // specific address that wins every datagram: the data plane clears it on the sockets.
+    let squat = squat_as_nobody(&c, 1);
+    assert!(
+        squat.starts_with("refused: EADDRINUSE"),
+        "user nobody could bind {}:8285 with SO_REUSEADDR: {squat}",
+        c.hosts[1].underlay_ip
+    );
 
     let ping = Ping::start(&c, 0, 1);
     std::thread::sleep(SEC / 2);

@@ -226,6 +226,21 @@ pub fn set_tun_steering(tun: &OwnedFd, prog: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Detaches whatever steering program the TUN device of queue `tun` has (a kept device may
+/// carry the previous data plane's): the driver's flow hash decides again.
+pub fn clear_tun_steering(tun: &OwnedFd) -> io::Result<()> {
+    let fd: libc::c_int = -1;
+    // SAFETY: as in `set_tun_steering`; -1 means "no program".
+    cvt(unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            TUNSETSTEERINGEBPF,
+            &fd as *const libc::c_int,
+        )
+    })?;
+    Ok(())
+}
+
 /// Builds, loads and attaches the TUN steering program for workers pinned to `cpus`; the
 /// workers report their drain times into the returned board.
 pub fn attach_tun_steering(tun: &OwnedFd, cpus: &[usize]) -> io::Result<DrainBoard> {

@@ -106,3 +106,9 @@ pub fn keep_only_net_admin() -> io::Result<u64> {
     }
     Ok(before_mask)
 }
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -53,6 +53,13 @@ pub fn udp_v4_local_addr(fd: &OwnedFd) -> Option<SocketAddrV4> {
     (proto.is_none() || proto == Some(Protocol::UDP)).then_some(a)
 }
 
+/// Clears SO_REUSEADDR (systemd sets it on the sockets of a socket unit). With it on, any
+/// local user could bind the same UDP port with SO_REUSEADDR too, to a more specific address
+/// that wins every datagram; the option lives in the socket, shared with systemd's copy.
+pub fn clear_reuse_addr(fd: &OwnedFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)
+}
+
 /// Sets or clears O_NONBLOCK.
 pub fn set_nonblocking(fd: &OwnedFd, on: bool) -> io::Result<()> {
     socket2::SockRef::from(fd).set_nonblocking(on)

@@ -557,7 +557,8 @@ impl Ring {
     /// every one of them completed, so the kernel reads `buf` only during this call. Other
     /// completions reaped meanwhile wait in the backlog. `results` gets each write's result
     /// (bytes, or -errno; -EINVAL for a range outside `buf`), in order. TUN is FMODE_NOWAIT
-    /// (Linux 6.4), so the writes complete inline.
+    /// (Linux 6.4), so the writes complete inline; should they not within a second, the
+    /// process aborts rather than return while the kernel may still read `buf`.
     pub fn write_tun_packets(
         &mut self,
         buf: &[u8],
@@ -594,7 +595,15 @@ impl Ring {
             false
         });
         let mut first = true;
+        let deadline = Instant::now() + Duration::from_secs(1);
         while pending > 0 {
+            if Instant::now() >= deadline {
+                // Never seen (the writes complete inline), and returning would let the kernel
+                // read `buf` after the caller reuses it: end the process instead (under
+                // systemd, Restart= brings it back with its fd store).
+                tracing::error!(pending, "TUN writes did not complete within 1 s: aborting");
+                std::process::abort();
+            }
             let r = if first {
                 self.ring.submit()
             } else {
@@ -603,9 +612,6 @@ impl Ring {
             first = false;
             if let Err(e) = r {
                 if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    // The writes may still be in the kernel: they must complete before `buf`
-                    // may go. Retry after a moment rather than return.
-                    tracing::warn!("io_uring submit of TUN writes: {e}; retrying");
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -682,6 +688,18 @@ impl Ring {
     /// Submits what is queued and waits for `want` completions.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<usize> {
         self.ring.submit_and_wait(want)
+    }
+
+    /// Submits what is queued and waits for one completion, at most `timeout` (ETIME then).
+    pub fn submit_and_wait_at_most(&mut self, timeout: Duration) -> io::Result<usize> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        self.ring.submitter().submit_with_args(1, &args)
+    }
+
+    /// Sends posted and not completed yet, over all slots.
+    pub fn sends_in_flight(&self) -> usize {
+        self.slots.iter().map(|s| s.pending).sum()
     }
 
     /// Whether completions drained earlier wait to be handled.

@@ -114,6 +114,9 @@ pub const RECV_BUFS_OFFLOAD: u16 = 64;
 pub const TUN_BURST: usize = 32;
 /// How long a stopping worker waits for the kernel to finish its cancelled operations.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping worker waits for its receive and TUN read to end and its sends to
+/// complete before it cancels what is left.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 fn is_transient(res: i32) -> bool {
     matches!(-res, libc::EINTR | libc::EAGAIN | libc::ENOBUFS)
@@ -211,6 +214,11 @@ struct Uring {
     recv_closed: bool,
     /// After `stop`: the multishot TUN read has ended (always, with readiness reads).
     tun_read_closed: bool,
+    /// A cancel answered EALREADY (the operation was running): ask again next round.
+    recancel_recv: bool,
+    recancel_tun_read: bool,
+    /// When a stop gives up waiting for the receive, the read and the sends to end.
+    stop_deadline: Option<std::time::Instant>,
 }
 
 impl Uring {
@@ -268,12 +276,34 @@ impl Uring {
             stop: false,
             recv_closed: false,
             tun_read_closed: false,
+            recancel_recv: false,
+            recancel_tun_read: false,
+            stop_deadline: None,
         })
     }
 
-    /// Whether the loop is done: stopping, and the receive and the TUN read have ended.
+    /// Whether the loop is done: stopping, the receive and the TUN read have ended and every
+    /// send has completed (what was taken is on its way), or [`STOP_WAIT`] has passed.
     fn stopped(&self) -> bool {
-        self.stop && self.recv_closed && self.tun_read_closed
+        if !self.stop {
+            return false;
+        }
+        if self.recv_closed && self.tun_read_closed && self.ring.sends_in_flight() == 0 {
+            return true;
+        }
+        let late = self
+            .stop_deadline
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        if late {
+            tracing::warn!(
+                worker = self.st.id,
+                recv_closed = self.recv_closed,
+                tun_read_closed = self.tun_read_closed,
+                sends = self.ring.sends_in_flight(),
+                "stop: gave up waiting after {STOP_WAIT:?}"
+            );
+        }
+        late
     }
 
     /// Submits every SQE queued since the last round and waits for one completion, unless
@@ -282,7 +312,14 @@ impl Uring {
         let more_tun =
             !self.tun_ring && self.tun_readable && !self.stop && self.ring.has_free_slot();
         let want = usize::from(!self.ring.has_backlog() && !more_tun);
-        match self.ring.submit_and_wait(want) {
+        let r = if self.stop && want == 1 {
+            // Stopping: turn often enough to notice the deadline.
+            self.ring.submit_and_wait_at_most(Duration::from_millis(10))
+        } else {
+            self.ring.submit_and_wait(want)
+        };
+        match r {
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
             Err(e) => Err(e),
@@ -301,13 +338,17 @@ impl Uring {
                 Completion::Wake => self.begin_stop(),
                 Completion::RecvCancelled { res } => {
                     // Nothing armed (it had ended and waited for its re-arm): done.
-                    if res < 0 && res != -libc::EALREADY {
+                    if res == -libc::EALREADY {
+                        self.recancel_recv = true;
+                    } else if res < 0 {
                         self.recv_closed = true;
                     }
                 }
                 Completion::TunRead { res, more, slot } => self.on_tun_read(res, more, slot),
                 Completion::TunReadCancelled { res } => {
-                    if res < 0 && res != -libc::EALREADY {
+                    if res == -libc::EALREADY {
+                        self.recancel_tun_read = true;
+                    } else if res < 0 {
                         self.tun_read_closed = true;
                     }
                 }
@@ -325,6 +366,7 @@ impl Uring {
             return;
         }
         self.stop = true;
+        self.stop_deadline = Some(std::time::Instant::now() + STOP_WAIT);
         if self.rearm_recv {
             // Ended already and not re-armed: nothing in flight.
             self.rearm_recv = false;
@@ -605,6 +647,12 @@ impl Uring {
         if self.rearm_tun_read && self.ring.has_free_slot() {
             self.rearm_tun_read = false;
             self.ring.arm_tun_read();
+        }
+        if std::mem::take(&mut self.recancel_recv) && !self.recv_closed {
+            self.ring.cancel_udp_recv();
+        }
+        if std::mem::take(&mut self.recancel_tun_read) && !self.tun_read_closed {
+            self.ring.cancel_tun_read();
         }
         self.st.end_batch();
     }

@@ -38,6 +38,7 @@ fn main() -> Result<()> {
         ["udp-recv", port, count, timeout] => udp_recv(port.parse()?, count.parse()?, timeout.parse()?),
         ["udp-send", addr, count, size] => udp_send(addr, count.parse()?, size.parse()?),
         ["http-get", addr, path] => http_get(addr, path),
+        ["udp-bind-reuseaddr", addr] => udp_bind_reuseaddr(addr.parse()?),
         ["udp-garbage", bind, dst, kind, count, src, inner_dst] => udp_garbage(
             bind.parse()?,
             dst,
@@ -46,8 +47,28 @@ fn main() -> Result<()> {
             src.parse()?,
             inner_dst.parse()?,
         ),
-        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE | http-get ADDR:PORT PATH | udp-garbage BIND_IP DST:PORT KIND COUNT INNER_SRC INNER_DST"),
+        _ => bail!("usage: tcp-recv PORT | tcp-send ADDR:PORT BYTES SEED | udp-recv PORT COUNT TIMEOUT_MS | udp-send ADDR:PORT COUNT SIZE | http-get ADDR:PORT PATH | udp-garbage BIND_IP DST:PORT KIND COUNT INNER_SRC INNER_DST | udp-bind-reuseaddr ADDR:PORT"),
     }
+}
+
+/// Tries to bind a UDP socket with SO_REUSEADDR to `addr` (a squatter's trick against a port
+/// whose holder has SO_REUSEADDR on too); prints `bound` or `refused: <error>`.
+fn udp_bind_reuseaddr(addr: std::net::SocketAddrV4) -> Result<()> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let s = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&s, sockopt::ReuseAddr, &true)?;
+    match bind(std::os::fd::AsRawFd::as_raw_fd(&s), &SockaddrIn::from(addr)) {
+        Ok(()) => println!("bound"),
+        Err(e) => println!("refused: {e}"),
+    }
+    Ok(())
 }
 
 /// xorshift64*: cheap deterministic bytes.
