@@ -213,24 +213,19 @@ pub fn load_socket_filter(prog: &[BpfInsn]) -> io::Result<OwnedFd> {
 /// Sets the steering program of the TUN device of queue `tun` (device-wide; the device keeps
 /// its own reference, `prog` may be closed afterwards).
 pub fn set_tun_steering(tun: &OwnedFd, prog: &OwnedFd) -> io::Result<()> {
-    let fd: libc::c_int = prog.as_raw_fd();
-    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd) from the pointer, which
-    // points at `fd` for the duration of the call.
-    cvt(unsafe {
-        libc::ioctl(
-            tun.as_raw_fd(),
-            TUNSETSTEERINGEBPF,
-            &fd as *const libc::c_int,
-        )
-    })?;
-    Ok(())
+    tun_steering_fd(tun, prog.as_raw_fd())
 }
 
 /// Detaches whatever steering program the TUN device of queue `tun` has (a kept device may
 /// carry the previous data plane's): the driver's flow hash decides again.
 pub fn clear_tun_steering(tun: &OwnedFd) -> io::Result<()> {
-    let fd: libc::c_int = -1;
-    // SAFETY: as in `set_tun_steering`; -1 means "no program".
+    tun_steering_fd(tun, -1)
+}
+
+/// TUNSETSTEERINGEBPF with program fd `fd` (-1: none).
+fn tun_steering_fd(tun: &OwnedFd, fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd, or -1) from the pointer, which
+    // points at `fd` for the duration of the call.
     cvt(unsafe {
         libc::ioctl(
             tun.as_raw_fd(),
