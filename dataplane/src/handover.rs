@@ -294,7 +294,9 @@ impl Keep {
             forget_in_systemd(sd, UDP, self.stored_udp);
         }
         for (kind, fds, before) in sets {
-            forget_in_systemd(sd, kind, before.max(fds.len()));
+            // The store adds an fd under a name it already has (it drops only the same file
+            // twice): what it held under these names goes first.
+            forget_in_systemd(sd, kind, before);
             let r = fds.iter().enumerate().try_for_each(|(i, fd)| {
                 let store = format!("FDSTORE=1\nFDNAME={}", indexed(kind, i));
                 sys::fds::notify_with_fds(target, &store, &[fd.as_fd()])
@@ -336,12 +338,11 @@ impl Keep {
     }
 }
 
-/// Drops what systemd's fd store holds of `kind`: its plain name and the indexed names
-/// `kind.0` … `kind.(upto - 1)` (nothing outside systemd).
+/// Drops what systemd's fd store holds of `kind` under the indexed names `kind.0` …
+/// `kind.(upto - 1)` (nothing outside systemd, nothing when `upto` is 0).
 pub fn forget_in_systemd(sd: &Reporter, kind: &str, upto: usize) {
     let Some(target) = sd.target() else { return };
-    let names = std::iter::once(kind.to_string()).chain((0..upto).map(|i| indexed(kind, i)));
-    for name in names {
+    for name in (0..upto).map(|i| indexed(kind, i)) {
         let msg = format!("FDSTOREREMOVE=1\nFDNAME={name}");
         if let Err(e) = sys::fds::notify_with_fds(target, &msg, &[]) {
             tracing::warn!(name, "removing fds from systemd's fd store failed: {e}");

@@ -1022,10 +1022,12 @@ fn e2e_sd_notify() {
         if m.lines().any(|l| l == "READY=1") {
             break m;
         }
-        stored |= m == "FDSTORE=1\nFDNAME=tun";
+        stored |= m == "FDSTORE=1\nFDNAME=tun.0";
         assert!(
             m.lines().all(|l| l.starts_with("STATUS=")
-                || ["FDSTORE=1", "FDSTOREREMOVE=1", "FDNAME=tun", "FDNAME=udp"].contains(&l)),
+                || l.starts_with("FDNAME=tun.")
+                || l.starts_with("FDNAME=udp.")
+                || ["FDSTORE=1", "FDSTOREREMOVE=1"].contains(&l)),
             "before READY=1: {m:?}"
         );
     };

@@ -59,8 +59,9 @@ pub fn take_listen_fds(n: usize) -> (Vec<(usize, OwnedFd)>, Vec<RawFd>) {
     (fds, missing)
 }
 
-/// Sends `message` (newline-separated `KEY=VALUE` lines, e.g. `FDSTORE=1\nFDNAME=tun`) to the
-/// notify socket `target` with `fds` attached as `SCM_RIGHTS`.
+/// Sends `message` (newline-separated `KEY=VALUE` lines, e.g. `FDSTORE=1\nFDNAME=tun.0`) to
+/// the notify socket `target` with `fds` attached as `SCM_RIGHTS`, without blocking (a full
+/// socket queue answers EAGAIN).
 pub fn notify_with_fds(target: &Target, message: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     // SAFETY: sockaddr_un is plain data; all-zero is a valid (empty) address.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -109,9 +110,10 @@ pub fn notify_with_fds(target: &Target, message: &str, fds: &[BorrowedFd<'_>]) -
             std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), data_len);
         }
     }
+    // Never block on a full notify socket (systemd drains it; a test may not yet).
+    let kind = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
     // SAFETY: a fresh socket call without pointer arguments.
-    let sock =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let sock = cvt(unsafe { libc::socket(libc::AF_UNIX, kind, 0) })?;
     // SAFETY: `sock` was just returned by socket() and is owned by nobody else.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     // SAFETY: `msg` points at `addr`, `iov` (over `message`) and `control`, all alive for the
