@@ -160,7 +160,18 @@ impl Host {
     /// 120 s; a non-zero exit is an error with stderr.
     fn sh(&self, script: &str) -> Result<String> {
         let out = Command::new("timeout")
-            .args(["120", "nsenter", "-t", &self.pid1.to_string(), "-a"])
+            // -r -w: the container's root and working directory too. Entering its mount
+            // namespace alone is not enough where this test itself runs in a chroot (CI's fresh
+            // machine): the shell would still see the chroot's /run and /proc.
+            .args([
+                "120",
+                "nsenter",
+                "-t",
+                &self.pid1.to_string(),
+                "-a",
+                "-r",
+                "-w",
+            ])
             .args(["sh", "-c", script])
             .stdin(Stdio::null())
             .output()
