@@ -574,7 +574,7 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
         );
         // Root inside the unit's own mount namespace still cannot write /usr or /etc.
         for path in ["/usr/flannel-rs-write-test", "/etc/flannel-rs-write-test"] {
-            let r = h.sh(&format!("nsenter -t {pid} -m touch {path} 2>&1"));
+            let r = h.sh(&format!("nsenter -t {pid} -m -r touch {path} 2>&1"));
             let msg = format!("{r:?}");
             assert!(
                 r.is_err() && msg.contains("Read-only file system"),
