@@ -508,16 +508,18 @@ fn flood_from_a(c: &Cluster) -> Flood {
 
 /// TUN I/O through the ring (Linux 6.7+): under a flood, no io-wq thread appears in either
 /// data plane, the sender's data plane makes no read(2) per packet and the receiver's no
-/// write(2) per packet. `--tun-reads=readiness` (read(2) per packet) and `--no-io-uring`
-/// (read(2) and write(2) per packet) show what the measure catches.
+/// write(2) per packet, with offloads and without (`--no-offload`: no coalescing, the packets
+/// of each receive written from its buffer). `--tun-reads=readiness` (read(2) per packet) and
+/// `--no-io-uring` (read(2) and write(2) per packet) show what the measure catches.
 #[test]
 fn a_flood_crosses_tun_through_the_ring_without_io_wq_threads_or_per_packet_syscalls() {
     if sys_kernel_lacks_multishot_read() {
         return;
     }
     // (flags, a read(2) per packet on A, a write(2) per packet on B)
-    let runs: [(&[&str], bool, bool); 3] = [
+    let runs: [(&[&str], bool, bool); 4] = [
         (&[], false, false),
+        (&["--no-offload"], false, false),
         (&["--tun-reads=readiness"], true, false),
         (&["--no-io-uring"], true, true),
     ];

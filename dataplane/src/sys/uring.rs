@@ -552,81 +552,25 @@ impl Ring {
         self.push(e);
     }
 
-    /// Writes each `ranges` slice of `buf` to the TUN queue as one packet, one WRITE each
-    /// (submitted with everything else queued, in one io_uring_enter), and returns only once
-    /// every one of them completed, so the kernel reads `buf` only during this call. Other
-    /// completions reaped meanwhile wait in the backlog. `results` gets each write's result
-    /// (bytes, or -errno; -EINVAL for a range outside `buf`), in order. TUN is FMODE_NOWAIT
-    /// (Linux 6.4), so the writes complete inline; should they not within a second, the
-    /// process aborts rather than return while the kernel may still read `buf`.
-    pub fn write_tun_packets(
-        &mut self,
-        buf: &[u8],
-        ranges: &mut dyn Iterator<Item = Range<usize>>,
-        results: &mut Vec<i32>,
-    ) {
-        results.clear();
-        let mut pending = 0usize;
-        for r in ranges {
-            let i = results.len();
-            match buf.get(r) {
-                Some(pkt) if i < 0xff_ffff => {
-                    results.push(0);
-                    pending += 1;
-                    let e = opcode::Write::new(FIXED_TUN, pkt.as_ptr(), pkt.len() as u32)
-                        .offset(u64::MAX)
-                        .build()
-                        .user_data(ud(K_TUN_WRITE, 0, i));
-                    self.push(e);
-                }
-                _ => results.push(-libc::EINVAL),
-            }
+    /// A writer of packets into this ring's TUN queue ([`TunWriter::write_packets`]).
+    pub fn tun_writer(&mut self) -> TunWriter<'_> {
+        TunWriter {
+            ring: &mut self.ring,
+            backlog: &mut self.backlog,
         }
-        // A full submission queue made `push` submit and park completions in the backlog:
-        // writes of this batch may be among them.
-        self.backlog.retain(|&(data, res, _)| {
-            if data >> 56 != K_TUN_WRITE {
-                return true;
-            }
-            if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
-                *slot = res;
-            }
-            pending = pending.saturating_sub(1);
-            false
-        });
-        let mut first = true;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while pending > 0 {
-            if Instant::now() >= deadline {
-                // Never seen (the writes complete inline), and returning would let the kernel
-                // read `buf` after the caller reuses it: end the process instead (under
-                // systemd, Restart= brings it back with its fd store).
-                tracing::error!(pending, "TUN writes did not complete within 1 s: aborting");
-                std::process::abort();
-            }
-            let r = if first {
-                self.ring.submit()
-            } else {
-                self.ring.submit_and_wait(1)
-            };
-            first = false;
-            if let Err(e) = r {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            for c in self.ring.completion().map(raw) {
-                let (data, res, _) = c;
-                if data >> 56 == K_TUN_WRITE {
-                    if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
-                        *slot = res;
-                    }
-                    pending = pending.saturating_sub(1);
-                } else {
-                    self.backlog.push(c);
-                }
-            }
-        }
+    }
+
+    /// A receive buffer's memory together with a [`TunWriter`], so packets can be written to
+    /// the TUN queue straight from the buffer (`None` as for [`Ring::recv_buf`]).
+    pub fn recv_buf_and_writer(&mut self, t: &RecvBuf) -> Option<(&mut [u8], TunWriter<'_>)> {
+        let buf = self.recv_bufs.buf_mut(t)?;
+        Some((
+            buf,
+            TunWriter {
+                ring: &mut self.ring,
+                backlog: &mut self.backlog,
+            },
+        ))
     }
 
     /// Ends the multishot TUN read (a stop): reads completed before the cancel still
@@ -667,22 +611,7 @@ impl Ring {
     }
 
     fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: every entry we build points into leaked memory (slots, the receive
-            // msghdr) or nothing, which stays valid and untouched by us until its completion
-            // arrives (see the module docs).
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                return;
-            }
-            // The SQ is full: hand it to the kernel. Drain the CQ first so a full CQ cannot
-            // make the submit fail (EBUSY); those completions are handled next round.
-            self.backlog.extend(self.ring.completion().map(raw));
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    self.backlog.extend(self.ring.completion().map(raw));
-                }
-            }
-        }
+        push_entry(&mut self.ring, &mut self.backlog, e);
     }
 
     /// Submits what is queued and waits for `want` completions.
@@ -981,6 +910,113 @@ fn decode((data, res, flags): RawCqe, group: u64) -> Completion {
         },
         K_TUN_READ_CANCEL => Completion::TunReadCancelled { res },
         _ => Completion::Other,
+    }
+}
+
+/// Pushes `e` onto `ring`'s submission queue; when it is full, submits what is queued first,
+/// parking the completions drained meanwhile in `backlog` (handled next round).
+fn push_entry(ring: &mut IoUring, backlog: &mut Vec<RawCqe>, e: squeue::Entry) {
+    loop {
+        // SAFETY: every entry we build points into leaked memory (slots, the receive
+        // msghdr) or into a buffer that [`TunWriter::write_packets`] keeps borrowed until its
+        // completion arrives, or nothing (see the module docs).
+        if unsafe { ring.submission().push(&e) }.is_ok() {
+            return;
+        }
+        // The SQ is full: hand it to the kernel. Drain the CQ first so a full CQ cannot
+        // make the submit fail (EBUSY); those completions are handled next round.
+        backlog.extend(ring.completion().map(raw));
+        if let Err(e) = ring.submit() {
+            if e.raw_os_error() != Some(libc::EINTR) {
+                backlog.extend(ring.completion().map(raw));
+            }
+        }
+    }
+}
+
+/// Writes packets into a ring's TUN queue (its registered file), borrowed from the
+/// [`Ring`] ([`Ring::tun_writer`], [`Ring::recv_buf_and_writer`]).
+pub struct TunWriter<'a> {
+    ring: &'a mut IoUring,
+    backlog: &'a mut Vec<RawCqe>,
+}
+
+impl TunWriter<'_> {
+    /// Writes each `ranges` slice of `buf` to the TUN queue as one packet, one WRITE each
+    /// (submitted with everything else queued, in one io_uring_enter), and returns only once
+    /// every one of them completed, so the kernel reads `buf` only during this call. Other
+    /// completions reaped meanwhile wait in the backlog. `results` gets each write's result
+    /// (bytes, or -errno; -EINVAL for a range outside `buf`), in order. TUN is FMODE_NOWAIT
+    /// (Linux 6.4), so the writes complete inline; should they not within a second, the
+    /// process aborts rather than return while the kernel may still read `buf`.
+    pub fn write_packets(
+        &mut self,
+        buf: &[u8],
+        ranges: &mut dyn Iterator<Item = Range<usize>>,
+        results: &mut Vec<i32>,
+    ) {
+        results.clear();
+        let mut pending = 0usize;
+        for r in ranges {
+            let i = results.len();
+            match buf.get(r) {
+                Some(pkt) if i < 0xff_ffff => {
+                    results.push(0);
+                    pending += 1;
+                    let e = opcode::Write::new(FIXED_TUN, pkt.as_ptr(), pkt.len() as u32)
+                        .offset(u64::MAX)
+                        .build()
+                        .user_data(ud(K_TUN_WRITE, 0, i));
+                    push_entry(self.ring, self.backlog, e);
+                }
+                _ => results.push(-libc::EINVAL),
+            }
+        }
+        // A full submission queue made `push` submit and park completions in the backlog:
+        // writes of this batch may be among them.
+        self.backlog.retain(|&(data, res, _)| {
+            if data >> 56 != K_TUN_WRITE {
+                return true;
+            }
+            if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
+                *slot = res;
+            }
+            pending = pending.saturating_sub(1);
+            false
+        });
+        let mut first = true;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while pending > 0 {
+            if Instant::now() >= deadline {
+                // Never seen (the writes complete inline), and returning would let the kernel
+                // read `buf` after the caller reuses it: end the process instead (under
+                // systemd, Restart= brings it back with its fd store).
+                tracing::error!(pending, "TUN writes did not complete within 1 s: aborting");
+                std::process::abort();
+            }
+            let r = if first {
+                self.ring.submit()
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            first = false;
+            if let Err(e) = r {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            for c in self.ring.completion().map(raw) {
+                let (data, res, _) = c;
+                if data >> 56 == K_TUN_WRITE {
+                    if let Some(slot) = results.get_mut((data & 0xff_ffff) as usize) {
+                        *slot = res;
+                    }
+                    pending = pending.saturating_sub(1);
+                } else {
+                    self.backlog.push(c);
+                }
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::net::SocketAddrV4;
 
 use flannel_shared::stats::Counter;
 
-use super::{pin, Sockets, WorkerSetup, WorkerState};
+use super::{pin, Sockets, WorkerSetup, WorkerState, WriteSyscalls};
 use crate::datapath::{transmits, TunVerdict};
 use crate::sys;
 use crate::sys::io::MsgBatch;
@@ -128,7 +128,7 @@ impl Fallback {
                         self.queued.push(QueuedSend { read: i, tx });
                     }
                 }
-                TunVerdict::Icmp(len) => self.st.write_icmp(len),
+                TunVerdict::Icmp(len) => self.st.write_icmp(len, &mut WriteSyscalls),
                 TunVerdict::Drop => {}
             }
         }
@@ -226,8 +226,9 @@ impl Fallback {
             }
             let meta = decode_recv_cmsgs(self.batch.control(i));
             let n = self.batch.len(i);
-            self.st.udp_recv(buf, n, meta, self.batch.sender(i));
+            self.st
+                .udp_recv(buf, n, meta, self.batch.sender(i), &mut WriteSyscalls);
         }
-        self.st.flush_rx();
+        self.st.flush_rx(&mut WriteSyscalls);
     }
 }

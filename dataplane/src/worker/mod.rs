@@ -17,6 +17,7 @@ pub mod fallback;
 pub mod uring;
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -315,18 +316,71 @@ fn now_ns(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
-/// write(2) of one packet into the TUN queue, counted as `ok` (with its bytes when `ok` is
-/// `tun_tx_packets`) or as a TUN error. Both paths write TUN queues directly (see
-/// `sys::tun::open_queue`).
-pub fn write_tun(tun: &OwnedFd, pkt: &[u8], ok: Counter, local: &mut BatchCounters) {
-    match crate::sys::io::write(tun, pkt) {
-        Ok(n) => {
+/// How a loop writes packets into its TUN queue: the io_uring worker as ring WRITEs
+/// ([`crate::sys::uring::TunWriter`]), the fallback with write(2) ([`WriteSyscalls`]).
+pub trait TunWrite {
+    /// Writes each `ranges` slice of `buf` into `tun` as one packet and fills `results` with
+    /// each write's result (bytes, or -errno), in order; returns once the kernel is done with
+    /// `buf`.
+    fn write_packets(
+        &mut self,
+        tun: &OwnedFd,
+        buf: &[u8],
+        ranges: &mut dyn Iterator<Item = Range<usize>>,
+        results: &mut Vec<i32>,
+    );
+}
+
+impl TunWrite for crate::sys::uring::TunWriter<'_> {
+    fn write_packets(
+        &mut self,
+        _tun: &OwnedFd,
+        buf: &[u8],
+        ranges: &mut dyn Iterator<Item = Range<usize>>,
+        results: &mut Vec<i32>,
+    ) {
+        // The ring writes its registered file, which is `tun`.
+        crate::sys::uring::TunWriter::write_packets(self, buf, ranges, results);
+    }
+}
+
+/// TUN writes as one write(2) per packet (the fallback path).
+pub struct WriteSyscalls;
+
+impl TunWrite for WriteSyscalls {
+    fn write_packets(
+        &mut self,
+        tun: &OwnedFd,
+        buf: &[u8],
+        ranges: &mut dyn Iterator<Item = Range<usize>>,
+        results: &mut Vec<i32>,
+    ) {
+        results.clear();
+        for r in ranges {
+            let res = match buf.get(r) {
+                Some(pkt) => match crate::sys::io::write(tun, pkt) {
+                    Ok(n) => n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                },
+                None => -libc::EINVAL,
+            };
+            results.push(res);
+        }
+    }
+}
+
+/// Counts TUN write `results` as `ok` (with their bytes when `ok` is `tun_tx_packets`) or as
+/// TUN errors.
+fn count_tun_writes(results: &[i32], ok: Counter, local: &mut BatchCounters) {
+    for &res in results {
+        if res >= 0 {
             local.add(ok, 1);
             if ok == Counter::TunTxPackets {
-                local.add(Counter::TunTxBytes, n as u64);
+                local.add(Counter::TunTxBytes, res as u64);
             }
+        } else {
+            local.add(Counter::TunTxErrors, 1);
         }
-        Err(_) => local.add(Counter::TunTxErrors, 1),
     }
 }
 
@@ -360,7 +414,7 @@ pub struct WorkerState {
     co: Coalescer<'static, 'static>,
     /// The TUN writes of one receive without offloads.
     writes: Vec<gro::Write>,
-    /// The results of one batch of TUN writes ([`WorkerState::flush_rx_batched`]).
+    /// The results of one batch of TUN writes ([`WorkerState::flush_rx`]).
     write_results: Vec<i32>,
 }
 
@@ -435,16 +489,26 @@ impl WorkerState {
     }
 
     /// Writes the ICMP error of a [`TunVerdict::Icmp`] into the TUN queue.
-    pub fn write_icmp(&mut self, len: usize) {
+    pub fn write_icmp(&mut self, len: usize, w: &mut impl TunWrite) {
         let (pkt, local) = self.decider.icmp_packet(len);
-        write_tun(&self.tun, pkt, Counter::IcmpUnreachableSent, local);
+        let mut one = std::iter::once(0..pkt.len());
+        w.write_packets(&self.tun, pkt, &mut one, &mut self.write_results);
+        count_tun_writes(&self.write_results, Counter::IcmpUnreachableSent, local);
     }
 
     /// Handles one UDP receive of `n` bytes in `buf` (`meta`: `gro_size` bytes per datagram,
     /// the arrival interface) from `sender`: dropped whole when it did not arrive from the
-    /// underlay; otherwise the datagrams that pass are written to the TUN queue one by one, or
-    /// with offloads go into this batch's coalescer (flushed first when it may lack room).
-    pub fn udp_recv(&mut self, buf: &mut [u8], n: usize, meta: RecvMeta, sender: Ipv4Addr) {
+    /// underlay; otherwise the datagrams that pass are written to the TUN queue through `w` as
+    /// one batch, or with offloads go into this batch's coalescer (flushed first when it may
+    /// lack room).
+    pub fn udp_recv(
+        &mut self,
+        buf: &mut [u8],
+        n: usize,
+        meta: RecvMeta,
+        sender: Ipv4Addr,
+        w: &mut impl TunWrite,
+    ) {
         let gro_size = meta.gro_size;
         if self
             .decider
@@ -454,7 +518,7 @@ impl WorkerState {
         }
         if self.offload.vnet_hdr {
             if self.co.room() < coalesce_room(n, gro_size) {
-                self.flush_rx();
+                self.flush_rx(w);
             }
             let ctx = &self.routes.ctx;
             self.decider
@@ -463,60 +527,34 @@ impl WorkerState {
             let ctx = &self.routes.ctx;
             self.decider
                 .plain_udp_recv(buf, n, gro_size, sender, ctx, &mut self.writes);
-            for w in &self.writes {
-                let pkt = &buf[w.offset..w.offset + w.len];
-                write_tun(
-                    &self.tun,
-                    pkt,
-                    Counter::TunTxPackets,
-                    &mut self.decider.counters,
-                );
+            if self.writes.is_empty() {
+                return;
             }
+            let mut ranges = self.writes.iter().map(|w| w.offset..w.offset + w.len);
+            w.write_packets(&self.tun, buf, &mut ranges, &mut self.write_results);
+            count_tun_writes(
+                &self.write_results,
+                Counter::TunTxPackets,
+                &mut self.decider.counters,
+            );
         }
     }
 
-    /// Hands what this batch's receives coalesced to `write_all` as one batch (the coalescer's
-    /// buffer and each packet's range in it; it fills the results, bytes written or -errno, in
-    /// order, and returns only when the kernel is done with the buffer), counts, and empties
-    /// the coalescer. The io_uring worker's TUN writes: all of a round in one io_uring_enter.
-    pub fn flush_rx_batched(
-        &mut self,
-        write_all: impl FnOnce(&[u8], &mut dyn Iterator<Item = std::ops::Range<usize>>, &mut Vec<i32>),
-    ) {
+    /// Writes out what this batch's receives coalesced through `w` as one batch (all of a
+    /// round in one io_uring_enter for the io_uring worker), counts, and empties the
+    /// coalescer.
+    pub fn flush_rx(&mut self, w: &mut impl TunWrite) {
         if self.co.is_empty() {
             return;
         }
         let (out, writes) = self.co.finished();
         let mut ranges = writes.iter().map(|w| w.offset..w.offset + w.len);
-        write_all(out, &mut ranges, &mut self.write_results);
-        let local = &mut self.decider.counters;
-        for &res in &self.write_results {
-            if res >= 0 {
-                local.add(Counter::TunTxPackets, 1);
-                local.add(Counter::TunTxBytes, res as u64);
-            } else {
-                local.add(Counter::TunTxErrors, 1);
-            }
-        }
-        self.co.clear();
-    }
-
-    /// Writes out what this batch's receives coalesced (write(2) per packet), and empties the
-    /// coalescer.
-    pub fn flush_rx(&mut self) {
-        if self.co.is_empty() {
-            return;
-        }
-        let (out, writes) = self.co.finished();
-        for w in writes {
-            let pkt = &out[w.offset..w.offset + w.len];
-            write_tun(
-                &self.tun,
-                pkt,
-                Counter::TunTxPackets,
-                &mut self.decider.counters,
-            );
-        }
+        w.write_packets(&self.tun, out, &mut ranges, &mut self.write_results);
+        count_tun_writes(
+            &self.write_results,
+            Counter::TunTxPackets,
+            &mut self.decider.counters,
+        );
         self.co.clear();
     }
 }

@@ -22,21 +22,22 @@
 //!   "readable"; the worker then read(2)s the queue directly, up to [`TUN_BURST`] packets per
 //!   round. (Many posted READs per queue, instead of one multishot READ, were a thundering herd:
 //!   every packet woke all of them, and io_uring's retry budget ran out into io-wq threads.)
-//! - TUN writes (packets for the local containers): with offloads (the coalesced path), a
-//!   round's packets go out as one WRITE each, submitted together with the round's UDP sends
-//!   in one io_uring_enter ([`Ring::write_tun_packets`] waits for their completions before
-//!   the coalescer's buffer is reused; they complete inline: TUN is FMODE_NOWAIT). Without
-//!   offloads, and for ICMP errors, write(2).
+//! - TUN writes (packets for the local containers, ICMP errors): one WRITE each, submitted
+//!   together with whatever else is queued in one io_uring_enter; [`TunWriter::write_packets`](crate::sys::uring::TunWriter::write_packets)
+//!   waits for their completions before the buffer is reused (they complete inline: TUN is
+//!   FMODE_NOWAIT). With offloads a round's coalesced packets go out together at the end of
+//!   the round; without, the packets of one receive (up to 64 KiB of UDP_GRO datagrams)
+//!   straight from its buffer, before the buffer goes back to the kernel.
 //!
 //! Buffers cycle through fixed states, so the operations in flight are bounded by the buffers
 //! (a TUN slot's sends, the receive buffers); should the completion queue still fill, the
 //! kernel keeps the overflow (IORING_FEAT_NODROP) and the next round drains it:
 //!
 //! ```text
-//! TUN slot:    (free) ─► read(2) tun ─► decide/split ─► k × SENDMSG udp ─► (all k done) free
+//! TUN slot:    (free) ─► READ tun (or read(2)) ─► decide/split ─► k × SENDMSG udp ─► (all k done) free
 //!                                         └► single packet: copied into the round's open
 //!                                            batch (slot free at once), or opens one here
-//! recv buffer: (in the ring) ─► multishot RECVMSG fills it ─► check/coalesce ─► write(2) tun
+//! recv buffer: (in the ring) ─► multishot RECVMSG fills it ─► check/coalesce ─► WRITE tun
 //!              ─► back in the ring
 //! ```
 //!
@@ -75,8 +76,9 @@
 //! never stall a submit.
 //!
 //! The TUN queue and both sockets are registered files (5.1). Registered buffers are not used:
-//! only READ_FIXED/WRITE_FIXED and SEND_ZC take them, TUN I/O does not go through the ring, and
-//! zero-copy sends to a peer on this machine (veth) are copied on delivery anyway.
+//! the multishot TUN read takes provided buffers, not fixed ones; a WRITE_FIXED would save a
+//! TUN write only the import of its user address (the driver copies the bytes either way); and
+//! zero-copy sends (SEND_ZC) to a peer on this machine (veth) are copied on delivery anyway.
 //!
 //! A 64 KiB TSO packet is ~46 segments of 1472 bytes, more than one UDP_SEGMENT send may carry
 //! (65507 bytes), so it leaves as two sends (44 + 2) and arrives as two GRO receives. The
@@ -405,9 +407,7 @@ impl Uring {
     /// This round's packets for the local containers, written to the TUN queue as ring
     /// operations: submitted in one io_uring_enter with the round's UDP sends.
     fn flush_tun_writes(&mut self) {
-        let ring = &mut self.ring;
-        self.st
-            .flush_rx_batched(|buf, ranges, results| ring.write_tun_packets(buf, ranges, results));
+        self.st.flush_rx(&mut self.ring.tun_writer());
     }
 
     /// One multishot TUN read completion: a packet in a slot the kernel picked.
@@ -499,7 +499,7 @@ impl Uring {
             return;
         };
         let st = &mut self.st;
-        let Some(buf) = self.ring.recv_buf(&token) else {
+        let Some((buf, mut writer)) = self.ring.recv_buf_and_writer(&token) else {
             st.decider.counters.add(Counter::UdpRxErrors, 1);
             return;
         };
@@ -510,7 +510,7 @@ impl Uring {
                 let sender = sockaddr_bytes_ip(&buf[l.name.clone()]);
                 let payload = &mut buf[l.payload.clone()];
                 let n = payload.len();
-                st.udp_recv(payload, n, meta, sender);
+                st.udp_recv(payload, n, meta, sender, &mut writer);
             }
             None => st.decider.counters.add(Counter::UdpRxErrors, 1),
         }
@@ -590,7 +590,7 @@ impl Uring {
                     self.post(slot, &tx);
                 }
             }
-            TunVerdict::Icmp(len) => self.st.write_icmp(len),
+            TunVerdict::Icmp(len) => self.st.write_icmp(len, &mut self.ring.tun_writer()),
             TunVerdict::Drop => {}
         }
         // Free again unless sends of it are in flight.

@@ -46,7 +46,7 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Only these variants (comma-separated ids: ours, ours-no-offload, ours-no-io-uring,
-    /// ours-flow-steering, vxlan, bare).
+    /// ours-tun-readiness, ours-flow-steering, vxlan, bare).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).

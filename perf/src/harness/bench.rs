@@ -38,7 +38,7 @@
 //!
 //! # `--profile`
 //!
-//! In the first repeat of ours, kernel VXLAN and bare: a TCP 1-stream test under `perf record -a
+//! In the first repeat of ours, kernel VXLAN and bare: a TCP 1-stream and a 4-stream test, each under `perf record -a
 //! -F 499` (CPU per GB by category, [`profile`]) and a 200-ping run during which
 //! `sched:sched_switch` and `raw_syscalls:sys_enter` are recorded for one second (and for a
 //! quiet second before it): context switches and syscalls per round trip. The perf.data files
@@ -174,6 +174,12 @@ const VARIANTS: &[VariantDef] = &[
         label: "ours --no-io-uring",
         kind: Kind::Ours(&["--no-io-uring"]),
         description: "as ours, flannel-dataplane restarted with --no-io-uring (poll + recvmmsg/sendmmsg fallback).",
+    },
+    VariantDef {
+        id: "ours-tun-readiness",
+        label: "ours --tun-reads=readiness",
+        kind: Kind::Ours(&["--tun-reads=readiness"]),
+        description: "as ours, flannel-dataplane restarted with --tun-reads=readiness (read(2) of the TUN queue after a multishot poll instead of a multishot READ through the ring).",
     },
     VariantDef {
         id: "ours-flow-steering",
@@ -984,27 +990,35 @@ impl Bench {
         Ok((child, out_path))
     }
 
-    /// `--profile`: a TCP 1-stream test under `perf record -a` and a ping run with its context
-    /// switches and syscalls recorded (see [`profile`]). Failures are recorded in the profile; only an interrupt is an error.
+    /// `--profile`: a TCP 1-stream and a TCP 4-stream test, each under `perf record -a`, and a
+    /// ping run with its context switches and syscalls recorded (see [`profile`]). Failures
+    /// are recorded in the profile; only an interrupt is an error.
     fn profile(&mut self, kind: Kind) -> Result<Profile> {
         let mut p = Profile::default();
-        eprint!(
-            "{}: profile: iperf3 TCP 1 stream under perf record ... ",
-            self.progress
-        );
-        match self.profile_tcp(kind) {
-            Ok(t) => {
-                eprintln!(
-                    "{:.2} Gbit/s, busy {} CPU-s/GB",
-                    t.gbit_per_s,
-                    t.busy_s_per_gb().map_or("-".into(), num)
-                );
-                p.tcp1 = Some(t);
-            }
-            Err(e) => {
-                eprintln!("failed");
-                check_interrupt()?;
-                p.errors.push(format!("profile TCP 1 stream: {e:#}"));
+        for streams in [1usize, 4] {
+            eprint!(
+                "{}: profile: iperf3 TCP {streams} stream(s) under perf record ... ",
+                self.progress
+            );
+            match self.profile_tcp(kind, streams) {
+                Ok(t) => {
+                    eprintln!(
+                        "{:.2} Gbit/s, busy {} CPU-s/GB",
+                        t.gbit_per_s,
+                        t.busy_s_per_gb().map_or("-".into(), num)
+                    );
+                    if streams == 1 {
+                        p.tcp1 = Some(t);
+                    } else {
+                        p.tcp4 = Some(t);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    check_interrupt()?;
+                    p.errors
+                        .push(format!("profile TCP {streams} stream(s): {e:#}"));
+                }
             }
         }
         eprint!(
@@ -1035,8 +1049,10 @@ impl Bench {
         Ok(p)
     }
 
-    fn profile_tcp(&mut self, kind: Kind) -> Result<TcpProfile> {
-        let data = self.log_path("perf-record").with_extension("data");
+    fn profile_tcp(&mut self, kind: Kind, streams: usize) -> Result<TcpProfile> {
+        let data = self
+            .log_path(&format!("perf-record-tcp{streams}"))
+            .with_extension("data");
         let log = data.with_extension("log");
         let mut rec = Command::new("perf")
             .args(["record", "-a", "-q", "-F", PROFILE_SAMPLE_HZ, "-o"])
@@ -1049,7 +1065,9 @@ impl Bench {
         // perf opens its per-CPU events before it samples; give it a moment.
         std::thread::sleep(Duration::from_millis(500));
         let started = Instant::now();
-        let json = self.iperf(kind, &[]);
+        let p = streams.to_string();
+        let args: &[&str] = if streams > 1 { &["-P", &p] } else { &[] };
+        let json = self.iperf(kind, args);
         let wall = started.elapsed().as_secs_f64();
         let stopped = process::sigint(&mut rec).context("SIGINT to perf");
         let status = process::wait_bounded(rec, &INTERRUPTED, Duration::from_secs(60))?;
@@ -1419,6 +1437,7 @@ mod tests {
                 "ours",
                 "ours-no-offload",
                 "ours-no-io-uring",
+                "ours-tun-readiness",
                 "ours-flow-steering",
                 "vxlan",
                 "bare"

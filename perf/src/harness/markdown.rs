@@ -226,50 +226,63 @@ pub fn render(run: &Run, chart: &str) -> String {
     s
 }
 
-/// The `--profile` section: CPU per GB by category for TCP 1 stream, and what a ping round
-/// trip costs in context switches and syscalls.
+/// The `--profile` section: CPU per GB by category for TCP 1 and 4 streams, and what a ping
+/// round trip costs in context switches and syscalls.
 fn render_profile(profiled: &[(&VariantResult, &Profile)]) -> String {
     let mut s = String::new();
     s.push_str("\n## Profile (`--profile`, first repeat)\n\n");
-    s.push_str("TCP 1 stream under `perf record -a` (cpu-clock on every CPU): CPU seconds per GB moved, by where the samples fell (share of all samples × recorded time × CPUs ÷ GB). Ping (200 at 10 ms): `sched:sched_switch` and `raw_syscalls:sys_enter` recorded on every CPU for 1 s while pinging, counted for the threads a round trip runs in (ping, data-plane workers, idle, ksoftirqd), the rate of a quiet second before subtracted, divided by the echo requests ping sent in that second.\n\n");
-    s += &header(
-        std::iter::once("CPU-s per GB, TCP 1 stream")
-            .chain(profiled.iter().map(|(v, _)| v.label.as_str())),
-    );
-    let tcp_cell = |p: &Profile, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
-        p.tcp1.as_ref().and_then(f).map_or("—".to_string(), num)
-    };
-    let mut tcp_row = |label: &str, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
-        s +=
-            &row(std::iter::once(label.to_string())
+    s.push_str("TCP 1 and 4 streams, each under `perf record -a` (cpu-clock on every CPU): CPU seconds per GB moved, by where the samples fell (share of all samples × recorded time × CPUs ÷ GB). Ping (200 at 10 ms): `sched:sched_switch` and `raw_syscalls:sys_enter` recorded on every CPU for 1 s while pinging, counted for the threads a round trip runs in (ping, data-plane workers, idle, ksoftirqd), the rate of a quiet second before subtracted, divided by the echo requests ping sent in that second.\n\n");
+    type Pick = fn(&Profile) -> Option<&TcpProfile>;
+    let tests: [(&str, Pick); 2] = [
+        ("TCP 1 stream", |p| p.tcp1.as_ref()),
+        ("TCP 4 streams", |p| p.tcp4.as_ref()),
+    ];
+    for (i, (name, pick)) in tests.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s += &header(
+            std::iter::once(format!("CPU-s per GB, {name}"))
+                .chain(profiled.iter().map(|(v, _)| v.label.clone())),
+        );
+        let tcp_cell = |p: &Profile, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
+            pick(p).and_then(f).map_or("—".to_string(), num)
+        };
+        let mut tcp_row = |label: &str, f: &dyn Fn(&TcpProfile) -> Option<f64>| {
+            s += &row(std::iter::once(label.to_string())
                 .chain(profiled.iter().map(|(_, p)| tcp_cell(p, f))));
-    };
-    tcp_row("throughput while profiled (Gbit/s)", &|t| {
-        Some(t.gbit_per_s)
-    });
-    tcp_row("**busy, all CPUs**", &|t| t.busy_s_per_gb());
-    for c in Category::ALL.iter().filter(|c| **c != Category::Idle) {
-        tcp_row(c.label(), &|t| t.s_per_gb.get(c.key()).copied());
-    }
-    tcp_row("idle share of all CPU time (%)", &|t| {
-        t.shares.get(Category::Idle.key()).map(|v| v * 100.0)
-    });
-    for (key, label, _, _) in PingProfile::ROWS {
-        let per_round_trip = profiled.iter().map(|(_, p)| {
-            p.ping
-                .as_ref()
-                .and_then(|x| x.per_round_trip.get(key).copied())
-                .map_or("—".to_string(), |v| format!("{v:.1}"))
+        };
+        tcp_row("throughput while profiled (Gbit/s)", &|t| {
+            Some(t.gbit_per_s)
         });
-        s += &row(std::iter::once(format!("ping: {label} per round trip")).chain(per_round_trip));
+        tcp_row("**busy, all CPUs**", &|t| t.busy_s_per_gb());
+        for c in Category::ALL.iter().filter(|c| **c != Category::Idle) {
+            tcp_row(c.label(), &|t| t.s_per_gb.get(c.key()).copied());
+        }
+        tcp_row("idle share of all CPU time (%)", &|t| {
+            t.shares.get(Category::Idle.key()).map(|v| v * 100.0)
+        });
+        if i == 0 {
+            for (key, label, _, _) in PingProfile::ROWS {
+                let per_round_trip = profiled.iter().map(|(_, p)| {
+                    p.ping
+                        .as_ref()
+                        .and_then(|x| x.per_round_trip.get(key).copied())
+                        .map_or("—".to_string(), |v| format!("{v:.1}"))
+                });
+                s +=
+                    &row(std::iter::once(format!("ping: {label} per round trip"))
+                        .chain(per_round_trip));
+            }
+        }
     }
-    if let Some((v, t)) = profiled
-        .iter()
-        .find_map(|(v, p)| p.tcp1.as_ref().map(|t| (v, t)))
-    {
+    for (name, pick) in &tests {
+        let Some((v, t)) = profiled.iter().find_map(|(v, p)| pick(p).map(|t| (v, t))) else {
+            continue;
+        };
         let _ = writeln!(
             s,
-            "\nHottest symbols, {} (share of all samples):\n",
+            "\nHottest symbols, {name}, {} (share of all samples):\n",
             v.label
         );
         for l in t.top.iter().take(10) {
@@ -854,6 +867,8 @@ pub(crate) mod tests {
         run.variants[0].samples[0].profile = Some(Profile {
             // 10 s on 2 CPUs, 4 GB: 30 % → 1.5 CPU-s/GB, busy 80 % → 4 CPU-s/GB.
             tcp1: Some(TcpProfile::new(&parse_report(report), 3.2, 4.0, 10.0, 2)),
+            // The same samples for 8 GB: half the CPU per GB.
+            tcp4: Some(TcpProfile::new(&parse_report(report), 6.4, 8.0, 10.0, 2)),
             ping: Some(PingProfile::new(during, quiet)),
             errors: vec!["profile ping: perf record gave nothing".into()],
         });
@@ -867,6 +882,15 @@ pub(crate) mod tests {
             "{md}"
         );
         assert!(md.contains("| **busy, all CPUs** | 4.00 |"), "{md}");
+        assert!(
+            md.contains("| CPU-s per GB, TCP 4 streams | ours |\n|---|---|\n"),
+            "{md}"
+        );
+        assert!(md.contains("| **busy, all CPUs** | 2.00 |"), "{md}");
+        assert!(
+            md.contains("Hottest symbols, TCP 4 streams, ours (share of all samples)"),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| data plane: user↔kernel copies (TUN read/write, UDP send/receive) | 1.50 |"

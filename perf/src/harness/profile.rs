@@ -189,7 +189,7 @@ pub fn categorize(lines: &[ReportLine]) -> BTreeMap<&'static str, f64> {
     out
 }
 
-/// One profiled TCP 1-stream test.
+/// One profiled TCP test (1 or 4 streams).
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpProfile {
     pub gbit_per_s: f64,
@@ -393,6 +393,8 @@ impl PingProfile {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Profile {
     pub tcp1: Option<TcpProfile>,
+    /// The same for 4 parallel streams (where the CPU per GB grows with flows).
+    pub tcp4: Option<TcpProfile>,
     pub ping: Option<PingProfile>,
     pub errors: Vec<String>,
 }
