@@ -30,8 +30,8 @@ pub fn device_exists(name: &str) -> bool {
 
 /// Opens one queue of TUN device `name`, non-blocking (O_NONBLOCK): the io_uring worker reads
 /// it with a multishot READ (TUN is FMODE_NOWAIT since Linux 6.4, so nothing blocks in the
-/// kernel) or, like the fallback worker, with read(2) when poll says it is readable; writes are
-/// write(2).
+/// kernel) or, like the fallback worker, with read(2) when poll says it is readable; it writes
+/// with ring WRITEs, the fallback worker with write(2).
 pub fn open_queue(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let mut ifr = ifreq_for(name)?;
     let flags = libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK;
