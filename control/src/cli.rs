@@ -129,7 +129,7 @@ pub struct Args {
     #[arg(
         long,
         env = "FLANNELD_DATAPLANE_STATS",
-        default_value = "/run/flannel/dataplane.stats"
+        default_value = flannel_shared::stats::DEFAULT_PATH
     )]
     pub dataplane_stats: PathBuf,
     /// TTL of the subnet lease in etcd, in seconds (flannel: 24 h). Short values are for tests.

@@ -77,7 +77,7 @@ struct Args {
     #[arg(
         long,
         env = "FLANNEL_DATAPLANE_STATS",
-        default_value = "/run/flannel/dataplane.stats"
+        default_value = flannel_shared::stats::DEFAULT_PATH
     )]
     stats: PathBuf,
     /// Accept inner source addresses outside the sender's subnet.

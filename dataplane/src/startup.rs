@@ -141,11 +141,17 @@ pub fn start_forwarding(
         &meta,
         kept_queues,
     )?;
+    if let Some(dir) = opts.stats.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Under systemd this is the unit's RuntimeDirectory; without it, made here.
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SetupError::with_chain("creating the stats file's directory", &e))?;
+    }
     let stats = StatsWriter::create(opts.stats, layout.count)
         .map_err(|e| SetupError::with_chain("creating the stats file", &e))?;
     stats.set_io_path(io_path);
     // Sockets block only on the io_uring path (io_uring polls them itself). TUN queues are
-    // always non-blocking: both paths read and write them directly, by readiness.
+    // always non-blocking: the fallback (and `--tun-reads readiness`) reads them by readiness,
+    // and the ring's TUN reads and writes complete inline (TUN is FMODE_NOWAIT).
     let nonblocking = io_path == IoPath::Fallback;
     let (pairs, origin) = if opening_udp {
         let pairs = udp_sockets::open_pairs(opts.bind, port, layout.count, nonblocking, opts.mark)?;

@@ -2,7 +2,8 @@
 //! booted by `systemd-nspawn` from the image of `scripts/lib/nspawn-image.sh`, with the .deb of
 //! `scripts/package` installed by `dpkg -i` and enabled as an operator would. Checked:
 //!
-//! - both units `active` with their `STATUS=` text; `/run/flannel/subnet.env`;
+//! - both units `active` with their `STATUS=` text; `/run/flannel/subnet.env`; `flannelctl
+//!   stats` without flags reads the data plane's counters;
 //! - a container namespace on each host (a docker0-like bridge on FLANNEL_SUBNET's gateway)
 //!   reaches the other host's container with ping and TCP;
 //! - the units' hardening is in force in the running daemons: user, CapEff/CapBnd,
@@ -551,6 +552,24 @@ fn the_package_under_systemd_installs_forwards_restarts_and_cleans_up() {
     };
     check_traffic("installed");
     eprintln!("ping and TCP across both hosts' containers: ok");
+
+    // `flannelctl stats` with no path given finds the counters the unit's data plane keeps.
+    for h in &hosts {
+        let out = h.sh("flannelctl --json stats").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{}: flannelctl stats: {e}: {out}", h.name));
+        let sum = |key: &str| -> u64 {
+            v["workers"]
+                .as_array()
+                .map(|ws| ws.iter().filter_map(|w| w[key].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        assert!(
+            sum("udp_rx_packets") >= 2 && sum("tun_rx_packets") >= 2,
+            "{}: flannelctl stats shows no forwarded packets: {out}",
+            h.name
+        );
+    }
 
     // The units' hardening, in the running processes.
     let nnp_and_caps = |h: &Host, unit: &str, user: &str, eff: u64, bnd: u64| {

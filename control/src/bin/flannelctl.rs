@@ -56,7 +56,7 @@ struct Args {
         long,
         global = true,
         env = "FLANNELD_DATAPLANE_STATS",
-        default_value = "/run/flannel/dataplane.stats"
+        default_value = flannel_shared::stats::DEFAULT_PATH
     )]
     stats: PathBuf,
 }

@@ -30,6 +30,12 @@ mod counter;
 pub use self::counter::{Counter, IoPath};
 pub use crate::shm::stats::{StatsReader, StatsWriter, WorkerStats, MAGIC, VERSION};
 
+/// Where the data plane keeps its counters by default, and where flanneld and flannelctl look:
+/// the data plane's own runtime directory (the unit's `RuntimeDirectory=flannel-dataplane`; the
+/// data plane creates it when it runs without systemd), which its non-root user can write,
+/// unlike flanneld's `/run/flannel`.
+pub const DEFAULT_PATH: &str = "/run/flannel-dataplane/stats";
+
 /// Errors opening or creating a stats file.
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
