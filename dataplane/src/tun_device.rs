@@ -112,6 +112,7 @@ impl TunDevice {
             );
         }
         set_address(self.ifindex, self.our_subnet, None)?;
+        remove_other_addresses(name, self.ifindex, self.our_subnet);
         sys::netlink::add_route(self.ifindex, self.network)
             .with_context(|| format!("adding route {} dev {name}", self.network))
     }
@@ -267,6 +268,24 @@ fn open_queues(name: &str, nqueues: usize, no_offload: bool) -> Result<TunQueues
         })?);
     }
     Ok(TunQueues { queues, vnet_hdr })
+}
+
+/// Removes every IPv4 address but ours (`our_subnet`'s network address /32) from a device kept
+/// across a restart: one the lease had before it changed while no data plane ran. Logged, not
+/// fatal.
+fn remove_other_addresses(name: &str, ifindex: u32, our_subnet: Option<Ipv4Net>) {
+    let ours = our_subnet.map(|s| (s.addr(), 32));
+    match sys::netlink::ipv4_addresses(ifindex) {
+        Ok(addrs) => {
+            for (addr, prefix) in addrs.into_iter().filter(|a| Some(*a) != ours) {
+                tracing::info!("removing {addr}/{prefix} from {name}: not our subnet's address");
+                if let Err(e) = sys::netlink::del_address(ifindex, addr, prefix) {
+                    tracing::warn!("removing {addr}/{prefix} from {name}: {e}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!("listing the addresses of {name}: {e}"),
+    }
 }
 
 /// Sets the TUN address to our subnet's network address /32 (removing `old` if it differs).

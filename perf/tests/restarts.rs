@@ -585,3 +585,61 @@ fn a_systemd_restart_keeps_the_device_and_the_port_through_the_fd_store() {
         c.hosts[1].logs()
     );
 }
+
+/// The addresses on host `host`'s flannel0, as `ip -4 -o addr` prints them (`A.B.C.D/N`).
+fn tun_addresses(c: &Cluster, host: usize) -> Vec<String> {
+    let out = c.hosts[host]
+        .ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "flannel0"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "inet").and_then(|_| w.next())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A device kept across a restart sheds an address that is not our subnet's (as one of a lease
+/// that changed while no data plane ran) and keeps ours; traffic flows on.
+#[test]
+fn a_kept_device_sheds_an_address_that_is_not_our_subnets() {
+    let Some(opts) = ClusterOpts::for_test() else {
+        return;
+    };
+    let mut c = Cluster::new(opts).expect("build the testbed");
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    let ours = tun_addresses(&c, 0);
+    assert_eq!(ours.len(), 1, "flannel0 before: {ours:?}");
+    assert!(ours[0].ends_with("/32"), "flannel0 before: {ours:?}");
+    // An address from another lease (inside the network, not ours).
+    let stale = "10.1.250.0/32";
+    assert!(!ours.contains(&stale.to_string()));
+    c.hosts[0]
+        .ns
+        .ip(&["addr", "add", stale, "dev", "flannel0"])
+        .unwrap();
+    assert_eq!(tun_addresses(&c, 0).len(), 2);
+    let device = ifindex(&c, 0);
+    let dp = c.hosts[0].dataplane.as_ref().unwrap();
+    let before = dp.log_count("forwarding workers=");
+    dp.signal(nix::sys::signal::Signal::SIGUSR2);
+    let up = wait_for(SEC * 10, || {
+        (dp.log_count("forwarding workers=") > before).then_some(())
+    });
+    assert!(up.is_some(), "not forwarding again\n{}", c.hosts[0].logs());
+    assert_eq!(ifindex(&c, 0), device, "flannel0 was recreated, not kept");
+    assert_eq!(
+        tun_addresses(&c, 0),
+        ours,
+        "the kept device holds another address than ours\n{}",
+        c.hosts[0].logs()
+    );
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.hosts[0].logs()));
+}

@@ -26,7 +26,9 @@ const NLMSG_HDR: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
+const NLMSG_DONE: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const RTA_DST: u16 = 1;
@@ -80,8 +82,8 @@ impl Msg {
     }
 }
 
-/// Sends one request and waits for its ACK. Returns the kernel's errno as an error.
-fn request(msg: Vec<u8>) -> io::Result<()> {
+/// A NETLINK_ROUTE socket.
+fn route_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call.
     let fd = cvt(unsafe {
         libc::socket(
@@ -91,7 +93,11 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
         )
     })?;
     // SAFETY: fresh fd owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `msg` to the kernel on `sock`.
+fn send_to_kernel(sock: &OwnedFd, msg: &[u8]) -> io::Result<()> {
     // SAFETY: sockaddr_nl is plain data; zero is a valid "kernel" destination.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -106,11 +112,23 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
             std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
         )
     })?;
+    Ok(())
+}
+
+/// One recv(2) from `sock` into `buf`.
+fn recv_from_kernel(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its full length during the call.
+    cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })
+        .map(|n| n as usize)
+}
+
+/// Sends one request and waits for its ACK. Returns the kernel's errno as an error.
+fn request(msg: Vec<u8>) -> io::Result<()> {
+    let sock = route_socket()?;
+    send_to_kernel(&sock, &msg)?;
     let mut buf = [0u8; 8192];
     loop {
-        // SAFETY: `buf` is writable for its full length during the call.
-        let n = cvt(unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) })?
-            as usize;
+        let n = recv_from_kernel(&sock, &mut buf)?;
         let mut off = 0;
         while off + NLMSG_HDR <= n {
             let len =
@@ -135,6 +153,87 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
             off += (len + 3) & !3;
         }
     }
+}
+
+/// The IPv4 addresses (address, prefix length) on interface `index`: one RTM_GETADDR dump.
+pub fn ipv4_addresses(index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let sock = route_socket()?;
+    let mut msg = vec![0u8; NLMSG_HDR];
+    msg[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+    msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&ifaddrmsg(0, 0));
+    let len = msg.len() as u32;
+    msg[0..4].copy_from_slice(&len.to_ne_bytes());
+    send_to_kernel(&sock, &msg)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = recv_from_kernel(&sock, &mut buf)?;
+        if n == 0 || parse_addr_dump(&buf[..n], index, &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+/// Parses one datagram of an RTM_GETADDR dump: appends interface `index`'s IPv4 addresses
+/// (IFA_LOCAL, else IFA_ADDRESS, with the prefix length) to `out`. `Ok(true)` at the dump's
+/// end (NLMSG_DONE); a kernel error is returned as its errno. Never panics on short input.
+fn parse_addr_dump(buf: &[u8], index: u32, out: &mut Vec<(Ipv4Addr, u8)>) -> io::Result<bool> {
+    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let mut off = 0;
+    while let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) {
+        let len = len as usize;
+        let Some(m) = buf.get(off..off + len).filter(|_| len >= NLMSG_HDR) else {
+            break;
+        };
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let e = u32_at(m, NLMSG_HDR).map_or(0, |e| e as i32);
+                return if e == 0 {
+                    Ok(true)
+                } else {
+                    Err(io::Error::from_raw_os_error(-e))
+                };
+            }
+            RTM_NEWADDR => {
+                // struct ifaddrmsg: family, prefixlen, flags, scope, index (u32).
+                let body = &m[NLMSG_HDR..];
+                let ours =
+                    body.first() == Some(&(libc::AF_INET as u8)) && u32_at(body, 4) == Some(index);
+                if ours {
+                    let prefix = body.get(1).copied().unwrap_or(0);
+                    let (mut local, mut address) = (None, None);
+                    let mut a = 8;
+                    while let (Some(alen), Some(akind)) = (u16_at(body, a), u16_at(body, a + 2)) {
+                        let alen = alen as usize;
+                        if alen < 4 {
+                            break;
+                        }
+                        if let Some(&[w, x, y, z]) = body.get(a + 4..a + alen) {
+                            match akind {
+                                IFA_LOCAL => local = Some(Ipv4Addr::new(w, x, y, z)),
+                                IFA_ADDRESS => address = Some(Ipv4Addr::new(w, x, y, z)),
+                                _ => {}
+                            }
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                    if let Some(addr) = local.or(address) {
+                        out.push((addr, prefix));
+                    }
+                }
+            }
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(false)
 }
 
 fn ifaddrmsg(prefix: u8, index: u32) -> [u8; 8] {
@@ -358,5 +457,44 @@ mod tests {
             1, 0, 0, 0, // IN6_ADDR_GEN_MODE_NONE, padded to 4
         ]);
         assert_eq!(set_inet6_addr_gen_mode_msg(7, IN6_ADDR_GEN_MODE_NONE), want);
+    }
+
+    /// Golden bytes of a dump datagram (as the kernel sends them on little-endian machines):
+    /// an address of another interface, ours with IFA_ADDRESS and IFA_LOCAL, an IPv6 one,
+    /// then NLMSG_DONE.
+    #[test]
+    fn an_address_dump_yields_the_interfaces_ipv4_addresses_and_its_end() {
+        fn newaddr(family: u8, prefix: u8, index: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+            let mut m = Msg::new(RTM_NEWADDR, 0).bytes(&[family, prefix, 0, 0]);
+            m = m.bytes(&index.to_ne_bytes());
+            for (k, v) in attrs {
+                m = m.attr(*k, v);
+            }
+            m.finish()
+        }
+        let mut buf = newaddr(2, 24, 7, &[(IFA_LOCAL, &[10, 9, 9, 9])]);
+        buf.extend(newaddr(
+            2,
+            32,
+            5,
+            &[(IFA_ADDRESS, &[10, 1, 15, 0]), (IFA_LOCAL, &[10, 1, 15, 0])],
+        ));
+        buf.extend(newaddr(10, 64, 5, &[(IFA_ADDRESS, &[0xfe; 16])]));
+        let mut out = Vec::new();
+        assert!(!parse_addr_dump(&buf, 5, &mut out).unwrap(), "no end yet");
+        assert_eq!(out, vec![(Ipv4Addr::new(10, 1, 15, 0), 32)]);
+        let done = Msg::new(NLMSG_DONE, 0).bytes(&0u32.to_ne_bytes()).finish();
+        assert!(parse_addr_dump(&done, 5, &mut out).unwrap());
+        // Truncated input at every length: no panic, nothing invented.
+        for cut in 0..buf.len() {
+            let mut o = Vec::new();
+            let _ = parse_addr_dump(&buf[..cut], 5, &mut o);
+            assert!(o.len() <= 1);
+        }
+        let mut err = Msg::new(NLMSG_ERROR, 0)
+            .bytes(&(-1i32).to_ne_bytes())
+            .finish();
+        err.extend_from_slice(&[0; 16]);
+        assert!(parse_addr_dump(&err, 5, &mut out).is_err());
     }
 }
