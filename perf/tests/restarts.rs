@@ -87,6 +87,16 @@ impl Ping {
     }
 }
 
+/// A testbed of two hosts, A reaching B.
+fn two_hosts(opts: ClusterOpts) -> Cluster {
+    let mut c = Cluster::new(opts).expect("build the testbed");
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    c
+}
+
 fn now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -162,11 +172,7 @@ fn restarts_and_upgrades_in_place_lose_no_ping_and_break_no_tcp() {
     let built: PathBuf = opts.bin_dir.join("flannel-dataplane");
     opts.bin_dir = bins.path().to_owned();
     let installed = bins.path().join("flannel-dataplane");
-    let mut c = Cluster::new(opts).expect("build the testbed");
-    c.add_host().unwrap();
-    c.add_host().unwrap();
-    c.wait_reachable(0, 1, SEC * 10)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    let c = two_hosts(opts);
 
     let total = RESTARTS + UPGRADES;
     // Each restart is well under 100 ms; the transfer outlasts them all.
@@ -513,11 +519,7 @@ fn a_systemd_restart_keeps_the_device_and_the_port_through_the_fd_store() {
     let Some(opts) = ClusterOpts::for_test() else {
         return;
     };
-    let mut c = Cluster::new(opts).expect("build the testbed");
-    c.add_host().unwrap();
-    c.add_host().unwrap();
-    c.wait_reachable(0, 1, SEC * 10)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    let mut c = two_hosts(opts);
     // Host B's data plane from now on runs "under systemd".
     c.hosts[1].dataplane.as_mut().unwrap().stop(SEC * 5);
     let dir = tempfile::tempdir().unwrap();
@@ -609,11 +611,7 @@ fn a_kept_device_sheds_an_address_that_is_not_our_subnets() {
     let Some(opts) = ClusterOpts::for_test() else {
         return;
     };
-    let mut c = Cluster::new(opts).expect("build the testbed");
-    c.add_host().unwrap();
-    c.add_host().unwrap();
-    c.wait_reachable(0, 1, SEC * 10)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}{}", c.hosts[0].logs(), c.hosts[1].logs()));
+    let c = two_hosts(opts);
     let ours = tun_addresses(&c, 0);
     assert_eq!(ours.len(), 1, "flannel0 before: {ours:?}");
     assert!(ours[0].ends_with("/32"), "flannel0 before: {ours:?}");
