@@ -185,17 +185,20 @@ pub fn usable_queues(name: &str, queues: Vec<OwnedFd>, no_offload: bool) -> Opti
         let why = match sys::tun::queue_info(q) {
             Err(e) => format!("its device is gone ({e})"),
             Ok((dev, _)) if dev != name => format!("it belongs to device {dev:?}, not {name:?}"),
-            Ok((_, flags)) => {
-                let v = flags & libc::IFF_VNET_HDR != 0;
-                if vnet.is_some_and(|x| x != v) {
-                    "the queues disagree about IFF_VNET_HDR".to_string()
-                } else if v && no_offload {
-                    "it carries a vnet header and --no-offload is set".to_string()
-                } else {
-                    vnet = Some(v);
-                    continue;
+            Ok((_, flags)) => match queue_mode_mismatch(flags) {
+                Some(why) => why,
+                None => {
+                    let v = flags & libc::IFF_VNET_HDR != 0;
+                    if vnet.is_some_and(|x| x != v) {
+                        "the queues disagree about IFF_VNET_HDR".to_string()
+                    } else if v && no_offload {
+                        "it carries a vnet header and --no-offload is set".to_string()
+                    } else {
+                        vnet = Some(v);
+                        continue;
+                    }
                 }
-            }
+            },
         };
         tracing::warn!(
             tun = name,
@@ -211,6 +214,27 @@ pub fn usable_queues(name: &str, queues: Vec<OwnedFd>, no_offload: bool) -> Opti
 
 /// Keeps the handed-over queues of `name`: offloads set again (device-wide), extra queues
 /// closed, missing ones opened with the same flags.
+/// Why a handed-over queue with `flags` (TUNGETIFF) cannot be ours: we read and write raw IPv4
+/// packets (IFF_TUN, no packet-information header: IFF_NO_PI) on a multi-queue device. `None`
+/// when it can.
+fn queue_mode_mismatch(flags: i32) -> Option<String> {
+    let tun = libc::IFF_TUN;
+    let tap = libc::IFF_TAP;
+    let no_pi = libc::IFF_NO_PI;
+    let multi = libc::IFF_MULTI_QUEUE;
+    if flags & (tun | tap) != tun {
+        Some(format!("it is not an IFF_TUN queue (flags {flags:#x})"))
+    } else if flags & no_pi == 0 {
+        Some(format!(
+            "it prepends packet information (no IFF_NO_PI, flags {flags:#x})"
+        ))
+    } else if flags & multi == 0 {
+        Some(format!("its device is not multi-queue (flags {flags:#x})"))
+    } else {
+        None
+    }
+}
+
 fn adopt_queues(name: &str, mut q: TunQueues, nqueues: usize) -> Result<TunQueues, SetupError> {
     if q.vnet_hdr {
         let what = enable_offloads(&q.queues[0])?;
@@ -356,5 +380,26 @@ mod tests {
         assert_eq!(effective_mtu(0), DEFAULT_MTU);
         assert_eq!(effective_mtu(1400), 1400);
         assert_eq!(effective_mtu(u32::MAX), worker::MAX_MTU);
+    }
+
+    #[test]
+    fn a_handed_over_queue_must_be_a_multi_queue_tun_without_packet_information() {
+        let (tun, tap, no_pi, multi, vnet) = (
+            libc::IFF_TUN,
+            libc::IFF_TAP,
+            libc::IFF_NO_PI,
+            libc::IFF_MULTI_QUEUE,
+            libc::IFF_VNET_HDR,
+        );
+        assert_eq!(queue_mode_mismatch(tun | no_pi | multi), None);
+        assert_eq!(queue_mode_mismatch(tun | no_pi | multi | vnet), None);
+        for bad in [
+            tap | no_pi | multi,
+            tun | multi,
+            tun | no_pi,
+            tun | tap | no_pi | multi,
+        ] {
+            assert!(queue_mode_mismatch(bad).is_some(), "{bad:#x}");
+        }
     }
 }
