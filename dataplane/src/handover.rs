@@ -353,23 +353,86 @@ pub fn forget_in_systemd(sd: &Reporter, kind: &str, upto: usize) {
 
 /// The binary to exec for a restart in place: the path this process was started from (at
 /// start, before an upgrade could replace the file), so a new build installed there runs;
-/// `/proc/self/exe` (this very build) when that path is gone.
+/// `/proc/self/exe` (this very build) when that path is gone, or when someone other than root
+/// or our own user could have put a file there (the file or a directory above it is owned by
+/// another user, or writable by group or others without the sticky bit): a root process must
+/// not run what an unprivileged user swapped in.
 #[derive(Debug, Clone)]
 pub struct OwnBinary(Option<PathBuf>);
 
 impl OwnBinary {
-    /// Reads the path now; call at start.
+    /// Reads the path now; call at start. A process that restarted the same build (its file
+    /// had been replaced or was not to be trusted) sees its path with the kernel's
+    /// " (deleted)" suffix: the path is the same without it, where a newer build may be.
     pub fn at_start() -> Self {
-        Self(std::env::current_exe().ok())
+        Self(
+            std::env::current_exe()
+                .ok()
+                .map(|p| without_deleted_suffix(&p)),
+        )
     }
 
     /// What to exec.
     pub fn path(&self) -> PathBuf {
-        match &self.0 {
-            Some(p) if p.is_file() => p.clone(),
-            _ => PathBuf::from("/proc/self/exe"),
+        let own = PathBuf::from("/proc/self/exe");
+        let Some(p) = self.0.as_ref().filter(|p| p.is_file()) else {
+            return own;
+        };
+        match untrusted_part(p, sys::caps::effective_uid()) {
+            None => p.clone(),
+            Some(why) => {
+                tracing::warn!(
+                    path = %p.display(),
+                    "not running the file at this path ({why}): restarting the same build"
+                );
+                own
+            }
         }
     }
+}
+
+/// `path` without the " (deleted)" that `/proc/self/exe` appends once the file is gone.
+fn without_deleted_suffix(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(b) => PathBuf::from(std::ffi::OsStr::from_bytes(b)),
+        None => path.to_owned(),
+    }
+}
+
+/// The first part of `path` (the file, then each directory up to `/`) that a user other than
+/// root or `uid` could have changed, with why; `None` when there is none.
+fn untrusted_part(path: &Path, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    for part in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        let why = match std::fs::metadata(part) {
+            Ok(m) => changeable_by_others(m.uid(), m.mode(), m.is_dir(), uid),
+            Err(e) => Some(format!("cannot inspect it: {e}")),
+        };
+        if let Some(why) = why {
+            return Some(format!("{}: {why}", part.display()));
+        }
+    }
+    None
+}
+
+/// Whether a file or directory with owner `owner` and `mode` may be changed by a user other
+/// than root or `uid`: owned by another user, or group/other-writable (a directory with the
+/// sticky bit only lets owners rename or remove their own entries).
+fn changeable_by_others(owner: u32, mode: u32, is_dir: bool, uid: u32) -> Option<String> {
+    const STICKY: u32 = 0o1000;
+    if owner != 0 && owner != uid {
+        return Some(format!("owned by uid {owner}"));
+    }
+    let sticky_dir = is_dir && mode & STICKY != 0;
+    if mode & 0o022 != 0 && !sticky_dir {
+        return Some(format!(
+            "writable by group or others (mode {:o})",
+            mode & 0o7777
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -441,5 +504,62 @@ mod tests {
             .map(std::os::fd::AsRawFd::as_raw_fd)
             .collect();
         assert_eq!(sorted, vec![raw[1], raw[2], raw[0]]);
+    }
+
+    #[test]
+    fn a_replaced_binary_is_looked_for_at_its_path() {
+        assert_eq!(
+            without_deleted_suffix(Path::new("/usr/bin/flannel-dataplane (deleted)")),
+            PathBuf::from("/usr/bin/flannel-dataplane")
+        );
+        assert_eq!(
+            without_deleted_suffix(Path::new("/usr/bin/flannel-dataplane")),
+            PathBuf::from("/usr/bin/flannel-dataplane")
+        );
+    }
+
+    #[test]
+    fn only_root_or_our_own_unshared_files_are_run_after_a_restart() {
+        assert_eq!(changeable_by_others(0, 0o100755, false, 0), None);
+        assert_eq!(changeable_by_others(1000, 0o100755, false, 1000), None);
+        assert_eq!(changeable_by_others(0, 0o40755, true, 1000), None);
+        assert!(
+            changeable_by_others(1000, 0o100755, false, 0).is_some(),
+            "another owner"
+        );
+        assert!(
+            changeable_by_others(0, 0o100775, false, 0).is_some(),
+            "group-writable"
+        );
+        assert!(
+            changeable_by_others(0, 0o40777, true, 0).is_some(),
+            "world-writable dir"
+        );
+        assert_eq!(
+            changeable_by_others(0, 0o41777, true, 0),
+            None,
+            "sticky /tmp: only owners move their entries"
+        );
+        assert!(
+            changeable_by_others(0, 0o101777, false, 0).is_some(),
+            "a sticky file is still writable"
+        );
+        // A file of ours: trusted (its directories are the machine's); made world-writable,
+        // the file itself is named.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("flannel-dataplane");
+        std::fs::write(&exe, b"#!/bin/true\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let uid = sys::caps::effective_uid();
+        let exe_text = exe.display().to_string();
+        let named_itself = |why: &Option<String>| {
+            why.as_deref()
+                .is_some_and(|w| w.starts_with(&format!("{exe_text}:")))
+        };
+        assert!(!named_itself(&untrusted_part(&exe, uid)));
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(named_itself(&untrusted_part(&exe, uid)));
+        assert!(untrusted_part(Path::new("/nonexistent/flannel"), 0).is_some());
     }
 }

@@ -97,6 +97,31 @@ fn two_hosts(opts: ClusterOpts) -> Cluster {
     c
 }
 
+/// The daemons' binaries copied into a directory of the test's (so a test can replace the data
+/// plane's file, as an upgrade does), and two hosts running them.
+struct CopiedBinaries {
+    dir: tempfile::TempDir,
+    /// The build's data plane (the source of "upgrades").
+    built: PathBuf,
+    /// The copy the hosts run.
+    installed: PathBuf,
+}
+
+fn two_hosts_on_copied_binaries() -> Option<(CopiedBinaries, Cluster)> {
+    let mut opts = ClusterOpts::for_test()?;
+    let dir = tempfile::tempdir().unwrap();
+    for b in ["flanneld", "flannel-dataplane"] {
+        std::fs::copy(opts.bin_dir.join(b), dir.path().join(b)).unwrap();
+    }
+    let bins = CopiedBinaries {
+        built: opts.bin_dir.join("flannel-dataplane"),
+        installed: dir.path().join("flannel-dataplane"),
+        dir,
+    };
+    opts.bin_dir = bins.dir.path().to_owned();
+    Some((bins, two_hosts(opts)))
+}
+
 fn now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -160,19 +185,9 @@ fn longest_gap(times: &[f64], from: f64, to: f64) -> f64 {
 
 #[test]
 fn restarts_and_upgrades_in_place_lose_no_ping_and_break_no_tcp() {
-    let Some(mut opts) = ClusterOpts::for_test() else {
+    let Some((bins, c)) = two_hosts_on_copied_binaries() else {
         return;
     };
-    // The binaries the hosts run are copies in a directory of this test's, so an upgrade can
-    // replace the data plane's file.
-    let bins = tempfile::tempdir().unwrap();
-    for b in ["flanneld", "flannel-dataplane"] {
-        std::fs::copy(opts.bin_dir.join(b), bins.path().join(b)).unwrap();
-    }
-    let built: PathBuf = opts.bin_dir.join("flannel-dataplane");
-    opts.bin_dir = bins.path().to_owned();
-    let installed = bins.path().join("flannel-dataplane");
-    let c = two_hosts(opts);
 
     let total = RESTARTS + UPGRADES;
     // Each restart is well under 100 ms; the transfer outlasts them all.
@@ -212,7 +227,7 @@ fn restarts_and_upgrades_in_place_lose_no_ping_and_break_no_tcp() {
         let dp = c.hosts[host].dataplane.as_ref().unwrap();
         let pid = dp.pid().unwrap();
         let before = dp.log_count("forwarding workers=");
-        let new_ino = upgrade.then(|| install_over(&built, &installed));
+        let new_ino = upgrade.then(|| install_over(&bins.built, &bins.installed));
         restarted_at.push(now_s());
         let signalled = std::time::Instant::now();
         dp.signal(nix::sys::signal::Signal::SIGUSR2);
@@ -640,4 +655,54 @@ fn a_kept_device_sheds_an_address_that_is_not_our_subnets() {
     );
     c.wait_reachable(0, 1, SEC * 10)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.hosts[0].logs()));
+}
+
+/// A restart in place runs the file at the data plane's path only if no other user could have
+/// put it there: with the binary's directory world-writable (no sticky bit), a file renamed
+/// over the binary is not run; the same build restarts (its inode), says why, and forwards.
+#[test]
+fn a_restart_does_not_run_a_binary_from_a_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some((bins, c)) = two_hosts_on_copied_binaries() else {
+        return;
+    };
+    let dp = c.hosts[0].dataplane.as_ref().unwrap();
+    let pid = dp.pid().unwrap();
+    let running = |pid: u32| std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino();
+    let first = running(pid);
+    std::fs::set_permissions(bins.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let swapped = install_over(&bins.built, &bins.installed);
+    assert_ne!(swapped, first);
+    let before = dp.log_count("forwarding workers=");
+    dp.signal(nix::sys::signal::Signal::SIGUSR2);
+    let up = wait_for(SEC * 10, || {
+        (dp.log_count("forwarding workers=") > before).then_some(())
+    });
+    assert!(up.is_some(), "not forwarding again\n{}", c.hosts[0].logs());
+    assert_eq!(dp.pid(), Some(pid));
+    assert_eq!(
+        running(pid),
+        first,
+        "the file put into a world-writable directory was run"
+    );
+    assert!(
+        dp.log_count("writable by group or others") >= 1,
+        "no reason logged\n{}",
+        c.hosts[0].logs()
+    );
+    c.wait_reachable(0, 1, SEC * 10)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.hosts[0].logs()));
+    // Trusted again: the next restart runs the file at the path.
+    std::fs::set_permissions(bins.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = dp.log_count("forwarding workers=");
+    dp.signal(nix::sys::signal::Signal::SIGUSR2);
+    let up = wait_for(SEC * 10, || {
+        (dp.log_count("forwarding workers=") > before).then_some(())
+    });
+    assert!(up.is_some(), "not forwarding again\n{}", c.hosts[0].logs());
+    assert_eq!(
+        running(pid),
+        swapped,
+        "the trusted file at the path does not run"
+    );
 }
