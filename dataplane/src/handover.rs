@@ -354,7 +354,8 @@ pub fn forget_in_systemd(sd: &Reporter, kind: &str, upto: usize) {
 /// The binary to exec for a restart in place: the path this process was started from (at
 /// start, before an upgrade could replace the file), so a new build installed there runs;
 /// `/proc/self/exe` (this very build) when that path is gone, or when someone other than root
-/// or our own user could have put a file there (the file or a directory above it is owned by
+/// or our own user could have put a file there (checked on the path with symlinks resolved,
+/// which is then the one run) (the file or a directory above it is owned by
 /// another user, or writable by group or others without the sticky bit): a root process must
 /// not run what an unprivileged user swapped in.
 #[derive(Debug, Clone)]
@@ -375,11 +376,15 @@ impl OwnBinary {
     /// What to exec.
     pub fn path(&self) -> PathBuf {
         let own = PathBuf::from("/proc/self/exe");
-        let Some(p) = self.0.as_ref().filter(|p| p.is_file()) else {
+        // Symlinks resolved: what is checked is what runs.
+        let Some(p) = self.0.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) else {
             return own;
         };
-        match untrusted_part(p, sys::caps::effective_uid()) {
-            None => p.clone(),
+        if !p.is_file() {
+            return own;
+        }
+        match untrusted_part(&p, sys::caps::effective_uid()) {
+            None => p,
             Some(why) => {
                 tracing::warn!(
                     path = %p.display(),
