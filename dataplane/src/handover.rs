@@ -352,14 +352,23 @@ pub fn forget_in_systemd(sd: &Reporter, kind: &str, upto: usize) {
 }
 
 /// The binary to exec for a restart in place: the path this process was started from (at
-/// start, before an upgrade could replace the file), so a new build installed there runs;
-/// `/proc/self/exe` (this very build) when that path is gone, or when someone other than root
-/// or our own user could have put a file there (checked on the path with symlinks resolved,
-/// which is then the one run) (the file or a directory above it is owned by
-/// another user, or writable by group or others without the sticky bit): a root process must
-/// not run what an unprivileged user swapped in.
+/// start, before an upgrade could replace the file; symlinks resolved), so a new build
+/// installed there runs. `/proc/self/exe` (this very build) instead when that path is gone, or
+/// could lead to a file someone other than root or our own user put there: the path now
+/// resolves elsewhere (a symlink was planted), a directory on it is another one than at start
+/// (replaced, or something mounted over it), or the file or a directory above it is owned by
+/// another user, or writable by others (or by a group other than root's and ours) without the
+/// sticky bit. A root process must not run what an unprivileged user swapped in.
 #[derive(Debug, Clone)]
-pub struct OwnBinary(Option<PathBuf>);
+pub struct OwnBinary(Option<StartPath>);
+
+/// The binary's path as found at start, and the identity (device, inode) of each directory
+/// on it.
+#[derive(Debug, Clone)]
+struct StartPath {
+    path: PathBuf,
+    dirs: Vec<(PathBuf, u64, u64)>,
+}
 
 impl OwnBinary {
     /// Reads the path now; call at start. A process that restarted the same build (its file
@@ -369,30 +378,73 @@ impl OwnBinary {
         Self(
             std::env::current_exe()
                 .ok()
-                .map(|p| without_deleted_suffix(&p)),
+                .and_then(|p| StartPath::new(&without_deleted_suffix(&p))),
         )
     }
 
     /// What to exec.
     pub fn path(&self) -> PathBuf {
         let own = PathBuf::from("/proc/self/exe");
-        // Symlinks resolved: what is checked is what runs.
-        let Some(p) = self.0.as_ref().and_then(|p| std::fs::canonicalize(p).ok()) else {
+        let Some(start) = &self.0 else {
             return own;
         };
-        if !p.is_file() {
+        if !start.path.is_file() {
             return own;
         }
-        match untrusted_part(&p, sys::caps::effective_uid()) {
-            None => p,
+        match start.changed_or_untrusted() {
+            None => start.path.clone(),
             Some(why) => {
                 tracing::warn!(
-                    path = %p.display(),
+                    path = %start.path.display(),
                     "not running the file at this path ({why}): restarting the same build"
                 );
                 own
             }
         }
+    }
+}
+
+impl StartPath {
+    /// `path` with its directories resolved (the file itself may be gone), and their identities.
+    fn new(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::fs::canonicalize(path.parent()?).ok()?;
+        let path = dir.join(path.file_name()?);
+        let dirs = dir
+            .ancestors()
+            .map(|d| {
+                let m = std::fs::metadata(d).ok()?;
+                Some((d.to_owned(), m.dev(), m.ino()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { path, dirs })
+    }
+
+    /// Why the file at the path may not be run now, if it may not.
+    fn changed_or_untrusted(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::canonicalize(&self.path) {
+            Ok(p) if p == self.path => {}
+            Ok(p) => return Some(format!("it now leads to {}", p.display())),
+            Err(e) => return Some(format!("cannot resolve it: {e}")),
+        }
+        for (dir, dev, ino) in &self.dirs {
+            match std::fs::metadata(dir) {
+                Ok(m) if (m.dev(), m.ino()) == (*dev, *ino) => {}
+                Ok(_) => {
+                    return Some(format!(
+                        "{} is another directory than at start",
+                        dir.display()
+                    ))
+                }
+                Err(e) => return Some(format!("{}: {e}", dir.display())),
+            }
+        }
+        untrusted_part(
+            &self.path,
+            sys::caps::effective_uid(),
+            sys::caps::effective_gid(),
+        )
     }
 }
 
@@ -408,11 +460,11 @@ fn without_deleted_suffix(path: &Path) -> PathBuf {
 
 /// The first part of `path` (the file, then each directory up to `/`) that a user other than
 /// root or `uid` could have changed, with why; `None` when there is none.
-fn untrusted_part(path: &Path, uid: u32) -> Option<String> {
+fn untrusted_part(path: &Path, uid: u32, gid: u32) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     for part in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
         let why = match std::fs::metadata(part) {
-            Ok(m) => changeable_by_others(m.uid(), m.mode(), m.is_dir(), uid),
+            Ok(m) => changeable_by_others(m.uid(), m.gid(), m.mode(), m.is_dir(), uid, gid),
             Err(e) => Some(format!("cannot inspect it: {e}")),
         };
         if let Some(why) = why {
@@ -422,18 +474,31 @@ fn untrusted_part(path: &Path, uid: u32) -> Option<String> {
     None
 }
 
-/// Whether a file or directory with owner `owner` and `mode` may be changed by a user other
-/// than root or `uid`: owned by another user, or group/other-writable (a directory with the
-/// sticky bit only lets owners rename or remove their own entries).
-fn changeable_by_others(owner: u32, mode: u32, is_dir: bool, uid: u32) -> Option<String> {
+/// Whether a file or directory (`owner`, `group`, `mode`) may be changed by a user other than
+/// root or `uid`: owned by another user, writable by others, or by a group other than root's
+/// and `gid` (a directory with the sticky bit only lets owners rename or remove their own
+/// entries).
+fn changeable_by_others(
+    owner: u32,
+    group: u32,
+    mode: u32,
+    is_dir: bool,
+    uid: u32,
+    gid: u32,
+) -> Option<String> {
     const STICKY: u32 = 0o1000;
     if owner != 0 && owner != uid {
         return Some(format!("owned by uid {owner}"));
     }
-    let sticky_dir = is_dir && mode & STICKY != 0;
-    if mode & 0o022 != 0 && !sticky_dir {
+    if is_dir && mode & STICKY != 0 {
+        return None;
+    }
+    if mode & 0o002 != 0 {
+        return Some(format!("writable by others (mode {:o})", mode & 0o7777));
+    }
+    if mode & 0o020 != 0 && group != 0 && group != gid {
         return Some(format!(
-            "writable by group or others (mode {:o})",
+            "writable by group {group} (mode {:o})",
             mode & 0o7777
         ));
     }
@@ -525,46 +590,57 @@ mod tests {
 
     #[test]
     fn only_root_or_our_own_unshared_files_are_run_after_a_restart() {
-        assert_eq!(changeable_by_others(0, 0o100755, false, 0), None);
-        assert_eq!(changeable_by_others(1000, 0o100755, false, 1000), None);
-        assert_eq!(changeable_by_others(0, 0o40755, true, 1000), None);
+        let f = |owner, group, mode, is_dir| {
+            changeable_by_others(owner, group, mode, is_dir, 1000, 1000)
+        };
+        assert_eq!(f(0, 0, 0o100755, false), None);
+        assert_eq!(f(1000, 1000, 0o100755, false), None);
+        assert_eq!(f(0, 0, 0o40775, true), None, "root's group may write");
+        assert_eq!(f(0, 1000, 0o100775, false), None, "our group may write");
         assert!(
-            changeable_by_others(1000, 0o100755, false, 0).is_some(),
-            "another owner"
+            f(0, 50, 0o100775, false).is_some(),
+            "another group may write"
         );
-        assert!(
-            changeable_by_others(0, 0o100775, false, 0).is_some(),
-            "group-writable"
-        );
-        assert!(
-            changeable_by_others(0, 0o40777, true, 0).is_some(),
-            "world-writable dir"
-        );
+        assert!(f(1001, 0, 0o100755, false).is_some(), "another owner");
+        assert!(f(0, 0, 0o40777, true).is_some(), "world-writable dir");
         assert_eq!(
-            changeable_by_others(0, 0o41777, true, 0),
+            f(0, 0, 0o41777, true),
             None,
-            "sticky /tmp: only owners move their entries"
+            "sticky /tmp: only owners move entries"
         );
         assert!(
-            changeable_by_others(0, 0o101777, false, 0).is_some(),
+            f(0, 0, 0o101777, false).is_some(),
             "a sticky file is still writable"
         );
-        // A file of ours: trusted (its directories are the machine's); made world-writable,
-        // the file itself is named.
+        assert!(untrusted_part(Path::new("/nonexistent/flannel"), 0, 0).is_some());
+    }
+
+    /// A binary of ours in a directory of ours is run; made world-writable, or replaced by a
+    /// symlink (to a file that would pass every other check), it is not.
+    #[test]
+    fn a_restart_runs_the_file_at_the_start_path_only_while_it_is_trusted() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("flannel-dataplane");
-        std::fs::write(&exe, b"#!/bin/true\n").unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let uid = sys::caps::effective_uid();
-        let exe_text = exe.display().to_string();
-        let named_itself = |why: &Option<String>| {
-            why.as_deref()
-                .is_some_and(|w| w.starts_with(&format!("{exe_text}:")))
-        };
-        assert!(!named_itself(&untrusted_part(&exe, uid)));
+        let other = dir.path().join("other");
+        for f in [&exe, &other] {
+            std::fs::write(f, b"#!/bin/true\n").unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let own = OwnBinary(StartPath::new(&exe));
+        let canonical = std::fs::canonicalize(&exe).unwrap();
+        let proc_self = PathBuf::from("/proc/self/exe");
+        // The temporary directory's own ancestors are the machine's: trusted unless TMPDIR
+        // lives somewhere odd, in which case only the refusals below are checked.
+        let trusted = own.path() == canonical;
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(named_itself(&untrusted_part(&exe, uid)));
-        assert!(untrusted_part(Path::new("/nonexistent/flannel"), 0).is_some());
+        assert_eq!(own.path(), proc_self, "world-writable file");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(own.path() == canonical, trusted);
+        std::fs::remove_file(&exe).unwrap();
+        std::os::unix::fs::symlink(&other, &exe).unwrap();
+        assert_eq!(own.path(), proc_self, "a symlink planted at the path");
+        std::fs::remove_file(&exe).unwrap();
+        assert_eq!(own.path(), proc_self, "the file is gone");
     }
 }

@@ -141,11 +141,6 @@ pub fn start_forwarding(
         &meta,
         kept_queues,
     )?;
-    if let Some(dir) = opts.stats.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Under systemd this is the unit's RuntimeDirectory; without it, made here.
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SetupError::with_chain("creating the stats file's directory", &e))?;
-    }
     let stats = StatsWriter::create(opts.stats, layout.count)
         .map_err(|e| SetupError::with_chain("creating the stats file", &e))?;
     stats.set_io_path(io_path);

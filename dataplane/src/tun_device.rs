@@ -112,7 +112,7 @@ impl TunDevice {
             );
         }
         set_address(self.ifindex, self.our_subnet, None)?;
-        remove_other_addresses(name, self.ifindex, self.our_subnet);
+        remove_stale_addresses(name, self.ifindex, self.network, self.our_subnet);
         sys::netlink::add_route(self.ifindex, self.network)
             .with_context(|| format!("adding route {} dev {name}", self.network))
     }
@@ -249,6 +249,10 @@ fn adopt_queues(name: &str, mut q: TunQueues, nqueues: usize) -> Result<TunQueue
         );
         q.queues.truncate(nqueues);
     }
+    // Non-blocking, as `open_queue` makes them (the previous process may not have).
+    for fd in &q.queues {
+        sys::io::set_nonblocking(fd).context("making a kept TUN queue non-blocking")?;
+    }
     let kept = q.queues.len();
     for i in kept..nqueues {
         q.queues.push(
@@ -294,17 +298,24 @@ fn open_queues(name: &str, nqueues: usize, no_offload: bool) -> Result<TunQueues
     Ok(TunQueues { queues, vnet_hdr })
 }
 
-/// Removes every IPv4 address but ours (`our_subnet`'s network address /32) from a device kept
-/// across a restart: one the lease had before it changed while no data plane ran. Logged, not
-/// fatal.
-fn remove_other_addresses(name: &str, ifindex: u32, our_subnet: Option<Ipv4Net>) {
-    let ours = our_subnet.map(|s| (s.addr(), 32));
+/// Removes from a device kept across a restart the /32s inside `network` that are not ours
+/// (`our_subnet`'s network address): one a lease had before it changed while no data plane
+/// ran. Other addresses (an operator's) are left and logged. Failures are logged, not fatal.
+fn remove_stale_addresses(name: &str, ifindex: u32, network: Ipv4Net, our_subnet: Option<Ipv4Net>) {
+    let ours = our_subnet.map(|s| s.addr());
     match sys::netlink::ipv4_addresses(ifindex) {
         Ok(addrs) => {
-            for (addr, prefix) in addrs.into_iter().filter(|a| Some(*a) != ours) {
-                tracing::info!("removing {addr}/{prefix} from {name}: not our subnet's address");
+            for (addr, prefix) in addrs {
+                if Some(addr) == ours && prefix == 32 {
+                    continue;
+                }
+                if prefix != 32 || !network.contains(addr) {
+                    tracing::info!("{name} also holds {addr}/{prefix} (not ours, left alone)");
+                    continue;
+                }
+                tracing::info!("removing {addr}/32 from {name}: a subnet's address, not ours");
                 if let Err(e) = sys::netlink::del_address(ifindex, addr, prefix) {
-                    tracing::warn!("removing {addr}/{prefix} from {name}: {e}");
+                    tracing::warn!("removing {addr}/32 from {name}: {e}");
                 }
             }
         }

@@ -188,7 +188,11 @@ fn parse_addr_dump(buf: &[u8], index: u32, out: &mut Vec<(Ipv4Addr, u8)>) -> io:
     let mut off = 0;
     while let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) {
         let len = len as usize;
-        let Some(m) = buf.get(off..off + len).filter(|_| len >= NLMSG_HDR) else {
+        let Some(m) = off
+            .checked_add(len)
+            .and_then(|end| buf.get(off..end))
+            .filter(|_| len >= NLMSG_HDR)
+        else {
             break;
         };
         match kind {
@@ -198,7 +202,7 @@ fn parse_addr_dump(buf: &[u8], index: u32, out: &mut Vec<(Ipv4Addr, u8)>) -> io:
                 return if e == 0 {
                     Ok(true)
                 } else {
-                    Err(io::Error::from_raw_os_error(-e))
+                    Err(io::Error::from_raw_os_error(e.wrapping_neg()))
                 };
             }
             RTM_NEWADDR => {

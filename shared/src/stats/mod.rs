@@ -32,7 +32,7 @@ pub use crate::shm::stats::{StatsReader, StatsWriter, WorkerStats, MAGIC, VERSIO
 
 /// Where the data plane keeps its counters by default, and where flanneld and flannelctl look:
 /// the data plane's own runtime directory (the unit's `RuntimeDirectory=flannel-dataplane`; the
-/// data plane creates it when it runs without systemd), which its non-root user can write,
+/// data plane creates it, mode 0755, when it runs without systemd), which its non-root user can write,
 /// unlike flanneld's `/run/flannel`.
 pub const DEFAULT_PATH: &str = "/run/flannel-dataplane/stats";
 
