@@ -18,7 +18,9 @@
 //!    [`worker::fallback`] (poll + recvmmsg/sendmmsg), both I/O loops around one
 //!    [`worker::WorkerState`].
 //! 6. [`steering`]: pure BPF programs that hand a packet to the worker of its CPU (CPU-local
-//!    steering, `--steering cpu`).
+//!    steering, `--steering cpu`). [`bpf_asm`]: the small eBPF assembler (labels, helpers,
+//!    map slots, listings) the longer programs are written with. [`express`]: the express
+//!    lane's programs (issue 31; built and kernel-tested, not yet attached by the data plane).
 //! 7. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, BPF maps and programs,
 //!    threads, signals, and each worker's io_uring with the memory it shares with the kernel.
 //!
@@ -33,8 +35,8 @@
 //! `unsafe` is denied crate-wide and allowed only in [`sys`], which holds the syscalls and the
 //! memory shared with the kernel (the io_uring TUN slots and receive buffer ring); there every
 //! `unsafe` block has a `// SAFETY:` comment. Pure modules (`packet`, `forward`, `gso`, `gro`,
-//! `send_batch`, `transmit`, `datapath`, `steering`) forbid it outright. Counters go to the shared-memory
-//! block in [`flannel_shared::stats`]; nothing logs per packet.
+//! `send_batch`, `transmit`, `datapath`, `steering`, `bpf_asm`, `express`) forbid it outright.
+//! Counters go to the shared-memory block in [`flannel_shared::stats`]; nothing logs per packet.
 //!
 //! # What the `flannel-dataplane` process does
 //!
@@ -103,7 +105,9 @@
 
 #![deny(unsafe_code)]
 
+pub mod bpf_asm;
 pub mod datapath;
+pub mod express;
 pub mod forward;
 pub mod gro;
 pub mod gso;

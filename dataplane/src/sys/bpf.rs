@@ -10,6 +10,12 @@
 //! What can fail: `bpf(2)` (EPERM without the capability, EINVAL when the kernel rejects the
 //! program: the error carries the end of the verifier's log), `mmap` of the board, the ioctl
 //! (EINVAL before 4.16). The caller keeps flow steering then and logs it once.
+//!
+//! For the express lane (`crate::express` builds its programs): [`BpfMap`] (hash, array and
+//! per-CPU array maps whose lookups and updates are sized by the map), [`load_sched_cls`]
+//! (TC programs; CAP_BPF and CAP_NET_ADMIN) and [`test_run`] (`BPF_PROG_TEST_RUN`, Linux 4.12;
+//! root), which the kernel tests run the programs' golden packets through. Attaching them is
+//! [`super::tcx`]'s.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,6 +30,7 @@ const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 /// `BPF_F_MMAPABLE` (Linux 5.5+): an array map userspace can mmap.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 /// Tries of `BPF_PROG_LOAD` while it answers EAGAIN.
 const PROG_LOAD_ATTEMPTS: usize = 5;
 /// `_IOR('T', 224, int)` from linux/if_tun.h, in the asm-generic ioctl encoding (dir << 30 |
@@ -54,7 +61,7 @@ struct ProgLoadAttr {
     prog_flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a `union bpf_attr` prefix of the given size for `cmd`; the kernel
     // reads it (and the memory it points at, which the caller keeps alive) during the call.
     let fd = cvt(unsafe {
@@ -179,10 +186,20 @@ pub fn monotonic_ns() -> u64 {
 /// Loads `prog` as a socket-filter program; returns its fd. A rejected program's error
 /// carries the end of the verifier's log.
 pub fn load_socket_filter(prog: &[BpfInsn]) -> io::Result<OwnedFd> {
+    load_program(BPF_PROG_TYPE_SOCKET_FILTER, prog)
+}
+
+/// Loads `prog` as a TC classifier (`BPF_PROG_TYPE_SCHED_CLS`, what tcx links attach; needs
+/// CAP_BPF and CAP_NET_ADMIN); returns its fd. Errors as [`load_socket_filter`].
+pub fn load_sched_cls(prog: &[BpfInsn]) -> io::Result<OwnedFd> {
+    load_program(BPF_PROG_TYPE_SCHED_CLS, prog)
+}
+
+fn load_program(prog_type: u32, prog: &[BpfInsn]) -> io::Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 * 1024];
+    let mut log = vec![0u8; 256 * 1024];
     let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        prog_type,
         insn_cnt: prog.len() as u32,
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -207,6 +224,230 @@ pub fn load_socket_filter(prog: &[BpfInsn]) -> io::Result<OwnedFd> {
         let text = String::from_utf8_lossy(&log[..end]);
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         io::Error::new(e.kind(), format!("{e}; verifier: {}", tail.join(" | ")))
+    })
+}
+
+/// The map types the data plane creates through [`BpfMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    /// One value per possible CPU; a lookup returns them all, each padded to 8 bytes.
+    PercpuArray = 6,
+}
+
+/// A BPF map with its key and value sizes, so lookups and updates cannot hand the kernel a
+/// buffer of the wrong size.
+pub struct BpfMap {
+    fd: OwnedFd,
+    key_size: usize,
+    value_size: usize,
+    /// Bytes one lookup or update copies: `value_size`, or per-CPU `round_up(value_size, 8)`
+    /// times the possible CPUs.
+    value_len: usize,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// `union bpf_attr` for the element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+impl BpfMap {
+    pub fn create(
+        kind: MapKind,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        flags: u32,
+    ) -> io::Result<Self> {
+        let fd = bpf(
+            BPF_MAP_CREATE,
+            &MapCreateAttr {
+                map_type: kind as u32,
+                key_size,
+                value_size,
+                max_entries,
+                map_flags: flags,
+            },
+        )?;
+        let value_len = match kind {
+            MapKind::PercpuArray => (value_size as usize).div_ceil(8) * 8 * possible_cpus()?,
+            _ => value_size as usize,
+        };
+        Ok(Self {
+            fd,
+            key_size: key_size as usize,
+            value_size: value_size as usize,
+            value_len,
+        })
+    }
+
+    /// The map's fd, for a program's map slot.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Bytes of one value (all CPUs' for a per-CPU map).
+    pub fn value_len(&self) -> usize {
+        self.value_len
+    }
+
+    fn elem(&self, cmd: libc::c_long, key: &[u8], value: *mut u8) -> io::Result<()> {
+        if key.len() != self.key_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("key of {} bytes for a map of {}", key.len(), self.key_size),
+            ));
+        }
+        let attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            pad: 0,
+            key: key.as_ptr() as u64,
+            value: value as u64,
+            flags: 0, // BPF_ANY
+        };
+        // SAFETY: `key` holds key_size bytes (checked above) and `value` points at value_len
+        // bytes (checked by both callers); the kernel reads/writes no more and both outlive the
+        // call. ElemAttr is the element-command prefix of `union bpf_attr`.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>() as libc::c_uint,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Creates or replaces the value at `key` (`value`: [`Self::value_len`] bytes).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if value.len() != self.value_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "value of {} bytes for a map of {}",
+                    value.len(),
+                    self.value_len
+                ),
+            ));
+        }
+        // The kernel only reads the value for an update.
+        self.elem(BPF_MAP_UPDATE_ELEM, key, value.as_ptr().cast_mut())
+    }
+
+    /// The value at `key` ([`Self::value_len`] bytes).
+    pub fn lookup(&self, key: &[u8]) -> io::Result<Vec<u8>> {
+        let mut value = vec![0u8; self.value_len];
+        self.elem(BPF_MAP_LOOKUP_ELEM, key, value.as_mut_ptr())?;
+        Ok(value)
+    }
+
+    /// For a per-CPU map of u64 values: the sum over all CPUs at `key`.
+    pub fn sum_u64(&self, key: &[u8]) -> io::Result<u64> {
+        let v = self.lookup(key)?;
+        let stride = self.value_size.div_ceil(8) * 8;
+        Ok(v.chunks(stride)
+            .map(|c| u64::from_ne_bytes(c[..8].try_into().unwrap_or([0; 8])))
+            .fold(0u64, u64::wrapping_add))
+    }
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. "0-3"): per-CPU
+/// map values come in this many copies.
+pub fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    parse_cpu_ranges(text.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/sys/devices/system/cpu/possible: {text:?}"),
+        )
+    })
+}
+
+/// Highest CPU + 1 of a list like "0-3,5".
+fn parse_cpu_ranges(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',') {
+        let hi = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
+        max = Some(max.map_or(hi, |m: usize| m.max(hi)));
+    }
+    max.map(|m| m + 1)
+}
+
+/// One `BPF_PROG_TEST_RUN`: the program's return value and the packet as it left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    pub retval: u32,
+    pub data: Vec<u8>,
+}
+
+/// Runs `prog` once over the frame `data` (for TC programs an Ethernet frame: the kernel
+/// builds an skb with a MAC header), with an optional `struct __sk_buff` context `ctx` (its
+/// settable fields, e.g. `gso_size`; the rest zero). Root only.
+pub fn test_run(prog: &OwnedFd, data: &[u8], ctx: Option<&[u8]>) -> io::Result<TestRun> {
+    #[repr(C)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        pad: u32,
+    }
+    let mut out = vec![0u8; data.len() + 4096];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        retval: 0,
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        duration: 0,
+        ctx_size_in: ctx.map_or(0, |c| c.len() as u32),
+        ctx_size_out: 0,
+        ctx_in: ctx.map_or(0, |c| c.as_ptr() as u64),
+        ctx_out: 0,
+        flags: 0,
+        cpu: 0,
+        batch_size: 0,
+        pad: 0,
+    };
+    // SAFETY: the attr describes `data` (read), `out` (written, at most data_size_out bytes)
+    // and `ctx` (read, ctx_size_in bytes); all outlive the call. The kernel writes retval,
+    // data_size_out and duration into `attr`.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as libc::c_uint,
+        )
+    })?;
+    out.truncate(attr.data_size_out as usize);
+    Ok(TestRun {
+        retval: attr.retval,
+        data: out,
     })
 }
 

@@ -9,7 +9,8 @@
 //! - [`fds`]: fds that outlive the process: `$LISTEN_FDS`, systemd's fd store, exec.
 //! - [`caps`]: dropping every capability but CAP_NET_ADMIN after setup.
 //! - [`thread`]: CPU pinning, the online CPU list, the wake-up eventfd, signal masks.
-//! - [`bpf`]: CPU-local steering: BPF maps, loading and attaching (`crate::steering` builds the programs).
+//! - [`bpf`]: BPF maps, loading, test runs; CPU-local steering's attaching (`crate::steering` builds the programs).
+//! - [`tcx`]: attaching TC programs through tcx links (the express lane).
 //! - [`io`]: plain read/write/poll, and recvmmsg/sendmmsg over reusable headers ([`io::MsgBatch`]).
 //! - [`uring`]: a worker's io_uring instance, its TUN slots (send memory) and receive buffers.
 //! - [`buf_ring`]: the provided-buffer ring behind the multishot receive.
@@ -22,6 +23,7 @@ pub mod iface;
 pub mod io;
 pub mod netlink;
 pub mod socket;
+pub mod tcx;
 pub mod thread;
 pub mod tun;
 pub mod uring;
