@@ -30,8 +30,8 @@ use crate::bpf_asm::{R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use crate::express::emit::{count, lookup, KEY};
 use crate::express::layout::{
     cfg, skb, slot, Endpoint, LaneCounter, BPF_ADJ_ROOM_MAC, BPF_CSUM_LEVEL_DEC,
-    BPF_F_ADJ_ROOM_FIXED_GSO, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW, SENDER_HOLDS_OUR_SUBNET, TCX_DROP,
-    TCX_NEXT,
+    BPF_F_ADJ_ROOM_DECAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
+    SENDER_HOLDS_OUR_SUBNET, TCX_DROP, TCX_NEXT,
 };
 
 // Stack slots (r10 − 8 is the map key, `emit::KEY`).
@@ -283,6 +283,20 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.mov64_imm(R0, TCX_NEXT);
     a.exit();
 
+    a.finish()
+}
+
+/// A program that only asks the kernel to decapsulate 28 bytes with
+/// [`BPF_F_ADJ_ROOM_DECAP_L4_UDP`] and returns the helper's answer: run once over a flannel
+/// datagram (`BPF_PROG_TEST_RUN`), 0 means the kernel has the flag, `-EINVAL` that it does
+/// not (unknown flags are refused before the packet is touched).
+pub fn decap_l4_udp_probe() -> Result<Program, AsmError> {
+    let mut a = Asm::new();
+    a.mov64_imm(R2, -ENCAP_LEN);
+    a.mov64_imm(R3, BPF_ADJ_ROOM_MAC);
+    a.mov64_imm(R4, BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L4_UDP);
+    a.call(Helper::SkbAdjustRoom);
+    a.exit();
     a.finish()
 }
 

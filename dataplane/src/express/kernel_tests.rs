@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use crate::express::egress::{egress_program, LinkKind};
-use crate::express::ingress::ingress_program;
+use crate::express::ingress::{decap_l4_udp_probe, ingress_program};
 use crate::express::layout::{
     peer_value, skb, Endpoint, LaneCfg, LaneCounter, SENDER_HOLDS_OUR_SUBNET, TCX_DROP, TCX_NEXT,
 };
@@ -532,4 +532,28 @@ fn ingress_hands_on_what_it_does_not_take() {
     assert_eq!(out.data, input, "GRO batch: packet changed");
     assert_eq!(i.counter(LaneCounter::RxPassed), 2);
     assert_eq!(i.counter(LaneCounter::RxErrors), 0);
+}
+
+/// The probe for `BPF_F_ADJ_ROOM_DECAP_L4_UDP` gets a clear answer from the kernel: 0 (the
+/// flag exists) or -EINVAL (it does not; Linux 6.18).
+#[test]
+fn decap_l4_udp_probe_answers() {
+    if !is_root() {
+        return;
+    }
+    let prog = bpf::load_sched_cls(decap_l4_udp_probe().unwrap().insns()).unwrap();
+    let out = bpf::test_run(&prog, &datagram(HOST_B, 8285, &inner(CB, CA, 63, 10)), None).unwrap();
+    let answer = out.retval as i32;
+    assert!(
+        answer == 0 || answer == -libc::EINVAL,
+        "adjust_room answered {answer}"
+    );
+    println!(
+        "BPF_F_ADJ_ROOM_DECAP_L4_UDP: {}",
+        if answer == 0 {
+            "supported"
+        } else {
+            "not supported"
+        }
+    );
 }

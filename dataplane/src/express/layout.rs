@@ -36,6 +36,11 @@ pub const BPF_ADJ_ROOM_MAC: i32 = 1;
 pub const BPF_F_ADJ_ROOM_FIXED_GSO: i32 = 1;
 pub const BPF_F_ADJ_ROOM_ENCAP_L3_IPV4: i32 = 1 << 1;
 pub const BPF_F_ADJ_ROOM_ENCAP_L4_UDP: i32 = 1 << 4;
+/// Decapsulation flag that also clears the skb's UDP-tunnel marks (`skb->encapsulation`,
+/// `SKB_GSO_UDP_TUNNEL`), as the kernel's own tunnels do on receive. Not in Linux 6.18's
+/// `enum bpf_adj_room_flags`; reported as added in bpf-next. Probe with
+/// [`crate::express::ingress::decap_l4_udp_probe`].
+pub const BPF_F_ADJ_ROOM_DECAP_L4_UDP: i32 = 1 << 10;
 /// Encapsulation as the egress program asks for it: keep the inner MSS (`gso_size`), mark
 /// the skb as IPv4/UDP-encapsulated (GSO then segments it as a UDP tunnel).
 pub const ENCAP_FLAGS: i32 =
