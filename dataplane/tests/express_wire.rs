@@ -303,6 +303,37 @@ fn two_lanes_carry_ping_and_bulk_tcp_between_containers() {
     let (ping, text) = ca.ping(Ipv4Addr::new(10, 1, 16, 2), 5).unwrap();
     assert_eq!(ping.received, 5, "{text}");
 
+    // On B's underlay, the lengths of the flannel datagrams as they arrive (AF_PACKET, all
+    // protocols): a GSO skb crosses the veth whole, as one "frame" of tens of kilobytes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = b.spawn_thread({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            use std::io::Read;
+            let eth_p_all = (libc::ETH_P_ALL as u16).to_be();
+            let mut s = Socket::new(
+                Domain::PACKET,
+                Type::RAW,
+                Some(Protocol::from(i32::from(eth_p_all))),
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let (mut frames, mut longest) = (0usize, 0usize);
+            let mut buf = vec![0u8; 1 << 17];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(n) = s.read(&mut buf) else { continue };
+                // Ethernet + IPv4 (no options) + UDP to 8285.
+                if n >= 42 && buf[12..14] == [8, 0] && buf[23] == 17 && buf[36..38] == [0x20, 0x5d]
+                {
+                    frames += 1;
+                    longest = longest.max(n);
+                }
+            }
+            (frames, longest)
+        }
+    });
     let mut server = cb
         .command("iperf3")
         .args(["-s", "-1", "-B", "10.1.16.2"])
@@ -318,6 +349,13 @@ fn two_lanes_carry_ping_and_bulk_tcp_between_containers() {
         .unwrap();
     let _ = server.kill();
     let _ = server.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (frames, longest) = flannel_perf::testbed::join(watch);
+    println!("B's underlay: {frames} flannel frames, the longest {longest} bytes");
+    assert!(
+        longest > 1514,
+        "no GSO super-frame crossed the veth (longest {longest})"
+    );
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "iperf3: {report}");
     let receiver = report
