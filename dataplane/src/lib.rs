@@ -108,6 +108,7 @@
 pub mod bpf_asm;
 pub mod datapath;
 pub mod express;
+pub mod express_lane;
 pub mod forward;
 pub mod gro;
 pub mod gso;

@@ -95,6 +95,17 @@ struct Args {
     #[arg(long, env = "FLANNEL_DATAPLANE_MARK", default_value_t = flannel_shared::DATAPLANE_MARK,
           value_parser = parse_mark)]
     mark: u32,
+    /// The express lane: flannel's encapsulation done in the kernel (TC-BPF on the TUN device's
+    /// egress and the underlay's ingress, Linux 6.6, CAP_BPF at start), fed from the same
+    /// route table; the io_uring path forwards whatever the lane does not take. Without the
+    /// kernel or privileges for it: one log line, and the io_uring path forwards everything.
+    #[arg(long, env = "FLANNEL_DATAPLANE_EXPRESS")]
+    express: bool,
+    /// The express lane's outer UDP source port: `flow` (one per inner flow, 49152–65535, so
+    /// receiving NICs spread flows over queues) or `fixed` (the flannel port, as flannel's
+    /// sockets send from, for peers or firewalls that need it).
+    #[arg(long, env = "FLANNEL_DATAPLANE_EXPRESS_SOURCE_PORT", value_enum, default_value_t = SourcePort::Flow)]
+    express_source_port: SourcePort,
     /// Debug logging.
     #[arg(short, long, env = "FLANNEL_DATAPLANE_VERBOSE")]
     verbose: bool,
@@ -114,6 +125,13 @@ fn parse_mark(s: &str) -> Result<u32, String> {
 enum TunReadsFlag {
     Ring,
     Readiness,
+}
+
+/// `--express-source-port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SourcePort {
+    Flow,
+    Fixed,
 }
 
 /// `--steering`.
@@ -198,6 +216,7 @@ fn run(args: Args, inherited: Inherited) -> Result<Exit> {
         nworkers,
         io_path,
         keep,
+        express,
     } = startup::start_forwarding(&start_options(&args), &snap, inherited, &sd)?;
     let forwarding = |tun: &TunDevice, snap: &RouteSnapshot| {
         format!(
@@ -219,8 +238,14 @@ fn run(args: Args, inherited: Inherited) -> Result<Exit> {
         snap,
         tun: &mut tun,
         arrival: &mut arrival,
+        express,
     };
-    match follower.run(&workers, forwarding) {
+    let end = follower.run(&workers, forwarding);
+    // The lane's last counts; dropping it detaches its programs (the workers still forward).
+    if let Some(lane) = follower.express.take() {
+        lane.finish();
+    }
+    match end {
         LoopEnd::Stop => workers.stop(None)?,
         LoopEnd::WorkerEnded(i) => workers.stop(Some(i))?,
         LoopEnd::Handover => {
@@ -271,5 +296,8 @@ fn start_options(args: &Args) -> StartOptions<'_> {
         spoof_check: !args.no_spoof_check,
         underlay_iface: &args.underlay_iface,
         mark: args.mark,
+        express: args
+            .express
+            .then_some(args.express_source_port == SourcePort::Fixed),
     }
 }

@@ -13,6 +13,7 @@ use flannel_shared::stats::{IoPath, StatsWriter};
 
 use flannel_shared::sd_notify::Reporter;
 
+use crate::express_lane::{ExpressLane, ExpressOptions};
 use crate::handover::{self, Inherited, Keep, UdpOrigin};
 use crate::setup_error::SetupError;
 use crate::steering_attach;
@@ -47,6 +48,8 @@ pub struct StartOptions<'a> {
     pub underlay_iface: &'a [String],
     /// SO_MARK of the sockets (0: none).
     pub mark: u32,
+    /// `--express`: the in-kernel lane, with `--express-source-port fixed` (`Some(true)`).
+    pub express: Option<bool>,
 }
 
 /// What runs once setup is done.
@@ -58,6 +61,8 @@ pub struct Forwarding {
     pub io_path: IoPath,
     /// The fds to hand to the next data plane.
     pub keep: Keep,
+    /// The express lane, when asked for and the kernel and privileges allow it.
+    pub express: Option<ExpressLane>,
 }
 
 /// The worker count: one per handed-over receive socket when there are any (a socket no
@@ -166,6 +171,9 @@ pub fn start_forwarding(
         &queues.queues[0],
         &pairs[0].recv,
     );
+    let express = opts
+        .express
+        .and_then(|fixed_source_port| start_express(opts, port, fixed_source_port, &tun, &stats));
     keep_only_net_admin();
     let mut arrival = ArrivalKeeper::new(opts.underlay_iface.to_vec());
     arrival.update(supervise::our_public_ip(snap));
@@ -194,7 +202,37 @@ pub fn start_forwarding(
         nworkers: layout.count,
         io_path,
         keep,
+        express,
     })
+}
+
+/// The express lane, loaded while CAP_BPF is still held; `None` (logged once, with why) when
+/// the kernel or the privileges do not allow it: the io_uring path then forwards everything.
+fn start_express(
+    opts: &StartOptions<'_>,
+    port: u16,
+    fixed_source_port: bool,
+    tun: &TunDevice,
+    stats: &StatsWriter,
+) -> Option<ExpressLane> {
+    let lane_opts = ExpressOptions {
+        fixed_source_port,
+        spoof_check: opts.spoof_check,
+        port,
+    };
+    match ExpressLane::start(lane_opts, tun.ifindex(), stats.worker(0)) {
+        Ok(lane) => {
+            tracing::info!(
+                tun = tun.name(),
+                "express lane loaded: egress on the TUN device; waiting for the route table to enable it"
+            );
+            Some(lane)
+        }
+        Err(why) => {
+            tracing::warn!("express lane off ({why}): forwarding through the io_uring path");
+            None
+        }
+    }
 }
 
 /// Setup is done: before the workers exist (capabilities are per thread), keep only what the

@@ -17,6 +17,7 @@ use flannel_shared::route_table::{RouteSnapshot, RouteTableReader};
 use flannel_shared::sd_notify::Reporter;
 use flannel_shared::stats::{IoPath, StatsWriter};
 
+use crate::express_lane::ExpressLane;
 use crate::setup_error::{IoContext as _, SetupError};
 use crate::sys;
 use crate::tun_device::TunDevice;
@@ -241,6 +242,8 @@ pub struct TableFollower<'a> {
     pub snap: RouteSnapshot,
     pub tun: &'a mut TunDevice,
     pub arrival: &'a mut ArrivalKeeper,
+    /// The express lane, kept equal to the table on the same turn as the TUN device.
+    pub express: Option<ExpressLane>,
 }
 
 impl TableFollower<'_> {
@@ -291,6 +294,9 @@ impl TableFollower<'_> {
                 Err(e) => tracing::debug!("route table refresh: {e}"),
             }
             self.arrival.update(our_public_ip(&self.snap));
+            if let Some(lane) = &mut self.express {
+                lane.follow(&self.snap, self.arrival.cell.get());
+            }
         }
     }
 }

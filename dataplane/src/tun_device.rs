@@ -86,6 +86,11 @@ impl TunDevice {
         &self.name
     }
 
+    /// The device's interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
     /// The network routed into the device.
     pub fn network(&self) -> Ipv4Net {
         self.network

@@ -13,15 +13,16 @@
 //!   (`drop_from_self`), the inner destination is in our subnet (`drop_dst_not_local`), the
 //!   inner source lies in the sender's subnet unless the spoof check is off
 //!   (`drop_spoofed_src`), TTL > 1 (`drop_rx_ttl_expired`);
-//! - delivered, if the destination is a known local endpoint (a container behind a veth):
-//!   outer headers removed (`bpf_skb_adjust_room(−28, MAC, FIXED_GSO)`: a GSO super-packet
-//!   keeps the sender's MSS), inner TTL − 1, one level of `CHECKSUM_UNNECESSARY` consumed (it
-//!   covered the outer UDP), the Ethernet addresses rewritten, and `bpf_redirect_peer` into
-//!   the container's interface: no host routing, no bridge, no segmentation.
-//!
-//! A checked datagram with no known endpoint is left encapsulated to the socket path
-//! (`RxPassed`): on Linux 6.18 a BPF decapsulation leaves the skb marked as a UDP tunnel
-//! packet, which the container bridge would then segment in software.
+//! - decapsulated (`bpf_skb_adjust_room(−28, MAC, FIXED_GSO)`: a GSO super-packet keeps the
+//!   sender's MSS), inner TTL − 1 (flannel's receive-side decrement), one level of
+//!   `CHECKSUM_UNNECESSARY` consumed (it covered the outer UDP);
+//! - delivered: to a known local endpoint (a container behind a veth, [`super::endpoints`])
+//!   with the Ethernet addresses rewritten and `bpf_redirect_peer` into the container's
+//!   interface (no host routing, no bridge, no segmentation); otherwise to the host's stack
+//!   (`TCX_PASS`, `RxToStack`), which routes it as it would a packet the workers wrote into the
+//!   TUN device (on Linux 6.18 a BPF decapsulation leaves the skb marked as a UDP tunnel
+//!   packet, so a bridge then segments and checksums it in software: correct, slower; the
+//!   learner makes that the exception).
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +32,7 @@ use crate::express::emit::{count, lookup, KEY};
 use crate::express::layout::{
     cfg, skb, slot, Endpoint, LaneCounter, BPF_ADJ_ROOM_MAC, BPF_CSUM_LEVEL_DEC,
     BPF_F_ADJ_ROOM_DECAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
-    SENDER_HOLDS_OUR_SUBNET, TCX_DROP, TCX_NEXT,
+    SENDER_HOLDS_OUR_SUBNET, TCX_DROP, TCX_NEXT, TCX_PASS,
 };
 
 // Stack slots (r10 − 8 is the map key, `emit::KEY`).
@@ -53,6 +54,7 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     let next = a.label();
     let passed = a.label();
     let error = a.label();
+    let to_stack = a.label();
     let drops: Vec<(Label, LaneCounter)> = [
         LaneCounter::DropTooShort,
         LaneCounter::DropNotIpv4,
@@ -215,11 +217,10 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.ldx_b(R2, R10, INNER + 8);
     a.jcc_imm(Cond::Le, R2, 1, drop_as(LaneCounter::DropRxTtlExpired));
 
-    // A known local endpoint, else the socket path (unchanged).
+    // r8 = the destination's local endpoint, or 0 (then the stack delivers it).
     a.ldx_w(R2, R10, INNER + 16);
     a.stx(Size::W, R10, KEY, R2);
     lookup(&mut a, slot::ENDPOINTS);
-    a.jcc_imm(Cond::Eq, R0, 0, passed);
     a.mov64_reg(R8, R0);
 
     // Decapsulate; refused → still unchanged, the socket path takes it.
@@ -253,6 +254,7 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.mov64_reg(R1, R6);
     a.mov64_imm(R2, BPF_CSUM_LEVEL_DEC);
     a.call(Helper::CsumLevel);
+    a.jcc_imm(Cond::Eq, R8, 0, to_stack);
     // Destination MAC = the container's, source = the gateway's.
     a.mov64_reg(R1, R6);
     a.mov64_imm(R2, 0);
@@ -273,6 +275,10 @@ pub fn ingress_program() -> Result<Program, AsmError> {
         a.mov64_imm(R0, TCX_DROP);
         a.exit();
     }
+    a.bind(to_stack);
+    count(&mut a, LaneCounter::RxToStack, None);
+    a.mov64_imm(R0, TCX_PASS);
+    a.exit();
     a.bind(error);
     count(&mut a, LaneCounter::RxErrors, None);
     a.mov64_imm(R0, TCX_DROP);

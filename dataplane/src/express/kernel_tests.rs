@@ -509,15 +509,25 @@ fn ingress_hands_on_what_it_does_not_take() {
     truncated.truncate(60);
     truncated[14 + 2..14 + 4].copy_from_slice(&200u16.to_be_bytes());
     unchanged(truncated, "outer length beyond the frame");
-    unchanged(
-        datagram(
-            HOST_B,
-            8285,
-            &inner(CB, Ipv4Addr::new(10, 1, 15, 7), 63, 10),
-        ),
-        "no local endpoint",
+    // No local endpoint: decapsulated (TTL − 1) and handed to the host's stack.
+    let to_host = inner(CB, Ipv4Addr::new(10, 1, 15, 7), 63, 10);
+    let input = datagram(HOST_B, 8285, &to_host);
+    let out = i.run(&input);
+    assert_eq!(out.retval, 0, "TCX_PASS");
+    let mut want = input[..14].to_vec();
+    let mut inner_want = to_host.clone();
+    inner_want[8] = 62;
+    inner_want[10..12].copy_from_slice(&[0, 0]);
+    let c = internet_checksum(&inner_want[..20]);
+    inner_want[10..12].copy_from_slice(&c.to_be_bytes());
+    want.extend_from_slice(&inner_want);
+    assert_eq!(
+        &out.data[..want.len()],
+        &want[..],
+        "decapsulated for the stack"
     );
-    assert_eq!(i.counter(LaneCounter::RxPassed), 1);
+    assert_eq!(i.counter(LaneCounter::RxToStack), 1);
+    assert_eq!(i.counter(LaneCounter::RxPassed), 0);
 
     // A GRO batch: several datagrams in one skb, the first inner length shorter than the
     // payload; the socket path splits it.
@@ -530,7 +540,7 @@ fn ingress_hands_on_what_it_does_not_take() {
     let out = bpf::test_run(&i.prog, &input, Some(&ctx[..])).unwrap();
     assert_eq!(out.retval, next, "GRO batch");
     assert_eq!(out.data, input, "GRO batch: packet changed");
-    assert_eq!(i.counter(LaneCounter::RxPassed), 2);
+    assert_eq!(i.counter(LaneCounter::RxPassed), 1);
     assert_eq!(i.counter(LaneCounter::RxErrors), 0);
 }
 

@@ -212,8 +212,8 @@ pub enum LaneCounter {
     RxPackets = 4,
     /// Their UDP payload bytes.
     RxBytes = 5,
-    /// Datagrams that passed the checks but were left to the socket path (no local endpoint,
-    /// a GRO batch, a decapsulation the kernel refused), unchanged.
+    /// Datagrams that passed the checks but were left to the socket path unchanged (a GRO
+    /// batch, a decapsulation the kernel refused).
     RxPassed = 6,
     /// Datagrams dropped after they were modified.
     RxErrors = 7,
@@ -226,11 +226,13 @@ pub enum LaneCounter {
     DropDstNotLocal = 14,
     DropSpoofedSrc = 15,
     DropRxTtlExpired = 16,
+    /// Datagrams decapsulated and handed to the host's stack (no known local endpoint).
+    RxToStack = 17,
 }
 
 impl LaneCounter {
     /// Slots the `stats` map has.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 
 pub mod egress;
 mod emit;
+pub mod endpoints;
 pub mod ingress;
 pub mod layout;
 pub mod plan;

@@ -249,6 +249,7 @@ pub struct BpfMap {
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// `union bpf_attr` for the element commands.
@@ -316,7 +317,7 @@ impl BpfMap {
             flags: 0, // BPF_ANY
         };
         // SAFETY: `key` holds key_size bytes (checked above) and `value` points at value_len
-        // bytes (checked by both callers); the kernel reads/writes no more and both outlive the
+        // bytes (checked by the callers) or is null for a delete, which reads no value; the kernel reads/writes no more and both outlive the
         // call. ElemAttr is the element-command prefix of `union bpf_attr`.
         cvt(unsafe {
             libc::syscall(
@@ -343,6 +344,14 @@ impl BpfMap {
         }
         // The kernel only reads the value for an update.
         self.elem(BPF_MAP_UPDATE_ELEM, key, value.as_ptr().cast_mut())
+    }
+
+    /// Removes `key` (a hash map's); a key that is not there is not an error.
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        match self.elem(BPF_MAP_DELETE_ELEM, key, std::ptr::null_mut()) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
     }
 
     /// The value at `key` ([`Self::value_len`] bytes).

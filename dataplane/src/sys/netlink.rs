@@ -27,6 +27,11 @@ const NLMSG_ERROR: u16 = 2;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_GETADDR: u16 = 22;
+/// Neighbour and link messages (linux/rtnetlink.h), for the express lane's endpoint learner.
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWNEIGH: u16 = 28;
+pub const RTM_GETNEIGH: u16 = 30;
 const RTM_NEWROUTE: u16 = 24;
 const NLMSG_DONE: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
@@ -157,34 +162,51 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
 
 /// The IPv4 addresses (address, prefix length) on interface `index`: one RTM_GETADDR dump.
 pub fn ipv4_addresses(index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    Ok(dump(RTM_GETADDR, &ifaddrmsg(0, 0))?
+        .iter()
+        .filter(|(kind, _)| *kind == RTM_NEWADDR)
+        .filter_map(|(_, body)| address_entry(body))
+        .filter(|&(i, _, _)| i == index)
+        .map(|(_, addr, prefix)| (addr, prefix))
+        .collect())
+}
+
+/// One rtnetlink dump: the request `kind` with the family header `header`, answered by the
+/// kernel's messages as (type, body after the netlink header) until NLMSG_DONE.
+pub fn dump(kind: u16, header: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
     let sock = route_socket()?;
     let mut msg = vec![0u8; NLMSG_HDR];
-    msg[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+    msg[4..6].copy_from_slice(&kind.to_ne_bytes());
     msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
     msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&ifaddrmsg(0, 0));
+    msg.extend_from_slice(header);
     let len = msg.len() as u32;
     msg[0..4].copy_from_slice(&len.to_ne_bytes());
     send_to_kernel(&sock, &msg)?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv_from_kernel(&sock, &mut buf)?;
-        if n == 0 || parse_addr_dump(&buf[..n], index, &mut out)? {
+        if n == 0 || split_dump(&buf[..n], &mut out)? {
             return Ok(out);
         }
     }
 }
 
-/// Parses one datagram of an RTM_GETADDR dump: appends interface `index`'s IPv4 addresses
-/// (IFA_LOCAL, else IFA_ADDRESS, with the prefix length) to `out`. `Ok(true)` at the dump's
-/// end (NLMSG_DONE); a kernel error is returned as its errno. Never panics on short input.
-fn parse_addr_dump(buf: &[u8], index: u32, out: &mut Vec<(Ipv4Addr, u8)>) -> io::Result<bool> {
-    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
-    let u32_at = |b: &[u8], at: usize| {
-        b.get(at..at + 4)
-            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
-    };
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at.checked_add(2)?)
+        .map(|x| u16::from_ne_bytes([x[0], x[1]]))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at.checked_add(4)?)
+        .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+}
+
+/// Splits one datagram of a dump into its messages, appended to `out` as (type, body).
+/// `Ok(true)` at the dump's end (NLMSG_DONE); a kernel error is returned as its errno. Never
+/// panics on short input.
+pub fn split_dump(buf: &[u8], out: &mut Vec<(u16, Vec<u8>)>) -> io::Result<bool> {
     let mut off = 0;
     while let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) {
         let len = len as usize;
@@ -205,39 +227,58 @@ fn parse_addr_dump(buf: &[u8], index: u32, out: &mut Vec<(Ipv4Addr, u8)>) -> io:
                     Err(io::Error::from_raw_os_error(e.wrapping_neg()))
                 };
             }
-            RTM_NEWADDR => {
-                // struct ifaddrmsg: family, prefixlen, flags, scope, index (u32).
-                let body = &m[NLMSG_HDR..];
-                let ours =
-                    body.first() == Some(&(libc::AF_INET as u8)) && u32_at(body, 4) == Some(index);
-                if ours {
-                    let prefix = body.get(1).copied().unwrap_or(0);
-                    let (mut local, mut address) = (None, None);
-                    let mut a = 8;
-                    while let (Some(alen), Some(akind)) = (u16_at(body, a), u16_at(body, a + 2)) {
-                        let alen = alen as usize;
-                        if alen < 4 {
-                            break;
-                        }
-                        if let Some(&[w, x, y, z]) = body.get(a + 4..a + alen) {
-                            match akind {
-                                IFA_LOCAL => local = Some(Ipv4Addr::new(w, x, y, z)),
-                                IFA_ADDRESS => address = Some(Ipv4Addr::new(w, x, y, z)),
-                                _ => {}
-                            }
-                        }
-                        a += (alen + 3) & !3;
-                    }
-                    if let Some(addr) = local.or(address) {
-                        out.push((addr, prefix));
-                    }
-                }
-            }
-            _ => {}
+            _ => out.push((kind, m[NLMSG_HDR..].to_vec())),
         }
         off += (len + 3) & !3;
     }
     Ok(false)
+}
+
+/// The attributes (type without the nested/byte-order flags, payload) of a message body
+/// whose fixed header is `start` bytes long. Stops at the first malformed one.
+pub fn attributes(body: &[u8], start: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut a = start;
+    std::iter::from_fn(move || {
+        let (alen, akind) = (u16_at(body, a)? as usize, u16_at(body, a + 2)?);
+        let payload = body
+            .get(a + 4..a.checked_add(alen)?)
+            .filter(|_| alen >= 4)?;
+        a += (alen + 3) & !3;
+        Some((akind & 0x3fff, payload))
+    })
+}
+
+/// The interface index, IPv4 address (IFA_LOCAL, else IFA_ADDRESS) and prefix length of one
+/// RTM_NEWADDR body; `None` for another family or a body without an address.
+fn address_entry(body: &[u8]) -> Option<(u32, Ipv4Addr, u8)> {
+    // struct ifaddrmsg: family, prefixlen, flags, scope, index (u32).
+    if body.first() != Some(&(libc::AF_INET as u8)) {
+        return None;
+    }
+    let index = u32_at(body, 4)?;
+    let prefix = *body.get(1)?;
+    let (mut local, mut address) = (None, None);
+    for (kind, v) in attributes(body, 8) {
+        if let &[w, x, y, z] = v {
+            match kind {
+                IFA_LOCAL => local = Some(Ipv4Addr::new(w, x, y, z)),
+                IFA_ADDRESS => address = Some(Ipv4Addr::new(w, x, y, z)),
+                _ => {}
+            }
+        }
+    }
+    Some((index, local.or(address)?, prefix))
+}
+
+/// The lowest index of an interface holding `ip`: one RTM_GETADDR dump.
+pub fn interface_with_ipv4(ip: Ipv4Addr) -> io::Result<Option<u32>> {
+    Ok(dump(RTM_GETADDR, &ifaddrmsg(0, 0))?
+        .iter()
+        .filter(|(kind, _)| *kind == RTM_NEWADDR)
+        .filter_map(|(_, body)| address_entry(body))
+        .filter(|&(_, addr, _)| addr == ip)
+        .map(|(index, _, _)| index)
+        .min())
 }
 
 fn ifaddrmsg(prefix: u8, index: u32) -> [u8; 8] {
@@ -484,6 +525,23 @@ mod tests {
             &[(IFA_ADDRESS, &[10, 1, 15, 0]), (IFA_LOCAL, &[10, 1, 15, 0])],
         ));
         buf.extend(newaddr(10, 64, 5, &[(IFA_ADDRESS, &[0xfe; 16])]));
+        fn parse_addr_dump(
+            buf: &[u8],
+            index: u32,
+            out: &mut Vec<(Ipv4Addr, u8)>,
+        ) -> io::Result<bool> {
+            let mut msgs = Vec::new();
+            let end = split_dump(buf, &mut msgs)?;
+            for (kind, body) in msgs {
+                assert_eq!(kind, RTM_NEWADDR);
+                out.extend(
+                    address_entry(&body)
+                        .filter(|&(i, _, _)| i == index)
+                        .map(|(_, a, p)| (a, p)),
+                );
+            }
+            Ok(end)
+        }
         let mut out = Vec::new();
         assert!(!parse_addr_dump(&buf, 5, &mut out).unwrap(), "no end yet");
         assert_eq!(out, vec![(Ipv4Addr::new(10, 1, 15, 0), 32)]);

@@ -45,7 +45,7 @@ struct Args {
     /// Directory holding flanneld and flannel-dataplane (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Only these variants (comma-separated ids: ours, ours-no-offload, ours-no-io-uring,
+    /// Only these variants (comma-separated ids: ours, ours-express, ours-no-offload, ours-no-io-uring,
     /// ours-tun-readiness, ours-flow-steering, vxlan, bare).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,

@@ -164,6 +164,12 @@ const VARIANTS: &[VariantDef] = &[
         description: "flanneld + flannel-dataplane, default flags: container → cbr0 → flannel0 → UDP 8285 over eth0 → peer's flannel0 → cbr0 → container.",
     },
     VariantDef {
+        id: "ours-express",
+        label: "ours --express",
+        kind: Kind::Ours(&["--express"]),
+        description: "as ours, flannel-dataplane restarted with --express: flannel's encapsulation in the kernel (TC-BPF on flannel0's egress and eth0's ingress, delivery straight into the container's veth); same wire format.",
+    },
+    VariantDef {
         id: "ours-no-offload",
         label: "ours --no-offload",
         kind: Kind::Ours(&["--no-offload"]),
@@ -1435,6 +1441,7 @@ mod tests {
             variant_ids(),
             vec![
                 "ours",
+                "ours-express",
                 "ours-no-offload",
                 "ours-no-io-uring",
                 "ours-tun-readiness",

@@ -64,7 +64,7 @@ pub struct Testbed {
 /// One variant's samples and summaries.
 #[derive(Debug, Clone, Serialize)]
 pub struct VariantResult {
-    /// Stable id: `ours`, `ours-no-offload`, `ours-no-io-uring`, `ours-tun-readiness`, `ours-flow-steering`, `vxlan`, `bare`.
+    /// Stable id: `ours`, `ours-express`, `ours-no-offload`, `ours-no-io-uring`, `ours-tun-readiness`, `ours-flow-steering`, `vxlan`, `bare`.
     pub id: String,
     /// Column header.
     pub label: String,

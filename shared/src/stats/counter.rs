@@ -71,6 +71,26 @@ counters! {
     /// TUN → UDP: the send was refused with EMSGSIZE (DF is set on outer packets: a datagram
     /// larger than the path MTU is dropped here, never fragmented).
     UdpTxTooBig = "udp_tx_too_big",
+    /// Express lane (`--express`, in worker 0's block): skbs the kernel program encapsulated
+    /// and sent (a GSO super-packet counts once) and their outer bytes.
+    ExpressTxPackets = "express_tx_packets",
+    ExpressTxBytes = "express_tx_bytes",
+    /// Express lane: skbs left to the TUN path because the kernel refused to encapsulate them.
+    ExpressTxPassed = "express_tx_passed",
+    /// Express lane: skbs dropped after a helper failed half-way through encapsulating.
+    ExpressTxErrors = "express_tx_errors",
+    /// Express lane: datagrams to our port the kernel program took (delivered or dropped by
+    /// the receive checks, which count into the `drop_*` counters above) and their payload
+    /// bytes.
+    ExpressRxPackets = "express_rx_packets",
+    ExpressRxBytes = "express_rx_bytes",
+    /// Express lane: checked datagrams left to the socket path unchanged (GRO batches).
+    ExpressRxPassed = "express_rx_passed",
+    /// Express lane: decapsulated datagrams handed to the host's stack (no known container
+    /// interface for the destination).
+    ExpressRxToStack = "express_rx_to_stack",
+    /// Express lane: datagrams dropped after a helper failed half-way through.
+    ExpressRxErrors = "express_rx_errors",
 }
 
 /// Which I/O path the workers use.
