@@ -16,7 +16,7 @@
 //! subnet, the network, the port, MTUs, the underlay interface) is written with the lane
 //! disabled in between, when everything takes the TUN and socket path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use crate::express::egress::{egress_program, LinkKind};
 use crate::express::endpoints::{self, Link};
 use crate::express::ingress::ingress_program;
 use crate::express::layout::{cfg, Endpoint, LaneCounter};
+use crate::express::path_mtu;
 use crate::express::plan::{self, diff, LanePlan, LocalFacts, MAX_ENTRIES};
 use crate::sys;
 use crate::sys::bpf::{BpfMap, MapKind};
@@ -67,10 +68,6 @@ const COUNTERS: [(LaneCounter, Counter); LaneCounter::COUNT as usize] = [
     (LaneCounter::DropNotIpv4, Counter::DropNotIpv4),
     (LaneCounter::DropBadIhl, Counter::DropBadIhl),
     (LaneCounter::DropBadLength, Counter::DropBadLength),
-    (LaneCounter::DropUnknownSender, Counter::DropUnknownSender),
-    (LaneCounter::DropFromSelf, Counter::DropFromSelf),
-    (LaneCounter::DropDstNotLocal, Counter::DropDstNotLocal),
-    (LaneCounter::DropSpoofedSrc, Counter::DropSpoofedSrc),
     (LaneCounter::DropRxTtlExpired, Counter::DropRxTtlExpired),
     (LaneCounter::RxToStack, Counter::ExpressRxToStack),
 ];
@@ -234,11 +231,13 @@ impl ExpressLane {
                 .find(|l| l.ifindex == i)
                 .and_then(|l| l.mtu)
         };
+        let tun_mtu = mtu_of(self.tun_ifindex).unwrap_or(u32::MAX - 28);
         Ok(LocalFacts {
             underlay_ifindex,
             underlay_mtu: underlay_ifindex.and_then(mtu_of).unwrap_or(0),
             tun_ifindex: self.tun_ifindex,
-            tun_mtu: mtu_of(self.tun_ifindex).unwrap_or(u32::MAX - 28),
+            tun_mtu,
+            narrow: narrow_peers(snap, tun_mtu.saturating_add(28))?,
             outer_ttl: default_ttl(),
             spoof_check: self.opts.spoof_check,
             fixed_source_port: self.opts.fixed_source_port,
@@ -409,6 +408,26 @@ impl ExpressLane {
     pub fn finish(mut self) {
         self.collect_counters();
     }
+}
+
+/// The peers whose path MTU (a main-table route's, or one the kernel learned) is below
+/// `needed`: two route dumps (routes; cached exceptions, Linux 5.3).
+fn narrow_peers(snap: &RouteSnapshot, needed: u32) -> Result<BTreeSet<[u8; 4]>, String> {
+    let mut records = Vec::new();
+    for flags in [0, path_mtu::RTM_F_CLONED] {
+        let mut rtmsg = [0u8; 12];
+        rtmsg[0] = libc::AF_INET as u8;
+        rtmsg[8..12].copy_from_slice(&flags.to_ne_bytes());
+        let msgs = sys::netlink::dump(sys::netlink::RTM_GETROUTE, &rtmsg)
+            .map_err(|e| format!("listing routes: {e}"))?;
+        records.extend(
+            msgs.iter()
+                .filter(|(k, _)| *k == sys::netlink::RTM_NEWROUTE)
+                .filter_map(|(_, b)| path_mtu::parse_route(b)),
+        );
+    }
+    let peers: BTreeSet<[u8; 4]> = snap.routes().map(|r| r.public_ip.octets()).collect();
+    Ok(path_mtu::narrow_peers(&records, peers, needed))
 }
 
 /// A `struct ndmsg` asking for one family's neighbours.

@@ -20,14 +20,17 @@
 //! 6. [`steering`]: pure BPF programs that hand a packet to the worker of its CPU (CPU-local
 //!    steering, `--steering cpu`). [`bpf_asm`]: the small eBPF assembler (labels, helpers,
 //!    map slots, listings) the longer programs are written with. [`express`]: the express
-//!    lane's programs (issue 31; built and kernel-tested, not yet attached by the data plane).
+//!    lane's programs (`--express`: flannel's encapsulation done in the kernel), the map
+//!    contents for a route table, the local endpoints it delivers to; [`express_lane`] loads,
+//!    attaches and feeds them at run time.
 //! 7. [`sys`]: the thin syscall layer: TUN queues, rtnetlink, sockets, BPF maps and programs,
 //!    threads, signals, and each worker's io_uring with the memory it shares with the kernel.
 //!
 //! Startup and supervision, in the order the binary runs them: [`worker_cpus`] (how many
 //! workers, pinned where), [`udp_sockets`] (the port check, the socket pairs, the UDP offload
 //! probe), [`tun_device`] (the device, its queues and its configuration from the table),
-//! [`steering_attach`], and [`supervise`] (the workers' threads and the table loop);
+//! [`steering_attach`], [`express_lane`] (with `--express`), and [`supervise`] (the workers'
+//! threads and the table loop, which also keeps the express lane's maps current);
 //! [`handover`] passes the TUN queues and receive sockets to the next data plane (restarts,
 //! upgrades);
 //! [`startup`] runs them in that order. Their errors are [`setup_error::SetupError`].

@@ -28,6 +28,9 @@ use crate::worker_cpus::WorkerLayout;
 
 /// How often the table loop turns at most (without a watchdog that asks for more).
 const TABLE_POLL: Duration = Duration::from_millis(200);
+/// How often the table loop turns with the express lane on: the lane's maps follow a new
+/// table generation within this (the workers see it at their next batch).
+const EXPRESS_TABLE_POLL: Duration = Duration::from_millis(20);
 /// How often the wait for the route table looks again.
 const TABLE_WAIT_POLL: Duration = Duration::from_millis(250);
 
@@ -256,8 +259,13 @@ impl TableFollower<'_> {
         workers: &Workers,
         status: impl Fn(&TunDevice, &RouteSnapshot) -> String,
     ) -> LoopEnd {
+        let poll = if self.express.is_some() {
+            EXPRESS_TABLE_POLL
+        } else {
+            TABLE_POLL
+        };
         loop {
-            match sys::thread::wait_term_signal(self.sd.loop_timeout(TABLE_POLL)) {
+            match sys::thread::wait_term_signal(self.sd.loop_timeout(poll)) {
                 Some(libc::SIGHUP) => hup_ignored(),
                 Some(libc::SIGUSR2) => {
                     tracing::info!(

@@ -290,6 +290,47 @@ fn a_killed_express_data_plane_leaves_no_program_and_its_restart_takes_over() {
     let before = total(&c.hosts[0], "express_tx_packets");
     bulk_tcp(&c, 0, 1, 5003);
     assert!(wait_total(&c.hosts[0], "express_tx_packets", before + 1000) > before + 1000);
+    // A stop (SIGTERM) detaches too.
+    assert_eq!(programs(&c.hosts[1].ns, "eth0", TcxDir::Ingress), 1);
+    let status = c.hosts[1].dataplane.as_mut().unwrap().stop(5 * SEC);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert_eq!(programs(&c.hosts[1].ns, "eth0", TcxDir::Ingress), 0);
+}
+
+/// Without CAP_BPF (and CAP_SYS_ADMIN) the lane cannot load: one log line says so and why,
+/// no program is attached, and the io_uring path forwards everything.
+#[test]
+fn without_cap_bpf_the_lane_stays_off_and_the_io_uring_path_forwards() {
+    let Some(mut c) = cluster() else { return };
+    if !require("setpriv installed", have("setpriv")) {
+        return;
+    }
+    c.opts.dataplane_wrapper = ["setpriv", "--bounding-set", "-bpf,-sys_admin"]
+        .map(String::from)
+        .to_vec();
+    set_dataplane_args(&mut c, &["--express"]);
+    c.add_host().unwrap();
+    c.add_host().unwrap();
+    c.wait_reachable(0, 1, 10 * SEC).unwrap();
+    c.ping(0, 1, 3).unwrap();
+    c.ping(1, 0, 3).unwrap();
+    for h in &c.hosts {
+        let log = h.dataplane.as_ref().unwrap().log();
+        let off: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("express lane off ("))
+            .collect();
+        assert_eq!(off.len(), 1, "one line, at start:\n{log}");
+        assert!(off[0].contains("CAP_BPF"), "{}", off[0]);
+        assert!(!log.contains("express lane on"), "{log}");
+        assert_eq!(programs(&h.ns, "eth0", TcxDir::Ingress), 0);
+        assert_eq!(programs(&h.ns, "flannel0", TcxDir::Egress), 0);
+        assert_eq!(total(h, "express_tx_packets"), 0);
+        assert!(
+            total(h, "udp_tx_packets") >= 3,
+            "the workers forwarded the pings"
+        );
+    }
 }
 
 /// An express host and an io_uring-path host (and so flannel's own UDP backend, which speaks
@@ -302,7 +343,9 @@ fn an_express_host_and_an_io_uring_host_reach_each_other() {
     let Some(mut c) = cluster() else { return };
     set_dataplane_args(&mut c, &["--express"]);
     c.add_host().unwrap();
+    // B without the lane, also when the suite runs with FLANNEL_DATAPLANE_EXPRESS=true.
     set_dataplane_args(&mut c, &[]);
+    c.opts.workers_only = true;
     c.add_host().unwrap();
     let out = c.hosts[0]
         .ns

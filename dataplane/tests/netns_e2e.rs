@@ -236,6 +236,9 @@ impl Topo {
             .arg("--stats")
             .arg(&stats)
             .args(extra)
+            // These tests are of the workers' I/O paths (their counters, their datagrams):
+            // never the express lane, even when the suite runs with it (scripts/test).
+            .env_remove("FLANNEL_DATAPLANE_EXPRESS")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         let log = self.dir.path().join(format!("dp-{host}.log"));
         let dp = Daemon::spawn(&format!("flannel-dataplane on {host}"), cmd, &log).unwrap();

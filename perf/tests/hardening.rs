@@ -150,6 +150,8 @@ fn daemons_work_as_their_units_run_them_and_the_data_plane_drops_to_net_admin() 
     opts.dataplane_wrapper = as_unit_runs_it(DATAPLANE_UID, &dp_caps, true);
     opts.run_as = Some((FLANNELD_UID, DATAPLANE_UID));
     opts.flanneld_args = vec!["-ip-masq".into()];
+    // The express lane too: its programs load with the unit's capabilities, at start.
+    opts.dataplane_args = vec!["--express".into()];
     let mut c = Cluster::new(opts).unwrap();
     c.add_host().unwrap();
     c.add_host().unwrap();
@@ -195,6 +197,8 @@ fn daemons_work_as_their_units_run_them_and_the_data_plane_drops_to_net_admin() 
             log.contains("capabilities: kept CAP_NET_ADMIN only"),
             "{log}"
         );
+        dp.wait_log("express lane on", SEC * 5);
+        assert!(!log.contains("express lane off"), "{log}");
         // /proc/sys is read-only, yet accept_local is set (rtnetlink) and the kernel sends no
         // IPv6 into flannel0 (no address generated: its router solicitations and MLD reports
         // would be counted as drop_tun_malformed).

@@ -482,6 +482,9 @@ fn outer_datagrams_are_never_fragmented() {
     h1.ns
         .ip(&["route", "add", &peer, "dev", "eth0", "mtu", "1000"])
         .unwrap();
+    // The express lane (`--express`) reads route MTUs once a second; the workers' sockets see
+    // the route at once.
+    std::thread::sleep(SEC * 2);
     let stats = StatsReader::open(&h1.stats_file()).unwrap();
     let (before, reasm_before) = (stats.total("udp_tx_too_big"), reassembly_requests(&h2.ns));
     let out = h1

@@ -40,7 +40,7 @@ use crate::bpf_asm::{R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use crate::express::emit::{count, lookup, store, KEY};
 use crate::express::layout::{
     cfg, skb, slot, LaneCounter, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
-    TCX_DROP, TCX_NEXT,
+    SENDER_NARROW_PATH, TCX_DROP, TCX_NEXT,
 };
 
 /// What kind of device the program is attached to.
@@ -82,7 +82,7 @@ const SPORT_BASE: i32 = 0xc000;
 const SPORT_MASK: i32 = 0x3fff;
 
 /// Builds the egress program for a device of kind `link`; maps in the order of
-/// [`crate::express::layout::slot`]: `cfg`, `peers`, `stats`.
+/// [`crate::express::layout::slot`]: `cfg`, `peers`, `stats`, `senders`.
 pub fn egress_program(link: LinkKind) -> Result<Program, AsmError> {
     let n = link.net_off();
     let mut a = Asm::new();
@@ -144,6 +144,14 @@ pub fn egress_program(link: LinkKind) -> Result<Program, AsmError> {
     a.alu64_reg(Alu::And, R1, R2);
     a.ldx_w(R2, R7, cfg::NETWORK);
     a.jcc_reg(Cond::Eq, R1, R2, next);
+
+    // A peer behind a narrower path (route or learned MTU) is the workers' (their sockets
+    // honour the path MTU); so is one not (yet) among the senders.
+    a.stx(Size::W, R10, KEY, R8);
+    lookup(&mut a, slot::SENDERS);
+    a.jcc_imm(Cond::Eq, R0, 0, next);
+    a.ldx_w(R2, R0, 0);
+    a.jcc_imm(Cond::Set, R2, SENDER_NARROW_PATH as i32, next);
 
     // TTL ≤ 1: next (the worker drops and counts it).
     a.ldx_b(R2, R10, INNER + 8);
@@ -289,7 +297,7 @@ mod tests {
     fn both_link_kinds_assemble() {
         for link in [LinkKind::L3, LinkKind::Ethernet] {
             let p = egress_program(link).unwrap();
-            assert_eq!(p.map_slots(), 3);
+            assert_eq!(p.map_slots(), 4);
             // Only these helpers: nothing GPL-only (fib_lookup, check_mtu) is called.
             let mut helpers = p.helpers();
             helpers.sort_unstable();

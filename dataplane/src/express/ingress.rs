@@ -9,18 +9,23 @@
 //! - parsed: the payload must be one whole IPv4 packet (`drop_too_short`, `drop_not_ipv4`,
 //!   `drop_bad_ihl`, `drop_bad_length`) — except that a GRO/GSO batch of several datagrams
 //!   (`gso_size` set, lengths not matching) is left to the socket path, which splits it;
-//! - checked: the sender holds a lease (`drop_unknown_sender`) that is not ours
-//!   (`drop_from_self`), the inner destination is in our subnet (`drop_dst_not_local`), the
-//!   inner source lies in the sender's subnet unless the spoof check is off
-//!   (`drop_spoofed_src`), TTL > 1 (`drop_rx_ttl_expired`);
+//! - checked against the route table: the sender holds a lease that is not ours, the inner
+//!   destination is in our subnet, the inner source lies in the sender's subnet unless the
+//!   spoof check is off. A datagram failing one of these is handed to the socket path
+//!   unchanged (`RxPassed`): the workers read the newest table generation and drop it with
+//!   their counter (`drop_unknown_sender`, `drop_from_self`, `drop_dst_not_local`,
+//!   `drop_spoofed_src`), or deliver it if a lease appeared since the maps were last written;
+//!   then TTL > 1 (`drop_rx_ttl_expired`);
 //! - decapsulated (`bpf_skb_adjust_room(−28, MAC, FIXED_GSO)`: a GSO super-packet keeps the
 //!   sender's MSS), inner TTL − 1 (flannel's receive-side decrement), one level of
 //!   `CHECKSUM_UNNECESSARY` consumed (it covered the outer UDP);
 //! - delivered: to a known local endpoint (a container behind a veth, [`super::endpoints`])
 //!   with the Ethernet addresses rewritten and `bpf_redirect_peer` into the container's
-//!   interface (no host routing, no bridge, no segmentation); otherwise to the host's stack
-//!   (`TCX_PASS`, `RxToStack`), which routes it as it would a packet the workers wrote into the
-//!   TUN device (on Linux 6.18 a BPF decapsulation leaves the skb marked as a UDP tunnel
+//!   interface (no host routing, no bridge, no segmentation); otherwise, if the datagram has
+//!   no UDP checksum (an express sender's), to the host's stack (`TCX_PASS`, `RxToStack`),
+//!   which routes it as it would a packet the workers wrote into the TUN device, and if it has
+//!   one (a socket's: flannel, the io_uring path), to the socket path unchanged, which checks
+//!   it (on Linux 6.18 a BPF decapsulation leaves the skb marked as a UDP tunnel
 //!   packet, so a bridge then segments and checksums it in software: correct, slower; the
 //!   learner makes that the exception).
 
@@ -60,10 +65,6 @@ pub fn ingress_program() -> Result<Program, AsmError> {
         LaneCounter::DropNotIpv4,
         LaneCounter::DropBadIhl,
         LaneCounter::DropBadLength,
-        LaneCounter::DropUnknownSender,
-        LaneCounter::DropFromSelf,
-        LaneCounter::DropDstNotLocal,
-        LaneCounter::DropSpoofedSrc,
         LaneCounter::DropRxTtlExpired,
     ]
     .into_iter()
@@ -170,18 +171,17 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.ja(drop_as(LaneCounter::DropBadLength));
     a.bind(length_ok);
 
+    // The checks that depend on the route table: failing one hands the datagram to the socket
+    // path unchanged, whose workers hold the newest table generation (this program's maps
+    // follow it within a table-loop turn): they drop and count it, or deliver it if the table
+    // changed in between. The lane is never stricter or laxer than the workers for long.
     // The sender holds a lease, and not ours.
     a.ldx_w(R2, R10, OUTER + 12);
     a.stx(Size::W, R10, KEY, R2);
     lookup(&mut a, slot::SENDERS);
-    a.jcc_imm(Cond::Eq, R0, 0, drop_as(LaneCounter::DropUnknownSender));
+    a.jcc_imm(Cond::Eq, R0, 0, passed);
     a.ldx_w(R2, R0, 0);
-    a.jcc_imm(
-        Cond::Set,
-        R2,
-        SENDER_HOLDS_OUR_SUBNET as i32,
-        drop_as(LaneCounter::DropFromSelf),
-    );
+    a.jcc_imm(Cond::Set, R2, SENDER_HOLDS_OUR_SUBNET as i32, passed);
 
     // The inner destination is in our subnet.
     a.ldx_w(R3, R10, INNER + 16);
@@ -189,12 +189,12 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.ldx_w(R4, R7, cfg::OUR_MASK);
     a.alu64_reg(Alu::And, R3, R4);
     a.ldx_w(R4, R7, cfg::OUR_SUBNET);
-    a.jcc_reg(Cond::Ne, R3, R4, drop_as(LaneCounter::DropDstNotLocal));
+    a.jcc_reg(Cond::Ne, R3, R4, passed);
 
     // The inner source lies in the sender's subnet: the route table's entry for it names the
     // outer source.
     let spoof_ok = a.label();
-    let spoofed = drop_as(LaneCounter::DropSpoofedSrc);
+    let spoofed = passed;
     a.ldx_w(R2, R7, cfg::FLAGS);
     a.alu64_imm(Alu::And, R2, cfg::FLAG_SPOOF_CHECK);
     a.jcc_imm(Cond::Eq, R2, 0, spoof_ok);
@@ -217,11 +217,19 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.ldx_b(R2, R10, INNER + 8);
     a.jcc_imm(Cond::Le, R2, 1, drop_as(LaneCounter::DropRxTtlExpired));
 
-    // r8 = the destination's local endpoint, or 0 (then the stack delivers it).
+    // r8 = the destination's local endpoint, or 0: then the stack delivers it, if the
+    // datagram carries no UDP checksum (an express sender's); one with a checksum is the
+    // socket path's, which verifies it (and the kernel's checksum state of a datagram a
+    // local socket sent refers to the outer header this program would remove).
     a.ldx_w(R2, R10, INNER + 16);
     a.stx(Size::W, R10, KEY, R2);
     lookup(&mut a, slot::ENDPOINTS);
     a.mov64_reg(R8, R0);
+    let decap = a.label();
+    a.jcc_imm(Cond::Ne, R8, 0, decap);
+    a.ldx_h(R2, R10, UDP + 6);
+    a.jcc_imm(Cond::Ne, R2, 0, passed);
+    a.bind(decap);
 
     // Decapsulate; refused → still unchanged, the socket path takes it.
     a.mov64_reg(R1, R6);

@@ -67,6 +67,10 @@ pub const BPF_CSUM_LEVEL_DEC: i32 = 2;
 
 /// `senders` value bit: this PublicIP holds our own lease (a datagram "from" it is local).
 pub const SENDER_HOLDS_OUR_SUBNET: u32 = 1;
+/// `senders` value bit: the path to this PublicIP is narrower than the lane's largest
+/// datagram (a route MTU or a learned path MTU): the egress program leaves its packets to the
+/// workers, whose sockets honour it.
+pub const SENDER_NARROW_PATH: u32 = 2;
 
 /// A local container the ingress program delivers to: the host-side veth (its peer is the
 /// container's interface) and the Ethernet addresses to write (`endpoints` value, 16 bytes).
@@ -212,8 +216,9 @@ pub enum LaneCounter {
     RxPackets = 4,
     /// Their UDP payload bytes.
     RxBytes = 5,
-    /// Datagrams that passed the checks but were left to the socket path unchanged (a GRO
-    /// batch, a decapsulation the kernel refused).
+    /// Datagrams left to the socket path unchanged: a GRO batch, a check that depends on the
+    /// route table failed (the workers decide with the newest generation), a datagram with a
+    /// UDP checksum and no known endpoint, a decapsulation the kernel refused.
     RxPassed = 6,
     /// Datagrams dropped after they were modified.
     RxErrors = 7,
@@ -221,18 +226,14 @@ pub enum LaneCounter {
     DropNotIpv4 = 9,
     DropBadIhl = 10,
     DropBadLength = 11,
-    DropUnknownSender = 12,
-    DropFromSelf = 13,
-    DropDstNotLocal = 14,
-    DropSpoofedSrc = 15,
-    DropRxTtlExpired = 16,
+    DropRxTtlExpired = 12,
     /// Datagrams decapsulated and handed to the host's stack (no known local endpoint).
-    RxToStack = 17,
+    RxToStack = 13,
 }
 
 impl LaneCounter {
     /// Slots the `stats` map has.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 14;
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! program builders ([`egress`], [`ingress`]) and the mapping from a route-table snapshot to
 //! the maps' contents ([`plan`]). Loading, maps and test runs are in [`crate::sys::bpf`],
 //! attaching in [`crate::sys::tcx`]. The design (hooks, maps, ingress, attaching through tcx
-//! links) is in the design note; what exists so far:
+//! links, what the kernel allows) is in `docs/express-lane-design.md`:
 //!
 //! - [`egress::egress_program`]: encapsulates a packet leaving through the TUN device (or,
 //!   for tests, an Ethernet device) in flannel's format and hands it to the kernel's
@@ -15,10 +15,13 @@
 //!   the workers handle it as before; nothing leaves unencapsulated.
 //! - [`ingress::ingress_program`]: the workers' receive checks on a datagram arriving on the
 //!   underlay, with the same drop reasons, and delivery straight into a local container's
-//!   interface (`bpf_redirect_peer`); what it cannot deliver goes to the socket path unchanged.
+//!   interface (`bpf_redirect_peer`), or, for a destination with no known container
+//!   interface, decapsulated to the host's stack; a GRO batch goes to the socket path unchanged.
+//! - [`endpoints`]: which local containers the ingress program may deliver to, learned from
+//!   the host's neighbour, bridge and link tables.
 //!
 //! Kernel: the helpers used need Linux 5.10 (`bpf_redirect_neigh`); attaching needs tcx links
-//! (Linux 6.6). Not yet attached or started by the data plane.
+//! (Linux 6.6). [`crate::express_lane`] loads, attaches and feeds the programs (`--express`).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +30,7 @@ mod emit;
 pub mod endpoints;
 pub mod ingress;
 pub mod layout;
+pub mod path_mtu;
 pub mod plan;
 
 #[cfg(test)]

@@ -10,13 +10,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use flannel_shared::route_table::{Route, TableMeta};
 
-use crate::express::layout::{LaneCfg, SENDER_HOLDS_OUR_SUBNET};
+use crate::express::layout::{LaneCfg, SENDER_HOLDS_OUR_SUBNET, SENDER_NARROW_PATH};
 
 /// Most table entries the lane mirrors: 2^20 (4 MiB of `peers`), e.g. a /8 of /28s.
 pub const MAX_ENTRIES: u64 = 1 << 20;
@@ -35,6 +35,9 @@ pub struct LocalFacts {
     pub fixed_source_port: bool,
     /// The flannel port in use.
     pub port: u16,
+    /// Peers (PublicIP, wire order) behind a path narrower than the lane's datagrams
+    /// ([`crate::express::path_mtu`]).
+    pub narrow: BTreeSet<[u8; 4]>,
 }
 
 /// Why the lane is off for a table.
@@ -125,6 +128,9 @@ pub fn plan(
         let flags = senders.entry(r.public_ip.octets()).or_insert(0u32);
         if r.subnet == our_subnet {
             *flags |= SENDER_HOLDS_OUR_SUBNET;
+        }
+        if local.narrow.contains(&r.public_ip.octets()) {
+            *flags |= SENDER_NARROW_PATH;
         }
     }
     Ok(LanePlan {
@@ -249,6 +255,7 @@ mod tests {
             spoof_check: true,
             fixed_source_port: false,
             port: 8285,
+            narrow: BTreeSet::new(),
         }
     }
 

@@ -91,7 +91,7 @@ pub fn render(run: &Run, chart: &str) -> String {
         .filter(|v| v.id.starts_with("ours") && v.unavailable.is_none())
         .collect();
     if !ours.is_empty() {
-        s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better); issue 30's targets are checked below.\n\n");
+        s.push_str("\nRatios of medians (throughput: higher is better; RTT: lower is better); the issues' targets (issue 30: ours; issue 31: ours --express) are checked below.\n\n");
         s += &header([
             "variant",
             "TCP 1 ÷ VXLAN",
@@ -119,13 +119,13 @@ pub fn render(run: &Run, chart: &str) -> String {
     }
 
     if let Some(vx) = vxlan.filter(|v| v.unavailable.is_none()) {
-        for v in run
-            .variants
-            .iter()
-            .filter(|v| v.id == "ours" && v.unavailable.is_none())
-        {
-            s.push_str(&render_targets(v, vx));
-            s.push_str(&render_floor(run, v, vx));
+        for v in run.variants.iter().filter(|v| v.unavailable.is_none()) {
+            if let Some((issue, list)) = targets::for_variant(&v.id) {
+                s.push_str(&render_targets(issue, list, v, vx));
+            }
+            if v.id == "ours" {
+                s.push_str(&render_floor(run, v, vx));
+            }
         }
     }
 
@@ -358,12 +358,18 @@ fn render_floor(run: &Run, ours: &VariantResult, vxlan: &VariantResult) -> Strin
     s
 }
 
-/// Issue 30's targets for `ours` against kernel VXLAN, each with its inputs and a mark.
-fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
+/// An issue's targets for an ours variant against kernel VXLAN, each with its inputs and a
+/// mark.
+fn render_targets(
+    issue: &str,
+    list: &[targets::Target],
+    ours: &VariantResult,
+    vxlan: &VariantResult,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n## Targets (issue 30): {} vs {}\n",
+        "\n## Targets ({issue}): {} vs {}\n",
         ours.label, vxlan.label
     );
     s.push_str("Computed from this run's repeats: ours' worst repeat (min) or median against VXLAN's median.\n\n");
@@ -375,7 +381,7 @@ fn render_targets(ours: &VariantResult, vxlan: &VariantResult) -> String {
         "ratio / difference",
         "verdict",
     ]);
-    for c in targets::evaluate(ours, vxlan) {
+    for c in targets::evaluate(list, ours, vxlan) {
         let unit = metric(c.key).map_or("", |m| m.unit);
         let figure = |v: Option<f64>, what: &str| {
             v.map_or("—".to_string(), |v| format!("{} {unit} ({what})", num(v)))

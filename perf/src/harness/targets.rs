@@ -1,5 +1,8 @@
-//! Issue 30's targets for one ours variant against kernel VXLAN (pure): every figure is
-//! computed from the run's summaries, nothing is hard-coded but the goals.
+//! The issues' targets for an ours variant against kernel VXLAN (pure): every figure is
+//! computed from the run's summaries, nothing is hard-coded but the goals. [`TARGETS`] are
+//! issue 30's for `ours` (the io_uring path); [`EXPRESS_TARGETS`] issue 31's for
+//! `ours-express` (TCP 1 and 4 streams ≥ 1.1×, RTT ≤ 1.0×, UDP 64 B received ≥ 1.0× with loss
+//! ≤ VXLAN's + 2 points, machine CPU per GB ≤ VXLAN's). Issue 30's:
 //!
 //! - TCP 1 stream: ours' worst repeat ÷ VXLAN's median ≥ 0.8; ours' median ÷ VXLAN's median
 //!   ≥ 0.95 (stretch ≥ 1.0);
@@ -108,6 +111,61 @@ pub const TARGETS: &[Target] = &[
     },
 ];
 
+/// Issue 31's targets for the express lane, in the issue's order.
+pub const EXPRESS_TARGETS: &[Target] = &[
+    Target {
+        label: "TCP 1 stream: median ÷ VXLAN's median",
+        key: MetricKey::TcpGbps(Streams::One),
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(1.1, None),
+    },
+    Target {
+        label: "TCP 4 streams: median ÷ VXLAN's median",
+        key: MetricKey::TcpGbps(Streams::Four),
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(1.1, None),
+    },
+    Target {
+        label: "ping RTT: median ÷ VXLAN's median",
+        key: MetricKey::RttMedianMs,
+        ours: Stat::Median,
+        goal: Goal::RatioAtMost(1.0),
+    },
+    Target {
+        label: "UDP 64 B unpaced: received ÷ VXLAN's",
+        key: MetricKey::UdpKpps(Payload::B64),
+        ours: Stat::Median,
+        goal: Goal::RatioAtLeast(1.0, None),
+    },
+    Target {
+        label: "UDP 64 B unpaced: loss − VXLAN's loss",
+        key: MetricKey::UdpLossPct(Payload::B64),
+        ours: Stat::Median,
+        goal: Goal::PointsAtMost(2.0),
+    },
+    Target {
+        label: "machine CPU per GB, TCP 1 stream: ÷ VXLAN's",
+        key: MetricKey::MachineCpuPerGb(Streams::One),
+        ours: Stat::Median,
+        goal: Goal::RatioAtMost(1.0),
+    },
+    Target {
+        label: "machine CPU per GB, TCP 4 streams: ÷ VXLAN's",
+        key: MetricKey::MachineCpuPerGb(Streams::Four),
+        ours: Stat::Median,
+        goal: Goal::RatioAtMost(1.0),
+    },
+];
+
+/// The targets that apply to variant `id`, with the issue they come from.
+pub fn for_variant(id: &str) -> Option<(&'static str, &'static [Target])> {
+    match id {
+        "ours" => Some(("issue 30", TARGETS)),
+        "ours-express" => Some(("issue 31", EXPRESS_TARGETS)),
+        _ => None,
+    }
+}
+
 /// One target evaluated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -126,9 +184,9 @@ pub struct Check {
     pub stretch_met: Option<bool>,
 }
 
-/// Evaluates [`TARGETS`] for `ours` against `vxlan`.
-pub fn evaluate(ours: &VariantResult, vxlan: &VariantResult) -> Vec<Check> {
-    TARGETS
+/// Evaluates `targets` for `ours` against `vxlan`.
+pub fn evaluate(targets: &[Target], ours: &VariantResult, vxlan: &VariantResult) -> Vec<Check> {
+    targets
         .iter()
         .map(|t| {
             let o = ours
@@ -199,7 +257,7 @@ mod tests {
                 ("udp1400_max_clean_kpps", &[60.0, 60.0, 60.0, 60.0, 60.0]),
             ],
         );
-        let c = evaluate(&ours, &vxlan);
+        let c = evaluate(TARGETS, &ours, &vxlan);
         assert_eq!(c.len(), TARGETS.len());
         let by = |label_start: &str| {
             c.iter()
@@ -254,7 +312,7 @@ mod tests {
                 ("udp1400_loss_pct", &[2.0, 2.0, 2.0]),
             ],
         );
-        let c = evaluate(&ours, &vxlan);
+        let c = evaluate(TARGETS, &ours, &vxlan);
         let get = |i: usize| (c[i].met, c[i].stretch_met);
         // Worst 6.4 ÷ 8 = 0.8 ≥ 0.8; median 8 ÷ 8 = 1.0: met, stretch met; TCP 4 0.7× (met);
         // RTT 1.5× (met); UDP 1400: 0.8× (met), its loss reported (+10 points, no verdict).
@@ -264,5 +322,48 @@ mod tests {
         assert_eq!(get(3).0, Some(true));
         assert_eq!(get(6).0, Some(true));
         assert_eq!((get(7).0, c[7].value), (None, Some(10.0)));
+    }
+
+    #[test]
+    fn the_express_lane_is_held_to_issue_31s_goals() {
+        let ours = variant(
+            "ours-express",
+            &[
+                ("tcp1_gbps", &[11.0, 11.0]),
+                ("tcp4_gbps", &[10.9, 10.9]),
+                ("rtt_median_ms", &[0.1, 0.1]),
+                ("udp64_loss_pct", &[3.0, 3.0]),
+                ("machine_cpu_s_per_gb_tcp1", &[1.0, 1.0]),
+            ],
+        );
+        let vxlan = variant(
+            "vxlan",
+            &[
+                ("tcp1_gbps", &[10.0, 10.0]),
+                ("tcp4_gbps", &[10.0, 10.0]),
+                ("rtt_median_ms", &[0.1, 0.1]),
+                ("udp64_loss_pct", &[1.0, 1.0]),
+                ("machine_cpu_s_per_gb_tcp1", &[1.0, 1.0]),
+            ],
+        );
+        let (issue, targets) = for_variant("ours-express").unwrap();
+        assert_eq!(issue, "issue 31");
+        let c = evaluate(targets, &ours, &vxlan);
+        let met: Vec<Option<bool>> = c.iter().map(|x| x.met).collect();
+        // 1.1× met, 1.09× not, RTT 1.0× met, no UDP rate data, +2 points met (boundary),
+        // CPU 1.0× met, no TCP 4 CPU data.
+        assert_eq!(
+            met,
+            vec![
+                Some(true),
+                Some(false),
+                Some(true),
+                None,
+                Some(true),
+                Some(true),
+                None
+            ]
+        );
+        assert!(for_variant("ours-no-offload").is_none());
     }
 }

@@ -37,6 +37,10 @@ pub struct ClusterOpts {
     /// route table) owned by flanneld's uid, its `dataplane/` (stats) by the data plane's, the
     /// cluster directory traversable by both.
     pub run_as: Option<(u32, u32)>,
+    /// The data plane never runs the express lane, even when the suite is run with
+    /// `FLANNEL_DATAPLANE_EXPRESS=true` in the environment (`scripts/test` runs the e2e suite
+    /// once without the lane and once with it): for tests of the io_uring workers themselves.
+    pub workers_only: bool,
 }
 
 impl ClusterOpts {
@@ -50,6 +54,7 @@ impl ClusterOpts {
             flanneld_wrapper: Vec::new(),
             dataplane_wrapper: Vec::new(),
             run_as: None,
+            workers_only: false,
         }
     }
 
@@ -265,6 +270,9 @@ impl Cluster {
             .arg(format!("--stats={}", h.stats_file().display()))
             .args(extra)
             .env("RUST_LOG", "info");
+        if self.opts.workers_only {
+            cmd.env_remove("FLANNEL_DATAPLANE_EXPRESS");
+        }
         prepare(&mut cmd);
         h.dataplane = Some(Daemon::spawn(
             "flannel-dataplane",
