@@ -27,8 +27,8 @@ use flannel_shared::stats::{Counter, WorkerStats};
 use crate::express::egress::{egress_program, LinkKind};
 use crate::express::endpoints::{self, Link};
 use crate::express::ingress::ingress_program;
-use crate::express::layout::{cfg, Endpoint, LaneCounter};
-use crate::express::path_mtu;
+use crate::express::layout::{cfg, Endpoint, LaneCounter, SENDER_NARROW_PATH};
+use crate::express::path_mtu::{self, RouteRecord};
 use crate::express::plan::{self, diff, LanePlan, LocalFacts, MAX_ENTRIES};
 use crate::sys;
 use crate::sys::bpf::{BpfMap, MapKind};
@@ -117,9 +117,18 @@ pub struct ExpressLane {
     _egress_link: TcxLink,
     ingress_links: Vec<(u32, TcxLink)>,
     tun_ifindex: u32,
-    applied: Option<LanePlan>,
-    /// The table generation and local facts `applied` (or the refusal) was made for.
+    /// What the maps hold (`None`: as created, all zero), a disabled configuration included.
+    written: Option<LanePlan>,
+    /// The programs take packets (`written` is enabled).
+    on: bool,
+    /// A map write failed: the maps may hold part of a table; the lane stays off.
+    broken: Option<String>,
+    /// The table generation and local facts the maps were last planned for.
     planned_for: Option<(u64, Result<LocalFacts, String>)>,
+    /// The host's IPv4 routes and route exceptions, as last read.
+    routes: Result<Vec<RouteRecord>, String>,
+    /// Interfaces whose ingress attach failed (logged once each).
+    attach_failed: Vec<u32>,
     /// Why the lane is off, as last logged (`None`: on, or not decided yet).
     off: Option<String>,
     endpoints: BTreeMap<[u8; 4], Endpoint>,
@@ -164,8 +173,12 @@ impl ExpressLane {
             _egress_link: egress_link,
             ingress_links: Vec::new(),
             tun_ifindex,
-            applied: None,
+            written: None,
+            on: false,
+            broken: None,
             planned_for: None,
+            routes: Err("not read yet".into()),
+            attach_failed: Vec::new(),
             off: None,
             endpoints: BTreeMap::new(),
             links: Vec::new(),
@@ -189,16 +202,7 @@ impl ExpressLane {
         }
         if due {
             self.refreshed = Some(Instant::now());
-            match sys::netlink::dump(sys::netlink::RTM_GETLINK, &[0u8; 16]) {
-                Ok(msgs) => {
-                    self.links = msgs
-                        .iter()
-                        .filter(|(k, _)| *k == sys::netlink::RTM_NEWLINK)
-                        .filter_map(|(_, b)| endpoints::parse_link(b))
-                        .collect()
-                }
-                Err(e) => tracing::debug!("express lane: link dump: {e}"),
-            }
+            self.read_host();
         }
         let facts = self.local_facts(snap);
         let key = (snap.generation(), facts.clone());
@@ -206,7 +210,7 @@ impl ExpressLane {
             self.apply(snap, facts);
             self.planned_for = Some(key);
         }
-        if self.applied.is_some() {
+        if self.on {
             self.attach_ingress(arrival);
             if due {
                 self.learn_endpoints(snap);
@@ -217,7 +221,27 @@ impl ExpressLane {
         }
     }
 
-    /// What the host adds to the table: the underlay interface and MTUs.
+    /// Re-reads the host's links and routes (dumps that fail keep the last ones; the next
+    /// turn retries).
+    fn read_host(&mut self) {
+        match sys::netlink::dump(sys::netlink::RTM_GETLINK, &[0u8; 16]) {
+            Ok(msgs) => {
+                self.links = msgs
+                    .iter()
+                    .filter(|(k, _)| *k == sys::netlink::RTM_NEWLINK)
+                    .filter_map(|(_, b)| endpoints::parse_link(b))
+                    .collect()
+            }
+            Err(e) => tracing::debug!("express lane: link dump: {e}"),
+        }
+        match route_records() {
+            Ok(r) => self.routes = Ok(r),
+            Err(e) => self.routes = Err(e),
+        }
+    }
+
+    /// What the host adds to the table: the underlay interface, MTUs, the peers the lane
+    /// leaves to the workers, and whether anything forbids the lane.
     fn local_facts(&self, snap: &RouteSnapshot) -> Result<LocalFacts, String> {
         let our_ip = crate::supervise::our_public_ip(snap);
         let underlay_ifindex = match our_ip {
@@ -231,13 +255,25 @@ impl ExpressLane {
                 .find(|l| l.ifindex == i)
                 .and_then(|l| l.mtu)
         };
+        host_policy()?;
+        let routes = self.routes.as_ref().map_err(String::clone)?;
         let tun_mtu = mtu_of(self.tun_ifindex).unwrap_or(u32::MAX - 28);
+        let peers: BTreeSet<[u8; 4]> = snap.routes().map(|r| r.public_ip.octets()).collect();
         Ok(LocalFacts {
             underlay_ifindex,
             underlay_mtu: underlay_ifindex.and_then(mtu_of).unwrap_or(0),
             tun_ifindex: self.tun_ifindex,
             tun_mtu,
-            narrow: narrow_peers(snap, tun_mtu.saturating_add(28))?,
+            narrow: path_mtu::narrow_peers(
+                routes,
+                peers,
+                underlay_ifindex.unwrap_or(0),
+                tun_mtu.saturating_add(28),
+            ),
+            strict_rp_filter: underlay_ifindex
+                .and_then(|i| self.links.iter().find(|l| l.ifindex == i))
+                .and_then(|l| l.name.as_deref())
+                .is_some_and(strict_rp_filter),
             outer_ttl: default_ttl(),
             spoof_check: self.opts.spoof_check,
             fixed_source_port: self.opts.fixed_source_port,
@@ -247,43 +283,50 @@ impl ExpressLane {
 
     /// Writes the plan for `snap` (or disables the lane, saying why once).
     fn apply(&mut self, snap: &RouteSnapshot, facts: Result<LocalFacts, String>) {
+        if let Some(why) = &self.broken {
+            let why = why.clone();
+            self.disable(&why);
+            return;
+        }
         let wanted = facts.and_then(|f| {
             plan::plan(snap.meta(), snap.routes(), &f).map_err(|off| off.to_string())
         });
-        match wanted {
-            Ok(p) => {
-                let d = diff(self.applied.as_ref(), &p);
-                if d.is_empty() {
-                    return;
-                }
-                let result = self.write(&p, &d);
-                match result {
-                    Ok(()) => {
-                        if self.off.take().is_some() || d.full {
-                            tracing::info!(
-                                generation = snap.generation(),
-                                underlay = p.cfg.underlay_ifindex,
-                                peers = p.senders.len(),
-                                "express lane on: packets to other hosts' subnets are encapsulated in the kernel"
-                            );
-                        }
-                        self.applied = Some(p);
-                    }
-                    Err(e) => {
-                        self.disable(&format!("writing its maps failed: {e}"));
-                    }
-                }
-            }
-            Err(why) => self.disable(&why),
+        let p = match wanted {
+            Ok(p) => p,
+            Err(why) => return self.disable(&why),
+        };
+        let d = diff(self.written.as_ref(), &p);
+        if d.is_empty() {
+            return;
         }
+        if let Err(e) = self.write(&p, &d) {
+            // The maps may now hold part of a table: the lane stays off until a restart.
+            let why = format!("writing its maps failed, until a restart: {e}");
+            self.broken = Some(why.clone());
+            return self.disable(&why);
+        }
+        if self.off.take().is_some() || d.full {
+            tracing::info!(
+                generation = snap.generation(),
+                underlay = p.cfg.underlay_ifindex,
+                peers = p.senders.len(),
+                workers_only = p
+                    .senders
+                    .values()
+                    .filter(|f| **f & SENDER_NARROW_PATH != 0)
+                    .count(),
+                "express lane on: packets to other hosts' subnets are encapsulated in the kernel"
+            );
+        }
+        self.on = true;
     }
 
-    /// The map writes of `d` towards `p`: with the lane disabled in between for a full write.
+    /// The map writes of `d` towards `p`, with the lane disabled in between for a full write.
+    /// `written` always says what the maps hold (a disabled configuration included), so a
+    /// later diff also removes what a lease that went away while the lane was off left.
     fn write(&mut self, p: &LanePlan, d: &plan::PlanDiff) -> std::io::Result<()> {
-        let key0 = 0u32.to_ne_bytes();
         if d.full {
-            self.maps.cfg.update(&key0, &[0u8; cfg::SIZE])?;
-            self.applied = None;
+            self.write_disabled_cfg()?;
         }
         for (i, v) in &d.peer_writes {
             self.maps.peers.update(&i.to_ne_bytes(), v)?;
@@ -295,15 +338,31 @@ impl ExpressLane {
             self.maps.senders.delete(k)?;
         }
         if d.full {
-            self.maps.cfg.update(&key0, &p.cfg.to_bytes())?;
+            self.maps
+                .cfg
+                .update(&0u32.to_ne_bytes(), &p.cfg.to_bytes())?;
         }
+        self.written = Some(p.clone());
         Ok(())
+    }
+
+    /// `enabled = 0` in the maps (and in `written`, so the next plan rewrites everything).
+    fn write_disabled_cfg(&mut self) -> std::io::Result<()> {
+        self.on = false;
+        match &mut self.written {
+            Some(w) if w.cfg.enabled => {
+                w.cfg.enabled = false;
+                self.maps.cfg.update(&0u32.to_ne_bytes(), &w.cfg.to_bytes())
+            }
+            Some(_) => Ok(()),
+            None => self.maps.cfg.update(&0u32.to_ne_bytes(), &[0u8; cfg::SIZE]),
+        }
     }
 
     /// Turns the programs off (they hand everything on) and logs `why` once.
     fn disable(&mut self, why: &str) {
-        if self.applied.take().is_some() || self.off.is_none() {
-            let _ = self.maps.cfg.update(&0u32.to_ne_bytes(), &[0u8; cfg::SIZE]);
+        if let Err(e) = self.write_disabled_cfg() {
+            tracing::error!("express lane: disabling it failed: {e}");
         }
         if self.off.as_deref() != Some(why) {
             tracing::warn!("express lane off ({why}): forwarding through the io_uring path");
@@ -314,7 +373,7 @@ impl ExpressLane {
     /// The ingress program on our underlay interface and the arrival set's: links attached
     /// for new interfaces, dropped (detached) for those no longer in the set.
     fn attach_ingress(&mut self, arrival: Arrival) {
-        let Some(p) = &self.applied else { return };
+        let Some(p) = &self.written else { return };
         let mut wanted = vec![p.cfg.underlay_ifindex];
         if let Arrival::Only { ifindexes, len } = arrival {
             wanted.extend_from_slice(&ifindexes[..len]);
@@ -323,19 +382,28 @@ impl ExpressLane {
         wanted.sort_unstable();
         wanted.dedup();
         self.ingress_links.retain(|(i, _)| wanted.contains(i));
+        self.attach_failed.retain(|i| wanted.contains(i));
         for i in wanted {
             if self.ingress_links.iter().any(|(have, _)| *have == i) {
                 continue;
             }
             match TcxLink::attach(&self.ingress, i, TcxDir::Ingress) {
                 Ok(link) => {
-                    tracing::info!(ifindex = i, "express lane: receiving on the underlay interface");
+                    tracing::info!(
+                        ifindex = i,
+                        "express lane: receiving on the underlay interface"
+                    );
+                    self.attach_failed.retain(|&f| f != i);
                     self.ingress_links.push((i, link));
                 }
-                Err(e) => tracing::warn!(
-                    ifindex = i,
-                    "express lane: attaching to the interface's tcx ingress failed (its datagrams take the socket path): {e}"
-                ),
+                Err(e) if !self.attach_failed.contains(&i) => {
+                    tracing::warn!(
+                        ifindex = i,
+                        "express lane: attaching to the interface's tcx ingress failed (its datagrams take the socket path; retried every turn): {e}"
+                    );
+                    self.attach_failed.push(i);
+                }
+                Err(_) => {}
             }
         }
     }
@@ -369,7 +437,8 @@ impl ExpressLane {
             .iter()
             .filter_map(|b| endpoints::parse_fdb(b))
             .collect();
-        let learned = endpoints::join(our_subnet, &neighbours, &fdb, &self.links);
+        let Ok(routes) = &self.routes else { return };
+        let learned = endpoints::join(our_subnet, &neighbours, &fdb, &self.links, routes);
         for (ip, e) in &learned {
             if self.endpoints.get(ip) != Some(e) {
                 if let Err(err) = self.maps.endpoints.update(ip, &e.to_bytes()) {
@@ -410,9 +479,9 @@ impl ExpressLane {
     }
 }
 
-/// The peers whose path MTU (a main-table route's, or one the kernel learned) is below
-/// `needed`: two route dumps (routes; cached exceptions, Linux 5.3).
-fn narrow_peers(snap: &RouteSnapshot, needed: u32) -> Result<BTreeSet<[u8; 4]>, String> {
+/// The host's IPv4 routes and cached route exceptions: two route dumps (exceptions with
+/// `RTM_F_CLONED`, Linux 5.3).
+fn route_records() -> Result<Vec<RouteRecord>, String> {
     let mut records = Vec::new();
     for flags in [0, path_mtu::RTM_F_CLONED] {
         let mut rtmsg = [0u8; 12];
@@ -426,8 +495,36 @@ fn narrow_peers(snap: &RouteSnapshot, needed: u32) -> Result<BTreeSet<[u8; 4]>, 
                 .filter_map(|(_, b)| path_mtu::parse_route(b)),
         );
     }
-    let peers: BTreeSet<[u8; 4]> = snap.routes().map(|r| r.public_ip.octets()).collect();
-    Ok(path_mtu::narrow_peers(&records, peers, needed))
+    Ok(records)
+}
+
+/// What the lane would bypass, and so forbids it: IPsec policies (`bpf_redirect_neigh` sends
+/// without an xfrm lookup: the datagrams would leave in clear) and policy-routing rules beyond
+/// the kernel's three (it sends on the underlay interface, whatever a rule says).
+fn host_policy() -> Result<(), String> {
+    match sys::netlink::xfrm_policy_count() {
+        Ok(0) => {}
+        Ok(n) => {
+            return Err(format!(
+                "{n} IPsec (xfrm) policies: the lane would bypass them"
+            ))
+        }
+        Err(e) => return Err(format!("cannot list IPsec (xfrm) policies: {e}")),
+    }
+    let rules = sys::netlink::dump(
+        sys::netlink::RTM_GETRULE,
+        &[libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .map_err(|e| format!("listing ip rules: {e}"))?
+    .iter()
+    .filter(|(k, _)| *k == sys::netlink::RTM_NEWRULE)
+    .count();
+    if rules > 3 {
+        return Err(format!(
+            "{rules} IPv4 policy-routing rules (ip rule; the kernel's are 3): the lane would bypass them"
+        ));
+    }
+    Ok(())
 }
 
 /// A `struct ndmsg` asking for one family's neighbours.
@@ -435,6 +532,18 @@ fn ndmsg(family: u8) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[0] = family;
     b
+}
+
+/// Whether reverse-path filtering on interface `name` is strict: the larger of `all` and the
+/// interface's `rp_filter` is 1 (the kernel takes the maximum).
+fn strict_rp_filter(name: &str) -> bool {
+    let read = |n: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{n}/rp_filter"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    read("all").max(read(name)) == 1
 }
 
 /// `net.ipv4.ip_default_ttl` of our network namespace (what the kernel's own UDP sockets send

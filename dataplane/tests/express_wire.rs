@@ -89,6 +89,7 @@ fn egress_on_a_tun_device_sends_flannel_datagrams() {
             underlay_ifindex: ua,
             max_inner_len: 1472,
             outer_ttl: 64,
+            stack_delivery: true,
         };
         let cfg_map = BpfMap::create(MapKind::Array, 4, 56, 1, 0).unwrap();
         let peers = BpfMap::create(MapKind::Array, 4, 4, 256, 0).unwrap();
@@ -239,6 +240,7 @@ fn host(h: &Netns, under: &str, ip: Ipv4Addr, n: u8, c: &Netns) -> HostLane {
             underlay_ifindex: under_ix,
             max_inner_len: 1472,
             outer_ttl: 64,
+            stack_delivery: true,
         };
         let cfg_map = BpfMap::create(MapKind::Array, 4, 56, 1, 0).unwrap();
         let peers = BpfMap::create(MapKind::Array, 4, 4, 256, 0).unwrap();

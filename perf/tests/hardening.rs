@@ -198,6 +198,7 @@ fn daemons_work_as_their_units_run_them_and_the_data_plane_drops_to_net_admin() 
             "{log}"
         );
         dp.wait_log("express lane on", SEC * 5);
+        let log = dp.log();
         assert!(!log.contains("express lane off"), "{log}");
         // /proc/sys is read-only, yet accept_local is set (rtnetlink) and the kernel sends no
         // IPv6 into flannel0 (no address generated: its router solicitations and MLD reports

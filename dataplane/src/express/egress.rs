@@ -40,7 +40,7 @@ use crate::bpf_asm::{R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
 use crate::express::emit::{count, lookup, store, KEY};
 use crate::express::layout::{
     cfg, skb, slot, LaneCounter, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
-    SENDER_NARROW_PATH, TCX_DROP, TCX_NEXT,
+    SENDER_HOLDS_OUR_SUBNET, SENDER_NARROW_PATH, TCX_DROP, TCX_NEXT,
 };
 
 /// What kind of device the program is attached to.
@@ -145,13 +145,19 @@ pub fn egress_program(link: LinkKind) -> Result<Program, AsmError> {
     a.ldx_w(R2, R7, cfg::NETWORK);
     a.jcc_reg(Cond::Eq, R1, R2, next);
 
-    // A peer behind a narrower path (route or learned MTU) is the workers' (their sockets
-    // honour the path MTU); so is one not (yet) among the senders.
+    // A peer the lane may not send to (a narrower path, a route through another interface),
+    // one whose address holds our own lease (stale), or one not (yet) among the senders: the
+    // workers' (their sockets follow the kernel's routing and path MTU).
     a.stx(Size::W, R10, KEY, R8);
     lookup(&mut a, slot::SENDERS);
     a.jcc_imm(Cond::Eq, R0, 0, next);
     a.ldx_w(R2, R0, 0);
-    a.jcc_imm(Cond::Set, R2, SENDER_NARROW_PATH as i32, next);
+    a.jcc_imm(
+        Cond::Set,
+        R2,
+        (SENDER_NARROW_PATH | SENDER_HOLDS_OUR_SUBNET) as i32,
+        next,
+    );
 
     // TTL ≤ 1: next (the worker drops and counts it).
     a.ldx_b(R2, R10, INNER + 8);

@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use flannel_shared::Ipv4Net;
 
 use crate::express::layout::Endpoint;
+use crate::express::path_mtu::{route_for, RouteRecord};
 use crate::sys::netlink::attributes;
 
 /// `struct ndmsg` is 12 bytes: family, pads, ifindex (i32), state (u16), flags, type.
@@ -33,6 +34,7 @@ const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const NDA_MASTER: u16 = 9;
 const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
@@ -73,6 +75,7 @@ pub struct Link {
     /// The link's peer lives in another network namespace.
     pub peer_elsewhere: bool,
     pub mtu: Option<u32>,
+    pub name: Option<String>,
 }
 
 fn ndmsg(body: &[u8], family: u8) -> Option<(u32, u16)> {
@@ -140,6 +143,10 @@ pub fn parse_link(body: &[u8]) -> Option<Link> {
             IFLA_ADDRESS => link.mac = mac(v),
             IFLA_LINK_NETNSID => link.peer_elsewhere = true,
             IFLA_MTU => link.mtu = v.try_into().ok().map(u32::from_ne_bytes),
+            IFLA_IFNAME => {
+                let text = v.split(|&b| b == 0).next().unwrap_or(&[]);
+                link.name = Some(String::from_utf8_lossy(text).into_owned());
+            }
             IFLA_MASTER => {}
             IFLA_LINKINFO => {
                 for (k, info) in attributes(v, 0) {
@@ -160,14 +167,16 @@ fn usable_neighbour(state: u16) -> bool {
 }
 
 /// The endpoints the ingress program may deliver to: every usable neighbour in `our_subnet`
-/// (but not its network or broadcast address, nor a gateway address held by a local link)
-/// whose device is, or bridges to, a veth with its peer in another namespace. Keyed by the
-/// IP in wire order, as the program looks it up.
+/// (but not its network or broadcast address) on the device the kernel routes that address to
+/// (`routes`: a container on another bridge answering ARP for a pod's address is not taken),
+/// whose device is, or bridges to, a veth with its peer in another namespace. An address with
+/// two candidates is left out. Keyed by the IP in wire order, as the program looks it up.
 pub fn join(
     our_subnet: Ipv4Net,
     neighbours: &[Neighbour],
     fdb: &[FdbEntry],
     links: &[Link],
+    routes: &[RouteRecord],
 ) -> BTreeMap<[u8; 4], Endpoint> {
     let by_index: HashMap<u32, &Link> = links.iter().map(|l| (l.ifindex, l)).collect();
     let is_container_veth = |i: u32| {
@@ -176,11 +185,13 @@ pub fn join(
             .is_some_and(|l| l.kind.as_deref() == Some("veth") && l.peer_elsewhere)
     };
     let mut out = BTreeMap::new();
+    let mut ambiguous = Vec::new();
     for n in neighbours {
         if !our_subnet.contains(n.ip)
             || n.ip == our_subnet.addr()
             || n.ip == our_subnet.last()
             || !usable_neighbour(n.state)
+            || route_for(routes, n.ip).and_then(|r| r.oif) != Some(n.ifindex)
         {
             continue;
         }
@@ -205,14 +216,17 @@ pub fn join(
         if !is_container_veth(port) {
             continue;
         }
-        out.insert(
-            n.ip.octets(),
-            Endpoint {
-                ifindex: port,
-                mac: n.mac,
-                gateway_mac,
-            },
-        );
+        let e = Endpoint {
+            ifindex: port,
+            mac: n.mac,
+            gateway_mac,
+        };
+        if out.insert(n.ip.octets(), e).is_some_and(|old| old != e) {
+            ambiguous.push(n.ip.octets());
+        }
+    }
+    for ip in ambiguous {
+        out.remove(&ip);
     }
     out
 }
@@ -261,6 +275,23 @@ mod tests {
     const VETH: u32 = 9;
     const BR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
     const C_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xca];
+
+    /// Our subnet is routed to the bridge; a routed pod's /32 to its veth.
+    fn routes() -> Vec<RouteRecord> {
+        let r = |dst: &str, oif: u32| RouteRecord {
+            dst: dst.parse().unwrap(),
+            table: 254,
+            unicast: true,
+            mtu: None,
+            cloned: false,
+            oif: Some(oif),
+        };
+        vec![
+            r("10.1.15.0/24", BR),
+            r("10.1.15.7/32", VETH),
+            r("10.1.0.0/16", 3),
+        ]
+    }
 
     fn world() -> (Vec<Neighbour>, Vec<FdbEntry>, Vec<Link>) {
         let neigh = [
@@ -351,7 +382,7 @@ mod tests {
     fn a_container_behind_a_bridge_is_its_veth() {
         let (n, f, l) = world();
         let subnet: Ipv4Net = "10.1.15.0/24".parse().unwrap();
-        let got = join(subnet, &n, &f, &l);
+        let got = join(subnet, &n, &f, &l, &routes());
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(
             got[&[10, 1, 15, 2]],
@@ -362,7 +393,29 @@ mod tests {
             }
         );
         // Another subnet: nothing.
-        assert!(join("10.1.16.0/24".parse().unwrap(), &n, &f, &l).is_empty());
+        assert!(join("10.1.16.0/24".parse().unwrap(), &n, &f, &l, &routes()).is_empty());
+        // Not routed to the bridge (a neighbour entry another device got by ARP): not taken.
+        let mut elsewhere = routes();
+        elsewhere[0].oif = Some(12);
+        assert!(join(subnet, &n, &f, &l, &elsewhere).is_empty());
+        // The same address behind two ports: ambiguous, left out.
+        let mut f2 = f.clone();
+        f2.insert(
+            0,
+            FdbEntry {
+                port: 2,
+                ..f[0].clone()
+            },
+        );
+        let mut n2 = n.clone();
+        n2.push(n[0].clone());
+        let mut l2 = l.clone();
+        l2[2].peer_elsewhere = true;
+        assert_eq!(
+            join(subnet, &n2, &f2, &l2, &routes()).len(),
+            1,
+            "same entry twice: kept"
+        );
     }
 
     #[test]
@@ -371,12 +424,12 @@ mod tests {
         let subnet: Ipv4Net = "10.1.15.0/24".parse().unwrap();
         l[1].peer_elsewhere = false;
         assert!(
-            join(subnet, &n, &f, &l).is_empty(),
+            join(subnet, &n, &f, &l, &routes()).is_empty(),
             "peer in this namespace"
         );
         l[1].peer_elsewhere = true;
         l[1].kind = Some("dummy".into());
-        assert!(join(subnet, &n, &f, &l).is_empty(), "not a veth");
+        assert!(join(subnet, &n, &f, &l, &routes()).is_empty(), "not a veth");
     }
 
     #[test]
@@ -394,13 +447,14 @@ mod tests {
             kind: Some("veth".into()),
             peer_elsewhere: true,
             mtu: Some(1500),
+            name: None,
         }];
-        let got = join(subnet, &n, &[], &l);
+        let got = join(subnet, &n, &[], &l, &routes());
         assert_eq!(got[&[10, 1, 15, 7]].ifindex, VETH);
         assert_eq!(got[&[10, 1, 15, 7]].gateway_mac, [2, 0, 0, 0, 0, 0x99]);
         // The subnet's own network and broadcast addresses are never endpoints.
         let mut n2 = n.clone();
         n2[0].ip = Ipv4Addr::new(10, 1, 15, 255);
-        assert!(join(subnet, &n2, &[], &l).is_empty());
+        assert!(join(subnet, &n2, &[], &l, &routes()).is_empty());
     }
 }

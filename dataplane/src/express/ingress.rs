@@ -3,7 +3,7 @@
 //!
 //! Attached (tcx ingress) to each underlay interface the workers admit datagrams from, it
 //! takes only unfragmented, option-less IPv4/UDP datagrams to our PublicIP and port whose
-//! outer header is whole and valid; everything else is handed on unchanged (`TCX_NEXT`) and
+//! outer header is whole and valid, in untagged frames addressed to the interface's own MAC; everything else is handed on unchanged (`TCX_NEXT`) and
 //! the stack treats it as before. A datagram it takes is then, in the workers' order:
 //!
 //! - parsed: the payload must be one whole IPv4 packet (`drop_too_short`, `drop_not_ipv4`,
@@ -81,6 +81,12 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.mov64_reg(R6, R1);
     a.ldx_w(R2, R6, skb::PROTOCOL);
     a.jcc_imm(Cond::Ne, R2, ETH_P_IP_RAW, next);
+    // Only frames for this interface itself: not another VLAN's (the VLAN device is the
+    // arrival interface the workers would see), not another MAC's (promiscuous, macvlan).
+    a.ldx_w(R2, R6, skb::PKT_TYPE);
+    a.jcc_imm(Cond::Ne, R2, 0, next);
+    a.ldx_w(R2, R6, skb::VLAN_PRESENT);
+    a.jcc_imm(Cond::Ne, R2, 0, next);
     a.st_imm(Size::W, R10, KEY, 0);
     lookup(&mut a, slot::CFG);
     a.jcc_imm(Cond::Eq, R0, 0, next);
@@ -229,6 +235,9 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.jcc_imm(Cond::Ne, R8, 0, decap);
     a.ldx_h(R2, R10, UDP + 6);
     a.jcc_imm(Cond::Ne, R2, 0, passed);
+    a.ldx_w(R2, R7, cfg::FLAGS);
+    a.jcc_imm(Cond::Set, R2, cfg::FLAG_STACK_DELIVERY, decap);
+    a.ja(passed);
     a.bind(decap);
 
     // Decapsulate; refused → still unchanged, the socket path takes it.

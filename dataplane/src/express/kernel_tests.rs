@@ -56,6 +56,7 @@ fn cfg_a(fixed_source_port: bool) -> LaneCfg {
         underlay_ifindex: 1,
         max_inner_len: 1472,
         outer_ttl: 64,
+        stack_delivery: true,
     }
 }
 
@@ -146,7 +147,9 @@ fn inner(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize) -> Vec<u8> {
 
 /// `ip` behind an Ethernet header (to 02:00:00:00:00:01 from 02:00:00:00:00:02).
 fn frame(ip: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    // Destination: the test run's device's own MAC (loopback's, all zero), so the frame is
+    // PACKET_HOST as on the underlay.
+    let mut f = vec![0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
     f.extend_from_slice(ip);
     f
 }
@@ -311,6 +314,14 @@ fn egress_hands_on_what_it_does_not_take() {
     unchanged(&frame(&inner(CA, CB, 64, 10)), "narrow path");
     e.senders.update(&key, &0u32.to_ne_bytes()).unwrap();
     assert_eq!(e.run(&frame(&inner(CA, CB, 64, 10))).retval, TCX_REDIRECT);
+    // A stale entry naming our own address for another subnet: the workers'.
+    e.peers
+        .update(&17u32.to_ne_bytes(), &peer_value(HOST_A))
+        .unwrap();
+    unchanged(
+        &frame(&inner(CA, Ipv4Addr::new(10, 1, 17, 2), 64, 10)),
+        "peer is ourselves",
+    );
     e.peers.update(&16u32.to_ne_bytes(), &[0; 4]).unwrap();
     unchanged(&frame(&inner(CA, CB, 64, 10)), "lease removed");
     assert_eq!(e.counter(LaneCounter::TxErrors), 0);
@@ -321,6 +332,8 @@ fn egress_hands_on_what_it_does_not_take() {
 struct Ingress {
     prog: OwnedFd,
     stats: BpfMap,
+    cfg: BpfMap,
+    cfg_value: LaneCfg,
 }
 
 const CA_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xca];
@@ -360,8 +373,13 @@ impl Ingress {
         ];
         let insns = ingress_program().unwrap().with_map_fds(&fds).unwrap();
         let prog = bpf::load_sched_cls(&insns).unwrap_or_else(|e| panic!("ingress: {e}"));
-        // The maps stay alive through the program's references.
-        Self { prog, stats }
+        // The other maps stay alive through the program's references.
+        Self {
+            prog,
+            stats,
+            cfg: cfg_map,
+            cfg_value: c,
+        }
     }
 
     fn run(&self, frame: &[u8]) -> TestRun {
@@ -527,6 +545,9 @@ fn ingress_hands_on_what_it_does_not_take() {
         datagram(HOST_B, 8286, &inner(CB, CA, 63, 10)),
         "another port",
     );
+    let mut other_mac = good();
+    other_mac[0] = 2;
+    unchanged(other_mac, "a frame for another MAC (PACKET_OTHERHOST)");
     let mut other_dst = good();
     other_dst[14 + 16..14 + 20].copy_from_slice(&[198, 18, 0, 3]);
     unchanged(other_dst, "another destination");
@@ -562,11 +583,22 @@ fn ingress_hands_on_what_it_does_not_take() {
     );
     assert_eq!(i.counter(LaneCounter::RxToStack), 1);
     assert_eq!(i.counter(LaneCounter::RxPassed), 0);
+    // Stack delivery off (strict rp_filter): the socket path's, unchanged.
+    let mut no_stack = i.cfg_value;
+    no_stack.stack_delivery = false;
+    i.cfg
+        .update(&0u32.to_ne_bytes(), &no_stack.to_bytes())
+        .unwrap();
+    unchanged(input.clone(), "no stack delivery");
+    i.cfg
+        .update(&0u32.to_ne_bytes(), &i.cfg_value.to_bytes())
+        .unwrap();
+    assert_eq!(i.counter(LaneCounter::RxPassed), 1);
     // The same with a UDP checksum (a socket sent it): the socket path's, unchanged.
     let mut with_csum = datagram(HOST_B, 8285, &to_host);
     with_csum[14 + 20 + 6] = 0x12;
     unchanged(with_csum, "no local endpoint, UDP checksum set");
-    assert_eq!(i.counter(LaneCounter::RxPassed), 1);
+    assert_eq!(i.counter(LaneCounter::RxPassed), 2);
 
     // A GRO batch: several datagrams in one skb, the first inner length shorter than the
     // payload; the socket path splits it.
@@ -579,7 +611,7 @@ fn ingress_hands_on_what_it_does_not_take() {
     let out = bpf::test_run(&i.prog, &input, Some(&ctx[..])).unwrap();
     assert_eq!(out.retval, next, "GRO batch");
     assert_eq!(out.data, input, "GRO batch: packet changed");
-    assert_eq!(i.counter(LaneCounter::RxPassed), 2);
+    assert_eq!(i.counter(LaneCounter::RxPassed), 3);
     assert_eq!(i.counter(LaneCounter::RxErrors), 0);
 }
 

@@ -12,6 +12,10 @@ use std::net::Ipv4Addr;
 /// `struct __sk_buff` field offsets (bytes).
 pub mod skb {
     pub const LEN: i16 = 0;
+    /// `PACKET_HOST` (0): addressed to this host's MAC.
+    pub const PKT_TYPE: i16 = 4;
+    /// Non-zero: the frame carries a VLAN tag (not yet handed to its VLAN device).
+    pub const VLAN_PRESENT: i16 = 20;
     /// `skb->protocol` as the raw `__be16` (ETH_P_IP reads as 0x0008 on little-endian).
     pub const PROTOCOL: i16 = 16;
     pub const INGRESS_IFINDEX: i16 = 36;
@@ -118,6 +122,9 @@ pub mod cfg {
     pub const FLAG_SPOOF_CHECK: i32 = 1;
     /// `FLAGS` bit: send from the flannel port instead of a per-flow source port.
     pub const FLAG_FIXED_SPORT: i32 = 1 << 1;
+    /// `FLAGS` bit: a checked datagram without a known endpoint may be decapsulated to the
+    /// host's stack (off when strict `rp_filter` on the underlay would drop it there).
+    pub const FLAG_STACK_DELIVERY: i32 = 1 << 2;
 }
 
 /// The lane's configuration, one value of the `cfg` array map. Addresses the programs do
@@ -146,6 +153,8 @@ pub struct LaneCfg {
     pub max_inner_len: u32,
     /// TTL of the outer header (`net.ipv4.ip_default_ttl`, what flannel's socket sends with).
     pub outer_ttl: u8,
+    /// See [`cfg::FLAG_STACK_DELIVERY`].
+    pub stack_delivery: bool,
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -173,6 +182,9 @@ impl LaneCfg {
         }
         if self.fixed_source_port {
             flags |= cfg::FLAG_FIXED_SPORT as u32;
+        }
+        if self.stack_delivery {
+            flags |= cfg::FLAG_STACK_DELIVERY as u32;
         }
         put(cfg::FLAGS, flags);
         put(cfg::NETWORK, u32::from(self.network));
@@ -256,6 +268,7 @@ mod tests {
             underlay_ifindex: 7,
             max_inner_len: 1472,
             outer_ttl: 64,
+            stack_delivery: false,
         };
         let b = c.to_bytes();
         let u = |o: i16| u32::from_ne_bytes(b[o as usize..o as usize + 4].try_into().unwrap());

@@ -1,9 +1,12 @@
-//! Which peers sit behind a path narrower than the lane's largest datagram: a route of the main
-//! table with an MTU metric (`ip route add … mtu 1000`) or a path MTU the kernel learned from an
-//! ICMP "fragmentation needed" (a cached route exception). The lane's egress leaves packets to
-//! such peers to the workers, whose sockets honour the path MTU (`udp_tx_too_big`), since
-//! `bpf_redirect_neigh` sends at the interface's MTU. Pure: parsed from `RTM_NEWROUTE` bodies
-//! of two rtnetlink dumps (routes, and exceptions with `RTM_F_CLONED`, Linux 5.3).
+//! Which peers the lane may not send to itself, from the host's routes: those behind a path
+//! narrower than the lane's largest datagram (a route of the main table with an MTU metric,
+//! `ip route add … mtu 1000`, or a path MTU the kernel learned from an ICMP "fragmentation
+//! needed": a cached route exception), and those whose route leaves through another interface
+//! than the underlay one (`bpf_redirect_neigh` sends on the interface it is given, at its MTU).
+//! The lane's egress leaves their packets to the workers, whose sockets follow the kernel's
+//! routing and path MTU (`udp_tx_too_big`). Also: which device the kernel routes an address to
+//! ([`route_for`], for the endpoint learner). Pure: parsed from `RTM_NEWROUTE` bodies of two
+//! rtnetlink dumps (routes, and exceptions with `RTM_F_CLONED`, Linux 5.3).
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +20,7 @@ use crate::sys::netlink::attributes;
 /// `struct rtmsg`: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
 const RTMSG_LEN: usize = 12;
 const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
 const RTA_METRICS: u16 = 8;
 const RTA_TABLE: u16 = 15;
 const RTAX_MTU: u16 = 2;
@@ -33,6 +37,8 @@ pub struct RouteRecord {
     pub unicast: bool,
     pub mtu: Option<u32>,
     pub cloned: bool,
+    /// The output interface (`RTA_OIF`), absent for multipath routes.
+    pub oif: Option<u32>,
 }
 
 /// An `RTM_NEWROUTE` body of family `AF_INET`.
@@ -45,8 +51,10 @@ pub fn parse_route(body: &[u8]) -> Option<RouteRecord> {
     let flags = u32::from_ne_bytes(body[8..12].try_into().ok()?);
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut mtu = None;
+    let mut oif = None;
     for (kind, v) in attributes(body, RTMSG_LEN) {
         match (kind, v) {
+            (RTA_OIF, v) => oif = v.try_into().ok().map(u32::from_ne_bytes),
             (RTA_DST, &[a, b, c, d]) => dst = Ipv4Addr::new(a, b, c, d),
             (RTA_TABLE, v) => table = v.try_into().map(u32::from_ne_bytes).unwrap_or(table),
             (RTA_METRICS, m) => {
@@ -69,31 +77,38 @@ pub fn parse_route(body: &[u8]) -> Option<RouteRecord> {
         unicast: body[7] == RTN_UNICAST,
         mtu,
         cloned: flags & RTM_F_CLONED != 0,
+        oif,
     })
 }
 
-/// The peers (wire order) whose path MTU is below `needed` (the lane's largest outer
-/// datagram): by the main table's longest matching unicast route, or by a cached exception for
-/// the peer itself.
+/// The main table's longest matching unicast route for `ip`.
+pub fn route_for(records: &[RouteRecord], ip: Ipv4Addr) -> Option<&RouteRecord> {
+    records
+        .iter()
+        .filter(|r| !r.cloned && r.table == RT_TABLE_MAIN && r.unicast && r.dst.contains(ip))
+        .max_by_key(|r| r.dst.prefix())
+}
+
+/// The peers (wire order) the lane leaves to the workers: the main table's longest matching
+/// unicast route for the peer leaves through another interface than `underlay` (or has none),
+/// or its MTU, or a cached exception's for the peer, is below `needed` (the lane's largest
+/// outer datagram).
 pub fn narrow_peers(
     records: &[RouteRecord],
     peers: impl IntoIterator<Item = [u8; 4]>,
+    underlay: u32,
     needed: u32,
 ) -> BTreeSet<[u8; 4]> {
-    let routes: Vec<&RouteRecord> = records
-        .iter()
-        .filter(|r| !r.cloned && r.table == RT_TABLE_MAIN && r.unicast)
-        .collect();
     let exceptions: Vec<&RouteRecord> = records.iter().filter(|r| r.cloned).collect();
     peers
         .into_iter()
         .filter(|&p| {
             let ip = Ipv4Addr::from(p);
-            let route_mtu = routes
-                .iter()
-                .filter(|r| r.dst.contains(ip))
-                .max_by_key(|r| r.dst.prefix())
-                .and_then(|r| r.mtu);
+            let route = route_for(records, ip);
+            if route.and_then(|r| r.oif) != Some(underlay) {
+                return true;
+            }
+            let route_mtu = route.and_then(|r| r.mtu);
             let learned = exceptions
                 .iter()
                 .filter(|r| r.dst.prefix() == 32 && r.dst.addr() == ip)
@@ -119,11 +134,16 @@ mod tests {
     }
 
     fn route(dst: [u8; 4], prefix: u8, flags: u32, mtu: Option<u32>) -> Vec<u8> {
+        route_via(dst, prefix, flags, mtu, 2)
+    }
+
+    fn route_via(dst: [u8; 4], prefix: u8, flags: u32, mtu: Option<u32>, oif: u32) -> Vec<u8> {
         let mut b = vec![libc::AF_INET as u8, prefix, 0, 0, 254, 3, 0, RTN_UNICAST];
         b.extend_from_slice(&flags.to_ne_bytes());
         if prefix > 0 {
             b.extend(attr(RTA_DST, &dst));
         }
+        b.extend(attr(RTA_OIF, &oif.to_ne_bytes()));
         b.extend(attr(RTA_TABLE, &RT_TABLE_MAIN.to_ne_bytes()));
         if let Some(m) = mtu {
             b.extend(attr(
@@ -161,6 +181,7 @@ mod tests {
             route([198, 18, 0, 3], 32, RTM_F_CLONED, Some(1400)),
             route([198, 19, 0, 0], 16, 0, Some(1400)),
             route([198, 19, 7, 0], 24, 0, None),
+            route_via([198, 20, 0, 0], 16, 0, None, 9),
         ]
         .iter()
         .filter_map(|b| parse_route(b))
@@ -171,10 +192,29 @@ mod tests {
             [198, 18, 0, 3],
             [198, 19, 0, 9],
             [198, 19, 7, 9],
+            [198, 20, 1, 1],
         ];
-        let got = narrow_peers(&recs, peers, 1500);
-        let want: BTreeSet<[u8; 4]> = [[198, 18, 0, 2], [198, 18, 0, 3], [198, 19, 0, 9]].into();
+        let got = narrow_peers(&recs, peers, 2, 1500);
+        let want: BTreeSet<[u8; 4]> = [
+            [198, 18, 0, 2],
+            [198, 18, 0, 3],
+            [198, 19, 0, 9],
+            [198, 20, 1, 1],
+        ]
+        .into();
         assert_eq!(got, want, "a more specific route without an MTU wins");
-        assert!(narrow_peers(&recs, peers, 1000).is_empty());
+        let other_way: BTreeSet<[u8; 4]> = [[198, 20, 1, 1]].into();
+        assert_eq!(
+            narrow_peers(&recs, peers, 2, 1000),
+            other_way,
+            "via interface 9"
+        );
+        assert_eq!(
+            route_for(&recs, Ipv4Addr::new(198, 19, 7, 1))
+                .unwrap()
+                .dst
+                .prefix(),
+            24
+        );
     }
 }

@@ -38,6 +38,9 @@ pub struct LocalFacts {
     /// Peers (PublicIP, wire order) behind a path narrower than the lane's datagrams
     /// ([`crate::express::path_mtu`]).
     pub narrow: BTreeSet<[u8; 4]>,
+    /// Strict reverse-path filtering on the underlay interface (it would drop decapsulated
+    /// packets handed to the stack there).
+    pub strict_rp_filter: bool,
 }
 
 /// Why the lane is off for a table.
@@ -148,6 +151,7 @@ pub fn plan(
             underlay_ifindex,
             max_inner_len: local.underlay_mtu - 28,
             outer_ttl: local.outer_ttl,
+            stack_delivery: !local.strict_rp_filter,
         },
         peers,
         senders,
@@ -256,6 +260,7 @@ mod tests {
             fixed_source_port: false,
             port: 8285,
             narrow: BTreeSet::new(),
+            strict_rp_filter: false,
         }
     }
 

@@ -33,6 +33,8 @@ pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWNEIGH: u16 = 28;
 pub const RTM_GETNEIGH: u16 = 30;
 pub const RTM_GETROUTE: u16 = 26;
+pub const RTM_NEWRULE: u16 = 32;
+pub const RTM_GETRULE: u16 = 34;
 pub const RTM_NEWROUTE: u16 = 24;
 const NLMSG_DONE: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
@@ -90,12 +92,17 @@ impl Msg {
 
 /// A NETLINK_ROUTE socket.
 fn route_socket() -> io::Result<OwnedFd> {
+    netlink_socket(libc::NETLINK_ROUTE)
+}
+
+/// A netlink socket of `protocol`.
+fn netlink_socket(protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call.
     let fd = cvt(unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     })?;
     // SAFETY: fresh fd owned by nobody else.
@@ -175,7 +182,25 @@ pub fn ipv4_addresses(index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
 /// One rtnetlink dump: the request `kind` with the family header `header`, answered by the
 /// kernel's messages as (type, body after the netlink header) until NLMSG_DONE.
 pub fn dump(kind: u16, header: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
-    let sock = route_socket()?;
+    dump_on(route_socket()?, kind, header)
+}
+
+/// The number of IPsec policies (an `XFRM_MSG_GETPOLICY` dump on NETLINK_XFRM; needs
+/// CAP_NET_ADMIN). A kernel without the xfrm netlink interface has none anyone could have set.
+pub fn xfrm_policy_count() -> io::Result<usize> {
+    const XFRM_MSG_NEWPOLICY: u16 = 0x13;
+    const XFRM_MSG_GETPOLICY: u16 = 0x15;
+    let sock = match netlink_socket(libc::NETLINK_XFRM) {
+        Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => return Ok(0),
+        r => r?,
+    };
+    Ok(dump_on(sock, XFRM_MSG_GETPOLICY, &[])?
+        .iter()
+        .filter(|(k, _)| *k == XFRM_MSG_NEWPOLICY)
+        .count())
+}
+
+fn dump_on(sock: OwnedFd, kind: u16, header: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
     let mut msg = vec![0u8; NLMSG_HDR];
     msg[4..6].copy_from_slice(&kind.to_ne_bytes());
     msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());

@@ -52,7 +52,7 @@ struct Args {
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).
     #[arg(long)]
     workers: Option<usize>,
-    /// Also profile ours, kernel VXLAN and bare in the first repeat: a TCP 1-stream test under
+    /// Also profile ours, ours --express, kernel VXLAN and bare in the first repeat: a TCP 1-stream test under
     /// `perf record -a` (CPU per GB by category) and a ping run under `perf stat -a` (context
     /// switches and syscalls per round trip). Needs `perf`.
     #[arg(long)]

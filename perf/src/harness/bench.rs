@@ -89,7 +89,7 @@ const IPERF_PORTS: std::ops::Range<u16> = 5201..5300;
 /// Transit network on vxlan0 (inside the host namespaces only).
 const VXLAN_TRANSIT: &str = "10.254.42";
 /// Variants `--profile` profiles (in the first repeat).
-const PROFILED: &[&str] = &["ours", "vxlan", "bare"];
+const PROFILED: &[&str] = &["ours", "ours-express", "vxlan", "bare"];
 /// Pings of the profiled ping run (at 10 ms: about 2 s), and the recorded windows: one quiet
 /// before it, one inside it after it settled.
 const PROFILE_PINGS: u32 = 200;
@@ -122,7 +122,7 @@ pub struct Options {
     pub only: Option<Vec<String>>,
     /// `--workers` for flannel-dataplane (default: its own, one per CPU).
     pub workers: Option<usize>,
-    /// Also profile ours, VXLAN and bare in the first repeat ([`profile`]): needs `perf`.
+    /// Also profile ours, ours --express, VXLAN and bare in the first repeat ([`profile`]): needs `perf`.
     pub profile: bool,
     /// Run the paced UDP search ([`udpsearch`]) in the first this many repeats (0: never).
     pub udp_search_repeats: usize,
