@@ -270,6 +270,9 @@ impl ExpressLane {
                 underlay_ifindex.unwrap_or(0),
                 tun_mtu.saturating_add(28),
             ),
+            underlay_is_veth: underlay_ifindex
+                .and_then(|i| self.links.iter().find(|l| l.ifindex == i))
+                .is_some_and(|l| l.kind.as_deref() == Some("veth")),
             strict_rp_filter: underlay_ifindex
                 .and_then(|i| self.links.iter().find(|l| l.ifindex == i))
                 .and_then(|l| l.name.as_deref())

@@ -90,6 +90,7 @@ fn egress_on_a_tun_device_sends_flannel_datagrams() {
             max_inner_len: 1472,
             outer_ttl: 64,
             stack_delivery: true,
+            gso_whole: true,
         };
         let cfg_map = BpfMap::create(MapKind::Array, 4, 56, 1, 0).unwrap();
         let peers = BpfMap::create(MapKind::Array, 4, 4, 256, 0).unwrap();
@@ -241,6 +242,7 @@ fn host(h: &Netns, under: &str, ip: Ipv4Addr, n: u8, c: &Netns) -> HostLane {
             max_inner_len: 1472,
             outer_ttl: 64,
             stack_delivery: true,
+            gso_whole: true,
         };
         let cfg_map = BpfMap::create(MapKind::Array, 4, 56, 1, 0).unwrap();
         let peers = BpfMap::create(MapKind::Array, 4, 4, 256, 0).unwrap();

@@ -8,7 +8,9 @@
 //!
 //! - parsed: the payload must be one whole IPv4 packet (`drop_too_short`, `drop_not_ipv4`,
 //!   `drop_bad_ihl`, `drop_bad_length`) — except that a GRO/GSO batch of several datagrams
-//!   (`gso_size` set, lengths not matching) is left to the socket path, which splits it;
+//!   (`gso_size` set, lengths not matching) is left to the socket path, which splits it, and
+//!   so is any GSO skb unless the underlay is a veth (where an express sender's super-packet
+//!   arrives whole; elsewhere only GRO makes them, and a batch's first length can be crafted);
 //! - checked against the route table: the sender holds a lease that is not ours, the inner
 //!   destination is in our subnet, the inner source lies in the sender's subnet unless the
 //!   spoof check is off. A datagram failing one of these is handed to the socket path
@@ -176,6 +178,16 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.jcc_imm(Cond::Ne, R3, 0, passed);
     a.ja(drop_as(LaneCounter::DropBadLength));
     a.bind(length_ok);
+    // A GSO skb is one whole tunnel super-packet only where an express sender's crosses
+    // unsegmented (a veth underlay: FLAG_GSO_WHOLE); elsewhere it is a GRO batch, whose first
+    // length may have been crafted to span the batch: the socket path splits and checks it.
+    let whole = a.label();
+    a.ldx_w(R3, R6, skb::GSO_SIZE);
+    a.jcc_imm(Cond::Eq, R3, 0, whole);
+    a.ldx_w(R3, R7, cfg::FLAGS);
+    a.jcc_imm(Cond::Set, R3, cfg::FLAG_GSO_WHOLE, whole);
+    a.ja(passed);
+    a.bind(whole);
 
     // The checks that depend on the route table: failing one hands the datagram to the socket
     // path unchanged, whose workers hold the newest table generation (this program's maps

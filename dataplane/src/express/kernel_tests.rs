@@ -57,6 +57,7 @@ fn cfg_a(fixed_source_port: bool) -> LaneCfg {
         max_inner_len: 1472,
         outer_ttl: 64,
         stack_delivery: true,
+        gso_whole: true,
     }
 }
 
@@ -612,6 +613,19 @@ fn ingress_hands_on_what_it_does_not_take() {
     assert_eq!(out.retval, next, "GRO batch");
     assert_eq!(out.data, input, "GRO batch: packet changed");
     assert_eq!(i.counter(LaneCounter::RxPassed), 3);
+
+    // A GSO skb whose first inner length spans all of it, where GSO skbs on the underlay can
+    // only be GRO batches (not a veth): the socket path splits and checks it.
+    let mut gro_only = i.cfg_value;
+    gro_only.gso_whole = false;
+    i.cfg
+        .update(&0u32.to_ne_bytes(), &gro_only.to_bytes())
+        .unwrap();
+    let input = datagram(HOST_B, 8285, &inner(CB, CA, 63, 100));
+    let out = bpf::test_run(&i.prog, &input, Some(&ctx[..])).unwrap();
+    assert_eq!(out.retval, next, "crafted GRO batch");
+    assert_eq!(out.data, input, "crafted GRO batch: packet changed");
+    assert_eq!(i.counter(LaneCounter::RxPassed), 4);
     assert_eq!(i.counter(LaneCounter::RxErrors), 0);
 }
 

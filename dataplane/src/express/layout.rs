@@ -125,6 +125,9 @@ pub mod cfg {
     /// `FLAGS` bit: a checked datagram without a known endpoint may be decapsulated to the
     /// host's stack (off when strict `rp_filter` on the underlay would drop it there).
     pub const FLAG_STACK_DELIVERY: i32 = 1 << 2;
+    /// `FLAGS` bit: a GSO skb arriving on the underlay may be an express sender's whole
+    /// super-packet (a veth underlay passes them unsegmented); otherwise it is a GRO batch.
+    pub const FLAG_GSO_WHOLE: i32 = 1 << 3;
 }
 
 /// The lane's configuration, one value of the `cfg` array map. Addresses the programs do
@@ -155,6 +158,8 @@ pub struct LaneCfg {
     pub outer_ttl: u8,
     /// See [`cfg::FLAG_STACK_DELIVERY`].
     pub stack_delivery: bool,
+    /// See [`cfg::FLAG_GSO_WHOLE`].
+    pub gso_whole: bool,
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -185,6 +190,9 @@ impl LaneCfg {
         }
         if self.stack_delivery {
             flags |= cfg::FLAG_STACK_DELIVERY as u32;
+        }
+        if self.gso_whole {
+            flags |= cfg::FLAG_GSO_WHOLE as u32;
         }
         put(cfg::FLAGS, flags);
         put(cfg::NETWORK, u32::from(self.network));
@@ -269,6 +277,7 @@ mod tests {
             max_inner_len: 1472,
             outer_ttl: 64,
             stack_delivery: false,
+            gso_whole: false,
         };
         let b = c.to_bytes();
         let u = |o: i16| u32::from_ne_bytes(b[o as usize..o as usize + 4].try_into().unwrap());

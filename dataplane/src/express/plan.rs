@@ -41,6 +41,8 @@ pub struct LocalFacts {
     /// Strict reverse-path filtering on the underlay interface (it would drop decapsulated
     /// packets handed to the stack there).
     pub strict_rp_filter: bool,
+    /// The underlay interface is a veth (GSO skbs cross it whole).
+    pub underlay_is_veth: bool,
 }
 
 /// Why the lane is off for a table.
@@ -152,6 +154,7 @@ pub fn plan(
             max_inner_len: local.underlay_mtu - 28,
             outer_ttl: local.outer_ttl,
             stack_delivery: !local.strict_rp_filter,
+            gso_whole: local.underlay_is_veth,
         },
         peers,
         senders,
@@ -261,6 +264,7 @@ mod tests {
             port: 8285,
             narrow: BTreeSet::new(),
             strict_rp_filter: false,
+            underlay_is_veth: false,
         }
     }
 
