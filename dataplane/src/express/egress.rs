@@ -37,7 +37,7 @@
 
 use crate::bpf_asm::{Alu, Asm, AsmError, Cond, Helper, Program, Size};
 use crate::bpf_asm::{R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
-use crate::express::emit::{count, lookup, store, KEY};
+use crate::express::emit::{count, decrement_ttl, lookup, store, KEY};
 use crate::express::layout::{
     cfg, skb, slot, LaneCounter, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
     SENDER_HOLDS_OUR_SUBNET, SENDER_NARROW_PATH, TCX_DROP, TCX_NEXT,
@@ -207,19 +207,8 @@ pub fn egress_program(link: LinkKind) -> Result<Program, AsmError> {
         a.jcc_imm(Cond::Ne, R0, 0, error);
     }
 
-    // Inner TTL − 1 (flannel's send-side decrement): the (TTL, protocol) word, TTL ≥ 2 so
-    // the 16-bit subtraction of the little-endian load never borrows into the protocol.
-    a.ldx_h(R3, R10, INNER + 8);
-    a.mov64_reg(R4, R3);
-    a.alu64_imm(Alu::Sub, R4, 1);
-    a.stx(Size::H, R10, INNER + 8, R4);
-    a.mov64_reg(R1, R6);
-    a.mov64_imm(R2, INNER_CSUM_AT);
-    a.mov64_imm(R5, 2);
-    a.call(Helper::L3CsumReplace);
-    a.jcc_imm(Cond::Ne, R0, 0, error);
-    store(&mut a, INNER_TTL_AT, INNER + 8, 2);
-    a.jcc_imm(Cond::Ne, R0, 0, error);
+    // Inner TTL − 1 (flannel's send-side decrement).
+    decrement_ttl(&mut a, INNER + 8, INNER_TTL_AT, INNER_CSUM_AT, error);
 
     // The outer IPv4 header; r2 = its total length (the skb now starts with 14 MAC bytes).
     a.ldx_w(R2, R6, skb::LEN);

@@ -35,7 +35,7 @@
 
 use crate::bpf_asm::{Alu, Asm, AsmError, Cond, Helper, Label, Program, Size};
 use crate::bpf_asm::{R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9};
-use crate::express::emit::{count, lookup, KEY};
+use crate::express::emit::{count, decrement_ttl, lookup, KEY};
 use crate::express::layout::{
     cfg, skb, slot, Endpoint, LaneCounter, BPF_ADJ_ROOM_MAC, BPF_CSUM_LEVEL_DEC,
     BPF_F_ADJ_ROOM_DECAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, ENCAP_LEN, ETH_LEN, ETH_P_IP_RAW,
@@ -261,24 +261,8 @@ pub fn ingress_program() -> Result<Program, AsmError> {
     a.jcc_imm(Cond::Ne, R0, 0, passed);
 
     // ---- Modified from here: failures drop. ----
-    // Inner TTL − 1 (flannel's receive-side decrement), checksum patched.
-    a.ldx_h(R3, R10, INNER + 8);
-    a.mov64_reg(R4, R3);
-    a.alu64_imm(Alu::Sub, R4, 1);
-    a.stx(Size::H, R10, INNER + 8, R4);
-    a.mov64_reg(R1, R6);
-    a.mov64_imm(R2, INNER_CSUM_AT);
-    a.mov64_imm(R5, 2);
-    a.call(Helper::L3CsumReplace);
-    a.jcc_imm(Cond::Ne, R0, 0, error);
-    a.mov64_reg(R1, R6);
-    a.mov64_imm(R2, INNER_TTL_AT);
-    a.mov64_reg(R3, R10);
-    a.alu64_imm(Alu::Add, R3, i32::from(INNER + 8));
-    a.mov64_imm(R4, 2);
-    a.mov64_imm(R5, 0);
-    a.call(Helper::SkbStoreBytes);
-    a.jcc_imm(Cond::Ne, R0, 0, error);
+    // Inner TTL − 1 (flannel's receive-side decrement).
+    decrement_ttl(&mut a, INNER + 8, INNER_TTL_AT, INNER_CSUM_AT, error);
     // The NIC's "checksum verified" covered the outer UDP, not the inner packet.
     a.mov64_reg(R1, R6);
     a.mov64_imm(R2, BPF_CSUM_LEVEL_DEC);
