@@ -503,7 +503,6 @@ mod tests {
 
     const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
     fn can_load_bpf(what: &str) -> bool {
         // SAFETY: geteuid has no preconditions.
@@ -533,42 +532,12 @@ mod tests {
     /// `BPF_PROG_TEST_RUN`: runs `prog` once over `ip` (behind an Ethernet header, as the
     /// kernel's skb test run wants) on the calling CPU; returns the program's result.
     fn test_run(prog: &OwnedFd, ip: &[u8]) -> u32 {
-        #[repr(C)]
-        struct TestRunAttr {
-            prog_fd: u32,
-            retval: u32,
-            data_size_in: u32,
-            data_size_out: u32,
-            data_in: u64,
-            data_out: u64,
-            repeat: u32,
-            duration: u32,
-        }
         let mut frame = vec![0u8; 14];
         frame[12..14].copy_from_slice(&[0x08, 0x00]);
         frame.extend_from_slice(ip);
-        let mut attr = TestRunAttr {
-            prog_fd: prog.as_raw_fd() as u32,
-            retval: 0,
-            data_size_in: frame.len() as u32,
-            data_size_out: 0,
-            data_in: frame.as_ptr() as u64,
-            data_out: 0,
-            repeat: 1,
-            duration: 0,
-        };
-        // SAFETY: BPF_PROG_TEST_RUN reads `attr` and `frame`, writes `attr.retval` and
-        // `duration`; both outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>() as libc::c_uint,
-            )
-        };
-        assert_eq!(r, 0, "BPF_PROG_TEST_RUN: {}", io::Error::last_os_error());
-        attr.retval
+        super::test_run(prog, &frame, None)
+            .expect("BPF_PROG_TEST_RUN")
+            .retval
     }
 
     /// Sets the last-seen time of a flow in the flow map (`BPF_MAP_UPDATE_ELEM`, keeping its
